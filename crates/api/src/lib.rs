@@ -1,0 +1,27 @@
+//! Wire types of the Flotilla control plane, shared by the control plane, the SDK and the CLI.
+//!
+//! Everything here is plain serde data: what travels between processes is defined once,
+//! so a client and a server cannot drift apart.
+
+pub mod problem;
+pub mod registry;
+
+pub use problem::{InvalidParam, Problem};
+pub use registry::{Health, Instance, InstanceList, Lease, Registration, ServiceSummary};
+
+/// The header that carries a blocking query's revision index (as Consul's `X-Consul-Index`).
+pub const INDEX_HEADER: &str = "x-flotilla-index";
+
+/// Environment variables the supervisor hands to every process it starts.
+pub mod env {
+    /// Address of the control plane, `host:port`.
+    pub const CONTROL_ADDR: &str = "FLOTILLA_CONTROL_ADDR";
+    /// The registration token that authorizes writes to the control plane.
+    pub const TOKEN: &str = "FLOTILLA_TOKEN";
+    /// The system's data directory; services keep their databases under it.
+    pub const DATA_DIR: &str = "FLOTILLA_DATA_DIR";
+    /// The supervisor's name for this process (`catalog-1`).
+    pub const INSTANCE: &str = "FLOTILLA_INSTANCE";
+    /// Set by the supervisor: standard input closing means the supervisor is gone.
+    pub const SUPERVISED: &str = "FLOTILLA_SUPERVISED";
+}

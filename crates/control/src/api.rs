@@ -1,0 +1,167 @@
+//! The control plane's HTTP API, under `/v1`. Reads are open; writes need the token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use flotilla::http::{with_problem_fallbacks, Json, Query};
+use flotilla_api::{Problem, Registration, INDEX_HEADER};
+use serde::Deserialize;
+
+use crate::registry::{Registered, Registry, RegistryError};
+use crate::ControlState;
+
+/// The longest a blocking query may wait.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// How long a blocking query waits when it names an index but no `wait`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// The whole API as an axum router.
+pub fn router(state: Arc<ControlState>) -> Router {
+    let api = Router::new()
+        .route("/health/live", get(|| async { Json(serde_json::json!({"status": "live"})) }))
+        .route("/health/ready", get(|| async { Json(serde_json::json!({"status": "ready"})) }))
+        .route("/v1/registry/instances", post(register).get(list_instances))
+        .route("/v1/registry/instances/{id}", axum::routing::delete(deregister))
+        .route("/v1/registry/instances/{id}/heartbeat", put(heartbeat))
+        .route("/v1/registry/services", get(list_services))
+        .route("/v1/registry/services/{name}", get(list_service))
+        .with_state(state);
+    with_problem_fallbacks(api)
+}
+
+/// Proof that the request carried the registration token.
+struct Authorized;
+
+impl FromRequestParts<Arc<ControlState>> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ControlState>) -> Result<Self, Response> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if state.token_matches(token.trim()) => Ok(Authorized),
+            Some(_) => Err(unauthorized("the registration token is wrong")),
+            None => Err(unauthorized("writes need `Authorization: Bearer <token>` (the token is in the data dir)")),
+        }
+    }
+}
+
+fn unauthorized(detail: &str) -> Response {
+    let mut response = Problem::new(401, "unauthorized", "Unauthorized").with_detail(detail).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"flotilla\""));
+    response
+}
+
+fn problem(err: RegistryError) -> Problem {
+    match err {
+        RegistryError::UnknownInstance(id) => Problem::not_found(format!("no instance `{id}` is registered")),
+        RegistryError::Invalid { field, reason } => Problem::invalid_field(field, reason),
+    }
+}
+
+async fn register(
+    _auth: Authorized,
+    State(state): State<Arc<ControlState>>,
+    Json(registration): Json<Registration>,
+) -> Result<Response, Problem> {
+    let (service, id) = (registration.service.clone(), registration.instance_id.clone());
+    match state.registry.register(registration).map_err(problem)? {
+        Registered::Created(lease) => {
+            tracing::info!(%service, instance = %id, "instance registered");
+            Ok((StatusCode::CREATED, Json(lease)).into_response())
+        }
+        Registered::Renewed(lease) => Ok(Json(lease).into_response()),
+    }
+}
+
+async fn heartbeat(
+    _auth: Authorized,
+    State(state): State<Arc<ControlState>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let lease = state.registry.heartbeat(&id).map_err(problem)?;
+    Ok(Json(lease).into_response())
+}
+
+async fn deregister(
+    _auth: Authorized,
+    State(state): State<Arc<ControlState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let gone = state.registry.deregister(&id).map_err(problem)?;
+    tracing::info!(service = %gone.service, instance = %id, "instance deregistered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query parameters of a (blocking) list.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    /// Only this service.
+    service: Option<String>,
+    /// Block until the revision passes this index.
+    index: Option<u64>,
+    /// How long to block (`500ms`, `30s`); at most 5 minutes.
+    wait: Option<String>,
+}
+
+fn parse_wait(wait: Option<&str>) -> Result<Duration, Problem> {
+    match wait {
+        None => Ok(DEFAULT_WAIT),
+        Some(text) => humantime::parse_duration(text)
+            .map(|d| d.min(MAX_WAIT))
+            .map_err(|e| Problem::invalid_field("wait", format!("`{text}` is not a duration like `500ms` or `30s`: {e}"))),
+    }
+}
+
+async fn list(state: &ControlState, service: Option<&str>, index: Option<u64>, wait: Option<&str>) -> Result<Response, Problem> {
+    if let Some(service) = service {
+        Registry::check_service_name(service).map_err(problem)?;
+    }
+    let wait = parse_wait(wait)?;
+    let list = match index {
+        None => state.registry.list(service),
+        Some(index) => {
+            let mut closing = state.closing.clone();
+            tokio::select! {
+                list = state.registry.list_after(service, index, wait) => list,
+                _ = closing.wait_for(|c| *c) => state.registry.list(service),
+            }
+        }
+    };
+    let index = list.index;
+    let mut response = Json(list).into_response();
+    response
+        .headers_mut()
+        .insert(HeaderName::from_static(INDEX_HEADER), HeaderValue::from(index));
+    Ok(response)
+}
+
+async fn list_instances(State(state): State<Arc<ControlState>>, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
+    list(&state, q.service.as_deref(), q.index, q.wait.as_deref()).await
+}
+
+async fn list_service(
+    State(state): State<Arc<ControlState>>,
+    Path(name): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Problem> {
+    list(&state, Some(&name), q.index, q.wait.as_deref()).await
+}
+
+async fn list_services(State(state): State<Arc<ControlState>>) -> impl IntoResponse {
+    Json(state.registry.services())
+}
+
+#[cfg(test)]
+mod tests;

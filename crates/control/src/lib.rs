@@ -1,0 +1,88 @@
+//! The Flotilla control plane: the service registry (leases, heartbeats, blocking-query
+//! watches) behind a token-guarded HTTP API.
+
+pub mod api;
+pub mod registry;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use registry::{Registry, RegistryConfig};
+
+/// Everything the control plane needs to start.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Lease timing for the registry.
+    pub registry: RegistryConfig,
+    /// The token that authorizes writes (`Authorization: Bearer <token>`).
+    pub token: String,
+}
+
+/// Shared state of the running control plane.
+pub struct ControlState {
+    /// The service registry.
+    pub registry: Registry,
+    token: String,
+    closing: watch::Receiver<bool>,
+}
+
+impl ControlState {
+    /// State for a control plane; `closing` turns true when it begins to shut down, which
+    /// ends every blocking query at once.
+    pub fn new(config: ControlConfig, closing: watch::Receiver<bool>) -> Self {
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        Self {
+            registry: Registry::starting_at(config.registry, start),
+            token: config.token,
+            closing,
+        }
+    }
+
+    /// Compares a presented token with ours in constant time.
+    pub fn token_matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.token.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// Serves the control plane on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, config: ControlConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let state = Arc::new(ControlState::new(config, closing_rx.clone()));
+    let expiry = tokio::spawn({
+        let state = state.clone();
+        let mut closing = closing_rx.clone();
+        async move {
+            state
+                .registry
+                .run_expiry(async move {
+                    let _ = closing.wait_for(|c| *c).await;
+                })
+                .await
+        }
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "control plane listening");
+    let mut closed = closing_rx;
+    let server = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            let _ = closed.wait_for(|c| *c).await;
+        })
+        .into_future();
+    let server = tokio::spawn(server);
+    shutdown.await;
+    tracing::info!("control plane shutting down");
+    let _ = closing_tx.send(true);
+    let _ = expiry.await;
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,207 @@
+//! A pooled HTTP/1.1 JSON client, for calls to the control plane and for tests and tools.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_api::Problem;
+use http::{header, HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why an HTTP call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The URI could not be built.
+    #[error("invalid uri `{uri}`")]
+    InvalidUri {
+        /// The URI as given.
+        uri: String,
+    },
+    /// The request could not be sent or the response not received.
+    #[error("{method} {uri}: {source}")]
+    Transport {
+        /// The method.
+        method: Method,
+        /// The URI.
+        uri: Uri,
+        /// What the connection said.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No response within the time allowed.
+    #[error("{method} {uri}: no response within {timeout:?}")]
+    Timeout {
+        /// The method.
+        method: Method,
+        /// The URI.
+        uri: Uri,
+        /// The time allowed.
+        timeout: Duration,
+    },
+    /// The body could not be read.
+    #[error("{uri}: reading the body: {source}")]
+    Body {
+        /// The URI.
+        uri: Uri,
+        /// What went wrong.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The server answered with an error status; its problem document, or one made from it.
+    #[error("{uri}: {problem}")]
+    Status {
+        /// The URI.
+        uri: Uri,
+        /// The problem the server sent.
+        problem: Problem,
+    },
+    /// The body was not the JSON expected.
+    #[error("{uri}: unexpected response body: {source}")]
+    Decode {
+        /// The URI.
+        uri: Uri,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl HttpError {
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            HttpError::Status { problem, .. } => Some(problem.status_code()),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded response: status, headers and typed body.
+#[derive(Debug)]
+pub struct JsonResponse<T> {
+    /// The status (always a success).
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: T,
+}
+
+/// A pooled HTTP client that speaks JSON and understands problem+json errors.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10))
+    }
+}
+
+impl HttpClient {
+    /// A client whose requests give up after `timeout` (long polls pass their own).
+    pub fn new(timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Self::with_connector(connector, timeout)
+    }
+
+    /// A client over the given connector (tests and simulators pass their own).
+    pub fn with_connector(connector: HttpConnector, timeout: Duration) -> Self {
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self { inner, timeout }
+    }
+
+    /// Sends a request with an optional JSON body and bearer token; decodes a JSON answer.
+    pub async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<JsonResponse<T>, HttpError> {
+        let (status, headers, uri, bytes) = self.send_raw(method, uri, token, body, timeout).await?;
+        let body = if bytes.is_empty() {
+            serde_json::from_slice(b"null")
+        } else {
+            serde_json::from_slice(&bytes)
+        }
+        .map_err(|source| HttpError::Decode { uri, source })?;
+        Ok(JsonResponse { status, headers, body })
+    }
+
+    /// Like [`HttpClient::send`], but returns the body as bytes.
+    pub async fn send_raw<B: Serialize>(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, HeaderMap, Uri, Bytes), HttpError> {
+        let parsed: Uri = uri.parse().map_err(|_| HttpError::InvalidUri { uri: uri.to_owned() })?;
+        let mut builder = Request::builder().method(method.clone()).uri(parsed.clone());
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let payload = match body {
+            Some(b) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                // Serializing our own wire types cannot fail.
+                Bytes::from(serde_json::to_vec(b).unwrap_or_default())
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(payload))
+            .map_err(|_| HttpError::InvalidUri { uri: uri.to_owned() })?;
+        let timeout = timeout.unwrap_or(self.timeout);
+        let call = async {
+            let response = self.inner.request(request).await.map_err(|source| HttpError::Transport {
+                method: method.clone(),
+                uri: parsed.clone(),
+                source,
+            })?;
+            let (parts, body) = response.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|source| HttpError::Body {
+                    uri: parsed.clone(),
+                    source,
+                })?
+                .to_bytes();
+            Ok::<_, HttpError>((parts, bytes))
+        };
+        let (parts, bytes) = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| HttpError::Timeout {
+                method: method.clone(),
+                uri: parsed.clone(),
+                timeout,
+            })??;
+        if !parts.status.is_success() {
+            let problem = serde_json::from_slice::<Problem>(&bytes).unwrap_or_else(|_| {
+                Problem::new(parts.status.as_u16(), "upstream-status", parts.status.canonical_reason().unwrap_or("error"))
+                    .with_detail(String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned())
+            });
+            return Err(HttpError::Status { uri: parsed, problem });
+        }
+        Ok((parts.status, parts.headers, parsed, bytes))
+    }
+
+    /// GET and decode JSON.
+    pub async fn get_json<T: DeserializeOwned>(&self, uri: &str, token: Option<&str>) -> Result<T, HttpError> {
+        Ok(self.send::<(), T>(Method::GET, uri, token, None, None).await?.body)
+    }
+}

@@ -1,0 +1,16 @@
+//! Flotilla's SDK: everything a service needs to run in a Flotilla system.
+//!
+//! A service is built with [`runtime::Service`]: it binds, registers with the control plane,
+//! heartbeats, serves health checks and drains gracefully. The gateway uses the same
+//! [`discovery`] and [`balance`] modules, so there is one implementation of each in the tree.
+
+pub mod balance;
+pub mod config;
+pub mod discovery;
+pub mod http;
+pub mod runtime;
+pub mod store;
+pub mod telemetry;
+
+pub use flotilla_api as api;
+pub use flotilla_api::Problem;

@@ -1,0 +1,310 @@
+//! The service runtime: serve a router on a listener the caller bound, register with the
+//! control plane, keep the lease with heartbeats, answer health checks, and on shutdown
+//! deregister first, drain in-flight requests, then return.
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use flotilla_api::registry::meta;
+use flotilla_api::{env, Problem, Registration};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::discovery::{RegistryClient, RegistryError};
+use crate::http::{with_problem_fallbacks, Json};
+
+/// What the supervisor (or an operator) tells a service through its environment.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceEnv {
+    /// The control plane's address; without it the service runs unregistered.
+    pub control_addr: Option<String>,
+    /// The registration token.
+    pub token: Option<String>,
+    /// Where the service keeps its files (its database among them).
+    pub data_dir: PathBuf,
+    /// The supervisor's name for this process (`catalog-1`).
+    pub instance_name: Option<String>,
+}
+
+impl ServiceEnv {
+    /// Reads `FLOTILLA_CONTROL_ADDR`, `FLOTILLA_TOKEN`, `FLOTILLA_DATA_DIR` and `FLOTILLA_INSTANCE`.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self {
+            control_addr: var(env::CONTROL_ADDR),
+            token: var(env::TOKEN),
+            data_dir: var(env::DATA_DIR).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".flotilla")),
+            instance_name: var(env::INSTANCE),
+        }
+    }
+}
+
+/// Timings of the shutdown sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainConfig {
+    /// After deregistering, keep serving this long so every watcher has dropped us before the
+    /// listener closes (the registry pushes changes in milliseconds; this is the margin).
+    pub grace: Duration,
+    /// Give in-flight requests at most this long to finish.
+    pub timeout: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_millis(200),
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The listener has no local address.
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A service: a name, a version and a router, run by [`Service::run`].
+pub struct Service {
+    name: String,
+    version: String,
+    router: Router,
+    metadata: BTreeMap<String, String>,
+    env: ServiceEnv,
+    drain: DrainConfig,
+}
+
+#[derive(Default)]
+struct HealthState {
+    ready: AtomicBool,
+    registered: AtomicBool,
+}
+
+impl Service {
+    /// A service with the given name and version and an empty router.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            router: Router::new(),
+            metadata: BTreeMap::new(),
+            env: ServiceEnv::from_env(),
+            drain: DrainConfig::default(),
+        }
+    }
+
+    /// The routes the service answers.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Overrides what was read from the environment.
+    pub fn env(mut self, env: ServiceEnv) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Adds a metadata entry to the registration.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Overrides the shutdown timings.
+    pub fn drain(mut self, drain: DrainConfig) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// Binds the address a service listens on: `127.0.0.1:0` unless told otherwise, since
+    /// services are found through the registry, never by a fixed port.
+    pub async fn bind(addr: Option<SocketAddr>) -> std::io::Result<TcpListener> {
+        TcpListener::bind(addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))).await
+    }
+
+    /// Serves until `shutdown` resolves, then deregisters, drains and returns.
+    pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), RuntimeError> {
+        let addr = listener.local_addr().map_err(RuntimeError::Listener)?;
+        let health = Arc::new(HealthState::default());
+        let router = std::mem::take(&mut self.router);
+        let app = with_problem_fallbacks(router.merge(health_routes(health.clone())));
+
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = drain_rx.await;
+                })
+                .into_future(),
+        );
+        health.ready.store(true, Ordering::SeqCst);
+        tracing::info!(service = %self.name, version = %self.version, %addr, "serving");
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let registrar = self.env.control_addr.as_ref().map(|control| {
+            let client = RegistryClient::new(control, self.env.token.clone());
+            let registration = self.registration(addr);
+            tokio::spawn(keep_registered(client, registration, health.clone(), stop_rx))
+        });
+
+        shutdown.await;
+        tracing::info!(service = %self.name, "shutting down: deregistering, then draining");
+        health.ready.store(false, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        if let Some(registrar) = registrar {
+            let _ = registrar.await;
+            tokio::time::sleep(self.drain.grace).await;
+        }
+        let _ = drain_tx.send(());
+        match tokio::time::timeout(self.drain.timeout, server).await {
+            Ok(Ok(result)) => result.map_err(RuntimeError::Serve)?,
+            Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
+            Err(_) => tracing::warn!(timeout = ?self.drain.timeout, "drain timed out; closing remaining connections"),
+        }
+        tracing::info!(service = %self.name, "stopped");
+        Ok(())
+    }
+
+    fn registration(&self, addr: SocketAddr) -> Registration {
+        let mut metadata = self.metadata.clone();
+        metadata.insert(meta::PID.into(), std::process::id().to_string());
+        if let Some(name) = &self.env.instance_name {
+            metadata.insert(meta::SUPERVISOR_NAME.into(), name.clone());
+        }
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let stem = self.env.instance_name.clone().unwrap_or_else(|| self.name.clone());
+        Registration {
+            service: self.name.clone(),
+            instance_id: format!("{stem}-{}", &suffix[..8]),
+            address: addr.to_string(),
+            version: self.version.clone(),
+            metadata,
+        }
+    }
+}
+
+fn health_routes(health: Arc<HealthState>) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { Json(serde_json::json!({ "status": "live" })) }))
+        .route("/health/ready", get(ready))
+        .with_state(health)
+}
+
+async fn ready(State(health): State<Arc<HealthState>>) -> Result<Json<serde_json::Value>, Problem> {
+    if health.ready.load(Ordering::SeqCst) {
+        Ok(Json(serde_json::json!({
+            "status": "ready",
+            "registered": health.registered.load(Ordering::SeqCst),
+        })))
+    } else {
+        Err(Problem::new(503, "not-ready", "Not ready").with_detail("the instance is draining"))
+    }
+}
+
+/// Registers, heartbeats, re-registers when the registry forgot us (expiry, control plane
+/// restart), and deregisters when told to stop.
+async fn keep_registered(
+    client: RegistryClient,
+    registration: Registration,
+    health: Arc<HealthState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let id = registration.instance_id.clone();
+    let mut lease = None;
+    let mut failing = false;
+    loop {
+        let result = match lease {
+            None => client.register(&registration).await,
+            Some(_) => client.heartbeat(&id).await,
+        };
+        match result {
+            Ok(granted) => {
+                if lease.is_none() {
+                    tracing::info!(instance = %id, address = %registration.address, "registered");
+                } else if failing {
+                    tracing::info!(instance = %id, "control plane reachable again");
+                }
+                lease = Some(granted);
+                failing = false;
+                health.registered.store(true, Ordering::SeqCst);
+            }
+            Err(RegistryError::UnknownInstance(_)) => {
+                tracing::warn!(instance = %id, "the registry lost our lease; registering again");
+                lease = None;
+                health.registered.store(false, Ordering::SeqCst);
+                continue;
+            }
+            Err(err) => {
+                if !failing {
+                    tracing::warn!(instance = %id, error = %err, "cannot reach the registry; will keep trying");
+                }
+                failing = true;
+            }
+        }
+        let every = lease.map_or(Duration::from_millis(250), |l| Duration::from_millis(l.heartbeat_ms.max(10)));
+        let wait = if failing { every.min(Duration::from_millis(250)) } else { every };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    health.registered.store(false, Ordering::SeqCst);
+    match tokio::time::timeout(Duration::from_secs(1), client.deregister(&id)).await {
+        Ok(Ok(())) => tracing::info!(instance = %id, "deregistered"),
+        Ok(Err(err)) => tracing::warn!(instance = %id, error = %err, "deregistration failed; the lease will expire"),
+        Err(_) => tracing::warn!(instance = %id, "deregistration timed out; the lease will expire"),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C, and, under a supervisor, when the supervisor goes away
+/// (its end of our standard input closes), so no process outlives the system it belongs to.
+pub async fn shutdown_signal() {
+    let supervised = std::env::var(env::SUPERVISED).is_ok_and(|v| v == "1");
+    let orphaned = async move {
+        if !supervised {
+            return std::future::pending().await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // A plain thread, not the runtime's blocking pool: a blocked read must never hold up
+        // the runtime's shutdown.
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = std::io::Read::read(&mut stdin, &mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+        tracing::warn!("supervisor is gone; shutting down");
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+        _ = orphaned => {}
+    }
+}

@@ -1,0 +1,148 @@
+//! A database per service: an SQLite file under the data dir by default, PostgreSQL when a
+//! `DATABASE_URL` says so. Both go through sqlx's `Any` driver, so one set of migrations and
+//! queries (with `$1` placeholders) serves both engines.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyConnectOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names an engine Flotilla does not support.
+    #[error("unsupported database url `{0}` (expected sqlite: or postgres:)")]
+    UnsupportedUrl(String),
+    /// The data directory could not be created.
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting failed.
+    #[error("connecting to {url}: {source}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migrating {url}: {source}")]
+    Migrate {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// An open, migrated database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl Store {
+    /// The database URL for a service: `DATABASE_URL` if set, else an SQLite file
+    /// `<data_dir>/<service>/<service>.db` (the directory is created).
+    pub fn url_for(service: &str, data_dir: &Path) -> Result<String, StoreError> {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.is_empty() {
+                return Ok(url);
+            }
+        }
+        let dir = data_dir.join(service);
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(format!("sqlite://{}?mode=rwc", dir.join(format!("{service}.db")).display()))
+    }
+
+    /// Connects and runs the migrations.
+    pub async fn open(url: &str, migrator: &Migrator) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Engine::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact(url)));
+        };
+        let connect_err = |source| StoreError::Connect { url: redact(url), source };
+        let options: AnyConnectOptions = url.parse().map_err(connect_err)?;
+        let options = options.log_statements(tracing::log::LevelFilter::Debug);
+        let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
+        pool = match engine {
+            // One writer at a time is SQLite's nature; WAL lets readers go on beside it, and
+            // synchronous=FULL makes every commit durable before it is acknowledged.
+            Engine::Sqlite => pool.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            }),
+            Engine::Postgres => pool.max_connections(10),
+        };
+        let pool = pool.connect_with(options).await.map_err(connect_err)?;
+        migrator.run(&pool).await.map_err(|source| StoreError::Migrate { url: redact(url), source })?;
+        Ok(Self { pool, engine })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine in use.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+}
+
+/// The URL with any password replaced, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}
