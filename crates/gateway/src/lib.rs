@@ -1,1 +1,233 @@
-//! placeholder
+//! The Flotilla gateway: the edge proxy that routes by path prefix to registry services or
+//! static upstreams, streams bodies both ways and pools upstream connections.
+//!
+//! A request's path through the code: [`serve`] accepts it, [`Gateway::handle`] assigns a
+//! request id and finds the [`routes::Route`], the route's [`backend::Backend`] picks an
+//! endpoint, [`proxy::forward`] sends it, and [`rescue`] turns any failure into problem+json.
+
+pub mod backend;
+pub mod proxy;
+pub mod rescue;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use flotilla::discovery::Discovery;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::proxy::REQUEST_ID;
+use crate::rescue::{json_response, problem_response, GatewayError};
+use crate::routes::RouteTable;
+
+/// The body of every response the gateway sends.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Time an upstream has to send its response headers.
+    pub upstream_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub drain_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            upstream_timeout: proxy::DEFAULT_UPSTREAM_TIMEOUT,
+            drain_timeout: Duration::from_secs(3),
+            pool_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The gateway's shared state: routes, discovery and the upstream connection pool.
+pub struct Gateway {
+    routes: ArcSwap<RouteTable>,
+    discovery: Option<Discovery>,
+    client: Client<HttpConnector, Incoming>,
+    config: GatewayConfig,
+    requests: AtomicU64,
+}
+
+impl Gateway {
+    /// A gateway over a route table; `discovery` is needed for routes that name a service.
+    pub fn new(routes: RouteTable, discovery: Option<Discovery>, config: GatewayConfig) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .build(connector);
+        Arc::new(Self {
+            routes: ArcSwap::from_pointee(routes),
+            discovery,
+            client,
+            config,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// Swaps the route table atomically; requests in flight finish on the old one.
+    pub fn replace_routes(&self, routes: RouteTable) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// Whether the gateway can route: discovery (when used) has answered at least once.
+    pub fn is_ready(&self) -> bool {
+        self.discovery.as_ref().is_none_or(|d| d.snapshot().index > 0)
+    }
+
+    /// Handles one request from a client at `peer`. Never fails: errors become responses.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let request_id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic())))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+
+        let (mut response, route, upstream, error) = if path.starts_with("/-/") {
+            (self.admin(&method, &path), "admin".to_owned(), String::new(), None)
+        } else {
+            let routes = self.routes.load();
+            match routes.find(&path) {
+                None => {
+                    let err = GatewayError::NoRoute(path.clone());
+                    (problem_response(&err.to_problem().with_instance(request_id_str(&request_id))), String::new(), String::new(), Some(err))
+                }
+                Some(route) => match proxy::forward(&self, route, request, peer, &request_id).await {
+                    Ok((response, upstream)) => (response, route.name.clone(), upstream, None),
+                    Err(err) => {
+                        let response = problem_response(&err.to_problem().with_instance(request_id_str(&request_id)));
+                        (response, route.name.clone(), String::new(), Some(err))
+                    }
+                },
+            }
+        };
+        response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
+        let status = response.status().as_u16();
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        match &error {
+            None => tracing::info!(
+                target: "access",
+                request_id = request_id_str(&request_id),
+                %method, %path, status, route, upstream, duration_ms = format_args!("{millis:.2}"),
+                client = %peer.ip(),
+                "{method} {path} {status}"
+            ),
+            Some(err) => tracing::warn!(
+                target: "access",
+                request_id = request_id_str(&request_id),
+                %method, %path, status, route, duration_ms = format_args!("{millis:.2}"),
+                client = %peer.ip(), error = %err,
+                "{method} {path} {status}"
+            ),
+        }
+        Ok(response)
+    }
+
+    fn admin(&self, method: &Method, path: &str) -> Response<ProxyBody> {
+        if method != Method::GET {
+            return problem_response(&flotilla_api::Problem::new(405, "method-not-allowed", "Method not allowed"));
+        }
+        match path {
+            "/-/ready" if self.is_ready() => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+            "/-/ready" => problem_response(
+                &flotilla_api::Problem::new(503, "not-ready", "Not ready").with_detail("waiting for the first answer from the registry"),
+            ),
+            "/-/live" => json_response(StatusCode::OK, &serde_json::json!({"status": "live"})),
+            "/-/routes" => {
+                let routes = self.routes.load();
+                let list: Vec<_> = routes
+                    .routes()
+                    .iter()
+                    .map(|r| {
+                        let endpoints = r
+                            .backend
+                            .service_name()
+                            .and_then(|s| self.discovery.as_ref().map(|d| d.instances(s).len()));
+                        serde_json::json!({
+                            "name": r.name,
+                            "prefix": r.prefix,
+                            "backend": r.backend.describe(),
+                            "strip_prefix": r.strip_prefix,
+                            "instances": endpoints,
+                        })
+                    })
+                    .collect();
+                json_response(StatusCode::OK, &serde_json::json!({ "routes": list }))
+            }
+            _ => problem_response(&flotilla_api::Problem::not_found(format!("no admin endpoint `{path}`"))),
+        }
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    // A UUID's text is always a valid header value.
+    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn request_id_str(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or("-")
+}
+
+/// Accepts connections on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then
+/// lets in-flight requests finish within the drain timeout.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = gateway.clone();
+                let service = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(err) = conn.await {
+                        tracing::debug!(error = %err, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("gateway draining");
+    if tokio::time::timeout(gateway.config.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+    Ok(())
+}

@@ -1,1 +1,34 @@
-//! placeholder
+//! The shop's catalog service: products in the service's own database, served under
+//! `/api/v1/products`.
+
+mod api;
+mod seed;
+
+use flotilla::store::{Store, StoreError};
+use flotilla::runtime::ServiceEnv;
+
+pub use api::{router, Page, Price, Product};
+
+/// The service's name in the registry.
+pub const SERVICE: &str = "catalog";
+
+/// The catalog's schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens (creating and migrating as needed) the catalog's database, and seeds the demo
+/// products into an empty one unless `CATALOG_SEED=false`.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
+    let url = Store::url_for(SERVICE, &env.data_dir)?;
+    let store = Store::open(&url, &MIGRATOR).await?;
+    let seed = std::env::var("CATALOG_SEED").map_or(true, |v| v != "false" && v != "0");
+    if seed {
+        let added = seed::seed_if_empty(&store).await.map_err(|source| StoreError::Connect {
+            url: "catalog seed".into(),
+            source,
+        })?;
+        if added > 0 {
+            tracing::info!(products = added, "seeded the demo catalog");
+        }
+    }
+    Ok(store)
+}

@@ -1,0 +1,77 @@
+//! The one place where a failed request becomes a response: RFC 9457 problem+json.
+
+use bytes::Bytes;
+use flotilla_api::problem::CONTENT_TYPE;
+use flotilla_api::Problem;
+use http::{header, HeaderValue, Response};
+use http_body_util::{BodyExt, Full};
+
+use crate::ProxyBody;
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route matches the path.
+    #[error("no route for {0}")]
+    NoRoute(String),
+    /// The route's backend has no endpoint to send to.
+    #[error(transparent)]
+    NoEndpoint(#[from] crate::backend::PickError),
+    /// The upstream could not be reached or broke off.
+    #[error("upstream {authority}: {source}")]
+    Upstream {
+        /// The upstream tried.
+        authority: String,
+        /// What went wrong.
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream {authority} did not answer within {timeout:?}")]
+    UpstreamTimeout {
+        /// The upstream tried.
+        authority: String,
+        /// The time allowed.
+        timeout: std::time::Duration,
+    },
+    /// The request could not be turned into an upstream request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl GatewayError {
+    /// The problem document a client sees. Internals stay in the log.
+    pub fn to_problem(&self) -> Problem {
+        match self {
+            GatewayError::NoRoute(path) => Problem::not_found(format!("no route matches `{path}`")),
+            GatewayError::NoEndpoint(err) => Problem::new(503, "no-instance", "Service unavailable").with_detail(err.to_string()),
+            GatewayError::Upstream { .. } => {
+                Problem::new(502, "upstream-unavailable", "Bad gateway").with_detail("the upstream could not be reached or failed mid-response")
+            }
+            GatewayError::UpstreamTimeout { timeout, .. } => Problem::new(504, "upstream-timeout", "Gateway timeout")
+                .with_detail(format!("the upstream did not answer within {} ms", timeout.as_millis())),
+            GatewayError::BadRequest(reason) => Problem::new(400, "bad-request", "Bad request").with_detail(reason.clone()),
+        }
+    }
+}
+
+/// A problem+json response.
+pub fn problem_response(problem: &Problem) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(Bytes::from(problem.to_json())).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = problem.status_code();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+/// A JSON response for the admin endpoints.
+pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
