@@ -1,1 +1,148 @@
-fn main(){}
+//! System tests of `flotilla up`: the real binary, on free ports, in a temp dir.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::{alive, descendants, http_get, http_request, System};
+
+fn catalog_instances(status: &serde_json::Value) -> Vec<(String, u32)> {
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["service"] == "catalog")
+        .map(|i| {
+            let pid = i["metadata"]["pid"].as_str().unwrap().parse().unwrap();
+            (i["instance_id"].as_str().unwrap().to_owned(), pid)
+        })
+        .collect()
+}
+
+#[test]
+fn up_serves_restarts_a_killed_instance_and_stops_cleanly() {
+    let mut system = System::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    system.wait_for_line(&format!("http://{}", system.gateway), Duration::from_secs(1));
+
+    // Products through the gateway.
+    let (status, body) = http_get(system.gateway, "/api/v1/products").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["total"], 50);
+    let (status, body) = http_get(system.gateway, "/api/v1/products/99999").unwrap();
+    assert_eq!(status, 404);
+    assert!(body.contains("urn:flotilla:problem:not-found"), "{body}");
+
+    // The status command sees the catalog instance, with its pid.
+    let before = catalog_instances(&system.status());
+    assert_eq!(before.len(), 1, "{before:?}");
+    let (old_id, old_pid) = before[0].clone();
+    let table = system.cli(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(&old_id) && table.contains("passing"), "{table}");
+
+    // kill -9 the catalog: the registry drops it within the TTL, the supervisor restarts
+    // it, and the gateway routes to the new instance.
+    let killed = Instant::now();
+    kill(Pid::from_raw(old_pid as i32), Signal::SIGKILL).unwrap();
+    let mut dropped_after = None;
+    let mut replaced = None;
+    while killed.elapsed() < Duration::from_secs(15) && (dropped_after.is_none() || replaced.is_none()) {
+        let now = catalog_instances(&system.status());
+        if dropped_after.is_none() && !now.iter().any(|(id, _)| *id == old_id) {
+            dropped_after = Some(killed.elapsed());
+        }
+        if let Some(new) = now.iter().find(|(id, pid)| *id != old_id && *pid != old_pid) {
+            replaced = Some(new.clone());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dropped_after = dropped_after.unwrap_or_else(|| panic!("dead instance never left the registry:\n{}", system.output()));
+    assert!(
+        dropped_after <= Duration::from_millis(3_000 + 1_000),
+        "the dead instance stayed {dropped_after:?}, past the 3 s TTL"
+    );
+    let (new_id, new_pid) = replaced.unwrap_or_else(|| panic!("no new catalog instance:\n{}", system.output()));
+    assert!(alive(new_pid));
+    system.wait_for_line("catalog-1 was killed by SIGKILL", Duration::from_secs(1));
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok((200, body)) = http_get(system.gateway, "/api/v1/products/7") {
+            assert!(body.contains("\"id\":7"), "{body}");
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served, "the gateway never reached the new instance {new_id}:\n{}", system.output());
+
+    // Ctrl-C stops everything within 5 s, and nothing is left behind.
+    let children = descendants(system.child.id());
+    assert!(children.len() >= 3, "expected control, gateway and catalog under up: {children:?}");
+    let took = system.interrupt(Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    let left: Vec<u32> = children.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    let out = system.output();
+    assert!(out.contains("deregistered"), "services deregister on the way out:\n{out}");
+    assert!(system.data_dir().join("logs/catalog-1.log").is_file());
+}
+
+#[test]
+fn registration_without_the_token_is_refused_by_the_running_control_plane() {
+    let system = System::start(&[]);
+    system.wait_for_line("control plane ready", Duration::from_secs(60));
+    let body = r#"{"service":"intruder","instance_id":"intruder-1","address":"127.0.0.1:9","version":"1"}"#;
+    let json = [("Content-Type", "application/json")];
+    let (status, problem) = http_request(system.control, "POST", "/v1/registry/instances", &json, body).unwrap();
+    assert_eq!(status, 401, "{problem}");
+    assert!(problem.contains("urn:flotilla:problem:unauthorized"), "{problem}");
+
+    let token = std::fs::read_to_string(system.data_dir().join("token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let with_token = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+    let (status, _) = http_request(system.control, "POST", "/v1/registry/instances", &with_token, body).unwrap();
+    assert_eq!(status, 201);
+    let bad = body.replace("127.0.0.1:9", "nowhere");
+    let (status, problem) = http_request(system.control, "POST", "/v1/registry/instances", &with_token, &bad).unwrap();
+    assert_eq!(status, 400);
+    assert!(problem.contains("\"name\":\"address\""), "{problem}");
+}
+
+#[test]
+fn a_port_in_use_is_named_with_its_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["flotilla.toml", "routes.toml"] {
+        std::fs::copy(support::repo_root().join(file), dir.path().join(file)).unwrap();
+    }
+    let out = std::process::Command::new(support::flotilla())
+        .current_dir(dir.path())
+        .args(["up", "--gateway-addr", &format!("127.0.0.1:{port}")])
+        .args(["--control-addr", &support::free_addr().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("port {port} is already in use")) && err.contains("--gateway-addr"), "{err}");
+}
+
+#[test]
+fn a_bad_manifest_is_named_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("flotilla.toml"), "[services.catalog]\ninstances = 1\nreplicas = 2\n").unwrap();
+    let out = std::process::Command::new(support::flotilla())
+        .current_dir(dir.path())
+        .args(["up", "--gateway-addr", &support::free_addr().to_string()])
+        .args(["--control-addr", &support::free_addr().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("flotilla.toml:3:1") && err.contains("replicas"), "{err}");
+}

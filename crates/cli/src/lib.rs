@@ -1,1 +1,7 @@
-//! placeholder
+//! The `flotilla` command's library: the manifest, the supervisor behind `flotilla up`, and
+//! the other subcommands. The binary only parses flags and calls in here.
+
+pub mod manifest;
+pub mod status;
+pub mod supervisor;
+pub mod token;

@@ -1,1 +1,229 @@
-fn main() {}
+//! `flotilla`: runs the whole system (`up`), its parts (`control`, `gateway`, `service`) and
+//! its tools (`status`). Thin: parses flags, sets up logging, binds, and calls the libraries.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use flotilla::discovery::{Discovery, RegistryClient};
+use flotilla::runtime::{self, Registrar, Service, ServiceEnv};
+use flotilla_cli::supervisor::{self, UpOptions};
+use flotilla_cli::{status, token};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "flotilla", version, about = "A microservices platform for Rust: gateway, registry, supervisor and the reference shop")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole system from the manifest: control plane, gateway and services.
+    Up {
+        /// The system manifest.
+        #[arg(long, default_value = "flotilla.toml")]
+        manifest: PathBuf,
+        /// Where state and logs are kept.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway_addr: SocketAddr,
+        /// Where the control plane listens.
+        #[arg(long, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
+        control_addr: SocketAddr,
+        /// Run this many instances of a service instead of the manifest's count (`catalog=3`).
+        #[arg(long, value_parser = parse_scale)]
+        scale: Vec<(String, u32)>,
+    },
+    /// Show services and instances as the control plane sees them.
+    Status {
+        /// The control plane's address.
+        #[arg(long, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
+        control_addr: String,
+        /// The data dir holding the token.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Run the control plane (the registry).
+    Control {
+        /// Where to listen.
+        #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Where the token is kept (created if missing).
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+        /// How often instances heartbeat.
+        #[arg(long, env = "FLOTILLA_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+        heartbeat: Duration,
+        /// How long an instance lives without a heartbeat.
+        #[arg(long, env = "FLOTILLA_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Run the gateway: with a control plane, or standalone from a routes file.
+    Gateway {
+        /// Where to listen.
+        #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The routes file.
+        #[arg(long, env = "FLOTILLA_ROUTES")]
+        routes: PathBuf,
+        /// The control plane, for routes that name a service; omit to run standalone.
+        #[arg(long, env = "FLOTILLA_CONTROL_ADDR")]
+        control_addr: Option<String>,
+    },
+    /// Run one of the reference shop's services.
+    Service {
+        /// Which service.
+        #[arg(value_enum)]
+        name: ShopService,
+        /// Where to listen (default: a free port on 127.0.0.1).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ShopService {
+    Catalog,
+}
+
+fn parse_scale(text: &str) -> Result<(String, u32), String> {
+    let (name, n) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` should look like SERVICE=COUNT, e.g. catalog=3"))?;
+    let n = n.parse().map_err(|_| format!("`{n}` in `{text}` is not a count"))?;
+    Ok((name.to_owned(), n))
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("port {} is already in use ({addr}); choose another with {flag}", addr.port())
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot listen on {addr} ({flag})")),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line with every cause, and no backtrace: this is for people, not debuggers.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up { manifest, data_dir, gateway_addr, control_addr, scale } => {
+            let options = UpOptions {
+                manifest,
+                data_dir,
+                gateway_addr,
+                control_addr,
+                scale,
+                self_exe: std::env::current_exe().context("finding this program's path")?,
+                ready_timeout: Duration::from_secs(30),
+            };
+            supervisor::up(options, runtime::shutdown_signal()).await?;
+        }
+        Command::Status { control_addr, data_dir, output } => {
+            let token = token::read(&data_dir).ok().flatten();
+            let client = RegistryClient::new(&control_addr, token);
+            let list = status::fetch(&client)
+                .await
+                .with_context(|| format!("asking the control plane at {control_addr} (is `flotilla up` running? --control-addr)"))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Table => print!("{}", status::table(&control_addr, &list)),
+            }
+        }
+        Command::Control { listen, data_dir, heartbeat, ttl } => {
+            flotilla::telemetry::init();
+            let registry = flotilla_control::RegistryConfig { heartbeat, ttl };
+            registry.validate().map_err(anyhow::Error::msg).context("--heartbeat/--ttl")?;
+            let token = match std::env::var(flotilla_api::env::TOKEN) {
+                Ok(token) if !token.is_empty() => token,
+                _ => token::ensure(&data_dir).with_context(|| format!("token in {}", data_dir.display()))?,
+            };
+            let listener = bind(listen, "--listen").await?;
+            let config = flotilla_control::ControlConfig { registry, token };
+            flotilla_control::serve(listener, config, runtime::shutdown_signal()).await?;
+        }
+        Command::Gateway { listen, routes, control_addr } => {
+            flotilla::telemetry::init();
+            let table = flotilla_gateway::routes::RouteTable::load(&routes)?;
+            let env = ServiceEnv::from_env();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let discovery = control_addr.as_deref().map(|addr| {
+                Discovery::spawn(RegistryClient::new(addr, env.token.clone()), async move {
+                    let _ = stop_rx.await;
+                })
+            });
+            if discovery.is_none() {
+                if let Some(service) = table.services().next() {
+                    bail!("{}: routes name service `{service}`, which needs --control-addr", routes.display());
+                }
+            }
+            let listener = bind(listen, "--listen").await?;
+            let addr = listener.local_addr()?;
+            let gateway = flotilla_gateway::Gateway::new(table, discovery, Default::default());
+            let registrar = control_addr.as_deref().map(|control| {
+                let client = RegistryClient::new(control, env.token.clone());
+                let registration = runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, Default::default());
+                Registrar::spawn(client, registration)
+            });
+            tracing::info!(%addr, routes = %routes.display(), standalone = registrar.is_none(), "gateway listening");
+            let shutdown = async move {
+                runtime::shutdown_signal().await;
+                if let Some(registrar) = registrar {
+                    registrar.deregister().await;
+                }
+            };
+            flotilla_gateway::serve(listener, Arc::clone(&gateway), shutdown).await?;
+            let _ = stop_tx.send(());
+        }
+        Command::Service { name, listen } => {
+            flotilla::telemetry::init();
+            let env = ServiceEnv::from_env();
+            match name {
+                ShopService::Catalog => {
+                    let store = flotilla_catalog::open_store(&env).await.context("opening the catalog's database")?;
+                    let listener = Service::bind(listen).await.context("binding the catalog's listener")?;
+                    Service::new(flotilla_catalog::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .env(env)
+                        .router(flotilla_catalog::router(store))
+                        .run(listener, runtime::shutdown_signal())
+                        .await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

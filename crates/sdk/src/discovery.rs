@@ -108,12 +108,17 @@ impl RegistryClient {
         index: Option<u64>,
         wait: Duration,
     ) -> Result<InstanceList, RegistryError> {
-        let mut uri = format!("{}/v1/registry/instances?", self.base);
+        let mut query = Vec::new();
         if let Some(service) = service {
-            uri.push_str(&format!("service={service}&"));
+            query.push(format!("service={service}"));
         }
         if let Some(index) = index {
-            uri.push_str(&format!("index={index}&wait={}ms", wait.as_millis()));
+            query.push(format!("index={index}&wait={}ms", wait.as_millis()));
+        }
+        let mut uri = format!("{}/v1/registry/instances", self.base);
+        if !query.is_empty() {
+            uri.push('?');
+            uri.push_str(&query.join("&"));
         }
         // Allow the server its full wait plus a margin before calling it a timeout.
         let timeout = index.map(|_| wait + Duration::from_secs(5));

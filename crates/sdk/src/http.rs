@@ -4,7 +4,7 @@
 mod client;
 mod extract;
 
-pub use client::{HttpClient, HttpError};
+pub use client::{chain, HttpClient, HttpError, JsonResponse};
 pub use extract::{Json, Query};
 
 use axum::http::{Method, Uri};

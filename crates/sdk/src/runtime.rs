@@ -90,7 +90,17 @@ pub struct Service {
 #[derive(Default)]
 struct HealthState {
     ready: AtomicBool,
-    registered: AtomicBool,
+    registrar: std::sync::Mutex<Option<Registrar>>,
+}
+
+impl HealthState {
+    fn registered(&self) -> bool {
+        self.registrar
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(Registrar::is_registered)
+    }
 }
 
 impl Service {
@@ -154,19 +164,18 @@ impl Service {
         health.ready.store(true, Ordering::SeqCst);
         tracing::info!(service = %self.name, version = %self.version, %addr, "serving");
 
-        let (stop_tx, stop_rx) = watch::channel(false);
         let registrar = self.env.control_addr.as_ref().map(|control| {
             let client = RegistryClient::new(control, self.env.token.clone());
-            let registration = self.registration(addr);
-            tokio::spawn(keep_registered(client, registration, health.clone(), stop_rx))
+            Registrar::spawn(client, registration(&self.name, &self.version, addr, &self.env, self.metadata.clone()))
         });
+        *health.registrar.lock().unwrap_or_else(|e| e.into_inner()) = registrar;
 
         shutdown.await;
         tracing::info!(service = %self.name, "shutting down: deregistering, then draining");
         health.ready.store(false, Ordering::SeqCst);
-        let _ = stop_tx.send(true);
+        let registrar = health.registrar.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(registrar) = registrar {
-            let _ = registrar.await;
+            registrar.deregister().await;
             tokio::time::sleep(self.drain.grace).await;
         }
         let _ = drain_tx.send(());
@@ -177,23 +186,6 @@ impl Service {
         }
         tracing::info!(service = %self.name, "stopped");
         Ok(())
-    }
-
-    fn registration(&self, addr: SocketAddr) -> Registration {
-        let mut metadata = self.metadata.clone();
-        metadata.insert(meta::PID.into(), std::process::id().to_string());
-        if let Some(name) = &self.env.instance_name {
-            metadata.insert(meta::SUPERVISOR_NAME.into(), name.clone());
-        }
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let stem = self.env.instance_name.clone().unwrap_or_else(|| self.name.clone());
-        Registration {
-            service: self.name.clone(),
-            instance_id: format!("{stem}-{}", &suffix[..8]),
-            address: addr.to_string(),
-            version: self.version.clone(),
-            metadata,
-        }
     }
 }
 
@@ -208,19 +200,65 @@ async fn ready(State(health): State<Arc<HealthState>>) -> Result<Json<serde_json
     if health.ready.load(Ordering::SeqCst) {
         Ok(Json(serde_json::json!({
             "status": "ready",
-            "registered": health.registered.load(Ordering::SeqCst),
+            "registered": health.registered(),
         })))
     } else {
         Err(Problem::new(503, "not-ready", "Not ready").with_detail("the instance is draining"))
     }
 }
 
-/// Registers, heartbeats, re-registers when the registry forgot us (expiry, control plane
-/// restart), and deregisters when told to stop.
+/// Keeps one registration alive in the background: registers, heartbeats, registers again
+/// when the registry forgot the instance (lease expired, control plane restarted), and
+/// deregisters when asked. Used by services and by the gateway alike.
+pub struct Registrar {
+    registered: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Registrar {
+    /// Starts keeping `registration` in the registry.
+    pub fn spawn(client: RegistryClient, registration: Registration) -> Self {
+        let registered = Arc::new(AtomicBool::new(false));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(keep_registered(client, registration, registered.clone(), stop_rx));
+        Self { registered, stop, task }
+    }
+
+    /// Whether the registry currently holds our lease.
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::SeqCst)
+    }
+
+    /// Deregisters (waiting at most a second for the registry) and stops heartbeating.
+    pub async fn deregister(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// A registration for an instance of `service` at `addr`, with the pid and the supervisor's
+/// name in its metadata and an id that is unique to this process.
+pub fn registration(service: &str, version: &str, addr: SocketAddr, env: &ServiceEnv, mut metadata: BTreeMap<String, String>) -> Registration {
+    metadata.insert(meta::PID.into(), std::process::id().to_string());
+    if let Some(name) = &env.instance_name {
+        metadata.insert(meta::SUPERVISOR_NAME.into(), name.clone());
+    }
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let stem = env.instance_name.as_deref().unwrap_or(service);
+    Registration {
+        service: service.to_owned(),
+        instance_id: format!("{stem}-{}", &suffix[..8]),
+        address: addr.to_string(),
+        version: version.to_owned(),
+        metadata,
+    }
+}
+
 async fn keep_registered(
     client: RegistryClient,
     registration: Registration,
-    health: Arc<HealthState>,
+    registered: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let id = registration.instance_id.clone();
@@ -240,12 +278,12 @@ async fn keep_registered(
                 }
                 lease = Some(granted);
                 failing = false;
-                health.registered.store(true, Ordering::SeqCst);
+                registered.store(true, Ordering::SeqCst);
             }
             Err(RegistryError::UnknownInstance(_)) => {
                 tracing::warn!(instance = %id, "the registry lost our lease; registering again");
                 lease = None;
-                health.registered.store(false, Ordering::SeqCst);
+                registered.store(false, Ordering::SeqCst);
                 continue;
             }
             Err(err) => {
@@ -262,7 +300,7 @@ async fn keep_registered(
             _ = stop.changed() => break,
         }
     }
-    health.registered.store(false, Ordering::SeqCst);
+    registered.store(false, Ordering::SeqCst);
     match tokio::time::timeout(Duration::from_secs(1), client.deregister(&id)).await {
         Ok(Ok(())) => tracing::info!(instance = %id, "deregistered"),
         Ok(Err(err)) => tracing::warn!(instance = %id, error = %err, "deregistration failed; the lease will expire"),

@@ -22,15 +22,15 @@ pub enum HttpError {
         uri: String,
     },
     /// The request could not be sent or the response not received.
-    #[error("{method} {uri}: {source}")]
+    #[error("{method} {uri}: {}", chain(cause))]
     Transport {
         /// The method.
         method: Method,
         /// The URI.
         uri: Uri,
-        /// What the connection said.
-        #[source]
-        source: hyper_util::client::legacy::Error,
+        /// What the connection said (kept whole so callers can tell a refused connection
+        /// from a reset one; shown with its causes in the message).
+        cause: hyper_util::client::legacy::Error,
     },
     /// No response within the time allowed.
     #[error("{method} {uri}: no response within {timeout:?}")]
@@ -43,13 +43,12 @@ pub enum HttpError {
         timeout: Duration,
     },
     /// The body could not be read.
-    #[error("{uri}: reading the body: {source}")]
+    #[error("{uri}: reading the body: {}", chain(cause))]
     Body {
         /// The URI.
         uri: Uri,
         /// What went wrong.
-        #[source]
-        source: hyper::Error,
+        cause: hyper::Error,
     },
     /// The server answered with an error status; its problem document, or one made from it.
     #[error("{uri}: {problem}")]
@@ -60,14 +59,28 @@ pub enum HttpError {
         problem: Problem,
     },
     /// The body was not the JSON expected.
-    #[error("{uri}: unexpected response body: {source}")]
+    #[error("{uri}: unexpected response body: {cause}")]
     Decode {
         /// The URI.
         uri: Uri,
         /// The JSON error.
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
+}
+
+/// An error and its causes on one line: "client error (Connect): tcp connect error: Connection refused".
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 impl HttpError {
@@ -136,7 +149,7 @@ impl HttpClient {
         } else {
             serde_json::from_slice(&bytes)
         }
-        .map_err(|source| HttpError::Decode { uri, source })?;
+        .map_err(|cause| HttpError::Decode { uri, cause })?;
         Ok(JsonResponse { status, headers, body })
     }
 
@@ -167,18 +180,18 @@ impl HttpClient {
             .map_err(|_| HttpError::InvalidUri { uri: uri.to_owned() })?;
         let timeout = timeout.unwrap_or(self.timeout);
         let call = async {
-            let response = self.inner.request(request).await.map_err(|source| HttpError::Transport {
+            let response = self.inner.request(request).await.map_err(|cause| HttpError::Transport {
                 method: method.clone(),
                 uri: parsed.clone(),
-                source,
+                cause,
             })?;
             let (parts, body) = response.into_parts();
             let bytes = body
                 .collect()
                 .await
-                .map_err(|source| HttpError::Body {
+                .map_err(|cause| HttpError::Body {
                     uri: parsed.clone(),
-                    source,
+                    cause,
                 })?
                 .to_bytes();
             Ok::<_, HttpError>((parts, bytes))

@@ -1,0 +1,86 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Manifest, FileError> {
+    Manifest::parse(&TomlFile::from_text("/tmp/flotilla.toml", text), Path::new("/usr/bin/flotilla-self"))
+}
+
+#[test]
+fn defaults_run_the_built_in_components() {
+    let m = parse("[services.catalog]\n").unwrap();
+    assert_eq!(m.control.program.command, Path::new("/usr/bin/flotilla-self"));
+    assert_eq!(m.control.program.args, ["control"]);
+    assert_eq!(m.gateway.program.args, ["gateway"]);
+    assert_eq!(m.control.ttl, Duration::from_secs(3));
+    assert_eq!(m.services[0].name, "catalog");
+    assert_eq!(m.services[0].instances, 1);
+    assert_eq!(m.services[0].program.args, ["service", "catalog"]);
+}
+
+#[test]
+fn full_service_entry() {
+    let m = parse(
+        "[services.catalog]\ncommand = \"flotilla\"\nargs = [\"service\", \"catalog\"]\ninstances = 3\nenv = { RUST_LOG = \"debug\" }\n\n[services.legacy]\ncommand = \"sh\"\nargs = [\"-c\", \"exit 0\"]\n",
+    )
+    .unwrap();
+    assert_eq!(m.services[0].instances, 3);
+    assert_eq!(m.services[0].program.env["RUST_LOG"], "debug");
+    assert!(m.services[1].program.command.ends_with("sh"));
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let err = parse("[services.catalog]\ninstances = 2\ninstnces = 3\n").unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+    assert!(err.message.contains("instnces"), "{err}");
+    assert!(err.to_string().starts_with("/tmp/flotilla.toml:3:"), "{err}");
+
+    let err = parse("[gatewy]\nroutes = \"x\"\n").unwrap_err();
+    assert_eq!(err.line, Some(1), "{err}");
+    assert!(err.message.contains("gatewy"), "{err}");
+}
+
+#[test]
+fn bad_values_name_line_and_key() {
+    let err = parse("[services.catalog]\ninstances = -1\n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert!(err.message.contains("services.catalog.instances"), "{err}");
+
+    let err = parse("[services.catalog]\ninstances = \"two\"\n").unwrap_err();
+    assert_eq!(err.line, Some(2), "{err}");
+
+    let err = parse("\n[services.Catalog]\n").unwrap_err();
+    assert_eq!(err.line, Some(2), "{err}");
+    assert!(err.message.contains("not a valid service name"), "{err}");
+
+    let err = parse("[control]\nheartbeat = \"soon\"\n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert!(err.message.contains("control.heartbeat"), "{err}");
+
+    let err = parse("[control]\nheartbeat = \"2s\"\nttl = \"3s\"\n").unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+}
+
+#[test]
+fn missing_files_and_commands_are_named() {
+    let err = parse("[gateway]\nroutes = \"no-such-routes.toml\"\n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert!(err.message.contains("no-such-routes.toml"), "{err}");
+
+    let err = parse("[services.x]\ncommand = \"definitely-not-a-program-4242\"\n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert!(err.message.contains("not found on PATH"), "{err}");
+
+    let err = parse("[services.x]\ncommand = \"./bin/nothing\"\n").unwrap_err();
+    assert!(err.message.contains("does not exist"), "{err}");
+
+    let err = Manifest::load(Path::new("/nonexistent/flotilla.toml"), Path::new("/x")).unwrap_err();
+    assert_eq!(err.to_string(), "/nonexistent/flotilla.toml: file not found");
+}
+
+#[test]
+fn scale_overrides_and_refuses_unknown_services() {
+    let mut m = parse("[services.catalog]\n").unwrap();
+    m.scale("catalog", 3).unwrap();
+    assert_eq!(m.services[0].instances, 3);
+    assert!(m.scale("orders", 2).unwrap_err().contains("no service `orders`"));
+}

@@ -1,0 +1,305 @@
+//! `flotilla up`: a small local orchestrator. It starts the control plane and waits until it
+//! is ready, then the gateway and every service instance; restarts what crashes; merges all
+//! logs; and on Ctrl-C stops services first (they deregister and drain), then the gateway,
+//! then the control plane.
+
+mod output;
+mod process;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla::config::FileError;
+use flotilla::discovery::RegistryClient;
+use flotilla::http::HttpClient;
+use flotilla_api::registry::meta;
+use flotilla_api::{env, Instance};
+
+pub use self::output::Output;
+use self::process::{ProcessSpec, Supervised};
+use crate::manifest::{Manifest, Program};
+
+/// Options of `flotilla up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The manifest to run.
+    pub manifest: PathBuf,
+    /// Where state and logs live.
+    pub data_dir: PathBuf,
+    /// Where the gateway listens.
+    pub gateway_addr: SocketAddr,
+    /// Where the control plane listens.
+    pub control_addr: SocketAddr,
+    /// Instance counts that override the manifest's.
+    pub scale: Vec<(String, u32)>,
+    /// What the command `flotilla` means in the manifest (this binary).
+    pub self_exe: PathBuf,
+    /// How long to wait for every instance before printing the banner anyway.
+    pub ready_timeout: Duration,
+}
+
+/// Why `up` could not run the system.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// The manifest is missing or wrong.
+    #[error(transparent)]
+    Manifest(#[from] FileError),
+    /// A `--scale` override is wrong.
+    #[error("{0}")]
+    Scale(String),
+    /// The data dir could not be prepared.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A port is taken.
+    #[error("port {port} is already in use ({addr}); choose another with {flag}")]
+    PortInUse {
+        /// The port.
+        port: u16,
+        /// The address.
+        addr: SocketAddr,
+        /// The flag that changes it.
+        flag: &'static str,
+    },
+    /// Another bind problem.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The flag that changes it.
+        flag: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control plane did not become ready.
+    #[error("the control plane did not become ready within {0:?}; see {1}")]
+    ControlNotReady(Duration, PathBuf),
+}
+
+fn check_port(addr: SocketAddr, flag: &'static str) -> Result<(), UpError> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => Err(UpError::PortInUse {
+            port: addr.port(),
+            addr,
+            flag,
+        }),
+        Err(source) => Err(UpError::Bind { addr, flag, source }),
+    }
+}
+
+/// The processes of one tier (stopped together).
+type Tier = Vec<Supervised>;
+
+/// Runs the system until `shutdown` resolves, then stops it in order.
+pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), UpError> {
+    let mut manifest = Manifest::load(&options.manifest, &options.self_exe)?;
+    for (name, n) in &options.scale {
+        manifest.scale(name, *n).map_err(UpError::Scale)?;
+    }
+    let data_err = |source| UpError::DataDir {
+        path: options.data_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&options.data_dir).map_err(data_err)?;
+    let data_dir = std::fs::canonicalize(&options.data_dir).map_err(data_err)?;
+    let token = crate::token::ensure(&data_dir).map_err(data_err)?;
+    check_port(options.control_addr, "--control-addr")?;
+    check_port(options.gateway_addr, "--gateway-addr")?;
+
+    let names: Vec<String> = manifest
+        .services
+        .iter()
+        .flat_map(|s| (1..=s.instances).map(move |i| format!("{}-{i}", s.name)))
+        .collect();
+    let width = names.iter().map(String::len).chain([8]).max().unwrap_or(8);
+    let output = Arc::new(Output::new(&data_dir.join("logs"), width).map_err(data_err)?);
+    let started = Instant::now();
+    tokio::pin!(shutdown);
+
+    let common = |name: &str| -> Vec<(String, String)> {
+        vec![
+            (env::CONTROL_ADDR.into(), options.control_addr.to_string()),
+            (env::TOKEN.into(), token.clone()),
+            (env::DATA_DIR.into(), data_dir.display().to_string()),
+            (env::INSTANCE.into(), name.to_owned()),
+            (env::SUPERVISED.into(), "1".into()),
+        ]
+    };
+    let spec = |name: &str, slot: usize, program: &Program, extra: Vec<(String, String)>, grace: Duration| {
+        let mut env = common(name);
+        env.extend(extra);
+        env.extend(program.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        ProcessSpec {
+            name: name.to_owned(),
+            command: program.command.clone(),
+            args: program.args.clone(),
+            env,
+            slot,
+            stop_grace: grace,
+        }
+    };
+
+    // 1. The control plane, alone, until it answers.
+    output.say(&format!("starting the control plane on http://{}", options.control_addr));
+    let control_env = vec![
+        ("FLOTILLA_LISTEN".into(), options.control_addr.to_string()),
+        ("FLOTILLA_HEARTBEAT".into(), format!("{}ms", manifest.control.heartbeat.as_millis())),
+        ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
+    ];
+    let control: Tier = vec![Supervised::start(
+        spec("control", 0, &manifest.control.program, control_env, Duration::from_millis(1000)),
+        output.clone(),
+    )];
+    let http = HttpClient::new(Duration::from_secs(1));
+    let ready_url = format!("http://{}/health/ready", options.control_addr);
+    let control_timeout = Duration::from_secs(15);
+    let waited = tokio::select! {
+        ready = wait_for_control(&http, &ready_url, control_timeout) => ready,
+        _ = &mut shutdown => {
+            stop_all(&output, vec![], vec![], control).await;
+            return Ok(());
+        }
+    };
+    if !waited {
+        stop_all(&output, vec![], vec![], control).await;
+        return Err(UpError::ControlNotReady(control_timeout, data_dir.join("logs/control.log")));
+    }
+    output.say(&format!("control plane ready in {} ms", started.elapsed().as_millis()));
+
+    // 2. The gateway and every service instance.
+    let total: u32 = manifest.services.iter().map(|s| s.instances).sum();
+    output.say(&format!(
+        "starting the gateway on http://{} and {total} service instance{}",
+        options.gateway_addr,
+        if total == 1 { "" } else { "s" }
+    ));
+    let mut gateway_env = vec![("FLOTILLA_LISTEN".into(), options.gateway_addr.to_string())];
+    if let Some(routes) = &manifest.gateway.routes {
+        gateway_env.push(("FLOTILLA_ROUTES".into(), routes.display().to_string()));
+    }
+    let gateway: Tier = vec![Supervised::start(
+        spec("gateway", 1, &manifest.gateway.program, gateway_env, Duration::from_millis(1500)),
+        output.clone(),
+    )];
+    let mut services: Tier = Vec::new();
+    for (index, service) in manifest.services.iter().enumerate() {
+        for i in 1..=service.instances {
+            let name = format!("{}-{i}", service.name);
+            services.push(Supervised::start(
+                spec(&name, index + 2, &service.program, vec![], Duration::from_secs(3)),
+                output.clone(),
+            ));
+        }
+    }
+
+    // 3. Wait for each to register, showing progress, then the banner.
+    let registry = RegistryClient::with_http(http.clone(), &options.control_addr.to_string(), Some(token.clone()));
+    let mut expected: BTreeSet<String> = services.iter().map(|s| s.name.clone()).collect();
+    expected.insert("gateway".into());
+    let ready = tokio::select! {
+        ready = wait_for_instances(&registry, &output, &expected, started, options.ready_timeout) => ready,
+        _ = &mut shutdown => {
+            stop_all(&output, services, gateway, control).await;
+            return Ok(());
+        }
+    };
+    let service_ready = ready.iter().filter(|n| n.as_str() != "gateway").count();
+    output.block(&banner(&options, &data_dir, service_ready, total as usize, ready.contains("gateway"), started.elapsed(), output.color()));
+
+    shutdown.await;
+    stop_all(&output, services, gateway, control).await;
+    Ok(())
+}
+
+async fn wait_for_control(http: &HttpClient, url: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if http.send_raw::<()>(http::Method::GET, url, None, None, None).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Polls the registry until every expected process has registered (or the time runs out),
+/// announcing each as it arrives. Returns the names that made it.
+async fn wait_for_instances(
+    registry: &RegistryClient,
+    output: &Output,
+    expected: &BTreeSet<String>,
+    started: Instant,
+    timeout: Duration,
+) -> BTreeSet<String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen: BTreeMap<String, Instance> = BTreeMap::new();
+    loop {
+        if let Ok(list) = registry.instances(None, None, Duration::ZERO).await {
+            for instance in list.instances {
+                let Some(name) = instance.metadata.get(meta::SUPERVISOR_NAME).cloned() else { continue };
+                if expected.contains(&name) && !seen.contains_key(&name) {
+                    output.say(&format!(
+                        "✓ {name} ready at {} ({:.1}s)",
+                        instance.address,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    seen.insert(name, instance);
+                }
+            }
+        }
+        if seen.len() == expected.len() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<_> = expected.iter().filter(|n| !seen.contains_key(*n)).cloned().collect();
+            output.say(&format!("still waiting for {} after {timeout:?}; see their logs above", missing.join(", ")));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen.into_keys().collect()
+}
+
+fn banner(options: &UpOptions, data_dir: &Path, ready: usize, total: usize, gateway: bool, took: Duration, color: bool) -> String {
+    let (bold, dim, reset) = if color { ("\x1b[1m", "\x1b[2m", "\x1b[0m") } else { ("", "", "") };
+    let rule = format!("{dim}  {}{reset}", "─".repeat(60));
+    let gateway_state = if gateway { "" } else { "  (not ready yet)" };
+    [
+        String::new(),
+        rule.clone(),
+        format!(
+            "  {bold}Flotilla is up{reset}: {ready}/{total} service instances ready in {:.1}s",
+            took.as_secs_f64()
+        ),
+        format!("    gateway         http://{}{gateway_state}", options.gateway_addr),
+        format!("    control plane   http://{}", options.control_addr),
+        format!("    logs            {}", data_dir.join("logs").display()),
+        format!("    try             curl http://{}/api/v1/products", options.gateway_addr),
+        "                    flotilla status".to_owned(),
+        "  Ctrl-C stops everything.".to_owned(),
+        rule,
+        String::new(),
+    ]
+    .join("\n")
+}
+
+/// Stops services first (they deregister and drain), then the gateway, then the control plane.
+async fn stop_all(output: &Output, services: Tier, gateway: Tier, control: Tier) {
+    let started = Instant::now();
+    output.say("stopping: services, then the gateway, then the control plane");
+    for tier in [services, gateway, control] {
+        futures_util::future::join_all(tier.into_iter().map(Supervised::stop)).await;
+    }
+    output.say(&format!("stopped in {} ms", started.elapsed().as_millis()));
+}

@@ -1,0 +1,196 @@
+//! The gateway against real upstreams on loopback: routing, rewriting, streaming, and the
+//! problem+json answers when there is nowhere to send a request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla::discovery::Discovery;
+use flotilla::config::TomlFile;
+use flotilla_api::InstanceList;
+use flotilla_gateway::routes::RouteTable;
+use flotilla_gateway::{Gateway, GatewayConfig};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// An upstream that answers with what it received: method, path, headers and body length.
+async fn echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    let headers: serde_json::Map<String, serde_json::Value> = parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                        .collect();
+                    let answer = serde_json::json!({
+                        "upstream": addr.to_string(),
+                        "method": parts.method.as_str(),
+                        "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
+                        "headers": headers,
+                        "body_len": body.len(),
+                        "body_sum": body.iter().map(|b| *b as u64).sum::<u64>(),
+                    });
+                    Ok::<_, hyper::Error>(
+                        hyper::Response::builder()
+                            .header("connection", "keep-alive, x-upstream-secret")
+                            .header("x-upstream-secret", "hop")
+                            .body(Full::new(Bytes::from(answer.to_string())))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Running {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn gateway(routes: &str, discovery: Option<Discovery>) -> Running {
+    let table = RouteTable::parse(&TomlFile::from_text("routes.toml", routes)).unwrap();
+    let gateway = Gateway::new(table, discovery, GatewayConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(flotilla_gateway::serve(listener, Arc::clone(&gateway), async move {
+        let _ = stopped.await;
+    }));
+    Running { addr, _stop: stop }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn send(req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+    let response = client().request(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (parts.status, parts.headers, json)
+}
+
+fn get(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}{path}")).body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn forwards_with_rewritten_path_and_proxy_headers() {
+    let upstream = echo_upstream().await;
+    let gw = gateway(
+        &format!("[[routes]]\nprefix = \"/legacy\"\nupstreams = [\"http://{upstream}/base\"]\nstrip_prefix = true\n"),
+        None,
+    )
+    .await;
+    let req = Request::get(format!("http://{}/legacy/a/b?x=1", gw.addr))
+        .header("connection", "keep-alive, x-client-secret")
+        .header("x-client-secret", "hop")
+        .header("x-request-id", "abc-123")
+        .body(Full::default())
+        .unwrap();
+    let (status, headers, echo) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echo["path"], "/base/a/b?x=1");
+    assert_eq!(echo["headers"]["x-request-id"], "abc-123", "a client's request id is kept");
+    assert_eq!(headers["x-request-id"], "abc-123");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert!(echo["headers"].get("x-client-secret").is_none(), "headers named in Connection are hop-by-hop");
+    assert!(headers.get("x-upstream-secret").is_none(), "also on the way back");
+}
+
+#[tokio::test]
+async fn makes_up_a_request_id_and_streams_large_bodies() {
+    let upstream = echo_upstream().await;
+    let gw = gateway(&format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n"), None).await;
+    let body: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|b| *b as u64).sum();
+    let req = Request::post(format!("http://{}/upload", gw.addr)).body(Full::new(Bytes::from(body))).unwrap();
+    let (status, headers, echo) = send(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body_len"], 4 * 1024 * 1024);
+    assert_eq!(echo["body_sum"], sum);
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(echo["headers"]["x-request-id"], id);
+}
+
+#[tokio::test]
+async fn routes_to_registry_instances_in_turn() {
+    let (a, b) = (echo_upstream().await, echo_upstream().await);
+    let instances: Vec<serde_json::Value> = [a, b]
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            serde_json::json!({
+                "service": "catalog", "instance_id": format!("catalog-{i}"), "address": addr.to_string(),
+                "version": "1", "metadata": {}, "health": "passing", "uptime_ms": 1, "last_heartbeat_ms": 1
+            })
+        })
+        .collect();
+    let list: InstanceList = serde_json::from_value(serde_json::json!({ "index": 5, "instances": instances })).unwrap();
+    let gw = gateway("[[routes]]\nprefix = \"/api/v1/products\"\nservice = \"catalog\"\n", Some(Discovery::fixed(list))).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let (status, _, echo) = send(get(gw.addr, "/api/v1/products/1")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(echo["path"], "/api/v1/products/1");
+        *seen.entry(echo["upstream"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both instances served: {seen:?}");
+    assert!(seen.values().all(|n| *n == 2), "in turn: {seen:?}");
+    let (status, _, routes) = send(get(gw.addr, "/-/routes")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(routes["routes"][0]["instances"], 2);
+}
+
+#[tokio::test]
+async fn answers_problems_when_there_is_nowhere_to_go() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let empty = Discovery::fixed(InstanceList { index: 1, instances: vec![] });
+    let gw = gateway(
+        &format!("[[routes]]\nprefix = \"/down\"\nupstreams = [\"http://{closed}\"]\n\n[[routes]]\nprefix = \"/svc\"\nservice = \"nobody\"\n"),
+        Some(empty),
+    )
+    .await;
+
+    let (status, headers, problem) = send(get(gw.addr, "/nothing-here")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(problem["type"], "urn:flotilla:problem:not-found");
+    assert!(headers.contains_key("x-request-id"));
+
+    let (status, headers, problem) = send(get(gw.addr, "/down/x")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(problem["type"], "urn:flotilla:problem:upstream-unavailable");
+
+    let (status, _, problem) = send(get(gw.addr, "/svc")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["type"], "urn:flotilla:problem:no-instance");
+    assert!(problem["detail"].as_str().unwrap().contains("nobody"));
+
+    let (status, _, ready) = send(get(gw.addr, "/-/ready")).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+}
