@@ -1,5 +1,7 @@
 //! System tests of `flotilla up`: the real binary, on free ports, in a temp dir.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};
@@ -60,7 +62,8 @@ fn up_serves_restarts_a_killed_instance_and_stops_cleanly() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let dropped_after = dropped_after.unwrap_or_else(|| panic!("dead instance never left the registry:\n{}", system.output()));
+    let dropped_after =
+        dropped_after.unwrap_or_else(|| panic!("dead instance never left the registry:\n{}", system.output()));
     assert!(
         dropped_after <= Duration::from_millis(3_000 + 1_000),
         "the dead instance stayed {dropped_after:?}, past the 3 s TTL"
@@ -77,18 +80,28 @@ fn up_serves_restarts_a_killed_instance_and_stops_cleanly() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(served, "the gateway never reached the new instance {new_id}:\n{}", system.output());
+    assert!(
+        served,
+        "the gateway never reached the new instance {new_id}:\n{}",
+        system.output()
+    );
 
     // Ctrl-C stops everything within 5 s, and nothing is left behind.
     let children = descendants(system.child.id());
-    assert!(children.len() >= 3, "expected control, gateway and catalog under up: {children:?}");
+    assert!(
+        children.len() >= 3,
+        "expected control, gateway and catalog under up: {children:?}"
+    );
     let took = system.interrupt(Duration::from_secs(10));
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     std::thread::sleep(Duration::from_millis(100));
     let left: Vec<u32> = children.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
     let out = system.output();
-    assert!(out.contains("deregistered"), "services deregister on the way out:\n{out}");
+    assert!(
+        out.contains("deregistered"),
+        "services deregister on the way out:\n{out}"
+    );
     assert!(system.data_dir().join("logs/catalog-1.log").is_file());
 }
 
@@ -129,13 +142,20 @@ fn a_port_in_use_is_named_with_its_flag() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("port {port} is already in use")) && err.contains("--gateway-addr"), "{err}");
+    assert!(
+        err.contains(&format!("port {port} is already in use")) && err.contains("--gateway-addr"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_bad_manifest_is_named_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("flotilla.toml"), "[services.catalog]\ninstances = 1\nreplicas = 2\n").unwrap();
+    std::fs::write(
+        dir.path().join("flotilla.toml"),
+        "[services.catalog]\ninstances = 1\nreplicas = 2\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(support::flotilla())
         .current_dir(dir.path())
         .args(["up", "--gateway-addr", &support::free_addr().to_string()])

@@ -1,7 +1,7 @@
 //! Helpers for system tests: start the real `flotilla` binary on free ports in a temp dir,
 //! read its output, and make sure every process it started is gone afterwards.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -35,10 +35,16 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+            let Some(p) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
             // The command name may hold spaces; the fields after its closing paren are fixed.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
             let fields: Vec<&str> = rest.split_whitespace().collect();
             if let Some(ppid) = fields.get(1).and_then(|f| f.parse().ok()) {
                 parents.push((p, ppid));
@@ -61,7 +67,9 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -91,7 +99,13 @@ impl System {
         let (gateway, control) = (free_addr(), free_addr());
         let mut child = Command::new(flotilla())
             .current_dir(dir.path())
-            .args(["up", "--gateway-addr", &gateway.to_string(), "--control-addr", &control.to_string()])
+            .args([
+                "up",
+                "--gateway-addr",
+                &gateway.to_string(),
+                "--control-addr",
+                &control.to_string(),
+            ])
             .args(extra)
             .env_remove("FLOTILLA_CONTROL_ADDR")
             .env_remove("FLOTILLA_DATA_DIR")
@@ -140,7 +154,10 @@ impl System {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                panic!("no line containing {needle:?} within {timeout:?}; output:\n{}", self.output());
+                panic!(
+                    "no line containing {needle:?} within {timeout:?}; output:\n{}",
+                    self.output()
+                );
             }
             let _ = self.new_line.recv_timeout(left.min(Duration::from_millis(200)));
         }
@@ -165,7 +182,11 @@ impl System {
     /// `flotilla status --output json`.
     pub fn status(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--output", "json"]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status json")
     }
 
@@ -202,11 +223,20 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 }
 
 /// A minimal HTTP/1.1 request (Connection: close), enough for system tests.
-pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -228,7 +258,9 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

@@ -124,10 +124,9 @@ impl axum_core::response::IntoResponse for Problem {
     fn into_response(self) -> axum_core::response::Response {
         let mut response = axum_core::response::Response::new(axum_core::body::Body::from(self.to_json()));
         *response.status_mut() = self.status_code();
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(CONTENT_TYPE),
-        );
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE));
         response
     }
 }

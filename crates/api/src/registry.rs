@@ -45,7 +45,10 @@ impl Registration {
             return Err(("instance_id", "must be printable ASCII without spaces or '/'".into()));
         }
         if self.address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(("address", format!("`{}` is not an `ip:port` socket address", self.address)));
+            return Err((
+                "address",
+                format!("`{}` is not an `ip:port` socket address", self.address),
+            ));
         }
         if self.version.len() > 64 {
             return Err(("version", "must be at most 64 characters".into()));
@@ -66,7 +69,9 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.ends_with('-');
     if ok {
         Ok(())

@@ -15,7 +15,11 @@ use flotilla_cli::{status, token};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "flotilla", version, about = "A microservices platform for Rust: gateway, registry, supervisor and the reference shop")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A microservices platform for Rust: gateway, registry, supervisor and the reference shop"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,7 +118,10 @@ async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Ok(listener) => Ok(listener),
         Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
-            bail!("port {} is already in use ({addr}); choose another with {flag}", addr.port())
+            bail!(
+                "port {} is already in use ({addr}); choose another with {flag}",
+                addr.port()
+            )
         }
         Err(err) => Err(err).with_context(|| format!("cannot listen on {addr} ({flag})")),
     }
@@ -141,7 +148,13 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Up { manifest, data_dir, gateway_addr, control_addr, scale } => {
+        Command::Up {
+            manifest,
+            data_dir,
+            gateway_addr,
+            control_addr,
+            scale,
+        } => {
             let options = UpOptions {
                 manifest,
                 data_dir,
@@ -153,21 +166,33 @@ async fn run(cli: Cli) -> Result<()> {
             };
             supervisor::up(options, runtime::shutdown_signal()).await?;
         }
-        Command::Status { control_addr, data_dir, output } => {
+        Command::Status {
+            control_addr,
+            data_dir,
+            output,
+        } => {
             let token = token::read(&data_dir).ok().flatten();
             let client = RegistryClient::new(&control_addr, token);
-            let list = status::fetch(&client)
-                .await
-                .with_context(|| format!("asking the control plane at {control_addr} (is `flotilla up` running? --control-addr)"))?;
+            let list = status::fetch(&client).await.with_context(|| {
+                format!("asking the control plane at {control_addr} (is `flotilla up` running? --control-addr)")
+            })?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
                 Output::Table => print!("{}", status::table(&control_addr, &list)),
             }
         }
-        Command::Control { listen, data_dir, heartbeat, ttl } => {
+        Command::Control {
+            listen,
+            data_dir,
+            heartbeat,
+            ttl,
+        } => {
             flotilla::telemetry::init();
             let registry = flotilla_control::RegistryConfig { heartbeat, ttl };
-            registry.validate().map_err(anyhow::Error::msg).context("--heartbeat/--ttl")?;
+            registry
+                .validate()
+                .map_err(anyhow::Error::msg)
+                .context("--heartbeat/--ttl")?;
             let token = match std::env::var(flotilla_api::env::TOKEN) {
                 Ok(token) if !token.is_empty() => token,
                 _ => token::ensure(&data_dir).with_context(|| format!("token in {}", data_dir.display()))?,
@@ -176,7 +201,11 @@ async fn run(cli: Cli) -> Result<()> {
             let config = flotilla_control::ControlConfig { registry, token };
             flotilla_control::serve(listener, config, runtime::shutdown_signal()).await?;
         }
-        Command::Gateway { listen, routes, control_addr } => {
+        Command::Gateway {
+            listen,
+            routes,
+            control_addr,
+        } => {
             flotilla::telemetry::init();
             let table = flotilla_gateway::routes::RouteTable::load(&routes)?;
             let env = ServiceEnv::from_env();
@@ -188,7 +217,10 @@ async fn run(cli: Cli) -> Result<()> {
             });
             if discovery.is_none() {
                 if let Some(service) = table.services().next() {
-                    bail!("{}: routes name service `{service}`, which needs --control-addr", routes.display());
+                    bail!(
+                        "{}: routes name service `{service}`, which needs --control-addr",
+                        routes.display()
+                    );
                 }
             }
             let listener = bind(listen, "--listen").await?;
@@ -196,7 +228,8 @@ async fn run(cli: Cli) -> Result<()> {
             let gateway = flotilla_gateway::Gateway::new(table, discovery, Default::default());
             let registrar = control_addr.as_deref().map(|control| {
                 let client = RegistryClient::new(control, env.token.clone());
-                let registration = runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, Default::default());
+                let registration =
+                    runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, Default::default());
                 Registrar::spawn(client, registration)
             });
             tracing::info!(%addr, routes = %routes.display(), standalone = registrar.is_none(), "gateway listening");
@@ -214,7 +247,9 @@ async fn run(cli: Cli) -> Result<()> {
             let env = ServiceEnv::from_env();
             match name {
                 ShopService::Catalog => {
-                    let store = flotilla_catalog::open_store(&env).await.context("opening the catalog's database")?;
+                    let store = flotilla_catalog::open_store(&env)
+                        .await
+                        .context("opening the catalog's database")?;
                     let listener = Service::bind(listen).await.context("binding the catalog's listener")?;
                     Service::new(flotilla_catalog::SERVICE, env!("CARGO_PKG_VERSION"))
                         .env(env)

@@ -134,16 +134,32 @@ impl Manifest {
     pub fn parse(file: &TomlFile, self_exe: &Path) -> Result<Self, FileError> {
         let raw: RawManifest = file.parse()?;
         let base = file.path().parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolver = Resolver { file, base: &base, self_exe };
+        let resolver = Resolver {
+            file,
+            base: &base,
+            self_exe,
+        };
 
         let control = ControlEntry {
-            program: resolver.program(raw.control.command.as_ref(), raw.control.args, &["control"], raw.control.env, "control.command")?,
-            heartbeat: duration(file, raw.control.heartbeat.as_ref(), Duration::from_secs(1), "control.heartbeat")?,
+            program: resolver.program(
+                raw.control.command.as_ref(),
+                raw.control.args,
+                &["control"],
+                raw.control.env,
+                "control.command",
+            )?,
+            heartbeat: duration(
+                file,
+                raw.control.heartbeat.as_ref(),
+                Duration::from_secs(1),
+                "control.heartbeat",
+            )?,
             ttl: duration(file, raw.control.ttl.as_ref(), Duration::from_secs(3), "control.ttl")?,
         };
         if control.ttl < control.heartbeat * 2 {
             let span = raw.control.ttl.as_ref().map(Spanned::span);
-            let message = "control.ttl must be at least twice control.heartbeat, so one late heartbeat does not drop an instance";
+            let message =
+                "control.ttl must be at least twice control.heartbeat, so one late heartbeat does not drop an instance";
             return Err(match span {
                 Some(span) => file.error_at(span, message),
                 None => file.error(message),
@@ -154,14 +170,23 @@ impl Manifest {
             Some(routes) => {
                 let path = base.join(routes.get_ref());
                 if !path.is_file() {
-                    return Err(file.error_at(routes.span(), format!("gateway.routes: `{}` does not exist", path.display())));
+                    return Err(file.error_at(
+                        routes.span(),
+                        format!("gateway.routes: `{}` does not exist", path.display()),
+                    ));
                 }
                 Some(path)
             }
             None => None,
         };
         let gateway = GatewayEntry {
-            program: resolver.program(raw.gateway.command.as_ref(), raw.gateway.args, &["gateway"], raw.gateway.env, "gateway.command")?,
+            program: resolver.program(
+                raw.gateway.command.as_ref(),
+                raw.gateway.args,
+                &["gateway"],
+                raw.gateway.env,
+                "gateway.command",
+            )?,
             routes,
         };
 
@@ -176,12 +201,21 @@ impl Manifest {
                 Some(n) => {
                     return Err(file.error_at(
                         n.span(),
-                        format!("{key}.instances: {} is out of range (0 to {MAX_INSTANCES})", n.get_ref()),
+                        format!(
+                            "{key}.instances: {} is out of range (0 to {MAX_INSTANCES})",
+                            n.get_ref()
+                        ),
                     ))
                 }
             };
             let default_args = ["service", name.get_ref().as_str()];
-            let program = resolver.program(service.command.as_ref(), service.args, &default_args, service.env, &format!("{key}.command"))?;
+            let program = resolver.program(
+                service.command.as_ref(),
+                service.args,
+                &default_args,
+                service.env,
+                &format!("{key}.command"),
+            )?;
             services.push(ServiceEntry {
                 name: name.into_inner(),
                 program,
@@ -206,7 +240,9 @@ impl Manifest {
                 service.instances = instances;
                 Ok(())
             }
-            None => Err(format!("--scale {name}={instances}: the manifest has no service `{name}`")),
+            None => Err(format!(
+                "--scale {name}={instances}: the manifest has no service `{name}`"
+            )),
         }
     }
 }
@@ -227,7 +263,10 @@ impl Resolver<'_> {
         key: &str,
     ) -> Result<Program, FileError> {
         let (command, args) = match command {
-            None => (self.self_exe.to_path_buf(), args.unwrap_or_else(|| default_args.iter().map(|a| a.to_string()).collect())),
+            None => (
+                self.self_exe.to_path_buf(),
+                args.unwrap_or_else(|| default_args.iter().map(|a| a.to_string()).collect()),
+            ),
             Some(cmd) => {
                 let path = resolve_command(cmd.get_ref(), self.base, self.self_exe)
                     .map_err(|reason| self.file.error_at(cmd.span(), format!("{key}: {reason}")))?;
@@ -235,7 +274,9 @@ impl Resolver<'_> {
             }
         };
         if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
-            return Err(self.file.error(format!("{key}: environment variable name `{bad}` is not valid")));
+            return Err(self
+                .file
+                .error(format!("{key}: environment variable name `{bad}` is not valid")));
         }
         Ok(Program { command, args, env })
     }
@@ -266,13 +307,21 @@ fn resolve_command(command: &str, base: &Path, self_exe: &Path) -> Result<PathBu
         .ok_or_else(|| format!("`{command}` was not found on PATH"))
 }
 
-fn duration(file: &TomlFile, value: Option<&Spanned<String>>, default: Duration, key: &str) -> Result<Duration, FileError> {
+fn duration(
+    file: &TomlFile,
+    value: Option<&Spanned<String>>,
+    default: Duration,
+    key: &str,
+) -> Result<Duration, FileError> {
     match value {
         None => Ok(default),
         Some(text) => match humantime::parse_duration(text.get_ref()) {
             Ok(d) if !d.is_zero() => Ok(d),
             Ok(_) => Err(file.error_at(text.span(), format!("{key}: must be above zero"))),
-            Err(e) => Err(file.error_at(text.span(), format!("{key}: `{}` is not a duration like `1s` ({e})", text.get_ref()))),
+            Err(e) => Err(file.error_at(
+                text.span(),
+                format!("{key}: `{}` is not a duration like `1s` ({e})", text.get_ref()),
+            )),
         },
     }
 }

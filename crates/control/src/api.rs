@@ -24,8 +24,14 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// The whole API as an axum router.
 pub fn router(state: Arc<ControlState>) -> Router {
     let api = Router::new()
-        .route("/health/live", get(|| async { Json(serde_json::json!({"status": "live"})) }))
-        .route("/health/ready", get(|| async { Json(serde_json::json!({"status": "ready"})) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(serde_json::json!({"status": "live"})) }),
+        )
+        .route(
+            "/health/ready",
+            get(|| async { Json(serde_json::json!({"status": "ready"})) }),
+        )
         .route("/v1/registry/instances", post(register).get(list_instances))
         .route("/v1/registry/instances/{id}", axum::routing::delete(deregister))
         .route("/v1/registry/instances/{id}/heartbeat", put(heartbeat))
@@ -50,16 +56,21 @@ impl FromRequestParts<Arc<ControlState>> for Authorized {
         match presented {
             Some(token) if state.token_matches(token.trim()) => Ok(Authorized),
             Some(_) => Err(unauthorized("the registration token is wrong")),
-            None => Err(unauthorized("writes need `Authorization: Bearer <token>` (the token is in the data dir)")),
+            None => Err(unauthorized(
+                "writes need `Authorization: Bearer <token>` (the token is in the data dir)",
+            )),
         }
     }
 }
 
 fn unauthorized(detail: &str) -> Response {
-    let mut response = Problem::new(401, "unauthorized", "Unauthorized").with_detail(detail).into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"flotilla\""));
+    let mut response = Problem::new(401, "unauthorized", "Unauthorized")
+        .with_detail(detail)
+        .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"flotilla\""),
+    );
     response
 }
 
@@ -118,13 +129,18 @@ struct ListQuery {
 fn parse_wait(wait: Option<&str>) -> Result<Duration, Problem> {
     match wait {
         None => Ok(DEFAULT_WAIT),
-        Some(text) => humantime::parse_duration(text)
-            .map(|d| d.min(MAX_WAIT))
-            .map_err(|e| Problem::invalid_field("wait", format!("`{text}` is not a duration like `500ms` or `30s`: {e}"))),
+        Some(text) => humantime::parse_duration(text).map(|d| d.min(MAX_WAIT)).map_err(|e| {
+            Problem::invalid_field("wait", format!("`{text}` is not a duration like `500ms` or `30s`: {e}"))
+        }),
     }
 }
 
-async fn list(state: &ControlState, service: Option<&str>, index: Option<u64>, wait: Option<&str>) -> Result<Response, Problem> {
+async fn list(
+    state: &ControlState,
+    service: Option<&str>,
+    index: Option<u64>,
+    wait: Option<&str>,
+) -> Result<Response, Problem> {
     if let Some(service) = service {
         Registry::check_service_name(service).map_err(problem)?;
     }
@@ -147,7 +163,10 @@ async fn list(state: &ControlState, service: Option<&str>, index: Option<u64>, w
     Ok(response)
 }
 
-async fn list_instances(State(state): State<Arc<ControlState>>, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
+async fn list_instances(
+    State(state): State<Arc<ControlState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Problem> {
     list(&state, q.service.as_deref(), q.index, q.wait.as_deref()).await
 }
 

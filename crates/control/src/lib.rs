@@ -52,7 +52,11 @@ impl ControlState {
 }
 
 /// Serves the control plane on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, config: ControlConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    config: ControlConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (closing_tx, closing_rx) = watch::channel(false);
     let state = Arc::new(ControlState::new(config, closing_rx.clone()));
     let expiry = tokio::spawn({

@@ -216,11 +216,7 @@ impl Registry {
     /// When the next lease runs out, if any instance is registered.
     pub fn next_expiry(&self) -> Option<Instant> {
         let ttl = self.config.ttl;
-        self.lock()
-            .instances
-            .values()
-            .map(|e| e.last_heartbeat + ttl)
-            .min()
+        self.lock().instances.values().map(|e| e.last_heartbeat + ttl).min()
     }
 
     /// The current revision.

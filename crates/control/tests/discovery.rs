@@ -1,6 +1,8 @@
 //! The control plane with real SDK clients over loopback: a service registers, a watcher
 //! sees it at once, deregistration and a control plane restart are followed.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -61,7 +63,10 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
         let _ = service_stopped.await;
     }));
 
-    wait_until("the instance to appear", Duration::from_secs(5), || discovery.instances("echo").len() == 1).await;
+    wait_until("the instance to appear", Duration::from_secs(5), || {
+        discovery.instances("echo").len() == 1
+    })
+    .await;
     let instance = discovery.instances("echo")[0].clone();
     assert_eq!(instance.address, service_addr.to_string());
     assert_eq!(instance.version, "1.2.3");
@@ -71,8 +76,15 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
     // A restarted control plane starts empty; the service notices on its next heartbeat and
     // registers again, and the watcher reconciles.
     stop_control.send(()).unwrap();
-    wait_until("the view to go stale", Duration::from_secs(5), || discovery.snapshot().stale).await;
-    assert_eq!(discovery.instances("echo").len(), 1, "the last view is kept while the control plane is away");
+    wait_until("the view to go stale", Duration::from_secs(5), || {
+        discovery.snapshot().stale
+    })
+    .await;
+    assert_eq!(
+        discovery.instances("echo").len(),
+        1,
+        "the last view is kept while the control plane is away"
+    );
     let stop_control = start_control(control_addr).await;
     wait_until("the view to be fresh again", Duration::from_secs(5), || {
         let snap = discovery.snapshot();
@@ -83,9 +95,15 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
     // Deregistration on shutdown reaches the watcher before the service is gone.
     let stopped_at = Instant::now();
     stop_service.send(()).unwrap();
-    wait_until("the instance to leave", Duration::from_secs(2), || discovery.instances("echo").is_empty()).await;
+    wait_until("the instance to leave", Duration::from_secs(2), || {
+        discovery.instances("echo").is_empty()
+    })
+    .await;
     let seen_after = stopped_at.elapsed();
-    assert!(seen_after < Duration::from_secs(2), "deregistration is pushed, not left to the 5 s TTL: {seen_after:?}");
+    assert!(
+        seen_after < Duration::from_secs(2),
+        "deregistration is pushed, not left to the 5 s TTL: {seen_after:?}"
+    );
     service.await.unwrap().unwrap();
 
     let _ = stop_watch.send(());

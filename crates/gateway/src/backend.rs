@@ -76,7 +76,9 @@ impl Backend {
             Backend::Service { name, balancer } => {
                 let discovery = discovery.ok_or_else(|| PickError::NoDiscovery(name.clone()))?;
                 let instances = discovery.instances(name);
-                let instance = balancer.pick(&instances).ok_or_else(|| PickError::NoInstance(name.clone()))?;
+                let instance = balancer
+                    .pick(&instances)
+                    .ok_or_else(|| PickError::NoInstance(name.clone()))?;
                 let authority = instance
                     .address
                     .parse()
@@ -89,8 +91,13 @@ impl Backend {
             }
             Backend::Fixed { upstreams, balancer } => {
                 // Parsing guaranteed at least one upstream, each with an authority.
-                let uri = balancer.pick(upstreams).ok_or_else(|| PickError::NoInstance("static".into()))?;
-                let authority = uri.authority().cloned().ok_or_else(|| PickError::NoInstance(uri.to_string()))?;
+                let uri = balancer
+                    .pick(upstreams)
+                    .ok_or_else(|| PickError::NoInstance("static".into()))?;
+                let authority = uri
+                    .authority()
+                    .cloned()
+                    .ok_or_else(|| PickError::NoInstance(uri.to_string()))?;
                 Ok(Endpoint {
                     authority,
                     base_path: uri.path().trim_end_matches('/').to_owned(),

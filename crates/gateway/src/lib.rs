@@ -95,13 +95,21 @@ impl Gateway {
     }
 
     /// Handles one request from a client at `peer`. Never fails: errors become responses.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         self.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = request
             .headers()
             .get(&REQUEST_ID)
-            .filter(|v| v.len() <= 128 && v.to_str().is_ok_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic())))
+            .filter(|v| {
+                v.len() <= 128
+                    && v.to_str()
+                        .is_ok_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic()))
+            })
             .cloned()
             .unwrap_or_else(new_request_id);
         let method = request.method().clone();
@@ -114,7 +122,12 @@ impl Gateway {
             match routes.find(&path) {
                 None => {
                     let err = GatewayError::NoRoute(path.clone());
-                    (problem_response(&err.to_problem().with_instance(request_id_str(&request_id))), String::new(), String::new(), Some(err))
+                    (
+                        problem_response(&err.to_problem().with_instance(request_id_str(&request_id))),
+                        String::new(),
+                        String::new(),
+                        Some(err),
+                    )
                 }
                 Some(route) => match proxy::forward(&self, route, request, peer, &request_id).await {
                     Ok((response, upstream)) => (response, route.name.clone(), upstream, None),
@@ -149,12 +162,17 @@ impl Gateway {
 
     fn admin(&self, method: &Method, path: &str) -> Response<ProxyBody> {
         if method != Method::GET {
-            return problem_response(&flotilla_api::Problem::new(405, "method-not-allowed", "Method not allowed"));
+            return problem_response(&flotilla_api::Problem::new(
+                405,
+                "method-not-allowed",
+                "Method not allowed",
+            ));
         }
         match path {
             "/-/ready" if self.is_ready() => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
             "/-/ready" => problem_response(
-                &flotilla_api::Problem::new(503, "not-ready", "Not ready").with_detail("waiting for the first answer from the registry"),
+                &flotilla_api::Problem::new(503, "not-ready", "Not ready")
+                    .with_detail("waiting for the first answer from the registry"),
             ),
             "/-/live" => json_response(StatusCode::OK, &serde_json::json!({"status": "live"})),
             "/-/routes" => {
@@ -194,7 +212,11 @@ fn request_id_str(value: &HeaderValue) -> &str {
 
 /// Accepts connections on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then
 /// lets in-flight requests finish within the drain timeout.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -226,7 +248,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
     }
     drop(listener);
     tracing::info!("gateway draining");
-    if tokio::time::timeout(gateway.config.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(gateway.config.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timed out; closing remaining connections");
     }
     Ok(())

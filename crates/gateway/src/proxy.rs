@@ -67,11 +67,12 @@ pub async fn forward(
 
     // A client speaking HTTP/2 has no Host header, only :authority; upstreams get HTTP/1.1
     // with the Host the client asked for.
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host = request.headers().get(header::HOST).cloned().or_else(|| {
+        request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
@@ -87,7 +88,10 @@ pub async fn forward(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), value);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
     headers.insert(REQUEST_ID.clone(), request_id.clone());
 
     let timeout = gateway.config.upstream_timeout;

@@ -44,20 +44,27 @@ impl GatewayError {
     pub fn to_problem(&self) -> Problem {
         match self {
             GatewayError::NoRoute(path) => Problem::not_found(format!("no route matches `{path}`")),
-            GatewayError::NoEndpoint(err) => Problem::new(503, "no-instance", "Service unavailable").with_detail(err.to_string()),
-            GatewayError::Upstream { .. } => {
-                Problem::new(502, "upstream-unavailable", "Bad gateway").with_detail("the upstream could not be reached or failed mid-response")
+            GatewayError::NoEndpoint(err) => {
+                Problem::new(503, "no-instance", "Service unavailable").with_detail(err.to_string())
             }
+            GatewayError::Upstream { .. } => Problem::new(502, "upstream-unavailable", "Bad gateway")
+                .with_detail("the upstream could not be reached or failed mid-response"),
             GatewayError::UpstreamTimeout { timeout, .. } => Problem::new(504, "upstream-timeout", "Gateway timeout")
                 .with_detail(format!("the upstream did not answer within {} ms", timeout.as_millis())),
-            GatewayError::BadRequest(reason) => Problem::new(400, "bad-request", "Bad request").with_detail(reason.clone()),
+            GatewayError::BadRequest(reason) => {
+                Problem::new(400, "bad-request", "Bad request").with_detail(reason.clone())
+            }
         }
     }
 }
 
 /// A problem+json response.
 pub fn problem_response(problem: &Problem) -> Response<ProxyBody> {
-    let mut response = Response::new(Full::new(Bytes::from(problem.to_json())).map_err(|never| match never {}).boxed_unsync());
+    let mut response = Response::new(
+        Full::new(Bytes::from(problem.to_json()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = problem.status_code();
     response
         .headers_mut()
@@ -68,7 +75,11 @@ pub fn problem_response(problem: &Problem) -> Response<ProxyBody> {
 /// A JSON response for the admin endpoints.
 pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
     response
         .headers_mut()

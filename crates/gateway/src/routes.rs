@@ -90,7 +90,12 @@ pub struct RouteTable {
 impl RouteTable {
     /// A table from routes in any order.
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by(|a, b| b.prefix.trim_end_matches('/').len().cmp(&a.prefix.trim_end_matches('/').len()));
+        routes.sort_by(|a, b| {
+            b.prefix
+                .trim_end_matches('/')
+                .len()
+                .cmp(&a.prefix.trim_end_matches('/').len())
+        });
         Self { routes }
     }
 
@@ -108,7 +113,10 @@ impl RouteTable {
             if !prefix.starts_with('/') {
                 return Err(file.error_at(config.prefix.span(), format!("prefix `{prefix}` must start with '/'")));
             }
-            if routes.iter().any(|r: &Route| r.prefix.trim_end_matches('/') == prefix.trim_end_matches('/')) {
+            if routes
+                .iter()
+                .any(|r: &Route| r.prefix.trim_end_matches('/') == prefix.trim_end_matches('/'))
+            {
                 return Err(file.error_at(config.prefix.span(), format!("prefix `{prefix}` is routed twice")));
             }
             let backend = match (&config.service, &config.upstreams) {
@@ -210,7 +218,8 @@ upstreams = ["http://127.0.0.1:9000"]
 
     #[test]
     fn strip_prefix_keeps_a_rooted_path() {
-        let t = table("[[routes]]\nprefix = \"/legacy/\"\nupstreams = [\"http://127.0.0.1:9\"]\nstrip_prefix = true\n").unwrap();
+        let t = table("[[routes]]\nprefix = \"/legacy/\"\nupstreams = [\"http://127.0.0.1:9\"]\nstrip_prefix = true\n")
+            .unwrap();
         let r = t.find("/legacy/a/b").unwrap();
         assert_eq!(r.upstream_path("/legacy/a/b"), "/a/b");
         assert_eq!(r.upstream_path("/legacy"), "/");
@@ -228,7 +237,9 @@ upstreams = ["http://127.0.0.1:9000"]
         assert_eq!(err.line, Some(3), "{err}");
         let err = table("[[routes]]\nprefix = \"a\"\nservice = \"a\"\n").unwrap_err();
         assert!(err.message.contains("must start with '/'"), "{err}");
-        let err = table("[[routes]]\nprefix = \"/a\"\nservice = \"a\"\n[[routes]]\nprefix = \"/a/\"\nservice = \"b\"\n").unwrap_err();
+        let err =
+            table("[[routes]]\nprefix = \"/a\"\nservice = \"a\"\n[[routes]]\nprefix = \"/a/\"\nservice = \"b\"\n")
+                .unwrap_err();
         assert_eq!(err.line, Some(5), "{err}");
     }
 }

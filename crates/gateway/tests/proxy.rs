@@ -1,12 +1,14 @@
 //! The gateway against real upstreams on loopback: routing, rewriting, streaming, and the
 //! problem+json answers when there is nowhere to send a request.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flotilla::discovery::Discovery;
 use flotilla::config::TomlFile;
+use flotilla::discovery::Discovery;
 use flotilla_api::InstanceList;
 use flotilla_gateway::routes::RouteTable;
 use flotilla_gateway::{Gateway, GatewayConfig};
@@ -24,7 +26,9 @@ async fn echo_upstream() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let (parts, body) = req.into_parts();
@@ -89,7 +93,9 @@ async fn send(req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, serde_
 }
 
 fn get(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
-    Request::get(format!("http://{addr}{path}")).body(Full::default()).unwrap()
+    Request::get(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .unwrap()
 }
 
 #[tokio::test]
@@ -109,20 +115,32 @@ async fn forwards_with_rewritten_path_and_proxy_headers() {
     let (status, headers, echo) = send(req).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(echo["path"], "/base/a/b?x=1");
-    assert_eq!(echo["headers"]["x-request-id"], "abc-123", "a client's request id is kept");
+    assert_eq!(
+        echo["headers"]["x-request-id"], "abc-123",
+        "a client's request id is kept"
+    );
     assert_eq!(headers["x-request-id"], "abc-123");
     assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
-    assert!(echo["headers"].get("x-client-secret").is_none(), "headers named in Connection are hop-by-hop");
+    assert!(
+        echo["headers"].get("x-client-secret").is_none(),
+        "headers named in Connection are hop-by-hop"
+    );
     assert!(headers.get("x-upstream-secret").is_none(), "also on the way back");
 }
 
 #[tokio::test]
 async fn makes_up_a_request_id_and_streams_large_bodies() {
     let upstream = echo_upstream().await;
-    let gw = gateway(&format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n"), None).await;
+    let gw = gateway(
+        &format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n"),
+        None,
+    )
+    .await;
     let body: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let sum: u64 = body.iter().map(|b| *b as u64).sum();
-    let req = Request::post(format!("http://{}/upload", gw.addr)).body(Full::new(Bytes::from(body))).unwrap();
+    let req = Request::post(format!("http://{}/upload", gw.addr))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
     let (status, headers, echo) = send(req).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(echo["method"], "POST");
@@ -147,7 +165,11 @@ async fn routes_to_registry_instances_in_turn() {
         })
         .collect();
     let list: InstanceList = serde_json::from_value(serde_json::json!({ "index": 5, "instances": instances })).unwrap();
-    let gw = gateway("[[routes]]\nprefix = \"/api/v1/products\"\nservice = \"catalog\"\n", Some(Discovery::fixed(list))).await;
+    let gw = gateway(
+        "[[routes]]\nprefix = \"/api/v1/products\"\nservice = \"catalog\"\n",
+        Some(Discovery::fixed(list)),
+    )
+    .await;
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..4 {
         let (status, _, echo) = send(get(gw.addr, "/api/v1/products/1")).await;
@@ -168,7 +190,10 @@ async fn answers_problems_when_there_is_nowhere_to_go() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap()
     };
-    let empty = Discovery::fixed(InstanceList { index: 1, instances: vec![] });
+    let empty = Discovery::fixed(InstanceList {
+        index: 1,
+        instances: vec![],
+    });
     let gw = gateway(
         &format!("[[routes]]\nprefix = \"/down\"\nupstreams = [\"http://{closed}\"]\n\n[[routes]]\nprefix = \"/svc\"\nservice = \"nobody\"\n"),
         Some(empty),

@@ -132,7 +132,10 @@ impl RegistryClient {
     /// Lists services with instance counts.
     pub async fn services(&self) -> Result<Vec<ServiceSummary>, RegistryError> {
         let uri = format!("{}/v1/registry/services", self.base);
-        self.http.get_json(&uri, self.token.as_deref()).await.map_err(|e| Self::map(e, None))
+        self.http
+            .get_json(&uri, self.token.as_deref())
+            .await
+            .map_err(|e| Self::map(e, None))
     }
 }
 

@@ -24,5 +24,7 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
 
 /// Adds the problem+json fallbacks to a router, so no error leaves as an empty body.
 pub fn with_problem_fallbacks<S: Clone + Send + Sync + 'static>(router: axum::Router<S>) -> axum::Router<S> {
-    router.fallback(not_found).method_not_allowed_fallback(method_not_allowed)
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
 }

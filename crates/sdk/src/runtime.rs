@@ -41,7 +41,9 @@ impl ServiceEnv {
         Self {
             control_addr: var(env::CONTROL_ADDR),
             token: var(env::TOKEN),
-            data_dir: var(env::DATA_DIR).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".flotilla")),
+            data_dir: var(env::DATA_DIR)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".flotilla")),
             instance_name: var(env::INSTANCE),
         }
     }
@@ -147,7 +149,11 @@ impl Service {
     }
 
     /// Serves until `shutdown` resolves, then deregisters, drains and returns.
-    pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), RuntimeError> {
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), RuntimeError> {
         let addr = listener.local_addr().map_err(RuntimeError::Listener)?;
         let health = Arc::new(HealthState::default());
         let router = std::mem::take(&mut self.router);
@@ -166,7 +172,10 @@ impl Service {
 
         let registrar = self.env.control_addr.as_ref().map(|control| {
             let client = RegistryClient::new(control, self.env.token.clone());
-            Registrar::spawn(client, registration(&self.name, &self.version, addr, &self.env, self.metadata.clone()))
+            Registrar::spawn(
+                client,
+                registration(&self.name, &self.version, addr, &self.env, self.metadata.clone()),
+            )
         });
         *health.registrar.lock().unwrap_or_else(|e| e.into_inner()) = registrar;
 
@@ -191,7 +200,10 @@ impl Service {
 
 fn health_routes(health: Arc<HealthState>) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { Json(serde_json::json!({ "status": "live" })) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(serde_json::json!({ "status": "live" })) }),
+        )
         .route("/health/ready", get(ready))
         .with_state(health)
 }
@@ -239,7 +251,13 @@ impl Registrar {
 
 /// A registration for an instance of `service` at `addr`, with the pid and the supervisor's
 /// name in its metadata and an id that is unique to this process.
-pub fn registration(service: &str, version: &str, addr: SocketAddr, env: &ServiceEnv, mut metadata: BTreeMap<String, String>) -> Registration {
+pub fn registration(
+    service: &str,
+    version: &str,
+    addr: SocketAddr,
+    env: &ServiceEnv,
+    mut metadata: BTreeMap<String, String>,
+) -> Registration {
     metadata.insert(meta::PID.into(), std::process::id().to_string());
     if let Some(name) = &env.instance_name {
         metadata.insert(meta::SUPERVISOR_NAME.into(), name.clone());
@@ -293,8 +311,14 @@ async fn keep_registered(
                 failing = true;
             }
         }
-        let every = lease.map_or(Duration::from_millis(250), |l| Duration::from_millis(l.heartbeat_ms.max(10)));
-        let wait = if failing { every.min(Duration::from_millis(250)) } else { every };
+        let every = lease.map_or(Duration::from_millis(250), |l| {
+            Duration::from_millis(l.heartbeat_ms.max(10))
+        });
+        let wait = if failing {
+            every.min(Duration::from_millis(250))
+        } else {
+            every
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => break,

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyConnectOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
@@ -74,7 +74,10 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
-        Ok(format!("sqlite://{}?mode=rwc", dir.join(format!("{service}.db")).display()))
+        Ok(format!(
+            "sqlite://{}?mode=rwc",
+            dir.join(format!("{service}.db")).display()
+        ))
     }
 
     /// Connects and runs the migrations.
@@ -87,7 +90,10 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(redact(url)));
         };
-        let connect_err = |source| StoreError::Connect { url: redact(url), source };
+        let connect_err = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
         let options: AnyConnectOptions = url.parse().map_err(connect_err)?;
         let options = options.log_statements(tracing::log::LevelFilter::Debug);
         let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
@@ -106,7 +112,10 @@ impl Store {
             Engine::Postgres => pool.max_connections(10),
         };
         let pool = pool.connect_with(options).await.map_err(connect_err)?;
-        migrator.run(&pool).await.map_err(|source| StoreError::Migrate { url: redact(url), source })?;
+        migrator.run(&pool).await.map_err(|source| StoreError::Migrate {
+            url: redact(url),
+            source,
+        })?;
         Ok(Self { pool, engine })
     }
 
@@ -132,6 +141,83 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+/// Throwaway databases for tests: SQLite in a temp dir, or, when `FLOTILLA_TEST_POSTGRES`
+/// names a server (`postgres://postgres@127.0.0.1:5432`), a fresh PostgreSQL database that
+/// [`TestDatabase::remove`] drops again.
+#[cfg(feature = "test-util")]
+pub mod test_util {
+    use sqlx::Executor;
+
+    /// A database that exists for one test.
+    pub struct TestDatabase {
+        /// Its URL, for [`super::Store::open`].
+        pub url: String,
+        postgres: Option<(String, String)>,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    impl TestDatabase {
+        /// Creates an empty database for `service`.
+        ///
+        /// # Panics
+        /// When the database cannot be created: a test cannot go on without it.
+        pub async fn create(service: &str) -> Self {
+            sqlx::any::install_default_drivers();
+            match std::env::var("FLOTILLA_TEST_POSTGRES").ok().filter(|v| !v.is_empty()) {
+                Some(server) => {
+                    let server = server.trim_end_matches('/').to_owned();
+                    let name = format!("flotilla_test_{service}_{}", uuid::Uuid::new_v4().simple());
+                    let admin = format!("{server}/postgres");
+                    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+                        .await
+                        .unwrap_or_else(|e| panic!("connecting to {admin}: {e}"));
+                    conn.execute(format!("CREATE DATABASE {name}").as_str())
+                        .await
+                        .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+                    Self {
+                        url: format!("{server}/{name}"),
+                        postgres: Some((admin, name)),
+                        _dir: None,
+                    }
+                }
+                None => {
+                    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+                    let url = format!(
+                        "sqlite://{}?mode=rwc",
+                        dir.path().join(format!("{service}.db")).display()
+                    );
+                    Self {
+                        url,
+                        postgres: None,
+                        _dir: Some(dir),
+                    }
+                }
+            }
+        }
+
+        /// Which engine the tests run on, for messages.
+        pub fn engine(&self) -> super::Engine {
+            if self.postgres.is_some() {
+                super::Engine::Postgres
+            } else {
+                super::Engine::Sqlite
+            }
+        }
+
+        /// Drops a PostgreSQL database (closing its connections first); SQLite files go
+        /// with their temp dir.
+        pub async fn remove(self) {
+            if let Some((admin, name)) = &self.postgres {
+                if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(admin).await {
+                    let _ = conn
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            }
+        }
     }
 }
 

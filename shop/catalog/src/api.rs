@@ -98,21 +98,31 @@ async fn list_products(State(store): State<Store>, Query(q): Query<ListQuery>) -
     }
     let per_page = q.per_page.unwrap_or(DEFAULT_PER_PAGE);
     if per_page == 0 || per_page > MAX_PER_PAGE {
-        return Err(Problem::invalid_field("per_page", format!("must be 1 to {MAX_PER_PAGE}")));
+        return Err(Problem::invalid_field(
+            "per_page",
+            format!("must be 1 to {MAX_PER_PAGE}"),
+        ));
     }
     let offset = i64::from(page - 1) * i64::from(per_page);
     let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
         .fetch_one(store.pool())
         .await
         .map_err(internal)?;
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM products ORDER BY id LIMIT $1 OFFSET $2"))
-        .bind(i64::from(per_page))
-        .bind(offset)
-        .fetch_all(store.pool())
-        .await
-        .map_err(internal)?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM products ORDER BY id LIMIT $1 OFFSET $2"
+    ))
+    .bind(i64::from(per_page))
+    .bind(offset)
+    .fetch_all(store.pool())
+    .await
+    .map_err(internal)?;
     let items = rows.iter().map(product).collect::<Result<_, _>>().map_err(internal)?;
-    Ok(Json(Page { items, page, per_page, total }))
+    Ok(Json(Page {
+        items,
+        page,
+        per_page,
+        total,
+    }))
 }
 
 async fn get_product(State(store): State<Store>, Path(id): Path<String>) -> Result<Json<Product>, Problem> {

@@ -4,8 +4,8 @@
 mod api;
 mod seed;
 
-use flotilla::store::{Store, StoreError};
 use flotilla::runtime::ServiceEnv;
+use flotilla::store::{Store, StoreError};
 
 pub use api::{router, Page, Price, Product};
 
@@ -15,17 +15,24 @@ pub const SERVICE: &str = "catalog";
 /// The catalog's schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Opens (creating and migrating as needed) the catalog's database, and seeds the demo
-/// products into an empty one unless `CATALOG_SEED=false`.
+/// Opens the catalog's database where the environment says (`DATABASE_URL`, else SQLite in
+/// the data dir); see [`open`].
 pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
-    let url = Store::url_for(SERVICE, &env.data_dir)?;
-    let store = Store::open(&url, &MIGRATOR).await?;
+    open(&Store::url_for(SERVICE, &env.data_dir)?).await
+}
+
+/// Opens (creating and migrating as needed) the catalog's database at `url`, and seeds the
+/// demo products into an empty one unless `CATALOG_SEED=false`.
+pub async fn open(url: &str) -> Result<Store, StoreError> {
+    let store = Store::open(url, &MIGRATOR).await?;
     let seed = std::env::var("CATALOG_SEED").map_or(true, |v| v != "false" && v != "0");
     if seed {
-        let added = seed::seed_if_empty(&store).await.map_err(|source| StoreError::Connect {
-            url: "catalog seed".into(),
-            source,
-        })?;
+        let added = seed::seed_if_empty(&store)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: "catalog seed".into(),
+                source,
+            })?;
         if added > 0 {
             tracing::info!(products = added, "seeded the demo catalog");
         }

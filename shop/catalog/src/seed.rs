@@ -3,22 +3,114 @@
 use flotilla::store::Store;
 
 const CATEGORIES: [(&str, [&str; 5]); 10] = [
-    ("books", ["The Rust Programming Language", "Designing Data-Intensive Applications", "Release It!", "Building Microservices", "Site Reliability Engineering"]),
-    ("coffee", ["Ethiopia Yirgacheffe Beans", "Colombia Huila Beans", "Espresso House Blend", "Decaf Swiss Water", "Cold Brew Pack"]),
-    ("kitchen", ["Pour-Over Kettle", "Burr Grinder", "Cast Iron Skillet", "Chef's Knife", "Digital Scale"]),
-    ("audio", ["Studio Headphones", "Bluetooth Speaker", "USB Microphone", "In-Ear Monitors", "Headphone Amplifier"]),
-    ("office", ["Mechanical Keyboard", "Ergonomic Mouse", "Standing Desk Mat", "Monitor Arm", "Desk Lamp"]),
-    ("outdoor", ["Trail Running Shoes", "Ultralight Tent", "Down Sleeping Bag", "Trekking Poles", "Headlamp"]),
-    ("games", ["Strategy Board Game", "Cooperative Card Game", "Chess Set", "Puzzle 1000 Pieces", "Dice Tower"]),
-    ("garden", ["Pruning Shears", "Watering Can", "Raised Bed Kit", "Herb Seed Set", "Compost Bin"]),
-    ("apparel", ["Merino T-Shirt", "Rain Jacket", "Wool Socks", "Canvas Tote", "Baseball Cap"]),
-    ("toys", ["Wooden Train Set", "Building Blocks", "Plush Crab", "Kite", "Marble Run"]),
+    (
+        "books",
+        [
+            "The Rust Programming Language",
+            "Designing Data-Intensive Applications",
+            "Release It!",
+            "Building Microservices",
+            "Site Reliability Engineering",
+        ],
+    ),
+    (
+        "coffee",
+        [
+            "Ethiopia Yirgacheffe Beans",
+            "Colombia Huila Beans",
+            "Espresso House Blend",
+            "Decaf Swiss Water",
+            "Cold Brew Pack",
+        ],
+    ),
+    (
+        "kitchen",
+        [
+            "Pour-Over Kettle",
+            "Burr Grinder",
+            "Cast Iron Skillet",
+            "Chef's Knife",
+            "Digital Scale",
+        ],
+    ),
+    (
+        "audio",
+        [
+            "Studio Headphones",
+            "Bluetooth Speaker",
+            "USB Microphone",
+            "In-Ear Monitors",
+            "Headphone Amplifier",
+        ],
+    ),
+    (
+        "office",
+        [
+            "Mechanical Keyboard",
+            "Ergonomic Mouse",
+            "Standing Desk Mat",
+            "Monitor Arm",
+            "Desk Lamp",
+        ],
+    ),
+    (
+        "outdoor",
+        [
+            "Trail Running Shoes",
+            "Ultralight Tent",
+            "Down Sleeping Bag",
+            "Trekking Poles",
+            "Headlamp",
+        ],
+    ),
+    (
+        "games",
+        [
+            "Strategy Board Game",
+            "Cooperative Card Game",
+            "Chess Set",
+            "Puzzle 1000 Pieces",
+            "Dice Tower",
+        ],
+    ),
+    (
+        "garden",
+        [
+            "Pruning Shears",
+            "Watering Can",
+            "Raised Bed Kit",
+            "Herb Seed Set",
+            "Compost Bin",
+        ],
+    ),
+    (
+        "apparel",
+        [
+            "Merino T-Shirt",
+            "Rain Jacket",
+            "Wool Socks",
+            "Canvas Tote",
+            "Baseball Cap",
+        ],
+    ),
+    (
+        "toys",
+        [
+            "Wooden Train Set",
+            "Building Blocks",
+            "Plush Crab",
+            "Kite",
+            "Marble Run",
+        ],
+    ),
 ];
 
 /// Inserts the demo products when the table is empty; returns how many were added.
 pub(crate) async fn seed_if_empty(store: &Store) -> Result<u64, sqlx::Error> {
     let mut tx = store.pool().begin().await?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products").fetch_one(&mut *tx).await?;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
+        .fetch_one(&mut *tx)
+        .await?;
     if count > 0 {
         return Ok(0);
     }

@@ -1,7 +1,10 @@
 use super::*;
 
 fn parse(text: &str) -> Result<Manifest, FileError> {
-    Manifest::parse(&TomlFile::from_text("/tmp/flotilla.toml", text), Path::new("/usr/bin/flotilla-self"))
+    Manifest::parse(
+        &TomlFile::from_text("/tmp/flotilla.toml", text),
+        Path::new("/usr/bin/flotilla-self"),
+    )
 }
 
 #[test]

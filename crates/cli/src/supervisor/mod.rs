@@ -151,14 +151,26 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     };
 
     // 1. The control plane, alone, until it answers.
-    output.say(&format!("starting the control plane on http://{}", options.control_addr));
+    output.say(&format!(
+        "starting the control plane on http://{}",
+        options.control_addr
+    ));
     let control_env = vec![
         ("FLOTILLA_LISTEN".into(), options.control_addr.to_string()),
-        ("FLOTILLA_HEARTBEAT".into(), format!("{}ms", manifest.control.heartbeat.as_millis())),
+        (
+            "FLOTILLA_HEARTBEAT".into(),
+            format!("{}ms", manifest.control.heartbeat.as_millis()),
+        ),
         ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
     ];
     let control: Tier = vec![Supervised::start(
-        spec("control", 0, &manifest.control.program, control_env, Duration::from_millis(1000)),
+        spec(
+            "control",
+            0,
+            &manifest.control.program,
+            control_env,
+            Duration::from_millis(1000),
+        ),
         output.clone(),
     )];
     let http = HttpClient::new(Duration::from_secs(1));
@@ -173,7 +185,10 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     };
     if !waited {
         stop_all(&output, vec![], vec![], control).await;
-        return Err(UpError::ControlNotReady(control_timeout, data_dir.join("logs/control.log")));
+        return Err(UpError::ControlNotReady(
+            control_timeout,
+            data_dir.join("logs/control.log"),
+        ));
     }
     output.say(&format!("control plane ready in {} ms", started.elapsed().as_millis()));
 
@@ -189,7 +204,13 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         gateway_env.push(("FLOTILLA_ROUTES".into(), routes.display().to_string()));
     }
     let gateway: Tier = vec![Supervised::start(
-        spec("gateway", 1, &manifest.gateway.program, gateway_env, Duration::from_millis(1500)),
+        spec(
+            "gateway",
+            1,
+            &manifest.gateway.program,
+            gateway_env,
+            Duration::from_millis(1500),
+        ),
         output.clone(),
     )];
     let mut services: Tier = Vec::new();
@@ -215,7 +236,15 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
     };
     let service_ready = ready.iter().filter(|n| n.as_str() != "gateway").count();
-    output.block(&banner(&options, &data_dir, service_ready, total as usize, ready.contains("gateway"), started.elapsed(), output.color()));
+    output.block(&banner(
+        &options,
+        &data_dir,
+        service_ready,
+        total as usize,
+        ready.contains("gateway"),
+        started.elapsed(),
+        output.color(),
+    ));
 
     shutdown.await;
     stop_all(&output, services, gateway, control).await;
@@ -225,7 +254,11 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
 async fn wait_for_control(http: &HttpClient, url: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if http.send_raw::<()>(http::Method::GET, url, None, None, None).await.is_ok() {
+        if http
+            .send_raw::<()>(http::Method::GET, url, None, None, None)
+            .await
+            .is_ok()
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -247,7 +280,9 @@ async fn wait_for_instances(
     loop {
         if let Ok(list) = registry.instances(None, None, Duration::ZERO).await {
             for instance in list.instances {
-                let Some(name) = instance.metadata.get(meta::SUPERVISOR_NAME).cloned() else { continue };
+                let Some(name) = instance.metadata.get(meta::SUPERVISOR_NAME).cloned() else {
+                    continue;
+                };
                 if expected.contains(&name) && !seen.contains_key(&name) {
                     output.say(&format!(
                         "✓ {name} ready at {} ({:.1}s)",
@@ -263,7 +298,10 @@ async fn wait_for_instances(
         }
         if Instant::now() >= deadline {
             let missing: Vec<_> = expected.iter().filter(|n| !seen.contains_key(*n)).cloned().collect();
-            output.say(&format!("still waiting for {} after {timeout:?}; see their logs above", missing.join(", ")));
+            output.say(&format!(
+                "still waiting for {} after {timeout:?}; see their logs above",
+                missing.join(", ")
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -271,8 +309,20 @@ async fn wait_for_instances(
     seen.into_keys().collect()
 }
 
-fn banner(options: &UpOptions, data_dir: &Path, ready: usize, total: usize, gateway: bool, took: Duration, color: bool) -> String {
-    let (bold, dim, reset) = if color { ("\x1b[1m", "\x1b[2m", "\x1b[0m") } else { ("", "", "") };
+fn banner(
+    options: &UpOptions,
+    data_dir: &Path,
+    ready: usize,
+    total: usize,
+    gateway: bool,
+    took: Duration,
+    color: bool,
+) -> String {
+    let (bold, dim, reset) = if color {
+        ("\x1b[1m", "\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "", "")
+    };
     let rule = format!("{dim}  {}{reset}", "─".repeat(60));
     let gateway_state = if gateway { "" } else { "  (not ready yet)" };
     [
@@ -285,7 +335,10 @@ fn banner(options: &UpOptions, data_dir: &Path, ready: usize, total: usize, gate
         format!("    gateway         http://{}{gateway_state}", options.gateway_addr),
         format!("    control plane   http://{}", options.control_addr),
         format!("    logs            {}", data_dir.join("logs").display()),
-        format!("    try             curl http://{}/api/v1/products", options.gateway_addr),
+        format!(
+            "    try             curl http://{}/api/v1/products",
+            options.gateway_addr
+        ),
         "                    flotilla status".to_owned(),
         "  Ctrl-C stops everything.".to_owned(),
         rule,

@@ -48,7 +48,11 @@ impl Output {
     /// One line from a process, with the colour given by `slot`.
     pub fn line(&self, name: &str, slot: usize, text: &str) {
         let prefix = if self.color {
-            format!("\x1b[{}m{name:<width$} │\x1b[0m ", PALETTE[slot % PALETTE.len()], width = self.width)
+            format!(
+                "\x1b[{}m{name:<width$} │\x1b[0m ",
+                PALETTE[slot % PALETTE.len()],
+                width = self.width
+            )
         } else {
             format!("{name:<width$} │ ", width = self.width)
         };

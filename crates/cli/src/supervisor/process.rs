@@ -92,7 +92,12 @@ fn spawn(spec: &ProcessSpec) -> std::io::Result<Child> {
     command.spawn()
 }
 
-fn pump(reader: impl AsyncRead + Unpin + Send + 'static, name: String, slot: usize, output: Arc<Output>) -> tokio::task::JoinHandle<()> {
+fn pump(
+    reader: impl AsyncRead + Unpin + Send + 'static,
+    name: String,
+    slot: usize,
+    output: Arc<Output>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let file = output.file(&name).ok();
         let mut reader = BufReader::new(reader);
@@ -124,7 +129,11 @@ async fn supervise(spec: ProcessSpec, output: Arc<Output>, mut stop: watch::Rece
         let mut child = match spawn(&spec) {
             Ok(child) => child,
             Err(err) => {
-                output.say(&format!("{}: cannot start {}: {err}", spec.name, spec.command.display()));
+                output.say(&format!(
+                    "{}: cannot start {}: {err}",
+                    spec.name,
+                    spec.command.display()
+                ));
                 if wait_or_stop(&mut stop, backoff).await {
                     return;
                 }
@@ -134,8 +143,14 @@ async fn supervise(spec: ProcessSpec, output: Arc<Output>, mut stop: watch::Rece
         };
         let _stdin = child.stdin.take();
         let pumps: Vec<_> = [
-            child.stdout.take().map(|r| pump(r, spec.name.clone(), spec.slot, output.clone())),
-            child.stderr.take().map(|r| pump(r, spec.name.clone(), spec.slot, output.clone())),
+            child
+                .stdout
+                .take()
+                .map(|r| pump(r, spec.name.clone(), spec.slot, output.clone())),
+            child
+                .stderr
+                .take()
+                .map(|r| pump(r, spec.name.clone(), spec.slot, output.clone())),
         ]
         .into_iter()
         .flatten()
@@ -201,7 +216,10 @@ async fn terminate(child: &mut Child, spec: &ProcessSpec, output: &Output) {
     match tokio::time::timeout(spec.stop_grace, child.wait()).await {
         Ok(_) => {}
         Err(_) => {
-            output.say(&format!("{} did not stop within {:?}; killing it", spec.name, spec.stop_grace));
+            output.say(&format!(
+                "{} did not stop within {:?}; killing it",
+                spec.name, spec.stop_grace
+            ));
             let _ = child.start_kill();
             let _ = child.wait().await;
         }

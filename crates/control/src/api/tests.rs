@@ -50,17 +50,32 @@ async fn registration_without_token_is_refused() {
     assert_eq!(response.headers()["content-type"], "application/problem+json");
     assert!(response.headers().contains_key("www-authenticate"));
 
-    let response = app.clone().oneshot(post(registration_body(), Some("wrong"))).await.unwrap();
+    let response = app
+        .clone()
+        .oneshot(post(registration_body(), Some("wrong")))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
-    let list = app.oneshot(Request::get("/v1/registry/instances").body(Body::empty()).unwrap()).await.unwrap();
-    assert_eq!(json(list).await["instances"].as_array().unwrap().len(), 0, "nothing was registered");
+    let list = app
+        .oneshot(Request::get("/v1/registry/instances").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        json(list).await["instances"].as_array().unwrap().len(),
+        0,
+        "nothing was registered"
+    );
 }
 
 #[tokio::test]
 async fn register_list_heartbeat_deregister() {
     let app = app();
-    let response = app.clone().oneshot(post(registration_body(), Some(TOKEN))).await.unwrap();
+    let response = app
+        .clone()
+        .oneshot(post(registration_body(), Some(TOKEN)))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let lease = json(response).await;
     assert_eq!(lease["heartbeat_ms"], 1000);
@@ -68,7 +83,11 @@ async fn register_list_heartbeat_deregister() {
 
     let response = app
         .clone()
-        .oneshot(Request::get("/v1/registry/services/catalog").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/v1/registry/services/catalog")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert!(response.headers().contains_key(INDEX_HEADER));
@@ -89,7 +108,10 @@ async fn register_list_heartbeat_deregister() {
             .body(Body::empty())
             .unwrap()
     };
-    assert_eq!(app.clone().oneshot(delete()).await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.clone().oneshot(delete()).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
     let again = app.clone().oneshot(delete()).await.unwrap();
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
     assert_eq!(json(again).await["type"], "urn:flotilla:problem:not-found");
@@ -115,7 +137,9 @@ async fn malformed_registration_names_the_field() {
     let response = app.clone().oneshot(post("{".into(), Some(TOKEN))).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
-    let bad_wait = Request::get("/v1/registry/instances?index=1&wait=soon").body(Body::empty()).unwrap();
+    let bad_wait = Request::get("/v1/registry/instances?index=1&wait=soon")
+        .body(Body::empty())
+        .unwrap();
     let response = app.oneshot(bad_wait).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json(response).await["invalid-params"][0]["name"], "wait");
@@ -124,7 +148,11 @@ async fn malformed_registration_names_the_field() {
 #[tokio::test]
 async fn unknown_paths_and_methods_are_problems() {
     let app = app();
-    let response = app.clone().oneshot(Request::get("/v1/nope").body(Body::empty()).unwrap()).await.unwrap();
+    let response = app
+        .clone()
+        .oneshot(Request::get("/v1/nope").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
     let response = app

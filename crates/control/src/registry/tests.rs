@@ -60,7 +60,11 @@ async fn expiry_task_removes_at_the_deadline_and_bumps_the_revision() {
     let list = r.list_after(None, before, Duration::from_secs(60)).await;
     assert!(list.instances.is_empty());
     assert_eq!(list.index, before + 1);
-    assert_eq!(Instant::now() - started, Duration::from_secs(3), "removed exactly at the ttl");
+    assert_eq!(
+        Instant::now() - started,
+        Duration::from_secs(3),
+        "removed exactly at the ttl"
+    );
     stop_tx.send(()).unwrap();
     task.await.unwrap();
 }
@@ -83,7 +87,11 @@ async fn blocking_query_wakes_on_change() {
     let (list, waited) = waiter.await.unwrap();
     assert_eq!(list.instances.len(), 1);
     assert!(list.index > index);
-    assert_eq!(waited, Duration::from_millis(250), "woke on the change, not the timeout");
+    assert_eq!(
+        waited,
+        Duration::from_millis(250),
+        "woke on the change, not the timeout"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,7 +121,10 @@ async fn heartbeat_does_not_wake_watchers_but_changes_do() {
     let index = r.revision();
     r.heartbeat("a").unwrap();
     assert_eq!(r.revision(), index, "heartbeats are not changes");
-    assert!(matches!(r.register(reg("catalog", "a")).unwrap(), Registered::Renewed(_)));
+    assert!(matches!(
+        r.register(reg("catalog", "a")).unwrap(),
+        Registered::Renewed(_)
+    ));
     assert_eq!(r.revision(), index, "an identical re-registration is not a change");
     let mut moved = reg("catalog", "a");
     moved.address = "127.0.0.1:4001".into();

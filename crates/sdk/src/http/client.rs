@@ -180,11 +180,15 @@ impl HttpClient {
             .map_err(|_| HttpError::InvalidUri { uri: uri.to_owned() })?;
         let timeout = timeout.unwrap_or(self.timeout);
         let call = async {
-            let response = self.inner.request(request).await.map_err(|cause| HttpError::Transport {
-                method: method.clone(),
-                uri: parsed.clone(),
-                cause,
-            })?;
+            let response = self
+                .inner
+                .request(request)
+                .await
+                .map_err(|cause| HttpError::Transport {
+                    method: method.clone(),
+                    uri: parsed.clone(),
+                    cause,
+                })?;
             let (parts, body) = response.into_parts();
             let bytes = body
                 .collect()
@@ -205,8 +209,12 @@ impl HttpClient {
             })??;
         if !parts.status.is_success() {
             let problem = serde_json::from_slice::<Problem>(&bytes).unwrap_or_else(|_| {
-                Problem::new(parts.status.as_u16(), "upstream-status", parts.status.canonical_reason().unwrap_or("error"))
-                    .with_detail(String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned())
+                Problem::new(
+                    parts.status.as_u16(),
+                    "upstream-status",
+                    parts.status.canonical_reason().unwrap_or("error"),
+                )
+                .with_detail(String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned())
             });
             return Err(HttpError::Status { uri: parsed, problem });
         }

@@ -28,8 +28,11 @@ where
             .unwrap_or("");
         let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if essence != "application/json" && !essence.ends_with("+json") {
-            return Err(Problem::new(415, "unsupported-media-type", "Unsupported media type")
-                .with_detail(format!("expected `Content-Type: application/json`, got `{content_type}`")));
+            return Err(
+                Problem::new(415, "unsupported-media-type", "Unsupported media type").with_detail(format!(
+                    "expected `Content-Type: application/json`, got `{content_type}`"
+                )),
+            );
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             let status = rejection.status().as_u16();

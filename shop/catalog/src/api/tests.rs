@@ -1,23 +1,25 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use flotilla::runtime::ServiceEnv;
+use flotilla::store::test_util::TestDatabase;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use super::*;
 
-async fn app() -> (Router, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let env = ServiceEnv {
-        data_dir: dir.path().to_path_buf(),
-        ..ServiceEnv::default()
-    };
-    let store = crate::open_store(&env).await.unwrap();
-    (flotilla::http::with_problem_fallbacks(router(store)), dir)
+/// The catalog's router over a fresh database (SQLite, or PostgreSQL when the environment
+/// names a server).
+async fn app() -> (Router, TestDatabase) {
+    let db = TestDatabase::create("catalog").await;
+    let store = crate::open(&db.url).await.unwrap();
+    (flotilla::http::with_problem_fallbacks(router(store)), db)
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
-    let response = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let response = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap())
@@ -25,7 +27,7 @@ async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
 
 #[tokio::test]
 async fn lists_the_seeded_catalog_in_pages() {
-    let (app, _dir) = app().await;
+    let (app, db) = app().await;
     let (status, body) = get(&app, "/api/v1/products").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["total"], 50);
@@ -34,11 +36,13 @@ async fn lists_the_seeded_catalog_in_pages() {
     let (_, last) = get(&app, "/api/v1/products?page=3&per_page=20").await;
     assert_eq!(last["items"].as_array().unwrap().len(), 10);
     assert_eq!(last["items"][9]["id"], 50);
+    drop(app);
+    db.remove().await;
 }
 
 #[tokio::test]
 async fn one_product_and_problems() {
-    let (app, _dir) = app().await;
+    let (app, db) = app().await;
     let (status, p) = get(&app, "/api/v1/products/7").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(p["id"], 7);
@@ -60,18 +64,21 @@ async fn one_product_and_problems() {
     let (status, p) = get(&app, "/api/v1/products?page=x").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(p["invalid-params"][0]["name"], "page");
+    drop(app);
+    db.remove().await;
 }
 
 #[tokio::test]
 async fn seeding_happens_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = ServiceEnv {
-        data_dir: dir.path().to_path_buf(),
-        ..ServiceEnv::default()
-    };
-    let first = crate::open_store(&env).await.unwrap();
+    let db = TestDatabase::create("catalog").await;
+    let first = crate::open(&db.url).await.unwrap();
     first.pool().close().await;
-    let second = crate::open_store(&env).await.unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products").fetch_one(second.pool()).await.unwrap();
-    assert_eq!(count, 50);
+    let second = crate::open(&db.url).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
+        .fetch_one(second.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 50, "on {:?}", db.engine());
+    second.pool().close().await;
+    db.remove().await;
 }
