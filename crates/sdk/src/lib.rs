@@ -8,6 +8,7 @@ pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod http;
+pub mod resilience;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
