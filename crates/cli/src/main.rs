@@ -207,7 +207,7 @@ async fn run(cli: Cli) -> Result<()> {
             control_addr,
         } => {
             flotilla::telemetry::init();
-            let table = flotilla_gateway::routes::RouteTable::load(&routes)?;
+            let specs = flotilla_gateway::routes::RouteTable::load(&routes)?;
             let env = ServiceEnv::from_env();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let discovery = control_addr.as_deref().map(|addr| {
@@ -215,14 +215,12 @@ async fn run(cli: Cli) -> Result<()> {
                     let _ = stop_rx.await;
                 })
             });
-            if discovery.is_none() {
-                if let Some(service) = table.services().next() {
-                    bail!(
-                        "{}: routes name service `{service}`, which needs --control-addr",
-                        routes.display()
-                    );
-                }
-            }
+            let upstreams = flotilla_gateway::routes::Upstreams {
+                discovery: discovery.clone(),
+                pool: flotilla::client::pool(),
+            };
+            let table = flotilla_gateway::routes::RouteTable::build(specs, &upstreams)
+                .with_context(|| routes.display().to_string())?;
             let listener = bind(listen, "--listen").await?;
             let addr = listener.local_addr()?;
             let gateway = flotilla_gateway::Gateway::new(table, discovery, Default::default());
@@ -251,8 +249,10 @@ async fn run(cli: Cli) -> Result<()> {
                         .await
                         .context("opening the catalog's database")?;
                     let listener = Service::bind(listen).await.context("binding the catalog's listener")?;
+                    let context = runtime::Context::new(&env, Default::default());
                     Service::new(flotilla_catalog::SERVICE, env!("CARGO_PKG_VERSION"))
                         .env(env)
+                        .context(context)
                         .router(flotilla_catalog::router(store))
                         .run(listener, runtime::shutdown_signal())
                         .await?;

@@ -2,10 +2,11 @@
 //! static upstreams, streams bodies both ways and pools upstream connections.
 //!
 //! A request's path through the code: [`serve`] accepts it, [`Gateway::handle`] assigns a
-//! request id and finds the [`routes::Route`], the route's [`backend::Backend`] picks an
-//! endpoint, [`proxy::forward`] sends it, and [`rescue`] turns any failure into problem+json.
+//! request id and finds the [`routes::Route`], [`proxy::forward`] rewrites it and sends it
+//! through the route's resilient stack (the SDK's bulkhead → breaker → deadline → retry →
+//! balancer → endpoint, shared with the service client), and [`rescue`] turns any failure
+//! into problem+json.
 
-pub mod backend;
 pub mod proxy;
 pub mod rescue;
 pub mod routes;
@@ -20,11 +21,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use flotilla::discovery::Discovery;
+use flotilla::resilience::Attempts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -39,46 +39,32 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Time an upstream has to send its response headers.
-    pub upstream_timeout: Duration,
     /// Time in-flight requests get to finish at shutdown.
     pub drain_timeout: Duration,
-    /// How long an idle pooled upstream connection is kept.
-    pub pool_idle_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
-            upstream_timeout: proxy::DEFAULT_UPSTREAM_TIMEOUT,
             drain_timeout: Duration::from_secs(3),
-            pool_idle_timeout: Duration::from_secs(60),
         }
     }
 }
 
-/// The gateway's shared state: routes, discovery and the upstream connection pool.
+/// The gateway's shared state: routes (each with its resilient stack) and discovery.
 pub struct Gateway {
     routes: ArcSwap<RouteTable>,
     discovery: Option<Discovery>,
-    client: Client<HttpConnector, Incoming>,
     config: GatewayConfig,
     requests: AtomicU64,
 }
 
 impl Gateway {
-    /// A gateway over a route table; `discovery` is needed for routes that name a service.
+    /// A gateway over a route table built with the same `discovery`.
     pub fn new(routes: RouteTable, discovery: Option<Discovery>, config: GatewayConfig) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .build(connector);
         Arc::new(Self {
             routes: ArcSwap::from_pointee(routes),
             discovery,
-            client,
             config,
             requests: AtomicU64::new(0),
         })
@@ -115,45 +101,52 @@ impl Gateway {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
 
-        let (mut response, route, upstream, error) = if path.starts_with("/-/") {
-            (self.admin(&method, &path), "admin".to_owned(), String::new(), None)
+        let attempts = Attempts::default();
+        let (mut response, route, error) = if path.starts_with("/-/") {
+            (self.admin(&method, &path), "admin".to_owned(), None)
         } else {
             let routes = self.routes.load();
-            match routes.find(&path) {
-                None => {
-                    let err = GatewayError::NoRoute(path.clone());
-                    (
-                        problem_response(&err.to_problem().with_instance(request_id_str(&request_id))),
-                        String::new(),
-                        String::new(),
-                        Some(err),
-                    )
+            let (route, result) = match routes.find(&path) {
+                None => (String::new(), Err(GatewayError::NoRoute(path.clone()))),
+                Some(route) => (
+                    route.name.clone(),
+                    proxy::forward(route, request, peer, &request_id, &attempts).await,
+                ),
+            };
+            match result {
+                Ok(response) => (response, route, None),
+                Err(err) => {
+                    let problem = err.to_problem().with_instance(request_id_str(&request_id));
+                    (problem_response(&problem), route, Some(err))
                 }
-                Some(route) => match proxy::forward(&self, route, request, peer, &request_id).await {
-                    Ok((response, upstream)) => (response, route.name.clone(), upstream, None),
-                    Err(err) => {
-                        let response = problem_response(&err.to_problem().with_instance(request_id_str(&request_id)));
-                        (response, route.name.clone(), String::new(), Some(err))
-                    }
-                },
             }
         };
         response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
         let status = response.status().as_u16();
         let millis = started.elapsed().as_secs_f64() * 1000.0;
+        let tried = attempts.tried();
+        let upstream = tried.last().cloned().unwrap_or_default();
+        let retries = tried.len().saturating_sub(1);
         match &error {
-            None => tracing::info!(
+            None if retries == 0 => tracing::info!(
                 target: "access",
                 request_id = request_id_str(&request_id),
                 %method, %path, status, route, upstream, duration_ms = format_args!("{millis:.2}"),
                 client = %peer.ip(),
                 "{method} {path} {status}"
             ),
+            None => tracing::info!(
+                target: "access",
+                request_id = request_id_str(&request_id),
+                %method, %path, status, route, upstream, duration_ms = format_args!("{millis:.2}"),
+                client = %peer.ip(), retries, tried = %tried.join(","),
+                "{method} {path} {status}"
+            ),
             Some(err) => tracing::warn!(
                 target: "access",
                 request_id = request_id_str(&request_id),
                 %method, %path, status, route, duration_ms = format_args!("{millis:.2}"),
-                client = %peer.ip(), error = %err,
+                client = %peer.ip(), retries, tried = %tried.join(","), error = %err,
                 "{method} {path} {status}"
             ),
         }
@@ -181,16 +174,14 @@ impl Gateway {
                     .routes()
                     .iter()
                     .map(|r| {
-                        let endpoints = r
-                            .backend
-                            .service_name()
-                            .and_then(|s| self.discovery.as_ref().map(|d| d.instances(s).len()));
+                        let target = r.stack.target();
                         serde_json::json!({
                             "name": r.name,
                             "prefix": r.prefix,
-                            "backend": r.backend.describe(),
+                            "backend": format!("{target:?}"),
                             "strip_prefix": r.strip_prefix,
-                            "instances": endpoints,
+                            "endpoints": target.endpoints().len(),
+                            "breaker": r.stack.breaker().state().as_str(),
                         })
                     })
                     .collect();

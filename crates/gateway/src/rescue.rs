@@ -14,26 +14,12 @@ pub enum GatewayError {
     /// No route matches the path.
     #[error("no route for {0}")]
     NoRoute(String),
-    /// The route's backend has no endpoint to send to.
+    /// The call upstream failed after retries (or could not be made).
     #[error(transparent)]
-    NoEndpoint(#[from] crate::backend::PickError),
-    /// The upstream could not be reached or broke off.
-    #[error("upstream {authority}: {source}")]
-    Upstream {
-        /// The upstream tried.
-        authority: String,
-        /// What went wrong.
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-    /// The upstream did not answer in time.
-    #[error("upstream {authority} did not answer within {timeout:?}")]
-    UpstreamTimeout {
-        /// The upstream tried.
-        authority: String,
-        /// The time allowed.
-        timeout: std::time::Duration,
-    },
+    Call(#[from] flotilla::resilience::CallError),
+    /// The request body is larger than the gateway reads.
+    #[error("request body over {0} bytes")]
+    BodyTooLarge(usize),
     /// The request could not be turned into an upstream request.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -44,13 +30,9 @@ impl GatewayError {
     pub fn to_problem(&self) -> Problem {
         match self {
             GatewayError::NoRoute(path) => Problem::not_found(format!("no route matches `{path}`")),
-            GatewayError::NoEndpoint(err) => {
-                Problem::new(503, "no-instance", "Service unavailable").with_detail(err.to_string())
-            }
-            GatewayError::Upstream { .. } => Problem::new(502, "upstream-unavailable", "Bad gateway")
-                .with_detail("the upstream could not be reached or failed mid-response"),
-            GatewayError::UpstreamTimeout { timeout, .. } => Problem::new(504, "upstream-timeout", "Gateway timeout")
-                .with_detail(format!("the upstream did not answer within {} ms", timeout.as_millis())),
+            GatewayError::Call(err) => err.to_problem(),
+            GatewayError::BodyTooLarge(limit) => Problem::new(413, "body-too-large", "Content too large")
+                .with_detail(format!("the request body is over {limit} bytes")),
             GatewayError::BadRequest(reason) => {
                 Problem::new(400, "bad-request", "Bad request").with_detail(reason.clone())
             }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use flotilla::config::TomlFile;
 use flotilla::discovery::Discovery;
 use flotilla_api::InstanceList;
-use flotilla_gateway::routes::RouteTable;
+use flotilla_gateway::routes::{RouteTable, Upstreams};
 use flotilla_gateway::{Gateway, GatewayConfig};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -69,7 +69,12 @@ struct Running {
 }
 
 async fn gateway(routes: &str, discovery: Option<Discovery>) -> Running {
-    let table = RouteTable::parse(&TomlFile::from_text("routes.toml", routes)).unwrap();
+    let specs = RouteTable::parse(&TomlFile::from_text("routes.toml", routes)).unwrap();
+    let upstreams = Upstreams {
+        discovery: discovery.clone(),
+        pool: flotilla::client::pool(),
+    };
+    let table = RouteTable::build(specs, &upstreams).unwrap();
     let gateway = Gateway::new(table, discovery, GatewayConfig::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -166,7 +171,7 @@ async fn routes_to_registry_instances_in_turn() {
         .collect();
     let list: InstanceList = serde_json::from_value(serde_json::json!({ "index": 5, "instances": instances })).unwrap();
     let gw = gateway(
-        "[[routes]]\nprefix = \"/api/v1/products\"\nservice = \"catalog\"\n",
+        "[[routes]]\nprefix = \"/api/v1/products\"\nservice = \"catalog\"\nbalance = \"round_robin\"\n",
         Some(Discovery::fixed(list)),
     )
     .await;
@@ -181,7 +186,8 @@ async fn routes_to_registry_instances_in_turn() {
     assert!(seen.values().all(|n| *n == 2), "in turn: {seen:?}");
     let (status, _, routes) = send(get(gw.addr, "/-/routes")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(routes["routes"][0]["instances"], 2);
+    assert_eq!(routes["routes"][0]["endpoints"], 2);
+    assert_eq!(routes["routes"][0]["breaker"], "closed");
 }
 
 #[tokio::test]

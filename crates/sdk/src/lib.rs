@@ -5,6 +5,7 @@
 //! [`discovery`] and [`balance`] modules, so there is one implementation of each in the tree.
 
 pub mod balance;
+pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod http;

@@ -18,8 +18,10 @@ use flotilla_api::{env, Problem, Registration};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::discovery::{RegistryClient, RegistryError};
+use crate::client::{pool, ClientConfig, Pool, Propagated, ServiceClient, Stack, Target};
+use crate::discovery::{Discovery, RegistryClient, RegistryError};
 use crate::http::{with_problem_fallbacks, Json};
+use crate::resilience::Deadline;
 
 /// What the supervisor (or an operator) tells a service through its environment.
 #[derive(Debug, Clone, Default)]
@@ -87,12 +89,14 @@ pub struct Service {
     metadata: BTreeMap<String, String>,
     env: ServiceEnv,
     drain: DrainConfig,
+    context: Option<Context>,
 }
 
 #[derive(Default)]
 struct HealthState {
     ready: AtomicBool,
     registrar: std::sync::Mutex<Option<Registrar>>,
+    context: Option<Context>,
 }
 
 impl HealthState {
@@ -115,7 +119,15 @@ impl Service {
             metadata: BTreeMap::new(),
             env: ServiceEnv::from_env(),
             drain: DrainConfig::default(),
+            context: None,
         }
+    }
+
+    /// The context the service calls others through; its discovery state shows in
+    /// `/health/ready` and `/metrics`.
+    pub fn context(mut self, context: Context) -> Self {
+        self.context = Some(context);
+        self
     }
 
     /// The routes the service answers.
@@ -155,8 +167,11 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), RuntimeError> {
         let addr = listener.local_addr().map_err(RuntimeError::Listener)?;
-        let health = Arc::new(HealthState::default());
-        let router = std::mem::take(&mut self.router);
+        let health = Arc::new(HealthState {
+            context: self.context.clone(),
+            ..HealthState::default()
+        });
+        let router = std::mem::take(&mut self.router).layer(axum::middleware::from_fn(request_scope));
         let app = with_problem_fallbacks(router.merge(health_routes(health.clone())));
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -205,17 +220,158 @@ fn health_routes(health: Arc<HealthState>) -> Router {
             get(|| async { Json(serde_json::json!({ "status": "live" })) }),
         )
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(health)
 }
 
 async fn ready(State(health): State<Arc<HealthState>>) -> Result<Json<serde_json::Value>, Problem> {
     if health.ready.load(Ordering::SeqCst) {
+        let discovery = health.context.as_ref().and_then(Context::discovery).map(|d| {
+            let snapshot = d.snapshot();
+            serde_json::json!({ "index": snapshot.index, "stale": snapshot.stale })
+        });
         Ok(Json(serde_json::json!({
             "status": "ready",
             "registered": health.registered(),
+            "discovery": discovery,
         })))
     } else {
         Err(Problem::new(503, "not-ready", "Not ready").with_detail("the instance is draining"))
+    }
+}
+
+async fn metrics(State(health): State<Arc<HealthState>>) -> impl axum::response::IntoResponse {
+    let text = health.context.as_ref().map(Context::render_metrics).unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Serves each request within the deadline its caller sent (504 problem+json when it runs
+/// out: no work past the point the caller gave up), with its propagated headers in scope for
+/// the calls it makes.
+async fn request_scope(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let propagated = Propagated::capture(request.headers());
+    match Deadline::from_headers(request.headers()) {
+        None => propagated.scope(next.run(request)).await,
+        Some(deadline) => {
+            let work = deadline.scope(propagated.scope(next.run(request)));
+            match tokio::time::timeout_at(deadline.0, work).await {
+                Ok(response) => response,
+                Err(_) => Problem::new(504, "deadline-exceeded", "Deadline exceeded")
+                    .with_detail("the caller's deadline passed before the answer was ready")
+                    .into_response(),
+            }
+        }
+    }
+}
+
+/// What a service's handlers use to reach other services: discovery and one resilient
+/// client per service, created on first use and shared after. Cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    discovery: Option<Discovery>,
+    pool: Pool,
+    config: ClientConfig,
+    clients: std::sync::Mutex<BTreeMap<String, ServiceClient>>,
+}
+
+impl Context {
+    /// Watches the registry named in `env` (if any) for the life of the process.
+    pub fn new(env: &ServiceEnv, config: ClientConfig) -> Self {
+        let discovery = env
+            .control_addr
+            .as_ref()
+            .map(|control| Discovery::spawn(RegistryClient::new(control, env.token.clone()), std::future::pending()));
+        Self::with_discovery(discovery, config)
+    }
+
+    /// A context over a given discovery (tests, or a shared watch).
+    pub fn with_discovery(discovery: Option<Discovery>, config: ClientConfig) -> Self {
+        Self {
+            inner: Arc::new(ContextInner {
+                discovery,
+                pool: pool(),
+                config,
+                clients: std::sync::Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The registry view, when there is a control plane.
+    pub fn discovery(&self) -> Option<&Discovery> {
+        self.inner.discovery.as_ref()
+    }
+
+    /// The client for `service`.
+    pub fn client(&self, service: &str) -> ServiceClient {
+        let mut clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(service) {
+            return client.clone();
+        }
+        let discovery = self.inner.discovery.clone().unwrap_or_else(|| {
+            Discovery::fixed(flotilla_api::InstanceList {
+                index: 1,
+                instances: Vec::new(),
+            })
+        });
+        let stack = Stack::new(
+            Target::service(service, discovery),
+            &self.inner.config,
+            self.inner.pool.clone(),
+        );
+        let client = ServiceClient::new(stack);
+        clients.insert(service.to_owned(), client.clone());
+        client
+    }
+
+    /// Prometheus text: discovery freshness and each upstream's breaker.
+    pub fn render_metrics(&self) -> String {
+        use crate::resilience::BreakerState;
+        use std::fmt::Write;
+        let mut out = String::new();
+        if let Some(discovery) = &self.inner.discovery {
+            let snapshot = discovery.snapshot();
+            out.push_str(
+                "# HELP flotilla_discovery_stale 1 while the registry is unreachable and the last view is served.\n",
+            );
+            out.push_str("# TYPE flotilla_discovery_stale gauge\n");
+            let _ = writeln!(out, "flotilla_discovery_stale {}", u8::from(snapshot.stale));
+            out.push_str("# HELP flotilla_discovery_index The registry revision of the current view.\n");
+            out.push_str("# TYPE flotilla_discovery_index gauge\n");
+            let _ = writeln!(out, "flotilla_discovery_index {}", snapshot.index);
+        }
+        let clients = self.inner.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if !clients.is_empty() {
+            out.push_str(
+                "# HELP flotilla_client_breaker_state Each upstream's circuit breaker: 1 for its current state.\n",
+            );
+            out.push_str("# TYPE flotilla_client_breaker_state gauge\n");
+            for (name, client) in clients.iter() {
+                let state = client.stack().breaker().state();
+                for s in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+                    let _ = writeln!(
+                        out,
+                        "flotilla_client_breaker_state{{upstream=\"{name}\",state=\"{}\"}} {}",
+                        s.as_str(),
+                        u8::from(s == state)
+                    );
+                }
+            }
+            out.push_str("# HELP flotilla_client_breaker_opened_total Times each upstream's breaker opened.\n");
+            out.push_str("# TYPE flotilla_client_breaker_opened_total counter\n");
+            for (name, client) in clients.iter() {
+                let opened = client.stack().breaker().metrics().opened.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "flotilla_client_breaker_opened_total{{upstream=\"{name}\"}} {opened}"
+                );
+            }
+        }
+        out
     }
 }
 

@@ -1,0 +1,68 @@
+//! The request body the resilient stack sends: bytes in memory (replayable, so the request
+//! may be retried) or a stream being forwarded (sent once).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+
+use crate::resilience::Replay;
+
+/// A request body: whole (may be replayed) or streaming (may not).
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The whole body in memory.
+    Full(Full<Bytes>),
+    /// A body streamed from a client, forwarded as it arrives.
+    Stream(hyper::body::Incoming),
+}
+
+impl RequestBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        RequestBody::Full(Full::new(Bytes::new()))
+    }
+}
+
+impl From<Bytes> for RequestBody {
+    fn from(bytes: Bytes) -> Self {
+        RequestBody::Full(Full::new(bytes))
+    }
+}
+
+impl Replay for RequestBody {
+    fn try_replay(&self) -> Option<Self> {
+        match self {
+            RequestBody::Full(full) => Some(RequestBody::Full(full.clone())),
+            RequestBody::Stream(_) => None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Full(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+            RequestBody::Stream(stream) => Pin::new(stream).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(full) => full.is_end_stream(),
+            RequestBody::Stream(stream) => stream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(full) => full.size_hint(),
+            RequestBody::Stream(stream) => stream.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The settings of a resilient stack. Every default is in `docs/resilience.md`, with its
+//! reason and the Resilience4j / Envoy / Eureka default it replaces.
+
+use std::time::Duration;
+
+use crate::balance::BalanceConfig;
+use crate::resilience::{BreakerConfig, BudgetConfig, RetryPolicy};
+
+/// Settings for calls to one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// A whole call, retries included, must finish within this (or the caller's deadline).
+    pub timeout: Duration,
+    /// One attempt must get response headers within this, or it is abandoned and retried.
+    pub per_try_timeout: Duration,
+    /// Attempts and backoff.
+    pub retry: RetryPolicy,
+    /// How much retries may add to the load.
+    pub budget: BudgetConfig,
+    /// When to stop calling a failing destination.
+    pub breaker: BreakerConfig,
+    /// Calls in flight at most (the bulkhead).
+    pub max_in_flight: usize,
+    /// Balancing and outlier ejection.
+    pub balance: BalanceConfig,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            per_try_timeout: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            budget: BudgetConfig::default(),
+            breaker: BreakerConfig::default(),
+            max_in_flight: 1024,
+            balance: BalanceConfig::default(),
+        }
+    }
+}

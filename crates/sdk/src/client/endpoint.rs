@@ -1,0 +1,140 @@
+//! The innermost service of the stack: pick an endpoint, send one attempt through the
+//! connection pool within the per-try timeout, and tell the balancer how it went.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::body::RequestBody;
+use super::target::Target;
+use crate::balance::{Balancer, Failure, HashKey};
+use crate::resilience::{Attempts, CallError, CallFuture};
+
+/// The pooled HTTP/1.1 client every stack sends through.
+pub type Pool = Client<HttpConnector, RequestBody>;
+
+/// A connection pool with the settings the stack relies on: TCP_NODELAY, a short connect
+/// timeout (a refused or unroutable endpoint is found out fast and the call moves on), and
+/// idle connections kept for a minute.
+pub fn pool() -> Pool {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// Sends each request to one endpoint the balancer picks.
+#[derive(Clone)]
+pub struct EndpointService {
+    target: Arc<Target>,
+    balancer: Arc<Balancer>,
+    pool: Pool,
+    per_try_timeout: Duration,
+}
+
+impl std::fmt::Debug for EndpointService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointService")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointService {
+    /// Sends to `target`'s endpoints, chosen by `balancer`, through `pool`.
+    pub fn new(target: Arc<Target>, balancer: Arc<Balancer>, pool: Pool, per_try_timeout: Duration) -> Self {
+        Self {
+            target,
+            balancer,
+            pool,
+            per_try_timeout,
+        }
+    }
+
+    /// The balancer (for its statistics).
+    pub fn balancer(&self) -> &Arc<Balancer> {
+        &self.balancer
+    }
+}
+
+impl tower::Service<Request<RequestBody>> for EndpointService {
+    type Response = Response<Incoming>;
+    type Error = CallError;
+    type Future = CallFuture<Response<Incoming>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), CallError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
+        let endpoints = self.target.endpoints();
+        let attempts = request.extensions().get::<Attempts>().cloned();
+        let avoid = attempts.as_ref().map(Attempts::tried).unwrap_or_default();
+        let key = request.extensions().get::<HashKey>().copied();
+        let Some(pick) = self.balancer.pick(&endpoints, key, &avoid) else {
+            let service = self.target.name().to_owned();
+            return Box::pin(async move { Err(CallError::NoInstance { service }) });
+        };
+        if let Some(attempts) = &attempts {
+            attempts.push(pick.endpoint.id.clone());
+        }
+        let endpoint = pick.endpoint.id.clone();
+        let path = request.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(pick.endpoint.authority.clone())
+            .path_and_query(format!("{}{path}", pick.endpoint.base_path))
+            .build();
+        match uri {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(err) => {
+                let reason = format!("cannot address {endpoint}: {err}");
+                return Box::pin(async move { Err(CallError::InvalidRequest(reason)) });
+            }
+        }
+        *request.version_mut() = Version::HTTP_11;
+        let send = self.pool.request(request);
+        let per_try = self.per_try_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(per_try, send).await {
+                Ok(Ok(response)) => {
+                    if response.status().is_server_error() {
+                        pick.failure(Failure::Other);
+                    } else {
+                        pick.success();
+                    }
+                    Ok(response)
+                }
+                Ok(Err(err)) if err.is_connect() => {
+                    pick.failure(Failure::Connect);
+                    Err(CallError::Connect {
+                        endpoint,
+                        cause: Box::new(err),
+                    })
+                }
+                Ok(Err(err)) => {
+                    pick.failure(Failure::Other);
+                    Err(CallError::Transport {
+                        endpoint,
+                        cause: Box::new(err),
+                    })
+                }
+                Err(_) => {
+                    pick.failure(Failure::Other);
+                    Err(CallError::Timeout {
+                        endpoint,
+                        after: per_try,
+                    })
+                }
+            }
+        })
+    }
+}

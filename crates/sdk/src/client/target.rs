@@ -1,0 +1,99 @@
+//! Where a call's endpoints come from: a registry service (through discovery, converted once
+//! per registry revision) or a fixed list of URLs.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::Uri;
+
+use crate::balance::Endpoint;
+use crate::discovery::Discovery;
+
+/// The endpoints of one destination.
+pub enum Target {
+    /// The instances of a registry service.
+    Service {
+        /// The service name.
+        name: String,
+        /// The registry view.
+        discovery: Discovery,
+        /// The endpoints at the view's last revision.
+        cache: ArcSwap<(u64, Arc<[Endpoint]>)>,
+    },
+    /// Static upstreams.
+    Fixed {
+        /// A name for errors and logs.
+        name: String,
+        /// The endpoints.
+        endpoints: Arc<[Endpoint]>,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Service { name, .. } => write!(f, "service:{name}"),
+            Target::Fixed { endpoints, .. } => {
+                let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+                write!(f, "{}", ids.join(","))
+            }
+        }
+    }
+}
+
+impl Target {
+    /// A registry service's instances.
+    pub fn service(name: impl Into<String>, discovery: Discovery) -> Self {
+        Target::Service {
+            name: name.into(),
+            discovery,
+            cache: ArcSwap::from_pointee((u64::MAX, Arc::from(Vec::new()))),
+        }
+    }
+
+    /// Static upstream URLs (those without a host are skipped).
+    pub fn fixed(name: impl Into<String>, uris: &[Uri]) -> Self {
+        Target::Fixed {
+            name: name.into(),
+            endpoints: uris.iter().filter_map(Endpoint::from_uri).collect::<Vec<_>>().into(),
+        }
+    }
+
+    /// The destination's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Service { name, .. } | Target::Fixed { name, .. } => name,
+        }
+    }
+
+    /// The registry service, if this target is one.
+    pub fn service_name(&self) -> Option<&str> {
+        match self {
+            Target::Service { name, .. } => Some(name),
+            Target::Fixed { .. } => None,
+        }
+    }
+
+    /// The current endpoints. The same `Arc` is returned until the registry changes, which
+    /// lets the balancer keep its statistics without re-syncing on every call.
+    pub fn endpoints(&self) -> Arc<[Endpoint]> {
+        match self {
+            Target::Fixed { endpoints, .. } => endpoints.clone(),
+            Target::Service { name, discovery, cache } => {
+                let snapshot = discovery.snapshot();
+                let cached = cache.load();
+                if cached.0 == snapshot.index {
+                    return cached.1.clone();
+                }
+                let endpoints: Arc<[Endpoint]> = snapshot
+                    .services
+                    .get(name)
+                    .map(|instances| instances.iter().filter_map(Endpoint::from_instance).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into();
+                cache.store(Arc::new((snapshot.index, endpoints.clone())));
+                endpoints
+            }
+        }
+    }
+}
