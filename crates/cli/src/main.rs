@@ -57,6 +57,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Change how many instances of a service a running `flotilla up` runs.
+    Scale {
+        /// The service.
+        service: String,
+        /// The instance count wanted (0 stops them all).
+        instances: u32,
+        /// The data dir of the running system.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+    },
     /// Run the control plane (the registry).
     Control {
         /// Where to listen.
@@ -180,6 +190,23 @@ async fn run(cli: Cli) -> Result<()> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
                 Output::Table => print!("{}", status::table(&control_addr, &list)),
             }
+        }
+        Command::Scale { service, instances, data_dir } => {
+            let scaled = supervisor::control::scale(&data_dir, &service, instances).await?;
+            let list = |key: &str| {
+                scaled[key]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            };
+            let mut line = format!("{service}: {} → {} instances", scaled["from"], scaled["to"]);
+            if !list("started").is_empty() {
+                line.push_str(&format!("; started {} (they take traffic once registered)", list("started")));
+            }
+            if !list("stopped").is_empty() {
+                line.push_str(&format!("; drained and stopped {}", list("stopped")));
+            }
+            println!("{line}");
         }
         Command::Control {
             listen,

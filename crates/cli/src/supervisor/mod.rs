@@ -3,6 +3,8 @@
 //! logs; and on Ctrl-C stops services first (they deregister and drain), then the gateway,
 //! then the control plane.
 
+pub mod control;
+mod fleet;
 mod output;
 mod process;
 
@@ -20,8 +22,9 @@ use flotilla_api::registry::meta;
 use flotilla_api::{env, Instance};
 
 pub use self::output::Output;
-use self::process::{ProcessSpec, Supervised};
-use crate::manifest::{Manifest, Program};
+use self::fleet::Fleet;
+use self::process::Supervised;
+use crate::manifest::Manifest;
 
 /// Options of `flotilla up`.
 #[derive(Debug, Clone)]
@@ -98,9 +101,6 @@ fn check_port(addr: SocketAddr, flag: &'static str) -> Result<(), UpError> {
     }
 }
 
-/// The processes of one tier (stopped together).
-type Tier = Vec<Supervised>;
-
 /// Runs the system until `shutdown` resolves, then stops it in order.
 pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), UpError> {
     let mut manifest = Manifest::load(&options.manifest, &options.self_exe)?;
@@ -127,68 +127,41 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     let started = Instant::now();
     tokio::pin!(shutdown);
 
-    let common = |name: &str| -> Vec<(String, String)> {
-        vec![
-            (env::CONTROL_ADDR.into(), options.control_addr.to_string()),
-            (env::TOKEN.into(), token.clone()),
-            (env::DATA_DIR.into(), data_dir.display().to_string()),
-            (env::INSTANCE.into(), name.to_owned()),
-            (env::SUPERVISED.into(), "1".into()),
-        ]
-    };
-    let spec = |name: &str, slot: usize, program: &Program, extra: Vec<(String, String)>, grace: Duration| {
-        let mut env = common(name);
-        env.extend(extra);
-        env.extend(program.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        ProcessSpec {
-            name: name.to_owned(),
-            command: program.command.clone(),
-            args: program.args.clone(),
-            env,
-            slot,
-            stop_grace: grace,
-        }
-    };
+    let common = vec![
+        (env::CONTROL_ADDR.into(), options.control_addr.to_string()),
+        (env::TOKEN.into(), token.clone()),
+        (env::DATA_DIR.into(), data_dir.display().to_string()),
+        (env::SUPERVISED.into(), "1".into()),
+    ];
+    let fleet = Arc::new(Fleet::new(output.clone(), common));
 
     // 1. The control plane, alone, until it answers.
-    output.say(&format!(
-        "starting the control plane on http://{}",
-        options.control_addr
-    ));
-    let control_env = vec![
+    output.say(&format!("starting the control plane on http://{}", options.control_addr));
+    let control_env = [
         ("FLOTILLA_LISTEN".into(), options.control_addr.to_string()),
-        (
-            "FLOTILLA_HEARTBEAT".into(),
-            format!("{}ms", manifest.control.heartbeat.as_millis()),
-        ),
+        ("FLOTILLA_HEARTBEAT".into(), format!("{}ms", manifest.control.heartbeat.as_millis())),
         ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
     ];
-    let control: Tier = vec![Supervised::start(
-        spec(
-            "control",
-            0,
-            &manifest.control.program,
-            control_env,
-            Duration::from_millis(1000),
-        ),
-        output.clone(),
-    )];
+    let control = vec![fleet.start(fleet.spec(
+        "control",
+        0,
+        &manifest.control.program,
+        &control_env,
+        Duration::from_millis(1000),
+    ))];
     let http = HttpClient::new(Duration::from_secs(1));
     let ready_url = format!("http://{}/health/ready", options.control_addr);
     let control_timeout = Duration::from_secs(15);
     let waited = tokio::select! {
         ready = wait_for_control(&http, &ready_url, control_timeout) => ready,
         _ = &mut shutdown => {
-            stop_all(&output, vec![], vec![], control).await;
+            stop_all(&output, &fleet, vec![], control).await;
             return Ok(());
         }
     };
     if !waited {
-        stop_all(&output, vec![], vec![], control).await;
-        return Err(UpError::ControlNotReady(
-            control_timeout,
-            data_dir.join("logs/control.log"),
-        ));
+        stop_all(&output, &fleet, vec![], control).await;
+        return Err(UpError::ControlNotReady(control_timeout, data_dir.join("logs/control.log")));
     }
     output.say(&format!("control plane ready in {} ms", started.elapsed().as_millis()));
 
@@ -203,35 +176,29 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     if let Some(routes) = &manifest.gateway.routes {
         gateway_env.push(("FLOTILLA_ROUTES".into(), routes.display().to_string()));
     }
-    let gateway: Tier = vec![Supervised::start(
-        spec(
-            "gateway",
-            1,
-            &manifest.gateway.program,
-            gateway_env,
-            Duration::from_millis(1500),
-        ),
-        output.clone(),
-    )];
-    let mut services: Tier = Vec::new();
+    let gateway = vec![fleet.start(fleet.spec(
+        "gateway",
+        1,
+        &manifest.gateway.program,
+        &gateway_env,
+        Duration::from_millis(1500),
+    ))];
     for (index, service) in manifest.services.iter().enumerate() {
-        for i in 1..=service.instances {
-            let name = format!("{}-{i}", service.name);
-            services.push(Supervised::start(
-                spec(&name, index + 2, &service.program, vec![], Duration::from_secs(3)),
-                output.clone(),
-            ));
+        fleet.add(&service.name, service.program.clone(), index + 2).await;
+        if let Err(reason) = fleet.scale(&service.name, service.instances).await {
+            output.say(&format!("{}: {reason}", service.name));
         }
     }
+    let _api = control::spawn(&data_dir, fleet.clone()).map_err(data_err)?;
 
     // 3. Wait for each to register, showing progress, then the banner.
     let registry = RegistryClient::with_http(http.clone(), &options.control_addr.to_string(), Some(token.clone()));
-    let mut expected: BTreeSet<String> = services.iter().map(|s| s.name.clone()).collect();
+    let mut expected: BTreeSet<String> = fleet.counts().await.into_values().flatten().collect();
     expected.insert("gateway".into());
     let ready = tokio::select! {
         ready = wait_for_instances(&registry, &output, &expected, started, options.ready_timeout) => ready,
         _ = &mut shutdown => {
-            stop_all(&output, services, gateway, control).await;
+            stop_all(&output, &fleet, gateway, control).await;
             return Ok(());
         }
     };
@@ -247,7 +214,8 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     ));
 
     shutdown.await;
-    stop_all(&output, services, gateway, control).await;
+    stop_all(&output, &fleet, gateway, control).await;
+    let _ = std::fs::remove_file(control::socket_path(&data_dir));
     Ok(())
 }
 
@@ -348,10 +316,11 @@ fn banner(
 }
 
 /// Stops services first (they deregister and drain), then the gateway, then the control plane.
-async fn stop_all(output: &Output, services: Tier, gateway: Tier, control: Tier) {
+async fn stop_all(output: &Output, fleet: &Fleet, gateway: Vec<Supervised>, control: Vec<Supervised>) {
     let started = Instant::now();
     output.say("stopping: services, then the gateway, then the control plane");
-    for tier in [services, gateway, control] {
+    fleet.stop_all().await;
+    for tier in [gateway, control] {
         futures_util::future::join_all(tier.into_iter().map(Supervised::stop)).await;
     }
     output.say(&format!("stopped in {} ms", started.elapsed().as_millis()));

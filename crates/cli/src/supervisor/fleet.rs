@@ -1,0 +1,142 @@
+//! The service instances `up` runs, grouped by service, which `flotilla scale` grows and
+//! shrinks while the system runs: new instances take traffic once they have registered
+//! (which they do only when ready); removed ones deregister and drain before they exit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::output::Output;
+use super::process::{ProcessSpec, Supervised};
+use crate::manifest::{Program, MAX_INSTANCES};
+
+/// How long a service instance gets between SIGTERM and SIGKILL.
+const SERVICE_STOP_GRACE: Duration = Duration::from_secs(3);
+
+struct Group {
+    program: Program,
+    slot: usize,
+    instances: Vec<Supervised>,
+}
+
+/// Every service's instances.
+pub(super) struct Fleet {
+    output: Arc<Output>,
+    env: Vec<(String, String)>,
+    groups: Mutex<BTreeMap<String, Group>>,
+}
+
+/// What a scaling did.
+#[derive(Debug, Default, serde::Serialize)]
+pub(super) struct Scaled {
+    /// Instances before.
+    pub(super) from: usize,
+    /// Instances after.
+    pub(super) to: usize,
+    /// Names of the instances started.
+    pub(super) started: Vec<String>,
+    /// Names of the instances stopped.
+    pub(super) stopped: Vec<String>,
+}
+
+impl Fleet {
+    /// A fleet whose processes get `env` (plus their own name and their program's env).
+    pub(super) fn new(output: Arc<Output>, env: Vec<(String, String)>) -> Self {
+        Self {
+            output,
+            env,
+            groups: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The spec of one process.
+    pub(super) fn spec(&self, name: &str, slot: usize, program: &Program, extra: &[(String, String)], grace: Duration) -> ProcessSpec {
+        let mut env = self.env.clone();
+        env.push((flotilla_api::env::INSTANCE.into(), name.to_owned()));
+        env.extend(extra.iter().cloned());
+        env.extend(program.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        ProcessSpec {
+            name: name.to_owned(),
+            command: program.command.clone(),
+            args: program.args.clone(),
+            env,
+            slot,
+            stop_grace: grace,
+        }
+    }
+
+    /// Starts supervising one process.
+    pub(super) fn start(&self, spec: ProcessSpec) -> Supervised {
+        Supervised::start(spec, self.output.clone())
+    }
+
+    /// Adds a service with no instances yet.
+    pub(super) async fn add(&self, service: &str, program: Program, slot: usize) {
+        self.groups.lock().await.insert(
+            service.to_owned(),
+            Group {
+                program,
+                slot,
+                instances: Vec::new(),
+            },
+        );
+    }
+
+    /// Sets a service's instance count.
+    pub(super) async fn scale(&self, service: &str, instances: u32) -> Result<Scaled, String> {
+        if instances > MAX_INSTANCES {
+            return Err(format!("at most {MAX_INSTANCES} instances per service"));
+        }
+        let mut groups = self.groups.lock().await;
+        let Some(group) = groups.get_mut(service) else {
+            let known: Vec<&str> = groups.keys().map(String::as_str).collect();
+            return Err(format!("no service `{service}` (the manifest has: {})", known.join(", ")));
+        };
+        let mut scaled = Scaled {
+            from: group.instances.len(),
+            to: instances as usize,
+            ..Scaled::default()
+        };
+        while group.instances.len() < instances as usize {
+            let name = format!("{service}-{}", group.instances.len() + 1);
+            let spec = self.spec(&name, group.slot, &group.program, &[], SERVICE_STOP_GRACE);
+            group.instances.push(self.start(spec));
+            scaled.started.push(name);
+        }
+        let mut leaving = Vec::new();
+        while group.instances.len() > instances as usize {
+            if let Some(instance) = group.instances.pop() {
+                scaled.stopped.push(instance.name.clone());
+                leaving.push(instance);
+            }
+        }
+        drop(groups);
+        // Each leaving instance deregisters, drains its in-flight requests, then exits.
+        futures_util::future::join_all(leaving.into_iter().map(Supervised::stop)).await;
+        Ok(scaled)
+    }
+
+    /// Instance counts by service.
+    pub(super) async fn counts(&self) -> BTreeMap<String, Vec<String>> {
+        self.groups
+            .lock()
+            .await
+            .iter()
+            .map(|(name, g)| (name.clone(), g.instances.iter().map(|i| i.name.clone()).collect()))
+            .collect()
+    }
+
+    /// Stops every instance (concurrently) and forgets them.
+    pub(super) async fn stop_all(&self) {
+        let all: Vec<Supervised> = self
+            .groups
+            .lock()
+            .await
+            .values_mut()
+            .flat_map(|g| std::mem::take(&mut g.instances))
+            .collect();
+        futures_util::future::join_all(all.into_iter().map(Supervised::stop)).await;
+    }
+}
