@@ -139,12 +139,17 @@ impl Instance {
 }
 
 /// A list of instances at a registry revision: the answer to a (blocking) query.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceList {
     /// The registry revision this list reflects; pass it back as `index` to wait for a change.
     pub index: u64,
     /// The instances, ordered by service then instance id.
     pub instances: Vec<Instance>,
+    /// True while a freshly started registry waits for instances to register again (one TTL
+    /// after it starts). The list may be incomplete: a watcher that already holds a view
+    /// keeps it until warming ends, as Eureka's servers wait before serving an empty registry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warming: bool,
 }
 
 /// One service and how many of its instances are registered.

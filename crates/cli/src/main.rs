@@ -191,7 +191,11 @@ async fn run(cli: Cli) -> Result<()> {
                 Output::Table => print!("{}", status::table(&control_addr, &list)),
             }
         }
-        Command::Scale { service, instances, data_dir } => {
+        Command::Scale {
+            service,
+            instances,
+            data_dir,
+        } => {
             let scaled = supervisor::control::scale(&data_dir, &service, instances).await?;
             let list = |key: &str| {
                 scaled[key]
@@ -201,7 +205,10 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let mut line = format!("{service}: {} → {} instances", scaled["from"], scaled["to"]);
             if !list("started").is_empty() {
-                line.push_str(&format!("; started {} (they take traffic once registered)", list("started")));
+                line.push_str(&format!(
+                    "; started {} (they take traffic once registered)",
+                    list("started")
+                ));
             }
             if !list("stopped").is_empty() {
                 line.push_str(&format!("; drained and stopped {}", list("stopped")));

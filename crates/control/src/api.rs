@@ -144,8 +144,14 @@ async fn list(
     if let Some(service) = service {
         Registry::check_service_name(service).map_err(problem)?;
     }
-    let wait = parse_wait(wait)?;
-    let list = match index {
+    let mut wait = parse_wait(wait)?;
+    // While warming, answer no later than the end of the warm-up, so watchers learn at once
+    // that the list is complete.
+    let warming = state.warming_for();
+    if !warming.is_zero() {
+        wait = wait.min(warming);
+    }
+    let mut list = match index {
         None => state.registry.list(service),
         Some(index) => {
             let mut closing = state.closing.clone();
@@ -155,6 +161,7 @@ async fn list(
             }
         }
     };
+    list.warming = !state.warming_for().is_zero();
     let index = list.index;
     let mut response = Json(list).into_response();
     response

@@ -28,6 +28,9 @@ pub struct ControlState {
     pub registry: Registry,
     token: String,
     closing: watch::Receiver<bool>,
+    /// Until then the registry is warming up: instances of a previous run are still
+    /// re-registering, so its lists may be incomplete.
+    warm_at: tokio::time::Instant,
 }
 
 impl ControlState {
@@ -38,10 +41,16 @@ impl ControlState {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
         Self {
+            warm_at: tokio::time::Instant::now() + config.registry.ttl,
             registry: Registry::starting_at(config.registry, start),
             token: config.token,
             closing,
         }
+    }
+
+    /// Time left in the warm-up (zero once warm).
+    pub fn warming_for(&self) -> Duration {
+        self.warm_at.saturating_duration_since(tokio::time::Instant::now())
     }
 
     /// Compares a presented token with ours in constant time.

@@ -256,6 +256,7 @@ impl Registry {
         InstanceList {
             index: state.revision,
             instances,
+            warming: false,
         }
     }
 

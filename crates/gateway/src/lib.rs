@@ -175,13 +175,29 @@ impl Gateway {
                     .iter()
                     .map(|r| {
                         let target = r.stack.target();
+                        let now = tokio::time::Instant::now();
+                        let endpoints: Vec<_> = target
+                            .endpoints()
+                            .iter()
+                            .map(|e| {
+                                let stats = r.stack.balancer().stats(&e.id);
+                                serde_json::json!({
+                                    "address": e.id,
+                                    "instance_id": e.instance_id,
+                                    "weight": e.weight,
+                                    "ejected": stats.as_ref().is_some_and(|s| s.is_ejected(now)),
+                                    "in_flight": stats.as_ref().map_or(0, |s| s.in_flight()),
+                                    "rtt_ms": stats.as_ref().map(|s| (s.rtt_ms() * 100.0).round() / 100.0),
+                                })
+                            })
+                            .collect();
                         serde_json::json!({
                             "name": r.name,
                             "prefix": r.prefix,
                             "backend": format!("{target:?}"),
                             "strip_prefix": r.strip_prefix,
-                            "endpoints": target.endpoints().len(),
                             "breaker": r.stack.breaker().state().as_str(),
+                            "endpoints": endpoints,
                         })
                     })
                     .collect();

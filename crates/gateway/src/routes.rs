@@ -324,7 +324,7 @@ mod tests {
         let specs = RouteTable::parse(&TomlFile::from_text("routes.toml", text))?;
         let discovery = Discovery::fixed(flotilla_api::InstanceList {
             index: 1,
-            instances: vec![],
+            ..Default::default()
         });
         let upstreams = Upstreams {
             discovery: Some(discovery),

@@ -186,7 +186,8 @@ async fn routes_to_registry_instances_in_turn() {
     assert!(seen.values().all(|n| *n == 2), "in turn: {seen:?}");
     let (status, _, routes) = send(get(gw.addr, "/-/routes")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(routes["routes"][0]["endpoints"], 2);
+    assert_eq!(routes["routes"][0]["endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(routes["routes"][0]["endpoints"][0]["ejected"], false);
     assert_eq!(routes["routes"][0]["breaker"], "closed");
 }
 
@@ -198,7 +199,7 @@ async fn answers_problems_when_there_is_nowhere_to_go() {
     };
     let empty = Discovery::fixed(InstanceList {
         index: 1,
-        instances: vec![],
+        ..Default::default()
     });
     let gw = gateway(
         &format!("[[routes]]\nprefix = \"/down\"\nupstreams = [\"http://{closed}\"]\n\n[[routes]]\nprefix = \"/svc\"\nservice = \"nobody\"\n"),

@@ -151,7 +151,30 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// This view plus every instance of `newer` (newer entries win); nothing is removed.
+    fn merged_with(&self, newer: Snapshot) -> Snapshot {
+        let mut services = self.services.clone();
+        for (name, fresh) in newer.services {
+            let mut merged: Vec<Instance> = fresh.to_vec();
+            if let Some(old) = self.services.get(&name) {
+                merged.extend(
+                    old.iter()
+                        .filter(|o| !fresh.iter().any(|f| f.instance_id == o.instance_id))
+                        .cloned(),
+                );
+            }
+            merged.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+            services.insert(name, Arc::from(merged));
+        }
+        Snapshot {
+            index: newer.index,
+            services,
+            stale: true,
+        }
+    }
+
     fn from_list(list: InstanceList) -> Self {
+        let stale = list.warming;
         let mut grouped: HashMap<String, Vec<Instance>> = HashMap::new();
         for instance in list.instances {
             grouped.entry(instance.service.clone()).or_default().push(instance);
@@ -159,7 +182,7 @@ impl Snapshot {
         Self {
             index: list.index,
             services: grouped.into_iter().map(|(k, v)| (k, Arc::from(v))).collect(),
-            stale: false,
+            stale,
         }
     }
 }
@@ -230,17 +253,30 @@ async fn watch_loop(client: RegistryClient, view: Arc<ArcSwap<Snapshot>>, tx: wa
     loop {
         match client.instances(None, index, WATCH_WAIT).await {
             Ok(list) => {
-                let was_stale = view.load().stale;
-                if was_stale {
-                    tracing::info!(index = list.index, "registry reachable again; view reconciled");
+                let current = view.load_full();
+                backoff = Duration::from_millis(50);
+                if list.warming && !current.services.is_empty() {
+                    // A restarted registry still filling up: add what it knows to the view we
+                    // have, but drop nothing until it is complete; instances that are alive
+                    // are re-registering right now.
+                    if !current.stale {
+                        tracing::warn!("registry warming up; keeping the last view until it is complete");
+                    }
+                    let revision = list.index;
+                    view.store(Arc::new(current.merged_with(Snapshot::from_list(list))));
+                    tx.send_replace(revision);
+                    index = Some(revision);
+                    continue;
                 }
-                if index != Some(list.index) || was_stale {
+                if current.stale && !list.warming {
+                    tracing::info!(index = list.index, "registry view reconciled");
+                }
+                if index != Some(list.index) || current.stale != list.warming {
                     let revision = list.index;
                     view.store(Arc::new(Snapshot::from_list(list)));
                     tx.send_replace(revision);
                 }
                 index = Some(view.load().index);
-                backoff = Duration::from_millis(50);
             }
             Err(err) => {
                 let current = view.load();

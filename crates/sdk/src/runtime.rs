@@ -315,7 +315,7 @@ impl Context {
         let discovery = self.inner.discovery.clone().unwrap_or_else(|| {
             Discovery::fixed(flotilla_api::InstanceList {
                 index: 1,
-                instances: Vec::new(),
+                ..Default::default()
             })
         });
         let stack = Stack::new(

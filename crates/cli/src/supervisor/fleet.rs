@@ -52,7 +52,14 @@ impl Fleet {
     }
 
     /// The spec of one process.
-    pub(super) fn spec(&self, name: &str, slot: usize, program: &Program, extra: &[(String, String)], grace: Duration) -> ProcessSpec {
+    pub(super) fn spec(
+        &self,
+        name: &str,
+        slot: usize,
+        program: &Program,
+        extra: &[(String, String)],
+        grace: Duration,
+    ) -> ProcessSpec {
         let mut env = self.env.clone();
         env.push((flotilla_api::env::INSTANCE.into(), name.to_owned()));
         env.extend(extra.iter().cloned());
@@ -92,7 +99,10 @@ impl Fleet {
         let mut groups = self.groups.lock().await;
         let Some(group) = groups.get_mut(service) else {
             let known: Vec<&str> = groups.keys().map(String::as_str).collect();
-            return Err(format!("no service `{service}` (the manifest has: {})", known.join(", ")));
+            return Err(format!(
+                "no service `{service}` (the manifest has: {})",
+                known.join(", ")
+            ));
         };
         let mut scaled = Scaled {
             from: group.instances.len(),

@@ -21,8 +21,8 @@ use flotilla::http::HttpClient;
 use flotilla_api::registry::meta;
 use flotilla_api::{env, Instance};
 
-pub use self::output::Output;
 use self::fleet::Fleet;
+pub use self::output::Output;
 use self::process::Supervised;
 use crate::manifest::Manifest;
 
@@ -136,10 +136,16 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     let fleet = Arc::new(Fleet::new(output.clone(), common));
 
     // 1. The control plane, alone, until it answers.
-    output.say(&format!("starting the control plane on http://{}", options.control_addr));
+    output.say(&format!(
+        "starting the control plane on http://{}",
+        options.control_addr
+    ));
     let control_env = [
         ("FLOTILLA_LISTEN".into(), options.control_addr.to_string()),
-        ("FLOTILLA_HEARTBEAT".into(), format!("{}ms", manifest.control.heartbeat.as_millis())),
+        (
+            "FLOTILLA_HEARTBEAT".into(),
+            format!("{}ms", manifest.control.heartbeat.as_millis()),
+        ),
         ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
     ];
     let control = vec![fleet.start(fleet.spec(
@@ -161,7 +167,10 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     };
     if !waited {
         stop_all(&output, &fleet, vec![], control).await;
-        return Err(UpError::ControlNotReady(control_timeout, data_dir.join("logs/control.log")));
+        return Err(UpError::ControlNotReady(
+            control_timeout,
+            data_dir.join("logs/control.log"),
+        ));
     }
     output.say(&format!("control plane ready in {} ms", started.elapsed().as_millis()));
 

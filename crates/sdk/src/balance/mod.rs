@@ -121,7 +121,10 @@ impl Pick {
         self.reported = true;
         let ejected = self.peers.iter().filter(|p| p.is_ejected(Instant::now())).count();
         let may_eject = ((ejected + 1) * 100) <= self.peers.len() * usize::from(self.config.max_ejected_percent);
-        if let Some(until) = self.stats.failure(failure, &self.config, may_eject) {
+        if let Some(until) = self
+            .stats
+            .failure(failure, self.started.elapsed(), &self.config, may_eject)
+        {
             tracing::warn!(
                 endpoint = %self.endpoint.id,
                 ?failure,
@@ -260,7 +263,7 @@ impl Balancer {
             }
             (candidates[a], candidates[b])
         };
-        let cost = |i: usize| stats[i].load() / f64::from(endpoints[i].weight.max(1));
+        let cost = |i: usize| stats[i].load(self.config.decay) / f64::from(endpoints[i].weight.max(1));
         if cost(a) <= cost(b) {
             a
         } else {

@@ -101,9 +101,21 @@ impl EndpointStats {
     }
 
     /// The load score P2C compares: latency × (in-flight + 1). A hung endpoint piles up
-    /// in-flight calls, so it loses every comparison long before its timeouts fire.
-    pub fn load(&self) -> f64 {
-        self.lock().rtt_ns * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
+    /// in-flight calls, so it loses every comparison long before its timeouts fire. The
+    /// latency decays while nothing is observed (Finagle's peak EWMA), so an endpoint that
+    /// was slow once is tried again later instead of being starved forever.
+    pub fn load(&self, decay: Duration) -> f64 {
+        let now = Instant::now();
+        let mut h = self.lock();
+        let elapsed = now.saturating_duration_since(h.stamp).as_secs_f64();
+        h.rtt_ns *= (-elapsed / decay.as_secs_f64().max(1e-3)).exp();
+        h.stamp = now;
+        h.rtt_ns * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
+    }
+
+    /// The latency estimate, in milliseconds.
+    pub fn rtt_ms(&self) -> f64 {
+        self.lock().rtt_ns / 1e6
     }
 
     pub(crate) fn started(&self) {
@@ -139,10 +151,22 @@ impl EndpointStats {
     }
 
     /// Records a failure; returns the end of a new ejection if this one caused it.
-    pub(crate) fn failure(&self, failure: Failure, config: &OutlierConfig, may_eject: bool) -> Option<Instant> {
+    pub(crate) fn failure(
+        &self,
+        failure: Failure,
+        waited: Duration,
+        config: &OutlierConfig,
+        may_eject: bool,
+    ) -> Option<Instant> {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut h = self.lock();
+        // Time spent on a failed call (a timeout, above all) counts as latency too.
+        let waited = waited.as_nanos() as f64;
+        if waited > h.rtt_ns {
+            h.rtt_ns = waited;
+            h.stamp = now;
+        }
         let tripped = match failure {
             Failure::Connect => {
                 h.consecutive_connect += 1;
