@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::load::{Load, Report};
-use support::{descendants, http_get, System};
+use support::{http_get, System};
 
 /// The faults run one at a time: four systems under load at once would measure the
 /// machine, not the failover.
@@ -20,24 +20,17 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 const RATE: u32 = 100;
 
 fn three_catalogs() -> System {
-    let system = System::start(&["--scale", "catalog=3"]);
+    let system = support::start(&["--scale", "catalog=3"]);
     system.wait_for_line("Flotilla is up", Duration::from_secs(60));
     system
 }
 
 /// (instance id, pid) of each catalog instance.
 fn catalogs(system: &System) -> Vec<(String, u32)> {
-    system.status()["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["service"] == "catalog")
-        .map(|i| {
-            (
-                i["instance_id"].as_str().unwrap().to_owned(),
-                i["metadata"]["pid"].as_str().unwrap().parse().unwrap(),
-            )
-        })
+    system
+        .instances("catalog")
+        .into_iter()
+        .map(|(id, _, pid)| (id, pid))
         .collect()
 }
 
@@ -166,13 +159,7 @@ fn a_dead_control_plane_costs_no_request_and_everyone_registers_again_within_3s(
     let system = three_catalogs();
     let load = Load::start(system.gateway, RATE, vec![(http::Method::GET, "/api/v1/products/7")]);
     std::thread::sleep(Duration::from_secs(1));
-    let control_pid = descendants(system.child.id())
-        .into_iter()
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split('\0').any(|arg| arg == "control"))
-        })
-        .expect("the control plane process");
+    let control_pid = system.process_with_arg("control").expect("the control plane process");
     kill(Pid::from_raw(control_pid as i32), Signal::SIGKILL).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // Requests keep flowing from the gateway's last view while the control plane is away.

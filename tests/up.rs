@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{alive, descendants, http_get, http_request, System};
+use support::{alive, descendants, http_get, http_request};
 
 fn catalog_instances(status: &serde_json::Value) -> Vec<(String, u32)> {
     status["instances"]
@@ -25,7 +25,7 @@ fn catalog_instances(status: &serde_json::Value) -> Vec<(String, u32)> {
 
 #[test]
 fn up_serves_restarts_a_killed_instance_and_stops_cleanly() {
-    let mut system = System::start(&[]);
+    let mut system = support::start(&[]);
     system.wait_for_line("Flotilla is up", Duration::from_secs(60));
     system.wait_for_line(&format!("http://{}", system.gateway), Duration::from_secs(1));
 
@@ -107,7 +107,7 @@ fn up_serves_restarts_a_killed_instance_and_stops_cleanly() {
 
 #[test]
 fn registration_without_the_token_is_refused_by_the_running_control_plane() {
-    let system = System::start(&[]);
+    let system = support::start(&[]);
     system.wait_for_line("control plane ready", Duration::from_secs(60));
     let body = r#"{"service":"intruder","instance_id":"intruder-1","address":"127.0.0.1:9","version":"1"}"#;
     let json = [("Content-Type", "application/json")];
@@ -165,4 +165,58 @@ fn a_bad_manifest_is_named_with_file_and_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("flotilla.toml:3:1") && err.contains("replicas"), "{err}");
+}
+
+#[test]
+fn scale_grows_and_shrinks_a_running_service() {
+    let mut system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let scale = |n: &str| {
+        let out = std::process::Command::new(support::flotilla())
+            .args(["scale", "catalog", n, "--data-dir"])
+            .arg(system.data_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let grown = scale("3");
+    assert!(
+        grown.contains("1 → 3") && grown.contains("catalog-2, catalog-3"),
+        "{grown}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while system.instances("catalog").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "new instances never registered:\n{}",
+            system.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let shrunk = scale("1");
+    assert!(
+        shrunk.contains("3 → 1") && shrunk.contains("catalog-3, catalog-2"),
+        "{shrunk}"
+    );
+    assert_eq!(
+        system.instances("catalog").len(),
+        1,
+        "removed instances deregistered before scale returned"
+    );
+    let (status, _) = http_get(system.gateway, "/api/v1/products/1").unwrap();
+    assert_eq!(status, 200);
+
+    let unknown = std::process::Command::new(support::flotilla())
+        .args(["scale", "orders", "2", "--data-dir"])
+        .arg(system.data_dir())
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no service `orders`"));
+    system.interrupt(Duration::from_secs(10));
+    assert!(
+        !system.data_dir().join("supervisor.sock").exists(),
+        "the socket goes with the supervisor"
+    );
 }

@@ -232,8 +232,22 @@ async fn run(cli: Cli) -> Result<()> {
                 _ => token::ensure(&data_dir).with_context(|| format!("token in {}", data_dir.display()))?,
             };
             let listener = bind(listen, "--listen").await?;
-            let config = flotilla_control::ControlConfig { registry, token };
+            let (marker, unclean) = flotilla_control::RunMarker::acquire(&data_dir)
+                .with_context(|| format!("writing the run marker in {}", data_dir.display()))?;
+            let warm_up = if unclean { ttl } else { Duration::ZERO };
+            if unclean {
+                tracing::warn!(
+                    ?warm_up,
+                    "the previous control plane did not stop cleanly; warming up while its instances re-register"
+                );
+            }
+            let config = flotilla_control::ControlConfig {
+                registry,
+                token,
+                warm_up,
+            };
             flotilla_control::serve(listener, config, runtime::shutdown_signal()).await?;
+            drop(marker);
         }
         Command::Gateway {
             listen,

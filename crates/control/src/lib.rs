@@ -20,6 +20,34 @@ pub struct ControlConfig {
     pub registry: RegistryConfig,
     /// The token that authorizes writes (`Authorization: Bearer <token>`).
     pub token: String,
+    /// How long the registry warms up after starting: zero on a clean start, the lease TTL
+    /// after a crash (see [`RunMarker`]), when instances of the previous run are coming back.
+    pub warm_up: Duration,
+}
+
+/// A file in the data dir that exists while a control plane runs. Found at start, it means
+/// the previous one did not stop cleanly: its instances are alive and will re-register, so
+/// the registry warms up instead of answering "empty" with authority.
+#[derive(Debug)]
+pub struct RunMarker {
+    path: std::path::PathBuf,
+}
+
+impl RunMarker {
+    /// Creates the marker; returns it and whether an earlier one was left behind.
+    pub fn acquire(data_dir: &std::path::Path) -> std::io::Result<(Self, bool)> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("control.running");
+        let unclean = path.exists();
+        std::fs::write(&path, std::process::id().to_string())?;
+        Ok((Self { path }, unclean))
+    }
+}
+
+impl Drop for RunMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Shared state of the running control plane.
@@ -41,7 +69,7 @@ impl ControlState {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
         Self {
-            warm_at: tokio::time::Instant::now() + config.registry.ttl,
+            warm_at: tokio::time::Instant::now() + config.warm_up,
             registry: Registry::starting_at(config.registry, start),
             token: config.token,
             closing,

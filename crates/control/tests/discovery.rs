@@ -15,6 +15,10 @@ use tokio::sync::oneshot;
 const TOKEN: &str = "test-token";
 
 async fn start_control(addr: SocketAddr) -> oneshot::Sender<()> {
+    start_control_warming(addr, Duration::ZERO).await
+}
+
+async fn start_control_warming(addr: SocketAddr, warm_up: Duration) -> oneshot::Sender<()> {
     let listener = TcpListener::bind(addr).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let config = ControlConfig {
@@ -23,6 +27,7 @@ async fn start_control(addr: SocketAddr) -> oneshot::Sender<()> {
             ttl: Duration::from_secs(5),
         },
         token: TOKEN.into(),
+        warm_up,
     };
     tokio::spawn(flotilla_control::serve(listener, config, async move {
         let _ = stopped.await;
@@ -107,5 +112,66 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
     service.await.unwrap().unwrap();
 
     let _ = stop_watch.send(());
+    let _ = stop_control.send(());
+}
+
+#[tokio::test]
+async fn a_warming_registry_adds_to_a_watchers_view_and_removes_only_when_complete() {
+    let control_addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let stop_control = start_control(control_addr).await;
+    let client = RegistryClient::new(&control_addr.to_string(), Some(TOKEN.into()));
+    let registration = |id: &str, port: u16| flotilla_api::Registration {
+        service: "echo".into(),
+        instance_id: id.into(),
+        address: format!("127.0.0.1:{port}"),
+        version: "1".into(),
+        metadata: Default::default(),
+    };
+    client.register(&registration("echo-old", 1001)).await.unwrap();
+    let (_stop_watch, watch_stopped) = oneshot::channel::<()>();
+    let discovery = Discovery::spawn(RegistryClient::new(&control_addr.to_string(), None), async move {
+        let _ = watch_stopped.await;
+    });
+    wait_until("the first view", Duration::from_secs(5), || {
+        discovery.instances("echo").len() == 1
+    })
+    .await;
+
+    // The control plane crashes and comes back warming; "echo-old" never re-registers, a
+    // new instance does.
+    stop_control.send(()).unwrap();
+    wait_until("the view to go stale", Duration::from_secs(5), || {
+        discovery.snapshot().stale
+    })
+    .await;
+    let stop_control = start_control_warming(control_addr, Duration::from_millis(1500)).await;
+    client.register(&registration("echo-new", 1002)).await.unwrap();
+    wait_until("the new instance to be added", Duration::from_secs(5), || {
+        discovery.instances("echo").len() == 2
+    })
+    .await;
+    let ids: Vec<String> = discovery
+        .instances("echo")
+        .iter()
+        .map(|i| i.instance_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        ["echo-new", "echo-old"],
+        "nothing is dropped while the registry warms up"
+    );
+    assert!(discovery.snapshot().stale);
+
+    // Once warm, the registry's list is the truth.
+    wait_until("the warm-up to end", Duration::from_secs(5), || {
+        let ids: Vec<String> = discovery
+            .instances("echo")
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .collect();
+        ids == ["echo-new"]
+    })
+    .await;
+    assert!(!discovery.snapshot().stale);
     let _ = stop_control.send(());
 }

@@ -162,7 +162,18 @@ impl Gateway {
             ));
         }
         match path {
-            "/-/ready" if self.is_ready() => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+            "/-/ready" if self.is_ready() => {
+                // Serving from a stale view is still ready: the last view routes traffic while
+                // the control plane is away. The details say so.
+                let discovery = self.discovery.as_ref().map(|d| {
+                    let snapshot = d.snapshot();
+                    serde_json::json!({ "index": snapshot.index, "stale": snapshot.stale })
+                });
+                json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ready", "discovery": discovery}),
+                )
+            }
             "/-/ready" => problem_response(
                 &flotilla_api::Problem::new(503, "not-ready", "Not ready")
                     .with_detail("waiting for the first answer from the registry"),

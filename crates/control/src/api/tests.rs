@@ -14,6 +14,7 @@ fn app() -> Router {
     let config = ControlConfig {
         registry: RegistryConfig::default(),
         token: TOKEN.into(),
+        warm_up: Duration::ZERO,
     };
     router(Arc::new(ControlState::new(config, rx)))
 }

@@ -113,7 +113,7 @@ impl Pick {
     /// The call got an answer (headers) that is not a failure.
     pub fn success(mut self) {
         self.reported = true;
-        self.stats.success(self.started.elapsed(), self.decay, &self.config);
+        self.stats.success(self.started, self.decay, &self.config);
     }
 
     /// The call failed in a way that counts against the endpoint.
@@ -138,7 +138,7 @@ impl Pick {
 impl Drop for Pick {
     fn drop(&mut self) {
         if !self.reported {
-            self.stats.cancelled();
+            self.stats.cancelled(self.started);
         }
     }
 }
@@ -238,7 +238,7 @@ impl Balancer {
             (Strategy::RoundRobin, _) => candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()],
             _ => self.p2c(endpoints, &stats, &candidates),
         };
-        stats[chosen].started();
+        stats[chosen].started(now);
         Some(Pick {
             endpoint: endpoints[chosen].clone(),
             stats: stats[chosen].clone(),

@@ -4,7 +4,7 @@
 //! consecutive-5xx detection does. Ejection grows with repeats and never takes out more than
 //! a set share of the endpoints.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -62,6 +62,10 @@ struct Health {
 #[derive(Debug)]
 pub struct EndpointStats {
     in_flight: AtomicU32,
+    /// Sum of the start times of the calls in flight (nanoseconds after `base`): with the
+    /// count, it gives their mean age.
+    pending_starts: AtomicU64,
+    base: Instant,
     health: Mutex<Health>,
 }
 
@@ -70,6 +74,8 @@ impl EndpointStats {
     pub fn new(default_rtt: Duration) -> Self {
         Self {
             in_flight: AtomicU32::new(0),
+            pending_starts: AtomicU64::new(0),
+            base: Instant::now(),
             health: Mutex::new(Health {
                 rtt_ns: default_rtt.as_nanos() as f64,
                 stamp: Instant::now(),
@@ -104,13 +110,28 @@ impl EndpointStats {
     /// in-flight calls, so it loses every comparison long before its timeouts fire. The
     /// latency decays while nothing is observed (Finagle's peak EWMA), so an endpoint that
     /// was slow once is tried again later instead of being starved forever.
+    ///
+    /// Calls still waiting count as evidence too: if they have been out longer than the
+    /// estimate on average, the endpoint is at least that slow now (a hung instance answers
+    /// nothing, so its estimate would otherwise never rise).
     pub fn load(&self, decay: Duration) -> f64 {
         let now = Instant::now();
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
         let mut h = self.lock();
         let elapsed = now.saturating_duration_since(h.stamp).as_secs_f64();
         h.rtt_ns *= (-elapsed / decay.as_secs_f64().max(1e-3)).exp();
         h.stamp = now;
-        h.rtt_ns * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
+        let mut rtt = h.rtt_ns;
+        if in_flight > 0 {
+            let mean_start = self.pending_starts.load(Ordering::Relaxed) as f64 / f64::from(in_flight);
+            let age = now.saturating_duration_since(self.base).as_nanos() as f64 - mean_start;
+            rtt = rtt.max(age);
+        }
+        rtt * f64::from(in_flight + 1)
+    }
+
+    fn offset(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_nanos() as u64
     }
 
     /// The latency estimate, in milliseconds.
@@ -118,16 +139,23 @@ impl EndpointStats {
         self.lock().rtt_ns / 1e6
     }
 
-    pub(crate) fn started(&self) {
+    pub(crate) fn started(&self, at: Instant) {
+        self.pending_starts.fetch_add(self.offset(at), Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn cancelled(&self) {
+    fn finished(&self, started: Instant) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pending_starts.fetch_sub(self.offset(started), Ordering::Relaxed);
     }
 
-    pub(crate) fn success(&self, rtt: Duration, decay: Duration, config: &OutlierConfig) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    pub(crate) fn cancelled(&self, started: Instant) {
+        self.finished(started);
+    }
+
+    pub(crate) fn success(&self, started: Instant, decay: Duration, config: &OutlierConfig) {
+        self.finished(started);
+        let rtt = started.elapsed();
         let now = Instant::now();
         let mut h = self.lock();
         let rtt = rtt.as_nanos() as f64;

@@ -223,3 +223,29 @@ fn never_ejects_more_than_half() {
     let all: Vec<String> = eps.iter().map(|e| e.id.clone()).collect();
     assert!(b.pick(&eps, None, &all).is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_left_waiting_marks_its_endpoint_slow_before_any_timeout() {
+    let b = balancer(Strategy::P2c);
+    let eps = endpoints(3);
+    for _ in 0..30 {
+        let pick = b.pick(&eps, None, &[]).unwrap();
+        tokio::time::advance(Duration::from_millis(2)).await;
+        pick.success();
+    }
+    // One call hangs on an endpoint; 50 ms later it has answered nothing.
+    let hung = b.pick(&eps, None, &[]).unwrap();
+    let hung_id = hung.endpoint.id.clone();
+    tokio::time::advance(Duration::from_millis(50)).await;
+    for _ in 0..200 {
+        let pick = b.pick(&eps, None, &[]).unwrap();
+        assert_ne!(pick.endpoint.id, hung_id, "a 50 ms wait outweighs a 2 ms estimate");
+        pick.success();
+    }
+    drop(hung);
+    assert_eq!(
+        b.stats(&hung_id).unwrap().in_flight(),
+        0,
+        "a dropped pick gives its slot back"
+    );
+}

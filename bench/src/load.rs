@@ -50,8 +50,8 @@ impl Report {
         self.samples.iter().filter(|s| s.failed()).collect()
     }
 
-    /// The p99 latency of the requests sent between `from` and `to`.
-    pub fn p99_between(&self, from: Duration, to: Duration) -> Duration {
+    /// The `q` quantile (0.99 for p99) of the latencies of requests sent between `from` and `to`.
+    pub fn quantile_between(&self, q: f64, from: Duration, to: Duration) -> Duration {
         let mut latencies: Vec<Duration> = self
             .samples
             .iter()
@@ -59,10 +59,8 @@ impl Report {
             .map(|s| s.latency)
             .collect();
         latencies.sort();
-        latencies
-            .get((latencies.len() * 99 / 100).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
+        let rank = ((latencies.len() as f64) * q).ceil() as usize;
+        latencies.get(rank.saturating_sub(1)).copied().unwrap_or_default()
     }
 }
 
@@ -73,10 +71,9 @@ impl Load {
         let started = Instant::now();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return Vec::new();
+            };
             runtime.block_on(async move {
                 let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
                     .build(hyper_util::client::legacy::connect::HttpConnector::new());
@@ -103,18 +100,21 @@ impl Load {
                         if method == http::Method::POST {
                             request = request.header("content-type", "application/json");
                         }
-                        let request = request.body(Full::new(body)).unwrap();
-                        let outcome = match tokio::time::timeout(Duration::from_secs(20), client.request(request)).await
-                        {
-                            Ok(Ok(response)) => {
-                                let status = response.status().as_u16();
-                                match response.into_body().collect().await {
-                                    Ok(_) => Ok(status),
-                                    Err(e) => Err(format!("body: {e}")),
+                        let outcome = match request.body(Full::new(body)) {
+                            Err(e) => Err(format!("request: {e}")),
+                            Ok(request) => {
+                                match tokio::time::timeout(Duration::from_secs(20), client.request(request)).await {
+                                    Ok(Ok(response)) => {
+                                        let status = response.status().as_u16();
+                                        match response.into_body().collect().await {
+                                            Ok(_) => Ok(status),
+                                            Err(e) => Err(format!("body: {e}")),
+                                        }
+                                    }
+                                    Ok(Err(e)) => Err(e.to_string()),
+                                    Err(_) => Err("no answer in 20 s".into()),
                                 }
                             }
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err("no answer in 20 s".into()),
                         };
                         let _ = tx.send(Sample {
                             at,
@@ -144,7 +144,7 @@ impl Load {
     pub fn stop(self) -> Report {
         self.stop.store(true, Ordering::SeqCst);
         Report {
-            samples: self.thread.join().unwrap(),
+            samples: self.thread.join().unwrap_or_default(),
         }
     }
 }
