@@ -259,6 +259,9 @@ fn last_sent(log: &PathBuf, victim: &str, fault: SystemTime, until: Option<Syste
     }
     match last {
         None => "none after the fault".into(),
-        Some(last) => format!("{last:.0} ms after the fault ({count} requests tried it)"),
+        Some(last) => format!(
+            "{last:.0} ms after the fault ({count} request{} tried it)",
+            if count == 1 { "" } else { "s" }
+        ),
     }
 }
