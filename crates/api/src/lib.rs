@@ -24,4 +24,7 @@ pub mod env {
     pub const INSTANCE: &str = "FLOTILLA_INSTANCE";
     /// Set by the supervisor: standard input closing means the supervisor is gone.
     pub const SUPERVISED: &str = "FLOTILLA_SUPERVISED";
+    /// The availability zone this process runs in: registered as metadata `zone`, and
+    /// preferred by its balancers.
+    pub const ZONE: &str = "FLOTILLA_ZONE";
 }

@@ -266,6 +266,7 @@ async fn run(cli: Cli) -> Result<()> {
             let upstreams = flotilla_gateway::routes::Upstreams {
                 discovery: discovery.clone(),
                 pool: flotilla::client::pool(),
+                zone: env.zone.clone(),
             };
             let table = flotilla_gateway::routes::RouteTable::build(specs, &upstreams)
                 .with_context(|| routes.display().to_string())?;

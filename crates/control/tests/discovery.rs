@@ -60,6 +60,7 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
         token: Some(TOKEN.into()),
         data_dir: std::env::temp_dir(),
         instance_name: Some("echo-1".into()),
+        zone: Some("eu-1a".into()),
     };
     let listener = Service::bind(None).await.unwrap();
     let service_addr = listener.local_addr().unwrap();
@@ -76,6 +77,10 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
     assert_eq!(instance.address, service_addr.to_string());
     assert_eq!(instance.version, "1.2.3");
     assert_eq!(instance.metadata["supervisor.name"], "echo-1");
+    assert_eq!(
+        instance.metadata["zone"], "eu-1a",
+        "FLOTILLA_ZONE is registered as the zone"
+    );
     assert_eq!(instance.pid(), Some(std::process::id()));
 
     // A restarted control plane starts empty; the service notices on its next heartbeat and

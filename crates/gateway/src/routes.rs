@@ -104,6 +104,8 @@ pub struct Upstreams {
     pub discovery: Option<Discovery>,
     /// The shared connection pool.
     pub pool: Pool,
+    /// The gateway's zone: endpoints there are preferred while any is usable.
+    pub zone: Option<String>,
 }
 
 /// A route ready to match, with its resilient stack.
@@ -177,8 +179,12 @@ impl RouteTable {
                 },
                 Destination::Fixed(uris) => Target::fixed(spec.name.clone(), &uris),
             };
+            let mut client = spec.client;
+            if client.balance.local_zone.is_none() {
+                client.balance.local_zone = upstreams.zone.clone();
+            }
             routes.push(Route {
-                stack: Stack::new(target, &spec.client, upstreams.pool.clone()),
+                stack: Stack::new(target, &client, upstreams.pool.clone()),
                 name: spec.name,
                 prefix: spec.prefix,
                 strip_prefix: spec.strip_prefix,
@@ -329,6 +335,7 @@ mod tests {
         let upstreams = Upstreams {
             discovery: Some(discovery),
             pool: flotilla::client::pool(),
+            zone: None,
         };
         Ok(RouteTable::build(specs, &upstreams).unwrap())
     }
@@ -394,6 +401,7 @@ upstreams = ["http://127.0.0.1:9000"]
         let upstreams = Upstreams {
             discovery: None,
             pool: flotilla::client::pool(),
+            zone: None,
         };
         assert!(matches!(
             RouteTable::build(specs, &upstreams),

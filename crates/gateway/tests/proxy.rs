@@ -73,6 +73,7 @@ async fn gateway(routes: &str, discovery: Option<Discovery>) -> Running {
     let upstreams = Upstreams {
         discovery: discovery.clone(),
         pool: flotilla::client::pool(),
+        zone: None,
     };
     let table = RouteTable::build(specs, &upstreams).unwrap();
     let gateway = Gateway::new(table, discovery, GatewayConfig::default());

@@ -34,6 +34,8 @@ pub struct ServiceEnv {
     pub data_dir: PathBuf,
     /// The supervisor's name for this process (`catalog-1`).
     pub instance_name: Option<String>,
+    /// The availability zone this process runs in.
+    pub zone: Option<String>,
 }
 
 impl ServiceEnv {
@@ -47,6 +49,7 @@ impl ServiceEnv {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(".flotilla")),
             instance_name: var(env::INSTANCE),
+            zone: var(env::ZONE),
         }
     }
 }
@@ -280,8 +283,12 @@ struct ContextInner {
 }
 
 impl Context {
-    /// Watches the registry named in `env` (if any) for the life of the process.
-    pub fn new(env: &ServiceEnv, config: ClientConfig) -> Self {
+    /// Watches the registry named in `env` (if any) for the life of the process; calls
+    /// prefer instances in the zone `env` names.
+    pub fn new(env: &ServiceEnv, mut config: ClientConfig) -> Self {
+        if config.balance.local_zone.is_none() {
+            config.balance.local_zone = env.zone.clone();
+        }
         let discovery = env
             .control_addr
             .as_ref()
@@ -418,6 +425,9 @@ pub fn registration(
     if let Some(name) = &env.instance_name {
         metadata.insert(meta::SUPERVISOR_NAME.into(), name.clone());
     }
+    if let Some(zone) = &env.zone {
+        metadata.entry(meta::ZONE.into()).or_insert_with(|| zone.clone());
+    }
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let stem = env.instance_name.as_deref().unwrap_or(service);
     Registration {
@@ -524,5 +534,68 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
         _ = orphaned => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn slow_app() -> Router {
+        Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "done"
+                }),
+            )
+            .route(
+                "/left",
+                get(|| async {
+                    Deadline::current().map_or("none".to_owned(), |d| d.remaining().as_millis().to_string())
+                }),
+            )
+            .layer(axum::middleware::from_fn(request_scope))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_callee_stops_when_its_callers_deadline_passes() {
+        let started = tokio::time::Instant::now();
+        let request = Request::get("/slow")
+            .header("x-flotilla-deadline-ms", "250")
+            .body(Body::empty())
+            .unwrap();
+        let response = slow_app().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 504);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(250),
+            "no work past the deadline"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_is_in_scope_for_the_handler_and_absent_without_the_header() {
+        let request = Request::get("/left")
+            .header("x-flotilla-deadline-ms", "800")
+            .body(Body::empty())
+            .unwrap();
+        let response = slow_app().oneshot(request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 64).await.unwrap();
+        assert_eq!(body, "800");
+        let response = slow_app()
+            .oneshot(Request::get("/left").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 64).await.unwrap();
+        assert_eq!(body, "none");
     }
 }
