@@ -12,6 +12,18 @@ fn endpoints(n: usize) -> Vec<Endpoint> {
         .collect()
 }
 
+/// Picks until `target` comes up (the others answer well), then fails it once.
+fn fail_on(b: &Balancer, eps: &[Endpoint], target: &str, failure: Failure) {
+    loop {
+        let pick = b.pick(eps, None, &[]).unwrap();
+        if pick.endpoint.id == target {
+            pick.failure(failure);
+            return;
+        }
+        pick.success();
+    }
+}
+
 fn balancer(strategy: Strategy) -> Balancer {
     Balancer::with_seed(
         BalanceConfig {
@@ -142,14 +154,7 @@ async fn a_refused_connection_ejects_at_once_and_the_endpoint_returns_later() {
     let b = balancer(Strategy::RoundRobin);
     let eps = endpoints(3);
     let dead = eps[0].id.clone();
-    loop {
-        let pick = b.pick(&eps, None, &[]).unwrap();
-        if pick.endpoint.id == dead {
-            pick.failure(Failure::Connect);
-            break;
-        }
-        pick.success();
-    }
+    fail_on(&b, &eps, &dead, Failure::Connect);
     for _ in 0..30 {
         let pick = b.pick(&eps, None, &[]).unwrap();
         assert_ne!(pick.endpoint.id, dead, "ejected on the first refused connection");
@@ -161,14 +166,7 @@ async fn a_refused_connection_ejects_at_once_and_the_endpoint_returns_later() {
 
     // A relapse is ejected for twice as long.
     let stats = b.stats(&dead).unwrap();
-    loop {
-        let pick = b.pick(&eps, None, &[]).unwrap();
-        if pick.endpoint.id == dead {
-            pick.failure(Failure::Connect);
-            break;
-        }
-        pick.success();
-    }
+    fail_on(&b, &eps, &dead, Failure::Connect);
     assert_eq!(stats.ejections(), 2);
     tokio::time::advance(Duration::from_secs(10)).await;
     assert!(stats.is_ejected(Instant::now()), "second ejection lasts 20 s");
@@ -181,28 +179,14 @@ fn other_failures_eject_after_five_in_a_row() {
     let b = balancer(Strategy::RoundRobin);
     let eps = endpoints(2);
     let target = eps[0].id.clone();
-    let mut failures = 0;
-    while failures < 4 {
-        let pick = b.pick(&eps, None, &[]).unwrap();
-        if pick.endpoint.id == target {
-            pick.failure(Failure::Other);
-            failures += 1;
-        } else {
-            pick.success();
-        }
+    for _ in 0..4 {
+        fail_on(&b, &eps, &target, Failure::Other);
     }
     assert!(
         !b.stats(&target).unwrap().is_ejected(Instant::now()),
         "four are not enough"
     );
-    loop {
-        let pick = b.pick(&eps, None, &[]).unwrap();
-        if pick.endpoint.id == target {
-            pick.failure(Failure::Other);
-            break;
-        }
-        pick.success();
-    }
+    fail_on(&b, &eps, &target, Failure::Other);
     assert!(b.stats(&target).unwrap().is_ejected(Instant::now()));
 }
 
