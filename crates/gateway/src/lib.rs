@@ -7,6 +7,8 @@
 //! balancer → endpoint, shared with the service client), and [`rescue`] turns any failure
 //! into problem+json.
 
+pub mod edge;
+pub mod normalize;
 pub mod proxy;
 pub mod rescue;
 pub mod routes;
@@ -102,22 +104,33 @@ impl Gateway {
         let path = request.uri().path().to_owned();
 
         let attempts = Attempts::default();
-        let (mut response, route, error) = if path.starts_with("/-/") {
-            (self.admin(&method, &path), "admin".to_owned(), None)
-        } else {
-            let routes = self.routes.load();
-            let (route, result) = match routes.find(&path) {
-                None => (String::new(), Err(GatewayError::NoRoute(path.clone()))),
-                Some(route) => (
-                    route.name.clone(),
-                    proxy::forward(route, request, peer, &request_id, &attempts).await,
-                ),
-            };
-            match result {
-                Ok(response) => (response, route, None),
-                Err(err) => {
-                    let problem = err.to_problem().with_instance(request_id_str(&request_id));
-                    (problem_response(&problem), route, Some(err))
+        let normal = normalize::normalize(&path).map(|p| p.into_owned());
+        let (mut response, route, error) = match normal {
+            Err(err) => {
+                let err = GatewayError::Path(err);
+                (
+                    problem_response(&err.to_problem().with_instance(request_id_str(&request_id))),
+                    String::new(),
+                    Some(err),
+                )
+            }
+            Ok(normal) if normal.starts_with("/-/") => (self.admin(&method, &normal), "admin".to_owned(), None),
+            Ok(normal) => {
+                let routes = self.routes.load();
+                let (route, result) = match (edge::check_request(request.headers()), routes.find(&normal)) {
+                    (Err(err), _) => (String::new(), Err(GatewayError::Edge(err))),
+                    (Ok(()), None) => (String::new(), Err(GatewayError::NoRoute(normal.clone()))),
+                    (Ok(()), Some(route)) => (
+                        route.name.clone(),
+                        proxy::forward(route, request, &normal, peer, &request_id, &attempts).await,
+                    ),
+                };
+                match result {
+                    Ok(response) => (response, route, None),
+                    Err(err) => {
+                        let problem = err.to_problem().with_instance(request_id_str(&request_id));
+                        (problem_response(&problem), route, Some(err))
+                    }
                 }
             }
         };
@@ -235,7 +248,9 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // At most 100 headers in a head of at most 64 KiB; beyond either, hyper answers 431.
+    builder.http1().max_headers(100).max_buf_size(64 * 1024);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

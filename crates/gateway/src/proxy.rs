@@ -74,11 +74,12 @@ async fn body_for(headers: &HeaderMap, body: Incoming) -> Result<RequestBody, Ga
 pub async fn forward(
     route: &Route,
     request: Request<Incoming>,
+    path: &str,
     peer: SocketAddr,
     request_id: &HeaderValue,
     attempts: &Attempts,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let path = route.upstream_path(request.uri().path());
+    let path = route.upstream_path(path);
     let path_and_query = match request.uri().query() {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),
@@ -128,6 +129,7 @@ pub async fn forward(
 
     let response = route.stack.call(Request::from_parts(parts, body)).await?;
     let (mut parts, body) = response.into_parts();
+    crate::edge::check_response(&parts.headers).map_err(GatewayError::UpstreamFraming)?;
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }

@@ -23,6 +23,15 @@ pub enum GatewayError {
     /// The request could not be turned into an upstream request.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request's path cannot be normalized safely.
+    #[error("path refused: {0}")]
+    Path(#[from] crate::normalize::PathError),
+    /// The request's headers were refused at the edge.
+    #[error("request refused: {0}")]
+    Edge(crate::edge::EdgeError),
+    /// The upstream's response had ambiguous framing.
+    #[error("upstream response refused: {0}")]
+    UpstreamFraming(crate::edge::EdgeError),
 }
 
 impl GatewayError {
@@ -36,6 +45,13 @@ impl GatewayError {
             GatewayError::BadRequest(reason) => {
                 Problem::new(400, "bad-request", "Bad request").with_detail(reason.clone())
             }
+            GatewayError::Path(err) => Problem::new(400, "bad-path", "Bad request").with_detail(err.to_string()),
+            GatewayError::Edge(err) if err.status() == 431 => {
+                Problem::new(431, "headers-too-large", "Request header fields too large").with_detail(err.to_string())
+            }
+            GatewayError::Edge(err) => Problem::new(400, "bad-headers", "Bad request").with_detail(err.to_string()),
+            GatewayError::UpstreamFraming(_) => Problem::new(502, "upstream-unavailable", "Bad gateway")
+                .with_detail("the upstream's response was malformed"),
         }
     }
 }
