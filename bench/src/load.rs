@@ -82,13 +82,16 @@ impl Load {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 let mut n = 0usize;
                 while !flag.load(Ordering::SeqCst) {
-                    tick.tick().await;
+                    // Latency counts from when the request was due, not from when it went
+                    // out, so a stall in the sender shows up instead of hiding (coordinated
+                    // omission).
+                    let due = tick.tick().await.into_std();
                     let (method, path) = requests[n % requests.len()].clone();
                     n += 1;
                     let (client, tx) = (client.clone(), tx.clone());
                     tokio::spawn(async move {
-                        let at = started.elapsed();
-                        let sent = Instant::now();
+                        let at = due.saturating_duration_since(started);
+                        let sent = due;
                         let body = if method == http::Method::POST {
                             Bytes::from_static(b"{}")
                         } else {

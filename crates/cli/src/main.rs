@@ -93,6 +93,10 @@ enum Command {
         /// The control plane, for routes that name a service; omit to run standalone.
         #[arg(long, env = "FLOTILLA_CONTROL_ADDR")]
         control_addr: Option<String>,
+        /// Threads serving requests (default: one per core). With 1, everything runs on one
+        /// thread, with no cross-thread wake-ups: the fastest setting for one core.
+        #[arg(long, env = "FLOTILLA_WORKERS")]
+        workers: Option<usize>,
     },
     /// Run one of the reference shop's services.
     Service {
@@ -139,7 +143,19 @@ async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let workers = match &cli.command {
+        Command::Gateway { workers, .. } => *workers,
+        _ => None,
+    };
+    let runtime = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: starting the async runtime: {err}");
@@ -253,6 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             routes,
             control_addr,
+            ..
         } => {
             flotilla::telemetry::init();
             let specs = flotilla_gateway::routes::RouteTable::load(&routes)?;

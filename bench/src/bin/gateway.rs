@@ -1,0 +1,305 @@
+//! `bench/gateway`: the Flotilla gateway beside nginx and haproxy, each a proxy to the same
+//! small fast upstream, one worker each, pinned to the same core; the upstream and the load
+//! generators share the other core. For each proxy it prints requests/s at fixed concurrency
+//! (wrk, closed loop), p50/p99/p99.9 at a fixed rate below the knee (open loop, latency from
+//! when each request was due), proxy CPU and RSS, and the ratios to nginx; then the gateway's
+//! RSS with 1,000 connections open.
+//!
+//! Usage: gateway [--seconds S] [--connections N] [--rate R]   (run through `bench/gateway`)
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_bench::load::Load;
+use flotilla_bench::procs::{free_addr, http_get};
+
+struct Options {
+    seconds: u64,
+    connections: u32,
+    rate: u32,
+}
+
+struct Figures {
+    name: &'static str,
+    rps: f64,
+    wrk_p50: String,
+    wrk_p99: String,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+    failed: usize,
+    cpu: f64,
+    rss_kb: u64,
+}
+
+fn main() {
+    let mut o = Options {
+        seconds: 10,
+        connections: 50,
+        rate: 5_000,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().and_then(|v| v.parse::<u64>().ok());
+        match (arg.as_str(), value) {
+            ("--seconds", Some(v)) => o.seconds = v,
+            ("--connections", Some(v)) => o.connections = v as u32,
+            ("--rate", Some(v)) => o.rate = v as u32,
+            _ => {
+                eprintln!("usage: gateway [--seconds S] [--connections N] [--rate R]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&format!("temp dir: {e}")));
+    let upstream_addr = free_addr();
+    let _upstream = Guard(pinned("0", &bin.join("upstream"), &[&upstream_addr.to_string()], &[]));
+    wait_ready(upstream_addr, "/");
+    println!(
+        "gateway: {} connections for {} s (wrk), then {} requests/s for {} s (open loop); proxies pinned to core 1\n",
+        o.connections, o.seconds, o.rate, o.seconds
+    );
+
+    let mut all = Vec::new();
+    for name in ["flotilla", "nginx", "haproxy"] {
+        eprintln!("… {name}");
+        let addr = free_addr();
+        let child = start_proxy(name, &bin, dir.path(), addr, upstream_addr);
+        let proxy = Guard(child);
+        wait_ready(addr, "/");
+        all.push(measure(name, &proxy.0, addr, &o));
+    }
+    let nginx = all
+        .iter()
+        .find(|f| f.name == "nginx")
+        .map(|f| (f.rps, f.p99))
+        .unwrap_or((1.0, Duration::ZERO));
+    println!("| proxy | requests/s (wrk) | wrk p50 / p99 | p50 / p99 / p99.9 at {} req/s | failed | proxy CPU | proxy RSS | throughput vs nginx | p99 vs nginx |", o.rate);
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for f in &all {
+        println!(
+            "| {} | {:.0} | {} / {} | {:.2} / {:.2} / {:.2} ms | {} | {:.0} % | {:.1} MB | {:.2} × | {:.2} × |",
+            f.name,
+            f.rps,
+            f.wrk_p50,
+            f.wrk_p99,
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.p999),
+            f.failed,
+            f.cpu * 100.0,
+            f.rss_kb as f64 / 1024.0,
+            f.rps / nginx.0,
+            ms(f.p99) / ms(nginx.1).max(1e-9),
+        );
+    }
+
+    eprintln!("… 1,000 open connections");
+    let addr = free_addr();
+    let gateway = Guard(start_proxy("flotilla", &bin, dir.path(), addr, upstream_addr));
+    wait_ready(addr, "/");
+    let idle = rss_kb(gateway.0.id());
+    let conns = open_connections(addr, 1_000);
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "\nflotilla gateway RSS: {:.1} MB idle, {:.1} MB with {} connections open (each has made a request)",
+        idle as f64 / 1024.0,
+        rss_kb(gateway.0.id()) as f64 / 1024.0,
+        conns.len()
+    );
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("gateway bench: {message}");
+    std::process::exit(1);
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Kills its process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pinned(core: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new("taskset")
+        .args(["-c", core])
+        .arg(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| fail(&format!("starting {}: {e}", program.display())))
+}
+
+fn start_proxy(name: &str, bin: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> Child {
+    match name {
+        "flotilla" => {
+            let routes = dir.join("routes.toml");
+            let text = format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n");
+            std::fs::write(&routes, text).unwrap_or_else(|e| fail(&e.to_string()));
+            let routes = routes.display().to_string();
+            pinned(
+                "1",
+                &bin.join("flotilla"),
+                &[
+                    "gateway",
+                    "--workers",
+                    "1",
+                    "--listen",
+                    &addr.to_string(),
+                    "--routes",
+                    &routes,
+                ],
+                &[("RUST_LOG", "warn")],
+            )
+        }
+        "nginx" => {
+            let conf = dir.join("nginx.conf");
+            let d = dir.display();
+            let text = format!(
+                "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+                 events {{ worker_connections 8192; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 upstream up {{ server {upstream}; keepalive 256; }}\n\
+                 server {{\n    listen {addr} backlog=4096;\n    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+            );
+            std::fs::write(&conf, text).unwrap_or_else(|e| fail(&e.to_string()));
+            let conf = conf.display().to_string();
+            pinned(
+                "1",
+                Path::new("/usr/sbin/nginx"),
+                &["-c", &conf, "-p", &d.to_string()],
+                &[],
+            )
+        }
+        _ => {
+            let conf = dir.join("haproxy.cfg");
+            let text = format!(
+                "global\n  nbthread 1\n  maxconn 8000\n\
+                 defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n\
+                 frontend f\n  bind {addr}\n  default_backend b\n\
+                 backend b\n  server s1 {upstream}\n"
+            );
+            std::fs::write(&conf, text).unwrap_or_else(|e| fail(&e.to_string()));
+            let conf = conf.display().to_string();
+            pinned("1", Path::new("/usr/sbin/haproxy"), &["-f", &conf], &[])
+        }
+    }
+}
+
+fn wait_ready(addr: SocketAddr, path: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if http_get(addr, path).is_ok_and(|(s, _)| s == 200) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fail(&format!("{addr} never answered 200"));
+}
+
+/// (user + system CPU seconds) of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wrk(addr: SocketAddr, connections: u32, seconds: u64) -> (f64, String, String) {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            "wrk",
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+        ])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .unwrap_or_else(|e| fail(&format!("wrk: {e}")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| "?".into())
+    };
+    (rps, pct("50%"), pct("99%"))
+}
+
+fn measure(name: &'static str, proxy: &Child, addr: SocketAddr, o: &Options) -> Figures {
+    let pid = proxy.id();
+    let _ = wrk(addr, o.connections, 2);
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let (rps, wrk_p50, wrk_p99) = wrk(addr, o.connections, o.seconds);
+    let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    let load = Load::start(addr, o.rate, vec![(http::Method::GET, "/")]);
+    std::thread::sleep(Duration::from_secs(o.seconds));
+    let report = load.stop();
+    let all = Duration::from_secs(3600);
+    Figures {
+        name,
+        rps,
+        wrk_p50,
+        wrk_p99,
+        p50: report.quantile_between(0.5, Duration::ZERO, all),
+        p99: report.quantile_between(0.99, Duration::ZERO, all),
+        p999: report.quantile_between(0.999, Duration::ZERO, all),
+        failed: report.failures().len(),
+        cpu,
+        rss_kb: rss_kb(pid),
+    }
+}
+
+fn open_connections(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            break;
+        };
+        let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n");
+        let mut buf = [0u8; 512];
+        let _ = stream.read(&mut buf);
+        conns.push(stream);
+    }
+    conns
+}
