@@ -8,6 +8,7 @@
 //! into problem+json.
 
 pub mod edge;
+pub mod metrics;
 pub mod normalize;
 pub mod proxy;
 pub mod rescue;
@@ -26,6 +27,7 @@ use flotilla::discovery::Discovery;
 use flotilla::resilience::Attempts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -59,6 +61,8 @@ pub struct Gateway {
     discovery: Option<Discovery>,
     config: GatewayConfig,
     requests: AtomicU64,
+    /// Requests no route took (refused at the edge, unknown paths, admin).
+    unrouted: metrics::RouteMetrics,
 }
 
 impl Gateway {
@@ -69,6 +73,7 @@ impl Gateway {
             discovery,
             config,
             requests: AtomicU64::new(0),
+            unrouted: Default::default(),
         })
     }
 
@@ -104,6 +109,8 @@ impl Gateway {
         let path = request.uri().path().to_owned();
 
         let attempts = Attempts::default();
+        let routes = self.routes.load_full();
+        let mut matched: Option<&routes::Route> = None;
         let normal = normalize::normalize(&path).map(|p| p.into_owned());
         let (mut response, route, error) = match normal {
             Err(err) => {
@@ -116,15 +123,15 @@ impl Gateway {
             }
             Ok(normal) if normal.starts_with("/-/") => (self.admin(&method, &normal), "admin".to_owned(), None),
             Ok(normal) => {
-                let routes = self.routes.load();
-                let (route, result) = match (edge::check_request(request.headers()), routes.find(&normal)) {
-                    (Err(err), _) => (String::new(), Err(GatewayError::Edge(err))),
-                    (Ok(()), None) => (String::new(), Err(GatewayError::NoRoute(normal.clone()))),
-                    (Ok(()), Some(route)) => (
-                        route.name.clone(),
-                        proxy::forward(route, request, &normal, peer, &request_id, &attempts).await,
-                    ),
+                let result = match (edge::check_request(request.headers()), routes.find(&normal)) {
+                    (Err(err), _) => Err(GatewayError::Edge(err)),
+                    (Ok(()), None) => Err(GatewayError::NoRoute(normal.clone())),
+                    (Ok(()), Some(route)) => {
+                        matched = Some(route);
+                        proxy::forward(route, request, &normal, peer, &request_id, &attempts).await
+                    }
                 };
+                let route = matched.map(|r| r.name.clone()).unwrap_or_default();
                 match result {
                     Ok(response) => (response, route, None),
                     Err(err) => {
@@ -140,6 +147,11 @@ impl Gateway {
         let tried = attempts.tried();
         let upstream = tried.last().cloned().unwrap_or_default();
         let retries = tried.len().saturating_sub(1);
+        let counters = matched.map_or(&self.unrouted, |r| &r.metrics);
+        counters.observe(status, started.elapsed(), retries);
+        if let Some(GatewayError::Call(err)) = &error {
+            counters.upstream_error(metrics::UpstreamError::of(err));
+        }
         match &error {
             None if retries == 0 => tracing::info!(
                 target: "access",
@@ -192,6 +204,26 @@ impl Gateway {
                     .with_detail("waiting for the first answer from the registry"),
             ),
             "/-/live" => json_response(StatusCode::OK, &serde_json::json!({"status": "live"})),
+            "/-/metrics" => {
+                let routes = self.routes.load();
+                let text = metrics::render(
+                    routes
+                        .routes()
+                        .iter()
+                        .map(|r| (r.name.as_str(), &r.metrics, r.stack.balancer().ejections()))
+                        .chain(std::iter::once(("", &self.unrouted, 0))),
+                );
+                let mut response = Response::new(
+                    http_body_util::Full::new(Bytes::from(text))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
             "/-/routes" => {
                 let routes = self.routes.load();
                 let list: Vec<_> = routes

@@ -121,6 +121,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// The header whose value is the consistent-hash key.
     pub hash_header: Option<http::HeaderName>,
+    /// The route's counters.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -189,6 +191,7 @@ impl RouteTable {
                 prefix: spec.prefix,
                 strip_prefix: spec.strip_prefix,
                 hash_header: spec.hash_header,
+                metrics: Default::default(),
             });
         }
         Ok(Self::new(routes))

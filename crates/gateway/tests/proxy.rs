@@ -227,3 +227,51 @@ async fn answers_problems_when_there_is_nowhere_to_go() {
     let (status, _, ready) = send(get(gw.addr, "/-/ready")).await;
     assert_eq!(status, StatusCode::OK, "{ready}");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_status_and_failure() {
+    let upstream = echo_upstream().await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed_too = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let gw = gateway(
+        &format!("[[routes]]\nname = \"up\"\nprefix = \"/up\"\nupstreams = [\"http://{upstream}\"]\n\n[[routes]]\nname = \"down\"\nprefix = \"/down\"\nupstreams = [\"http://{closed}\", \"http://{closed_too}\"]\n"),
+        None,
+    )
+    .await;
+    for _ in 0..3 {
+        send(get(gw.addr, "/up/x")).await;
+    }
+    send(get(gw.addr, "/down")).await;
+    send(get(gw.addr, "/nowhere")).await;
+    let response = client().request(get(gw.addr, "/-/metrics")).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4");
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains("flotilla_gateway_requests_total{route=\"up\",status=\"200\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flotilla_gateway_requests_total{route=\"down\",status=\"502\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flotilla_gateway_upstream_errors_total{route=\"down\",kind=\"connect\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flotilla_gateway_requests_total{route=\"\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flotilla_gateway_request_duration_seconds_count{route=\"up\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flotilla_gateway_ejections_total{route=\"down\"} 1"),
+        "one of two, never both: {text}"
+    );
+    assert!(
+        text.contains("flotilla_gateway_retries_total{route=\"down\"} 2"),
+        "{text}"
+    );
+}

@@ -8,7 +8,7 @@ mod outlier;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +85,7 @@ pub struct Balancer {
     known: Mutex<Known>,
     next: AtomicUsize,
     rng: Mutex<SmallRng>,
+    ejections: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -107,6 +108,7 @@ pub struct Pick {
     config: OutlierConfig,
     decay: Duration,
     reported: bool,
+    ejections: Arc<AtomicU64>,
 }
 
 impl Pick {
@@ -121,10 +123,8 @@ impl Pick {
         self.reported = true;
         let ejected = self.peers.iter().filter(|p| p.is_ejected(Instant::now())).count();
         let may_eject = ((ejected + 1) * 100) <= self.peers.len() * usize::from(self.config.max_ejected_percent);
-        if let Some(until) = self
-            .stats
-            .failure(failure, self.started.elapsed(), &self.config, may_eject)
-        {
+        if let Some(until) = self.stats.failure(failure, self.started, &self.config, may_eject) {
+            self.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 endpoint = %self.endpoint.id,
                 ?failure,
@@ -159,7 +159,13 @@ impl Balancer {
             }),
             next: AtomicUsize::new(0),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            ejections: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Ejections so far, over all endpoints (for metrics).
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
     }
 
     /// The statistics of the endpoints seen last (for admin pages and tests).
@@ -247,6 +253,7 @@ impl Balancer {
             config: self.config.outlier,
             decay: self.config.decay,
             reported: false,
+            ejections: self.ejections.clone(),
         })
     }
 

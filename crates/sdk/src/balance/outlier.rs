@@ -182,15 +182,15 @@ impl EndpointStats {
     pub(crate) fn failure(
         &self,
         failure: Failure,
-        waited: Duration,
+        started: Instant,
         config: &OutlierConfig,
         may_eject: bool,
     ) -> Option<Instant> {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.finished(started);
         let now = Instant::now();
         let mut h = self.lock();
         // Time spent on a failed call (a timeout, above all) counts as latency too.
-        let waited = waited.as_nanos() as f64;
+        let waited = now.saturating_duration_since(started).as_nanos() as f64;
         if waited > h.rtt_ns {
             h.rtt_ns = waited;
             h.stamp = now;

@@ -233,3 +233,29 @@ async fn a_call_left_waiting_marks_its_endpoint_slow_before_any_timeout() {
         "a dropped pick gives its slot back"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_outcome_gives_back_its_in_flight_slot_and_start_time() {
+    let b = balancer(Strategy::RoundRobin);
+    let eps = endpoints(1);
+    let id = eps[0].id.clone();
+    let first = b.pick(&eps, None, &[]).unwrap();
+    let second = b.pick(&eps, None, &[]).unwrap();
+    let third = b.pick(&eps, None, &[]).unwrap();
+    tokio::time::advance(Duration::from_millis(5)).await;
+    first.success();
+    second.failure(Failure::Other);
+    drop(third);
+    let stats = b.stats(&id).unwrap();
+    assert_eq!(stats.in_flight(), 0);
+    // A call left waiting 200 ms now counts as 200 ms of latency: no leftover start times
+    // of finished calls skew its age.
+    let waiting = b.pick(&eps, None, &[]).unwrap();
+    tokio::time::advance(Duration::from_millis(200)).await;
+    let load = stats.load(Duration::from_secs(10));
+    assert!(
+        load >= 2.0 * 199e6,
+        "load {load} = age of the waiting call x (1 in flight + 1)"
+    );
+    waiting.success();
+}
