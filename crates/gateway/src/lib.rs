@@ -10,6 +10,7 @@
 pub mod edge;
 pub mod metrics;
 pub mod normalize;
+pub mod policy;
 pub mod proxy;
 pub mod rescue;
 pub mod routes;
@@ -123,7 +124,14 @@ impl Gateway {
             }
             Ok(normal) if normal.starts_with("/-/") => (self.admin(&method, &normal), "admin".to_owned(), None),
             Ok(normal) => {
-                let result = match (edge::check_request(request.headers()), routes.find(&normal)) {
+                let host = request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+                    .or_else(|| request.uri().host().map(str::to_owned));
+                let found = routes.find(&normal, &method, host.as_deref(), request.headers());
+                let result = match (edge::check_request(request.headers()), found) {
                     (Err(err), _) => Err(GatewayError::Edge(err)),
                     (Ok(()), None) => Err(GatewayError::NoRoute(normal.clone())),
                     (Ok(()), Some(route)) => {
@@ -134,10 +142,7 @@ impl Gateway {
                 let route = matched.map(|r| r.name.clone()).unwrap_or_default();
                 match result {
                     Ok(response) => (response, route, None),
-                    Err(err) => {
-                        let problem = err.to_problem().with_instance(request_id_str(&request_id));
-                        (problem_response(&problem), route, Some(err))
-                    }
+                    Err(err) => (err.to_response(request_id_str(&request_id)), route, Some(err)),
                 }
             }
         };
@@ -249,9 +254,9 @@ impl Gateway {
                             .collect();
                         serde_json::json!({
                             "name": r.name,
-                            "prefix": r.prefix,
+                            "path": r.path.describe(),
                             "backend": format!("{target:?}"),
-                            "strip_prefix": r.strip_prefix,
+                            "rewrite": r.rewrite,
                             "breaker": r.stack.breaker().state().as_str(),
                             "endpoints": endpoints,
                         })

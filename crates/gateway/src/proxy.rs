@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use flotilla::balance::HashKey;
 use flotilla::client::RequestBody;
 use flotilla::resilience::Attempts;
+
+use crate::policy::Verdict;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -50,24 +52,75 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// The body to send: empty, read whole (small enough to replay), or streamed.
-async fn body_for(headers: &HeaderMap, body: Incoming) -> Result<RequestBody, GatewayError> {
+/// The body to send: empty, read whole (small enough to replay, or under a route's limit),
+/// or streamed. A body over the route's `max_body` is refused before it is forwarded.
+async fn body_for(headers: &HeaderMap, body: Incoming, max: Option<u64>) -> Result<RequestBody, GatewayError> {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-    match (length, chunked) {
-        (None | Some(0), false) => Ok(RequestBody::empty()),
-        (Some(n), false) if n <= REPLAY_LIMIT as u64 => {
-            let collected = Limited::new(body, REPLAY_LIMIT)
-                .collect()
-                .await
-                .map_err(|e| GatewayError::BadRequest(format!("reading the request body: {e}")))?;
-            Ok(RequestBody::from(collected.to_bytes()))
+    if let (Some(n), Some(max)) = (length, max) {
+        if n > max {
+            return Err(GatewayError::BodyTooLarge(max));
         }
-        _ => Ok(RequestBody::Stream(body)),
     }
+    let limit = match (length, chunked, max) {
+        (None | Some(0), false, _) => return Ok(RequestBody::empty()),
+        (Some(n), false, _) if n <= REPLAY_LIMIT as u64 => REPLAY_LIMIT,
+        // A chunked body under a limit is read (up to the limit) to enforce it.
+        (_, true, Some(max)) => usize::try_from(max).unwrap_or(usize::MAX),
+        _ => return Ok(RequestBody::Stream(body)),
+    };
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|c| RequestBody::from(c.to_bytes()))
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GatewayError::BodyTooLarge(limit as u64)
+            } else {
+                GatewayError::BadRequest(format!("reading the request body: {e}"))
+            }
+        })
+}
+
+/// What a route's policies decided before the request went anywhere.
+enum Admission {
+    /// Go on; the rate limit left this many.
+    Go(Option<u64>),
+    /// Answer this (a CORS preflight).
+    Answer(Response<ProxyBody>),
+}
+
+fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> Result<Admission, GatewayError> {
+    let policies = &route.policies;
+    if let Some(cors) = &policies.cors {
+        if let Some(headers) = cors.preflight(request.method(), request.headers()) {
+            if headers.is_empty() {
+                return Err(GatewayError::CorsRefused);
+            }
+            let mut response = Response::new(crate::rescue::empty_body());
+            *response.status_mut() = http::StatusCode::NO_CONTENT;
+            *response.headers_mut() = headers;
+            return Ok(Admission::Answer(response));
+        }
+    }
+    let mut remaining = None;
+    if let Some(limit) = &policies.rate_limit {
+        match limit.check(&limit.key_of(peer.ip(), request.headers())) {
+            Verdict::Allowed { remaining: left } => remaining = Some(left),
+            Verdict::Limited { retry_after } => {
+                route.metrics.rate_limited();
+                return Err(GatewayError::RateLimited {
+                    retry_after,
+                    limit: limit.burst,
+                    policy: limit.policy_header(),
+                });
+            }
+        }
+    }
+    Ok(Admission::Go(remaining))
 }
 
 /// Sends `request` through the route's stack; on return, `attempts` holds every endpoint tried.
@@ -79,6 +132,19 @@ pub async fn forward(
     request_id: &HeaderValue,
     attempts: &Attempts,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    let remaining = match admit(route, &request, peer)? {
+        Admission::Answer(response) => return Ok(response),
+        Admission::Go(remaining) => remaining,
+    };
+    if let Some(fault) = &route.policies.fault {
+        if let Some(status) = fault.abort_for(rand::random::<f64>()) {
+            return Err(GatewayError::Fault(status));
+        }
+        if let Some(delay) = fault.delay_for(rand::random::<f64>()) {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    let origin = request.headers().get(header::ORIGIN).cloned();
     let path = route.upstream_path(path);
     let path_and_query = match request.uri().query() {
         Some(q) => format!("{path}?{q}"),
@@ -102,7 +168,7 @@ pub async fn forward(
         .map(|v| HashKey::of(v.as_bytes()));
 
     let (mut parts, incoming) = request.into_parts();
-    let body = body_for(&parts.headers, incoming).await?;
+    let body = body_for(&parts.headers, incoming, route.policies.max_body).await?;
     parts.uri = uri;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -122,6 +188,7 @@ pub async fn forward(
         HeaderValue::from_static("http"),
     );
     headers.insert(REQUEST_ID.clone(), request_id.clone());
+    route.policies.request_headers.apply(headers);
     parts.extensions.insert(attempts.clone());
     if let Some(key) = key {
         parts.extensions.insert(key);
@@ -131,5 +198,17 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     crate::edge::check_response(&parts.headers).map_err(GatewayError::UpstreamFraming)?;
     strip_hop_by_hop(&mut parts.headers);
+    route.policies.on_response(origin.as_ref(), &mut parts.headers);
+    if let (Some(left), Some(limit)) = (remaining, &route.policies.rate_limit) {
+        parts.headers.insert(
+            HeaderName::from_static("ratelimit-policy"),
+            HeaderValue::from_str(&limit.policy_header()).unwrap_or(HeaderValue::from_static("")),
+        );
+        parts.headers.insert(
+            HeaderName::from_static("ratelimit"),
+            HeaderValue::from_str(&format!("limit={}, remaining={left}", limit.burst))
+                .unwrap_or(HeaderValue::from_static("")),
+        );
+    }
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }

@@ -19,7 +19,7 @@ pub enum GatewayError {
     Call(#[from] flotilla::resilience::CallError),
     /// The request body is larger than the gateway reads.
     #[error("request body over {0} bytes")]
-    BodyTooLarge(usize),
+    BodyTooLarge(u64),
     /// The request could not be turned into an upstream request.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -32,6 +32,22 @@ pub enum GatewayError {
     /// The upstream's response had ambiguous framing.
     #[error("upstream response refused: {0}")]
     UpstreamFraming(crate::edge::EdgeError),
+    /// The route's rate limit refused the request.
+    #[error("rate limited; retry in {retry_after:?}")]
+    RateLimited {
+        /// When a request would be let through.
+        retry_after: std::time::Duration,
+        /// The burst size.
+        limit: u64,
+        /// The `RateLimit-Policy` value.
+        policy: String,
+    },
+    /// Fault injection answered instead of the upstream.
+    #[error("fault injected: {0}")]
+    Fault(u16),
+    /// A CORS preflight from an origin, or for a method, the route does not allow.
+    #[error("CORS preflight refused")]
+    CorsRefused,
 }
 
 impl GatewayError {
@@ -52,8 +68,42 @@ impl GatewayError {
             GatewayError::Edge(err) => Problem::new(400, "bad-headers", "Bad request").with_detail(err.to_string()),
             GatewayError::UpstreamFraming(_) => Problem::new(502, "upstream-unavailable", "Bad gateway")
                 .with_detail("the upstream's response was malformed"),
+            GatewayError::RateLimited { retry_after, .. } => Problem::new(429, "rate-limited", "Too many requests")
+                .with_detail(format!("retry in {} ms", retry_after.as_millis().max(1))),
+            GatewayError::Fault(status) => Problem::new(*status, "fault-injected", "Fault injected")
+                .with_detail("this route answers a share of requests with an error on purpose (fault injection)"),
+            GatewayError::CorsRefused => Problem::new(403, "cors-refused", "Forbidden")
+                .with_detail("this origin or method is not allowed to call this route"),
         }
     }
+
+    /// The response a client sees: the problem document, plus the headers some problems
+    /// carry (`Retry-After` and `RateLimit-*` on 429).
+    pub fn to_response(&self, instance: &str) -> Response<ProxyBody> {
+        let mut response = problem_response(&self.to_problem().with_instance(instance.to_owned()));
+        if let GatewayError::RateLimited {
+            retry_after,
+            limit,
+            policy,
+        } = self
+        {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            if let Ok(v) = HeaderValue::from_str(policy) {
+                headers.insert(http::HeaderName::from_static("ratelimit-policy"), v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("limit={limit}, remaining=0, reset={}", secs.max(1))) {
+                headers.insert(http::HeaderName::from_static("ratelimit"), v);
+            }
+        }
+        response
+    }
+}
+
+/// An empty response body.
+pub fn empty_body() -> ProxyBody {
+    Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A problem+json response.

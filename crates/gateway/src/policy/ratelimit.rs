@@ -1,0 +1,141 @@
+//! Rate limits by GCRA (the generic cell rate algorithm): one timestamp per key, no timer,
+//! exact at any rate; bursts up to a set size. Refusals are `429` with `Retry-After` and the
+//! `RateLimit-*` headers of the IETF draft.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// What requests are counted by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client's address.
+    ClientIp,
+    /// A header's value (an API key, or the subject the auth policy passes on); requests
+    /// without it share one bucket.
+    Header(http::HeaderName),
+}
+
+/// The outcome for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let through; this many more would be right now.
+    Allowed {
+        /// Requests left in the burst.
+        remaining: u64,
+    },
+    /// Refused; try again after this long.
+    Limited {
+        /// Wait this long.
+        retry_after: Duration,
+    },
+}
+
+/// A limit of `requests` per `period`, with bursts of up to `burst`, per key.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// What requests are counted by.
+    pub key: RateLimitKey,
+    /// Requests allowed per period.
+    pub requests: u64,
+    /// The period.
+    pub period: Duration,
+    /// Requests allowed at once.
+    pub burst: u64,
+    emission: Duration,
+    tolerance: Duration,
+    /// Theoretical arrival time per key.
+    state: Mutex<HashMap<String, Instant>>,
+}
+
+/// Past this many keys, idle ones are dropped.
+const MAX_KEYS: usize = 100_000;
+
+impl RateLimit {
+    /// A limit; `burst` of at least 1.
+    pub fn new(key: RateLimitKey, requests: u64, period: Duration, burst: u64) -> Self {
+        let requests = requests.max(1);
+        let burst = burst.max(1);
+        let emission = period / u32::try_from(requests).unwrap_or(u32::MAX);
+        Self {
+            key,
+            requests,
+            period,
+            burst,
+            emission,
+            tolerance: emission * u32::try_from(burst - 1).unwrap_or(u32::MAX),
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key of a request.
+    pub fn key_of(&self, client: IpAddr, headers: &http::HeaderMap) -> String {
+        match &self.key {
+            RateLimitKey::ClientIp => client.to_string(),
+            RateLimitKey::Header(name) => headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(String::new, str::to_owned),
+        }
+    }
+
+    /// Counts one request for `key` now.
+    pub fn check(&self, key: &str) -> Verdict {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.len() >= MAX_KEYS {
+            state.retain(|_, tat| *tat > now);
+        }
+        let tat = state.get(key).copied().unwrap_or(now).max(now);
+        // Allowed when the theoretical arrival time is within the burst tolerance.
+        if tat.saturating_duration_since(now) > self.tolerance {
+            return Verdict::Limited {
+                retry_after: tat.saturating_duration_since(now) - self.tolerance,
+            };
+        }
+        let next = tat + self.emission;
+        state.insert(key.to_owned(), next);
+        // Cells in use: the time ahead of now, in emission intervals, rounded up.
+        let used = next
+            .saturating_duration_since(now)
+            .as_nanos()
+            .div_ceil(self.emission.as_nanos().max(1));
+        Verdict::Allowed {
+            remaining: self.burst.saturating_sub(u64::try_from(used).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// The `RateLimit-Policy` value: `<requests>;w=<seconds>`.
+    pub fn policy_header(&self) -> String {
+        format!("{};w={}", self.requests, self.period.as_secs().max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn allows_a_burst_then_the_rate() {
+        let limit = RateLimit::new(RateLimitKey::ClientIp, 10, Duration::from_secs(1), 5);
+        for expected in (0..5).rev() {
+            assert_eq!(limit.check("a"), Verdict::Allowed { remaining: expected });
+        }
+        match limit.check("a") {
+            Verdict::Limited { retry_after } => assert_eq!(retry_after, Duration::from_millis(100)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(limit.check("b"), Verdict::Allowed { .. }), "keys are separate");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(
+            matches!(limit.check("a"), Verdict::Allowed { .. }),
+            "one more every 100 ms"
+        );
+        assert!(matches!(limit.check("a"), Verdict::Limited { .. }));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(limit.check("a"), Verdict::Allowed { remaining: 4 }, "the burst refills");
+    }
+}
