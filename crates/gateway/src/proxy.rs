@@ -85,15 +85,23 @@ async fn body_for(headers: &HeaderMap, body: Incoming, max: Option<u64>) -> Resu
         })
 }
 
+/// Headers that carry the verified identity upstream. Whatever a client sends in them is
+/// removed first, on every route, so no one can claim an identity by writing a header.
+pub static IDENTITY_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-auth-subject"),
+    HeaderName::from_static("x-auth-scopes"),
+    HeaderName::from_static("x-auth-roles"),
+];
+
 /// What a route's policies decided before the request went anywhere.
 enum Admission {
-    /// Go on; the rate limit left this many.
-    Go(Option<u64>),
+    /// Go on; the rate limit left this many; the token said who this is.
+    Go(Option<u64>, Option<flotilla::auth::Identity>),
     /// Answer this (a CORS preflight).
     Answer(Response<ProxyBody>),
 }
 
-fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> Result<Admission, GatewayError> {
+async fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> Result<Admission, GatewayError> {
     let policies = &route.policies;
     if let Some(cors) = &policies.cors {
         if let Some(headers) = cors.preflight(request.method(), request.headers()) {
@@ -106,9 +114,21 @@ fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> Result
             return Ok(Admission::Answer(response));
         }
     }
+    let identity = match &policies.auth {
+        Some(verifier) => {
+            let token = flotilla::auth::Verifier::bearer(request.headers().get(header::AUTHORIZATION))?;
+            Some(verifier.verify(token).await?)
+        }
+        None => None,
+    };
     let mut remaining = None;
     if let Some(limit) = &policies.rate_limit {
-        match limit.check(&limit.key_of(peer.ip(), request.headers())) {
+        let key = limit.key_of(
+            peer.ip(),
+            request.headers(),
+            identity.as_ref().map(|i| i.subject.as_str()),
+        );
+        match limit.check(&key) {
             Verdict::Allowed { remaining: left } => remaining = Some(left),
             Verdict::Limited { retry_after } => {
                 route.metrics.rate_limited();
@@ -120,7 +140,7 @@ fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> Result
             }
         }
     }
-    Ok(Admission::Go(remaining))
+    Ok(Admission::Go(remaining, identity))
 }
 
 /// Sends `request` through the route's stack; on return, `attempts` holds every endpoint tried.
@@ -132,9 +152,9 @@ pub async fn forward(
     request_id: &HeaderValue,
     attempts: &Attempts,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let remaining = match admit(route, &request, peer)? {
+    let (remaining, identity) = match admit(route, &request, peer).await? {
         Admission::Answer(response) => return Ok(response),
-        Admission::Go(remaining) => remaining,
+        Admission::Go(remaining, identity) => (remaining, identity),
     };
     if let Some(fault) = &route.policies.fault {
         if let Some(status) = fault.abort_for(rand::random::<f64>()) {
@@ -188,6 +208,21 @@ pub async fn forward(
         HeaderValue::from_static("http"),
     );
     headers.insert(REQUEST_ID.clone(), request_id.clone());
+    for name in &IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+    if let Some(identity) = &identity {
+        let [subject, scopes, roles] = &IDENTITY_HEADERS;
+        for (name, value) in [
+            (subject, identity.subject.clone()),
+            (scopes, identity.scopes.join(" ")),
+            (roles, identity.roles.join(",")),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
     route.policies.request_headers.apply(headers);
     parts.extensions.insert(attempts.clone());
     if let Some(key) = key {

@@ -48,6 +48,9 @@ pub enum GatewayError {
     /// A CORS preflight from an origin, or for a method, the route does not allow.
     #[error("CORS preflight refused")]
     CorsRefused,
+    /// The route's auth policy refused the request.
+    #[error(transparent)]
+    Auth(#[from] flotilla::auth::AuthError),
 }
 
 impl GatewayError {
@@ -74,6 +77,19 @@ impl GatewayError {
                 .with_detail("this route answers a share of requests with an error on purpose (fault injection)"),
             GatewayError::CorsRefused => Problem::new(403, "cors-refused", "Forbidden")
                 .with_detail("this origin or method is not allowed to call this route"),
+            GatewayError::Auth(err) => {
+                use flotilla::auth::AuthError as A;
+                match err {
+                    A::Missing => {
+                        Problem::new(401, "unauthorized", "Unauthorized").with_detail("this route needs a bearer token")
+                    }
+                    A::Invalid(_) | A::Unavailable(_) => Problem::new(401, "unauthorized", "Unauthorized")
+                        .with_detail("the bearer token was not accepted"),
+                    A::Forbidden(needs) => {
+                        Problem::new(403, "forbidden", "Forbidden").with_detail(format!("the token lacks {needs}"))
+                    }
+                }
+            }
         }
     }
 
@@ -81,6 +97,16 @@ impl GatewayError {
     /// carry (`Retry-After` and `RateLimit-*` on 429).
     pub fn to_response(&self, instance: &str) -> Response<ProxyBody> {
         let mut response = problem_response(&self.to_problem().with_instance(instance.to_owned()));
+        if let GatewayError::Auth(err) = self {
+            let challenge = match err {
+                flotilla::auth::AuthError::Missing => "Bearer realm=\"flotilla\"",
+                flotilla::auth::AuthError::Forbidden(_) => "Bearer realm=\"flotilla\", error=\"insufficient_scope\"",
+                _ => "Bearer realm=\"flotilla\", error=\"invalid_token\"",
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
         if let GatewayError::RateLimited {
             retry_after,
             limit,

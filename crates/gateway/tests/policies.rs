@@ -138,3 +138,82 @@ async fn deprecated_routes_say_so() {
     assert_eq!(headers["sunset"], "Fri, 01 Jan 2027 00:00:00 GMT");
     assert_eq!(headers["link"], "<https://docs.example/migrate>; rel=\"deprecation\"");
 }
+
+/// A JWKS endpoint serving one issuer's key.
+async fn jwks(issuer: &flotilla::auth::test_util::TestIssuer) -> String {
+    let set = serde_json::json!({ "keys": [issuer.jwk()] });
+    let app = axum::Router::new().route("/jwks", axum::routing::get(move || async move { axum::Json(set) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/jwks")
+}
+
+#[tokio::test]
+async fn auth_verifies_bearer_tokens_and_passes_the_identity_upstream() {
+    let issuer = flotilla::auth::test_util::TestIssuer::new("k1");
+    let url = jwks(&issuer).await;
+    let gw = route(&format!(
+        "auth = {{ jwks = \"{url}\", issuer = \"https://id.test\", audiences = [\"shop\"], roles = [\"customer\", \"admin\"] }}\n\
+         rate_limit = {{ requests = 100, per = \"1s\", key = \"subject\" }}\n"
+    ))
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let claims = |roles: &[&str]| serde_json::json!({"sub": "user-7", "iss": "https://id.test", "aud": "shop", "exp": exp, "scope": "orders:read", "roles": roles});
+    let with = |token: Option<String>, extra: Option<(&str, &str)>| {
+        let mut req = Request::get(format!("http://{}/x", gw.addr));
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some((k, v)) = extra {
+            req = req.header(k, v);
+        }
+        req.body(Full::default()).unwrap()
+    };
+
+    let (status, headers, problem) = send(with(None, None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"flotilla\"");
+    assert_eq!(problem["type"], "urn:flotilla:problem:unauthorized");
+
+    let (status, headers, _) = send(with(Some("not.a.token".into()), None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+
+    let (status, _, echo) = send(with(
+        Some(issuer.token(claims(&["customer"]))),
+        Some(("x-auth-subject", "admin")),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        echo["headers"]["x-auth-subject"], "user-7",
+        "the verified subject, not the client's claim"
+    );
+    assert_eq!(echo["headers"]["x-auth-roles"], "customer");
+    assert_eq!(echo["headers"]["x-auth-scopes"], "orders:read");
+
+    let (status, headers, _) = send(with(Some(issuer.token(claims(&["guest"]))), None)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+}
+
+#[tokio::test]
+async fn identity_headers_from_clients_are_stripped_on_every_route() {
+    let gw = route("").await;
+    let req = Request::get(format!("http://{}/x", gw.addr))
+        .header("x-auth-subject", "admin")
+        .header("x-auth-roles", "admin")
+        .body(Full::default())
+        .unwrap();
+    let (_, _, echo) = send(req).await;
+    assert!(echo["headers"].get("x-auth-subject").is_none());
+    assert!(echo["headers"].get("x-auth-roles").is_none());
+}

@@ -87,6 +87,8 @@ pub struct Policies {
     pub cors: Option<Cors>,
     /// Deprecation notices.
     pub deprecation: Option<Deprecation>,
+    /// Bearer tokens required and verified (the SDK's verifier).
+    pub auth: Option<flotilla::auth::Verifier>,
 }
 
 impl Policies {

@@ -14,9 +14,11 @@ use tokio::time::Instant;
 pub enum RateLimitKey {
     /// The client's address.
     ClientIp,
-    /// A header's value (an API key, or the subject the auth policy passes on); requests
-    /// without it share one bucket.
+    /// A header's value (an API key); requests without it share one bucket.
     Header(http::HeaderName),
+    /// The verified token's subject (with the route's `auth` policy); anonymous requests
+    /// share one bucket.
+    Subject,
 }
 
 /// The outcome for one request.
@@ -72,9 +74,10 @@ impl RateLimit {
     }
 
     /// The key of a request.
-    pub fn key_of(&self, client: IpAddr, headers: &http::HeaderMap) -> String {
+    pub fn key_of(&self, client: IpAddr, headers: &http::HeaderMap, subject: Option<&str>) -> String {
         match &self.key {
             RateLimitKey::ClientIp => client.to_string(),
+            RateLimitKey::Subject => subject.unwrap_or_default().to_owned(),
             RateLimitKey::Header(name) => headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())

@@ -57,6 +57,26 @@ struct RouteConfig {
     fault: Option<Spanned<FaultConfig>>,
     cors: Option<Spanned<CorsConfig>>,
     deprecated: Option<Spanned<DeprecatedConfig>>,
+    auth: Option<Spanned<AuthConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthConfig {
+    jwks: String,
+    issuer: String,
+    audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<String>,
+    leeway: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["EdDSA".into(), "RS256".into(), "ES256".into()]
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,7 +295,16 @@ fn parse_route(file: &TomlFile, config: RouteConfig) -> Result<RouteSpec, FileEr
             Some(d) => Some(deprecation(d.get_ref()).map_err(|e| file.error_at(d.span(), format!("deprecated: {e}")))?),
             None => None,
         },
+        auth: match &config.auth {
+            Some(a) => Some(auth(a.get_ref()).map_err(|e| file.error_at(a.span(), format!("auth: {e}")))?),
+            None => None,
+        },
     };
+    if let (Some(limit), None) = (&policies.rate_limit, &policies.auth) {
+        if limit.key == RateLimitKey::Subject {
+            return Err(at("rate_limit: key `subject` needs the route's `auth` policy".into()));
+        }
+    }
 
     let name = config
         .name
@@ -352,11 +381,12 @@ fn rate_limit(config: &RateLimitConfig) -> Result<RateLimit, String> {
     let period = plain_duration(&config.per)?;
     let key = match config.key.as_str() {
         "ip" => RateLimitKey::ClientIp,
+        "subject" => RateLimitKey::Subject,
         other => match other.strip_prefix("header:") {
             Some(h) => RateLimitKey::Header(
                 HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("`{h}` is not a header name"))?,
             ),
-            None => return Err(format!("key `{other}`: `ip` or `header:<name>`")),
+            None => return Err(format!("key `{other}`: `ip`, `subject` or `header:<name>`")),
         },
     };
     Ok(RateLimit::new(
@@ -364,6 +394,45 @@ fn rate_limit(config: &RateLimitConfig) -> Result<RateLimit, String> {
         config.requests,
         period,
         config.burst.unwrap_or(config.requests),
+    ))
+}
+
+fn auth(config: &AuthConfig) -> Result<flotilla::auth::Verifier, String> {
+    use jsonwebtoken::Algorithm;
+    let jwks: Uri = config
+        .jwks
+        .parse()
+        .map_err(|_| format!("jwks `{}` is not a URL", config.jwks))?;
+    if !matches!(jwks.scheme_str(), Some("http" | "https")) {
+        return Err(format!("jwks `{}` must be an http(s) URL", config.jwks));
+    }
+    if config.audiences.is_empty() {
+        return Err("audiences: name at least one".into());
+    }
+    let algorithms = config
+        .algorithms
+        .iter()
+        .map(|a| match a.parse::<Algorithm>() {
+            Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => Err(format!(
+                "`{a}`: shared-secret algorithms cannot be verified against a published key set"
+            )),
+            Ok(alg) => Ok(alg),
+            Err(_) => Err(format!("`{a}` is not a JWS algorithm")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(flotilla::auth::Verifier::new(
+        flotilla::auth::JwksCache::new(config.jwks.clone()),
+        flotilla::auth::Requirements {
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            algorithms,
+            leeway: match &config.leeway {
+                Some(l) => humantime::parse_duration(l).map_err(|_| format!("leeway `{l}` is not a duration"))?,
+                None => Duration::from_secs(30),
+            },
+            scopes: config.scopes.clone(),
+            roles: config.roles.clone(),
+        },
     ))
 }
 

@@ -1,0 +1,122 @@
+//! A JWKS fetched from a URL and cached: refreshed on a schedule and when a token names a key
+//! it does not know (key rotation), but not more often than a floor, so a flood of tokens with
+//! made-up `kid`s cannot turn into a flood of fetches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::AuthError;
+use crate::http::HttpClient;
+
+/// Why the key set could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// The fetch failed.
+    #[error("fetching {url}: {reason}")]
+    Fetch {
+        /// The JWKS URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+struct State {
+    keys: ArcSwap<JwkSet>,
+    fetched: Mutex<Option<Instant>>,
+}
+
+/// A cached JWKS. Cheap to clone.
+#[derive(Clone)]
+pub struct JwksCache {
+    url: String,
+    http: HttpClient,
+    state: Arc<State>,
+    /// Keys older than this are fetched again.
+    max_age: Duration,
+    /// Never fetch more often than this, whatever the tokens say.
+    min_interval: Duration,
+}
+
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksCache")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwksCache {
+    /// A cache for the key set at `url` (fetched on first use).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            http: HttpClient::new(Duration::from_secs(2)),
+            state: Arc::new(State {
+                keys: ArcSwap::from_pointee(JwkSet { keys: Vec::new() }),
+                fetched: Mutex::new(None),
+            }),
+            max_age: Duration::from_secs(300),
+            min_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Overrides how old keys may get, and how often a fetch may happen at most.
+    pub fn with_intervals(mut self, max_age: Duration, min_interval: Duration) -> Self {
+        self.max_age = max_age;
+        self.min_interval = min_interval;
+        self
+    }
+
+    /// The key with this `kid`, fetching the set again if it is unknown or stale.
+    pub async fn key(&self, kid: &str) -> Result<Jwk, AuthError> {
+        let stale = self
+            .state
+            .fetched
+            .lock()
+            .await
+            .is_none_or(|at| at.elapsed() >= self.max_age);
+        if !stale {
+            if let Some(key) = self.state.keys.load().find(kid) {
+                return Ok(key.clone());
+            }
+        }
+        self.refresh().await?;
+        self.state
+            .keys
+            .load()
+            .find(kid)
+            .cloned()
+            .ok_or_else(|| AuthError::Invalid(format!("unknown key `{kid}`")))
+    }
+
+    /// Fetches the set, unless it was fetched less than the floor ago.
+    async fn refresh(&self) -> Result<(), AuthError> {
+        let mut fetched = self.state.fetched.lock().await;
+        if fetched.is_some_and(|at| at.elapsed() < self.min_interval) {
+            return Ok(());
+        }
+        match self.http.get_json::<JwkSet>(&self.url, None).await {
+            Ok(set) => {
+                self.state.keys.store(Arc::new(set));
+                *fetched = Some(Instant::now());
+                Ok(())
+            }
+            Err(err) => {
+                // Fail closed, but keep the keys we had: a token signed with one of them
+                // still verifies while the issuer is briefly away.
+                tracing::warn!(url = %self.url, error = %err, "JWKS fetch failed");
+                if self.state.keys.load().keys.is_empty() {
+                    Err(AuthError::Unavailable(err.to_string()))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
