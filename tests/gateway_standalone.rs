@@ -14,6 +14,11 @@ use support::{flotilla, free_addr, http_get};
 
 /// A one-thread HTTP upstream answering every request with the path it was asked for.
 fn upstream() -> std::net::SocketAddr {
+    upstream_named("")
+}
+
+/// The same, with a name in front of the path (`{"path":"<name>/x"}`).
+fn upstream_named(name: &'static str) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -27,7 +32,7 @@ fn upstream() -> std::net::SocketAddr {
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
-            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let path = format!("{name}{}", request_line.split_whitespace().nth(1).unwrap_or(""));
             let body = format!("{{\"path\":\"{path}\"}}");
             let mut stream = reader.into_inner();
             let _ = write!(
@@ -94,4 +99,49 @@ fn routes_to_a_service_without_a_control_plane_are_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("routes.toml") && err.contains("--control-addr"), "{err}");
+}
+
+#[test]
+fn a_changed_routes_file_takes_effect_and_a_broken_one_is_ignored() {
+    let (a, b) = (upstream_named("a"), upstream_named("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    let write = |text: String| std::fs::write(&routes, text).unwrap();
+    write(format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{a}\"]\n"));
+    let listen = free_addr();
+    let mut gateway = Command::new(flotilla())
+        .args(["gateway", "--listen", &listen.to_string(), "--routes"])
+        .arg(&routes)
+        .env_remove("FLOTILLA_CONTROL_ADDR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let answer = || http_get(listen, "/x").ok().map(|(_, body)| body);
+    let wait_for = |want: &str| {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if answer().is_some_and(|b| b.contains(want)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    let first = wait_for("\"a/x\"");
+    // Make sure the new file gets a new modification time even on coarse clocks.
+    std::thread::sleep(Duration::from_millis(20));
+    write(format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{b}\"]\n"));
+    let switched = wait_for("\"b/x\"");
+    write("[[routes]]\nprefix = \"/\"\nupstreamz = []\n".into());
+    std::thread::sleep(Duration::from_millis(2_500));
+    let kept = answer();
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    assert!(first, "the gateway never served the first routes");
+    assert!(switched, "the changed routes file never took effect");
+    assert!(
+        kept.is_some_and(|b| b.contains("\"b/x\"")),
+        "a broken file must leave the last good routes in force"
+    );
 }

@@ -290,6 +290,16 @@ async fn run(cli: Cli) -> Result<()> {
             let listener = bind(listen, "--listen").await?;
             let addr = listener.local_addr()?;
             let gateway = flotilla_gateway::Gateway::new(table, discovery, Default::default());
+            let (stop_reload, reload_stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(flotilla_gateway::reload::watch(
+                gateway.clone(),
+                routes.clone(),
+                upstreams,
+                Duration::from_secs(1),
+                async move {
+                    let _ = reload_stopped.await;
+                },
+            ));
             let registrar = control_addr.as_deref().map(|control| {
                 let client = RegistryClient::new(control, env.token.clone());
                 let registration =
@@ -305,6 +315,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             flotilla_gateway::serve(listener, Arc::clone(&gateway), shutdown).await?;
             let _ = stop_tx.send(());
+            let _ = stop_reload.send(());
         }
         Command::Service { name, listen } => {
             flotilla::telemetry::init();

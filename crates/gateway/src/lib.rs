@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod rescue;
 pub mod routes;
 
