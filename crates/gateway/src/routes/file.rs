@@ -544,7 +544,29 @@ fn parse_upstream(text: &str) -> Result<Uri, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any text: routes or an error naming the file, never a panic.
+        #[test]
+        fn parsing_never_panics(text in "\\PC{0,200}") {
+            if let Err(err) = parse(&TomlFile::from_text("routes.toml", text)) {
+                prop_assert_eq!(err.path.to_str(), Some("routes.toml"));
+            }
+        }
+
+        /// Well-formed routes with arbitrary prefixes and names parse or are refused with a line.
+        #[test]
+        fn generated_routes_parse_or_point_at_a_line(prefix in "[/a-z{}*]{0,12}", name in "[a-z]{1,8}") {
+            let text = format!("[[routes]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstreams = [\"http://127.0.0.1:9\"]\n");
+            match parse(&TomlFile::from_text("routes.toml", text)) {
+                Ok(routes) => prop_assert_eq!(&routes[0].name, &name),
+                Err(err) => prop_assert!(err.line.is_some(), "{}", err),
+            }
+        }
+    }
 
     #[test]
     fn sizes_and_dates() {

@@ -171,7 +171,48 @@ impl Conditions {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn segment() -> impl Strategy<Value = Segment> {
+        prop_oneof![
+            "[a-z0-9]{1,6}".prop_map(Segment::Literal),
+            "[a-z]{1,4}".prop_map(Segment::Param),
+        ]
+    }
+
+    proptest! {
+        /// A template matches the path made by filling its parameters, and not that path
+        /// with a segment added.
+        #[test]
+        fn templates_match_their_own_paths(segments in proptest::collection::vec(segment(), 0..6), fill in "[a-z0-9]{1,5}") {
+            let text: String = segments.iter().map(|s| match s {
+                Segment::Literal(l) => format!("/{l}"),
+                Segment::Param(p) => format!("/{{{p}}}"),
+                Segment::Rest(_) => unreachable!(),
+            }).collect();
+            let text = if text.is_empty() { "/".to_owned() } else { text };
+            let matcher = PathMatch::template(&text).unwrap();
+            let path: String = segments.iter().map(|s| match s {
+                Segment::Literal(l) => format!("/{l}"),
+                _ => format!("/{fill}"),
+            }).collect();
+            if !segments.is_empty() {
+                prop_assert!(matcher.matches(&path), "{} should match {}", text, path);
+                let longer = format!("{path}/extra");
+                prop_assert!(!matcher.matches(&longer));
+            }
+        }
+
+        #[test]
+        fn matching_never_panics(template in "\\PC{0,30}", path in "/\\PC{0,30}") {
+            if let Ok(m) = PathMatch::template(&template) {
+                let _ = m.matches(&path);
+            }
+            let _ = PathMatch::Prefix(template).matches(&path);
+        }
+    }
 
     #[test]
     fn templates_match_segment_by_segment() {
