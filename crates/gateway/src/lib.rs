@@ -260,6 +260,12 @@ impl Gateway {
                             "rewrite": r.rewrite,
                             "breaker": r.stack.breaker().state().as_str(),
                             "endpoints": endpoints,
+                            "versions": r.shares.iter().map(|share| serde_json::json!({
+                                "version": share.version,
+                                "weight": share.weight,
+                                "endpoints": share.stack.target().endpoints().len(),
+                                "breaker": share.stack.breaker().state().as_str(),
+                            })).collect::<Vec<_>>(),
                         })
                     })
                     .collect();

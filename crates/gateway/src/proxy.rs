@@ -229,7 +229,8 @@ pub async fn forward(
         parts.extensions.insert(key);
     }
 
-    let response = route.stack.call(Request::from_parts(parts, body)).await?;
+    let stack = route.stack_for(&parts.headers, rand::random::<f64>());
+    let response = stack.call(Request::from_parts(parts, body)).await?;
     let (mut parts, body) = response.into_parts();
     crate::edge::check_response(&parts.headers).map_err(GatewayError::UpstreamFraming)?;
     strip_hop_by_hop(&mut parts.headers);

@@ -184,3 +184,45 @@ async fn metrics_count_requests_by_route_status_and_failure() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn canary_split_by_registered_version_and_a_pinning_header() {
+    let (stable, canary) = (echo_upstream().await, echo_upstream().await);
+    let instances: Vec<serde_json::Value> = [(stable, "1.0"), (canary, "2.0")]
+        .iter()
+        .map(|(addr, version)| {
+            serde_json::json!({
+                "service": "orders", "instance_id": format!("orders-{version}"), "address": addr.to_string(),
+                "version": version, "metadata": {}, "health": "passing", "uptime_ms": 1, "last_heartbeat_ms": 1
+            })
+        })
+        .collect();
+    let list: InstanceList = serde_json::from_value(serde_json::json!({ "index": 3, "instances": instances })).unwrap();
+    let gw = gateway(
+        "[[routes]]\nprefix = \"/api/v1/orders\"\nservice = \"orders\"\nversions = { \"1.0\" = 90, \"2.0\" = 10 }\nversion_header = \"x-version\"\n",
+        Some(Discovery::fixed(list)),
+    )
+    .await;
+    let mut to_canary = 0;
+    for _ in 0..400 {
+        let (_, _, echo) = send(get(gw.addr, "/api/v1/orders")).await;
+        if echo["upstream"] == canary.to_string() {
+            to_canary += 1;
+        }
+    }
+    assert!(
+        (16..=72).contains(&to_canary),
+        "about 10% to the canary: {to_canary}/400"
+    );
+    for _ in 0..20 {
+        let pinned = Request::get(format!("http://{}/api/v1/orders", gw.addr))
+            .header("x-version", "2.0")
+            .body(Full::default())
+            .unwrap();
+        let (_, _, echo) = send(pinned).await;
+        assert_eq!(echo["upstream"], canary.to_string(), "the header pins the version");
+    }
+    let (_, _, routes) = send(get(gw.addr, "/-/routes")).await;
+    assert_eq!(routes["routes"][0]["versions"][1]["version"], "2.0");
+    assert_eq!(routes["routes"][0]["versions"][1]["endpoints"], 1);
+}

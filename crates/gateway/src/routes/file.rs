@@ -18,7 +18,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Conditions, Destination, HostMatch, PathMatch, RouteSpec};
+use super::{Conditions, Destination, HostMatch, PathMatch, RouteSpec, SplitSpec};
 use crate::policy::{Cors, Deprecation, Fault, HeaderRules, Policies, RateLimit, RateLimitKey};
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +58,8 @@ struct RouteConfig {
     cors: Option<Spanned<CorsConfig>>,
     deprecated: Option<Spanned<DeprecatedConfig>>,
     auth: Option<Spanned<AuthConfig>>,
+    versions: Option<Spanned<BTreeMap<String, u32>>>,
+    version_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,12 +308,41 @@ fn parse_route(file: &TomlFile, config: RouteConfig) -> Result<RouteSpec, FileEr
         }
     }
 
+    let split = match &config.versions {
+        None => {
+            if config.version_header.is_some() {
+                return Err(at("`version_header` pins one of `versions`; add them".into()));
+            }
+            None
+        }
+        Some(versions) => {
+            let at_versions = |m: &str| file.error_at(versions.span(), format!("versions: {m}"));
+            if !matches!(destination, Destination::Service(_)) {
+                return Err(at_versions("splits by version need a registry `service`"));
+            }
+            if versions.get_ref().is_empty() || versions.get_ref().values().all(|w| *w == 0) {
+                return Err(at_versions("give at least one version a weight above 0"));
+            }
+            let pin_header = match &config.version_header {
+                Some(h) => Some(
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| at(format!("version_header `{h}` is not a header name")))?,
+                ),
+                None => None,
+            };
+            Some(SplitSpec {
+                weights: versions.get_ref().iter().map(|(v, w)| (v.clone(), *w)).collect(),
+                pin_header,
+            })
+        }
+    };
     let name = config
         .name
         .clone()
         .or_else(|| config.service.as_ref().map(|s| s.get_ref().clone()))
         .unwrap_or_else(|| path.describe());
     Ok(RouteSpec {
+        split,
         name,
         path,
         conditions,

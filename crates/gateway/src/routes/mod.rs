@@ -44,6 +44,29 @@ pub struct RouteSpec {
     pub hash_header: Option<http::HeaderName>,
     /// The route's policies.
     pub policies: Policies,
+    /// Shares of traffic by instance version (canary), and the header that pins one.
+    pub split: Option<SplitSpec>,
+}
+
+/// A canary split: weights by registered version, and a header that pins a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitSpec {
+    /// (version, weight) pairs.
+    pub weights: Vec<(String, u32)>,
+    /// A request carrying this header with a version's name goes to that version only.
+    pub pin_header: Option<http::HeaderName>,
+}
+
+/// One version's share of a split route, with its own stack (its own balancer and breaker:
+/// a failing canary trips its own breaker, not the stable version's).
+#[derive(Debug)]
+pub struct VersionShare {
+    /// The version.
+    pub version: String,
+    /// Its weight.
+    pub weight: u32,
+    /// Where its requests go.
+    pub stack: Stack,
 }
 
 /// Why a route table could not be built from checked routes.
@@ -87,11 +110,42 @@ pub struct Route {
     pub hash_header: Option<http::HeaderName>,
     /// The route's policies.
     pub policies: Policies,
+    /// Version shares, when the route is split (empty otherwise).
+    pub shares: Vec<VersionShare>,
+    /// The header that pins a version.
+    pub pin_header: Option<http::HeaderName>,
     /// The route's counters.
     pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
+    /// The stack for one request: a pinned version, else a weighted draw (`draw` in
+    /// `[0, 1)`) among the shares, else the route's own.
+    pub fn stack_for(&self, headers: &HeaderMap, draw: f64) -> &Stack {
+        if self.shares.is_empty() {
+            return &self.stack;
+        }
+        if let Some(pinned) = self
+            .pin_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+        {
+            if let Some(share) = self.shares.iter().find(|s| s.version == pinned) {
+                return &share.stack;
+            }
+        }
+        let total: u32 = self.shares.iter().map(|s| s.weight).sum();
+        let mut point = draw * f64::from(total.max(1));
+        for share in &self.shares {
+            if point < f64::from(share.weight) {
+                return &share.stack;
+            }
+            point -= f64::from(share.weight);
+        }
+        &self.shares[self.shares.len() - 1].stack
+    }
+
     /// The path to send upstream (from the normalized path).
     pub fn upstream_path<'a>(&self, path: &'a str) -> Cow<'a, str> {
         let (PathMatch::Prefix(prefix), Some(rewrite)) = (&self.path, &self.rewrite) else {
@@ -140,7 +194,28 @@ impl RouteTable {
             if client.balance.local_zone.is_none() {
                 client.balance.local_zone = upstreams.zone.clone();
             }
+            let (shares, pin_header) = match (&spec.split, target.service_name(), &upstreams.discovery) {
+                (Some(split), Some(service), Some(discovery)) => (
+                    split
+                        .weights
+                        .iter()
+                        .map(|(version, weight)| VersionShare {
+                            version: version.clone(),
+                            weight: *weight,
+                            stack: Stack::new(
+                                Target::service_version(service, discovery.clone(), version.clone()),
+                                &client,
+                                upstreams.pool.clone(),
+                            ),
+                        })
+                        .collect(),
+                    split.pin_header.clone(),
+                ),
+                _ => (Vec::new(), None),
+            };
             routes.push(Route {
+                shares,
+                pin_header,
                 stack: Stack::new(target, &client, upstreams.pool.clone()),
                 name: spec.name,
                 path: spec.path,

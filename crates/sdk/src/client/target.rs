@@ -17,6 +17,8 @@ pub enum Target {
         name: String,
         /// The registry view.
         discovery: Discovery,
+        /// Only instances that registered this version (canary splits).
+        version: Option<String>,
         /// The endpoints at the view's last revision.
         cache: ArcSwap<(u64, Arc<[Endpoint]>)>,
     },
@@ -32,7 +34,12 @@ pub enum Target {
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Service { name, .. } => write!(f, "service:{name}"),
+            Target::Service {
+                name, version: None, ..
+            } => write!(f, "service:{name}"),
+            Target::Service {
+                name, version: Some(v), ..
+            } => write!(f, "service:{name}@{v}"),
             Target::Fixed { endpoints, .. } => {
                 let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
                 write!(f, "{}", ids.join(","))
@@ -47,6 +54,17 @@ impl Target {
         Target::Service {
             name: name.into(),
             discovery,
+            version: None,
+            cache: ArcSwap::from_pointee((u64::MAX, Arc::from(Vec::new()))),
+        }
+    }
+
+    /// The instances of a registry service that registered `version`.
+    pub fn service_version(name: impl Into<String>, discovery: Discovery, version: impl Into<String>) -> Self {
+        Target::Service {
+            name: name.into(),
+            discovery,
+            version: Some(version.into()),
             cache: ArcSwap::from_pointee((u64::MAX, Arc::from(Vec::new()))),
         }
     }
@@ -79,7 +97,12 @@ impl Target {
     pub fn endpoints(&self) -> Arc<[Endpoint]> {
         match self {
             Target::Fixed { endpoints, .. } => endpoints.clone(),
-            Target::Service { name, discovery, cache } => {
+            Target::Service {
+                name,
+                discovery,
+                version,
+                cache,
+            } => {
                 let snapshot = discovery.snapshot();
                 let cached = cache.load();
                 if cached.0 == snapshot.index {
@@ -88,7 +111,13 @@ impl Target {
                 let endpoints: Arc<[Endpoint]> = snapshot
                     .services
                     .get(name)
-                    .map(|instances| instances.iter().filter_map(Endpoint::from_instance).collect::<Vec<_>>())
+                    .map(|instances| {
+                        instances
+                            .iter()
+                            .filter(|i| version.as_ref().is_none_or(|v| &i.version == v))
+                            .filter_map(Endpoint::from_instance)
+                            .collect::<Vec<_>>()
+                    })
                     .unwrap_or_default()
                     .into();
                 cache.store(Arc::new((snapshot.index, endpoints.clone())));
