@@ -52,6 +52,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The protocol a client asks to switch to (`Upgrade: websocket` with `Connection: upgrade`),
+/// if any. `h2c` is not passed on: it is a hop-by-hop negotiation of this connection.
+fn upgrade_wanted(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = headers.get(header::UPGRADE)?;
+    (asks && !protocol.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| protocol.clone())
+}
+
+/// Joins the client's and the upstream's upgraded connections and copies bytes both ways
+/// until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %err, "upgraded connection ended");
+        }
+    });
+}
+
 /// The body to send: empty, read whole (small enough to replay, or under a route's limit),
 /// or streamed. A body over the route's `max_body` is refused before it is forwarded.
 async fn body_for(headers: &HeaderMap, body: Incoming, max: Option<u64>) -> Result<RequestBody, GatewayError> {
@@ -187,6 +219,9 @@ pub async fn forward(
         .and_then(|h| request.headers().get(h))
         .map(|v| HashKey::of(v.as_bytes()));
 
+    let mut request = request;
+    let upgrade = upgrade_wanted(request.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
     let body = body_for(&parts.headers, incoming, route.policies.max_body).await?;
     parts.uri = uri;
@@ -223,6 +258,10 @@ pub async fn forward(
             }
         }
     }
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
     route.policies.request_headers.apply(headers);
     parts.extensions.insert(attempts.clone());
     if let Some(key) = key {
@@ -230,7 +269,26 @@ pub async fn forward(
     }
 
     let stack = route.stack_for(&parts.headers, rand::random::<f64>());
-    let response = stack.call(Request::from_parts(parts, body)).await?;
+    let mut response = stack.call(Request::from_parts(parts, body)).await?;
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let protocol = response.headers().get(header::UPGRADE).cloned();
+            let mut switching = Response::new(crate::rescue::empty_body());
+            *switching.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            let mut headers = response.headers().clone();
+            strip_hop_by_hop(&mut headers);
+            *switching.headers_mut() = headers;
+            switching
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = protocol {
+                switching.headers_mut().insert(header::UPGRADE, protocol);
+            }
+            tunnel(client_upgrade, upstream_upgrade);
+            return Ok(switching);
+        }
+    }
     let (mut parts, body) = response.into_parts();
     crate::edge::check_response(&parts.headers).map_err(GatewayError::UpstreamFraming)?;
     strip_hop_by_hop(&mut parts.headers);

@@ -181,3 +181,81 @@ async fn ambiguous_framing_from_upstream_is_a_502() {
     assert_eq!(status(&answer), 502, "{answer}");
     assert!(answer.contains("application/problem+json"));
 }
+
+/// An upstream that switches to an echo-in-upper-case protocol after a 101.
+async fn upgrading_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: websocket") || !head.contains("connection: upgrade") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let upper: Vec<u8> = buf[..n].to_ascii_uppercase();
+                    if stream.write_all(&upper).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_upgrades_become_a_two_way_tunnel() {
+    let up = upgrading_upstream().await;
+    let gw = gateway(&format!(
+        "[[routes]]\nprefix = \"/ws\"\nupstreams = [\"http://{up}\"]\n"
+    ))
+    .await;
+    let mut stream = TcpStream::connect(gw).await.unwrap();
+    stream
+        .write_all(b"GET /ws/chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "the gateway closed before answering"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for message in ["hello", "tunnel works"] {
+        stream.write_all(message.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; message.len()];
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, message.to_ascii_uppercase().as_bytes());
+    }
+}
