@@ -93,6 +93,12 @@ enum Command {
         /// The control plane, for routes that name a service; omit to run standalone.
         #[arg(long, env = "FLOTILLA_CONTROL_ADDR")]
         control_addr: Option<String>,
+        /// Terminate TLS with this certificate chain (PEM); reloaded when it changes.
+        #[arg(long, env = "FLOTILLA_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of the certificate (PEM).
+        #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Threads serving requests (default: one per core). With 1, everything runs on one
         /// thread, with no cross-thread wake-ups: the fastest setting for one core.
         #[arg(long, env = "FLOTILLA_WORKERS")]
@@ -269,9 +275,19 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             routes,
             control_addr,
+            tls_cert,
+            tls_key,
             ..
         } => {
             flotilla::telemetry::init();
+            let tls_files = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(flotilla_gateway::tls::TlsFiles { cert, key }),
+                _ => None,
+            };
+            let tls = match &tls_files {
+                Some(files) => Some(flotilla_gateway::tls::Tls::load(files).context("--tls-cert/--tls-key")?),
+                None => None,
+            };
             let specs = flotilla_gateway::routes::RouteTable::load(&routes)?;
             let env = ServiceEnv::from_env();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -289,7 +305,14 @@ async fn run(cli: Cli) -> Result<()> {
                 .with_context(|| routes.display().to_string())?;
             let listener = bind(listen, "--listen").await?;
             let addr = listener.local_addr()?;
-            let gateway = flotilla_gateway::Gateway::new(table, discovery, Default::default());
+            if let (Some(tls), Some(files)) = (&tls, tls_files) {
+                tokio::spawn(tls.clone().watch(files, Duration::from_secs(1), std::future::pending()));
+            }
+            let config = flotilla_gateway::GatewayConfig {
+                tls,
+                ..Default::default()
+            };
+            let gateway = flotilla_gateway::Gateway::new(table, discovery, config);
             let (stop_reload, reload_stopped) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(flotilla_gateway::reload::watch(
                 gateway.clone(),

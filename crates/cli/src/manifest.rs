@@ -57,6 +57,8 @@ struct RawGateway {
     #[serde(default)]
     env: BTreeMap<String, String>,
     routes: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +100,8 @@ pub struct GatewayEntry {
     pub program: Program,
     /// The routes file, resolved against the manifest's directory.
     pub routes: Option<PathBuf>,
+    /// TLS certificate chain and key (PEM), resolved against the manifest's directory.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// One service's entry.
@@ -179,7 +183,23 @@ impl Manifest {
             }
             None => None,
         };
+        let existing = |value: &Spanned<String>, key: &str| {
+            let path = base.join(value.get_ref());
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(file.error_at(value.span(), format!("gateway.{key}: `{}` does not exist", path.display())))
+            }
+        };
+        let tls = match (&raw.gateway.tls_cert, &raw.gateway.tls_key) {
+            (Some(cert), Some(key)) => Some((existing(cert, "tls_cert")?, existing(key, "tls_key")?)),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                return Err(file.error_at(v.span(), "gateway: `tls_cert` and `tls_key` go together"))
+            }
+        };
         let gateway = GatewayEntry {
+            tls,
             program: resolver.program(
                 raw.gateway.command.as_ref(),
                 raw.gateway.args,

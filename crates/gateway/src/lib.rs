@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod reload;
 pub mod rescue;
 pub mod routes;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,15 +48,22 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 pub struct GatewayConfig {
     /// Time in-flight requests get to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Terminate TLS with this certificate (HTTP/2 and HTTP/1.1 by ALPN); plain text without.
+    pub tls: Option<tls::Tls>,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             drain_timeout: Duration::from_secs(3),
+            tls: None,
         }
     }
 }
+
+/// Marks a request that came over TLS (for `X-Forwarded-Proto`).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
 
 /// The gateway's shared state: routes (each with its resilient stack) and discovery.
 pub struct Gateway {
@@ -311,11 +319,35 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
-                let service = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let acceptor = gateway.config.tls.as_ref().map(tls::Tls::acceptor);
                 tokio::spawn(async move {
-                    if let Err(err) = conn.await {
+                    let result = match acceptor {
+                        None => {
+                            let service = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
+                            watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(err)) => {
+                                    tracing::debug!(error = %err, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                                req.extensions_mut().insert(Secure);
+                                gateway.clone().handle(req, peer)
+                            });
+                            watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
+                        }
+                    };
+                    if let Err(err) = result {
                         tracing::debug!(error = %err, %peer, "connection ended with an error");
                     }
                 });

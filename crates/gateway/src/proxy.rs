@@ -238,9 +238,15 @@ pub async fn forward(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), value);
     }
+    let proto = if parts.extensions.get::<crate::Secure>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let headers = &mut parts.headers;
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(proto),
     );
     headers.insert(REQUEST_ID.clone(), request_id.clone());
     for name in &IDENTITY_HEADERS {

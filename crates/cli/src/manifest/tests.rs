@@ -87,3 +87,12 @@ fn scale_overrides_and_refuses_unknown_services() {
     assert_eq!(m.services[0].instances, 3);
     assert!(m.scale("orders", 2).unwrap_err().contains("no service `orders`"));
 }
+
+#[test]
+fn tls_files_go_together_and_must_exist() {
+    let err = parse("[gateway]\ntls_cert = \"cert.pem\"\n").unwrap_err();
+    assert!(err.message.contains("go together"), "{err}");
+    let err = parse("[gateway]\ntls_cert = \"nope.pem\"\ntls_key = \"nope.key\"\n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert!(err.message.contains("gateway.tls_cert"), "{err}");
+}

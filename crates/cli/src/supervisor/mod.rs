@@ -185,6 +185,10 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     if let Some(routes) = &manifest.gateway.routes {
         gateway_env.push(("FLOTILLA_ROUTES".into(), routes.display().to_string()));
     }
+    if let Some((cert, key)) = &manifest.gateway.tls {
+        gateway_env.push(("FLOTILLA_TLS_CERT".into(), cert.display().to_string()));
+        gateway_env.push(("FLOTILLA_TLS_KEY".into(), key.display().to_string()));
+    }
     let gateway = vec![fleet.start(fleet.spec(
         "gateway",
         1,
