@@ -296,11 +296,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let _ = stop_rx.await;
                 })
             });
-            let upstreams = flotilla_gateway::routes::Upstreams {
-                discovery: discovery.clone(),
-                pool: flotilla::client::pool(),
-                zone: env.zone.clone(),
-            };
+            let upstreams = flotilla_gateway::routes::Upstreams::new(discovery.clone(), env.zone.clone());
             let table = flotilla_gateway::routes::RouteTable::build(specs, &upstreams)
                 .with_context(|| routes.display().to_string())?;
             let listener = bind(listen, "--listen").await?;

@@ -188,7 +188,10 @@ impl Manifest {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(file.error_at(value.span(), format!("gateway.{key}: `{}` does not exist", path.display())))
+                Err(file.error_at(
+                    value.span(),
+                    format!("gateway.{key}: `{}` does not exist", path.display()),
+                ))
             }
         };
         let tls = match (&raw.gateway.tls_cert, &raw.gateway.tls_key) {

@@ -91,17 +91,19 @@ async fn body_for(headers: &HeaderMap, body: Incoming, max: Option<u64>) -> Resu
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
     if let (Some(n), Some(max)) = (length, max) {
         if n > max {
             return Err(GatewayError::BodyTooLarge(max));
         }
     }
-    let limit = match (length, chunked, max) {
-        (None | Some(0), false, _) => return Ok(RequestBody::empty()),
-        (Some(n), false, _) if n <= REPLAY_LIMIT as u64 => REPLAY_LIMIT,
-        // A chunked body under a limit is read (up to the limit) to enforce it.
-        (_, true, Some(max)) => usize::try_from(max).unwrap_or(usize::MAX),
+    // HTTP/2 bodies have neither framing header; hyper knows when there is no body at all.
+    if length == Some(0) || http_body::Body::is_end_stream(&body) {
+        return Ok(RequestBody::empty());
+    }
+    let limit = match (length, max) {
+        (Some(n), _) if n <= REPLAY_LIMIT as u64 => REPLAY_LIMIT,
+        // A body of unknown length under a limit is read (up to the limit) to enforce it.
+        (None, Some(max)) => usize::try_from(max).unwrap_or(usize::MAX),
         _ => return Ok(RequestBody::Stream(body)),
     };
     Limited::new(body, limit)

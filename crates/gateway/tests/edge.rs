@@ -55,11 +55,7 @@ const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 async fn gateway(routes: &str) -> SocketAddr {
     let specs = RouteTable::parse(&TomlFile::from_text("routes.toml", routes)).unwrap();
-    let upstreams = Upstreams {
-        discovery: None,
-        pool: flotilla::client::pool(),
-        zone: None,
-    };
+    let upstreams = Upstreams::new(None, None);
     let gateway = Gateway::new(
         RouteTable::build(specs, &upstreams).unwrap(),
         None,

@@ -226,3 +226,79 @@ async fn canary_split_by_registered_version_and_a_pinning_header() {
     assert_eq!(routes["routes"][0]["versions"][1]["version"], "2.0");
     assert_eq!(routes["routes"][0]["versions"][1]["endpoints"], 1);
 }
+
+/// An h2c upstream answering like a gRPC server: the request body back, then trailers.
+async fn grpc_like_upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let seen_version = req.version();
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("grpc-message", format!("{seen_version:?}").parse().unwrap());
+                    let frames = vec![
+                        Ok::<_, std::convert::Infallible>(http_body::Frame::data(body)),
+                        Ok(http_body::Frame::trailers(trailers)),
+                    ];
+                    let response = hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
+                        .unwrap();
+                    Ok::<_, hyper::Error>(response)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn h2c_both_ways_with_bodies_of_unknown_length_and_trailers() {
+    let upstream = grpc_like_upstream().await;
+    let gw = gateway(
+        &format!(
+            "[[routes]]\nprefix = \"/pkg.Service\"\nupstreams = [\"http://{upstream}\"]\nupstream_protocol = \"h2c\"\n"
+        ),
+        None,
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // A streamed body: HTTP/2 gives it no Content-Length.
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = vec![Ok(http_body::Frame::data(
+        Bytes::from_static(b"\x00\x00\x00\x00\x05hello"),
+    ))];
+    let request = Request::post(format!("http://{}/pkg.Service/Method", gw.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers reach the client");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(
+        trailers["grpc-message"], "HTTP/2.0",
+        "the upstream was spoken to in HTTP/2"
+    );
+    assert_eq!(
+        collected.to_bytes(),
+        Bytes::from_static(b"\x00\x00\x00\x00\x05hello"),
+        "the body went through whole"
+    );
+}

@@ -71,11 +71,7 @@ async fn terminates_tls_for_http1_and_h2_and_reloads_the_certificate() {
         format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n"),
     ))
     .unwrap();
-    let upstreams = Upstreams {
-        discovery: None,
-        pool: flotilla::client::pool(),
-        zone: None,
-    };
+    let upstreams = Upstreams::new(None, None);
     let config = GatewayConfig {
         tls: Some(tls),
         ..GatewayConfig::default()

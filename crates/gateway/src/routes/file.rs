@@ -60,6 +60,7 @@ struct RouteConfig {
     auth: Option<Spanned<AuthConfig>>,
     versions: Option<Spanned<BTreeMap<String, u32>>>,
     version_header: Option<String>,
+    upstream_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +263,18 @@ fn parse_route(file: &TomlFile, config: RouteConfig) -> Result<RouteSpec, FileEr
     }
     if let Some(strategy) = config.balance {
         client.balance.strategy = strategy;
+    }
+    if let Some(protocol) = &config.upstream_protocol {
+        client.http2 = match protocol.get_ref().as_str() {
+            "http1" => false,
+            "h2c" => true,
+            other => {
+                return Err(file.error_at(
+                    protocol.span(),
+                    format!("upstream_protocol `{other}`: `http1` or `h2c`"),
+                ));
+            }
+        };
     }
     let hash_header = match &config.hash_header {
         Some(h) => Some(

@@ -82,15 +82,37 @@ pub enum BuildError {
     },
 }
 
-/// What routes are connected to: the registry view and the shared connection pool.
+/// What routes are connected to: the registry view and the shared connection pools.
 #[derive(Clone)]
 pub struct Upstreams {
     /// The registry view, when there is a control plane.
     pub discovery: Option<Discovery>,
-    /// The shared connection pool.
+    /// The shared HTTP/1.1 connection pool.
     pub pool: Pool,
+    /// The shared HTTP/2 (h2c) pool, for routes with `upstream_protocol = "h2c"`.
+    pub pool_h2: Pool,
     /// The gateway's zone: endpoints there are preferred while any is usable.
     pub zone: Option<String>,
+}
+
+impl Upstreams {
+    /// Fresh pools over `discovery`, preferring endpoints in `zone`.
+    pub fn new(discovery: Option<Discovery>, zone: Option<String>) -> Self {
+        Self {
+            discovery,
+            pool: flotilla::client::pool(),
+            pool_h2: flotilla::client::pool_h2(),
+            zone,
+        }
+    }
+
+    fn pool_for(&self, config: &ClientConfig) -> Pool {
+        if config.http2 {
+            self.pool_h2.clone()
+        } else {
+            self.pool.clone()
+        }
+    }
 }
 
 /// A route ready to match, with its resilient stack and policies.
@@ -205,7 +227,7 @@ impl RouteTable {
                             stack: Stack::new(
                                 Target::service_version(service, discovery.clone(), version.clone()),
                                 &client,
-                                upstreams.pool.clone(),
+                                upstreams.pool_for(&client),
                             ),
                         })
                         .collect(),
@@ -216,7 +238,7 @@ impl RouteTable {
             routes.push(Route {
                 shares,
                 pin_header,
-                stack: Stack::new(target, &client, upstreams.pool.clone()),
+                stack: Stack::new(target, &client, upstreams.pool_for(&client)),
                 name: spec.name,
                 path: spec.path,
                 conditions: spec.conditions,

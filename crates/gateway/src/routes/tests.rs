@@ -8,11 +8,7 @@ fn table(text: &str) -> Result<RouteTable, FileError> {
         index: 1,
         ..Default::default()
     });
-    let upstreams = Upstreams {
-        discovery: Some(discovery),
-        pool: flotilla::client::pool(),
-        zone: None,
-    };
+    let upstreams = Upstreams::new(Some(discovery), None);
     Ok(RouteTable::build(specs, &upstreams).unwrap())
 }
 
@@ -152,11 +148,7 @@ async fn a_service_route_needs_discovery() {
         "[[routes]]\nprefix = \"/a\"\nservice = \"a\"\n",
     ))
     .unwrap();
-    let upstreams = Upstreams {
-        discovery: None,
-        pool: flotilla::client::pool(),
-        zone: None,
-    };
+    let upstreams = Upstreams::new(None, None);
     assert!(matches!(
         RouteTable::build(specs, &upstreams),
         Err(BuildError::NoDiscovery { .. })

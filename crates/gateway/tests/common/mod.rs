@@ -68,11 +68,7 @@ pub struct Running {
 
 pub async fn gateway(routes: &str, discovery: Option<Discovery>) -> Running {
     let specs = RouteTable::parse(&TomlFile::from_text("routes.toml", routes)).unwrap();
-    let upstreams = Upstreams {
-        discovery: discovery.clone(),
-        pool: flotilla::client::pool(),
-        zone: None,
-    };
+    let upstreams = Upstreams::new(discovery.clone(), None);
     let table = RouteTable::build(specs, &upstreams).unwrap();
     let gateway = Gateway::new(table, discovery, GatewayConfig::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -23,6 +23,9 @@ pub struct ClientConfig {
     pub max_in_flight: usize,
     /// Balancing and outlier ejection.
     pub balance: BalanceConfig,
+    /// Speak HTTP/2 (prior knowledge, h2c) to the endpoints, as gRPC needs; the pool must be
+    /// one from [`crate::client::pool_h2`].
+    pub http2: bool,
 }
 
 impl Default for ClientConfig {
@@ -35,6 +38,7 @@ impl Default for ClientConfig {
             breaker: BreakerConfig::default(),
             max_in_flight: 1024,
             balance: BalanceConfig::default(),
+            http2: false,
         }
     }
 }

@@ -31,6 +31,18 @@ pub fn pool() -> Pool {
         .build(connector)
 }
 
+/// A pool that speaks HTTP/2 with prior knowledge (h2c), for gRPC and other HTTP/2-only
+/// upstreams; many requests share one connection per endpoint.
+pub fn pool_h2() -> Pool {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
 /// Sends each request to one endpoint the balancer picks.
 #[derive(Clone)]
 pub struct EndpointService {
@@ -38,6 +50,7 @@ pub struct EndpointService {
     balancer: Arc<Balancer>,
     pool: Pool,
     per_try_timeout: Duration,
+    version: Version,
 }
 
 impl std::fmt::Debug for EndpointService {
@@ -56,7 +69,14 @@ impl EndpointService {
             balancer,
             pool,
             per_try_timeout,
+            version: Version::HTTP_11,
         }
+    }
+
+    /// Sends HTTP/2 requests (with a pool from [`pool_h2`]).
+    pub fn http2(mut self, yes: bool) -> Self {
+        self.version = if yes { Version::HTTP_2 } else { Version::HTTP_11 };
+        self
     }
 
     /// The balancer (for its statistics).
@@ -100,7 +120,7 @@ impl tower::Service<Request<RequestBody>> for EndpointService {
                 return Box::pin(async move { Err(CallError::InvalidRequest(reason)) });
             }
         }
-        *request.version_mut() = Version::HTTP_11;
+        *request.version_mut() = self.version;
         let send = self.pool.request(request);
         let per_try = self.per_try_timeout;
         Box::pin(async move {

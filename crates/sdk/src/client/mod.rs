@@ -28,7 +28,7 @@ use tower::{Layer, Service, ServiceExt};
 
 pub use body::RequestBody;
 pub use config::ClientConfig;
-pub use endpoint::{pool, EndpointService, Pool};
+pub use endpoint::{pool, pool_h2, EndpointService, Pool};
 pub use propagate::{Propagated, PROPAGATED_HEADERS};
 pub use target::Target;
 
@@ -66,7 +66,8 @@ impl Stack {
         let balancer = Arc::new(Balancer::new(config.balance.clone()));
         let breaker = Arc::new(CircuitBreaker::new(name.clone(), config.breaker));
         let budget = Arc::new(RetryBudget::new(config.budget));
-        let endpoint = EndpointService::new(target.clone(), balancer.clone(), pool, config.per_try_timeout);
+        let endpoint =
+            EndpointService::new(target.clone(), balancer.clone(), pool, config.per_try_timeout).http2(config.http2);
         let service = BulkheadLayer::new(Bulkhead::new(config.max_in_flight), name.clone()).layer(
             BreakerLayer::new(breaker.clone(), name.clone()).layer(
                 DeadlineLayer::new(config.timeout, name.clone())
