@@ -148,12 +148,16 @@ async fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> 
             return Ok(Admission::Answer(response));
         }
     }
-    let identity = match &policies.auth {
-        Some(verifier) => {
-            let token = flotilla::auth::Verifier::bearer(request.headers().get(header::AUTHORIZATION))?;
-            Some(verifier.verify(token).await?)
+    // A bearer token when the route takes them and one is offered; else an API key when the
+    // route takes those; a route with either needs one of them.
+    let bearer = request.headers().get(header::AUTHORIZATION);
+    let identity = match (&policies.auth, &policies.api_keys) {
+        (None, None) => None,
+        (Some(verifier), None) => Some(verifier.verify(flotilla::auth::Verifier::bearer(bearer)?).await?),
+        (Some(verifier), Some(_)) if bearer.is_some() => {
+            Some(verifier.verify(flotilla::auth::Verifier::bearer(bearer)?).await?)
         }
-        None => None,
+        (_, Some(keys)) => Some(keys.verify(request.headers())?),
     };
     let mut remaining = None;
     if let Some(limit) = &policies.rate_limit {

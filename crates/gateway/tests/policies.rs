@@ -217,3 +217,25 @@ async fn identity_headers_from_clients_are_stripped_on_every_route() {
     assert!(echo["headers"].get("x-auth-subject").is_none());
     assert!(echo["headers"].get("x-auth-roles").is_none());
 }
+
+#[tokio::test]
+async fn api_keys_by_digest_name_the_client_upstream() {
+    let digest = flotilla_gateway::policy::digest_text("partner-secret");
+    let gw = route(&format!("api_keys = {{ keys = {{ \"partner-a\" = \"{digest}\" }} }}\n")).await;
+    let with_key = |key: Option<&str>| {
+        let mut req = Request::get(format!("http://{}/x", gw.addr));
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.body(Full::default()).unwrap()
+    };
+    assert_eq!(send(with_key(None)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(with_key(Some("guess"))).await.0, StatusCode::UNAUTHORIZED);
+    let (status, _, echo) = send(with_key(Some("partner-secret"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echo["headers"]["x-auth-subject"], "partner-a");
+    assert!(
+        echo["headers"].get("x-api-key").is_some(),
+        "the key itself is the upstream's business too"
+    );
+}

@@ -2,6 +2,7 @@
 //! limit, fault injection, request headers — and on the way out — response headers, CORS,
 //! deprecation notices.
 
+mod apikeys;
 mod cors;
 mod ratelimit;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+pub use apikeys::{digest_text, parse_digest, ApiKeys};
 pub use cors::Cors;
 pub use ratelimit::{RateLimit, RateLimitKey, Verdict};
 
@@ -89,6 +91,8 @@ pub struct Policies {
     pub deprecation: Option<Deprecation>,
     /// Bearer tokens required and verified (the SDK's verifier).
     pub auth: Option<flotilla::auth::Verifier>,
+    /// API keys accepted (instead of, or besides, bearer tokens).
+    pub api_keys: Option<ApiKeys>,
 }
 
 impl Policies {

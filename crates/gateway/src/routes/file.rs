@@ -19,7 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Conditions, Destination, HostMatch, PathMatch, RouteSpec, SplitSpec};
-use crate::policy::{Cors, Deprecation, Fault, HeaderRules, Policies, RateLimit, RateLimitKey};
+use crate::policy::{parse_digest, ApiKeys, Cors, Deprecation, Fault, HeaderRules, Policies, RateLimit, RateLimitKey};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +61,20 @@ struct RouteConfig {
     versions: Option<Spanned<BTreeMap<String, u32>>>,
     version_header: Option<String>,
     upstream_protocol: Option<Spanned<String>>,
+    api_keys: Option<Spanned<ApiKeysConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeysConfig {
+    #[serde(default = "default_api_key_header")]
+    header: String,
+    /// Client name → `sha256:<hex>` of its key.
+    keys: BTreeMap<String, String>,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,10 +328,16 @@ fn parse_route(file: &TomlFile, config: RouteConfig) -> Result<RouteSpec, FileEr
             Some(a) => Some(auth(a.get_ref()).map_err(|e| file.error_at(a.span(), format!("auth: {e}")))?),
             None => None,
         },
+        api_keys: match &config.api_keys {
+            Some(k) => Some(api_keys(k.get_ref()).map_err(|e| file.error_at(k.span(), format!("api_keys: {e}")))?),
+            None => None,
+        },
     };
-    if let (Some(limit), None) = (&policies.rate_limit, &policies.auth) {
+    if let (Some(limit), None, None) = (&policies.rate_limit, &policies.auth, &policies.api_keys) {
         if limit.key == RateLimitKey::Subject {
-            return Err(at("rate_limit: key `subject` needs the route's `auth` policy".into()));
+            return Err(at(
+                "rate_limit: key `subject` needs the route's `auth` or `api_keys` policy".into(),
+            ));
         }
     }
 
@@ -478,6 +498,21 @@ fn auth(config: &AuthConfig) -> Result<flotilla::auth::Verifier, String> {
             roles: config.roles.clone(),
         },
     ))
+}
+
+fn api_keys(config: &ApiKeysConfig) -> Result<ApiKeys, String> {
+    if config.keys.is_empty() {
+        return Err("keys: name at least one client".into());
+    }
+    Ok(ApiKeys {
+        header: HeaderName::from_bytes(config.header.as_bytes())
+            .map_err(|_| format!("`{}` is not a header name", config.header))?,
+        keys: config
+            .keys
+            .iter()
+            .map(|(client, digest)| parse_digest(digest).map(|d| (d, client.clone())))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn fault(config: &FaultConfig) -> Result<Fault, String> {
