@@ -8,7 +8,8 @@ mod jwks;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
@@ -84,7 +85,11 @@ pub struct Requirements {
 pub struct Verifier {
     jwks: JwksCache,
     requirements: Requirements,
+    verified: std::sync::Arc<std::sync::Mutex<HashMap<String, (Identity, std::time::SystemTime)>>>,
 }
+
+/// Verified tokens remembered at most; past this the memory is cleared and refilled.
+const VERIFIED_CACHE: usize = 10_000;
 
 /// Whether an algorithm may be used with a key of this JWK type (the pairing RFC 8725 §3.1
 /// asks for; it also stops an HMAC token "signed" with a public key).
@@ -110,7 +115,11 @@ fn key_fits(algorithm: Algorithm, key: &jsonwebtoken::jwk::AlgorithmParameters) 
 impl Verifier {
     /// A verifier over a key set, with requirements.
     pub fn new(jwks: JwksCache, requirements: Requirements) -> Self {
-        Self { jwks, requirements }
+        Self {
+            jwks,
+            requirements,
+            verified: Default::default(),
+        }
     }
 
     /// The bearer token of an `Authorization` header value.
@@ -123,8 +132,26 @@ impl Verifier {
         Ok(token.trim())
     }
 
-    /// Verifies a token and its scopes and roles.
+    /// Verifies a token and its scopes and roles. A token verified before is answered from
+    /// memory until it expires (keyed by the whole token, so only the very same bytes match):
+    /// a signature check per request would cost more than the rest of the proxying.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let now = SystemTime::now();
+        if let Some((identity, expires)) = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(token) {
+            if now < *expires {
+                return Ok(identity.clone());
+            }
+        }
+        let (identity, expires) = self.verify_uncached(token).await?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CACHE {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), (identity.clone(), expires));
+        Ok(identity)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<(Identity, SystemTime), AuthError> {
         if token.split('.').count() != 3 {
             return Err(AuthError::Invalid("a JWT has three dot-separated parts".into()));
         }
@@ -171,11 +198,16 @@ impl Verifier {
                 self.requirements.roles.join(", ")
             )));
         }
-        Ok(Identity {
-            subject: claims.sub,
-            scopes,
-            roles: claims.roles,
-        })
+        // Remembered until `exp` (plus the leeway the check itself allows).
+        let expires = UNIX_EPOCH + Duration::from_secs_f64(claims.exp.max(0.0)) + self.requirements.leeway;
+        Ok((
+            Identity {
+                subject: claims.sub,
+                scopes,
+                roles: claims.roles,
+            },
+            expires,
+        ))
     }
 }
 

@@ -225,3 +225,24 @@ async fn scopes_and_roles() {
         "a.b.c"
     );
 }
+
+#[tokio::test]
+async fn remembered_tokens_still_expire() {
+    let keys = keypair("k1");
+    let set = Arc::new(Mutex::new(vec![keys.jwk()]));
+    let (url, _) = jwks_server(set).await;
+    let verifier = Verifier::new(
+        JwksCache::new(url),
+        Requirements {
+            leeway: Duration::ZERO,
+            ..requirements()
+        },
+    );
+    let mut claims = good_claims();
+    claims["exp"] = json!(now() + 1);
+    let token = keys.token(claims);
+    verifier.verify(&token).await.unwrap();
+    verifier.verify(&token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    invalid(verifier.verify(&token).await);
+}
