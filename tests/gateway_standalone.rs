@@ -45,6 +45,18 @@ fn upstream_named(name: &'static str) -> std::net::SocketAddr {
     addr
 }
 
+/// `flotilla gateway` with only a routes file.
+fn standalone(listen: std::net::SocketAddr, routes: &std::path::Path) -> std::process::Child {
+    Command::new(flotilla())
+        .args(["gateway", "--listen", &listen.to_string(), "--routes"])
+        .arg(routes)
+        .env_remove("FLOTILLA_CONTROL_ADDR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn standalone_gateway_routes_from_a_file() {
     let upstream = upstream();
@@ -56,14 +68,7 @@ fn standalone_gateway_routes_from_a_file() {
     )
     .unwrap();
     let listen = free_addr();
-    let mut gateway = Command::new(flotilla())
-        .args(["gateway", "--listen", &listen.to_string(), "--routes"])
-        .arg(&routes)
-        .env_remove("FLOTILLA_CONTROL_ADDR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut gateway = standalone(listen, &routes);
     let started = Instant::now();
     let ready = loop {
         match http_get(listen, "/-/ready") {
@@ -109,14 +114,7 @@ fn a_changed_routes_file_takes_effect_and_a_broken_one_is_ignored() {
     let write = |text: String| std::fs::write(&routes, text).unwrap();
     write(format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{a}\"]\n"));
     let listen = free_addr();
-    let mut gateway = Command::new(flotilla())
-        .args(["gateway", "--listen", &listen.to_string(), "--routes"])
-        .arg(&routes)
-        .env_remove("FLOTILLA_CONTROL_ADDR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut gateway = standalone(listen, &routes);
     let answer = || http_get(listen, "/x").ok().map(|(_, body)| body);
     let wait_for = |want: &str| {
         let started = Instant::now();

@@ -27,11 +27,12 @@ fn write_cert(dir: &std::path::Path) -> Vec<u8> {
     cert.cert.der().to_vec()
 }
 
-async fn connect(
+/// A TLS handshake with `addr` trusting only `trusted`, offering `alpn`.
+async fn handshake(
     addr: SocketAddr,
     trusted: &[u8],
     alpn: &[u8],
-) -> (tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>) {
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls_pki_types::CertificateDer::from(trusted.to_vec()))
@@ -42,12 +43,18 @@ async fn connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let stream = connector
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .unwrap();
+}
+
+async fn connect(
+    addr: SocketAddr,
+    trusted: &[u8],
+    alpn: &[u8],
+) -> (tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>) {
+    let stream = handshake(addr, trusted, alpn).await.unwrap();
     let presented = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     (stream, presented)
 }
@@ -118,40 +125,14 @@ async fn terminates_tls_for_http1_and_h2_and_reloads_the_certificate() {
     let mut reloaded = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls_pki_types::CertificateDer::from(second.clone()))
-            .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let attempt = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
-            .await;
-        if attempt.is_ok() {
+        if handshake(addr, &second, b"http/1.1").await.is_ok() {
             reloaded = true;
             break;
         }
     }
     assert!(reloaded, "the new certificate was never presented");
     // The old files' certificate is no longer presented.
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls_pki_types::CertificateDer::from(first.clone()))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let old = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
-        .await;
-    assert!(old.is_err());
+    assert!(handshake(addr, &first, b"http/1.1").await.is_err());
 }
 
 #[test]
