@@ -158,9 +158,11 @@ impl Gateway {
         response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
         let status = response.status().as_u16();
         let millis = started.elapsed().as_secs_f64() * 1000.0;
-        let tried = attempts.tried();
+        let retries = attempts.count().saturating_sub(1);
+        // The endpoints tried are copied out only when a log line will show them.
+        let logged = error.is_some() || tracing::enabled!(target: "access", tracing::Level::INFO);
+        let tried = if logged { attempts.tried() } else { Vec::new() };
         let upstream = tried.last().cloned().unwrap_or_default();
-        let retries = tried.len().saturating_sub(1);
         let counters = matched.map_or(&self.unrouted, |r| &r.metrics);
         counters.observe(status, started.elapsed(), retries);
         if let Some(GatewayError::Call(err)) = &error {
@@ -285,8 +287,10 @@ impl Gateway {
 }
 
 fn new_request_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
     // A UUID's text is always a valid header value.
-    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn request_id_str(value: &HeaderValue) -> &str {

@@ -66,6 +66,9 @@ pub struct EndpointStats {
     /// count, it gives their mean age.
     pending_starts: AtomicU64,
     base: Instant,
+    /// The end of the current ejection (nanoseconds after `base`; 0: none), readable on
+    /// every pick without the lock.
+    ejected_until: AtomicU64,
     health: Mutex<Health>,
 }
 
@@ -76,6 +79,7 @@ impl EndpointStats {
             in_flight: AtomicU32::new(0),
             pending_starts: AtomicU64::new(0),
             base: Instant::now(),
+            ejected_until: AtomicU64::new(0),
             health: Mutex::new(Health {
                 rtt_ns: default_rtt.as_nanos() as f64,
                 stamp: Instant::now(),
@@ -98,7 +102,8 @@ impl EndpointStats {
 
     /// Whether the endpoint is out of rotation at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.lock().ejected_until.is_some_and(|until| now < until)
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && self.offset(now) < until
     }
 
     /// How many times it has been ejected (in its current run of trouble).
@@ -175,6 +180,7 @@ impl EndpointStats {
             // base time again. Until then, a relapse is ejected for longer.
             h.ejections = 0;
             h.ejected_until = None;
+            self.ejected_until.store(0, Ordering::Relaxed);
         }
     }
 
@@ -216,6 +222,7 @@ impl EndpointStats {
             .min(config.max_ejection);
         let until = now + time;
         h.ejected_until = Some(until);
+        self.ejected_until.store(self.offset(until).max(1), Ordering::Relaxed);
         h.consecutive = 0;
         h.consecutive_connect = 0;
         Some(until)

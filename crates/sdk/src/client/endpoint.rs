@@ -97,7 +97,11 @@ impl tower::Service<Request<RequestBody>> for EndpointService {
     fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
         let endpoints = self.target.endpoints();
         let attempts = request.extensions().get::<Attempts>().cloned();
-        let avoid = attempts.as_ref().map(Attempts::tried).unwrap_or_default();
+        // Only a retry has endpoints to avoid; the first attempt copies nothing.
+        let avoid = match &attempts {
+            Some(a) if a.count() > 0 => a.tried(),
+            _ => Vec::new(),
+        };
         let key = request.extensions().get::<HashKey>().copied();
         let Some(pick) = self.balancer.pick(&endpoints, key, &avoid) else {
             let service = self.target.name().to_owned();
@@ -107,12 +111,14 @@ impl tower::Service<Request<RequestBody>> for EndpointService {
             attempts.push(pick.endpoint.id.clone());
         }
         let endpoint = pick.endpoint.id.clone();
-        let path = request.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(pick.endpoint.authority.clone())
-            .path_and_query(format!("{}{path}", pick.endpoint.base_path))
-            .build();
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(pick.endpoint.authority.clone());
+        if !pick.endpoint.base_path.is_empty() || parts.path_and_query.is_none() {
+            let path = parts.path_and_query.as_ref().map_or("/", PathAndQuery::as_str);
+            parts.path_and_query = format!("{}{path}", pick.endpoint.base_path).parse().ok();
+        }
+        let uri = Uri::from_parts(parts);
         match uri {
             Ok(uri) => *request.uri_mut() = uri,
             Err(err) => {

@@ -380,15 +380,15 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct BreakerLayer {
     breaker: std::sync::Arc<CircuitBreaker>,
-    service: String,
+    service: std::sync::Arc<str>,
 }
 
 impl BreakerLayer {
     /// A layer sharing `breaker`; `service` names it in errors.
-    pub fn new(breaker: std::sync::Arc<CircuitBreaker>, service: impl Into<String>) -> Self {
+    pub fn new(breaker: std::sync::Arc<CircuitBreaker>, service: impl AsRef<str>) -> Self {
         Self {
             breaker,
-            service: service.into(),
+            service: std::sync::Arc::from(service.as_ref()),
         }
     }
 }
@@ -409,7 +409,7 @@ impl<S> tower::Layer<S> for BreakerLayer {
 pub struct BreakerService<S> {
     inner: S,
     breaker: std::sync::Arc<CircuitBreaker>,
-    service: String,
+    service: std::sync::Arc<str>,
 }
 
 impl<S> BreakerService<S> {
@@ -443,7 +443,7 @@ where
             Ok(permit) => permit,
             Err(retry_after) => {
                 let err = super::CallError::CircuitOpen {
-                    service: self.service.clone(),
+                    service: self.service.to_string(),
                     retry_after,
                 };
                 return Box::pin(async move { Err(err) });

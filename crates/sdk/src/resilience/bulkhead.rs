@@ -41,15 +41,15 @@ impl Bulkhead {
 #[derive(Debug, Clone)]
 pub struct BulkheadLayer {
     bulkhead: Bulkhead,
-    service: String,
+    service: std::sync::Arc<str>,
 }
 
 impl BulkheadLayer {
     /// A layer sharing `bulkhead`; `service` names it in errors.
-    pub fn new(bulkhead: Bulkhead, service: impl Into<String>) -> Self {
+    pub fn new(bulkhead: Bulkhead, service: impl AsRef<str>) -> Self {
         Self {
             bulkhead,
-            service: service.into(),
+            service: std::sync::Arc::from(service.as_ref()),
         }
     }
 }
@@ -70,7 +70,7 @@ impl<S> tower::Layer<S> for BulkheadLayer {
 pub struct BulkheadService<S> {
     inner: S,
     bulkhead: Bulkhead,
-    service: String,
+    service: std::sync::Arc<str>,
 }
 
 impl<S> BulkheadService<S> {
@@ -101,7 +101,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let Some(permit) = self.bulkhead.try_enter() else {
             let err = super::CallError::BulkheadFull {
-                service: self.service.clone(),
+                service: self.service.to_string(),
                 limit: self.bulkhead.limit(),
             };
             return Box::pin(async move { Err(err) });

@@ -108,15 +108,15 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     timeout: Duration,
-    service: String,
+    service: std::sync::Arc<str>,
 }
 
 impl DeadlineLayer {
     /// Calls get at most `timeout`; `service` names them in errors.
-    pub fn new(timeout: Duration, service: impl Into<String>) -> Self {
+    pub fn new(timeout: Duration, service: impl AsRef<str>) -> Self {
         Self {
             timeout,
-            service: service.into(),
+            service: std::sync::Arc::from(service.as_ref()),
         }
     }
 }
@@ -137,7 +137,7 @@ impl<S> tower::Layer<S> for DeadlineLayer {
 pub struct DeadlineService<S> {
     inner: S,
     timeout: Duration,
-    service: String,
+    service: std::sync::Arc<str>,
 }
 
 impl<S> DeadlineService<S> {
@@ -173,7 +173,11 @@ where
         );
         let service = self.service.clone();
         if deadline.passed() {
-            return Box::pin(async move { Err(super::CallError::DeadlineExceeded { service }) });
+            return Box::pin(async move {
+                Err(super::CallError::DeadlineExceeded {
+                    service: service.to_string(),
+                })
+            });
         }
         deadline.to_headers(request.headers_mut());
         request.extensions_mut().insert(deadline);
@@ -181,7 +185,9 @@ where
         Box::pin(async move {
             match tokio::time::timeout_at(deadline.0, call).await {
                 Ok(result) => result,
-                Err(_) => Err(super::CallError::DeadlineExceeded { service }),
+                Err(_) => Err(super::CallError::DeadlineExceeded {
+                    service: service.to_string(),
+                }),
             }
         })
     }
