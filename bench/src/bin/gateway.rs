@@ -148,28 +148,18 @@ fn with_policies(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> (
     let token = issuer.token(serde_json::json!({
         "sub": "bench-user", "iss": "https://id.bench", "aud": "bench", "exp": exp, "roles": ["customer"]
     }));
-    let routes = dir.join("routes-policies.toml");
+    let addr = free_addr();
     let text = format!(
         "[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n\
          auth = {{ jwks = \"http://{jwks_addr}/jwks\", issuer = \"https://id.bench\", audiences = [\"bench\"] }}\n\
          rate_limit = {{ requests = 10000000, per = \"1s\", key = \"subject\" }}\n"
     );
-    std::fs::write(&routes, text).unwrap_or_else(|e| fail(&e.to_string()));
-    let addr = free_addr();
-    let routes = routes.display().to_string();
-    let proxy = Guard(pinned(
-        "1",
-        &bin.join("flotilla"),
-        &[
-            "gateway",
-            "--workers",
-            "1",
-            "--listen",
-            &addr.to_string(),
-            "--routes",
-            &routes,
-        ],
-        &[("RUST_LOG", "info")],
+    let proxy = Guard(start_flotilla(
+        bin,
+        &dir.join("routes-policies.toml"),
+        &text,
+        addr,
+        "info",
     ));
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
@@ -218,28 +208,25 @@ fn pinned(core: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Ch
         .unwrap_or_else(|e| fail(&format!("starting {}: {e}", program.display())))
 }
 
+/// The Flotilla gateway with one worker, pinned to core 1, routing as `routes` (written to
+/// `file`) says.
+fn start_flotilla(bin: &Path, file: &Path, routes: &str, addr: SocketAddr, log: &str) -> Child {
+    std::fs::write(file, routes).unwrap_or_else(|e| fail(&e.to_string()));
+    let file = file.display().to_string();
+    let listen = addr.to_string();
+    let args = ["gateway", "--workers", "1", "--listen", &listen, "--routes", &file];
+    pinned("1", &bin.join("flotilla"), &args, &[("RUST_LOG", log)])
+}
+
 fn start_proxy(name: &str, bin: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> Child {
     match name {
-        "flotilla" => {
-            let routes = dir.join("routes.toml");
-            let text = format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n");
-            std::fs::write(&routes, text).unwrap_or_else(|e| fail(&e.to_string()));
-            let routes = routes.display().to_string();
-            pinned(
-                "1",
-                &bin.join("flotilla"),
-                &[
-                    "gateway",
-                    "--workers",
-                    "1",
-                    "--listen",
-                    &addr.to_string(),
-                    "--routes",
-                    &routes,
-                ],
-                &[("RUST_LOG", "warn")],
-            )
-        }
+        "flotilla" => start_flotilla(
+            bin,
+            &dir.join("routes.toml"),
+            &format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n"),
+            addr,
+            "warn",
+        ),
         "nginx" => {
             let conf = dir.join("nginx.conf");
             let d = dir.display();

@@ -20,7 +20,6 @@ pub mod tls;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,7 +69,6 @@ pub struct Gateway {
     routes: ArcSwap<RouteTable>,
     discovery: Option<Discovery>,
     config: GatewayConfig,
-    requests: AtomicU64,
     /// Requests no route took (refused at the edge, unknown paths, admin).
     unrouted: metrics::RouteMetrics,
 }
@@ -82,7 +80,6 @@ impl Gateway {
             routes: ArcSwap::from_pointee(routes),
             discovery,
             config,
-            requests: AtomicU64::new(0),
             unrouted: Default::default(),
         })
     }
@@ -104,7 +101,6 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = request
             .headers()
             .get(&REQUEST_ID)
