@@ -2,8 +2,10 @@
 //! small fast upstream, one worker each, pinned to the same core; the upstream and the load
 //! generators share the other core. For each proxy it prints requests/s at fixed concurrency
 //! (wrk, closed loop), p50/p99/p99.9 at a fixed rate below the knee (open loop, latency from
-//! when each request was due), proxy CPU and RSS, and the ratios to nginx; then the gateway's
-//! RSS with 1,000 connections open.
+//! when each request was due), proxy CPU (and CPU per request, steadier than requests/s on a
+//! noisy machine) and RSS, and the ratios to nginx; then the gateway's RSS with 1,000
+//! connections open. `floor` (bench/src/bin/floor.rs), a proxy that only parses and copies,
+//! runs beside them as a yardstick for what the kernel and the runtime cost on their own.
 //!
 //! Usage: gateway [--seconds S] [--connections N] [--rate R]   (run through `bench/gateway`)
 
@@ -67,7 +69,7 @@ fn main() {
     );
 
     let mut all = Vec::new();
-    for name in ["flotilla", "nginx", "haproxy"] {
+    for name in ["flotilla", "nginx", "haproxy", "floor"] {
         eprintln!("… {name}");
         let addr = free_addr();
         let child = start_proxy(name, &bin, dir.path(), addr, upstream_addr);
@@ -80,11 +82,11 @@ fn main() {
         .find(|f| f.name == "nginx")
         .map(|f| (f.rps, f.p99))
         .unwrap_or((1.0, Duration::ZERO));
-    println!("| proxy | requests/s (wrk) | wrk p50 / p99 | p50 / p99 / p99.9 at {} req/s | failed | proxy CPU | proxy RSS | throughput vs nginx | p99 vs nginx |", o.rate);
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| proxy | requests/s (wrk) | wrk p50 / p99 | p50 / p99 / p99.9 at {} req/s | failed | proxy CPU | CPU per request | proxy RSS | throughput vs nginx | p99 vs nginx |", o.rate);
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for f in &all {
         println!(
-            "| {} | {:.0} | {} / {} | {:.2} / {:.2} / {:.2} ms | {} | {:.0} % | {:.1} MB | {:.2} × | {:.2} × |",
+            "| {} | {:.0} | {} / {} | {:.2} / {:.2} / {:.2} ms | {} | {:.0} % | {:.1} µs | {:.1} MB | {:.2} × | {:.2} × |",
             f.name,
             f.rps,
             f.wrk_p50,
@@ -94,6 +96,7 @@ fn main() {
             ms(f.p999),
             f.failed,
             f.cpu * 100.0,
+            f.cpu / f.rps.max(1.0) * 1e6,
             f.rss_kb as f64 / 1024.0,
             f.rps / nginx.0,
             ms(f.p99) / ms(nginx.1).max(1e-9),
@@ -246,6 +249,12 @@ fn start_proxy(name: &str, bin: &Path, dir: &Path, addr: SocketAddr, upstream: S
                 &[],
             )
         }
+        "floor" => pinned(
+            "1",
+            &bin.join("floor"),
+            &[&addr.to_string(), &upstream.to_string()],
+            &[],
+        ),
         _ => {
             let conf = dir.join("haproxy.cfg");
             let text = format!(
