@@ -3,6 +3,7 @@
 //! Everything here is plain serde data: what travels between processes is defined once,
 //! so a client and a server cannot drift apart.
 
+pub mod config;
 pub mod problem;
 pub mod registry;
 

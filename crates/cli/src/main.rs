@@ -268,7 +268,10 @@ async fn run(cli: Cli) -> Result<()> {
                 token,
                 warm_up,
             };
-            flotilla_control::serve(listener, config, runtime::shutdown_signal()).await?;
+            let store = flotilla_control::ConfigStore::open(&data_dir)
+                .await
+                .with_context(|| format!("opening the config store in {}", data_dir.display()))?;
+            flotilla_control::serve(listener, config, store, runtime::shutdown_signal()).await?;
             drop(marker);
         }
         Command::Gateway {

@@ -37,12 +37,13 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .route("/v1/registry/instances/{id}/heartbeat", put(heartbeat))
         .route("/v1/registry/services", get(list_services))
         .route("/v1/registry/services/{name}", get(list_service))
+        .merge(crate::config::http::routes())
         .with_state(state);
     with_problem_fallbacks(api)
 }
 
-/// Proof that the request carried the registration token.
-struct Authorized;
+/// Proof that the request carried the control plane's token.
+pub(crate) struct Authorized;
 
 impl FromRequestParts<Arc<ControlState>> for Authorized {
     type Rejection = Response;
@@ -55,10 +56,26 @@ impl FromRequestParts<Arc<ControlState>> for Authorized {
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
             Some(token) if state.token_matches(token.trim()) => Ok(Authorized),
-            Some(_) => Err(unauthorized("the registration token is wrong")),
+            Some(_) => Err(unauthorized("the token is wrong")),
             None => Err(unauthorized(
                 "writes need `Authorization: Bearer <token>` (the token is in the data dir)",
             )),
+        }
+    }
+}
+
+/// Whether a read carried the token (it may then see secrets). A wrong token is refused
+/// rather than quietly treated as none.
+pub(crate) struct Caller(pub(crate) bool);
+
+impl FromRequestParts<Arc<ControlState>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ControlState>) -> Result<Self, Response> {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            Authorized::from_request_parts(parts, state).await.map(|_| Caller(true))
+        } else {
+            Ok(Caller(false))
         }
     }
 }
@@ -126,7 +143,7 @@ struct ListQuery {
     wait: Option<String>,
 }
 
-fn parse_wait(wait: Option<&str>) -> Result<Duration, Problem> {
+pub(crate) fn parse_wait(wait: Option<&str>) -> Result<Duration, Problem> {
     match wait {
         None => Ok(DEFAULT_WAIT),
         Some(text) => humantime::parse_duration(text).map(|d| d.min(MAX_WAIT)).map_err(|e| {

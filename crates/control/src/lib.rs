@@ -1,7 +1,9 @@
 //! The Flotilla control plane: the service registry (leases, heartbeats, blocking-query
-//! watches) behind a token-guarded HTTP API.
+//! watches) and the config store (versioned, watched, secrets sealed) behind a token-guarded
+//! HTTP API.
 
 pub mod api;
+pub mod config;
 pub mod registry;
 
 use std::future::{Future, IntoFuture};
@@ -11,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use config::ConfigStore;
 pub use registry::{Registry, RegistryConfig};
 
 /// Everything the control plane needs to start.
@@ -54,23 +57,26 @@ impl Drop for RunMarker {
 pub struct ControlState {
     /// The service registry.
     pub registry: Registry,
+    /// The config store.
+    pub config: ConfigStore,
     token: String,
-    closing: watch::Receiver<bool>,
+    pub(crate) closing: watch::Receiver<bool>,
     /// Until then the registry is warming up: instances of a previous run are still
     /// re-registering, so its lists may be incomplete.
     warm_at: tokio::time::Instant,
 }
 
 impl ControlState {
-    /// State for a control plane; `closing` turns true when it begins to shut down, which
-    /// ends every blocking query at once.
-    pub fn new(config: ControlConfig, closing: watch::Receiver<bool>) -> Self {
+    /// State for a control plane over an opened config store; `closing` turns true when it
+    /// begins to shut down, which ends every blocking query at once.
+    pub fn new(config: ControlConfig, store: ConfigStore, closing: watch::Receiver<bool>) -> Self {
         let start = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
         Self {
             warm_at: tokio::time::Instant::now() + config.warm_up,
             registry: Registry::starting_at(config.registry, start),
+            config: store,
             token: config.token,
             closing,
         }
@@ -88,14 +94,16 @@ impl ControlState {
     }
 }
 
-/// Serves the control plane on `listener` until `shutdown` resolves.
+/// Serves the control plane on `listener`, its config in `store` (opened by the caller:
+/// [`ConfigStore::open`] on the data dir), until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     config: ControlConfig,
+    store: ConfigStore,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (closing_tx, closing_rx) = watch::channel(false);
-    let state = Arc::new(ControlState::new(config, closing_rx.clone()));
+    let state = Arc::new(ControlState::new(config, store, closing_rx.clone()));
     let expiry = tokio::spawn({
         let state = state.clone();
         let mut closing = closing_rx.clone();

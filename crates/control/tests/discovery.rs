@@ -29,7 +29,8 @@ async fn start_control_warming(addr: SocketAddr, warm_up: Duration) -> oneshot::
         token: TOKEN.into(),
         warm_up,
     };
-    tokio::spawn(flotilla_control::serve(listener, config, async move {
+    let store = flotilla_control::ConfigStore::in_memory().await.unwrap();
+    tokio::spawn(flotilla_control::serve(listener, config, store, async move {
         let _ = stopped.await;
     }));
     stop

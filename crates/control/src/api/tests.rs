@@ -9,14 +9,15 @@ use crate::{ControlConfig, RegistryConfig};
 
 const TOKEN: &str = "s3cret-token";
 
-fn app() -> Router {
+async fn app() -> Router {
     let (_tx, rx) = watch::channel(false);
     let config = ControlConfig {
         registry: RegistryConfig::default(),
         token: TOKEN.into(),
         warm_up: Duration::ZERO,
     };
-    router(Arc::new(ControlState::new(config, rx)))
+    let store = crate::ConfigStore::in_memory().await.unwrap();
+    router(Arc::new(ControlState::new(config, store, rx)))
 }
 
 fn registration_body() -> String {
@@ -45,7 +46,7 @@ async fn json(response: Response) -> serde_json::Value {
 
 #[tokio::test]
 async fn registration_without_token_is_refused() {
-    let app = app();
+    let app = app().await;
     let response = app.clone().oneshot(post(registration_body(), None)).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
@@ -71,7 +72,7 @@ async fn registration_without_token_is_refused() {
 
 #[tokio::test]
 async fn register_list_heartbeat_deregister() {
-    let app = app();
+    let app = app().await;
     let response = app
         .clone()
         .oneshot(post(registration_body(), Some(TOKEN)))
@@ -120,7 +121,7 @@ async fn register_list_heartbeat_deregister() {
 
 #[tokio::test]
 async fn malformed_registration_names_the_field() {
-    let app = app();
+    let app = app().await;
     let bad_address = registration_body().replace("127.0.0.1:40000", "not-an-address");
     let response = app.clone().oneshot(post(bad_address, Some(TOKEN))).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
@@ -148,7 +149,7 @@ async fn malformed_registration_names_the_field() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods_are_problems() {
-    let app = app();
+    let app = app().await;
     let response = app
         .clone()
         .oneshot(Request::get("/v1/nope").body(Body::empty()).unwrap())
@@ -162,4 +163,215 @@ async fn unknown_paths_and_methods_are_problems() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
+}
+
+fn config_request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<serde_json::Value>,
+) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    match body {
+        Some(body) => req
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn config_writes_need_the_token_and_compare_and_set_answers_412_with_the_current_revision() {
+    let app = app().await;
+    let path = "/v1/config/catalog/default/page_size";
+    let body = serde_json::json!({"value": 20, "comment": "first"});
+    let refused = app
+        .clone()
+        .oneshot(config_request("PUT", path, None, &[], Some(body.clone())))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    let created = app
+        .clone()
+        .oneshot(config_request(
+            "PUT",
+            path,
+            Some(TOKEN),
+            &[("if-none-match", "*"), ("x-flotilla-author", "ana")],
+            Some(body.clone()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    let etag = created.headers()["etag"].to_str().unwrap().to_owned();
+    let entry = json(created).await;
+    assert_eq!(entry["author"], "ana");
+    assert_eq!(etag, format!("\"{}\"", entry["revision"]));
+
+    let stale = app
+        .clone()
+        .oneshot(config_request(
+            "PUT",
+            path,
+            Some(TOKEN),
+            &[("if-match", "\"999\"")],
+            Some(serde_json::json!({"value": 30})),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.headers()["content-type"], "application/problem+json");
+    let fresh = app
+        .clone()
+        .oneshot(config_request(
+            "PUT",
+            path,
+            Some(TOKEN),
+            &[("if-match", &etag)],
+            Some(serde_json::json!({"value": 30})),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+    let again = app
+        .clone()
+        .oneshot(config_request(
+            "PUT",
+            path,
+            Some(TOKEN),
+            &[("if-match", &etag)],
+            Some(serde_json::json!({"value": 40})),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::PRECONDITION_FAILED);
+    let problem = json(again).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("is at revision"),
+        "{problem}"
+    );
+
+    let bad = app
+        .clone()
+        .oneshot(config_request(
+            "PUT",
+            "/v1/config/catalog/default/1bad",
+            Some(TOKEN),
+            &[],
+            Some(body),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json(bad).await["invalid-params"][0]["name"], "key");
+
+    let history = app
+        .oneshot(config_request("GET", &format!("{path}/history"), None, &[], None))
+        .await
+        .unwrap();
+    let history = json(history).await;
+    assert_eq!(history.as_array().unwrap().len(), 2);
+    assert_eq!(history[0]["value"], 30);
+}
+
+#[tokio::test]
+async fn secrets_are_masked_without_the_token_and_a_wrong_token_is_refused() {
+    let app = app().await;
+    let path = "/v1/config/payments/default/provider_key";
+    let body = serde_json::json!({"value": "sk_123", "secret": true});
+    let written = app
+        .clone()
+        .oneshot(config_request("PUT", path, Some(TOKEN), &[], Some(body)))
+        .await
+        .unwrap();
+    assert_eq!(json(written).await["value"], flotilla_api::config::SECRET_MASK);
+    for (token, expected) in [
+        (None, serde_json::json!("******")),
+        (Some(TOKEN), serde_json::json!("sk_123")),
+    ] {
+        let read = app
+            .clone()
+            .oneshot(config_request("GET", path, token, &[], None))
+            .await
+            .unwrap();
+        assert_eq!(json(read).await["value"], expected);
+        let resolved = app
+            .clone()
+            .oneshot(config_request("GET", "/v1/config/resolve/payments", token, &[], None))
+            .await
+            .unwrap();
+        assert_eq!(json(resolved).await["values"]["provider_key"], expected);
+    }
+    let listed = app
+        .clone()
+        .oneshot(config_request("GET", "/v1/config", Some(TOKEN), &[], None))
+        .await
+        .unwrap();
+    assert_eq!(json(listed).await[0]["value"], "******", "listings always mask");
+    let wrong = app
+        .oneshot(config_request("GET", path, Some("nope"), &[], None))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn diff_and_rollback_over_http() {
+    let app = app().await;
+    let path = "/v1/config/gateway/default/routes";
+    let mut revisions = Vec::new();
+    for value in [
+        serde_json::json!({"routes": [{"prefix": "/a"}]}),
+        serde_json::json!({"routes": [{"prefix": "/b"}]}),
+    ] {
+        let r = app
+            .clone()
+            .oneshot(config_request(
+                "PUT",
+                path,
+                Some(TOKEN),
+                &[],
+                Some(serde_json::json!({"value": value})),
+            ))
+            .await
+            .unwrap();
+        revisions.push(json(r).await["revision"].as_u64().unwrap());
+    }
+    let diff = app
+        .clone()
+        .oneshot(config_request(
+            "GET",
+            &format!("{path}/diff?from={}", revisions[0]),
+            None,
+            &[],
+            None,
+        ))
+        .await
+        .unwrap();
+    let diff = json(diff).await;
+    assert_eq!(diff["changes"][0]["path"], "/routes/0/prefix");
+    assert_eq!(diff["changes"][0]["op"], "changed");
+    let back = app
+        .clone()
+        .oneshot(config_request(
+            "POST",
+            &format!("{path}/rollback"),
+            Some(TOKEN),
+            &[],
+            Some(serde_json::json!({"revision": revisions[0]})),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(back.status(), StatusCode::OK);
+    let current = app.oneshot(config_request("GET", path, None, &[], None)).await.unwrap();
+    assert_eq!(json(current).await["value"]["routes"][0]["prefix"], "/a");
 }

@@ -1,0 +1,332 @@
+//! The config store's HTTP API, under `/v1/config`. Listings mask secrets; a single value,
+//! its history and a service's resolved document show them only to a caller with the token.
+//! Writes need the token; `If-Match: "<revision>"` (or `If-None-Match: *`) makes them
+//! compare-and-set, answered `412` with the key's current revision when it moved on.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use flotilla::http::{Json, Query};
+use flotilla_api::config::{diff, ApplyReport, ConfigDiff, ConfigKey, ConfigWrite, Rollback, DEFAULT_PROFILE};
+use flotilla_api::{Problem, INDEX_HEADER};
+use serde::Deserialize;
+
+use super::{ConfigError, Reveal, WriteOptions};
+use crate::api::{parse_wait, Authorized, Caller};
+use crate::ControlState;
+
+/// The header a writer may name itself in (the body's `author` wins).
+const AUTHOR_HEADER: &str = "x-flotilla-author";
+
+/// The config routes, to merge into the control plane's router.
+pub fn routes() -> Router<Arc<ControlState>> {
+    Router::new()
+        .route("/v1/config", get(list))
+        .route("/v1/config/resolve/{service}", get(resolve))
+        .route("/v1/config/applied", get(applied))
+        .route("/v1/config/applied/{instance_id}", put(report))
+        .route(
+            "/v1/config/{scope}/{profile}/{key}",
+            get(read).put(write).delete(remove),
+        )
+        .route("/v1/config/{scope}/{profile}/{key}/history", get(history))
+        .route("/v1/config/{scope}/{profile}/{key}/diff", get(diff_revisions))
+        .route("/v1/config/{scope}/{profile}/{key}/rollback", post(rollback))
+}
+
+fn problem(err: ConfigError) -> Problem {
+    match err {
+        ConfigError::Invalid { field, reason } => Problem::invalid_field(field, reason),
+        ConfigError::NotFound(_) | ConfigError::NoSuchRevision { .. } => Problem::not_found(err.to_string()),
+        ConfigError::Conflict { .. } => Problem::new(412, "revision-conflict", "Revision conflict").with_detail(
+            format!("{err}: read it again, and write with `If-Match: \"<revision>\"` of what you read"),
+        ),
+        ConfigError::Database(_) | ConfigError::Secret(_) => {
+            tracing::error!(error = %err, "config store failed");
+            Problem::internal()
+        }
+    }
+}
+
+fn reveal(caller: Caller) -> Reveal {
+    if caller.0 {
+        Reveal::Secrets
+    } else {
+        Reveal::Masked
+    }
+}
+
+fn etag(revision: u64) -> (HeaderName, HeaderValue) {
+    let value = HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""));
+    (header::ETAG, value)
+}
+
+/// The compare-and-set condition a request carries, if any.
+fn expectation(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
+        return match value.to_str() {
+            Ok("*") => Ok(Some(0)),
+            _ => Err(Problem::invalid_field(
+                "If-None-Match",
+                "only `*` (create, only if the key has no value) is understood",
+            )),
+        };
+    }
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let bare = text.trim_start_matches("W/").trim_matches('"');
+    bare.parse::<u64>().map(Some).map_err(|_| {
+        Problem::invalid_field(
+            "If-Match",
+            format!("`{text}` is not a revision: send the ETag you read, like `\"42\"`"),
+        )
+    })
+}
+
+fn options(headers: &HeaderMap, author: Option<String>, comment: Option<String>) -> Result<WriteOptions, Problem> {
+    let author = author
+        .or_else(|| {
+            headers
+                .get(AUTHOR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    if author.len() > 128 {
+        return Err(Problem::invalid_field("author", "at most 128 characters"));
+    }
+    let comment = comment.unwrap_or_default();
+    if comment.len() > 1024 {
+        return Err(Problem::invalid_field("comment", "at most 1024 characters"));
+    }
+    Ok(WriteOptions {
+        expect: expectation(headers)?,
+        author,
+        comment,
+    })
+}
+
+fn with_etag(entry: &flotilla_api::config::ConfigEntry, status: StatusCode) -> Response {
+    (status, [etag(entry.revision)], Json(entry)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    scope: Option<String>,
+    profile: Option<String>,
+}
+
+async fn list(State(state): State<Arc<ControlState>>, Query(q): Query<ListQuery>) -> Response {
+    Json(state.config.list(q.scope.as_deref(), q.profile.as_deref())).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadQuery {
+    revision: Option<u64>,
+}
+
+async fn read(
+    caller: Caller,
+    State(state): State<Arc<ControlState>>,
+    Path((scope, profile, key)): Path<(String, String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Response, Problem> {
+    let key = ConfigKey::new(scope, profile, key);
+    let entry = match q.revision {
+        Some(revision) => state.config.at(&key, revision, reveal(caller)).await,
+        None => state.config.get(&key, reveal(caller)),
+    }
+    .map_err(problem)?;
+    Ok(with_etag(&entry, StatusCode::OK))
+}
+
+async fn write(
+    _auth: Authorized,
+    State(state): State<Arc<ControlState>>,
+    Path((scope, profile, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<ConfigWrite>,
+) -> Result<Response, Problem> {
+    let key = ConfigKey::new(scope, profile, key);
+    let options = options(&headers, body.author, body.comment)?;
+    let entry = state
+        .config
+        .set(&key, body.value, body.secret, options)
+        .await
+        .map_err(problem)?;
+    Ok(with_etag(&entry, StatusCode::OK))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DeleteQuery {
+    comment: Option<String>,
+}
+
+async fn remove(
+    _auth: Authorized,
+    State(state): State<Arc<ControlState>>,
+    Path((scope, profile, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Response, Problem> {
+    let key = ConfigKey::new(scope, profile, key);
+    let entry = state
+        .config
+        .delete(&key, options(&headers, None, q.comment)?)
+        .await
+        .map_err(problem)?;
+    Ok(with_etag(&entry, StatusCode::OK))
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+async fn history(
+    caller: Caller,
+    State(state): State<Arc<ControlState>>,
+    Path((scope, profile, key)): Path<(String, String, String)>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, Problem> {
+    let key = ConfigKey::new(scope, profile, key);
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = state
+        .config
+        .history(&key, limit, reveal(caller))
+        .await
+        .map_err(problem)?;
+    Ok(Json(entries).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct DiffQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+async fn diff_revisions(
+    caller: Caller,
+    State(state): State<Arc<ControlState>>,
+    Path((scope, profile, key)): Path<(String, String, String)>,
+    Query(q): Query<DiffQuery>,
+) -> Result<Response, Problem> {
+    let key = ConfigKey::new(scope, profile, key);
+    let reveal = reveal(caller);
+    let from = state.config.at(&key, q.from, reveal).await.map_err(problem)?;
+    let to = match q.to {
+        Some(to) => state.config.at(&key, to, reveal).await,
+        None => match state.config.history(&key, 1, reveal).await {
+            Ok(mut newest) => newest.pop().ok_or(ConfigError::NotFound(key.clone())),
+            Err(err) => Err(err),
+        },
+    }
+    .map_err(problem)?;
+    let changes = diff(&from.value, &to.value);
+    Ok(Json(ConfigDiff { from, to, changes }).into_response())
+}
+
+async fn rollback(
+    _auth: Authorized,
+    State(state): State<Arc<ControlState>>,
+    Path((scope, profile, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Rollback>,
+) -> Result<Response, Problem> {
+    let key = ConfigKey::new(scope, profile, key);
+    let options = options(&headers, body.author, body.comment)?;
+    let entry = state
+        .config
+        .rollback(&key, body.revision, options)
+        .await
+        .map_err(problem)?;
+    Ok(with_etag(&entry, StatusCode::OK))
+}
+
+#[derive(Debug, Deserialize)]
+struct ResolveQuery {
+    profile: Option<String>,
+    index: Option<u64>,
+    wait: Option<String>,
+}
+
+async fn resolve(
+    caller: Caller,
+    State(state): State<Arc<ControlState>>,
+    Path(service): Path<String>,
+    Query(q): Query<ResolveQuery>,
+) -> Result<Response, Problem> {
+    let profile = q.profile.as_deref().unwrap_or(DEFAULT_PROFILE);
+    let reveal = reveal(caller);
+    let resolved = match q.index {
+        None => state.config.resolve(&service, profile, reveal),
+        Some(index) => {
+            let wait = parse_wait(q.wait.as_deref())?;
+            let mut closing = state.closing.clone();
+            tokio::select! {
+                resolved = state.config.resolve_after(&service, profile, index, wait, reveal) => resolved,
+                _ = closing.wait_for(|c| *c) => state.config.resolve(&service, profile, reveal),
+            }
+        }
+    }
+    .map_err(problem)?;
+    let index = HeaderValue::from(resolved.revision);
+    Ok(([(HeaderName::from_static(INDEX_HEADER), index)], Json(resolved)).into_response())
+}
+
+async fn report(
+    _auth: Authorized,
+    State(state): State<Arc<ControlState>>,
+    Path(instance_id): Path<String>,
+    Json(report): Json<ApplyReport>,
+) -> Result<StatusCode, Problem> {
+    if instance_id.is_empty() || instance_id.len() > 128 {
+        return Err(Problem::invalid_field("instance_id", "must be 1 to 128 characters"));
+    }
+    if report.error.as_ref().is_some_and(|e| e.len() > 4096) {
+        return Err(Problem::invalid_field("error", "at most 4096 characters"));
+    }
+    state.config.report(&instance_id, report);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct AppliedQuery {
+    service: Option<String>,
+    index: Option<u64>,
+    wait: Option<String>,
+}
+
+async fn applied(State(state): State<Arc<ControlState>>, Query(q): Query<AppliedQuery>) -> Result<Response, Problem> {
+    if let Some(index) = q.index {
+        let wait = parse_wait(q.wait.as_deref())?;
+        let mut closing = state.closing.clone();
+        tokio::select! {
+            _ = state.config.reports_after(index, wait) => {}
+            _ = closing.wait_for(|c| *c) => {}
+        }
+    }
+    // Only instances the registry still holds: a report outlives no instance.
+    let live: std::collections::BTreeSet<String> = state
+        .registry
+        .list(None)
+        .instances
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect();
+    let (index, mut list) = state.config.reports(|id| live.contains(id));
+    if let Some(service) = &q.service {
+        list.retain(|i| &i.report.service == service);
+    }
+    Ok((
+        [(HeaderName::from_static(INDEX_HEADER), HeaderValue::from(index))],
+        Json(list),
+    )
+        .into_response())
+}
