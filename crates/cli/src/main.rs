@@ -178,6 +178,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// A shop service's live configuration: defaults, `<SERVICE>_*` environment variables, then
+/// the control plane's store when there is one (waiting up to a second for its first answer,
+/// so an instance starts on the fleet's configuration rather than switching to it).
+async fn live_config<T>(
+    service: &str,
+    env: &ServiceEnv,
+    validate: fn(&T) -> Result<(), String>,
+) -> Result<flotilla::config::LiveConfig<T>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Default + Send + Sync + 'static,
+{
+    let client = env
+        .control_addr
+        .as_deref()
+        .map(|addr| flotilla::config::ConfigClient::new(addr, env.token.clone()));
+    let live = flotilla::config::ConfigLoader::<T>::new(service)
+        .validate(validate)
+        // Follows the store for the life of the process.
+        .start(client, std::future::pending::<()>())
+        .with_context(|| format!("{service}'s configuration"))?;
+    live.ready(Duration::from_secs(1)).await;
+    Ok(live)
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up {
@@ -349,10 +373,17 @@ async fn run(cli: Cli) -> Result<()> {
                         .context("opening the catalog's database")?;
                     let listener = Service::bind(listen).await.context("binding the catalog's listener")?;
                     let context = runtime::Context::new(&env, Default::default());
+                    let config = live_config::<flotilla_catalog::CatalogConfig>(
+                        flotilla_catalog::SERVICE,
+                        &env,
+                        flotilla_catalog::CatalogConfig::validate,
+                    )
+                    .await?;
                     Service::new(flotilla_catalog::SERVICE, env!("CARGO_PKG_VERSION"))
                         .env(env)
                         .context(context)
-                        .router(flotilla_catalog::router(store))
+                        .config(&config)
+                        .router(flotilla_catalog::router(store, config))
                         .run(listener, runtime::shutdown_signal())
                         .await?;
                 }

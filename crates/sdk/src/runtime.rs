@@ -93,7 +93,12 @@ pub struct Service {
     env: ServiceEnv,
     drain: DrainConfig,
     context: Option<Context>,
+    /// Told the instance id once it is chosen (live configs, for their reports).
+    registered: Vec<OnRegistered>,
 }
+
+/// Told the instance id once it is chosen.
+type OnRegistered = Box<dyn Fn(&str) + Send + Sync>;
 
 #[derive(Default)]
 struct HealthState {
@@ -123,7 +128,16 @@ impl Service {
             env: ServiceEnv::from_env(),
             drain: DrainConfig::default(),
             context: None,
+            registered: Vec::new(),
         }
+    }
+
+    /// A live configuration the service runs on: it reports to the control plane under this
+    /// instance's registry id, so the control plane shows which revision each instance runs.
+    pub fn config<T: Send + Sync + 'static>(mut self, live: &crate::config::LiveConfig<T>) -> Self {
+        let live = live.clone();
+        self.registered.push(Box::new(move |id| live.attach(id)));
+        self
     }
 
     /// The context the service calls others through; its discovery state shows in
@@ -190,10 +204,11 @@ impl Service {
 
         let registrar = self.env.control_addr.as_ref().map(|control| {
             let client = RegistryClient::new(control, self.env.token.clone());
-            Registrar::spawn(
-                client,
-                registration(&self.name, &self.version, addr, &self.env, self.metadata.clone()),
-            )
+            let registration = registration(&self.name, &self.version, addr, &self.env, self.metadata.clone());
+            for tell in &self.registered {
+                tell(&registration.instance_id);
+            }
+            Registrar::spawn(client, registration)
         });
         *health.registrar.lock().unwrap_or_else(|e| e.into_inner()) = registrar;
 

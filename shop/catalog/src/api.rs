@@ -3,16 +3,21 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
+use flotilla::config::LiveConfig;
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
 use flotilla::Problem;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-/// Largest page a client may ask for.
-const MAX_PER_PAGE: u32 = 100;
-/// Page size when none is asked for.
-const DEFAULT_PER_PAGE: u32 = 20;
+use crate::config::CatalogConfig;
+
+/// What the handlers share: the database and the live knobs.
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    config: LiveConfig<CatalogConfig>,
+}
 
 /// A price in integer minor units (cents), never a float.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,11 +67,11 @@ struct ListQuery {
 }
 
 /// The catalog's routes over its store.
-pub fn router(store: Store) -> Router {
+pub fn router(store: Store, config: LiveConfig<CatalogConfig>) -> Router {
     Router::new()
         .route("/api/v1/products", get(list_products))
         .route("/api/v1/products/{id}", get(get_product))
-        .with_state(store)
+        .with_state(AppState { store, config })
 }
 
 fn internal(err: sqlx::Error) -> Problem {
@@ -91,16 +96,20 @@ fn product(row: &sqlx::any::AnyRow) -> Result<Product, sqlx::Error> {
 
 const COLUMNS: &str = "id, sku, name, description, category, price_minor, currency, image_url";
 
-async fn list_products(State(store): State<Store>, Query(q): Query<ListQuery>) -> Result<Json<Page<Product>>, Problem> {
+async fn list_products(
+    State(AppState { store, config }): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<Product>>, Problem> {
     let page = q.page.unwrap_or(1);
     if page == 0 {
         return Err(Problem::invalid_field("page", "pages count from 1"));
     }
-    let per_page = q.per_page.unwrap_or(DEFAULT_PER_PAGE);
-    if per_page == 0 || per_page > MAX_PER_PAGE {
+    let config = config.current();
+    let per_page = q.per_page.unwrap_or(config.page_size);
+    if per_page == 0 || per_page > config.max_page_size {
         return Err(Problem::invalid_field(
             "per_page",
-            format!("must be 1 to {MAX_PER_PAGE}"),
+            format!("must be 1 to {}", config.max_page_size),
         ));
     }
     let offset = i64::from(page - 1) * i64::from(per_page);
@@ -125,7 +134,10 @@ async fn list_products(State(store): State<Store>, Query(q): Query<ListQuery>) -
     }))
 }
 
-async fn get_product(State(store): State<Store>, Path(id): Path<String>) -> Result<Json<Product>, Problem> {
+async fn get_product(
+    State(AppState { store, .. }): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Product>, Problem> {
     let id: i64 = id
         .parse()
         .map_err(|_| Problem::invalid_field("id", format!("`{id}` is not a product id (a positive integer)")))?;

@@ -2,12 +2,14 @@
 //! `/api/v1/products`.
 
 mod api;
+pub mod config;
 mod seed;
 
 use flotilla::runtime::ServiceEnv;
 use flotilla::store::{Store, StoreError};
 
 pub use api::{router, Page, Price, Product};
+pub use config::CatalogConfig;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "catalog";

@@ -162,10 +162,26 @@ impl HttpClient {
         body: Option<&B>,
         timeout: Option<Duration>,
     ) -> Result<(StatusCode, HeaderMap, Uri, Bytes), HttpError> {
+        self.send_with_headers(method, uri, token, &[], body, timeout).await
+    }
+
+    /// Like [`HttpClient::send_raw`], with extra request headers (`If-Match`, …).
+    pub async fn send_with_headers<B: Serialize>(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(header::HeaderName, String)],
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, HeaderMap, Uri, Bytes), HttpError> {
         let parsed: Uri = uri.parse().map_err(|_| HttpError::InvalidUri { uri: uri.to_owned() })?;
         let mut builder = Request::builder().method(method.clone()).uri(parsed.clone());
         if let Some(token) = token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value.as_str());
         }
         let payload = match body {
             Some(b) => {

@@ -11,7 +11,8 @@ use super::*;
 async fn app() -> (Router, TestDatabase) {
     let db = TestDatabase::create("catalog").await;
     let store = crate::open(&db.url).await.unwrap();
-    (flotilla::http::with_problem_fallbacks(router(store)), db)
+    let config = LiveConfig::fixed(CatalogConfig::default());
+    (flotilla::http::with_problem_fallbacks(router(store, config)), db)
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
