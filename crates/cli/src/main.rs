@@ -87,10 +87,12 @@ enum Command {
         /// Where to listen.
         #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// The routes file.
-        #[arg(long, env = "FLOTILLA_ROUTES")]
-        routes: PathBuf,
-        /// The control plane, for routes that name a service; omit to run standalone.
+        /// A routes file, watched for changes. Without it the routes come from the control
+        /// plane's config store (key `routes` of scope `gateway`).
+        #[arg(long, env = "FLOTILLA_ROUTES", required_unless_present = "control_addr")]
+        routes: Option<PathBuf>,
+        /// The control plane: the registry for routes that name a service, and the config
+        /// store for the routes when no file is given; omit to run standalone.
         #[arg(long, env = "FLOTILLA_CONTROL_ADDR")]
         control_addr: Option<String>,
         /// Terminate TLS with this certificate chain (PEM); reloaded when it changes.
@@ -315,7 +317,6 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(files) => Some(flotilla_gateway::tls::Tls::load(files).context("--tls-cert/--tls-key")?),
                 None => None,
             };
-            let specs = flotilla_gateway::routes::RouteTable::load(&routes)?;
             let env = ServiceEnv::from_env();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let discovery = control_addr.as_deref().map(|addr| {
@@ -324,8 +325,15 @@ async fn run(cli: Cli) -> Result<()> {
                 })
             });
             let upstreams = flotilla_gateway::routes::Upstreams::new(discovery.clone(), env.zone.clone());
-            let table = flotilla_gateway::routes::RouteTable::build(specs, &upstreams)
-                .with_context(|| routes.display().to_string())?;
+            // From a file: it must be right at start. From the store: the table it holds.
+            let table = match &routes {
+                Some(routes) => {
+                    let specs = flotilla_gateway::routes::RouteTable::load(routes)?;
+                    flotilla_gateway::routes::RouteTable::build(specs, &upstreams)
+                        .with_context(|| routes.display().to_string())?
+                }
+                None => flotilla_gateway::routes::RouteTable::new(Vec::new()),
+            };
             let listener = bind(listen, "--listen").await?;
             let addr = listener.local_addr()?;
             if let (Some(tls), Some(files)) = (&tls, tls_files) {
@@ -337,22 +345,43 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let gateway = flotilla_gateway::Gateway::new(table, discovery, config);
             let (stop_reload, reload_stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(flotilla_gateway::reload::watch(
-                gateway.clone(),
-                routes.clone(),
-                upstreams,
-                Duration::from_secs(1),
-                async move {
-                    let _ = reload_stopped.await;
-                },
-            ));
+            let source = match (&routes, control_addr.as_deref()) {
+                (Some(routes), _) => {
+                    tokio::spawn(flotilla_gateway::reload::watch(
+                        gateway.clone(),
+                        routes.clone(),
+                        upstreams,
+                        Duration::from_secs(1),
+                        async move {
+                            let _ = reload_stopped.await;
+                        },
+                    ));
+                    (routes.display().to_string(), None)
+                }
+                (None, Some(control)) => {
+                    let client = flotilla::config::ConfigClient::new(control, env.token.clone());
+                    let live = flotilla_gateway::reload::follow_store(
+                        gateway.clone(),
+                        client,
+                        upstreams,
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .context("the gateway's routes from the config store")?;
+                    ("the config store (gateway/routes)".to_owned(), Some(live))
+                }
+                (None, None) => bail!("give the gateway --routes FILE or --control-addr ADDR"),
+            };
             let registrar = control_addr.as_deref().map(|control| {
                 let client = RegistryClient::new(control, env.token.clone());
                 let registration =
                     runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, Default::default());
+                if let Some(live) = &source.1 {
+                    live.attach(&registration.instance_id);
+                }
                 Registrar::spawn(client, registration)
             });
-            tracing::info!(%addr, routes = %routes.display(), standalone = registrar.is_none(), "gateway listening");
+            tracing::info!(%addr, routes = %source.0, standalone = registrar.is_none(), "gateway listening");
             let shutdown = async move {
                 runtime::shutdown_signal().await;
                 if let Some(registrar) = registrar {

@@ -87,6 +87,9 @@ pub enum UpError {
     /// The control plane did not become ready.
     #[error("the control plane did not become ready within {0:?}; see {1}")]
     ControlNotReady(Duration, PathBuf),
+    /// The routes could not be put into the config store.
+    #[error("seeding the gateway's routes into the config store: {0}")]
+    Seed(String),
 }
 
 fn check_port(addr: SocketAddr, flag: &'static str) -> Result<(), UpError> {
@@ -101,9 +104,45 @@ fn check_port(addr: SocketAddr, flag: &'static str) -> Result<(), UpError> {
     }
 }
 
+/// Puts the routes file's routes into the config store unless it already holds routes (a
+/// new data dir); says which routes the gateway will run.
+async fn seed(control: &str, token: &str, routes: serde_json::Value, file: &Path) -> Result<String, UpError> {
+    use flotilla::api::config::{ConfigKey, DEFAULT_PROFILE, GATEWAY_SCOPE, ROUTES_KEY};
+    use flotilla::config::{ConfigClient, ConfigClientError, Write};
+    let client = ConfigClient::new(control, Some(token.to_owned()));
+    let key = ConfigKey::new(GATEWAY_SCOPE, DEFAULT_PROFILE, ROUTES_KEY);
+    let write = Write {
+        expect: Some(0),
+        author: Some("flotilla up".into()),
+        comment: Some(format!("seeded from {}", file.display())),
+    };
+    match client.set(&key, routes, false, write).await {
+        Ok(entry) => Ok(format!(
+            "gateway routes: seeded the config store from {} (revision {})",
+            file.display(),
+            entry.revision
+        )),
+        Err(ConfigClientError::Conflict(_)) => {
+            let current = client.get(&key).await.map(|e| e.revision).unwrap_or(0);
+            Ok(format!(
+                "gateway routes: the config store's (revision {current}); {} seeds only a new data dir — change them with `flotilla config edit routes --scope gateway`",
+                file.display()
+            ))
+        }
+        Err(err) => Err(UpError::Seed(err.to_string())),
+    }
+}
+
 /// Runs the system until `shutdown` resolves, then stops it in order.
 pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), UpError> {
     let mut manifest = Manifest::load(&options.manifest, &options.self_exe)?;
+    // Checked before anything starts, so a mistake is reported by file and line.
+    let seed_routes = match &manifest.gateway.routes {
+        Some(path) => Some(flotilla_gateway::routes::RouteTable::file_to_json(
+            &flotilla::config::TomlFile::read(path)?,
+        )?),
+        None => None,
+    };
     for (name, n) in &options.scale {
         manifest.scale(name, *n).map_err(UpError::Scale)?;
     }
@@ -181,10 +220,18 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         options.gateway_addr,
         if total == 1 { "" } else { "s" }
     ));
-    let mut gateway_env = vec![("FLOTILLA_LISTEN".into(), options.gateway_addr.to_string())];
-    if let Some(routes) = &manifest.gateway.routes {
-        gateway_env.push(("FLOTILLA_ROUTES".into(), routes.display().to_string()));
+    // The gateway follows its routes in the config store; the routes file seeds a new store.
+    if let (Some(routes), Some(path)) = (seed_routes, &manifest.gateway.routes) {
+        let said = seed(&options.control_addr.to_string(), &token, routes, path).await;
+        match said {
+            Ok(line) => output.say(&line),
+            Err(err) => {
+                stop_all(&output, &fleet, vec![], control).await;
+                return Err(err);
+            }
+        }
     }
+    let mut gateway_env = vec![("FLOTILLA_LISTEN".into(), options.gateway_addr.to_string())];
     if let Some((cert, key)) = &manifest.gateway.tls {
         gateway_env.push(("FLOTILLA_TLS_CERT".into(), cert.display().to_string()));
         gateway_env.push(("FLOTILLA_TLS_KEY".into(), key.display().to_string()));

@@ -261,6 +261,29 @@ impl RouteTable {
         file::parse(file)
     }
 
+    /// Parses and checks routes held as JSON (the config store's `gateway/routes` key: the
+    /// array a routes file's `[[routes]]` make). They go through the file's parser, as TOML
+    /// named `name`, so both kinds of source are checked by the same code and their mistakes
+    /// read alike (the line is of the TOML rendering).
+    pub fn parse_json(routes: &serde_json::Value, name: &str) -> Result<Vec<RouteSpec>, FileError> {
+        let document = serde_json::json!({ "routes": routes });
+        let text = toml::to_string(&document).map_err(|e| FileError {
+            path: name.into(),
+            line: None,
+            column: None,
+            message: format!("routes must be an array of route tables: {e}"),
+        })?;
+        file::parse(&TomlFile::from_text(name, text))
+    }
+
+    /// The routes of a routes file as the JSON the config store holds.
+    pub fn file_to_json(file: &TomlFile) -> Result<serde_json::Value, FileError> {
+        file::parse(file)?;
+        let table: toml::Table = file.parse()?;
+        let routes = table.get("routes").cloned().unwrap_or(toml::Value::Array(Vec::new()));
+        serde_json::to_value(routes).map_err(|e| file.error(e.to_string()))
+    }
+
     /// The route for a request: the most specific whose path and conditions match.
     pub fn find(&self, path: &str, method: &Method, host: Option<&str>, headers: &HeaderMap) -> Option<&Route> {
         self.routes
