@@ -1,6 +1,7 @@
 //! The `flotilla` command's library: the manifest, the supervisor behind `flotilla up`, and
 //! the other subcommands. The binary only parses flags and calls in here.
 
+pub mod config_command;
 pub mod manifest;
 pub mod status;
 pub mod supervisor;

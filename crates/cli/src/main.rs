@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use flotilla::discovery::{Discovery, RegistryClient};
 use flotilla::runtime::{self, Registrar, Service, ServiceEnv};
 use flotilla_cli::supervisor::{self, UpOptions};
@@ -67,7 +67,21 @@ enum Command {
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
     },
-    /// Run the control plane (the registry).
+    /// Read and change the central configuration; see which instance runs which revision.
+    Config {
+        /// The control plane's address.
+        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
+        control_addr: String,
+        /// The data dir holding the token (writes and reading secrets need it).
+        #[arg(long, global = true, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Run the control plane (the registry and the config store).
     Control {
         /// Where to listen.
         #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:7070")]
@@ -114,6 +128,112 @@ enum Command {
         /// Where to listen (default: a free port on 127.0.0.1).
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+}
+
+/// Which key a `flotilla config` command is about.
+#[derive(Args, Clone)]
+struct KeyArgs {
+    /// The key (`page_size`, `routes`).
+    key: String,
+    /// `application` (every service) or a service name.
+    #[arg(long, default_value = "application")]
+    scope: String,
+    /// The profile (`default`, `dev`, `prod`, …).
+    #[arg(long, env = "FLOTILLA_PROFILE", default_value = "default")]
+    profile: String,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print a key's value (secrets only with the token).
+    Get {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// An earlier revision.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// Set a key: VALUE is JSON when it parses as JSON, else a string; `@FILE` reads JSON.
+    Set {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The value.
+        value: String,
+        /// Encrypt at rest and mask in listings.
+        #[arg(long)]
+        secret: bool,
+        /// Take VALUE as a string even if it parses as JSON.
+        #[arg(long)]
+        string: bool,
+        /// Why.
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+        /// Write only if the key is at this revision (0: only if it has no value).
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Delete a key (its history stays).
+    Delete {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Why.
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+        /// Delete only if the key is at this revision.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Every key with a value (secrets masked).
+    List {
+        /// Only this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Edit a key's value in $EDITOR; checked before it is written, and written only if
+    /// nobody changed it meanwhile.
+    Edit {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Why.
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+    },
+    /// A key's revisions, newest first.
+    History {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// What changed between two revisions of a key (TO defaults to the newest).
+    Diff {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The older revision.
+        from: u64,
+        /// The newer revision.
+        to: Option<u64>,
+    },
+    /// Bring back a revision's value, as a new revision.
+    Rollback {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The revision to bring back.
+        revision: u64,
+        /// Why.
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+    },
+    /// Which revision each instance runs, and any revision it refused.
+    Applied {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
     },
 }
 
@@ -262,6 +382,61 @@ async fn run(cli: Cli) -> Result<()> {
                 line.push_str(&format!("; drained and stopped {}", list("stopped")));
             }
             println!("{line}");
+        }
+        Command::Config {
+            control_addr,
+            data_dir,
+            output,
+            action,
+        } => {
+            use flotilla_cli::config_command as config;
+            let token = token::read(&data_dir).ok().flatten();
+            let json = matches!(output, Output::Json);
+            let target = |k: KeyArgs| config::Target {
+                control_addr: control_addr.clone(),
+                token: token.clone(),
+                key: flotilla::api::config::ConfigKey::new(k.scope, k.profile, k.key),
+            };
+            match action {
+                ConfigAction::Get { key, revision } => config::get(&target(key), revision, json).await?,
+                ConfigAction::Set {
+                    key,
+                    value,
+                    secret,
+                    string,
+                    comment,
+                    if_match,
+                } => {
+                    let value = config::parse_value(&value, string)?;
+                    config::set(&target(key), value, secret, if_match, comment).await?
+                }
+                ConfigAction::Delete {
+                    key,
+                    comment,
+                    if_match,
+                } => config::delete(&target(key), if_match, comment).await?,
+                ConfigAction::List { scope, profile } => {
+                    let any = target(KeyArgs {
+                        key: String::new(),
+                        scope: String::new(),
+                        profile: String::new(),
+                    });
+                    config::list(&any, scope.as_deref(), profile.as_deref(), json).await?
+                }
+                ConfigAction::Edit { key, comment } => {
+                    config::edit(&target(key), &std::env::temp_dir(), comment).await?
+                }
+                ConfigAction::History { key, limit } => config::history(&target(key), limit, json).await?,
+                ConfigAction::Diff { key, from, to } => config::diff(&target(key), from, to, json).await?,
+                ConfigAction::Rollback {
+                    key,
+                    revision,
+                    comment,
+                } => config::rollback(&target(key), revision, comment).await?,
+                ConfigAction::Applied { service } => {
+                    config::applied(&control_addr, token.clone(), service.as_deref(), json).await?
+                }
+            }
         }
         Command::Control {
             listen,
