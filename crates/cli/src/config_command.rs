@@ -50,9 +50,9 @@ fn one_line(value: &serde_json::Value, width: usize) -> String {
 
 fn explain(err: ConfigClientError, control: &str) -> anyhow::Error {
     match err {
-        ConfigClientError::Http(flotilla::http::HttpError::Transport { .. }) => anyhow::anyhow!(
-            "cannot reach the control plane at {control} (is `flotilla up` running? --control-addr)"
-        ),
+        ConfigClientError::Http(flotilla::http::HttpError::Transport { .. }) => {
+            anyhow::anyhow!("cannot reach the control plane at {control} (is `flotilla up` running? --control-addr)")
+        }
         other => other.into(),
     }
 }
@@ -144,7 +144,11 @@ fn said(verb: &str, entry: &ConfigEntry) {
         entry.profile,
         entry.key,
         entry.revision,
-        if entry.secret { " (secret, stored encrypted)" } else { "" }
+        if entry.secret {
+            " (secret, stored encrypted)"
+        } else {
+            ""
+        }
     );
 }
 

@@ -410,11 +410,9 @@ async fn run(cli: Cli) -> Result<()> {
                     let value = config::parse_value(&value, string)?;
                     config::set(&target(key), value, secret, if_match, comment).await?
                 }
-                ConfigAction::Delete {
-                    key,
-                    comment,
-                    if_match,
-                } => config::delete(&target(key), if_match, comment).await?,
+                ConfigAction::Delete { key, comment, if_match } => {
+                    config::delete(&target(key), if_match, comment).await?
+                }
                 ConfigAction::List { scope, profile } => {
                     let any = target(KeyArgs {
                         key: String::new(),
@@ -428,11 +426,9 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 ConfigAction::History { key, limit } => config::history(&target(key), limit, json).await?,
                 ConfigAction::Diff { key, from, to } => config::diff(&target(key), from, to, json).await?,
-                ConfigAction::Rollback {
-                    key,
-                    revision,
-                    comment,
-                } => config::rollback(&target(key), revision, comment).await?,
+                ConfigAction::Rollback { key, revision, comment } => {
+                    config::rollback(&target(key), revision, comment).await?
+                }
                 ConfigAction::Applied { service } => {
                     config::applied(&control_addr, token.clone(), service.as_deref(), json).await?
                 }

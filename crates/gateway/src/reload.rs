@@ -70,8 +70,8 @@ pub struct GatewayDocument {
 
 fn table_from(document: &GatewayDocument, revision: u64, upstreams: &Upstreams) -> Result<RouteTable, String> {
     let name = format!("config store gateway/routes (revision {revision})");
-    let specs = RouteTable::parse_json(&serde_json::Value::Array(document.routes.clone()), &name)
-        .map_err(|e| e.to_string())?;
+    let specs =
+        RouteTable::parse_json(&serde_json::Value::Array(document.routes.clone()), &name).map_err(|e| e.to_string())?;
     RouteTable::build(specs, upstreams).map_err(|e| format!("{name}: {e}"))
 }
 
@@ -101,7 +101,11 @@ pub async fn follow_store(
         Ok(table) => {
             let count = table.routes().len();
             gateway.replace_routes(table);
-            tracing::info!(routes = count, revision = applied.revision, "routes from the config store in force");
+            tracing::info!(
+                routes = count,
+                revision = applied.revision,
+                "routes from the config store in force"
+            );
         }
         Err(err) => tracing::error!(error = %err, "routes cannot be built; keeping the routes in force"),
     };

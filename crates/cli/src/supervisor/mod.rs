@@ -111,6 +111,8 @@ async fn seed(control: &str, token: &str, routes: serde_json::Value, file: &Path
     use flotilla::config::{ConfigClient, ConfigClientError, Write};
     let client = ConfigClient::new(control, Some(token.to_owned()));
     let key = ConfigKey::new(GATEWAY_SCOPE, DEFAULT_PROFILE, ROUTES_KEY);
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let file = file.strip_prefix(&cwd).unwrap_or(file);
     let write = Write {
         expect: Some(0),
         author: Some("flotilla up".into()),
