@@ -121,6 +121,45 @@ fn the_gateway_follows_a_route_changed_in_the_store_without_a_failed_request() {
     let (status, _) = http_get(system.gateway, "/catalog").unwrap();
     assert_eq!(status, 200, "the last good routes stay in force");
 
+    // `config edit`, with an editor that changes the value, reaches every catalog instance …
+    let edit = |editor: &str| {
+        std::process::Command::new(support::flotilla())
+            .args(["config", "edit", "page_size", "--scope", "catalog", "-m", "via editor"])
+            .args(["--control-addr", &system.control.to_string()])
+            .arg("--data-dir")
+            .arg(system.data_dir())
+            .env("EDITOR", editor)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = edit("sed -i s/null/7/");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let edited_at = Instant::now();
+    loop {
+        let (_, body) = http_get(system.gateway, "/api/v1/products").unwrap();
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if page["items"].as_array().unwrap().len() == 7 {
+            break;
+        }
+        assert!(
+            edited_at.elapsed() < Duration::from_secs(5),
+            "the catalog never took page_size 7: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // … and one that breaks the JSON writes nothing, naming the line.
+    let out = edit("sed -i s/7/7,/");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(".json:1:") && stderr.contains("nothing written"),
+        "{stderr}"
+    );
+    let page_history = config_json(&system, &["history", "page_size", "--scope", "catalog"]);
+    assert_eq!(page_history.as_array().unwrap().len(), 1, "{page_history}");
+    assert_eq!(page_history[0]["value"], 7);
+
     // Keep the load on past the changes for a while.
     while load.elapsed() < Duration::from_millis(1500) {
         std::thread::sleep(Duration::from_millis(50));

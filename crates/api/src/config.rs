@@ -207,6 +207,10 @@ pub struct Resolved {
     pub values: BTreeMap<String, serde_json::Value>,
     /// Key → the layers that made it, lowest first.
     pub sources: BTreeMap<String, Vec<Source>>,
+    /// Keys any of whose layers is a secret: a reader keeps their values out of its logs and
+    /// error messages.
+    #[serde(default)]
+    pub secret_keys: std::collections::BTreeSet<String>,
 }
 
 /// Whether an instance took a revision.

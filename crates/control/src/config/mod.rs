@@ -449,9 +449,13 @@ impl ConfigStore {
             profile: profile.to_owned(),
             values: BTreeMap::new(),
             sources: BTreeMap::new(),
+            secret_keys: Default::default(),
         };
         for row in rows.iter().filter(|r| r.stored.is_some()) {
             let entry = self.entry(row, reveal)?;
+            if entry.secret {
+                resolved.secret_keys.insert(entry.key.clone());
+            }
             match resolved.values.get_mut(&entry.key) {
                 Some(slot) => merge(slot, entry.value),
                 None => {

@@ -373,13 +373,14 @@ where
                 }
             }
             Err(err) => {
+                let err = mask_secrets(&err.to_string(), resolved);
                 tracing::error!(service = %self.loader.service, revision = resolved.revision, running, error = %err, "config revision refused; keeping the last good one");
                 ApplyReport {
                     service: self.loader.service.clone(),
                     revision: resolved.revision,
                     status: ApplyStatus::Refused,
                     running,
-                    error: Some(err.to_string()),
+                    error: Some(err),
                     time_ms: now_ms(),
                 }
             }
@@ -396,9 +397,54 @@ where
     }
 }
 
+/// `text` with every secret value of `resolved` replaced by the mask: a refused secret must not
+/// reach a log or the control plane through a deserializer's error message.
+fn mask_secrets(text: &str, resolved: &Resolved) -> String {
+    let mut out = text.to_owned();
+    let mut hide = |value: &Value| {
+        let spellings = match value {
+            Value::String(s) => vec![s.clone()],
+            other => vec![other.to_string()],
+        };
+        for spelling in spellings.into_iter().filter(|s| s.len() >= 3) {
+            out = out.replace(&spelling, flotilla_api::config::SECRET_MASK);
+        }
+    };
+    for key in &resolved.secret_keys {
+        if let Some(value) = resolved.values.get(key) {
+            let mut stack = vec![value];
+            while let Some(v) = stack.pop() {
+                match v {
+                    Value::Object(map) => stack.extend(map.values()),
+                    Value::Array(items) => stack.extend(items.iter()),
+                    other => hide(other),
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_never_carry_a_secret_value() {
+        let resolved = Resolved {
+            revision: 3,
+            service: "payments".into(),
+            profile: "default".into(),
+            values: [("api_key".to_owned(), serde_json::json!({"value": "sk_live_42"}))].into(),
+            sources: Default::default(),
+            secret_keys: ["api_key".to_owned()].into(),
+        };
+        let text = "invalid type: string \"sk_live_42\", expected u32";
+        assert_eq!(
+            mask_secrets(text, &resolved),
+            "invalid type: string \"******\", expected u32"
+        );
+    }
 
     #[derive(Debug, Default, Serialize, serde::Deserialize, PartialEq)]
     #[serde(default, deny_unknown_fields)]
