@@ -246,6 +246,7 @@ enum Output {
 #[derive(Clone, Copy, ValueEnum)]
 enum ShopService {
     Catalog,
+    Identity,
 }
 
 fn parse_scale(text: &str) -> Result<(String, u32), String> {
@@ -584,6 +585,27 @@ async fn run(cli: Cli) -> Result<()> {
                         .context(context)
                         .config(&config)
                         .router(flotilla_catalog::router(store, config))
+                        .run(listener, runtime::shutdown_signal())
+                        .await?;
+                }
+                ShopService::Identity => {
+                    let store = flotilla_identity::open_store(&env)
+                        .await
+                        .context("opening identity's database")?;
+                    let listener = Service::bind(listen).await.context("binding identity's listener")?;
+                    let config = live_config::<flotilla_identity::IdentityConfig>(
+                        flotilla_identity::SERVICE,
+                        &env,
+                        flotilla_identity::IdentityConfig::validate,
+                    )
+                    .await?;
+                    let identity = flotilla_identity::Identity::start(store, config.clone())
+                        .await
+                        .context("loading identity's signing keys")?;
+                    Service::new(flotilla_identity::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .env(env)
+                        .config(&config)
+                        .router(flotilla_identity::router(identity))
                         .run(listener, runtime::shutdown_signal())
                         .await?;
                 }

@@ -34,7 +34,8 @@ struct State {
 /// A cached JWKS. Cheap to clone.
 #[derive(Clone)]
 pub struct JwksCache {
-    url: String,
+    /// Where the set is fetched; `None` for a set its owner keeps current ([`JwksCache::local`]).
+    url: Option<String>,
     http: HttpClient,
     state: Arc<State>,
     /// Keys older than this are fetched again.
@@ -54,8 +55,25 @@ impl std::fmt::Debug for JwksCache {
 impl JwksCache {
     /// A cache for the key set at `url` (fetched on first use).
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_url(Some(url.into()))
+    }
+
+    /// A set that is never fetched: its owner (the issuer itself) keeps it current with
+    /// [`JwksCache::set`].
+    pub fn local(keys: JwkSet) -> Self {
+        let cache = Self::with_url(None);
+        cache.state.keys.store(Arc::new(keys));
+        cache
+    }
+
+    /// Replaces the keys of a [`JwksCache::local`] set.
+    pub fn set(&self, keys: JwkSet) {
+        self.state.keys.store(Arc::new(keys));
+    }
+
+    fn with_url(url: Option<String>) -> Self {
         Self {
-            url: url.into(),
+            url,
             http: HttpClient::new(Duration::from_secs(2)),
             state: Arc::new(State {
                 keys: ArcSwap::from_pointee(JwkSet { keys: Vec::new() }),
@@ -75,6 +93,15 @@ impl JwksCache {
 
     /// The key with this `kid`, fetching the set again if it is unknown or stale.
     pub async fn key(&self, kid: &str) -> Result<Jwk, AuthError> {
+        if self.url.is_none() {
+            return self
+                .state
+                .keys
+                .load()
+                .find(kid)
+                .cloned()
+                .ok_or_else(|| AuthError::Invalid(format!("unknown key `{kid}`")));
+        }
         let stale = self
             .state
             .fetched
@@ -101,7 +128,10 @@ impl JwksCache {
         if fetched.is_some_and(|at| at.elapsed() < self.min_interval) {
             return Ok(());
         }
-        match self.http.get_json::<JwkSet>(&self.url, None).await {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        match self.http.get_json::<JwkSet>(url, None).await {
             Ok(set) => {
                 self.state.keys.store(Arc::new(set));
                 *fetched = Some(Instant::now());
@@ -110,7 +140,7 @@ impl JwksCache {
             Err(err) => {
                 // Fail closed, but keep the keys we had: a token signed with one of them
                 // still verifies while the issuer is briefly away.
-                tracing::warn!(url = %self.url, error = %err, "JWKS fetch failed");
+                tracing::warn!(%url, error = %err, "JWKS fetch failed");
                 if self.state.keys.load().keys.is_empty() {
                     Err(AuthError::Unavailable(err.to_string()))
                 } else {

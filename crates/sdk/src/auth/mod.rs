@@ -5,6 +5,7 @@
 //! Used by the gateway's auth policy and by services checking their callers.
 
 mod jwks;
+pub mod signing;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 

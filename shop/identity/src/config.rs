@@ -1,0 +1,98 @@
+//! The identity service's knobs, from the control plane's config store (scope `identity`)
+//! over these defaults, followed live.
+
+use serde::{Deserialize, Serialize};
+
+/// Token lifetimes, throttling and the service clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// `iss` of every token, and the OIDC issuer: the URL clients reach identity at.
+    pub issuer: String,
+    /// `aud` of every access token.
+    pub audience: String,
+    /// How long an access token lives.
+    pub access_token_seconds: u64,
+    /// How long a refresh token lives.
+    pub refresh_token_seconds: u64,
+    /// A new signing key after this long; the old one stays in the JWKS until its tokens
+    /// have expired.
+    pub key_rotation_seconds: u64,
+    /// Failed logins of one account allowed within the window before it is throttled.
+    pub max_failures_per_account: u32,
+    /// Failed logins from one address allowed within the window before it is throttled.
+    pub max_failures_per_ip: u32,
+    /// The throttling window.
+    pub failure_window_seconds: u64,
+    /// Clients that may use the `client_credentials` grant (services). Store their secrets
+    /// as config secrets.
+    pub clients: Vec<ServiceClient>,
+}
+
+/// A confidential client: a service calling others on its own behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceClient {
+    /// `client_id`.
+    pub id: String,
+    /// `client_secret` (at least 32 characters).
+    pub secret: String,
+    /// The scopes it may ask for (space-separated).
+    #[serde(default)]
+    pub scope: String,
+    /// Roles its tokens carry.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "http://localhost:8080".into(),
+            audience: "shop".into(),
+            access_token_seconds: 900,
+            refresh_token_seconds: 30 * 24 * 3600,
+            key_rotation_seconds: 24 * 3600,
+            max_failures_per_account: 5,
+            max_failures_per_ip: 20,
+            failure_window_seconds: 900,
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl IdentityConfig {
+    /// A configuration identity can run with.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.issuer.starts_with("http://") || self.issuer.starts_with("https://")) {
+            return Err(format!("issuer must be an http(s) URL, not `{}`", self.issuer));
+        }
+        if self.audience.is_empty() {
+            return Err("audience must not be empty".into());
+        }
+        if !(60..=86_400).contains(&self.access_token_seconds) {
+            return Err("access_token_seconds must be 60 to 86400".into());
+        }
+        if self.refresh_token_seconds < self.access_token_seconds {
+            return Err("refresh_token_seconds must be at least access_token_seconds".into());
+        }
+        if self.key_rotation_seconds < self.access_token_seconds {
+            return Err("key_rotation_seconds must be at least access_token_seconds".into());
+        }
+        if self.max_failures_per_account == 0 || self.max_failures_per_ip == 0 || self.failure_window_seconds == 0 {
+            return Err("throttling limits and window must be above zero".into());
+        }
+        for client in &self.clients {
+            if client.id.is_empty() || client.id == crate::tokens::SHOP_WEB {
+                return Err(format!("clients: `{}` is not a usable client id", client.id));
+            }
+            if client.secret.len() < 32 {
+                return Err(format!(
+                    "clients: the secret of `{}` must be at least 32 characters",
+                    client.id
+                ));
+            }
+        }
+        Ok(())
+    }
+}

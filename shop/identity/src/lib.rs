@@ -1,0 +1,111 @@
+//! The shop's identity service: accounts (argon2id), the OAuth 2.0 token endpoint
+//! (`password`, `refresh_token` with rotation, `client_credentials`), EdDSA access tokens with
+//! rotating keys published as a JWKS, OpenID Connect discovery, and `/api/v1/me`.
+
+pub mod accounts;
+mod api;
+pub mod config;
+pub mod keys;
+mod openapi;
+pub mod throttle;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla::auth::{JwksCache, Requirements, Verifier};
+use flotilla::config::LiveConfig;
+use flotilla::runtime::ServiceEnv;
+use flotilla::store::{Store, StoreError};
+
+pub use api::router;
+pub use config::IdentityConfig;
+
+/// The service's name in the registry.
+pub const SERVICE: &str = "identity";
+
+/// Identity's schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens identity's database where the environment says (`DATABASE_URL`, else SQLite in the
+/// data dir), migrated.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
+    Store::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
+}
+
+/// A running identity service's state.
+pub struct Identity {
+    /// Its database.
+    pub store: Store,
+    /// Its signing keys.
+    pub keys: keys::KeyRing,
+    /// Its knobs, live.
+    pub config: LiveConfig<IdentityConfig>,
+    /// Failed-login counts.
+    pub throttle: throttle::Throttle,
+    /// Its own keys, for checking the tokens it is shown.
+    jwks: JwksCache,
+}
+
+fn jwk_set(value: &serde_json::Value) -> jsonwebtoken::jwk::JwkSet {
+    serde_json::from_value(value.clone()).unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() })
+}
+
+impl Identity {
+    /// Loads (or makes) the signing keys and starts rotating them on schedule.
+    pub async fn start(store: Store, config: LiveConfig<IdentityConfig>) -> Result<Arc<Self>, keys::KeyError> {
+        let lifetime = Duration::from_secs(config.current().access_token_seconds);
+        let ring = keys::KeyRing::load(store.clone(), lifetime).await?;
+        let jwks = JwksCache::local(jwk_set(&ring.current().jwks));
+        let identity = Arc::new(Self {
+            store,
+            keys: ring,
+            config,
+            throttle: throttle::Throttle::default(),
+            jwks,
+        });
+        let weak = Arc::downgrade(&identity);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(identity) = weak.upgrade() else {
+                    return;
+                };
+                let config = identity.config.current();
+                let every = Duration::from_secs(config.key_rotation_seconds);
+                let lifetime = Duration::from_secs(config.access_token_seconds);
+                match identity.keys.rotate_if_due(every, lifetime).await {
+                    Ok(()) => identity.publish(),
+                    Err(err) => tracing::error!(error = %err, "signing key rotation failed"),
+                }
+            }
+        });
+        Ok(identity)
+    }
+
+    /// Makes the key set in force the one tokens are checked against here.
+    pub fn publish(&self) {
+        self.jwks.set(jwk_set(&self.keys.current().jwks));
+    }
+
+    /// A verifier of this issuer's tokens under the configuration in force.
+    pub fn verifier(&self) -> Verifier {
+        let config = self.config.current();
+        Verifier::new(
+            self.jwks.clone(),
+            Requirements {
+                issuer: config.issuer.clone(),
+                audiences: vec![config.audience.clone()],
+                algorithms: vec![jsonwebtoken::Algorithm::EdDSA],
+                leeway: Duration::from_secs(30),
+                scopes: Vec::new(),
+                roles: Vec::new(),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,440 @@
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use flotilla::config::LiveConfig;
+use flotilla::store::test_util::TestDatabase;
+use flotilla::store::Store;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::accounts::{self, SignUp, ADMIN};
+use crate::config::{IdentityConfig, ServiceClient};
+use crate::{Identity, MIGRATOR};
+
+const PASSWORD: &str = "correct horse battery";
+const ORDERS_SECRET: &str = "orders-secret-orders-secret-0123456789";
+
+struct App {
+    router: Router,
+    identity: Arc<Identity>,
+    _db: TestDatabase,
+}
+
+async fn app() -> App {
+    let db = TestDatabase::create("identity").await;
+    let store = Store::open(&db.url, &MIGRATOR).await.unwrap();
+    let config = IdentityConfig {
+        max_failures_per_account: 3,
+        clients: vec![ServiceClient {
+            id: "orders".into(),
+            secret: ORDERS_SECRET.into(),
+            scope: "inventory.reserve payments.charge".into(),
+            roles: vec!["service".into()],
+        }],
+        ..IdentityConfig::default()
+    };
+    let identity = Identity::start(store, LiveConfig::fixed(config)).await.unwrap();
+    App {
+        router: flotilla::http::with_problem_fallbacks(crate::router(identity.clone())),
+        identity,
+        _db: db,
+    }
+}
+
+async fn call(app: &App, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, parts.headers, value)
+}
+
+fn json_post(uri: &str, body: Value) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn form_post(form: &[(&str, &str)], from: &str) -> Request<Body> {
+    Request::post("/oauth2/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-for", from)
+        .body(Body::from(serde_urlencoded::to_string(form).unwrap()))
+        .unwrap()
+}
+
+fn get(uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::get(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+async fn sign_up(app: &App, email: &str) -> Value {
+    let (status, _, body) = call(
+        app,
+        json_post(
+            "/api/v1/accounts",
+            json!({"email": email, "password": PASSWORD, "name": "Ana"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+async fn login(app: &App, email: &str, password: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+    call(
+        app,
+        form_post(
+            &[
+                ("grant_type", "password"),
+                ("client_id", "shop-web"),
+                ("username", email),
+                ("password", password),
+            ],
+            "203.0.113.9",
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sign_up_refuses_bad_fields_by_name_and_a_taken_email() {
+    let app = app().await;
+    let created = sign_up(&app, "Ana@Example.com").await;
+    assert_eq!(created["email"], "ana@example.com");
+    assert_eq!(created["roles"], json!(["customer"]));
+    assert!(created.get("password_hash").is_none());
+    let (status, headers, body) = call(
+        &app,
+        json_post(
+            "/api/v1/accounts",
+            json!({"email": "ana@example.com", "password": PASSWORD, "name": "Ana"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(body["type"], "urn:flotilla:problem:account-exists");
+    let (status, _, body) = call(
+        &app,
+        json_post(
+            "/api/v1/accounts",
+            json!({"email": "bo@example.com", "password": "short", "name": "Bo"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["invalid-params"][0]["name"], "password");
+    let (status, _, body) = call(&app, json_post("/api/v1/accounts", json!({"email": "bo@example.com"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let huge = "x".repeat(20_000);
+    let (status, _, _) = call(
+        &app,
+        json_post(
+            "/api/v1/accounts",
+            json!({"email": "bo@example.com", "password": huge, "name": "Bo"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn the_password_grant_issues_a_jwt_that_verifies_against_the_jwks_and_opens_me() {
+    let app = app().await;
+    let account = sign_up(&app, "ana@example.com").await;
+    let (status, headers, tokens) = login(&app, "ana@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["scope"], "shop");
+    let access = tokens["access_token"].as_str().unwrap();
+
+    // Anyone can check it with the published keys, as the gateway does.
+    let (_, _, jwks) = call(&app, get("/oauth2/jwks", None)).await;
+    let (_, _, discovery) = call(&app, get("/.well-known/openid-configuration", None)).await;
+    assert_eq!(discovery["jwks_uri"], "http://localhost:8080/oauth2/jwks");
+    let verifier = flotilla::auth::Verifier::new(
+        flotilla::auth::JwksCache::local(serde_json::from_value(jwks).unwrap()),
+        flotilla::auth::Requirements {
+            issuer: discovery["issuer"].as_str().unwrap().into(),
+            audiences: vec!["shop".into()],
+            algorithms: vec![jsonwebtoken::Algorithm::EdDSA],
+            leeway: std::time::Duration::from_secs(30),
+            scopes: vec!["shop".into()],
+            roles: vec!["customer".into()],
+        },
+    );
+    let who = verifier.verify(access).await.unwrap();
+    assert_eq!(who.subject, account["id"].as_str().unwrap());
+
+    let (status, _, me) = call(&app, get("/api/v1/me", Some(access))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["email"], "ana@example.com");
+    let (status, headers, _) = call(&app, get("/api/v1/me", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    let tampered = format!("{}x", &access[..access.len() - 1]);
+    let (status, _, _) = call(&app, get("/api/v1/me", Some(&tampered))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn wrong_passwords_and_unknown_accounts_read_alike_and_are_throttled() {
+    let app = app().await;
+    sign_up(&app, "ana@example.com").await;
+    let (status, _, wrong) = login(&app, "ana@example.com", "not the password").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(wrong["error"], "invalid_grant");
+    let (_, _, unknown) = login(&app, "nobody@example.com", "not the password").await;
+    assert_eq!(unknown["error_description"], wrong["error_description"]);
+    for _ in 0..2 {
+        login(&app, "ana@example.com", "still not it").await;
+    }
+    // Three failures: even the right password waits now.
+    let (status, headers, body) = login(&app, "ana@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(body["type"], "urn:flotilla:problem:too-many-failed-logins");
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family() {
+    let app = app().await;
+    sign_up(&app, "ana@example.com").await;
+    let (_, _, first) = login(&app, "ana@example.com", PASSWORD).await;
+    let refresh = |token: String| {
+        form_post_owned(vec![
+            ("grant_type", "refresh_token".into()),
+            ("client_id", "shop-web".into()),
+            ("refresh_token", token),
+        ])
+    };
+    let r1 = first["refresh_token"].as_str().unwrap().to_owned();
+    let (status, _, second) = call(&app, refresh(r1.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let r2 = second["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(r1, r2);
+    // The first token again: refused, and the whole family with it.
+    let (status, _, reused) = call(&app, refresh(r1)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(reused["error"], "invalid_grant");
+    let (status, _, _) = call(&app, refresh(r2)).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the newest token of a revoked family is refused too"
+    );
+    let (status, _, _) = call(&app, refresh("made-up".into())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+fn form_post_owned(form: Vec<(&str, String)>) -> Request<Body> {
+    Request::post("/oauth2/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(serde_urlencoded::to_string(form).unwrap()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn of_two_racing_uses_of_one_refresh_token_exactly_one_wins() {
+    let app = app().await;
+    sign_up(&app, "ana@example.com").await;
+    let (_, _, first) = login(&app, "ana@example.com", PASSWORD).await;
+    let token = first["refresh_token"].as_str().unwrap().to_owned();
+    let tries = (0..8).map(|_| {
+        let request = form_post_owned(vec![
+            ("grant_type", "refresh_token".into()),
+            ("client_id", "shop-web".into()),
+            ("refresh_token", token.clone()),
+        ]);
+        let router = app.router.clone();
+        tokio::spawn(async move { router.oneshot(request).await.unwrap().status() })
+    });
+    let statuses: Vec<StatusCode> = futures_join(tries).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
+}
+
+async fn futures_join(tasks: impl Iterator<Item = tokio::task::JoinHandle<StatusCode>>) -> Vec<StatusCode> {
+    let mut out = Vec::new();
+    for task in tasks.collect::<Vec<_>>() {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+/// A token request's form fields.
+type Form<'a> = &'a [(&'a str, &'a str)];
+
+#[tokio::test]
+async fn client_credentials_for_services_and_the_errors_of_rfc_6749() {
+    let app = app().await;
+    let (status, _, tokens) = call(
+        &app,
+        form_post(
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "orders"),
+                ("client_secret", ORDERS_SECRET),
+                ("scope", "inventory.reserve"),
+            ],
+            "10.0.0.1",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert!(tokens.get("refresh_token").is_none());
+    assert_eq!(tokens["scope"], "inventory.reserve");
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("orders:{ORDERS_SECRET}"),
+    );
+    let request = Request::post("/oauth2/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", format!("Basic {basic}"))
+        .body(Body::from("grant_type=client_credentials"))
+        .unwrap();
+    let (status, _, _) = call(&app, request).await;
+    assert_eq!(status, StatusCode::OK, "HTTP Basic client authentication");
+
+    let cases: [(Form, StatusCode, &str); 6] = [
+        (
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "orders"),
+                ("client_secret", "wrong"),
+            ],
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "orders"),
+                ("client_secret", ORDERS_SECRET),
+                ("scope", "admin"),
+            ],
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+        ),
+        (
+            &[("grant_type", "client_credentials"), ("client_id", "shop-web")],
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+        ),
+        (
+            &[
+                ("grant_type", "password"),
+                ("client_id", "nope"),
+                ("username", "a"),
+                ("password", "b"),
+            ],
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+        ),
+        (
+            &[("grant_type", "implicit"), ("client_id", "shop-web")],
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+        ),
+        (&[("client_id", "shop-web")], StatusCode::BAD_REQUEST, "invalid_request"),
+    ];
+    for (form, status, error) in cases {
+        let (got, _, body) = call(&app, form_post(form, "10.0.0.1")).await;
+        assert_eq!(
+            (got, body["error"].as_str().unwrap()),
+            (status, error),
+            "{form:?}: {body}"
+        );
+    }
+    let json = json_post("/oauth2/token", json!({"grant_type": "password"}));
+    let (status, _, body) = call(&app, json).await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_tokens_valid_and_only_admins_may_ask_for_it() {
+    let app = app().await;
+    sign_up(&app, "ana@example.com").await;
+    accounts::create(
+        &app.identity.store,
+        SignUp {
+            email: "root@example.com".into(),
+            password: PASSWORD.into(),
+            name: "Root".into(),
+        },
+        &[ADMIN],
+    )
+    .await
+    .unwrap();
+    let (_, _, customer) = login(&app, "ana@example.com", PASSWORD).await;
+    let customer = customer["access_token"].as_str().unwrap().to_owned();
+    let (_, _, admin) = login(&app, "root@example.com", PASSWORD).await;
+    let admin = admin["access_token"].as_str().unwrap().to_owned();
+
+    let rotate = |token: &str| {
+        Request::post("/api/v1/admin/signing-keys")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, _, _) = call(&app, rotate(&customer)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, rotated) = call(&app, rotate(&admin)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, _, jwks) = call(&app, get("/oauth2/jwks", None)).await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "the old key stays published");
+    // A token signed before the rotation still opens /me; new ones name the new key.
+    let (status, _, _) = call(&app, get("/api/v1/me", Some(&customer))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, fresh) = login(&app, "ana@example.com", PASSWORD).await;
+    let header = jsonwebtoken::decode_header(fresh["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(header.kid.as_deref(), rotated["kid"].as_str());
+}
+
+#[tokio::test]
+async fn the_openapi_document_names_every_route() {
+    let app = app().await;
+    let (status, _, doc) = call(&app, get("/openapi.json", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/api/v1/accounts", "post"),
+        ("/oauth2/token", "post"),
+        ("/oauth2/jwks", "get"),
+        ("/.well-known/openid-configuration", "get"),
+        ("/api/v1/me", "get"),
+        ("/api/v1/admin/signing-keys", "post"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+        let request = Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, _) = call(&app, request).await;
+        assert_ne!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{method} {path} is documented but not served"
+        );
+    }
+}
