@@ -463,12 +463,23 @@ fn rate_limit(config: &RateLimitConfig) -> Result<RateLimit, String> {
 
 fn auth(config: &AuthConfig) -> Result<flotilla::auth::Verifier, String> {
     use jsonwebtoken::Algorithm;
-    let jwks: Uri = config
-        .jwks
-        .parse()
-        .map_err(|_| format!("jwks `{}` is not a URL", config.jwks))?;
-    if !matches!(jwks.scheme_str(), Some("http" | "https")) {
-        return Err(format!("jwks `{}` must be an http(s) URL", config.jwks));
+    match config.jwks.strip_prefix(flotilla::auth::SERVICE_SCHEME) {
+        Some(rest) => {
+            let service = rest.split('/').next().unwrap_or_default();
+            flotilla_api::registry::validate_service_name(service).map_err(|e| format!("jwks: {e}"))?;
+        }
+        None => {
+            let jwks: Uri = config
+                .jwks
+                .parse()
+                .map_err(|_| format!("jwks `{}` is not a URL", config.jwks))?;
+            if !matches!(jwks.scheme_str(), Some("http" | "https")) {
+                return Err(format!(
+                    "jwks `{}` must be an http(s) URL or service://NAME/path",
+                    config.jwks
+                ));
+            }
+        }
     }
     if config.audiences.is_empty() {
         return Err("audiences: name at least one".into());

@@ -200,6 +200,29 @@ impl RouteTable {
     pub fn build(specs: Vec<RouteSpec>, upstreams: &Upstreams) -> Result<Self, BuildError> {
         let mut routes = Vec::with_capacity(specs.len());
         for spec in specs {
+            // Key sets named by service (`service://identity/oauth2/jwks`) are fetched from
+            // one of its instances, as the registry shows them at each fetch.
+            if let Some(verifier) = &spec.policies.auth {
+                match &upstreams.discovery {
+                    Some(discovery) => {
+                        let discovery = discovery.clone();
+                        verifier
+                            .jwks()
+                            .resolve_services_with(std::sync::Arc::new(move |service: &str| {
+                                let instances = discovery.instances(service);
+                                let pick = instances.get(rand::random_range(0..instances.len().max(1)))?;
+                                Some(format!("http://{}", pick.address))
+                            }));
+                    }
+                    None if verifier.jwks().names_a_service() => {
+                        return Err(BuildError::NoDiscovery {
+                            route: spec.name,
+                            service: "(the JWKS)".into(),
+                        })
+                    }
+                    None => {}
+                }
+            }
             let target = match spec.destination {
                 Destination::Service(service) => match &upstreams.discovery {
                     Some(discovery) => Target::service(service, discovery.clone()),

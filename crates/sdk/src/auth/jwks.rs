@@ -1,6 +1,8 @@
 //! A JWKS fetched from a URL and cached: refreshed on a schedule and when a token names a key
 //! it does not know (key rotation), but not more often than a floor, so a flood of tokens with
-//! made-up `kid`s cannot turn into a flood of fetches.
+//! made-up `kid`s cannot turn into a flood of fetches. The URL may name a registry service
+//! (`service://identity/oauth2/jwks`, Spring Cloud's `lb://`): each fetch goes to one of its
+//! instances, found through the resolver the owner installs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +31,14 @@ pub enum JwksError {
 struct State {
     keys: ArcSwap<JwkSet>,
     fetched: Mutex<Option<Instant>>,
+    resolve: std::sync::OnceLock<Resolve>,
 }
+
+/// Finds an instance of a service: its base URL (`http://127.0.0.1:41234`), if any is up.
+pub type Resolve = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The scheme of URLs that name a registry service rather than a host.
+pub const SERVICE_SCHEME: &str = "service://";
 
 /// A cached JWKS. Cheap to clone.
 #[derive(Clone)]
@@ -66,6 +75,31 @@ impl JwksCache {
         cache
     }
 
+    /// Whether the URL names a registry service (and so needs a resolver).
+    pub fn names_a_service(&self) -> bool {
+        self.url.as_deref().is_some_and(|u| u.starts_with(SERVICE_SCHEME))
+    }
+
+    /// How `service://` URLs find an instance (set once; later calls are ignored).
+    pub fn resolve_services_with(&self, resolve: Resolve) {
+        let _ = self.state.resolve.set(resolve);
+    }
+
+    /// The URL to fetch now: the configured one, or a `service://` one resolved to an instance.
+    fn target(&self, url: &str) -> Result<String, String> {
+        let Some(rest) = url.strip_prefix(SERVICE_SCHEME) else {
+            return Ok(url.to_owned());
+        };
+        let (service, path) = rest.split_once('/').map_or((rest, ""), |(s, p)| (s, p));
+        let resolve = self
+            .state
+            .resolve
+            .get()
+            .ok_or_else(|| format!("{url} names a service, but there is no registry to find it in"))?;
+        let base = resolve(service).ok_or_else(|| format!("no instance of `{service}` is up"))?;
+        Ok(format!("{}/{path}", base.trim_end_matches('/')))
+    }
+
     /// Replaces the keys of a [`JwksCache::local`] set.
     pub fn set(&self, keys: JwkSet) {
         self.state.keys.store(Arc::new(keys));
@@ -78,6 +112,7 @@ impl JwksCache {
             state: Arc::new(State {
                 keys: ArcSwap::from_pointee(JwkSet { keys: Vec::new() }),
                 fetched: Mutex::new(None),
+                resolve: std::sync::OnceLock::new(),
             }),
             max_age: Duration::from_secs(300),
             min_interval: Duration::from_secs(5),
@@ -131,7 +166,16 @@ impl JwksCache {
         let Some(url) = &self.url else {
             return Ok(());
         };
-        match self.http.get_json::<JwkSet>(url, None).await {
+        let fetched_from = self.target(url);
+        let answer = match &fetched_from {
+            Ok(target) => self
+                .http
+                .get_json::<JwkSet>(target, None)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(reason) => Err(reason.clone()),
+        };
+        match answer {
             Ok(set) => {
                 self.state.keys.store(Arc::new(set));
                 *fetched = Some(Instant::now());

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
-pub use jwks::{JwksCache, JwksError};
+pub use jwks::{JwksCache, JwksError, Resolve, SERVICE_SCHEME};
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,11 @@ impl Verifier {
             requirements,
             verified: Default::default(),
         }
+    }
+
+    /// The key set tokens are checked against.
+    pub fn jwks(&self) -> &JwksCache {
+        &self.jwks
     }
 
     /// The bearer token of an `Authorization` header value.

@@ -1,0 +1,99 @@
+//! System test of the shop through the gateway, as a customer would use it: sign up, get a
+//! token, browse the catalog, read `/me`, be refused an admin route, refresh the token.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{http_get, http_request};
+
+fn token(system: &support::System, form: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_request(
+        system.gateway,
+        "POST",
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form,
+    )
+    .unwrap();
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+fn get_with(system: &support::System, path: &str, token: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_request(
+        system.gateway,
+        "GET",
+        path,
+        &[("Authorization", &format!("Bearer {token}"))],
+        "",
+    )
+    .unwrap();
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+#[test]
+fn a_customer_signs_up_signs_in_browses_and_refreshes_through_the_gateway() {
+    let system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+
+    let (status, body) = http_request(
+        system.gateway,
+        "POST",
+        "/api/v1/accounts",
+        &[("Content-Type", "application/json")],
+        r#"{"email":"ana@example.com","password":"correct horse battery","name":"Ana"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let account: serde_json::Value = serde_json::from_str(&body).unwrap();
+
+    let (status, tokens) = token(
+        &system,
+        "grant_type=password&client_id=shop-web&username=ana%40example.com&password=correct+horse+battery",
+    );
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+
+    // Browsing is public.
+    let (status, body) = http_get(system.gateway, "/api/v1/products?per_page=3").unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // `/me` needs the token, checked by the gateway against identity's keys.
+    let (status, me) = get_with(&system, "/api/v1/me", &access);
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["id"], account["id"]);
+    let (status, body) = http_get(system.gateway, "/api/v1/me").unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("urn:flotilla:problem"), "{body}");
+
+    // An admin route: refused to a customer by the gateway.
+    let (status, body) = http_request(
+        system.gateway,
+        "POST",
+        "/api/v1/admin/signing-keys",
+        &[("Authorization", &format!("Bearer {access}"))],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+
+    // The refresh token gives a new pair; the old refresh token is spent.
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let (status, renewed) = token(
+        &system,
+        &format!("grant_type=refresh_token&client_id=shop-web&refresh_token={refresh}"),
+    );
+    assert_eq!(status, 200, "{renewed}");
+    let (status, _) = get_with(&system, "/api/v1/me", renewed["access_token"].as_str().unwrap());
+    assert_eq!(status, 200);
+    let (status, again) = token(
+        &system,
+        &format!("grant_type=refresh_token&client_id=shop-web&refresh_token={refresh}"),
+    );
+    assert_eq!((status, again["error"].as_str()), (400, Some("invalid_grant")));
+
+    let (status, body) = http_get(system.gateway, "/.well-known/openid-configuration").unwrap();
+    assert_eq!(status, 200, "{body}");
+}
