@@ -1,5 +1,5 @@
 //! System test of the shop through the gateway, as a customer would use it: sign up, get a
-//! token, browse the catalog, read `/me`, be refused an admin route, refresh the token.
+//! token, browse and search the catalog, read `/me`, be refused admin routes, refresh the token.
 
 #![allow(clippy::unwrap_used)]
 
@@ -56,9 +56,13 @@ fn a_customer_signs_up_signs_in_browses_and_refreshes_through_the_gateway() {
     assert_eq!(status, 200, "{tokens}");
     let access = tokens["access_token"].as_str().unwrap().to_owned();
 
-    // Browsing is public.
+    // Browsing and searching are public.
     let (status, body) = http_get(system.gateway, "/api/v1/products?per_page=3").unwrap();
     assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(system.gateway, "/api/v1/products?q=rust&category=books").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let found: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(found["items"][0]["name"].as_str().unwrap().contains("Rust"), "{found}");
 
     // `/me` needs the token, checked by the gateway against identity's keys.
     let (status, me) = get_with(&system, "/api/v1/me", &access);
@@ -68,7 +72,19 @@ fn a_customer_signs_up_signs_in_browses_and_refreshes_through_the_gateway() {
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("urn:flotilla:problem"), "{body}");
 
-    // An admin route: refused to a customer by the gateway.
+    // Admin routes: refused to a customer by the gateway.
+    let (status, body) = http_request(
+        system.gateway,
+        "POST",
+        "/api/v1/products",
+        &[
+            ("Authorization", &format!("Bearer {access}")),
+            ("Content-Type", "application/json"),
+        ],
+        "{}",
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
     let (status, body) = http_request(
         system.gateway,
         "POST",

@@ -582,9 +582,12 @@ async fn run(cli: Cli) -> Result<()> {
                     .await?;
                     Service::new(flotilla_catalog::SERVICE, env!("CARGO_PKG_VERSION"))
                         .env(env)
-                        .context(context)
+                        .context(context.clone())
                         .config(&config)
-                        .router(flotilla_catalog::router(store, config))
+                        .router({
+                            let admin = config.current().admin_verifier(context.discovery());
+                            flotilla_catalog::router(store, config, admin)
+                        })
                         .run(listener, runtime::shutdown_signal())
                         .await?;
                 }

@@ -230,6 +230,17 @@ impl Discovery {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
+    /// Finds a random instance of a service as a base URL, for `service://` URLs (a key set
+    /// fetched from one of identity's instances).
+    pub fn resolver(&self) -> crate::auth::Resolve {
+        let discovery = self.clone();
+        Arc::new(move |service: &str| {
+            let instances = discovery.instances(service);
+            let pick = instances.get(rand::random_range(0..instances.len().max(1)))?;
+            Some(format!("http://{}", pick.address))
+        })
+    }
+
     /// The whole current view.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.view.load_full()

@@ -1,8 +1,11 @@
 //! The catalog's HTTP API.
 
 use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use flotilla::auth::{AuthError, Verifier};
 use flotilla::config::LiveConfig;
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
@@ -12,11 +15,12 @@ use sqlx::Row;
 
 use crate::config::CatalogConfig;
 
-/// What the handlers share: the database and the live knobs.
+/// What the handlers share: the database, the live knobs, and the check of admin tokens.
 #[derive(Clone)]
 struct AppState {
     store: Store,
     config: LiveConfig<CatalogConfig>,
+    admin: Verifier,
 }
 
 /// A price in integer minor units (cents), never a float.
@@ -64,14 +68,105 @@ pub struct Page<T> {
 struct ListQuery {
     page: Option<u32>,
     per_page: Option<u32>,
+    /// Full-text search over name, description and category.
+    q: Option<String>,
+    /// Only this category.
+    category: Option<String>,
+}
+
+/// What an admin sends to create or replace a product.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductInput {
+    /// Stock keeping unit: upper-case letters, digits and '-', 1 to 32.
+    pub sku: String,
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// Description, at most 4000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// Category slug.
+    pub category: String,
+    /// Price.
+    pub price: Price,
+    /// Image URL (http or https).
+    pub image_url: String,
+}
+
+fn check_category(category: &str) -> Result<(), Problem> {
+    let ok = !category.is_empty()
+        && category.len() <= 40
+        && category
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::invalid_field(
+            "category",
+            "a slug: lowercase letters, digits and '-', 1 to 40",
+        ))
+    }
+}
+
+impl ProductInput {
+    fn validate(&self) -> Result<(), Problem> {
+        let sku_ok = !self.sku.is_empty()
+            && self.sku.len() <= 32
+            && self
+                .sku
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
+        if !sku_ok {
+            return Err(Problem::invalid_field(
+                "sku",
+                "upper-case letters, digits and '-', 1 to 32",
+            ));
+        }
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(Problem::invalid_field("name", "1 to 200 characters"));
+        }
+        if self.description.chars().count() > 4000 {
+            return Err(Problem::invalid_field("description", "at most 4000 characters"));
+        }
+        check_category(&self.category)?;
+        if !(0..=1_000_000_000_000).contains(&self.price.amount_minor) {
+            return Err(Problem::invalid_field("price.amount_minor", "0 to 10^12 minor units"));
+        }
+        if self.price.currency.len() != 3 || !self.price.currency.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(Problem::invalid_field("price.currency", "an ISO 4217 code like EUR"));
+        }
+        let url_ok = (self.image_url.starts_with("https://") || self.image_url.starts_with("http://"))
+            && self.image_url.len() <= 2048
+            && !self.image_url.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !url_ok {
+            return Err(Problem::invalid_field(
+                "image_url",
+                "an http(s) URL of at most 2048 characters",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The catalog's routes over its store.
-pub fn router(store: Store, config: LiveConfig<CatalogConfig>) -> Router {
+///
+/// Writes need a token with the `admin` role, checked by `admin` (the gateway checks it too).
+pub fn router(store: Store, config: LiveConfig<CatalogConfig>, admin: Verifier) -> Router {
     Router::new()
-        .route("/api/v1/products", get(list_products))
-        .route("/api/v1/products/{id}", get(get_product))
-        .with_state(AppState { store, config })
+        .route("/api/v1/products", get(list_products).post(create_product))
+        .route(
+            "/api/v1/products/{id}",
+            get(get_product).put(replace_product).delete(delete_product),
+        )
+        .route("/openapi.json", get(openapi))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(AppState { store, config, admin })
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
 }
 
 fn internal(err: sqlx::Error) -> Problem {
@@ -97,7 +192,7 @@ fn product(row: &sqlx::any::AnyRow) -> Result<Product, sqlx::Error> {
 const COLUMNS: &str = "id, sku, name, description, category, price_minor, currency, image_url";
 
 async fn list_products(
-    State(AppState { store, config }): State<AppState>,
+    State(AppState { store, config, .. }): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Page<Product>>, Problem> {
     let page = q.page.unwrap_or(1);
@@ -113,18 +208,47 @@ async fn list_products(
         ));
     }
     let offset = i64::from(page - 1) * i64::from(per_page);
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
-        .fetch_one(store.pool())
+    if let Some(category) = &q.category {
+        check_category(category)?;
+    }
+    let (from_where, order, query) = match &q.q {
+        Some(text) => {
+            let words = crate::search::words(text).map_err(|reason| Problem::invalid_field("q", reason))?;
+            let s = crate::search::search(store.engine(), &words, q.category.is_some());
+            (s.from_where, s.order, Some(s.query))
+        }
+        None if q.category.is_some() => ("FROM products WHERE category = $1", "ORDER BY id", None),
+        None => ("FROM products", "ORDER BY id", None),
+    };
+    // Parameters in order: the search text (if any), the category (if any), then the page.
+    let params: Vec<String> = query.into_iter().chain(q.category.clone()).collect();
+    let n = params.len();
+    let count_sql = format!("SELECT COUNT(*) {from_where}");
+    let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+    for p in &params {
+        count = count.bind(p.clone());
+    }
+    let total = count.fetch_one(store.pool()).await.map_err(internal)?;
+    let list_sql = format!(
+        "SELECT {} {from_where} {order} LIMIT ${} OFFSET ${}",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("products.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        n + 1,
+        n + 2
+    );
+    let mut list = sqlx::query(&list_sql);
+    for p in &params {
+        list = list.bind(p.clone());
+    }
+    let rows = list
+        .bind(i64::from(per_page))
+        .bind(offset)
+        .fetch_all(store.pool())
         .await
         .map_err(internal)?;
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM products ORDER BY id LIMIT $1 OFFSET $2"
-    ))
-    .bind(i64::from(per_page))
-    .bind(offset)
-    .fetch_all(store.pool())
-    .await
-    .map_err(internal)?;
     let items = rows.iter().map(product).collect::<Result<_, _>>().map_err(internal)?;
     Ok(Json(Page {
         items,
@@ -138,9 +262,7 @@ async fn get_product(
     State(AppState { store, .. }): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Product>, Problem> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| Problem::invalid_field("id", format!("`{id}` is not a product id (a positive integer)")))?;
+    let id = product_id(&id)?;
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM products WHERE id = $1"))
         .bind(id)
         .fetch_optional(store.pool())
@@ -150,6 +272,155 @@ async fn get_product(
         Some(row) => Ok(Json(product(&row).map_err(internal)?)),
         None => Err(Problem::not_found(format!("no product with id {id}"))),
     }
+}
+
+fn auth_problem(err: AuthError) -> Problem {
+    match err {
+        AuthError::Forbidden(need) => Problem::new(403, "forbidden", "Forbidden").with_detail(format!("needs {need}")),
+        AuthError::Unavailable(e) => Problem::new(503, "auth-unavailable", "Authentication unavailable").with_detail(e),
+        other => Problem::new(401, "unauthorized", "Unauthorized").with_detail(other.to_string()),
+    }
+}
+
+async fn require_admin(admin: &Verifier, headers: &HeaderMap) -> Result<String, Problem> {
+    let token = Verifier::bearer(headers.get(header::AUTHORIZATION)).map_err(auth_problem)?;
+    let who = admin.verify(token).await.map_err(auth_problem)?;
+    if !who.roles.iter().any(|r| r == "admin") {
+        return Err(auth_problem(AuthError::Forbidden("role admin".into())));
+    }
+    Ok(who.subject)
+}
+
+fn write_error(err: sqlx::Error) -> Problem {
+    match &err {
+        sqlx::Error::Database(e) if e.is_unique_violation() => {
+            Problem::new(409, "sku-taken", "SKU taken").with_detail("another product has this sku")
+        }
+        _ => internal(err),
+    }
+}
+
+async fn create_product(
+    State(AppState { store, admin, .. }): State<AppState>,
+    headers: HeaderMap,
+    Json(input): Json<ProductInput>,
+) -> Result<Response, Problem> {
+    let who = require_admin(&admin, &headers).await?;
+    input.validate()?;
+    // Ids are the next free integer; two creates racing for one retry with the next.
+    for _ in 0..5 {
+        let id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM products")
+            .fetch_one(store.pool())
+            .await
+            .map_err(internal)?;
+        let inserted = sqlx::query(
+            "INSERT INTO products (id, sku, name, description, category, price_minor, currency, image_url) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(&input.sku)
+        .bind(input.name.trim())
+        .bind(&input.description)
+        .bind(&input.category)
+        .bind(input.price.amount_minor)
+        .bind(&input.price.currency)
+        .bind(&input.image_url)
+        .execute(store.pool())
+        .await;
+        match inserted {
+            Ok(_) => {
+                tracing::info!(product = id, sku = %input.sku, by = %who, "product created");
+                let product = Product {
+                    id,
+                    sku: input.sku,
+                    name: input.name.trim().to_owned(),
+                    description: input.description,
+                    category: input.category,
+                    price: input.price,
+                    image_url: input.image_url,
+                };
+                let mut response = (StatusCode::CREATED, Json(product)).into_response();
+                if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/products/{id}")) {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+                return Ok(response);
+            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE sku = $1")
+                    .bind(&input.sku)
+                    .fetch_one(store.pool())
+                    .await
+                    .map_err(internal)?;
+                if taken > 0 {
+                    return Err(Problem::new(409, "sku-taken", "SKU taken").with_detail("another product has this sku"));
+                }
+            }
+            Err(e) => return Err(internal(e)),
+        }
+    }
+    Err(Problem::new(503, "busy", "Busy").with_detail("too many products created at once; try again"))
+}
+
+fn product_id(id: &str) -> Result<i64, Problem> {
+    id.parse()
+        .map_err(|_| Problem::invalid_field("id", format!("`{id}` is not a product id (a positive integer)")))
+}
+
+async fn replace_product(
+    State(AppState { store, admin, .. }): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(input): Json<ProductInput>,
+) -> Result<Json<Product>, Problem> {
+    let who = require_admin(&admin, &headers).await?;
+    let id = product_id(&id)?;
+    input.validate()?;
+    let done = sqlx::query(
+        "UPDATE products SET sku = $1, name = $2, description = $3, category = $4, price_minor = $5, currency = $6, image_url = $7 WHERE id = $8",
+    )
+    .bind(&input.sku)
+    .bind(input.name.trim())
+    .bind(&input.description)
+    .bind(&input.category)
+    .bind(input.price.amount_minor)
+    .bind(&input.price.currency)
+    .bind(&input.image_url)
+    .bind(id)
+    .execute(store.pool())
+    .await
+    .map_err(write_error)?;
+    if done.rows_affected() == 0 {
+        return Err(Problem::not_found(format!("no product with id {id}")));
+    }
+    tracing::info!(product = id, by = %who, "product replaced");
+    Ok(Json(Product {
+        id,
+        sku: input.sku,
+        name: input.name.trim().to_owned(),
+        description: input.description,
+        category: input.category,
+        price: input.price,
+        image_url: input.image_url,
+    }))
+}
+
+async fn delete_product(
+    State(AppState { store, admin, .. }): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    let who = require_admin(&admin, &headers).await?;
+    let id = product_id(&id)?;
+    let done = sqlx::query("DELETE FROM products WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .map_err(internal)?;
+    if done.rows_affected() == 0 {
+        return Err(Problem::not_found(format!("no product with id {id}")));
+    }
+    tracing::info!(product = id, by = %who, "product deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

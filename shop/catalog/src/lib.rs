@@ -3,12 +3,14 @@
 
 mod api;
 pub mod config;
+mod openapi;
+mod search;
 mod seed;
 
 use flotilla::runtime::ServiceEnv;
 use flotilla::store::{Store, StoreError};
 
-pub use api::{router, Page, Price, Product};
+pub use api::{router, Page, Price, Product, ProductInput};
 pub use config::CatalogConfig;
 
 /// The service's name in the registry.
@@ -27,6 +29,10 @@ pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
 /// demo products into an empty one unless `CATALOG_SEED=false`.
 pub async fn open(url: &str) -> Result<Store, StoreError> {
     let store = Store::open(url, &MIGRATOR).await?;
+    search::prepare(&store).await.map_err(|source| StoreError::Connect {
+        url: "catalog search index".into(),
+        source,
+    })?;
     let seed = std::env::var("CATALOG_SEED").map_or(true, |v| v != "false" && v != "0");
     if seed {
         let added = seed::seed_if_empty(&store)
