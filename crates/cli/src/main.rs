@@ -585,7 +585,7 @@ async fn run(cli: Cli) -> Result<()> {
                         .context(context.clone())
                         .config(&config)
                         .router({
-                            let admin = config.current().admin_verifier(context.discovery());
+                            let admin = config.current().tokens.verifier(context.discovery(), &[], &["admin"]);
                             flotilla_catalog::router(store, config, admin)
                         })
                         .run(listener, runtime::shutdown_signal())

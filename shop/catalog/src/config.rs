@@ -11,12 +11,8 @@ pub struct CatalogConfig {
     pub page_size: u32,
     /// The largest page a client may ask for.
     pub max_page_size: u32,
-    /// The issuer admin tokens must name (read at start).
-    pub token_issuer: String,
-    /// The audience admin tokens must name (read at start).
-    pub token_audience: String,
-    /// Where the issuer's keys are: a URL, or `service://identity/oauth2/jwks` (read at start).
-    pub token_jwks: String,
+    /// Who issues the admin tokens the catalog accepts (read at start).
+    pub tokens: flotilla::auth::TrustedIssuer,
 }
 
 impl Default for CatalogConfig {
@@ -24,38 +20,12 @@ impl Default for CatalogConfig {
         Self {
             page_size: 20,
             max_page_size: 100,
-            token_issuer: "http://localhost:8080".into(),
-            token_audience: "shop".into(),
-            token_jwks: "service://identity/oauth2/jwks".into(),
+            tokens: Default::default(),
         }
     }
 }
 
 impl CatalogConfig {
-    /// The check of admin tokens this configuration asks for; `service://` key sets are found
-    /// through `discovery`.
-    pub fn admin_verifier(&self, discovery: Option<&flotilla::discovery::Discovery>) -> flotilla::auth::Verifier {
-        let jwks = flotilla::auth::JwksCache::new(self.token_jwks.clone());
-        if let Some(discovery) = discovery {
-            jwks.resolve_services_with(discovery.resolver());
-        }
-        flotilla::auth::Verifier::new(
-            jwks,
-            flotilla::auth::Requirements {
-                issuer: self.token_issuer.clone(),
-                audiences: vec![self.token_audience.clone()],
-                algorithms: vec![
-                    jsonwebtoken::Algorithm::EdDSA,
-                    jsonwebtoken::Algorithm::RS256,
-                    jsonwebtoken::Algorithm::ES256,
-                ],
-                leeway: std::time::Duration::from_secs(30),
-                scopes: Vec::new(),
-                roles: vec!["admin".into()],
-            },
-        )
-    }
-
     /// A configuration the catalog can serve with: pages of 1 to 1,000, the default within
     /// the maximum.
     pub fn validate(&self) -> Result<(), String> {

@@ -81,6 +81,64 @@ pub struct Requirements {
     pub roles: Vec<String>,
 }
 
+/// Where a service's callers get their tokens, as its configuration names it: read by a
+/// service to check the tokens it is shown (the gateway checked them already; a service checks
+/// again, as nothing stops a local process calling it directly).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// The `iss` tokens must name.
+    pub issuer: String,
+    /// An `aud` tokens must name.
+    pub audience: String,
+    /// The issuer's keys: a URL, or `service://identity/oauth2/jwks` (found through the registry).
+    pub jwks: String,
+}
+
+impl Default for TrustedIssuer {
+    /// The shop's identity service behind the gateway at `localhost:8080`.
+    fn default() -> Self {
+        Self {
+            issuer: "http://localhost:8080".into(),
+            audience: "shop".into(),
+            jwks: "service://identity/oauth2/jwks".into(),
+        }
+    }
+}
+
+impl TrustedIssuer {
+    /// A verifier of this issuer's tokens that needs every one of `scopes` and, if any are
+    /// listed, one of `roles`; `service://` key sets are found through `discovery`.
+    pub fn verifier(&self, discovery: Option<&crate::discovery::Discovery>, scopes: &[&str], roles: &[&str]) -> Verifier {
+        self.verifier_over(
+            {
+                let jwks = JwksCache::new(self.jwks.clone());
+                if let Some(discovery) = discovery {
+                    jwks.resolve_services_with(discovery.resolver());
+                }
+                jwks
+            },
+            scopes,
+            roles,
+        )
+    }
+
+    /// The same over a given key set (tests hold the keys themselves).
+    pub fn verifier_over(&self, jwks: JwksCache, scopes: &[&str], roles: &[&str]) -> Verifier {
+        Verifier::new(
+            jwks,
+            Requirements {
+                issuer: self.issuer.clone(),
+                audiences: vec![self.audience.clone()],
+                algorithms: vec![Algorithm::EdDSA, Algorithm::RS256, Algorithm::ES256],
+                leeway: Duration::from_secs(30),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            },
+        )
+    }
+}
+
 /// Verifies bearer tokens against a JWKS.
 #[derive(Debug, Clone)]
 pub struct Verifier {

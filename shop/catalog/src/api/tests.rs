@@ -26,18 +26,9 @@ fn issuer() -> &'static flotilla::auth::test_util::TestIssuer {
 /// The catalog's admin check, over the test issuer's key.
 fn admin_verifier() -> Verifier {
     let set = serde_json::from_value(serde_json::json!({ "keys": [issuer().jwk()] })).unwrap();
-    let defaults = CatalogConfig::default();
-    Verifier::new(
-        flotilla::auth::JwksCache::local(set),
-        flotilla::auth::Requirements {
-            issuer: defaults.token_issuer,
-            audiences: vec![defaults.token_audience],
-            algorithms: vec![jsonwebtoken::Algorithm::EdDSA],
-            leeway: std::time::Duration::from_secs(30),
-            scopes: Vec::new(),
-            roles: vec!["admin".into()],
-        },
-    )
+    CatalogConfig::default()
+        .tokens
+        .verifier_over(flotilla::auth::JwksCache::local(set), &[], &["admin"])
 }
 
 fn token(roles: &[&str]) -> String {
