@@ -247,6 +247,7 @@ enum Output {
 enum ShopService {
     Catalog,
     Identity,
+    Inventory,
 }
 
 fn parse_scale(text: &str) -> Result<(String, u32), String> {
@@ -588,6 +589,20 @@ async fn run(cli: Cli) -> Result<()> {
                             let admin = config.current().tokens.verifier(context.discovery(), &[], &["admin"]);
                             flotilla_catalog::router(store, config, admin)
                         })
+                        .run(listener, runtime::shutdown_signal())
+                        .await?;
+                }
+                ShopService::Inventory => {
+                    let store = flotilla_inventory::open_store(&env)
+                        .await
+                        .context("opening inventory's database")?;
+                    let listener = Service::bind(listen).await.context("binding inventory's listener")?;
+                    let context = runtime::Context::new(&env, Default::default());
+                    let tokens = flotilla::auth::TrustedIssuer::default().verifier(context.discovery(), &[], &[]);
+                    Service::new(flotilla_inventory::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .env(env)
+                        .context(context)
+                        .router(flotilla_inventory::router(store, tokens))
                         .run(listener, runtime::shutdown_signal())
                         .await?;
                 }

@@ -109,7 +109,12 @@ impl Default for TrustedIssuer {
 impl TrustedIssuer {
     /// A verifier of this issuer's tokens that needs every one of `scopes` and, if any are
     /// listed, one of `roles`; `service://` key sets are found through `discovery`.
-    pub fn verifier(&self, discovery: Option<&crate::discovery::Discovery>, scopes: &[&str], roles: &[&str]) -> Verifier {
+    pub fn verifier(
+        &self,
+        discovery: Option<&crate::discovery::Discovery>,
+        scopes: &[&str],
+        roles: &[&str],
+    ) -> Verifier {
         self.verifier_over(
             {
                 let jwks = JwksCache::new(self.jwks.clone());

@@ -1,0 +1,45 @@
+//! The shop's inventory service: stock per product, and reservations by order — reserve,
+//! release, commit — each idempotent by order id, never overselling, also under concurrent
+//! reservations.
+
+mod api;
+mod openapi;
+pub mod stock;
+
+use flotilla::runtime::ServiceEnv;
+use flotilla::store::{Store, StoreError};
+
+pub use api::{router, RESERVE_SCOPE};
+
+/// The service's name in the registry.
+pub const SERVICE: &str = "inventory";
+
+/// Inventory's schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens inventory's database where the environment says, migrated, with stock for the demo
+/// catalog in an empty one unless `INVENTORY_SEED=false`.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
+    open(&Store::url_for(SERVICE, &env.data_dir)?).await
+}
+
+/// Opens (creating and migrating as needed) inventory's database at `url`.
+pub async fn open(url: &str) -> Result<Store, StoreError> {
+    let store = Store::open(url, &MIGRATOR).await?;
+    let seed = std::env::var("INVENTORY_SEED").map_or(true, |v| v != "false" && v != "0");
+    if seed {
+        let added = stock::seed_if_empty(&store)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: "inventory seed".into(),
+                source,
+            })?;
+        if added > 0 {
+            tracing::info!(products = added, "seeded demo stock");
+        }
+    }
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests;
