@@ -248,6 +248,7 @@ enum ShopService {
     Catalog,
     Identity,
     Inventory,
+    Payments,
 }
 
 fn parse_scale(text: &str) -> Result<(String, u32), String> {
@@ -603,6 +604,27 @@ async fn run(cli: Cli) -> Result<()> {
                         .env(env)
                         .context(context)
                         .router(flotilla_inventory::router(store, tokens))
+                        .run(listener, runtime::shutdown_signal())
+                        .await?;
+                }
+                ShopService::Payments => {
+                    let store = flotilla_payments::open_store(&env)
+                        .await
+                        .context("opening payments' database")?;
+                    let listener = Service::bind(listen).await.context("binding payments' listener")?;
+                    let context = runtime::Context::new(&env, Default::default());
+                    let config = live_config::<flotilla_payments::PaymentsConfig>(
+                        flotilla_payments::SERVICE,
+                        &env,
+                        flotilla_payments::PaymentsConfig::validate,
+                    )
+                    .await?;
+                    let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
+                    Service::new(flotilla_payments::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .env(env)
+                        .context(context)
+                        .config(&config)
+                        .router(flotilla_payments::router(store, config, tokens))
                         .run(listener, runtime::shutdown_signal())
                         .await?;
                 }

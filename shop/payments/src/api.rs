@@ -1,0 +1,196 @@
+//! Payments' HTTP API. Every write needs an `Idempotency-Key` and a caller holding the
+//! `payments.charge` scope (orders) or the `admin` role; reads need any valid token.
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use flotilla::auth::{AuthError, Verifier};
+use flotilla::config::LiveConfig;
+use flotilla::http::{Json, Query};
+use flotilla::store::Store;
+use flotilla::Problem;
+use serde::Deserialize;
+
+use crate::config::PaymentsConfig;
+use crate::idempotency;
+use crate::payments::{self, Money, Payment, PaymentError};
+
+/// The scope a service needs to authorize, capture, void and refund.
+pub const CHARGE_SCOPE: &str = "payments.charge";
+
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    config: LiveConfig<PaymentsConfig>,
+    tokens: Verifier,
+}
+
+/// The routes. `tokens` checks the callers' tokens; the handlers check scope and role.
+pub fn router(store: Store, config: LiveConfig<PaymentsConfig>, tokens: Verifier) -> Router {
+    Router::new()
+        .route("/api/v1/payments", post(authorize).get(list))
+        .route("/api/v1/payments/{id}", get(one))
+        .route("/api/v1/payments/{id}/capture", post(capture))
+        .route("/api/v1/payments/{id}/void", post(void))
+        .route("/api/v1/payments/{id}/refund", post(refund))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .with_state(AppState { store, config, tokens })
+}
+
+fn problem(err: PaymentError) -> Problem {
+    match err {
+        PaymentError::Invalid { field, reason } => Problem::invalid_field(field, reason),
+        PaymentError::Declined(detail) => Problem::new(402, "payment-declined", "Payment declined").with_detail(detail),
+        PaymentError::Unavailable => Problem::new(503, "provider-unavailable", "Payment provider unavailable")
+            .with_detail("the payment provider did not answer; retry with the same Idempotency-Key"),
+        PaymentError::NotFound(id) => Problem::not_found(format!("no payment `{id}`")),
+        PaymentError::WrongState { .. } => {
+            Problem::new(409, "payment-state", "Payment state").with_detail(err.to_string())
+        }
+        PaymentError::Database(e) => {
+            tracing::error!(error = %e, "payments database error");
+            Problem::internal()
+        }
+    }
+}
+
+fn auth_problem(err: AuthError) -> Problem {
+    match err {
+        AuthError::Forbidden(need) => Problem::new(403, "forbidden", "Forbidden").with_detail(format!("needs {need}")),
+        AuthError::Unavailable(e) => Problem::new(503, "auth-unavailable", "Authentication unavailable").with_detail(e),
+        other => Problem::new(401, "unauthorized", "Unauthorized").with_detail(other.to_string()),
+    }
+}
+
+/// The caller's subject, if its token is valid and (when `write`) it may charge.
+async fn caller(state: &AppState, headers: &HeaderMap, write: bool) -> Result<String, Problem> {
+    let token = Verifier::bearer(headers.get(header::AUTHORIZATION)).map_err(auth_problem)?;
+    let who = state.tokens.verify(token).await.map_err(auth_problem)?;
+    let may = !write || who.roles.iter().any(|r| r == "admin") || who.scopes.iter().any(|s| s == CHARGE_SCOPE);
+    if may {
+        Ok(who.subject)
+    } else {
+        Err(auth_problem(AuthError::Forbidden(format!(
+            "scope {CHARGE_SCOPE} or role admin"
+        ))))
+    }
+}
+
+fn outcome(result: Result<Payment, PaymentError>, created: bool) -> (StatusCode, serde_json::Value) {
+    match result {
+        Ok(payment) => (
+            if created { StatusCode::CREATED } else { StatusCode::OK },
+            serde_json::to_value(payment).unwrap_or_default(),
+        ),
+        Err(err) => {
+            let problem = problem(err);
+            (problem.status_code(), serde_json::to_value(problem).unwrap_or_default())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct Authorize {
+    order_id: String,
+    amount: Money,
+}
+
+async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<Authorize>,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers, true).await?;
+    let key = idempotency::key(&headers, &who)?;
+    let fingerprint = idempotency::fingerprint("authorize", &serde_json::to_value(&body).unwrap_or_default());
+    let config = state.config.current();
+    Ok(idempotency::once(&state.store, &key, &fingerprint, || async {
+        outcome(
+            payments::authorize(&state.store, &config, &body.order_id, body.amount).await,
+            true,
+        )
+    })
+    .await)
+}
+
+async fn change(
+    state: AppState,
+    headers: HeaderMap,
+    id: String,
+    operation: &'static str,
+    amount: Option<i64>,
+) -> Result<Response, Problem> {
+    let who = caller(&state, &headers, true).await?;
+    let key = idempotency::key(&headers, &who)?;
+    let fingerprint = idempotency::fingerprint(operation, &serde_json::json!({ "id": id, "amount_minor": amount }));
+    let config = state.config.current();
+    Ok(idempotency::once(&state.store, &key, &fingerprint, || async {
+        let result = match operation {
+            "capture" => payments::capture(&state.store, &config, &id).await,
+            "void" => payments::void(&state.store, &config, &id).await,
+            _ => payments::refund(&state.store, &config, &id, amount).await,
+        };
+        outcome(result, false)
+    })
+    .await)
+}
+
+async fn capture(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    change(state, headers, id, "capture", None).await
+}
+
+async fn void(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+    change(state, headers, id, "void", None).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Refund {
+    amount_minor: Option<i64>,
+}
+
+async fn refund(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    // The body is optional: none refunds the rest.
+    let refund: Refund = if body.iter().all(u8::is_ascii_whitespace) {
+        Refund::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Problem::invalid_field("body", e.to_string()))?
+    };
+    change(state, headers, id, "refund", refund.amount_minor).await
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    order_id: String,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Problem> {
+    caller(&state, &headers, false).await?;
+    Ok(Json(payments::for_order(&state.store, &q.order_id).await.map_err(problem)?).into_response())
+}
+
+async fn one(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
+    caller(&state, &headers, false).await?;
+    Ok(Json(payments::get(&state.store, &id).await.map_err(problem)?).into_response())
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}

@@ -1,0 +1,162 @@
+//! Idempotency keys (the IETF `Idempotency-Key` header, as Stripe uses it): the first request
+//! with a key runs and its answer is kept; a repeat with the same request gets that answer
+//! again (`Idempotent-Replayed: true`), whatever happened in between; a repeat while the first
+//! still runs is `409`; the key reused for another request is `422`. A transient failure
+//! (5xx) is not kept, so a retry runs again. A run that died holding its key is taken over
+//! after the lease.
+
+use std::future::Future;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use flotilla::store::Store;
+use flotilla::Problem;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+/// How long a run holds its key before another may take it over.
+const LEASE_MS: i64 = 30_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn internal(err: sqlx::Error) -> Response {
+    tracing::error!(error = %err, "idempotency store failed");
+    Problem::internal().into_response()
+}
+
+/// The key a request carries, scoped to its caller.
+pub(crate) fn key(headers: &HeaderMap, caller: &str) -> Result<String, Problem> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .ok_or_else(|| Problem::invalid_field("Idempotency-Key", "this operation needs an Idempotency-Key header"))?;
+    if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Problem::invalid_field(
+            "Idempotency-Key",
+            "1 to 255 printable characters",
+        ));
+    }
+    Ok(format!("{caller}:{key}"))
+}
+
+/// What identifies a request: its operation and its body.
+pub(crate) fn fingerprint(operation: &str, body: &serde_json::Value) -> String {
+    Sha256::digest(format!("{operation}\n{body}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs `work` once per key; repeats get its answer.
+pub(crate) async fn once<F, Fut>(store: &Store, key: &str, fingerprint: &str, work: F) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = (StatusCode, serde_json::Value)>,
+{
+    let now = now_ms();
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (key, fingerprint, status, response, locked_until, created_ms) VALUES ($1, $2, NULL, NULL, $3, $4) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(fingerprint)
+    .bind(now + LEASE_MS)
+    .bind(now)
+    .execute(store.pool())
+    .await;
+    let claimed = match claimed {
+        Ok(done) => done.rows_affected() == 1,
+        Err(e) => return internal(e),
+    };
+    if !claimed {
+        let row = match sqlx::query(
+            "SELECT fingerprint, status, response, locked_until FROM idempotency_keys WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_optional(store.pool())
+        .await
+        {
+            Ok(Some(row)) => row,
+            // Released between our insert and read (a transient failure): run.
+            Ok(None) => return Box::pin(once(store, key, fingerprint, work)).await,
+            Err(e) => return internal(e),
+        };
+        let earlier: String = row.try_get("fingerprint").unwrap_or_default();
+        if earlier != fingerprint {
+            return Problem::new(422, "idempotency-key-reused", "Idempotency key reused")
+                .with_detail("this Idempotency-Key was used for another request; use a new key")
+                .into_response();
+        }
+        let status: Option<i64> = row.try_get("status").unwrap_or(None);
+        if let Some(status) = status {
+            let body: Option<String> = row.try_get("response").unwrap_or(None);
+            let body: serde_json::Value = body.and_then(|b| serde_json::from_str(&b).ok()).unwrap_or_default();
+            return replay(status, body, true);
+        }
+        let locked_until: i64 = row.try_get("locked_until").unwrap_or(i64::MAX);
+        let taken_over = locked_until < now
+            && sqlx::query(
+                "UPDATE idempotency_keys SET locked_until = $1 WHERE key = $2 AND status IS NULL AND locked_until = $3",
+            )
+            .bind(now + LEASE_MS)
+            .bind(key)
+            .bind(locked_until)
+            .execute(store.pool())
+            .await
+            .is_ok_and(|d| d.rows_affected() == 1);
+        if !taken_over {
+            let mut response = Problem::new(409, "request-in-progress", "Request in progress")
+                .with_detail("a request with this Idempotency-Key is still running; retry shortly")
+                .into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return response;
+        }
+    }
+    let (status, body) = work().await;
+    let kept = if status.is_server_error() {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND status IS NULL")
+            .bind(key)
+            .execute(store.pool())
+            .await
+    } else {
+        sqlx::query("UPDATE idempotency_keys SET status = $1, response = $2 WHERE key = $3")
+            .bind(i64::from(status.as_u16()))
+            .bind(body.to_string())
+            .bind(key)
+            .execute(store.pool())
+            .await
+    };
+    if let Err(e) = kept {
+        tracing::error!(error = %e, "could not keep an idempotent answer");
+    }
+    replay(i64::from(status.as_u16()), body, false)
+}
+
+fn replay(status: i64, body: serde_json::Value, replayed: bool) -> Response {
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let problem = status.is_client_error() || status.is_server_error();
+    let mut response = (status, body.to_string()).into_response();
+    let content_type = if problem {
+        "application/problem+json"
+    } else {
+        "application/json"
+    };
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static(content_type));
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}

@@ -1,0 +1,29 @@
+//! The shop's payments service: authorize, capture, void and refund against a simulated
+//! provider whose failure rate and latency are knobs in central config; every write is
+//! idempotent by `Idempotency-Key`, so a client retrying after a timeout never charges twice.
+
+mod api;
+pub mod config;
+mod idempotency;
+mod openapi;
+pub mod payments;
+
+use flotilla::runtime::ServiceEnv;
+use flotilla::store::{Store, StoreError};
+
+pub use api::{router, CHARGE_SCOPE};
+pub use config::PaymentsConfig;
+
+/// The service's name in the registry.
+pub const SERVICE: &str = "payments";
+
+/// Payments' schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens payments' database where the environment says, migrated.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
+    Store::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+//! Payments and the simulated provider. The provider is called before anything is written: a
+//! provider failure leaves no trace, so a retry may run again; a state change is one
+//! conditional `UPDATE`, so of two racing captures one moves the payment and the other finds
+//! it captured.
+
+use std::time::Duration;
+
+use flotilla::store::Store;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::config::PaymentsConfig;
+
+/// Money in integer minor units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Money {
+    /// Amount in minor units (1999 = 19.99).
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// A payment as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// Its id.
+    pub id: String,
+    /// The order it pays for.
+    pub order_id: String,
+    /// What was authorized.
+    pub amount: Money,
+    /// `authorized`, `captured`, `voided`, `refunded` or `declined`.
+    pub state: String,
+    /// How much of it was refunded.
+    pub refunded_minor: i64,
+    /// The provider's reference.
+    pub provider_ref: String,
+    /// When it was made, ms since the epoch.
+    pub created_ms: i64,
+}
+
+/// Why an operation did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    /// A field is malformed.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The provider declined (a final answer).
+    #[error("declined: {0}")]
+    Declined(String),
+    /// The provider did not answer (try again).
+    #[error("the payment provider is unavailable")]
+    Unavailable,
+    /// No such payment.
+    #[error("no payment `{0}`")]
+    NotFound(String),
+    /// The operation does not apply in the payment's state.
+    #[error("payment `{id}` is {state}")]
+    WrongState {
+        /// The payment.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One provider call: its latency, and its failure rate.
+async fn provider(config: &PaymentsConfig) -> Result<String, PaymentError> {
+    tokio::time::sleep(Duration::from_millis(config.provider_latency_ms)).await;
+    let (fail, reference) = {
+        let mut rng = rand::rng();
+        (rng.random_bool(config.provider_failure_rate), rng.random::<u64>())
+    };
+    if fail {
+        Err(PaymentError::Unavailable)
+    } else {
+        Ok(format!("sim_{reference:016x}"))
+    }
+}
+
+fn payment(row: &sqlx::any::AnyRow) -> Result<Payment, sqlx::Error> {
+    Ok(Payment {
+        id: row.try_get("id")?,
+        order_id: row.try_get("order_id")?,
+        amount: Money {
+            amount_minor: row.try_get("amount_minor")?,
+            currency: row.try_get("currency")?,
+        },
+        state: row.try_get("state")?,
+        refunded_minor: row.try_get("refunded_minor")?,
+        provider_ref: row.try_get("provider_ref")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+const COLUMNS: &str = "id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms";
+
+/// One payment.
+pub async fn get(store: &Store, id: &str) -> Result<Payment, PaymentError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or_else(|| PaymentError::NotFound(id.to_owned()))?;
+    Ok(payment(&row)?)
+}
+
+/// An order's payments, oldest first.
+pub async fn for_order(store: &Store, order_id: &str) -> Result<Vec<Payment>, PaymentError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE order_id = $1 ORDER BY created_ms, id"
+    ))
+    .bind(order_id)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows.iter().map(payment).collect::<Result<_, _>>()?)
+}
+
+/// Checks an order id and an amount.
+pub fn check(order_id: &str, amount: &Money) -> Result<(), PaymentError> {
+    if order_id.is_empty() || order_id.len() > 64 || !order_id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(PaymentError::Invalid {
+            field: "order_id",
+            reason: "1 to 64 printable characters".into(),
+        });
+    }
+    if !(1..=1_000_000_000_000).contains(&amount.amount_minor) {
+        return Err(PaymentError::Invalid {
+            field: "amount.amount_minor",
+            reason: "1 to 10^12 minor units".into(),
+        });
+    }
+    if amount.currency.len() != 3 || !amount.currency.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(PaymentError::Invalid {
+            field: "amount.currency",
+            reason: "an ISO 4217 code like EUR".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Authorizes `amount` for the order: a new payment, `authorized` or `declined`.
+pub async fn authorize(
+    store: &Store,
+    config: &PaymentsConfig,
+    order_id: &str,
+    amount: Money,
+) -> Result<Payment, PaymentError> {
+    check(order_id, &amount)?;
+    let reference = provider(config).await?;
+    let declined = amount.amount_minor > config.decline_over_minor;
+    let now = now_ms();
+    let created = Payment {
+        id: uuid::Uuid::new_v4().to_string(),
+        order_id: order_id.to_owned(),
+        amount,
+        state: if declined { "declined" } else { "authorized" }.into(),
+        refunded_minor: 0,
+        provider_ref: reference,
+        created_ms: now,
+    };
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7)",
+    )
+    .bind(&created.id)
+    .bind(&created.order_id)
+    .bind(created.amount.amount_minor)
+    .bind(&created.amount.currency)
+    .bind(&created.state)
+    .bind(&created.provider_ref)
+    .bind(now)
+    .execute(store.pool())
+    .await?;
+    if declined {
+        return Err(PaymentError::Declined(format!(
+            "payment {} of {} {} is over the limit",
+            created.id, created.amount.amount_minor, created.amount.currency
+        )));
+    }
+    Ok(created)
+}
+
+/// Moves a payment from `from` to `to` after a provider call; already in `to` is success.
+async fn transition(
+    store: &Store,
+    config: &PaymentsConfig,
+    id: &str,
+    from: &str,
+    to: &str,
+) -> Result<Payment, PaymentError> {
+    let current = get(store, id).await?;
+    if current.state == to {
+        return Ok(current);
+    }
+    if current.state != from {
+        return Err(PaymentError::WrongState {
+            id: id.to_owned(),
+            state: current.state,
+        });
+    }
+    provider(config).await?;
+    sqlx::query("UPDATE payments SET state = $1, updated_ms = $2 WHERE id = $3 AND state = $4")
+        .bind(to)
+        .bind(now_ms())
+        .bind(id)
+        .bind(from)
+        .execute(store.pool())
+        .await?;
+    let after = get(store, id).await?;
+    if after.state == to {
+        Ok(after)
+    } else {
+        Err(PaymentError::WrongState {
+            id: id.to_owned(),
+            state: after.state,
+        })
+    }
+}
+
+/// Captures an authorized payment (whole).
+pub async fn capture(store: &Store, config: &PaymentsConfig, id: &str) -> Result<Payment, PaymentError> {
+    transition(store, config, id, "authorized", "captured").await
+}
+
+/// Voids an authorized payment.
+pub async fn void(store: &Store, config: &PaymentsConfig, id: &str) -> Result<Payment, PaymentError> {
+    transition(store, config, id, "authorized", "voided").await
+}
+
+/// Refunds part (or, with `None`, the rest) of a captured payment.
+pub async fn refund(
+    store: &Store,
+    config: &PaymentsConfig,
+    id: &str,
+    amount_minor: Option<i64>,
+) -> Result<Payment, PaymentError> {
+    let current = get(store, id).await?;
+    if current.state != "captured" {
+        return Err(PaymentError::WrongState {
+            id: id.to_owned(),
+            state: current.state,
+        });
+    }
+    let left = current.amount.amount_minor - current.refunded_minor;
+    let amount = amount_minor.unwrap_or(left);
+    if !(1..=left).contains(&amount) {
+        return Err(PaymentError::Invalid {
+            field: "amount_minor",
+            reason: format!("1 to {left}, what is left to refund"),
+        });
+    }
+    provider(config).await?;
+    let done = sqlx::query(
+        "UPDATE payments SET refunded_minor = refunded_minor + $1, state = CASE WHEN refunded_minor + $1 = amount_minor THEN 'refunded' ELSE state END, updated_ms = $2 \
+         WHERE id = $3 AND state = 'captured' AND refunded_minor + $1 <= amount_minor",
+    )
+    .bind(amount)
+    .bind(now_ms())
+    .bind(id)
+    .execute(store.pool())
+    .await?;
+    let after = get(store, id).await?;
+    if done.rows_affected() == 1 {
+        Ok(after)
+    } else {
+        Err(PaymentError::WrongState {
+            id: id.to_owned(),
+            state: after.state,
+        })
+    }
+}
