@@ -84,6 +84,9 @@ fn a_customer_signs_up_signs_in_browses_and_refreshes_through_the_gateway() {
     let (status, _) = http_get(system.gateway, "/api/v1/payments?order_id=none-yet").unwrap();
     assert_eq!(status, 401);
 
+    let (status, shipments) = get_with(&system, "/api/v1/shipments?order_id=none-yet", &access);
+    assert_eq!((status, shipments), (200, serde_json::json!([])));
+
     // Admin routes: refused to a customer by the gateway.
     let (status, body) = http_request(
         system.gateway,

@@ -249,6 +249,7 @@ enum ShopService {
     Identity,
     Inventory,
     Payments,
+    Shipping,
 }
 
 fn parse_scale(text: &str) -> Result<(String, u32), String> {
@@ -625,6 +626,28 @@ async fn run(cli: Cli) -> Result<()> {
                         .context(context)
                         .config(&config)
                         .router(flotilla_payments::router(store, config, tokens))
+                        .run(listener, runtime::shutdown_signal())
+                        .await?;
+                }
+                ShopService::Shipping => {
+                    let store = flotilla_shipping::open_store(&env)
+                        .await
+                        .context("opening shipping's database")?;
+                    let listener = Service::bind(listen).await.context("binding shipping's listener")?;
+                    let context = runtime::Context::new(&env, Default::default());
+                    let config = live_config::<flotilla_shipping::ShippingConfig>(
+                        flotilla_shipping::SERVICE,
+                        &env,
+                        flotilla_shipping::ShippingConfig::validate,
+                    )
+                    .await?;
+                    let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
+                    flotilla_shipping::spawn_ticker(store.clone(), config.clone());
+                    Service::new(flotilla_shipping::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .env(env)
+                        .context(context)
+                        .config(&config)
+                        .router(flotilla_shipping::router(store, tokens))
                         .run(listener, runtime::shutdown_signal())
                         .await?;
                 }

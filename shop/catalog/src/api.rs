@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use flotilla::auth::{AuthError, Verifier};
+use flotilla::auth::Verifier;
 use flotilla::config::LiveConfig;
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
@@ -274,20 +274,9 @@ async fn get_product(
     }
 }
 
-fn auth_problem(err: AuthError) -> Problem {
-    match err {
-        AuthError::Forbidden(need) => Problem::new(403, "forbidden", "Forbidden").with_detail(format!("needs {need}")),
-        AuthError::Unavailable(e) => Problem::new(503, "auth-unavailable", "Authentication unavailable").with_detail(e),
-        other => Problem::new(401, "unauthorized", "Unauthorized").with_detail(other.to_string()),
-    }
-}
-
 async fn require_admin(admin: &Verifier, headers: &HeaderMap) -> Result<String, Problem> {
-    let token = Verifier::bearer(headers.get(header::AUTHORIZATION)).map_err(auth_problem)?;
-    let who = admin.verify(token).await.map_err(auth_problem)?;
-    if !who.roles.iter().any(|r| r == "admin") {
-        return Err(auth_problem(AuthError::Forbidden("role admin".into())));
-    }
+    let who = admin.caller(headers).await.map_err(|e| e.to_problem())?;
+    who.admin_or(None).map_err(|e| e.to_problem())?;
     Ok(who.subject)
 }
 

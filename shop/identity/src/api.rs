@@ -11,11 +11,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use flotilla::auth::{AuthError, Identity as Caller, Verifier};
+use flotilla::auth::Identity as Caller;
 use flotilla::http::Json;
 use flotilla::Problem;
 
-use crate::accounts::{self, AccountError, SignUp, ADMIN, CUSTOMER};
+use crate::accounts::{self, AccountError, SignUp, CUSTOMER};
 use crate::tokens::{Issuer, OAuthError, TokenRequest};
 use crate::Identity;
 
@@ -196,29 +196,16 @@ async fn discovery(State(identity): State<Arc<Identity>>) -> Json<serde_json::Va
     }))
 }
 
-fn auth_problem(err: AuthError) -> Problem {
-    let (status, slug, title) = match err {
-        AuthError::Forbidden(_) => (403, "forbidden", "Forbidden"),
-        AuthError::Unavailable(_) => (503, "auth-unavailable", "Authentication unavailable"),
-        _ => (401, "unauthorized", "Unauthorized"),
-    };
-    Problem::new(status, slug, title).with_detail(err.to_string())
-}
-
-async fn caller(identity: &Identity, headers: &HeaderMap, roles: &[&str]) -> Result<Caller, Problem> {
-    let token = Verifier::bearer(headers.get(header::AUTHORIZATION)).map_err(auth_problem)?;
-    let caller = identity.verifier().verify(token).await.map_err(auth_problem)?;
-    if !roles.is_empty() && !caller.roles.iter().any(|r| roles.contains(&r.as_str())) {
-        return Err(auth_problem(AuthError::Forbidden(format!(
-            "role {}",
-            roles.join(" or ")
-        ))));
+async fn caller(identity: &Identity, headers: &HeaderMap, admin: bool) -> Result<Caller, Problem> {
+    let caller = identity.verifier().caller(headers).await.map_err(|e| e.to_problem())?;
+    if admin {
+        caller.admin_or(None).map_err(|e| e.to_problem())?;
     }
     Ok(caller)
 }
 
 async fn me(State(identity): State<Arc<Identity>>, headers: HeaderMap) -> Result<Response, Problem> {
-    let caller = caller(&identity, &headers, &[]).await?;
+    let caller = caller(&identity, &headers, false).await?;
     let account = accounts::by_id(&identity.store, &caller.subject)
         .await
         .map_err(internal)?
@@ -227,7 +214,7 @@ async fn me(State(identity): State<Arc<Identity>>, headers: HeaderMap) -> Result
 }
 
 async fn rotate(State(identity): State<Arc<Identity>>, headers: HeaderMap) -> Result<Response, Problem> {
-    caller(&identity, &headers, &[ADMIN]).await?;
+    caller(&identity, &headers, true).await?;
     let lifetime = Duration::from_secs(identity.config.current().access_token_seconds);
     let kid = identity.keys.rotate(lifetime).await.map_err(internal)?;
     identity.publish();

@@ -3,11 +3,11 @@
 //! admins; setting stock is for admins.
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flotilla::auth::{AuthError, Verifier};
+use flotilla::auth::Verifier;
 use flotilla::http::Json;
 use flotilla::store::Store;
 use flotilla::Problem;
@@ -71,26 +71,11 @@ fn problem(err: StockError) -> Problem {
     }
 }
 
-fn auth_problem(err: AuthError) -> Problem {
-    match err {
-        AuthError::Forbidden(need) => Problem::new(403, "forbidden", "Forbidden").with_detail(format!("needs {need}")),
-        AuthError::Unavailable(e) => Problem::new(503, "auth-unavailable", "Authentication unavailable").with_detail(e),
-        other => Problem::new(401, "unauthorized", "Unauthorized").with_detail(other.to_string()),
-    }
-}
-
 /// Passes a caller with the `admin` role, or (when `scope` is given) that scope.
 async fn allow(state: &AppState, headers: &HeaderMap, scope: Option<&str>) -> Result<String, Problem> {
-    let token = Verifier::bearer(headers.get(header::AUTHORIZATION)).map_err(auth_problem)?;
-    let who = state.tokens.verify(token).await.map_err(auth_problem)?;
-    let admin = who.roles.iter().any(|r| r == "admin");
-    let scoped = scope.is_some_and(|s| who.scopes.iter().any(|have| have == s));
-    if admin || scoped {
-        Ok(who.subject)
-    } else {
-        let need = scope.map_or_else(|| "role admin".to_owned(), |s| format!("scope {s} or role admin"));
-        Err(auth_problem(AuthError::Forbidden(need)))
-    }
+    let who = state.tokens.caller(headers).await.map_err(|e| e.to_problem())?;
+    who.admin_or(scope).map_err(|e| e.to_problem())?;
+    Ok(who.subject)
 }
 
 fn product_id(text: &str) -> Result<i64, Problem> {

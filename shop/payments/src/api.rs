@@ -2,11 +2,11 @@
 //! `payments.charge` scope (orders) or the `admin` role; reads need any valid token.
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flotilla::auth::{AuthError, Verifier};
+use flotilla::auth::Verifier;
 use flotilla::config::LiveConfig;
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
@@ -57,26 +57,13 @@ fn problem(err: PaymentError) -> Problem {
     }
 }
 
-fn auth_problem(err: AuthError) -> Problem {
-    match err {
-        AuthError::Forbidden(need) => Problem::new(403, "forbidden", "Forbidden").with_detail(format!("needs {need}")),
-        AuthError::Unavailable(e) => Problem::new(503, "auth-unavailable", "Authentication unavailable").with_detail(e),
-        other => Problem::new(401, "unauthorized", "Unauthorized").with_detail(other.to_string()),
-    }
-}
-
 /// The caller's subject, if its token is valid and (when `write`) it may charge.
 async fn caller(state: &AppState, headers: &HeaderMap, write: bool) -> Result<String, Problem> {
-    let token = Verifier::bearer(headers.get(header::AUTHORIZATION)).map_err(auth_problem)?;
-    let who = state.tokens.verify(token).await.map_err(auth_problem)?;
-    let may = !write || who.roles.iter().any(|r| r == "admin") || who.scopes.iter().any(|s| s == CHARGE_SCOPE);
-    if may {
-        Ok(who.subject)
-    } else {
-        Err(auth_problem(AuthError::Forbidden(format!(
-            "scope {CHARGE_SCOPE} or role admin"
-        ))))
+    let who = state.tokens.caller(headers).await.map_err(|e| e.to_problem())?;
+    if write {
+        who.admin_or(Some(CHARGE_SCOPE)).map_err(|e| e.to_problem())?;
     }
+    Ok(who.subject)
 }
 
 fn outcome(result: Result<Payment, PaymentError>, created: bool) -> (StatusCode, serde_json::Value) {

@@ -34,6 +34,23 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+impl AuthError {
+    /// The problem a service answers with: `401` without a usable token, `403` when a scope
+    /// or role is missing, `503` when the keys cannot be had (fail closed).
+    pub fn to_problem(&self) -> crate::Problem {
+        use crate::Problem;
+        match self {
+            AuthError::Forbidden(need) => {
+                Problem::new(403, "forbidden", "Forbidden").with_detail(format!("needs {need}"))
+            }
+            AuthError::Unavailable(e) => {
+                Problem::new(503, "auth-unavailable", "Authentication unavailable").with_detail(e.clone())
+            }
+            other => Problem::new(401, "unauthorized", "Unauthorized").with_detail(other.to_string()),
+        }
+    }
+}
+
 /// What a verified token says about its bearer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -43,6 +60,30 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Roles (`roles`).
     pub roles: Vec<String>,
+}
+
+impl Identity {
+    /// Whether the token grants this role.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether the token grants this scope.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// Passes an admin, or a holder of `scope` when one is given; else `Forbidden`.
+    pub fn admin_or(&self, scope: Option<&str>) -> Result<(), AuthError> {
+        if self.has_role("admin") || scope.is_some_and(|s| self.has_scope(s)) {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(match scope {
+                Some(scope) => format!("scope {scope} or role admin"),
+                None => "role admin".into(),
+            }))
+        }
+    }
 }
 
 /// The claims Flotilla reads. The time claims are typed as numbers so that a token carrying
@@ -199,6 +240,12 @@ impl Verifier {
             return Err(AuthError::Missing);
         }
         Ok(token.trim())
+    }
+
+    /// Verifies the bearer token of a request's headers.
+    pub async fn caller(&self, headers: &http::HeaderMap) -> Result<Identity, AuthError> {
+        self.verify(Self::bearer(headers.get(http::header::AUTHORIZATION))?)
+            .await
     }
 
     /// Verifies a token and its scopes and roles. A token verified before is answered from

@@ -1,0 +1,48 @@
+//! The shop's shipping service: one shipment per order, with a status timeline (created →
+//! packed → shipped → delivered) that advances over time, step durations from central config.
+
+mod api;
+pub mod config;
+mod openapi;
+pub mod shipments;
+
+use std::time::Duration;
+
+use flotilla::config::LiveConfig;
+use flotilla::runtime::ServiceEnv;
+use flotilla::store::{Store, StoreError};
+
+pub use api::{router, CREATE_SCOPE};
+pub use config::ShippingConfig;
+
+/// The service's name in the registry.
+pub const SERVICE: &str = "shipping";
+
+/// Shipping's schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens shipping's database where the environment says, migrated.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
+    Store::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
+}
+
+/// Moves shipments along their timeline once a second, for the life of the process.
+pub fn spawn_ticker(store: Store, config: LiveConfig<ShippingConfig>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            match shipments::advance(&store, &config.current(), now).await {
+                Ok(0) => {}
+                Ok(moved) => tracing::info!(moved, "shipments moved on"),
+                Err(err) => tracing::error!(error = %err, "moving shipments on failed"),
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;

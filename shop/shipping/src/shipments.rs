@@ -1,0 +1,284 @@
+//! Shipments and their timeline. One shipment per order (creating it again answers the first);
+//! a ticker moves each shipment a step on when its time in the current step is up, with one
+//! conditional `UPDATE` per step, so several instances ticking at once move it once. Each
+//! step's event carries the time it became due, not the time the ticker noticed.
+
+use flotilla::store::Store;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::config::ShippingConfig;
+
+/// Where a shipment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Accepted.
+    Created,
+    /// Packed in the warehouse.
+    Packed,
+    /// With the carrier.
+    Shipped,
+    /// At the door.
+    Delivered,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Packed => "packed",
+            Status::Shipped => "shipped",
+            Status::Delivered => "delivered",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "packed" => Status::Packed,
+            "shipped" => Status::Shipped,
+            "delivered" => Status::Delivered,
+            _ => Status::Created,
+        }
+    }
+
+    fn next(self) -> Option<Self> {
+        match self {
+            Status::Created => Some(Status::Packed),
+            Status::Packed => Some(Status::Shipped),
+            Status::Shipped => Some(Status::Delivered),
+            Status::Delivered => None,
+        }
+    }
+}
+
+/// Where to ship.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    /// Recipient's name.
+    pub name: String,
+    /// Street and number.
+    pub line1: String,
+    /// More.
+    #[serde(default)]
+    pub line2: String,
+    /// City.
+    pub city: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2 country code.
+    pub country: String,
+}
+
+/// One step of the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The status reached.
+    pub status: Status,
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+}
+
+/// A shipment with its timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipment {
+    /// Its id.
+    pub id: String,
+    /// The order it ships.
+    pub order_id: String,
+    /// Where to.
+    pub address: Address,
+    /// Where it is.
+    pub status: Status,
+    /// Every step so far, oldest first.
+    pub timeline: Vec<Event>,
+}
+
+/// Why an operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ShippingError {
+    /// A field is malformed.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The order already has a shipment to another address.
+    #[error("order `{0}` already has a shipment to another address")]
+    Mismatch(String),
+    /// No such shipment.
+    #[error("{0}")]
+    NotFound(String),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn check(order_id: &str, address: &Address) -> Result<(), ShippingError> {
+    let invalid = |field: &'static str, reason: &str| ShippingError::Invalid {
+        field,
+        reason: reason.into(),
+    };
+    if order_id.is_empty() || order_id.len() > 64 || !order_id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(invalid("order_id", "1 to 64 printable characters"));
+    }
+    for (field, value, max) in [
+        ("address.name", &address.name, 100),
+        ("address.line1", &address.line1, 200),
+        ("address.city", &address.city, 100),
+        ("address.postal_code", &address.postal_code, 20),
+    ] {
+        if value.trim().is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+            return Err(invalid(field, "required, printable, not too long"));
+        }
+    }
+    if address.line2.chars().count() > 200 || address.line2.chars().any(char::is_control) {
+        return Err(invalid("address.line2", "printable, at most 200 characters"));
+    }
+    if address.country.len() != 2 || !address.country.chars().all(|c| c.is_ascii_uppercase()) {
+        return Err(invalid("address.country", "an ISO 3166-1 alpha-2 code like DE"));
+    }
+    Ok(())
+}
+
+/// Creates the order's shipment, or answers the one it has (same address).
+pub async fn create(store: &Store, order_id: &str, address: Address) -> Result<(Shipment, bool), ShippingError> {
+    check(order_id, &address)?;
+    let now = now_ms();
+    let id = uuid::Uuid::new_v4().to_string();
+    let address_json = serde_json::to_string(&address).unwrap_or_default();
+    let mut tx = store.pool().begin().await?;
+    let created = sqlx::query(
+        "INSERT INTO shipments (id, order_id, recipient, address, status, created_ms, updated_ms) VALUES ($1, $2, $3, $4, 'created', $5, $5) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(order_id)
+    .bind(&address.name)
+    .bind(&address_json)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if created {
+        sqlx::query("INSERT INTO shipment_events (shipment_id, status, at_ms) VALUES ($1, 'created', $2)")
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let shipment = by_order(store, order_id)
+        .await?
+        .ok_or_else(|| ShippingError::NotFound(format!("no shipment for order `{order_id}`")))?;
+    if !created && shipment.address != address {
+        return Err(ShippingError::Mismatch(order_id.to_owned()));
+    }
+    Ok((shipment, created))
+}
+
+async fn load(store: &Store, row: &sqlx::any::AnyRow) -> Result<Shipment, ShippingError> {
+    let id: String = row.try_get("id")?;
+    let address: String = row.try_get("address")?;
+    let status: String = row.try_get("status")?;
+    let timeline =
+        sqlx::query("SELECT status, at_ms FROM shipment_events WHERE shipment_id = $1 ORDER BY at_ms, status")
+            .bind(&id)
+            .fetch_all(store.pool())
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Event {
+                    status: Status::parse(&r.try_get::<String, _>("status")?),
+                    at_ms: r.try_get("at_ms")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Shipment {
+        id,
+        order_id: row.try_get("order_id")?,
+        address: serde_json::from_str(&address).map_err(|e| ShippingError::Invalid {
+            field: "address",
+            reason: e.to_string(),
+        })?,
+        status: Status::parse(&status),
+        timeline,
+    })
+}
+
+/// The order's shipment, if any.
+pub async fn by_order(store: &Store, order_id: &str) -> Result<Option<Shipment>, ShippingError> {
+    let row = sqlx::query("SELECT id, order_id, address, status FROM shipments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(store.pool())
+        .await?;
+    match row {
+        Some(row) => Ok(Some(load(store, &row).await?)),
+        None => Ok(None),
+    }
+}
+
+/// One shipment.
+pub async fn get(store: &Store, id: &str) -> Result<Shipment, ShippingError> {
+    let row = sqlx::query("SELECT id, order_id, address, status FROM shipments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or_else(|| ShippingError::NotFound(format!("no shipment `{id}`")))?;
+    load(store, &row).await
+}
+
+/// Moves every shipment whose step is due at `now` on by one step; returns how many moved.
+/// Called again, it moves the next steps (a shipment long overdue catches up in a few ticks).
+pub async fn advance(store: &Store, config: &ShippingConfig, now: i64) -> Result<u64, ShippingError> {
+    let mut moved = 0;
+    for status in [Status::Shipped, Status::Packed, Status::Created] {
+        let (Some(after), Some(next)) = (config.step_after(status), status.next()) else {
+            continue;
+        };
+        let due_before = now - (after as i64) * 1000;
+        let rows = sqlx::query("SELECT id, updated_ms FROM shipments WHERE status = $1 AND updated_ms <= $2 LIMIT 500")
+            .bind(status.as_str())
+            .bind(due_before)
+            .fetch_all(store.pool())
+            .await?;
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let since: i64 = row.try_get("updated_ms")?;
+            let at = since + (after as i64) * 1000;
+            let mut tx = store.pool().begin().await?;
+            let stepped =
+                sqlx::query("UPDATE shipments SET status = $1, updated_ms = $2 WHERE id = $3 AND status = $4")
+                    .bind(next.as_str())
+                    .bind(at)
+                    .bind(&id)
+                    .bind(status.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+            if stepped {
+                sqlx::query(
+                    "INSERT INTO shipment_events (shipment_id, status, at_ms) VALUES ($1, $2, $3) ON CONFLICT (shipment_id, status) DO NOTHING",
+                )
+                .bind(&id)
+                .bind(next.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                moved += 1;
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(moved)
+}
