@@ -127,4 +127,24 @@ fn a_customer_signs_up_signs_in_browses_and_refreshes_through_the_gateway() {
 
     let (status, body) = http_get(system.gateway, "/.well-known/openid-configuration").unwrap();
     assert_eq!(status, 200, "{body}");
+
+    // One OpenAPI document for the whole shop, merged from each service's own.
+    let (status, body) = http_get(system.gateway, "/api/openapi.json").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(doc.get("x-flotilla-missing").is_none(), "{}", doc["x-flotilla-missing"]);
+    for path in [
+        "/api/v1/products",
+        "/api/v1/accounts",
+        "/oauth2/token",
+        "/api/v1/inventory/{product_id}",
+        "/api/v1/payments",
+        "/api/v1/shipments",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} is missing from the merged document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["catalog.Product"].is_object());
 }

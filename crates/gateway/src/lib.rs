@@ -10,6 +10,7 @@
 pub mod edge;
 pub mod metrics;
 pub mod normalize;
+pub mod openapi;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
@@ -71,6 +72,8 @@ pub struct Gateway {
     config: GatewayConfig,
     /// Requests no route took (refused at the edge, unknown paths, admin).
     unrouted: metrics::RouteMetrics,
+    /// The merged OpenAPI document of the routed services.
+    openapi: openapi::Merged,
 }
 
 impl Gateway {
@@ -81,6 +84,7 @@ impl Gateway {
             discovery,
             config,
             unrouted: Default::default(),
+            openapi: Default::default(),
         })
     }
 
@@ -128,6 +132,10 @@ impl Gateway {
                 )
             }
             Ok(normal) if normal.starts_with("/-/") => (self.admin(&method, &normal), "admin".to_owned(), None),
+            Ok(normal) if normal == "/api/openapi.json" && method == Method::GET => {
+                let document = self.openapi.document(&routes, self.discovery.as_ref()).await;
+                (json_response(StatusCode::OK, &document), "openapi".to_owned(), None)
+            }
             Ok(normal) => {
                 let host = request
                     .headers()

@@ -120,6 +120,8 @@ impl Upstreams {
 pub struct Route {
     /// The route's name.
     pub name: String,
+    /// The registry service it sends to, if it does.
+    pub service: Option<String>,
     /// The paths it matches.
     pub path: PathMatch,
     /// Host, method and header conditions.
@@ -204,16 +206,7 @@ impl RouteTable {
             // one of its instances, as the registry shows them at each fetch.
             if let Some(verifier) = &spec.policies.auth {
                 match &upstreams.discovery {
-                    Some(discovery) => {
-                        let discovery = discovery.clone();
-                        verifier
-                            .jwks()
-                            .resolve_services_with(std::sync::Arc::new(move |service: &str| {
-                                let instances = discovery.instances(service);
-                                let pick = instances.get(rand::random_range(0..instances.len().max(1)))?;
-                                Some(format!("http://{}", pick.address))
-                            }));
-                    }
+                    Some(discovery) => verifier.jwks().resolve_services_with(discovery.resolver()),
                     None if verifier.jwks().names_a_service() => {
                         return Err(BuildError::NoDiscovery {
                             route: spec.name,
@@ -258,7 +251,9 @@ impl RouteTable {
                 ),
                 _ => (Vec::new(), None),
             };
+            let service = target.service_name().map(str::to_owned);
             routes.push(Route {
+                service,
                 shares,
                 pin_header,
                 stack: Stack::new(target, &client, upstreams.pool_for(&client)),
