@@ -14,6 +14,17 @@ use tokio::sync::Mutex;
 
 use crate::routes::RouteTable;
 
+/// What the merge relies on from every routed service.
+pub const DOCUMENT_CONTRACT: flotilla::contract::Expectation = flotilla::contract::Expectation {
+    consumer: "gateway",
+    provider: "every routed service",
+    method: "GET",
+    path: "/openapi.json",
+    status: 200,
+    sends: &[],
+    reads: &[],
+};
+
 /// How long a merged document is served before it is made again.
 const KEEP: Duration = Duration::from_secs(10);
 

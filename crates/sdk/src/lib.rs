@@ -8,6 +8,7 @@ pub mod auth;
 pub mod balance;
 pub mod client;
 pub mod config;
+pub mod contract;
 pub mod discovery;
 pub mod http;
 pub mod resilience;

@@ -47,3 +47,8 @@ pub async fn open(url: &str) -> Result<Store, StoreError> {
     }
     Ok(store)
 }
+
+/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}

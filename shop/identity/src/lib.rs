@@ -102,5 +102,10 @@ impl Identity {
     }
 }
 
+/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
+
 #[cfg(test)]
 mod tests;

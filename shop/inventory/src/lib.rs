@@ -41,5 +41,10 @@ pub async fn open(url: &str) -> Result<Store, StoreError> {
     Ok(store)
 }
 
+/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
+
 #[cfg(test)]
 mod tests;

@@ -25,5 +25,10 @@ pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
     Store::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
 }
 
+/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
+
 #[cfg(test)]
 mod tests;

@@ -44,5 +44,10 @@ pub fn spawn_ticker(store: Store, config: LiveConfig<ShippingConfig>) {
     });
 }
 
+/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
+
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,17 @@ struct State {
 /// Finds an instance of a service: its base URL (`http://127.0.0.1:41234`), if any is up.
 pub type Resolve = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// What every key set fetch relies on from the issuer (checked against identity's document).
+pub const JWKS_CONTRACT: crate::contract::Expectation = crate::contract::Expectation {
+    consumer: "every token verifier (gateway and services)",
+    provider: "identity",
+    method: "GET",
+    path: "/oauth2/jwks",
+    status: 200,
+    sends: &[],
+    reads: &["keys"],
+};
+
 /// The scheme of URLs that name a registry service rather than a host.
 pub const SERVICE_SCHEME: &str = "service://";
 

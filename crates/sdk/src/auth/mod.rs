@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
-pub use jwks::{JwksCache, JwksError, Resolve, SERVICE_SCHEME};
+pub use jwks::{JwksCache, JwksError, Resolve, JWKS_CONTRACT, SERVICE_SCHEME};
 
 /// Why a token was refused.
 #[derive(Debug, thiserror::Error)]

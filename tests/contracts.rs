@@ -1,0 +1,74 @@
+//! Contract tests: every call one part of the system makes to another, as the caller states
+//! it next to its code, checked against the provider's published OpenAPI document; and every
+//! published document checked for references that lead nowhere.
+
+#![allow(clippy::unwrap_used)]
+
+use flotilla::contract::{check, Expectation};
+use serde_json::Value;
+
+/// Every service's published document, by name.
+fn providers() -> Vec<(&'static str, Value)> {
+    vec![
+        ("catalog", flotilla_catalog::openapi_document()),
+        ("identity", flotilla_identity::openapi_document()),
+        ("inventory", flotilla_inventory::openapi_document()),
+        ("payments", flotilla_payments::openapi_document()),
+        ("shipping", flotilla_shipping::openapi_document()),
+    ]
+}
+
+/// Every statement of what a caller relies on, with the providers it is made of.
+fn expectations() -> Vec<(Expectation, Vec<&'static str>)> {
+    vec![
+        (flotilla::auth::JWKS_CONTRACT, vec!["identity"]),
+        (
+            flotilla_gateway::openapi::DOCUMENT_CONTRACT,
+            vec!["catalog", "identity", "inventory", "payments", "shipping"],
+        ),
+    ]
+}
+
+#[test]
+fn every_caller_gets_what_it_relies_on() {
+    let providers = providers();
+    let mut broken = Vec::new();
+    for (expectation, of) in expectations() {
+        for name in of {
+            let (_, document) = providers.iter().find(|(n, _)| *n == name).unwrap();
+            if let Err(mut problems) = check(&expectation, document) {
+                broken.append(&mut problems);
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken contracts:\n{}", broken.join("\n"));
+}
+
+fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("$ref", Value::String(target)) => out.push(target),
+                    (_, inner) => refs(inner, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_published_document_is_whole() {
+    for (name, document) in providers() {
+        assert_eq!(document["openapi"], "3.1.0", "{name}");
+        assert_eq!(document["info"]["title"], name);
+        let mut targets = Vec::new();
+        refs(&document, &mut targets);
+        for target in targets {
+            let pointer = target.strip_prefix('#').unwrap_or(target);
+            assert!(document.pointer(pointer).is_some(), "{name}: `{target}` leads nowhere");
+        }
+    }
+}
