@@ -125,6 +125,46 @@ fn a_customer_signs_up_signs_in_browses_and_refreshes_through_the_gateway() {
     );
     assert_eq!((status, again["error"].as_str()), (400, Some("invalid_grant")));
 
+    // An administrator, bootstrapped through central config (as a secret), may write the catalog.
+    let out = system.cli(&[
+        "config",
+        "set",
+        "admin",
+        r#"{"email":"root@example.com","password":"a long admin password"}"#,
+        "--scope",
+        "identity",
+        "--secret",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = (0..100)
+        .find_map(|_| {
+            let (status, tokens) = token(
+                &system,
+                "grant_type=password&client_id=shop-web&username=root%40example.com&password=a+long+admin+password",
+            );
+            if status == 200 {
+                return Some(tokens["access_token"].as_str().unwrap().to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            None
+        })
+        .expect("the administrator can sign in");
+    let product = r#"{"sku":"KIT-777","name":"Sea-green mug","category":"kitchen","price":{"amount_minor":2450,"currency":"EUR"},"image_url":"https://images.example.com/mug.jpg"}"#;
+    let (status, body) = http_request(
+        system.gateway,
+        "POST",
+        "/api/v1/products",
+        &[
+            ("Authorization", &format!("Bearer {admin}")),
+            ("Content-Type", "application/json"),
+        ],
+        product,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (_, found) = http_get(system.gateway, "/api/v1/products?q=sea%20green%20mug").unwrap();
+    assert!(found.contains("KIT-777"), "{found}");
+
     let (status, body) = http_get(system.gateway, "/.well-known/openid-configuration").unwrap();
     assert_eq!(status, 200, "{body}");
 

@@ -182,6 +182,24 @@ pub async fn create(store: &Store, sign_up: SignUp, roles: &[&str]) -> Result<Ac
     }
 }
 
+/// Makes the configured administrator if no account has its email; an existing account is
+/// left as it is (a bootstrap never changes someone's password or roles).
+pub async fn ensure_admin(store: &Store, admin: &crate::config::AdminAccount) -> Result<bool, AccountError> {
+    if by_email(store, &admin.email).await?.is_some() {
+        return Ok(false);
+    }
+    let sign_up = SignUp {
+        email: admin.email.clone(),
+        password: admin.password.clone(),
+        name: "Administrator".into(),
+    };
+    match create(store, sign_up, &[ADMIN]).await {
+        Ok(_) => Ok(true),
+        Err(AccountError::Taken) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 /// An account and its password hash, by email.
 pub async fn by_email(store: &Store, email: &str) -> Result<Option<(Account, String)>, sqlx::Error> {
     let row = sqlx::query("SELECT id, email, name, roles, created_ms, password_hash FROM accounts WHERE email = $1")

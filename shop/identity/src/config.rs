@@ -27,6 +27,19 @@ pub struct IdentityConfig {
     /// Clients that may use the `client_credentials` grant (services). Store their secrets
     /// as config secrets.
     pub clients: Vec<ServiceClient>,
+    /// The first administrator: made (with the `admin` role) when no account has this email.
+    /// Store it as a config secret.
+    pub admin: Option<AdminAccount>,
+}
+
+/// The account an operator bootstraps administration with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminAccount {
+    /// Its email.
+    pub email: String,
+    /// Its password (10 to 128 characters).
+    pub password: String,
 }
 
 /// A confidential client: a service calling others on its own behalf.
@@ -57,6 +70,7 @@ impl Default for IdentityConfig {
             max_failures_per_ip: 20,
             failure_window_seconds: 900,
             clients: Vec::new(),
+            admin: None,
         }
     }
 }
@@ -81,6 +95,14 @@ impl IdentityConfig {
         }
         if self.max_failures_per_account == 0 || self.max_failures_per_ip == 0 || self.failure_window_seconds == 0 {
             return Err("throttling limits and window must be above zero".into());
+        }
+        if let Some(admin) = &self.admin {
+            let sign_up = crate::accounts::SignUp {
+                email: admin.email.clone(),
+                password: admin.password.clone(),
+                name: "Administrator".into(),
+            };
+            sign_up.validate().map_err(|e| format!("admin: {e}"))?;
         }
         for client in &self.clients {
             if client.id.is_empty() || client.id == crate::tokens::SHOP_WEB {

@@ -64,6 +64,27 @@ impl Identity {
             throttle: throttle::Throttle::default(),
             jwks,
         });
+        // The configured administrator exists whenever the configuration names one.
+        let mut changes = identity.config.watch();
+        let bootstrap = Arc::downgrade(&identity);
+        tokio::spawn(async move {
+            loop {
+                let Some(identity) = bootstrap.upgrade() else {
+                    return;
+                };
+                if let Some(admin) = identity.config.current().admin.clone() {
+                    match accounts::ensure_admin(&identity.store, &admin).await {
+                        Ok(true) => tracing::info!("administrator account created from the configuration"),
+                        Ok(false) => {}
+                        Err(err) => tracing::error!(error = %err, "the configured administrator could not be made"),
+                    }
+                }
+                drop(identity);
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let weak = Arc::downgrade(&identity);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
