@@ -3,6 +3,8 @@
 
 mod client;
 mod extract;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 pub use client::{chain, HttpClient, HttpError, JsonResponse};
 pub use extract::{Json, Query};

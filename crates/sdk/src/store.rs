@@ -144,6 +144,13 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Now, in milliseconds since the Unix epoch: how services' tables stamp times (`BIGINT`).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Throwaway databases for tests: SQLite in a temp dir, or, when `FLOTILLA_TEST_POSTGRES`
 /// names a server (`postgres://postgres@127.0.0.1:5432`), a fresh PostgreSQL database that
 /// [`TestDatabase::remove`] drops again.

@@ -4,7 +4,7 @@
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use flotilla::store::Store;
+use flotilla::store::{now_ms, Store};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -133,12 +133,6 @@ pub async fn verify_password(password: String, hash: Option<String>) -> bool {
     .await
     .unwrap_or(false)
         && known
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn account(row: &sqlx::any::AnyRow) -> Result<Account, sqlx::Error> {

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use flotilla::auth::signing::{SigningError, SigningKey};
-use flotilla::store::Store;
+use flotilla::store::{now_ms, Store};
 use sqlx::Row;
 
 /// Why the keys could not be had.
@@ -42,12 +42,6 @@ pub struct Keys {
 pub struct KeyRing {
     store: Store,
     keys: ArcSwap<Keys>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Clock skew allowed on top of a token's lifetime before its key leaves the JWKS.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use flotilla::store::Store;
+use flotilla::store::{now_ms, Store};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -106,12 +106,6 @@ impl OAuthError {
 fn server(err: impl std::fmt::Display) -> OAuthError {
     tracing::error!(error = %err, "token endpoint failed");
     OAuthError::Server
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn hash(token: &str) -> String {

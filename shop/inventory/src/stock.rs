@@ -4,7 +4,7 @@
 //! transaction that writes first (so SQLite takes its write lock at once and PostgreSQL's row
 //! locks order racing reservations); the table's checks refuse an oversell even so.
 
-use flotilla::store::Store;
+use flotilla::store::{now_ms, Store};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -123,12 +123,6 @@ pub enum StockError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> StockError {

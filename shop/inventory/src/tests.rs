@@ -1,55 +1,29 @@
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use flotilla::auth::test_util::TestIssuer;
-use flotilla::auth::{JwksCache, TrustedIssuer};
+use flotilla::auth::test_util::shop_issuer;
+use flotilla::auth::TrustedIssuer;
+use flotilla::http::test_util::call;
 use flotilla::store::test_util::TestDatabase;
 use flotilla::store::Store;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use crate::stock::{self, Line, State, StockError};
 
-fn issuer() -> &'static TestIssuer {
-    static ISSUER: std::sync::OnceLock<TestIssuer> = std::sync::OnceLock::new();
-    ISSUER.get_or_init(|| TestIssuer::new("inventory-test"))
-}
-
 fn token(scope: &str, roles: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    issuer().token(json!({"iss": "http://localhost:8080", "aud": "shop", "sub": "orders", "exp": exp, "scope": scope, "roles": roles}))
+    shop_issuer().shop_token("orders", scope, roles)
 }
 
 async fn app() -> (Router, Store, TestDatabase) {
     let db = TestDatabase::create("inventory").await;
     let store = crate::open(&db.url).await.unwrap();
-    let set = serde_json::from_value(json!({ "keys": [issuer().jwk()] })).unwrap();
-    let tokens = TrustedIssuer::default().verifier_over(JwksCache::local(set), &[], &[]);
+    let tokens = TrustedIssuer::default().verifier_over(shop_issuer().key_set(), &[], &[]);
     let router = flotilla::http::with_problem_fallbacks(crate::router(store.clone(), tokens));
     (router, store, db)
 }
 
 async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = match body {
-        Some(body) => request
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap(),
-        None => request.body(Body::empty()).unwrap(),
-    };
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    let (status, _, body) = call(app, method, uri, token, body).await;
+    (status, body)
 }
 
 fn lines(list: &[(i64, i64)]) -> Vec<Line> {

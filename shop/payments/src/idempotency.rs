@@ -9,19 +9,13 @@ use std::future::Future;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flotilla::store::Store;
+use flotilla::store::{now_ms, Store};
 use flotilla::Problem;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 /// How long a run holds its key before another may take it over.
 const LEASE_MS: i64 = 30_000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 fn internal(err: sqlx::Error) -> Response {
     tracing::error!(error = %err, "idempotency store failed");

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use flotilla::store::Store;
+use flotilla::store::{now_ms, Store};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -72,12 +72,6 @@ pub enum PaymentError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// One provider call: its latency, and its failure rate.

@@ -1,8 +1,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use flotilla::auth::test_util::TestIssuer;
-use flotilla::auth::{JwksCache, TrustedIssuer};
+use flotilla::auth::test_util::shop_issuer;
+use flotilla::auth::TrustedIssuer;
 use flotilla::config::LiveConfig;
 use flotilla::store::test_util::TestDatabase;
 use flotilla::store::Store;
@@ -12,25 +12,14 @@ use tower::ServiceExt;
 
 use crate::config::PaymentsConfig;
 
-fn issuer() -> &'static TestIssuer {
-    static ISSUER: std::sync::OnceLock<TestIssuer> = std::sync::OnceLock::new();
-    ISSUER.get_or_init(|| TestIssuer::new("payments-test"))
-}
-
 fn token(scope: &str, roles: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    issuer().token(json!({"iss": "http://localhost:8080", "aud": "shop", "sub": "orders", "exp": exp, "scope": scope, "roles": roles}))
+    shop_issuer().shop_token("orders", scope, roles)
 }
 
 async fn app(config: PaymentsConfig) -> (Router, Store, TestDatabase) {
     let db = TestDatabase::create("payments").await;
     let store = Store::open(&db.url, &crate::MIGRATOR).await.unwrap();
-    let set = serde_json::from_value(json!({ "keys": [issuer().jwk()] })).unwrap();
-    let tokens = TrustedIssuer::default().verifier_over(JwksCache::local(set), &[], &[]);
+    let tokens = TrustedIssuer::default().verifier_over(shop_issuer().key_set(), &[], &[]);
     let router =
         flotilla::http::with_problem_fallbacks(crate::router(store.clone(), LiveConfig::fixed(config), tokens));
     (router, store, db)

@@ -3,7 +3,7 @@
 //! conditional `UPDATE` per step, so several instances ticking at once move it once. Each
 //! step's event carries the time it became due, not the time the ticker noticed.
 
-use flotilla::store::Store;
+use flotilla::store::{now_ms, Store};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -115,12 +115,6 @@ pub enum ShippingError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn check(order_id: &str, address: &Address) -> Result<(), ShippingError> {

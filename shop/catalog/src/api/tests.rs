@@ -18,28 +18,16 @@ async fn app() -> (Router, TestDatabase) {
     )
 }
 
-fn issuer() -> &'static flotilla::auth::test_util::TestIssuer {
-    static ISSUER: std::sync::OnceLock<flotilla::auth::test_util::TestIssuer> = std::sync::OnceLock::new();
-    ISSUER.get_or_init(|| flotilla::auth::test_util::TestIssuer::new("catalog-test"))
-}
-
 /// The catalog's admin check, over the test issuer's key.
 fn admin_verifier() -> Verifier {
-    let set = serde_json::from_value(serde_json::json!({ "keys": [issuer().jwk()] })).unwrap();
+    let issuer = flotilla::auth::test_util::shop_issuer();
     CatalogConfig::default()
         .tokens
-        .verifier_over(flotilla::auth::JwksCache::local(set), &[], &["admin"])
+        .verifier_over(issuer.key_set(), &[], &["admin"])
 }
 
 fn token(roles: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    issuer().token(serde_json::json!({
-        "iss": "http://localhost:8080", "aud": "shop", "sub": "admin-1", "exp": exp, "roles": roles
-    }))
+    flotilla::auth::test_util::shop_issuer().shop_token("admin-1", "", roles)
 }
 
 async fn send(
@@ -49,24 +37,8 @@ async fn send(
     token: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (StatusCode, serde_json::Value) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = match body {
-        Some(body) => request
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap(),
-        None => request.body(Body::empty()).unwrap(),
-    };
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    let (status, _, body) = flotilla::http::test_util::call(app, method, uri, token, body).await;
+    (status, body)
 }
 
 fn input(sku: &str, name: &str) -> serde_json::Value {
