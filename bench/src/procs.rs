@@ -4,6 +4,19 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+/// The `flotilla` binary built beside the running benchmark, or exit naming the script that
+/// builds both (`bench/failover`).
+pub fn flotilla_beside_me(script: &str) -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("flotilla")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            eprintln!("build the flotilla binary first: {script} does");
+            std::process::exit(2);
+        })
+}
+
 /// A port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -40,14 +40,7 @@ fn main() {
             }
         }
     }
-    let binary = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("flotilla")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| {
-            eprintln!("build the flotilla binary first: bench/config does");
-            std::process::exit(2);
-        });
+    let binary = flotilla_bench::procs::flotilla_beside_me("bench/config");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let scale = format!("catalog={instances}");
     eprintln!("… starting {instances} catalog instances");

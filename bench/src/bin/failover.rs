@@ -59,14 +59,7 @@ fn main() {
             }
         }
     }
-    let binary = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("flotilla")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| {
-            eprintln!("build the flotilla binary first: bench/failover does");
-            std::process::exit(2);
-        });
+    let binary = flotilla_bench::procs::flotilla_beside_me("bench/failover");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     println!(
         "failover: 3 catalog instances behind the gateway, {rate} GET/s open loop, {seconds} s after each fault\n"
