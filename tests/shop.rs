@@ -64,10 +64,11 @@ fn a_customer_signs_up_signs_in_browses_and_refreshes_through_the_gateway() {
     let found: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(found["items"][0]["name"].as_str().unwrap().contains("Rust"), "{found}");
 
-    // A product's stock is public.
-    let (status, body) = http_get(system.gateway, "/api/v1/inventory/1").unwrap();
-    assert_eq!(status, 200, "{body}");
-    let stock: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Past browsing, everything needs a token: a product's stock too.
+    let (status, _) = http_get(system.gateway, "/api/v1/inventory/1").unwrap();
+    assert_eq!(status, 401);
+    let (status, stock) = get_with(&system, "/api/v1/inventory/1", &access);
+    assert_eq!(status, 200, "{stock}");
     assert!(stock["available"].as_i64().unwrap() > 0, "{stock}");
 
     // `/me` needs the token, checked by the gateway against identity's keys.

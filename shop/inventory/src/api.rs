@@ -1,6 +1,6 @@
-//! Inventory's HTTP API. Reading a product's stock is public (through the gateway); the
-//! reservation calls are for services holding the `inventory.reserve` scope (orders) or for
-//! admins; setting stock is for admins.
+//! Inventory's HTTP API. Reading a product's stock needs any valid token; the reservation
+//! calls are for services holding the `inventory.reserve` scope (orders) or for admins;
+//! setting stock is for admins.
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -85,7 +85,12 @@ fn product_id(text: &str) -> Result<i64, Problem> {
         .ok_or_else(|| Problem::invalid_field("product_id", format!("`{text}` is not a product id")))
 }
 
-async fn stock_of(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn stock_of(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
     let stock = stock::stock(&state.store, product_id(&id)?).await.map_err(problem)?;
     Ok(Json(stock).into_response())
 }

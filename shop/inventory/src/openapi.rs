@@ -25,8 +25,8 @@ pub(crate) fn document() -> Value {
                  "description": "Stock per product and reservations by order: idempotent by order id, never oversold."},
         "paths": {
             "/api/v1/inventory/{product_id}": {
-                "get": {"operationId": "getStock", "parameters": [product.clone()],
-                    "responses": {"200": {"description": "Stock", "content": body("Stock")["content"].clone()}, "400": problem(), "404": problem()}},
+                "get": {"operationId": "getStock", "security": secured.clone(), "parameters": [product.clone()],
+                    "responses": {"200": {"description": "Stock", "content": body("Stock")["content"].clone()}, "400": problem(), "401": problem(), "404": problem()}},
                 "put": {"operationId": "setStock", "summary": "Set units on hand (admin)", "security": secured.clone(), "parameters": [product],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["on_hand"], "additionalProperties": false, "properties": {"on_hand": {"type": "integer", "minimum": 0}}}}}},
                     "responses": {"200": {"description": "Stock", "content": body("Stock")["content"].clone()}, "401": problem(), "403": problem(), "409": problem()}}},

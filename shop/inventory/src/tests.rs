@@ -128,8 +128,17 @@ async fn parallel_reservations_never_oversell() {
 #[tokio::test]
 async fn the_api_asks_for_the_reserve_scope_or_admin_and_answers_problems() {
     let (app, _store, db) = app().await;
-    let (status, stock) = send(&app, "GET", "/api/v1/inventory/1", None, None).await;
-    assert_eq!(status, StatusCode::OK, "the seeded stock is public");
+    let (status, _) = send(&app, "GET", "/api/v1/inventory/1", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, stock) = send(
+        &app,
+        "GET",
+        "/api/v1/inventory/1",
+        Some(&token("shop", &["customer"])),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "any signed-in caller sees stock");
     assert!(stock["available"].as_i64().unwrap() > 0);
     let body = json!({"order_id": "o-1", "lines": [{"product_id": 1, "quantity": 1}]});
     let (status, _) = send(&app, "POST", "/api/v1/inventory/reservations", None, Some(body.clone())).await;
