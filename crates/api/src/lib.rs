@@ -4,6 +4,7 @@
 //! so a client and a server cannot drift apart.
 
 pub mod config;
+pub mod events;
 pub mod problem;
 pub mod registry;
 

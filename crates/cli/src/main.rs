@@ -469,10 +469,10 @@ async fn run(cli: Cli) -> Result<()> {
                 token,
                 warm_up,
             };
-            let store = flotilla_control::ConfigStore::open(&data_dir)
+            let storage = flotilla_control::Storage::open(&data_dir, Default::default())
                 .await
-                .with_context(|| format!("opening the config store in {}", data_dir.display()))?;
-            flotilla_control::serve(listener, config, store, runtime::shutdown_signal()).await?;
+                .with_context(|| format!("opening the control plane's storage in {}", data_dir.display()))?;
+            flotilla_control::serve(listener, config, storage, runtime::shutdown_signal()).await?;
             drop(marker);
         }
         Command::Gateway {

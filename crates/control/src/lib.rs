@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod events;
 pub mod registry;
 
 use std::future::{Future, IntoFuture};
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::ConfigStore;
+pub use events::{EventLog, LogConfig};
 pub use registry::{Registry, RegistryConfig};
 
 /// Everything the control plane needs to start.
@@ -59,6 +61,8 @@ pub struct ControlState {
     pub registry: Registry,
     /// The config store.
     pub config: ConfigStore,
+    /// The event log.
+    pub events: EventLog,
     token: String,
     pub(crate) closing: watch::Receiver<bool>,
     /// Until then the registry is warming up: instances of a previous run are still
@@ -69,16 +73,25 @@ pub struct ControlState {
 impl ControlState {
     /// State for a control plane over an opened config store; `closing` turns true when it
     /// begins to shut down, which ends every blocking query at once.
-    pub fn new(config: ControlConfig, store: ConfigStore, closing: watch::Receiver<bool>) -> Self {
+    pub fn new(config: ControlConfig, storage: Storage, closing: watch::Receiver<bool>) -> Self {
         let start = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
         Self {
             warm_at: tokio::time::Instant::now() + config.warm_up,
             registry: Registry::starting_at(config.registry, start),
-            config: store,
+            config: storage.config,
+            events: storage.events,
             token: config.token,
             closing,
+        }
+    }
+
+    /// Resolves when the control plane begins to shut down (never, if nothing will tell it).
+    pub(crate) async fn closing(&self) {
+        let mut closing = self.closing.clone();
+        if closing.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -94,16 +107,65 @@ impl ControlState {
     }
 }
 
-/// Serves the control plane on `listener`, its config in `store` (opened by the caller:
-/// [`ConfigStore::open`] on the data dir), until `shutdown` resolves.
+/// What the control plane keeps on disk: the config store and the event log.
+pub struct Storage {
+    /// The config store.
+    pub config: ConfigStore,
+    /// The event log.
+    pub events: EventLog,
+}
+
+/// Why the control plane's storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The config store.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The event log.
+    #[error(transparent)]
+    Events(#[from] events::LogError),
+}
+
+impl Storage {
+    /// Both, in the data dir (`control.db`, `config.key`, `events.db`).
+    pub async fn open(data_dir: &std::path::Path, log: LogConfig) -> Result<Self, StorageError> {
+        Ok(Self {
+            config: ConfigStore::open(data_dir).await?,
+            events: EventLog::open(data_dir, log).await?,
+        })
+    }
+
+    /// Both in memory, for tests.
+    pub async fn in_memory() -> Result<Self, StorageError> {
+        Ok(Self {
+            config: ConfigStore::in_memory().await?,
+            events: EventLog::in_memory(LogConfig::default()).await?,
+        })
+    }
+}
+
+/// Serves the control plane on `listener` over `storage` (opened by the caller), until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     config: ControlConfig,
-    store: ConfigStore,
+    storage: Storage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (closing_tx, closing_rx) = watch::channel(false);
-    let state = Arc::new(ControlState::new(config, store, closing_rx.clone()));
+    let state = Arc::new(ControlState::new(config, storage, closing_rx.clone()));
+    let retention = tokio::spawn({
+        let state = state.clone();
+        let mut closing = closing_rx.clone();
+        async move {
+            state
+                .events
+                .run_retention(async move {
+                    let _ = closing.wait_for(|c| *c).await;
+                })
+                .await
+        }
+    });
     let expiry = tokio::spawn({
         let state = state.clone();
         let mut closing = closing_rx.clone();
@@ -129,6 +191,7 @@ pub async fn serve(
     tracing::info!("control plane shutting down");
     let _ = closing_tx.send(true);
     let _ = expiry.await;
+    let _ = retention.await;
     match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),

@@ -20,6 +20,10 @@ use tokio::sync::oneshot;
 const TOKEN: &str = "test-token";
 
 async fn start_control(addr: SocketAddr, store: ConfigStore) -> oneshot::Sender<()> {
+    let storage = flotilla_control::Storage {
+        config: store,
+        events: flotilla_control::EventLog::in_memory(Default::default()).await.unwrap(),
+    };
     let listener = TcpListener::bind(addr).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let config = ControlConfig {
@@ -27,7 +31,7 @@ async fn start_control(addr: SocketAddr, store: ConfigStore) -> oneshot::Sender<
         token: TOKEN.into(),
         warm_up: Duration::ZERO,
     };
-    tokio::spawn(flotilla_control::serve(listener, config, store, async move {
+    tokio::spawn(flotilla_control::serve(listener, config, storage, async move {
         let _ = stopped.await;
     }));
     stop

@@ -29,8 +29,8 @@ async fn start_control_warming(addr: SocketAddr, warm_up: Duration) -> oneshot::
         token: TOKEN.into(),
         warm_up,
     };
-    let store = flotilla_control::ConfigStore::in_memory().await.unwrap();
-    tokio::spawn(flotilla_control::serve(listener, config, store, async move {
+    let storage = flotilla_control::Storage::in_memory().await.unwrap();
+    tokio::spawn(flotilla_control::serve(listener, config, storage, async move {
         let _ = stopped.await;
     }));
     stop

@@ -16,8 +16,8 @@ async fn app() -> Router {
         token: TOKEN.into(),
         warm_up: Duration::ZERO,
     };
-    let store = crate::ConfigStore::in_memory().await.unwrap();
-    router(Arc::new(ControlState::new(config, store, rx)))
+    let storage = crate::Storage::in_memory().await.unwrap();
+    router(Arc::new(ControlState::new(config, storage, rx)))
 }
 
 fn registration_body() -> String {
@@ -374,4 +374,81 @@ async fn diff_and_rollback_over_http() {
     assert_eq!(back.status(), StatusCode::OK);
     let current = app.oneshot(config_request("GET", path, None, &[], None)).await.unwrap();
     assert_eq!(json(current).await["value"]["routes"][0]["prefix"], "/a");
+}
+
+#[tokio::test]
+async fn the_event_api_appends_fetches_and_acks_with_the_token_only() {
+    let app = app().await;
+    let event = serde_json::json!({"id": "e1", "source": "/orders", "type": "shop.order.placed", "subject": "order/1", "data": {"n": 1}});
+    let refused = app
+        .clone()
+        .oneshot(config_request(
+            "POST",
+            "/v1/events/orders",
+            None,
+            &[],
+            Some(event.clone()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    for _ in 0..2 {
+        let appended = app
+            .clone()
+            .oneshot(config_request(
+                "POST",
+                "/v1/events/orders",
+                Some(TOKEN),
+                &[],
+                Some(event.clone()),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), StatusCode::OK);
+        assert_eq!(json(appended).await[0]["offset"], 0, "the same id twice is one event");
+    }
+    let fetched = app
+        .clone()
+        .oneshot(config_request(
+            "GET",
+            "/v1/events/orders?group=shipping&max=10",
+            Some(TOKEN),
+            &[],
+            None,
+        ))
+        .await
+        .unwrap();
+    let fetched = json(fetched).await;
+    assert_eq!(fetched[0]["event"]["type"], "shop.order.placed", "{fetched}");
+    assert_eq!(fetched[0]["attempt"], 1);
+    let acked = app
+        .clone()
+        .oneshot(config_request(
+            "POST",
+            "/v1/events/orders/ack",
+            Some(TOKEN),
+            &[],
+            Some(serde_json::json!({"group": "shipping", "offsets": [0]})),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(json(acked).await["acked"], 1);
+    let bad = app
+        .clone()
+        .oneshot(config_request(
+            "POST",
+            "/v1/events/orders",
+            Some(TOKEN),
+            &[],
+            Some(serde_json::json!({"id": "x"})),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let topics = app
+        .oneshot(config_request("GET", "/v1/events", Some(TOKEN), &[], None))
+        .await
+        .unwrap();
+    let topics = json(topics).await;
+    assert_eq!(topics[0]["groups"][0]["lag"], 0);
 }

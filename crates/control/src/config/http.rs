@@ -268,10 +268,9 @@ async fn resolve(
         None => state.config.resolve(&service, profile, reveal),
         Some(index) => {
             let wait = parse_wait(q.wait.as_deref())?;
-            let mut closing = state.closing.clone();
             tokio::select! {
                 resolved = state.config.resolve_after(&service, profile, index, wait, reveal) => resolved,
-                _ = closing.wait_for(|c| *c) => state.config.resolve(&service, profile, reveal),
+                () = state.closing() => state.config.resolve(&service, profile, reveal),
             }
         }
     }
@@ -306,10 +305,9 @@ struct AppliedQuery {
 async fn applied(State(state): State<Arc<ControlState>>, Query(q): Query<AppliedQuery>) -> Result<Response, Problem> {
     if let Some(index) = q.index {
         let wait = parse_wait(q.wait.as_deref())?;
-        let mut closing = state.closing.clone();
         tokio::select! {
             _ = state.config.reports_after(index, wait) => {}
-            _ = closing.wait_for(|c| *c) => {}
+            () = state.closing() => {}
         }
     }
     // Only instances the registry still holds: a report outlives no instance.
