@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod contract;
 pub mod discovery;
+pub mod events;
 pub mod http;
 pub mod resilience;
 pub mod runtime;

@@ -1,0 +1,103 @@
+//! A client of the control plane's event log (`/v1/events`).
+
+use std::time::Duration;
+
+use flotilla_api::events::{Ack, Appended, CloudEvent, Delivery, Nack};
+use http::Method;
+
+use crate::http::{HttpClient, HttpError};
+
+/// Why an event log call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    /// Unreachable, refused or malformed.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// A client of the event log.
+#[derive(Clone, Debug)]
+pub struct EventsClient {
+    http: HttpClient,
+    base: String,
+    token: Option<String>,
+}
+
+impl EventsClient {
+    /// A client for the control plane at `control_addr`.
+    pub fn new(control_addr: &str, token: Option<String>) -> Self {
+        let base = if control_addr.starts_with("http://") || control_addr.starts_with("https://") {
+            control_addr.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{control_addr}")
+        };
+        Self {
+            http: HttpClient::new(Duration::from_secs(5)),
+            base,
+            token,
+        }
+    }
+
+    /// Appends events to a topic, in order.
+    pub async fn append(&self, topic: &str, events: &[CloudEvent]) -> Result<Vec<Appended>, EventsError> {
+        let uri = format!("{}/v1/events/{topic}", self.base);
+        Ok(self
+            .http
+            .send(Method::POST, &uri, self.token.as_deref(), Some(&events), None)
+            .await?
+            .body)
+    }
+
+    /// Up to `max` events for the group, waiting up to `wait` for some.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        group: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, EventsError> {
+        let uri = format!(
+            "{}/v1/events/{topic}?group={group}&max={max}&wait={}ms",
+            self.base,
+            wait.as_millis()
+        );
+        Ok(self
+            .http
+            .send::<(), _>(
+                Method::GET,
+                &uri,
+                self.token.as_deref(),
+                None,
+                Some(wait + Duration::from_secs(5)),
+            )
+            .await?
+            .body)
+    }
+
+    /// The group is done with these offsets.
+    pub async fn ack(&self, topic: &str, group: &str, offsets: &[u64]) -> Result<(), EventsError> {
+        let uri = format!("{}/v1/events/{topic}/ack", self.base);
+        let body = Ack {
+            group: group.to_owned(),
+            offsets: offsets.to_vec(),
+        };
+        self.http
+            .send::<_, serde_json::Value>(Method::POST, &uri, self.token.as_deref(), Some(&body), None)
+            .await?;
+        Ok(())
+    }
+
+    /// A handler failed on this event.
+    pub async fn nack(&self, topic: &str, group: &str, offset: u64, reason: &str) -> Result<(), EventsError> {
+        let uri = format!("{}/v1/events/{topic}/nack", self.base);
+        let body = Nack {
+            group: group.to_owned(),
+            offset,
+            reason: reason.to_owned(),
+        };
+        self.http
+            .send_raw(Method::POST, &uri, self.token.as_deref(), Some(&body), None)
+            .await?;
+        Ok(())
+    }
+}

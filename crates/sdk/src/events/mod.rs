@@ -1,0 +1,31 @@
+//! Events for services: publish through a transactional **outbox** (the event is written in
+//! the same database transaction as the change it announces, then relayed to the log
+//! at-least-once and in order), consume through an **inbox** (a redelivered event is
+//! recognised by its id and has no second effect; a failing handler is retried with backoff,
+//! then dead-lettered by the log). Backend: the control plane's event log.
+
+pub mod client;
+pub mod inbox;
+pub mod outbox;
+
+pub use client::{EventsClient, EventsError};
+pub use flotilla_api::events::{CloudEvent, Delivery};
+pub use inbox::Consumer;
+pub use outbox::{Outbox, Relay};
+
+use crate::store::Store;
+
+/// The outbox and inbox tables, in the service's own database (SQLite or PostgreSQL).
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS flotilla_outbox (seq BIGINT PRIMARY KEY, topic TEXT NOT NULL, envelope TEXT NOT NULL, created_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS flotilla_inbox (grp TEXT NOT NULL, event_id TEXT NOT NULL, processed_ms BIGINT NOT NULL, PRIMARY KEY (grp, event_id))",
+    "CREATE INDEX IF NOT EXISTS flotilla_inbox_by_time ON flotilla_inbox (processed_ms)",
+];
+
+/// Creates the outbox and inbox tables if they are missing.
+pub async fn prepare(store: &Store) -> Result<(), sqlx::Error> {
+    for statement in SCHEMA {
+        sqlx::query(statement).execute(store.pool()).await?;
+    }
+    Ok(())
+}
