@@ -14,6 +14,7 @@ pub mod events;
 pub mod http;
 pub mod resilience;
 pub mod runtime;
+pub mod saga;
 pub mod store;
 pub mod telemetry;
 

@@ -1,0 +1,308 @@
+//! Where saga instances live: one row each in the service's database (SQLite or PostgreSQL),
+//! and a log of every transition. A runner takes an instance with a lease (a conditional
+//! update), so two runners never run the same step at once, and a crashed runner's lease
+//! simply runs out.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::store::{now_ms, Store};
+
+/// Where an instance is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SagaStatus {
+    /// Steps are running (or waiting to retry).
+    Running,
+    /// A step failed for good; earlier steps are being undone.
+    Compensating,
+    /// Every step succeeded.
+    Completed,
+    /// Every earlier step was undone.
+    Compensated,
+    /// The state could not be read: needs a person.
+    Failed,
+}
+
+impl SagaStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "running" => SagaStatus::Running,
+            "compensating" => SagaStatus::Compensating,
+            "completed" => SagaStatus::Completed,
+            "compensated" => SagaStatus::Compensated,
+            _ => SagaStatus::Failed,
+        }
+    }
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaRecord {
+    /// Its id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Where it is.
+    pub status: SagaStatus,
+    /// The step running, or (compensating) the step that failed.
+    pub step: i64,
+    /// Tries of the current step so far.
+    pub attempts: u32,
+    /// The saga's state.
+    pub state: serde_json::Value,
+    /// The last failure.
+    pub last_error: String,
+}
+
+/// One line of an instance's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The step.
+    pub step: String,
+    /// `done`, `retry`, `waiting`, `failed`, `compensated`, `completed`, ….
+    pub event: String,
+    /// Why, when it failed.
+    pub detail: String,
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+}
+
+const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS flotilla_saga_log (saga_id TEXT NOT NULL, seq BIGINT NOT NULL, step TEXT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (saga_id, seq))",
+];
+
+/// The saga tables of a service's database.
+#[derive(Clone, Debug)]
+pub struct SagaStore {
+    store: Store,
+}
+
+impl SagaStore {
+    /// The tables in `store`, made if missing.
+    pub async fn prepare(store: Store) -> Result<Self, sqlx::Error> {
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(store.pool()).await?;
+        }
+        Ok(Self { store })
+    }
+
+    async fn log(&self, id: &str, step: &str, event: &str, detail: &str) -> Result<(), sqlx::Error> {
+        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM flotilla_saga_log WHERE saga_id = $1")
+            .bind(id)
+            .fetch_one(self.store.pool())
+            .await?;
+        sqlx::query(
+            "INSERT INTO flotilla_saga_log (saga_id, seq, step, event, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(seq)
+        .bind(step)
+        .bind(event)
+        .bind(detail)
+        .bind(now_ms())
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A new running instance; `false` if the id exists.
+    pub async fn insert(&self, id: &str, kind: &str, state: &serde_json::Value) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO flotilla_sagas (id, kind, status, step, attempts, state, last_error, next_run_ms, leased_until, created_ms, updated_ms) \
+             VALUES ($1, $2, 'running', 0, 0, $3, '', $4, 0, $4, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(state.to_string())
+        .bind(now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            self.log(id, "", "started", "").await?;
+        }
+        Ok(inserted)
+    }
+
+    /// Ids of instances due to run.
+    pub async fn due(&self, kind: &str, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        let now = now_ms();
+        sqlx::query_scalar(
+            "SELECT id FROM flotilla_sagas WHERE kind = $1 AND status IN ('running', 'compensating') AND next_run_ms <= $2 AND leased_until <= $2 ORDER BY next_run_ms LIMIT $3",
+        )
+        .bind(kind)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await
+    }
+
+    /// Takes an instance for `lease`, if nobody holds it.
+    pub async fn lease(&self, id: &str, lease: Duration) -> Result<Option<SagaRecord>, sqlx::Error> {
+        let now = now_ms();
+        let taken = sqlx::query("UPDATE flotilla_sagas SET leased_until = $1 WHERE id = $2 AND leased_until <= $3 AND status IN ('running', 'compensating')")
+            .bind(now + lease.as_millis() as i64)
+            .bind(id)
+            .bind(now)
+            .execute(self.store.pool())
+            .await?
+            .rows_affected()
+            == 1;
+        if !taken {
+            return Ok(None);
+        }
+        self.get(id).await
+    }
+
+    /// One instance.
+    pub async fn get(&self, id: &str) -> Result<Option<SagaRecord>, sqlx::Error> {
+        let row =
+            sqlx::query("SELECT id, kind, status, step, attempts, state, last_error FROM flotilla_sagas WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.store.pool())
+                .await?;
+        row.map(|r| record(&r)).transpose()
+    }
+
+    /// Instances of a kind, newest first.
+    pub async fn list(&self, kind: &str, limit: i64) -> Result<Vec<SagaRecord>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, kind, status, step, attempts, state, last_error FROM flotilla_sagas WHERE kind = $1 ORDER BY created_ms DESC, id LIMIT $2",
+        )
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    /// An instance's history, oldest first.
+    pub async fn history(&self, id: &str) -> Result<Vec<Transition>, sqlx::Error> {
+        let rows =
+            sqlx::query("SELECT step, event, detail, at_ms FROM flotilla_saga_log WHERE saga_id = $1 ORDER BY seq")
+                .bind(id)
+                .fetch_all(self.store.pool())
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Transition {
+                    step: r.try_get("step")?,
+                    event: r.try_get("event")?,
+                    detail: r.try_get("detail")?,
+                    at_ms: r.try_get("at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn step_done(
+        &self,
+        id: &str,
+        step: &str,
+        state: &serde_json::Value,
+        last: bool,
+    ) -> Result<(), sqlx::Error> {
+        let status = if last { "completed" } else { "running" };
+        sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = 0, last_error = '', updated_ms = $3 WHERE id = $4")
+            .bind(state.to_string())
+            .bind(status)
+            .bind(now_ms())
+            .bind(id)
+            .execute(self.store.pool())
+            .await?;
+        self.log(id, step, "done", "").await?;
+        if last {
+            self.log(id, "", "completed", "").await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn retry_later(
+        &self,
+        id: &str,
+        step: &str,
+        why: &str,
+        after: Duration,
+        counts: bool,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5")
+            .bind(i64::from(counts))
+            .bind(why)
+            .bind(now + after.as_millis() as i64)
+            .bind(now)
+            .bind(id)
+            .execute(self.store.pool())
+            .await?;
+        self.log(id, step, if counts { "retry" } else { "waiting" }, why).await
+    }
+
+    pub(super) async fn compensate_from(&self, id: &str, step: &str, why: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', attempts = 0, last_error = $1, next_run_ms = 0, leased_until = 0, updated_ms = $2 WHERE id = $3")
+            .bind(why)
+            .bind(now_ms())
+            .bind(id)
+            .execute(self.store.pool())
+            .await?;
+        self.log(id, step, "failed", why).await
+    }
+
+    pub(super) async fn compensated(&self, id: &str, step: &str, state: &serde_json::Value) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = 0, updated_ms = $2 WHERE id = $3")
+            .bind(state.to_string())
+            .bind(now_ms())
+            .bind(id)
+            .execute(self.store.pool())
+            .await?;
+        self.log(id, step, "compensated", "").await
+    }
+
+    pub(super) async fn finish(
+        &self,
+        id: &str,
+        status: SagaStatus,
+        state: &serde_json::Value,
+        why: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE flotilla_sagas SET status = $1, state = $2, leased_until = 0, updated_ms = $3 WHERE id = $4",
+        )
+        .bind(status.as_str())
+        .bind(state.to_string())
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.store.pool())
+        .await?;
+        self.log(id, "", status.as_str(), why).await
+    }
+}
+
+fn record(row: &sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    let status: String = row.try_get("status")?;
+    Ok(SagaRecord {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        status: SagaStatus::parse(&status),
+        step: row.try_get("step")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        state: serde_json::from_str(&state).unwrap_or_default(),
+        last_error: row.try_get("last_error")?,
+    })
+}

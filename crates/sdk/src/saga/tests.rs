@@ -1,0 +1,199 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::store::test_util::TestDatabase;
+use crate::store::Store;
+
+type Journal = Arc<Mutex<Vec<String>>>;
+
+/// A three-step saga whose step `fail_at` (if any) is rejected; every effect is journaled.
+fn order_saga(journal: &Journal, fail_at: Option<usize>) -> Saga<serde_json::Value> {
+    let mut saga = Saga::new("order");
+    for (i, name) in ["reserve", "authorize", "ship"].into_iter().enumerate() {
+        let (a, c) = (journal.clone(), journal.clone());
+        saga = saga.step(
+            name,
+            move |_id, state: serde_json::Value| {
+                let a = a.clone();
+                async move {
+                    if fail_at == Some(i) {
+                        return Err(StepError::Rejected(format!("{name} refused")));
+                    }
+                    a.lock().unwrap().push(format!("do {name}"));
+                    Ok(state)
+                }
+            },
+            move |_id, state| {
+                let c = c.clone();
+                async move {
+                    c.lock().unwrap().push(format!("undo {name}"));
+                    Ok(state)
+                }
+            },
+        );
+    }
+    saga
+}
+
+async fn sagas() -> (SagaStore, TestDatabase) {
+    let db = TestDatabase::create("saga").await;
+    let store = Store::open(&db.url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+    (SagaStore::prepare(store).await.unwrap(), db)
+}
+
+async fn run_to_end<S>(runner: &SagaRunner<S>, id: &str) -> SagaRecord
+where
+    S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let started = std::time::Instant::now();
+    loop {
+        let record = runner.store().get(id).await.unwrap().unwrap();
+        if !matches!(record.status, SagaStatus::Running | SagaStatus::Compensating) {
+            return record;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "stuck: {record:?}");
+        if runner.tick().await.unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_saga_runs_every_step_once_and_completes() {
+    let (store, db) = sagas().await;
+    let journal = Journal::default();
+    let runner = SagaRunner::new(order_saga(&journal, None), store);
+    assert!(runner.start("o-1", &serde_json::json!({"order": 1})).await.unwrap());
+    assert!(
+        !runner.start("o-1", &serde_json::json!({"order": 1})).await.unwrap(),
+        "idempotent by id"
+    );
+    let done = run_to_end(&runner, "o-1").await;
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(*journal.lock().unwrap(), vec!["do reserve", "do authorize", "do ship"]);
+    let history = runner.store().history("o-1").await.unwrap();
+    assert_eq!(history.first().unwrap().event, "started");
+    assert_eq!(history.last().unwrap().event, "completed");
+    db.remove().await;
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_undoes_the_earlier_steps_in_reverse_once_each() {
+    let (store, db) = sagas().await;
+    for fail_at in 0..3 {
+        let journal = Journal::default();
+        let runner = SagaRunner::new(order_saga(&journal, Some(fail_at)), store.clone());
+        let id = format!("fail-{fail_at}");
+        runner.start(&id, &serde_json::json!({})).await.unwrap();
+        let done = run_to_end(&runner, &id).await;
+        assert_eq!(done.status, SagaStatus::Compensated);
+        let names = ["reserve", "authorize", "ship"];
+        let mut expected: Vec<String> = names[..fail_at].iter().map(|n| format!("do {n}")).collect();
+        expected.extend(names[..fail_at].iter().rev().map(|n| format!("undo {n}")));
+        assert_eq!(*journal.lock().unwrap(), expected, "failing at {}", names[fail_at]);
+    }
+    db.remove().await;
+}
+
+#[tokio::test]
+async fn a_step_waits_while_its_dependency_is_away_and_goes_on_when_it_returns() {
+    let (store, db) = sagas().await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let saga = Saga::new("pay")
+        .step(
+            "authorize",
+            move |_id, state: serde_json::Value| {
+                let counter = counter.clone();
+                async move {
+                    if counter.fetch_add(1, Ordering::SeqCst) < 4 {
+                        Err(StepError::Unavailable("payments is down".into()))
+                    } else {
+                        Ok(state)
+                    }
+                }
+            },
+            |_id, state| async move { Ok(state) },
+        )
+        .with_policy(Duration::from_secs(1), 1);
+    let runner = SagaRunner::new(saga, store);
+    runner.start("p-1", &serde_json::json!({})).await.unwrap();
+    let done = run_to_end(&runner, "p-1").await;
+    assert_eq!(done.status, SagaStatus::Completed, "waiting never gives up");
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    let waits = runner
+        .store()
+        .history("p-1")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| t.event == "waiting")
+        .count();
+    assert_eq!(waits, 4);
+    db.remove().await;
+}
+
+#[tokio::test]
+async fn a_saga_resumes_after_a_crash_from_its_last_recorded_step() {
+    let (store, db) = sagas().await;
+    let journal = Journal::default();
+    {
+        let runner = SagaRunner::new(order_saga(&journal, None), store.clone());
+        runner.start("o-9", &serde_json::json!({})).await.unwrap();
+        // One step, then the process dies.
+        assert_eq!(runner.tick().await.unwrap(), 1);
+    }
+    let record = store.get("o-9").await.unwrap().unwrap();
+    assert_eq!((record.status, record.step), (SagaStatus::Running, 1));
+    let runner = SagaRunner::new(order_saga(&journal, None), store.clone());
+    let done = run_to_end(&runner, "o-9").await;
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(
+        *journal.lock().unwrap(),
+        vec!["do reserve", "do authorize", "do ship"],
+        "no step ran twice"
+    );
+    db.remove().await;
+}
+
+#[tokio::test]
+async fn a_failing_step_is_retried_then_compensated() {
+    let (store, db) = sagas().await;
+    let tries = Arc::new(AtomicU32::new(0));
+    let t = tries.clone();
+    let undone = Arc::new(AtomicU32::new(0));
+    let u = undone.clone();
+    let saga = Saga::new("flaky")
+        .step(
+            "first",
+            |_id, s: serde_json::Value| async move { Ok(s) },
+            move |_id, s| {
+                let u = u.clone();
+                async move {
+                    u.fetch_add(1, Ordering::SeqCst);
+                    Ok(s)
+                }
+            },
+        )
+        .step(
+            "second",
+            move |_id, _s: serde_json::Value| {
+                let t = t.clone();
+                async move {
+                    t.fetch_add(1, Ordering::SeqCst);
+                    Err(StepError::Failed("boom".into()))
+                }
+            },
+            |_id, s| async move { Ok(s) },
+        )
+        .with_policy(Duration::from_secs(1), 3);
+    let runner = SagaRunner::new(saga, store);
+    runner.start("f-1", &serde_json::json!({})).await.unwrap();
+    let done = run_to_end(&runner, "f-1").await;
+    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(tries.load(Ordering::SeqCst), 3);
+    assert_eq!(undone.load(Ordering::SeqCst), 1);
+    assert_eq!(done.last_error, "boom");
+    db.remove().await;
+}
