@@ -40,7 +40,10 @@ fn main() {
         .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
     let started = Instant::now();
     while http_get(addr, "/health/ready").map_or(true, |(s, _)| s != 200) {
-        assert!(started.elapsed() < Duration::from_secs(20), "the control plane never answered");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the control plane never answered"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,7 +91,10 @@ fn main() {
                     .unwrap_or_else(|e| panic!("event: {e}"))
                 })
                 .collect();
-            client.append("bench", &events).await.unwrap_or_else(|e| panic!("append: {e}"));
+            client
+                .append("bench", &events)
+                .await
+                .unwrap_or_else(|e| panic!("append: {e}"));
             let now = Instant::now();
             let mut at = acked_at.lock().unwrap_or_else(|e| e.into_inner());
             for e in &events {
@@ -99,7 +105,12 @@ fn main() {
         let mut latencies = consumer.await.unwrap_or_default();
         let elapsed = begin.elapsed();
         latencies.sort();
-        let q = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default();
+        let q = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or_default()
+        };
         (total as f64 / elapsed.as_secs_f64(), q(0.5), q(0.99))
     });
     let _ = control.kill();
@@ -107,5 +118,9 @@ fn main() {
     println!("\nevents: {total} events in batches of {batch}, one producer, one consumer group\n");
     println!("| events/s through the log | append acked → delivered p50 | p99 |");
     println!("|---:|---:|---:|");
-    println!("| {rate:.0} | {:.1} ms | {:.1} ms |", p50.as_secs_f64() * 1000.0, p99.as_secs_f64() * 1000.0);
+    println!(
+        "| {rate:.0} | {:.1} ms | {:.1} ms |",
+        p50.as_secs_f64() * 1000.0,
+        p99.as_secs_f64() * 1000.0
+    );
 }
