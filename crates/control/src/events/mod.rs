@@ -3,7 +3,10 @@
 //! them, and get them again when an ack does not come in time; after `max_deliveries` failed
 //! deliveries an event moves to the topic's dead-letter topic (`<topic>.dead-letter`), from
 //! which it can be replayed; retention by age and by count. SQLite in the data dir
-//! (`events.db`, WAL, `synchronous = FULL`); appends wake every waiting fetch.
+//! (`events.db`, WAL): an append is synced to disk before it is answered (`synchronous =
+//! FULL`); a group's progress (what is in flight, what was acked) is not (`NORMAL`), since
+//! losing the last of it in a crash only redelivers events, which consumers' inboxes absorb.
+//! Appends wake every waiting fetch.
 
 pub mod http;
 
@@ -151,7 +154,9 @@ impl EventLog {
             event.validate().map_err(|(field, reason)| invalid(field, reason))?;
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query("INSERT INTO topics (topic, next_offset) VALUES (?, 0) ON CONFLICT (topic) DO NOTHING")
             .bind(topic)
             .execute(&mut *tx)
@@ -160,36 +165,48 @@ impl EventLog {
             .bind(topic)
             .fetch_one(&mut *tx)
             .await?;
+        // The ids the topic holds already, in one query per chunk.
+        let mut known = std::collections::HashMap::new();
+        for chunk in events.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT id, offset FROM events WHERE topic = ? AND id IN ({marks})");
+            let mut query = sqlx::query(&sql).bind(topic);
+            for event in chunk {
+                query = query.bind(&event.id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                known.insert(row.try_get::<String, _>("id")?, row.try_get::<i64, _>("offset")?);
+            }
+        }
         let mut out = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
         for event in events {
-            let existing: Option<i64> = sqlx::query_scalar("SELECT offset FROM events WHERE topic = ? AND id = ?")
-                .bind(topic)
-                .bind(&event.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(offset) = existing {
+            if let Some(offset) = known.get(&event.id) {
                 out.push(Appended {
                     id: event.id.clone(),
-                    offset: offset as u64,
+                    offset: *offset as u64,
                     duplicate: true,
                 });
                 continue;
             }
             let envelope = serde_json::to_string(event).map_err(|e| invalid("event", e.to_string()))?;
-            sqlx::query("INSERT INTO events (topic, offset, id, envelope, appended_ms) VALUES (?, ?, ?, ?, ?)")
-                .bind(topic)
-                .bind(next)
-                .bind(&event.id)
-                .bind(envelope)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            known.insert(event.id.clone(), next);
+            rows.push((next, event.id.clone(), envelope));
             out.push(Appended {
                 id: event.id.clone(),
                 offset: next as u64,
                 duplicate: false,
             });
             next += 1;
+        }
+        for chunk in rows.chunks(200) {
+            let marks = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!("INSERT INTO events (topic, offset, id, envelope, appended_ms) VALUES {marks}");
+            let mut insert = sqlx::query(&sql);
+            for (offset, id, envelope) in chunk {
+                insert = insert.bind(topic).bind(*offset).bind(id).bind(envelope).bind(now);
+            }
+            insert.execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE topics SET next_offset = ? WHERE topic = ?")
             .bind(next)
@@ -237,7 +254,9 @@ impl EventLog {
     async fn fetch_now(&self, topic: &str, group: &str, max: u32) -> Result<Vec<Delivery>, LogError> {
         let now = now_ms();
         let deadline = now + self.config.ack_timeout.as_millis() as i64;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query(
             "INSERT INTO groups (topic, grp, next_offset) VALUES (?, ?, 0) ON CONFLICT (topic, grp) DO NOTHING",
         )
@@ -315,6 +334,7 @@ impl EventLog {
             .fetch_all(&mut *tx)
             .await?;
             let mut last = None;
+            let mut flying = Vec::new();
             for row in fresh {
                 let offset: i64 = row.try_get("offset")?;
                 let envelope: String = row.try_get("envelope")?;
@@ -322,18 +342,23 @@ impl EventLog {
                 let Ok(event) = serde_json::from_str::<CloudEvent>(&envelope) else {
                     continue;
                 };
-                sqlx::query("INSERT INTO in_flight (topic, grp, offset, attempts, deadline_ms, last_error) VALUES (?, ?, ?, 1, ?, NULL)")
-                    .bind(topic)
-                    .bind(group)
-                    .bind(offset)
-                    .bind(deadline)
-                    .execute(&mut *tx)
-                    .await?;
+                flying.push(offset);
                 handed.push(Delivery {
                     offset: offset as u64,
                     attempt: 1,
                     event,
                 });
+            }
+            for chunk in flying.chunks(200) {
+                let marks = vec!["(?, ?, ?, 1, ?, NULL)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "INSERT INTO in_flight (topic, grp, offset, attempts, deadline_ms, last_error) VALUES {marks}"
+                );
+                let mut insert = sqlx::query(&sql);
+                for offset in chunk {
+                    insert = insert.bind(topic).bind(group).bind(*offset).bind(deadline);
+                }
+                insert.execute(&mut *tx).await?;
             }
             if let Some(last) = last {
                 sqlx::query("UPDATE groups SET next_offset = ? WHERE topic = ? AND grp = ?")
@@ -345,6 +370,8 @@ impl EventLog {
             }
         }
         tx.commit().await?;
+        // The one connection goes back before the dead letters are appended through it.
+        drop(conn);
         for (mut event, reason, offset) in dead {
             tracing::warn!(topic, group, offset, %reason, id = %event.id, "event dead-lettered");
             event.deadletterreason = Some(format!("{reason} (topic {topic}, group {group}, offset {offset})"));
@@ -357,16 +384,18 @@ impl EventLog {
     pub async fn ack(&self, topic: &str, group: &str, offsets: &[u64]) -> Result<u64, LogError> {
         validate_topic(topic).map_err(|r| invalid("topic", r))?;
         check_group(group)?;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut done = 0;
-        for offset in offsets {
-            done += sqlx::query("DELETE FROM in_flight WHERE topic = ? AND grp = ? AND offset = ?")
-                .bind(topic)
-                .bind(group)
-                .bind(*offset as i64)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        for chunk in offsets.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("DELETE FROM in_flight WHERE topic = ? AND grp = ? AND offset IN ({marks})");
+            let mut delete = sqlx::query(&sql).bind(topic).bind(group);
+            for offset in chunk {
+                delete = delete.bind(*offset as i64);
+            }
+            done += delete.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(done)
