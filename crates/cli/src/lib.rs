@@ -2,6 +2,7 @@
 //! the other subcommands. The binary only parses flags and calls in here.
 
 pub mod config_command;
+pub mod events_command;
 pub mod manifest;
 pub mod status;
 pub mod supervisor;

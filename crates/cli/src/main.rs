@@ -81,6 +81,20 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Look into the event log: topics and groups, a topic's events, replaying dead letters.
+    Events {
+        /// The control plane's address.
+        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
+        control_addr: String,
+        /// The data dir holding the token.
+        #[arg(long, global = true, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(subcommand)]
+        action: EventsAction,
+    },
     /// Run the control plane (the registry and the config store).
     Control {
         /// Where to listen.
@@ -234,6 +248,30 @@ enum ConfigAction {
         /// Only this service.
         #[arg(long)]
         service: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Every topic, with each consumer group's next offset, in-flight count and lag.
+    Topics,
+    /// A topic's events from an offset (`orders.dead-letter` shows why each died).
+    Read {
+        /// The topic.
+        topic: String,
+        /// The first offset.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Append a dead letter back onto its topic, as a new event.
+    Replay {
+        /// The dead-letter topic (`orders.dead-letter`).
+        topic: String,
+        /// The dead letter's offset.
+        offset: u64,
     },
 }
 
@@ -436,6 +474,22 @@ async fn run(cli: Cli) -> Result<()> {
                 ConfigAction::Applied { service } => {
                     config::applied(&control_addr, token.clone(), service.as_deref(), json).await?
                 }
+            }
+        }
+        Command::Events {
+            control_addr,
+            data_dir,
+            output,
+            action,
+        } => {
+            use flotilla_cli::events_command as events;
+            let token = token::read(&data_dir).ok().flatten();
+            let client = flotilla::events::EventsClient::new(&control_addr, token);
+            let json = matches!(output, Output::Json);
+            match action {
+                EventsAction::Topics => events::topics(&client, json).await?,
+                EventsAction::Read { topic, from, limit } => events::read(&client, &topic, from, limit, json).await?,
+                EventsAction::Replay { topic, offset } => events::replay(&client, &topic, offset).await?,
             }
         }
         Command::Control {

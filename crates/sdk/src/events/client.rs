@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use flotilla_api::events::{Ack, Appended, CloudEvent, Delivery, Nack};
+use flotilla_api::events::{Ack, Appended, CloudEvent, Delivery, Nack, TopicInfo};
 use http::Method;
 
 use crate::http::{HttpClient, HttpError};
@@ -99,5 +99,36 @@ impl EventsClient {
             .send_raw(Method::POST, &uri, self.token.as_deref(), Some(&body), None)
             .await?;
         Ok(())
+    }
+
+    /// Every topic, with its groups' progress.
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, EventsError> {
+        let uri = format!("{}/v1/events", self.base);
+        Ok(self
+            .http
+            .send::<(), _>(Method::GET, &uri, self.token.as_deref(), None, None)
+            .await?
+            .body)
+    }
+
+    /// Events of a topic from an offset, without a group.
+    pub async fn read(&self, topic: &str, from: u64, limit: u32) -> Result<Vec<Delivery>, EventsError> {
+        let uri = format!("{}/v1/events/{topic}/messages?from={from}&limit={limit}", self.base);
+        Ok(self
+            .http
+            .send::<(), _>(Method::GET, &uri, self.token.as_deref(), None, None)
+            .await?
+            .body)
+    }
+
+    /// Appends a dead letter back to its topic; answers `{"topic", "offset", "id"}`.
+    pub async fn replay(&self, dead_letter_topic: &str, offset: u64) -> Result<serde_json::Value, EventsError> {
+        let uri = format!("{}/v1/events/{dead_letter_topic}/replay", self.base);
+        let body = serde_json::json!({ "offset": offset });
+        Ok(self
+            .http
+            .send(Method::POST, &uri, self.token.as_deref(), Some(&body), None)
+            .await?
+            .body)
     }
 }
