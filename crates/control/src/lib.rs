@@ -107,6 +107,30 @@ impl ControlState {
     }
 }
 
+/// One SQLite connection, kept for good, with `schema` applied: the control plane's stores
+/// serialize their writes anyway, and an in-memory database (tests) exists per connection.
+/// A file opens in WAL mode with `synchronous = FULL`; `None` opens a database in memory.
+pub(crate) async fn sqlite(file: Option<&std::path::Path>, schema: &str) -> Result<sqlx::SqlitePool, sqlx::Error> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+    let options = match file {
+        Some(file) => SqliteConnectOptions::new()
+            .filename(file)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5)),
+        None => <SqliteConnectOptions as std::str::FromStr>::from_str("sqlite::memory:")?,
+    };
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await?;
+    sqlx::raw_sql(schema).execute(&pool).await?;
+    Ok(pool)
+}
+
 /// What the control plane keeps on disk: the config store and the event log.
 pub struct Storage {
     /// The config store.

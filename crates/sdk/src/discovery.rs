@@ -47,11 +47,7 @@ impl RegistryClient {
 
     /// A client over a given HTTP client.
     pub fn with_http(http: HttpClient, control_addr: &str, token: Option<String>) -> Self {
-        let base = if control_addr.starts_with("http://") || control_addr.starts_with("https://") {
-            control_addr.trim_end_matches('/').to_owned()
-        } else {
-            format!("http://{control_addr}")
-        };
+        let base = crate::http::base_url(control_addr);
         Self { http, base, token }
     }
 

@@ -12,6 +12,15 @@ pub use extract::{Json, Query};
 use axum::http::{Method, Uri};
 use flotilla_api::Problem;
 
+/// The base URL of a control plane given as `host:port` or as an `http(s)://` URL.
+pub fn base_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// Fallback for paths no route matches: 404 problem+json naming the path.
 pub async fn not_found(method: Method, uri: Uri) -> Problem {
     Problem::not_found(format!("no route for {method} {}", uri.path())).with_instance(uri.path().to_owned())

@@ -27,6 +27,7 @@ async fn app() -> App {
     let db = TestDatabase::create("identity").await;
     let store = Store::open(&db.url, &MIGRATOR).await.unwrap();
     let config = IdentityConfig {
+        issuer: "https://id.test".into(),
         max_failures_per_account: 3,
         clients: vec![ServiceClient {
             id: "orders".into(),
@@ -160,7 +161,7 @@ async fn the_password_grant_issues_a_jwt_that_verifies_against_the_jwks_and_open
     // Anyone can check it with the published keys, as the gateway does.
     let (_, _, jwks) = call(&app, get("/oauth2/jwks", None)).await;
     let (_, _, discovery) = call(&app, get("/.well-known/openid-configuration", None)).await;
-    assert_eq!(discovery["jwks_uri"], "http://localhost:8080/oauth2/jwks");
+    assert_eq!(discovery["jwks_uri"], "https://id.test/oauth2/jwks");
     let verifier = flotilla::auth::Verifier::new(
         flotilla::auth::JwksCache::local(serde_json::from_value(jwks).unwrap()),
         flotilla::auth::Requirements {

@@ -11,7 +11,6 @@ pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +19,6 @@ use flotilla_api::config::{
     SECRET_MASK,
 };
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::watch;
 
@@ -152,31 +150,17 @@ impl ConfigStore {
             path: data_dir.display().to_string(),
             source,
         })?;
-        let options = SqliteConnectOptions::new()
-            .filename(data_dir.join("control.db"))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
-        Self::with(options, Sealer::from_dir(data_dir)?).await
+        let pool = crate::sqlite(Some(&data_dir.join("control.db")), SCHEMA).await?;
+        Self::with(pool, Sealer::from_dir(data_dir)?).await
     }
 
     /// A store that lives in memory, for tests.
     pub async fn in_memory() -> Result<Self, ConfigError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
-        Self::with(options, Sealer::ephemeral()).await
+        Self::with(crate::sqlite(None, SCHEMA).await?, Sealer::ephemeral()).await
     }
 
-    async fn with(options: SqliteConnectOptions, sealer: Sealer) -> Result<Self, ConfigError> {
-        // One connection: writes are serialized anyway, reads come from the cache, and an
-        // in-memory database exists per connection.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+    async fn with(pool: SqlitePool, sealer: Sealer) -> Result<Self, ConfigError> {
+        // Reads come from the cache below; the one connection serializes writes.
         let rows = sqlx::query(
             "SELECT r.* FROM config_revisions r JOIN (SELECT MAX(revision) AS revision FROM config_revisions GROUP BY scope, profile, key) l ON r.revision = l.revision",
         )

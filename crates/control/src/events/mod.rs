@@ -11,11 +11,9 @@
 pub mod http;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use flotilla_api::events::{validate_topic, Appended, CloudEvent, Delivery, GroupInfo, TopicInfo};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::watch;
 
@@ -113,34 +111,24 @@ impl std::fmt::Debug for EventLog {
 impl EventLog {
     /// The log in `data_dir/events.db`.
     pub async fn open(data_dir: &Path, config: LogConfig) -> Result<Self, LogError> {
-        let options = SqliteConnectOptions::new()
-            .filename(data_dir.join("events.db"))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
-        Self::with(options, config).await
+        Ok(Self::with(
+            crate::sqlite(Some(&data_dir.join("events.db")), SCHEMA).await?,
+            config,
+        ))
     }
 
     /// A log in memory, for tests.
     pub async fn in_memory(config: LogConfig) -> Result<Self, LogError> {
-        Self::with(SqliteConnectOptions::from_str("sqlite::memory:")?, config).await
+        Ok(Self::with(crate::sqlite(None, SCHEMA).await?, config))
     }
 
-    async fn with(options: SqliteConnectOptions, config: LogConfig) -> Result<Self, LogError> {
-        // One connection: every operation is a short transaction, and they are serialized.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        Ok(Self {
+    /// Every operation is a short transaction on the one connection.
+    fn with(pool: SqlitePool, config: LogConfig) -> Self {
+        Self {
             pool,
             config,
             appended: watch::Sender::new(0),
-        })
+        }
     }
 
     /// Appends events to a topic, in order; an event whose id the topic already holds is not

@@ -26,11 +26,7 @@ pub struct EventsClient {
 impl EventsClient {
     /// A client for the control plane at `control_addr`.
     pub fn new(control_addr: &str, token: Option<String>) -> Self {
-        let base = if control_addr.starts_with("http://") || control_addr.starts_with("https://") {
-            control_addr.trim_end_matches('/').to_owned()
-        } else {
-            format!("http://{control_addr}")
-        };
+        let base = crate::http::base_url(control_addr);
         Self {
             http: HttpClient::new(Duration::from_secs(5)),
             base,
