@@ -110,6 +110,19 @@ fn check_category(category: &str) -> Result<(), Problem> {
 }
 
 impl ProductInput {
+    /// The product this input makes under `id` (the name trimmed, as it is stored).
+    fn into_product(self, id: i64) -> Product {
+        Product {
+            id,
+            sku: self.sku,
+            name: self.name.trim().to_owned(),
+            description: self.description,
+            category: self.category,
+            price: self.price,
+            image_url: self.image_url,
+        }
+    }
+
     fn validate(&self) -> Result<(), Problem> {
         let sku_ok = !self.sku.is_empty()
             && self.sku.len() <= 32
@@ -280,11 +293,13 @@ async fn require_admin(admin: &Verifier, headers: &HeaderMap) -> Result<String, 
     Ok(who.subject)
 }
 
+fn sku_taken() -> Problem {
+    Problem::new(409, "sku-taken", "SKU taken").with_detail("another product has this sku")
+}
+
 fn write_error(err: sqlx::Error) -> Problem {
     match &err {
-        sqlx::Error::Database(e) if e.is_unique_violation() => {
-            Problem::new(409, "sku-taken", "SKU taken").with_detail("another product has this sku")
-        }
+        sqlx::Error::Database(e) if e.is_unique_violation() => sku_taken(),
         _ => internal(err),
     }
 }
@@ -319,16 +334,7 @@ async fn create_product(
         match inserted {
             Ok(_) => {
                 tracing::info!(product = id, sku = %input.sku, by = %who, "product created");
-                let product = Product {
-                    id,
-                    sku: input.sku,
-                    name: input.name.trim().to_owned(),
-                    description: input.description,
-                    category: input.category,
-                    price: input.price,
-                    image_url: input.image_url,
-                };
-                let mut response = (StatusCode::CREATED, Json(product)).into_response();
+                let mut response = (StatusCode::CREATED, Json(input.into_product(id))).into_response();
                 if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/products/{id}")) {
                     response.headers_mut().insert(header::LOCATION, location);
                 }
@@ -341,7 +347,7 @@ async fn create_product(
                     .await
                     .map_err(internal)?;
                 if taken > 0 {
-                    return Err(Problem::new(409, "sku-taken", "SKU taken").with_detail("another product has this sku"));
+                    return Err(sku_taken());
                 }
             }
             Err(e) => return Err(internal(e)),
@@ -382,15 +388,7 @@ async fn replace_product(
         return Err(Problem::not_found(format!("no product with id {id}")));
     }
     tracing::info!(product = id, by = %who, "product replaced");
-    Ok(Json(Product {
-        id,
-        sku: input.sku,
-        name: input.name.trim().to_owned(),
-        description: input.description,
-        category: input.category,
-        price: input.price,
-        image_url: input.image_url,
-    }))
+    Ok(Json(input.into_product(id)))
 }
 
 async fn delete_product(
