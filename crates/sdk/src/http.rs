@@ -3,6 +3,7 @@
 
 mod client;
 mod extract;
+pub mod idempotency;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 

@@ -128,6 +128,17 @@ impl Store {
     pub fn engine(&self) -> Engine {
         self.engine
     }
+
+    /// A transaction that reads, then writes what it read decides. On SQLite it takes the
+    /// write lock at once (`BEGIN IMMEDIATE`): a deferred transaction that read first cannot
+    /// upgrade after another writer committed and fails with "database is locked" without
+    /// waiting; an immediate one waits its turn (busy timeout) instead.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Postgres => self.pool.begin().await,
+        }
+    }
 }
 
 /// The URL with any password replaced, for logs and errors.

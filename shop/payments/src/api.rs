@@ -8,13 +8,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use flotilla::auth::Verifier;
 use flotilla::config::LiveConfig;
-use flotilla::http::{Json, Query};
+use flotilla::http::{idempotency, Json, Query};
 use flotilla::store::Store;
 use flotilla::Problem;
 use serde::Deserialize;
 
 use crate::config::PaymentsConfig;
-use crate::idempotency;
 use crate::payments::{self, Money, Payment, PaymentError};
 
 /// The scope a service needs to authorize, capture, void and refund.

@@ -4,7 +4,6 @@
 
 mod api;
 pub mod config;
-mod idempotency;
 mod openapi;
 pub mod payments;
 

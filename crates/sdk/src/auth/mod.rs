@@ -4,6 +4,7 @@
 //! token itself); issuer, audience, expiry and not-before checked with a small clock skew.
 //! Used by the gateway's auth policy and by services checking their callers.
 
+mod client_credentials;
 mod jwks;
 pub mod signing;
 #[cfg(feature = "test-util")]
@@ -15,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
+pub use client_credentials::ClientCredentials;
 pub use jwks::{JwksCache, JwksError, Resolve, JWKS_CONTRACT, SERVICE_SCHEME};
 
 /// Why a token was refused.

@@ -6,6 +6,10 @@
 //! down) waits and retries with backoff without giving up, so the saga resumes by itself when
 //! the dependency returns. Every transition is logged, and sagas can be listed and inspected.
 //!
+//! A step that failed for good by `Failed` (or timed out) is compensated too, since its effect
+//! may have happened before the failure was seen; a `Rejected` step is not (the other side
+//! said no, so nothing happened). Compensations must therefore undo "nothing" gracefully.
+//!
 //! Actions and compensations must be idempotent (a crash after a step's effect and before its
 //! record makes it run again): give downstream calls the saga id as their idempotency key.
 
@@ -50,11 +54,14 @@ pub struct Step<S> {
     pub attempts: u32,
 }
 
+type Finally<S> = Arc<dyn Fn(String, S, String) -> Boxed<S> + Send + Sync>;
+
 /// A saga's definition: its kind and its steps, in order.
 pub struct Saga<S> {
     /// The kind (`order`), stored with each instance.
     pub kind: String,
     steps: Vec<Step<S>>,
+    on_compensated: Option<Finally<S>>,
 }
 
 impl<S> Saga<S>
@@ -66,7 +73,20 @@ where
         Self {
             kind: kind.into(),
             steps: Vec::new(),
+            on_compensated: None,
         }
+    }
+
+    /// What to do once every completed step was undone (record the cancellation, tell
+    /// others): gets the id, the state and why the saga failed; retried until it succeeds,
+    /// so it must be idempotent like a compensation. It also runs when the first step fails.
+    pub fn on_compensated<F, Fut>(mut self, finally: F) -> Self
+    where
+        F: Fn(String, S, String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, StepError>> + Send + 'static,
+    {
+        self.on_compensated = Some(Arc::new(move |id, s, why| Box::pin(finally(id, s, why))));
+        self
     }
 
     /// Adds a step. Both functions get the saga id and the state, and return the new state.
@@ -102,11 +122,26 @@ where
     }
 }
 
-/// Runs the sagas of one definition from the store.
+/// Runs the sagas of one definition from the store. Clones share the definition, the store
+/// and the wake-up, so a request handler can start instances the running loop picks up at once.
 pub struct SagaRunner<S> {
     saga: Arc<Saga<S>>,
     store: SagaStore,
+    wake: Arc<tokio::sync::Notify>,
 }
+
+impl<S> Clone for SagaRunner<S> {
+    fn clone(&self) -> Self {
+        Self {
+            saga: Arc::clone(&self.saga),
+            store: self.store.clone(),
+            wake: Arc::clone(&self.wake),
+        }
+    }
+}
+
+/// How many instances one tick advances at once (their steps mostly wait on other services).
+const CONCURRENCY: usize = 64;
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50 * (1u64 << attempt.min(7))).min(Duration::from_secs(5))
@@ -121,24 +156,57 @@ where
         Self {
             saga: Arc::new(saga),
             store,
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
     /// Starts an instance (idempotent by id: a second start of the same id changes nothing).
     pub async fn start(&self, id: &str, state: &S) -> Result<bool, sqlx::Error> {
         let state = serde_json::to_value(state).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        self.store.insert(id, &self.saga.kind, &state).await
+        let started = self.store.insert(id, &self.saga.kind, &state).await?;
+        self.wake.notify_one();
+        Ok(started)
     }
 
-    /// Runs every due instance one step on; returns how many steps ran.
+    /// Starts an instance inside the caller's transaction: it exists exactly when the change
+    /// that starts it commits. Call [`SagaRunner::wake`] after the commit.
+    pub async fn start_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        state: &S,
+    ) -> Result<bool, sqlx::Error> {
+        let state = serde_json::to_value(state).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        SagaStore::insert_in(tx, id, &self.saga.kind, &state).await
+    }
+
+    /// Tells the running loop an instance is due now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs every due instance one step on, several at once; returns how many steps ran.
     pub async fn tick(&self) -> Result<usize, sqlx::Error> {
+        let due = self.store.due(&self.saga.kind, CONCURRENCY as i64).await?;
+        let mut running = tokio::task::JoinSet::new();
+        for id in due {
+            let runner = self.clone();
+            running.spawn(async move { runner.advance(&id).await });
+        }
         let mut ran = 0;
-        for id in self.store.due(&self.saga.kind, 20).await? {
-            if self.advance(&id).await? {
-                ran += 1;
+        let mut failed = None;
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok(Ok(true)) => ran += 1,
+                Ok(Ok(false)) => {}
+                Ok(Err(err)) => failed = Some(err),
+                Err(panicked) => failed = Some(sqlx::Error::Protocol(format!("a saga step panicked: {panicked}"))),
             }
         }
-        Ok(ran)
+        match failed {
+            Some(err) if ran == 0 => Err(err),
+            _ => Ok(ran),
+        }
     }
 
     /// Runs one step (or compensation) of one instance, if it is due and not leased elsewhere.
@@ -178,16 +246,45 @@ where
                             .retry_later(id, &step.name, &why, backoff(record.attempts), true)
                             .await?;
                     }
-                    Err(StepError::Failed(why) | StepError::Rejected(why)) => {
-                        self.store.compensate_from(id, &step.name, &why).await?;
+                    // A step that failed (or timed out) may have had its effect before the
+                    // failure: its own compensation runs too. A rejected step had none.
+                    Err(StepError::Failed(why)) => {
+                        self.store.compensate_from(id, &step.name, &why, true).await?;
+                    }
+                    Err(StepError::Rejected(why)) => {
+                        self.store.compensate_from(id, &step.name, &why, false).await?;
                     }
                 }
             }
             SagaStatus::Compensating => {
                 // `step` is the failed step: undo the ones before it, last first.
                 if record.step == 0 {
+                    let mut last = record.state.clone();
+                    if let Some(finally) = &self.saga.on_compensated {
+                        let outcome = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            finally(id.to_owned(), state, record.last_error.clone()),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err(StepError::Failed("timed out".into())));
+                        match outcome {
+                            Ok(next) => last = serde_json::to_value(&next).unwrap_or(last),
+                            Err(err) => {
+                                self.store
+                                    .retry_later(
+                                        id,
+                                        "",
+                                        &format!("after compensation: {err}"),
+                                        backoff(record.attempts),
+                                        true,
+                                    )
+                                    .await?;
+                                return Ok(true);
+                            }
+                        }
+                    }
                     self.store
-                        .finish(id, SagaStatus::Compensated, &record.state, "")
+                        .finish(id, SagaStatus::Compensated, &last, &record.last_error)
                         .await?;
                     return Ok(true);
                 }
@@ -219,12 +316,15 @@ where
         Ok(true)
     }
 
-    /// Runs due instances until the process ends, waking at least every `every`.
+    /// Runs due instances until the process ends, waking when an instance starts and at least
+    /// every `every` (for retries that come due).
     pub async fn run(self, every: Duration) {
         loop {
             match self.tick().await {
                 Ok(n) if n > 0 => continue,
-                Ok(_) => tokio::time::sleep(every).await,
+                Ok(_) => {
+                    let _ = tokio::time::timeout(every, self.wake.notified()).await;
+                }
                 Err(err) => {
                     tracing::error!(error = %err, kind = %self.saga.kind, "saga runner failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use crate::store::{now_ms, Store};
 
@@ -100,27 +100,59 @@ impl SagaStore {
         Ok(Self { store })
     }
 
-    async fn log(&self, id: &str, step: &str, event: &str, detail: &str) -> Result<(), sqlx::Error> {
-        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM flotilla_saga_log WHERE saga_id = $1")
-            .bind(id)
-            .fetch_one(self.store.pool())
-            .await?;
+    /// Appends a line to an instance's history, inside `tx`.
+    async fn log(
+        tx: &mut Transaction<'_, Any>,
+        id: &str,
+        step: &str,
+        event: &str,
+        detail: &str,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO flotilla_saga_log (saga_id, seq, step, event, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO flotilla_saga_log (saga_id, seq, step, event, detail, at_ms) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM flotilla_saga_log WHERE saga_id = $1",
         )
         .bind(id)
-        .bind(seq)
         .bind(step)
         .bind(event)
         .bind(detail)
         .bind(now_ms())
-        .execute(self.store.pool())
+        .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
+    /// Runs one state change and its history line in one transaction.
+    async fn change<'q>(
+        &self,
+        id: &str,
+        update: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+        lines: &[(&str, &str, &str)],
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.store.pool().begin().await?;
+        update.execute(&mut *tx).await?;
+        for (step, event, detail) in lines {
+            Self::log(&mut tx, id, step, event, detail).await?;
+        }
+        tx.commit().await
+    }
+
     /// A new running instance; `false` if the id exists.
     pub async fn insert(&self, id: &str, kind: &str, state: &serde_json::Value) -> Result<bool, sqlx::Error> {
+        let mut tx = self.store.pool().begin().await?;
+        let inserted = Self::insert_in(&mut tx, id, kind, state).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// A new running instance inside the caller's transaction, so it exists exactly when the
+    /// change that starts it was committed; `false` if the id exists.
+    pub async fn insert_in(
+        tx: &mut Transaction<'_, Any>,
+        id: &str,
+        kind: &str,
+        state: &serde_json::Value,
+    ) -> Result<bool, sqlx::Error> {
         let now = now_ms();
         let inserted = sqlx::query(
             "INSERT INTO flotilla_sagas (id, kind, status, step, attempts, state, last_error, next_run_ms, leased_until, created_ms, updated_ms) \
@@ -130,12 +162,12 @@ impl SagaStore {
         .bind(kind)
         .bind(state.to_string())
         .bind(now)
-        .execute(self.store.pool())
+        .execute(&mut **tx)
         .await?
         .rows_affected()
             == 1;
         if inserted {
-            self.log(id, "", "started", "").await?;
+            Self::log(tx, id, "", "started", "").await?;
         }
         Ok(inserted)
     }
@@ -219,18 +251,17 @@ impl SagaStore {
         last: bool,
     ) -> Result<(), sqlx::Error> {
         let status = if last { "completed" } else { "running" };
-        sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = 0, last_error = '', updated_ms = $3 WHERE id = $4")
-            .bind(state.to_string())
+        let state = state.to_string();
+        let update = sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = 0, last_error = '', updated_ms = $3 WHERE id = $4")
+            .bind(state)
             .bind(status)
             .bind(now_ms())
-            .bind(id)
-            .execute(self.store.pool())
-            .await?;
-        self.log(id, step, "done", "").await?;
+            .bind(id);
+        let mut lines = vec![(step, "done", "")];
         if last {
-            self.log(id, "", "completed", "").await?;
+            lines.push(("", "completed", ""));
         }
-        Ok(())
+        self.change(id, update, &lines).await
     }
 
     pub(super) async fn retry_later(
@@ -242,35 +273,38 @@ impl SagaStore {
         counts: bool,
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
-        sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5")
+        let update = sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5")
             .bind(i64::from(counts))
             .bind(why)
             .bind(now + after.as_millis() as i64)
             .bind(now)
-            .bind(id)
-            .execute(self.store.pool())
-            .await?;
-        self.log(id, step, if counts { "retry" } else { "waiting" }, why).await
+            .bind(id);
+        self.change(id, update, &[(step, if counts { "retry" } else { "waiting" }, why)])
+            .await
     }
 
-    pub(super) async fn compensate_from(&self, id: &str, step: &str, why: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', attempts = 0, last_error = $1, next_run_ms = 0, leased_until = 0, updated_ms = $2 WHERE id = $3")
+    /// Starts undoing: the steps before the current one, and the current one too if `itself`.
+    pub(super) async fn compensate_from(
+        &self,
+        id: &str,
+        step: &str,
+        why: &str,
+        itself: bool,
+    ) -> Result<(), sqlx::Error> {
+        let update = sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = 0, updated_ms = $3 WHERE id = $4")
+            .bind(i64::from(itself))
             .bind(why)
             .bind(now_ms())
-            .bind(id)
-            .execute(self.store.pool())
-            .await?;
-        self.log(id, step, "failed", why).await
+            .bind(id);
+        self.change(id, update, &[(step, "failed", why)]).await
     }
 
     pub(super) async fn compensated(&self, id: &str, step: &str, state: &serde_json::Value) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = 0, updated_ms = $2 WHERE id = $3")
+        let update = sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = 0, updated_ms = $2 WHERE id = $3")
             .bind(state.to_string())
             .bind(now_ms())
-            .bind(id)
-            .execute(self.store.pool())
-            .await?;
-        self.log(id, step, "compensated", "").await
+            .bind(id);
+        self.change(id, update, &[(step, "compensated", "")]).await
     }
 
     pub(super) async fn finish(
@@ -280,16 +314,14 @@ impl SagaStore {
         state: &serde_json::Value,
         why: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE flotilla_sagas SET status = $1, state = $2, leased_until = 0, updated_ms = $3 WHERE id = $4",
         )
         .bind(status.as_str())
         .bind(state.to_string())
         .bind(now_ms())
-        .bind(id)
-        .execute(self.store.pool())
-        .await?;
-        self.log(id, "", status.as_str(), why).await
+        .bind(id);
+        self.change(id, update, &[("", status.as_str(), why)]).await
     }
 }
 

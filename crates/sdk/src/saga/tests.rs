@@ -7,9 +7,17 @@ use crate::store::Store;
 
 type Journal = Arc<Mutex<Vec<String>>>;
 
-/// A three-step saga whose step `fail_at` (if any) is rejected; every effect is journaled.
+/// A three-step saga whose step `fail_at` (if any) is rejected; every effect is journaled,
+/// and so is the end of its compensation.
 fn order_saga(journal: &Journal, fail_at: Option<usize>) -> Saga<serde_json::Value> {
-    let mut saga = Saga::new("order");
+    let j = journal.clone();
+    let mut saga = Saga::new("order").on_compensated(move |_id, state, why| {
+        let j = j.clone();
+        async move {
+            j.lock().unwrap().push(format!("cancelled: {why}"));
+            Ok(state)
+        }
+    });
     for (i, name) in ["reserve", "authorize", "ship"].into_iter().enumerate() {
         let (a, c) = (journal.clone(), journal.clone());
         saga = saga.step(
@@ -91,6 +99,7 @@ async fn a_failure_at_each_step_undoes_the_earlier_steps_in_reverse_once_each() 
         let names = ["reserve", "authorize", "ship"];
         let mut expected: Vec<String> = names[..fail_at].iter().map(|n| format!("do {n}")).collect();
         expected.extend(names[..fail_at].iter().rev().map(|n| format!("undo {n}")));
+        expected.push(format!("cancelled: {} refused", names[fail_at]));
         assert_eq!(*journal.lock().unwrap(), expected, "failing at {}", names[fail_at]);
     }
     db.remove().await;

@@ -3,27 +3,37 @@
 //! again (`Idempotent-Replayed: true`), whatever happened in between; a repeat while the first
 //! still runs is `409`; the key reused for another request is `422`. A transient failure
 //! (5xx) is not kept, so a retry runs again. A run that died holding its key is taken over
-//! after the lease.
+//! after the lease. Payments and orders share it; the answers live in the service's own
+//! database, in the table [`prepare`] makes (or a migration of the same shape).
 
 use std::future::Future;
 
+use crate::store::{now_ms, Store};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use flotilla::store::{now_ms, Store};
-use flotilla::Problem;
+use flotilla_api::Problem;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 /// How long a run holds its key before another may take it over.
 const LEASE_MS: i64 = 30_000;
 
+/// The table of keys and kept answers.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status BIGINT, response TEXT, locked_until BIGINT NOT NULL, created_ms BIGINT NOT NULL)";
+
+/// Makes the keys table if it is missing.
+pub async fn prepare(store: &Store) -> Result<(), sqlx::Error> {
+    sqlx::query(SCHEMA).execute(store.pool()).await.map(|_| ())
+}
+
 fn internal(err: sqlx::Error) -> Response {
     tracing::error!(error = %err, "idempotency store failed");
     Problem::internal().into_response()
 }
 
-/// The key a request carries, scoped to its caller.
-pub(crate) fn key(headers: &HeaderMap, caller: &str) -> Result<String, Problem> {
+/// The key a request carries, scoped to its caller (two callers' keys never meet); a
+/// missing or malformed header is a 400 problem naming it.
+pub fn key(headers: &HeaderMap, caller: &str) -> Result<String, Problem> {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -39,7 +49,7 @@ pub(crate) fn key(headers: &HeaderMap, caller: &str) -> Result<String, Problem> 
 }
 
 /// What identifies a request: its operation and its body.
-pub(crate) fn fingerprint(operation: &str, body: &serde_json::Value) -> String {
+pub fn fingerprint(operation: &str, body: &serde_json::Value) -> String {
     Sha256::digest(format!("{operation}\n{body}").as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -47,7 +57,7 @@ pub(crate) fn fingerprint(operation: &str, body: &serde_json::Value) -> String {
 }
 
 /// Runs `work` once per key; repeats get its answer.
-pub(crate) async fn once<F, Fut>(store: &Store, key: &str, fingerprint: &str, work: F) -> Response
+pub async fn once<F, Fut>(store: &Store, key: &str, fingerprint: &str, work: F) -> Response
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = (StatusCode, serde_json::Value)>,
