@@ -29,4 +29,7 @@ pub mod env {
     /// The availability zone this process runs in: registered as metadata `zone`, and
     /// preferred by its balancers.
     pub const ZONE: &str = "FLOTILLA_ZONE";
+    /// Where services' events go: a `nats://` URL selects NATS JetStream; unset, the control
+    /// plane's event log.
+    pub const EVENTS: &str = "FLOTILLA_EVENTS";
 }

@@ -2,6 +2,8 @@
 //! each, and their environment.
 //!
 //! ```toml
+//! events = "nats://127.0.0.1:4222"  # optional: NATS JetStream instead of the control plane's log
+//!
 //! [control]
 //! heartbeat = "1s"
 //! ttl = "3s"
@@ -30,6 +32,7 @@ pub const MAX_INSTANCES: u32 = 64;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
+    events: Option<Spanned<String>>,
     #[serde(default)]
     control: RawControl,
     #[serde(default)]
@@ -120,6 +123,9 @@ pub struct ServiceEntry {
 pub struct Manifest {
     /// Where it was read from.
     pub path: PathBuf,
+    /// The services' event backend: a `nats://` URL (NATS JetStream), or none (the control
+    /// plane's event log). Handed to every process as `FLOTILLA_EVENTS`.
+    pub events: Option<String>,
     /// The control plane.
     pub control: ControlEntry,
     /// The gateway.
@@ -142,6 +148,11 @@ impl Manifest {
             file,
             base: &base,
             self_exe,
+        };
+
+        let events = match raw.events {
+            Some(url) => Some(events_url(file, url)?),
+            None => None,
         };
 
         let control = ControlEntry {
@@ -247,6 +258,7 @@ impl Manifest {
         }
         Ok(Self {
             path: file.path().to_path_buf(),
+            events,
             control,
             gateway,
             services,
@@ -328,6 +340,21 @@ fn resolve_command(command: &str, base: &Path, self_exe: &Path) -> Result<PathBu
         .map(|dir| dir.join(command))
         .find(|p| p.is_file())
         .ok_or_else(|| format!("`{command}` was not found on PATH"))
+}
+
+/// `events`: only NATS is an alternative to the control plane's log, which needs no key.
+fn events_url(file: &TomlFile, url: Spanned<String>) -> Result<String, FileError> {
+    let host = url.get_ref().strip_prefix("nats://").unwrap_or_default();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(file.error_at(
+            url.span(),
+            format!(
+                "events: `{}` is not a NATS URL like `nats://127.0.0.1:4222` (leave `events` out for the control plane's log)",
+                url.get_ref()
+            ),
+        ));
+    }
+    Ok(url.into_inner())
 }
 
 fn duration(

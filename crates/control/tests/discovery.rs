@@ -62,6 +62,7 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
         data_dir: std::env::temp_dir(),
         instance_name: Some("echo-1".into()),
         zone: Some("eu-1a".into()),
+        events: None,
     };
     let listener = Service::bind(None).await.unwrap();
     let service_addr = listener.local_addr().unwrap();

@@ -36,10 +36,13 @@ pub struct ServiceEnv {
     pub instance_name: Option<String>,
     /// The availability zone this process runs in.
     pub zone: Option<String>,
+    /// Where events go: a `nats://` URL selects NATS JetStream; none, the control plane's log.
+    pub events: Option<String>,
 }
 
 impl ServiceEnv {
-    /// Reads `FLOTILLA_CONTROL_ADDR`, `FLOTILLA_TOKEN`, `FLOTILLA_DATA_DIR` and `FLOTILLA_INSTANCE`.
+    /// Reads `FLOTILLA_CONTROL_ADDR`, `FLOTILLA_TOKEN`, `FLOTILLA_DATA_DIR`, `FLOTILLA_INSTANCE`,
+    /// `FLOTILLA_ZONE` and `FLOTILLA_EVENTS`.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Self {
@@ -50,6 +53,7 @@ impl ServiceEnv {
                 .unwrap_or_else(|| PathBuf::from(".flotilla")),
             instance_name: var(env::INSTANCE),
             zone: var(env::ZONE),
+            events: var(env::EVENTS),
         }
     }
 }

@@ -96,3 +96,22 @@ fn tls_files_go_together_and_must_exist() {
     assert_eq!(err.line, Some(2));
     assert!(err.message.contains("gateway.tls_cert"), "{err}");
 }
+
+#[test]
+fn events_names_a_nats_server_or_is_left_out() {
+    assert_eq!(parse("[services.catalog]\n").unwrap().events, None);
+    let m = parse("events = \"nats://127.0.0.1:4222\"\n\n[services.catalog]\n").unwrap();
+    assert_eq!(m.events.as_deref(), Some("nats://127.0.0.1:4222"));
+
+    let err = parse("# events\n\nevents = \"http://127.0.0.1:7070\"\n").unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+    assert!(err.message.contains("events:"), "{err}");
+    assert!(err.message.contains("not a NATS URL"), "{err}");
+    let err = parse("events = \"nats://\"\n").unwrap_err();
+    assert_eq!(err.line, Some(1), "{err}");
+
+    // Under a table it is that table's key, and unknown there.
+    let err = parse("[control]\nevents = \"nats://127.0.0.1:4222\"\n").unwrap_err();
+    assert_eq!(err.line, Some(2), "{err}");
+    assert!(err.message.contains("events"), "{err}");
+}

@@ -168,12 +168,16 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     let started = Instant::now();
     tokio::pin!(shutdown);
 
-    let common = vec![
+    let mut common = vec![
         (env::CONTROL_ADDR.into(), options.control_addr.to_string()),
         (env::TOKEN.into(), token.clone()),
         (env::DATA_DIR.into(), data_dir.display().to_string()),
         (env::SUPERVISED.into(), "1".into()),
     ];
+    // Services publish and consume events there instead of the control plane's log.
+    if let Some(events) = &manifest.events {
+        common.push((env::EVENTS.into(), events.clone()));
+    }
     let fleet = Arc::new(Fleet::new(output.clone(), common));
 
     // 1. The control plane, alone, until it answers.

@@ -2,15 +2,19 @@
 //! the same database transaction as the change it announces, then relayed to the log
 //! at-least-once and in order), consume through an **inbox** (a redelivered event is
 //! recognised by its id and has no second effect; a failing handler is retried with backoff,
-//! then dead-lettered by the log). Backend: the control plane's event log.
+//! then dead-lettered by the log). Backend: the control plane's event log, or NATS JetStream
+//! when the service is given a `nats://` URL ([`EventsClient::for_service`], [`nats`]).
 
 pub mod client;
 pub mod inbox;
+mod log;
+pub mod nats;
 pub mod outbox;
 
 pub use client::{EventsClient, EventsError};
 pub use flotilla_api::events::{CloudEvent, Delivery};
 pub use inbox::Consumer;
+pub use nats::NatsConfig;
 pub use outbox::{Outbox, Relay};
 
 use crate::store::Store;
