@@ -43,14 +43,15 @@ impl ShippingConfig {
         Ok(())
     }
 
-    /// How long a shipment stays in `status` before the next step (none after delivered).
+    /// How long a shipment stays in `status` before the next step (none after delivered or
+    /// cancelled).
     pub fn step_after(&self, status: super::shipments::Status) -> Option<u64> {
         use super::shipments::Status;
         match status {
             Status::Created => Some(self.pack_seconds),
             Status::Packed => Some(self.ship_seconds),
             Status::Shipped => Some(self.deliver_seconds),
-            Status::Delivered => None,
+            Status::Delivered | Status::Cancelled => None,
         }
     }
 }

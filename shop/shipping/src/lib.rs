@@ -1,9 +1,12 @@
 //! The shop's shipping service: one shipment per order, with a status timeline (created →
-//! packed → shipped → delivered) that advances over time, step durations from central config.
+//! packed → shipped → delivered, or cancelled before it leaves) that advances over time, step
+//! durations from central config; it follows the order events (a held shipment starts when
+//! its order is confirmed, and is cancelled with its order).
 
 mod api;
 pub mod config;
 mod openapi;
+mod order_events;
 pub mod shipments;
 
 use std::time::Duration;
@@ -14,6 +17,7 @@ use flotilla::store::{Store, StoreError};
 
 pub use api::{router, CREATE_SCOPE};
 pub use config::ShippingConfig;
+pub use order_events::{on_order_event, spawn_order_events, OrderEventError};
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "shipping";
@@ -21,9 +25,27 @@ pub const SERVICE: &str = "shipping";
 /// Shipping's schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Opens shipping's database where the environment says, migrated.
-pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
-    Store::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
+/// Why shipping's database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Connecting or migrating failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event inbox's table could not be created.
+    #[error("preparing the event inbox: {0}")]
+    Events(#[source] sqlx::Error),
+}
+
+/// Opens shipping's database where the environment says, migrated, with the event inbox.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, OpenError> {
+    open_url(&Store::url_for(SERVICE, &env.data_dir)?).await
+}
+
+/// Opens shipping's database at `url`, migrated, with the event inbox.
+pub async fn open_url(url: &str) -> Result<Store, OpenError> {
+    let store = Store::open(url, &MIGRATOR).await?;
+    flotilla::events::prepare(&store).await.map_err(OpenError::Events)?;
+    Ok(store)
 }
 
 /// Moves shipments along their timeline once a second, for the life of the process.

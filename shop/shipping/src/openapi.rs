@@ -14,7 +14,7 @@ pub(crate) fn document() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "shipping", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Shipments, one per order, with a timeline: created → packed → shipped → delivered."},
+                 "description": "Shipments, one per order, with a timeline: created → packed → shipped → delivered, or cancelled before it leaves. A shipment created on hold starts when its order is confirmed (event `shop.order.confirmed` on topic `orders`); an order's cancellation (`shop.order.cancelled`) cancels its shipment."},
         "paths": {
             "/api/v1/shipments": {
                 "post": {"operationId": "createShipment", "summary": "Ship an order (idempotent by order_id)", "security": secured.clone(),
@@ -24,9 +24,13 @@ pub(crate) fn document() -> Value {
                     "parameters": [{"name": "order_id", "in": "query", "required": true, "schema": {"type": "string"}}],
                     "responses": {"200": {"description": "The order's shipments", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Shipment"}}}}},
                                   "400": problem(), "401": problem()}}},
-            "/api/v1/shipments/{id}": {"get": {"operationId": "getShipment", "security": secured,
+            "/api/v1/shipments/{id}": {"get": {"operationId": "getShipment", "security": secured.clone(),
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": shipment, "401": problem(), "404": problem()}}},
+                "responses": {"200": shipment.clone(), "401": problem(), "404": problem()}}},
+            "/api/v1/shipments/{id}/cancel": {"post": {"operationId": "cancelShipment",
+                "summary": "Cancel a shipment that has not left (idempotent; 409 once shipped or delivered)", "security": secured,
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": shipment, "401": problem(), "403": problem(), "404": problem(), "409": problem()}}},
             "/openapi.json": {"get": {"operationId": "openapi", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}}}
         },
         "components": {
@@ -36,10 +40,12 @@ pub(crate) fn document() -> Value {
                     "properties": {"name": {"type": "string"}, "line1": {"type": "string"}, "line2": {"type": "string"}, "city": {"type": "string"},
                                    "postal_code": {"type": "string"}, "country": {"type": "string", "pattern": "^[A-Z]{2}$"}}},
                 "CreateShipment": {"type": "object", "required": ["order_id", "address"], "additionalProperties": false,
-                    "properties": {"order_id": {"type": "string", "maxLength": 64}, "address": {"$ref": "#/components/schemas/Address"}}},
-                "Shipment": {"type": "object", "required": ["id", "order_id", "address", "status", "timeline"],
+                    "properties": {"order_id": {"type": "string", "maxLength": 64}, "address": {"$ref": "#/components/schemas/Address"},
+                                   "hold": {"type": "boolean", "default": false, "description": "Wait for the order's confirmation before the timeline starts"}}},
+                "Shipment": {"type": "object", "required": ["id", "order_id", "address", "status", "held", "timeline"],
                     "properties": {"id": {"type": "string"}, "order_id": {"type": "string"}, "address": {"$ref": "#/components/schemas/Address"},
-                                   "status": {"type": "string", "enum": ["created", "packed", "shipped", "delivered"]},
+                                   "status": {"type": "string", "enum": ["created", "packed", "shipped", "delivered", "cancelled"]},
+                                   "held": {"type": "boolean", "description": "Waiting for its order's confirmation"},
                                    "timeline": {"type": "array", "items": {"type": "object", "required": ["status", "at_ms"],
                                        "properties": {"status": {"type": "string"}, "at_ms": {"type": "integer"}}}}}},
                 "Problem": {"type": "object", "required": ["type", "title", "status"],

@@ -2,10 +2,14 @@
 //! a ticker moves each shipment a step on when its time in the current step is up, with one
 //! conditional `UPDATE` per step, so several instances ticking at once move it once. Each
 //! step's event carries the time it became due, not the time the ticker noticed.
+//!
+//! A shipment created on hold waits, `created`, until its order is confirmed; the release
+//! starts its clock. A shipment that has not left (created or packed) can be cancelled; the
+//! same conditional `UPDATE`s keep a cancel and a tick racing each other from both winning.
 
 use flotilla::store::{now_ms, Store};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use crate::config::ShippingConfig;
 
@@ -21,6 +25,8 @@ pub enum Status {
     Shipped,
     /// At the door.
     Delivered,
+    /// Called off before it left; the end of its timeline.
+    Cancelled,
 }
 
 impl Status {
@@ -30,6 +36,7 @@ impl Status {
             Status::Packed => "packed",
             Status::Shipped => "shipped",
             Status::Delivered => "delivered",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -38,6 +45,7 @@ impl Status {
             "packed" => Status::Packed,
             "shipped" => Status::Shipped,
             "delivered" => Status::Delivered,
+            "cancelled" => Status::Cancelled,
             _ => Status::Created,
         }
     }
@@ -47,7 +55,7 @@ impl Status {
             Status::Created => Some(Status::Packed),
             Status::Packed => Some(Status::Shipped),
             Status::Shipped => Some(Status::Delivered),
-            Status::Delivered => None,
+            Status::Delivered | Status::Cancelled => None,
         }
     }
 }
@@ -91,6 +99,9 @@ pub struct Shipment {
     pub address: Address,
     /// Where it is.
     pub status: Status,
+    /// Waiting for its order to be confirmed: the timeline does not advance until then.
+    #[serde(default)]
+    pub held: bool,
     /// Every step so far, oldest first.
     pub timeline: Vec<Event>,
 }
@@ -109,6 +120,14 @@ pub enum ShippingError {
     /// The order already has a shipment to another address.
     #[error("order `{0}` already has a shipment to another address")]
     Mismatch(String),
+    /// The shipment is past the point where the operation applies (cancelling one shipped).
+    #[error("shipment `{id}` is already {}", .status.as_str())]
+    State {
+        /// The shipment.
+        id: String,
+        /// Where it is.
+        status: Status,
+    },
     /// No such shipment.
     #[error("{0}")]
     NotFound(String),
@@ -144,21 +163,29 @@ fn check(order_id: &str, address: &Address) -> Result<(), ShippingError> {
     Ok(())
 }
 
-/// Creates the order's shipment, or answers the one it has (same address).
-pub async fn create(store: &Store, order_id: &str, address: Address) -> Result<(Shipment, bool), ShippingError> {
+/// Creates the order's shipment, or answers the one it has (same address; whether it is held
+/// is the first call's say). A shipment created with `hold` waits for its order's
+/// confirmation before its timeline advances.
+pub async fn create(
+    store: &Store,
+    order_id: &str,
+    address: Address,
+    hold: bool,
+) -> Result<(Shipment, bool), ShippingError> {
     check(order_id, &address)?;
     let now = now_ms();
     let id = uuid::Uuid::new_v4().to_string();
     let address_json = serde_json::to_string(&address).unwrap_or_default();
     let mut tx = store.pool().begin().await?;
     let created = sqlx::query(
-        "INSERT INTO shipments (id, order_id, recipient, address, status, created_ms, updated_ms) VALUES ($1, $2, $3, $4, 'created', $5, $5) ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO shipments (id, order_id, recipient, address, status, created_ms, updated_ms, held) VALUES ($1, $2, $3, $4, 'created', $5, $5, $6) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(&id)
     .bind(order_id)
     .bind(&address.name)
     .bind(&address_json)
     .bind(now)
+    .bind(i64::from(hold))
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -184,6 +211,7 @@ async fn load(store: &Store, row: &sqlx::any::AnyRow) -> Result<Shipment, Shippi
     let id: String = row.try_get("id")?;
     let address: String = row.try_get("address")?;
     let status: String = row.try_get("status")?;
+    let held: i64 = row.try_get("held")?;
     let timeline =
         sqlx::query("SELECT status, at_ms FROM shipment_events WHERE shipment_id = $1 ORDER BY at_ms, status")
             .bind(&id)
@@ -205,13 +233,14 @@ async fn load(store: &Store, row: &sqlx::any::AnyRow) -> Result<Shipment, Shippi
             reason: e.to_string(),
         })?,
         status: Status::parse(&status),
+        held: held != 0,
         timeline,
     })
 }
 
 /// The order's shipment, if any.
 pub async fn by_order(store: &Store, order_id: &str) -> Result<Option<Shipment>, ShippingError> {
-    let row = sqlx::query("SELECT id, order_id, address, status FROM shipments WHERE order_id = $1")
+    let row = sqlx::query("SELECT id, order_id, address, status, held FROM shipments WHERE order_id = $1")
         .bind(order_id)
         .fetch_optional(store.pool())
         .await?;
@@ -223,7 +252,7 @@ pub async fn by_order(store: &Store, order_id: &str) -> Result<Option<Shipment>,
 
 /// One shipment.
 pub async fn get(store: &Store, id: &str) -> Result<Shipment, ShippingError> {
-    let row = sqlx::query("SELECT id, order_id, address, status FROM shipments WHERE id = $1")
+    let row = sqlx::query("SELECT id, order_id, address, status, held FROM shipments WHERE id = $1")
         .bind(id)
         .fetch_optional(store.pool())
         .await?
@@ -240,11 +269,13 @@ pub async fn advance(store: &Store, config: &ShippingConfig, now: i64) -> Result
             continue;
         };
         let due_before = now - (after as i64) * 1000;
-        let rows = sqlx::query("SELECT id, updated_ms FROM shipments WHERE status = $1 AND updated_ms <= $2 LIMIT 500")
-            .bind(status.as_str())
-            .bind(due_before)
-            .fetch_all(store.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, updated_ms FROM shipments WHERE status = $1 AND held = 0 AND updated_ms <= $2 LIMIT 500",
+        )
+        .bind(status.as_str())
+        .bind(due_before)
+        .fetch_all(store.pool())
+        .await?;
         for row in rows {
             let id: String = row.try_get("id")?;
             let since: i64 = row.try_get("updated_ms")?;
@@ -275,4 +306,119 @@ pub async fn advance(store: &Store, config: &ShippingConfig, now: i64) -> Result
         }
     }
     Ok(moved)
+}
+
+/// Cancels a shipment that has not left (created or packed) and answers it; one cancelled
+/// before is answered as it is, one shipped or delivered is [`ShippingError::State`].
+pub async fn cancel(store: &Store, id: &str) -> Result<Shipment, ShippingError> {
+    let mut tx = store.pool().begin().await?;
+    let status = cancel_in(&mut tx, id, now_ms()).await?;
+    tx.commit().await?;
+    match status {
+        None => Err(ShippingError::NotFound(format!("no shipment `{id}`"))),
+        Some(Status::Cancelled) => get(store, id).await,
+        Some(status) => Err(ShippingError::State {
+            id: id.to_owned(),
+            status,
+        }),
+    }
+}
+
+/// Cancels the shipment `id` inside the caller's transaction if it has not left; answers its
+/// status afterwards (`None`: no such shipment). The conditional `UPDATE` comes first, so on
+/// SQLite the transaction takes the write lock before it reads.
+async fn cancel_in(conn: &mut AnyConnection, id: &str, now: i64) -> Result<Option<Status>, sqlx::Error> {
+    let cancelled = sqlx::query(
+        "UPDATE shipments SET status = 'cancelled', held = 0, updated_ms = $1 WHERE id = $2 AND status IN ('created', 'packed')",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if cancelled {
+        sqlx::query(
+            "INSERT INTO shipment_events (shipment_id, status, at_ms) VALUES ($1, 'cancelled', $2) ON CONFLICT (shipment_id, status) DO NOTHING",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM shipments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(status.as_deref().map(Status::parse))
+}
+
+/// What an order's cancellation did to its shipment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OrderCancel {
+    /// The order has no shipment.
+    Missing,
+    /// The shipment is cancelled (now, or before).
+    Cancelled,
+    /// The shipment had left already: nothing to undo.
+    TooLate(Status),
+}
+
+/// Cancels the order's shipment inside the caller's transaction, if it has one that has not
+/// left. The caller's transaction has written already (the inbox row), so reading first
+/// cannot leave it a stale reader on SQLite.
+pub(crate) async fn cancel_order_in(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    now: i64,
+) -> Result<OrderCancel, sqlx::Error> {
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(id) = id else {
+        return Ok(OrderCancel::Missing);
+    };
+    Ok(match cancel_in(conn, &id, now).await? {
+        None => OrderCancel::Missing,
+        Some(Status::Cancelled) => OrderCancel::Cancelled,
+        Some(status) => OrderCancel::TooLate(status),
+    })
+}
+
+/// What an order's confirmation did to its shipment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// The order has no shipment (yet).
+    Missing,
+    /// Released: its timeline starts now.
+    Released,
+    /// It was not held (or was cancelled): nothing changed.
+    NotHeld,
+}
+
+/// Releases the order's held shipment inside the caller's transaction; its clock starts at
+/// `now` (`updated_ms`), so the first step is due `pack_seconds` after the release.
+pub(crate) async fn release_in(conn: &mut AnyConnection, order_id: &str, now: i64) -> Result<Release, sqlx::Error> {
+    let released = sqlx::query(
+        "UPDATE shipments SET held = 0, updated_ms = $1 WHERE order_id = $2 AND held = 1 AND status = 'created'",
+    )
+    .bind(now)
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if released {
+        return Ok(Release::Released);
+    }
+    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM shipments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(if exists.is_some() {
+        Release::NotHeld
+    } else {
+        Release::Missing
+    })
 }

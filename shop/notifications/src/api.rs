@@ -1,0 +1,70 @@
+//! Notifications' HTTP API: a signed-in customer reads their own notifications.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use flotilla::auth::Verifier;
+use flotilla::http::{Json, Query};
+use flotilla::store::Store;
+use flotilla::Problem;
+use serde::Deserialize;
+
+use crate::notifications::{self, NotificationsError};
+
+/// How many notifications a list answers unless `?limit=` says otherwise.
+pub(crate) const DEFAULT_LIMIT: u32 = 20;
+
+/// The most a list answers.
+pub(crate) const MAX_LIMIT: u32 = 100;
+
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    tokens: Verifier,
+}
+
+/// The routes. `tokens` checks the callers' tokens; each caller sees only their own
+/// notifications (the token's `sub`).
+pub fn router(store: Store, tokens: Verifier) -> Router {
+    Router::new()
+        .route("/api/v1/notifications", get(list))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(16 * 1024))
+        .with_state(AppState { store, tokens })
+}
+
+fn problem(err: NotificationsError) -> Problem {
+    tracing::error!(error = %err, "notifications database error");
+    Problem::internal()
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    DEFAULT_LIMIT
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Problem> {
+    let who = state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
+    if !(1..=MAX_LIMIT).contains(&q.limit) {
+        return Err(Problem::invalid_field("limit", format!("1 to {MAX_LIMIT}")));
+    }
+    let found = notifications::for_user(&state.store, &who.subject, q.limit)
+        .await
+        .map_err(problem)?;
+    Ok(Json(found).into_response())
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}

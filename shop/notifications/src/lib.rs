@@ -1,0 +1,51 @@
+//! The shop's notifications service: tells customers what became of their orders (confirmed,
+//! cancelled and why), from the order events, and lists each customer's notifications.
+
+mod api;
+pub mod notifications;
+mod openapi;
+mod order_events;
+
+use flotilla::runtime::ServiceEnv;
+use flotilla::store::{Store, StoreError};
+
+pub use api::router;
+pub use order_events::{on_order_event, spawn_order_events, OrderEventError};
+
+/// The service's name in the registry (and its consumer group on topic `orders`).
+pub const SERVICE: &str = "notifications";
+
+/// Notifications' schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Why the notifications database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Connecting or migrating failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event inbox's table could not be created.
+    #[error("preparing the event inbox: {0}")]
+    Events(#[source] sqlx::Error),
+}
+
+/// Opens the notifications database where the environment says, migrated, with the event
+/// inbox.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, OpenError> {
+    open_url(&Store::url_for(SERVICE, &env.data_dir)?).await
+}
+
+/// Opens the notifications database at `url`, migrated, with the event inbox.
+pub async fn open_url(url: &str) -> Result<Store, OpenError> {
+    let store = Store::open(url, &MIGRATOR).await?;
+    flotilla::events::prepare(&store).await.map_err(OpenError::Events)?;
+    Ok(store)
+}
+
+/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
+
+#[cfg(test)]
+mod tests;
