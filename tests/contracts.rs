@@ -13,6 +13,8 @@ fn providers() -> Vec<(&'static str, Value)> {
         ("catalog", flotilla_catalog::openapi_document()),
         ("identity", flotilla_identity::openapi_document()),
         ("inventory", flotilla_inventory::openapi_document()),
+        ("notifications", flotilla_notifications::openapi_document()),
+        ("orders", flotilla_orders::openapi_document()),
         ("payments", flotilla_payments::openapi_document()),
         ("shipping", flotilla_shipping::openapi_document()),
     ]
@@ -20,13 +22,28 @@ fn providers() -> Vec<(&'static str, Value)> {
 
 /// Every statement of what a caller relies on, with the providers it is made of.
 fn expectations() -> Vec<(Expectation, Vec<&'static str>)> {
-    vec![
+    let mut all = vec![
         (flotilla::auth::JWKS_CONTRACT, vec!["identity"]),
         (
             flotilla_gateway::openapi::DOCUMENT_CONTRACT,
-            vec!["catalog", "identity", "inventory", "payments", "shipping"],
+            vec![
+                "catalog",
+                "identity",
+                "inventory",
+                "notifications",
+                "orders",
+                "payments",
+                "shipping",
+            ],
         ),
-    ]
+    ];
+    // Orders' calls to catalog, identity, inventory, payments and shipping.
+    all.extend(
+        flotilla_orders::downstream::CONTRACTS
+            .iter()
+            .map(|expectation| (*expectation, vec![expectation.provider])),
+    );
+    all
 }
 
 #[test]

@@ -208,12 +208,12 @@ fn scale_grows_and_shrinks_a_running_service() {
     assert_eq!(status, 200);
 
     let unknown = std::process::Command::new(support::flotilla())
-        .args(["scale", "orders", "2", "--data-dir"])
+        .args(["scale", "warehouse", "2", "--data-dir"])
         .arg(system.data_dir())
         .output()
         .unwrap();
     assert!(!unknown.status.success());
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no service `orders`"));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no service `warehouse`"));
     system.interrupt(Duration::from_secs(10));
     assert!(
         !system.data_dir().join("supervisor.sock").exists(),

@@ -286,6 +286,8 @@ enum ShopService {
     Catalog,
     Identity,
     Inventory,
+    Notifications,
+    Orders,
     Payments,
     Shipping,
 }
@@ -364,6 +366,16 @@ where
         .with_context(|| format!("{service}'s configuration"))?;
     live.ready(Duration::from_secs(1)).await;
     Ok(live)
+}
+
+/// The event log (or JetStream) the service at `env` publishes to and consumes from.
+async fn events_client(env: &ServiceEnv) -> Result<flotilla::events::EventsClient> {
+    flotilla::events::EventsClient::for_service(env).await.with_context(|| {
+        format!(
+            "connecting to the events backend ({})",
+            env.events.as_deref().unwrap_or("the control plane's log")
+        )
+    })
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -697,11 +709,58 @@ async fn run(cli: Cli) -> Result<()> {
                     .await?;
                     let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
                     flotilla_shipping::spawn_ticker(store.clone(), config.clone());
+                    flotilla_shipping::spawn_order_events(store.clone(), events_client(&env).await?);
                     Service::new(flotilla_shipping::SERVICE, env!("CARGO_PKG_VERSION"))
                         .env(env)
                         .context(context)
                         .config(&config)
                         .router(flotilla_shipping::router(store, tokens))
+                        .run(listener, runtime::shutdown_signal())
+                        .await?;
+                }
+                ShopService::Orders => {
+                    let store = flotilla_orders::open_store(&env)
+                        .await
+                        .context("opening orders' database")?;
+                    let listener = Service::bind(listen).await.context("binding orders' listener")?;
+                    let context = runtime::Context::new(&env, Default::default());
+                    let config = live_config::<flotilla_orders::OrdersConfig>(
+                        flotilla_orders::SERVICE,
+                        &env,
+                        flotilla_orders::OrdersConfig::validate,
+                    )
+                    .await?;
+                    if config.current().client.secret.is_empty() {
+                        tracing::warn!(
+                            "orders has no client secret (orders/default/client): its saga waits until one is set"
+                        );
+                    }
+                    let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
+                    let downstream = flotilla_orders::downstream(&context, &config.current());
+                    let orders =
+                        flotilla_orders::start(store, downstream, events_client(&env).await?, config.clone(), tokens)
+                            .await
+                            .context("starting orders' saga and outbox")?;
+                    Service::new(flotilla_orders::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .env(env)
+                        .context(context)
+                        .config(&config)
+                        .router(flotilla_orders::router(orders))
+                        .run(listener, runtime::shutdown_signal())
+                        .await?;
+                }
+                ShopService::Notifications => {
+                    let store = flotilla_notifications::open_store(&env)
+                        .await
+                        .context("opening notifications' database")?;
+                    let listener = Service::bind(listen).await.context("binding notifications' listener")?;
+                    let context = runtime::Context::new(&env, Default::default());
+                    let tokens = flotilla::auth::TrustedIssuer::default().verifier(context.discovery(), &[], &[]);
+                    flotilla_notifications::spawn_order_events(store.clone(), events_client(&env).await?);
+                    Service::new(flotilla_notifications::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .env(env)
+                        .context(context)
+                        .router(flotilla_notifications::router(store, tokens))
                         .run(listener, runtime::shutdown_signal())
                         .await?;
                 }

@@ -3,6 +3,7 @@
 //! logs; and on Ctrl-C stops services first (they deregister and drain), then the gateway,
 //! then the control plane.
 
+mod clients;
 pub mod control;
 mod fleet;
 mod output;
@@ -231,6 +232,16 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         let said = seed(&options.control_addr.to_string(), &token, routes, path).await;
         match said {
             Ok(line) => output.say(&line),
+            Err(err) => {
+                stop_all(&output, &fleet, vec![], control).await;
+                return Err(err);
+            }
+        }
+    }
+    if manifest.services.iter().any(|s| s.name == flotilla_orders::SERVICE) {
+        match clients::seed(&options.control_addr.to_string(), &token).await {
+            Ok(Some(line)) => output.say(&line),
+            Ok(None) => {}
             Err(err) => {
                 stop_all(&output, &fleet, vec![], control).await;
                 return Err(err);

@@ -1,0 +1,273 @@
+//! `bench/orders`: orders per second end to end on embedded defaults. `flotilla up` with the
+//! shipped manifest; an administrator (bootstrapped through central config) stocks products
+//! 1–20 deeply; one customer's token; then C concurrent clients place orders through the
+//! gateway for D seconds (closed loop), each with its own Idempotency-Key. A consumer group
+//! on the `orders` topic notes when each order's `shop.order.confirmed` arrives, so
+//! order-to-confirmed is measured where another service would see it (after the outbox relay).
+//!
+//! Prints the POST's p50/p99, order-to-confirmed p50/p99, accepted and confirmed orders per
+//! second, and how many orders were cancelled or never settled.
+//!
+//! Usage: orders [--clients C] [--seconds D]   (run through `bench/orders`, which builds it)
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla::events::EventsClient;
+use flotilla_bench::procs::http_request;
+use flotilla_bench::system::System;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((sorted.len() as f64) * q).ceil() as usize;
+    sorted.get(rank.saturating_sub(1)).copied().unwrap_or(0.0)
+}
+
+fn fail(what: &str) -> ! {
+    eprintln!("orders bench: {what}");
+    std::process::exit(1)
+}
+
+fn json(answer: std::io::Result<(u16, String)>) -> (u16, serde_json::Value) {
+    match answer {
+        Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or_default()),
+        Err(err) => fail(&format!("request: {err}")),
+    }
+}
+
+fn password_token(system: &System, email: &str, password: &str) -> Option<String> {
+    let form = format!(
+        "grant_type=password&client_id=shop-web&username={}&password={}",
+        email.replace('@', "%40"),
+        password.replace(' ', "+")
+    );
+    let (status, tokens) = json(http_request(
+        system.gateway,
+        "POST",
+        "/oauth2/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &form,
+    ));
+    (status == 200).then(|| tokens["access_token"].as_str().unwrap_or_default().to_owned())
+}
+
+/// An administrator, then deep stock for products 1–20, then a customer: the customer's token.
+fn prepare(system: &System) -> String {
+    let out = system.cli(&[
+        "config",
+        "set",
+        "admin",
+        r#"{"email":"root@example.com","password":"a long admin password"}"#,
+        "--scope",
+        "identity",
+        "--secret",
+    ]);
+    if !out.status.success() {
+        fail(&format!("config set admin: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let admin = (0..200)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            password_token(system, "root@example.com", "a long admin password")
+        })
+        .unwrap_or_else(|| fail("the administrator could not sign in"));
+    for product in 1..=20 {
+        let (status, body) = json(http_request(
+            system.gateway,
+            "PUT",
+            &format!("/api/v1/inventory/{product}"),
+            &[
+                ("Authorization", &format!("Bearer {admin}")),
+                ("Content-Type", "application/json"),
+            ],
+            r#"{"on_hand": 100000000}"#,
+        ));
+        if status != 200 {
+            fail(&format!("stocking product {product}: {status} {body}"));
+        }
+    }
+    let (status, body) = json(http_request(
+        system.gateway,
+        "POST",
+        "/api/v1/accounts",
+        &[("Content-Type", "application/json")],
+        r#"{"email":"bench@example.com","password":"correct horse battery","name":"Bench"}"#,
+    ));
+    if status != 201 {
+        fail(&format!("sign-up: {status} {body}"));
+    }
+    password_token(system, "bench@example.com", "correct horse battery").unwrap_or_else(|| fail("customer token"))
+}
+
+/// When each order was seen confirmed or cancelled, by id.
+type Settled = Arc<Mutex<HashMap<String, (Instant, bool)>>>;
+
+async fn watch(events: EventsClient, settled: Settled) {
+    let group = format!("bench-{}", std::process::id());
+    loop {
+        let Ok(deliveries) = events.fetch("orders", &group, 500, Duration::from_secs(5)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let now = Instant::now();
+        let offsets: Vec<u64> = deliveries.iter().map(|d| d.offset).collect();
+        if let Ok(mut settled) = settled.lock() {
+            for delivery in &deliveries {
+                let confirmed = delivery.event.kind == flotilla::api::orders::CONFIRMED;
+                if confirmed || delivery.event.kind == flotilla::api::orders::CANCELLED {
+                    if let Some(order) = &delivery.event.subject {
+                        settled.entry(order.clone()).or_insert((now, confirmed));
+                    }
+                }
+            }
+        }
+        if !offsets.is_empty() {
+            let _ = events.ack("orders", &group, &offsets).await;
+        }
+    }
+}
+
+fn main() {
+    let mut clients = 64usize;
+    let mut seconds = 20u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().and_then(|v| v.parse::<u64>().ok());
+        match (arg.as_str(), value) {
+            ("--clients", Some(v)) => clients = v as usize,
+            ("--seconds", Some(v)) => seconds = v,
+            _ => fail("usage: orders [--clients C] [--seconds D]"),
+        }
+    }
+    let binary = flotilla_bench::procs::flotilla_beside_me("bench/orders");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    eprintln!("… starting the shop");
+    let mut system = System::start(&binary, &repo, &[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(120));
+    let token = prepare(&system);
+    let control_token = std::fs::read_to_string(system.data_dir().join("token"))
+        .map(|t| t.trim().to_owned())
+        .ok();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+
+    let settled: Settled = Arc::default();
+    let (posts, placed, began, load_ended) = runtime.block_on(async {
+        let events = EventsClient::new(&system.control.to_string(), control_token);
+        tokio::spawn(watch(events, settled.clone()));
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let uri: http::Uri = format!("http://{}/api/v1/orders", system.gateway)
+            .parse()
+            .unwrap_or_else(|e| fail(&format!("uri: {e}")));
+        eprintln!("… {clients} clients placing orders for {seconds} s");
+        let began = Instant::now();
+        let until = began + Duration::from_secs(seconds);
+        let mut workers = tokio::task::JoinSet::new();
+        for worker in 0..clients {
+            let (client, uri, token) = (client.clone(), uri.clone(), token.clone());
+            workers.spawn(async move {
+                let mut posts = Vec::new();
+                let mut placed = Vec::new();
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    n += 1;
+                    let product = 1 + (worker as u64 * 7 + n) % 20;
+                    let body = format!(
+                        r#"{{"lines":[{{"product_id":{product},"quantity":1}}],"shipping_address":{{"name":"Bench","line1":"Kai 1","city":"Hamburg","postal_code":"20457","country":"DE"}}}}"#
+                    );
+                    let request = http::Request::post(uri.clone())
+                        .header("authorization", format!("Bearer {token}"))
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", format!("bench-{worker}-{n}"))
+                        .body(Full::new(Bytes::from(body)));
+                    let Ok(request) = request else { continue };
+                    let sent = Instant::now();
+                    let Ok(response) = client.request(request).await else { continue };
+                    let status = response.status();
+                    let Ok(bytes) = response.into_body().collect().await.map(|b| b.to_bytes()) else {
+                        continue;
+                    };
+                    posts.push(sent.elapsed());
+                    if status == http::StatusCode::ACCEPTED {
+                        let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                        if let Some(id) = answer["id"].as_str() {
+                            placed.push((id.to_owned(), sent));
+                        }
+                    }
+                }
+                (posts, placed)
+            });
+        }
+        let (mut posts, mut placed) = (Vec::new(), Vec::new());
+        while let Some(Ok((p, o))) = workers.join_next().await {
+            posts.extend(p);
+            placed.extend(o);
+        }
+        let load_ended = Instant::now();
+        // Let the sagas finish what was accepted.
+        eprintln!("… {} orders accepted; waiting for them to settle", placed.len());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let done = settled.lock().map_or(0, |s| placed.iter().filter(|(id, _)| s.contains_key(id)).count());
+            if done == placed.len() || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (posts, placed, began, load_ended)
+    });
+
+    let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut to_confirmed: Vec<f64> = Vec::new();
+    let (mut cancelled, mut unsettled) = (0usize, 0usize);
+    let mut last_confirmed = began;
+    for (id, sent) in &placed {
+        match settled.get(id) {
+            Some((at, true)) => {
+                to_confirmed.push(at.duration_since(*sent).as_secs_f64() * 1000.0);
+                last_confirmed = last_confirmed.max(*at);
+            }
+            Some((_, false)) => cancelled += 1,
+            None => unsettled += 1,
+        }
+    }
+    let mut post_ms: Vec<f64> = posts.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    post_ms.sort_by(f64::total_cmp);
+    to_confirmed.sort_by(f64::total_cmp);
+    let load_s = load_ended.duration_since(began).as_secs_f64();
+    let confirm_s = last_confirmed.duration_since(began).as_secs_f64().max(load_s);
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| clients (closed loop) × seconds | {clients} × {seconds} |");
+    println!(
+        "| orders accepted (202) | {} ({:.0}/s) |",
+        placed.len(),
+        placed.len() as f64 / load_s
+    );
+    println!("| other POST answers or errors | {} |", posts.len() - placed.len());
+    println!(
+        "| orders confirmed | {} ({:.0}/s, first POST to last confirmation) |",
+        to_confirmed.len(),
+        to_confirmed.len() as f64 / confirm_s
+    );
+    println!("| cancelled / never settled | {cancelled} / {unsettled} |");
+    println!(
+        "| POST /api/v1/orders p50 / p99 | {:.1} / {:.1} ms |",
+        quantile(&post_ms, 0.5),
+        quantile(&post_ms, 0.99)
+    );
+    println!(
+        "| order to confirmed (event seen) p50 / p99 | {:.0} / {:.0} ms |",
+        quantile(&to_confirmed, 0.5),
+        quantile(&to_confirmed, 0.99)
+    );
+    system.interrupt(Duration::from_secs(30));
+}

@@ -1,0 +1,292 @@
+//! Orders' HTTP API. Placing and reading orders needs a customer's token; a customer sees
+//! only their own orders (another's is a 404, not a 403: its existence is not told). Admins
+//! may read any order, list and inspect the sagas, and rebuild the read model.
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use flotilla::auth::{Identity, Verifier};
+use flotilla::config::LiveConfig;
+use flotilla::http::{idempotency, Json, Query};
+use flotilla::saga::SagaRunner;
+use flotilla::Problem;
+use serde::Deserialize;
+
+use crate::config::OrdersConfig;
+use crate::downstream::{Downstream, PriceError};
+use crate::journal::Journal;
+use crate::order::{Money, Order, OrderEvent, OrderLine, PlaceOrder, Status};
+use crate::saga::{OrderSaga, KIND};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Orders {
+    /// The event store and read model.
+    pub journal: Journal,
+    /// The order saga (to start instances).
+    pub runner: SagaRunner<OrderSaga>,
+    /// The other services.
+    pub downstream: Downstream,
+    /// The knobs.
+    pub config: LiveConfig<OrdersConfig>,
+    /// Checks callers' tokens.
+    pub tokens: Verifier,
+}
+
+/// The routes.
+pub fn router(orders: Orders) -> Router {
+    Router::new()
+        .route("/api/v1/orders", post(place).get(list))
+        .route("/api/v1/orders/sagas", get(sagas))
+        .route("/api/v1/orders/read-model/rebuild", post(rebuild))
+        .route("/api/v1/orders/{id}", get(one))
+        .route("/api/v1/orders/{id}/saga", get(saga))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(orders)
+}
+
+fn internal(err: sqlx::Error) -> Problem {
+    tracing::error!(error = %err, "orders database error");
+    Problem::internal()
+}
+
+async fn caller(orders: &Orders, headers: &HeaderMap) -> Result<Identity, Problem> {
+    orders.tokens.caller(headers).await.map_err(|e| e.to_problem())
+}
+
+async fn admin(orders: &Orders, headers: &HeaderMap) -> Result<Identity, Problem> {
+    let who = caller(orders, headers).await?;
+    who.admin_or(None).map_err(|e| e.to_problem())?;
+    Ok(who)
+}
+
+async fn place(
+    State(orders): State<Orders>,
+    headers: HeaderMap,
+    Json(body): Json<PlaceOrder>,
+) -> Result<Response, Problem> {
+    let who = caller(&orders, &headers).await?;
+    let config = orders.config.current();
+    body.validate(config.max_lines, config.max_quantity)
+        .map_err(|e| Problem::invalid_field(e.field, e.reason))?;
+    if !headers.contains_key("idempotency-key") {
+        let (status, answer) = accept(&orders, &who.subject, body).await;
+        return Ok(answered(status, answer));
+    }
+    let key = idempotency::key(&headers, &who.subject)?;
+    let fingerprint = idempotency::fingerprint("place-order", &serde_json::to_value(&body).unwrap_or_default());
+    let store = orders.journal.store().clone();
+    Ok(idempotency::once(&store, &key, &fingerprint, || accept(&orders, &who.subject, body)).await)
+}
+
+fn answered(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if status.is_client_error() || status.is_server_error() {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+    }
+    response
+}
+
+fn problem_answer(problem: Problem) -> (StatusCode, serde_json::Value) {
+    (
+        problem.status_code(),
+        serde_json::to_value(&problem).unwrap_or_default(),
+    )
+}
+
+/// Prices the lines, records the placement and starts the saga in one transaction.
+async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode, serde_json::Value) {
+    let keep = Duration::from_secs(orders.config.current().price_cache_seconds);
+    let priced = futures_util::future::join_all(
+        body.lines
+            .iter()
+            .map(|line| orders.downstream.product(line.product_id, keep)),
+    )
+    .await;
+    let mut lines = Vec::with_capacity(body.lines.len());
+    let mut currency: Option<String> = None;
+    for (i, (line, product)) in body.lines.iter().zip(priced).enumerate() {
+        let product = match product {
+            Ok(product) => product,
+            Err(PriceError::Unknown(id)) => {
+                return problem_answer(Problem::invalid_field(
+                    format!("lines[{i}].product_id"),
+                    format!("the catalog has no product {id}"),
+                ))
+            }
+            Err(PriceError::Unavailable(why)) => {
+                tracing::warn!(%why, "pricing an order");
+                return problem_answer(
+                    Problem::new(503, "catalog-unavailable", "Catalog unavailable")
+                        .with_detail("the order could not be priced; retry with the same Idempotency-Key"),
+                );
+            }
+        };
+        if currency.get_or_insert_with(|| product.price.currency.clone()) != &product.price.currency {
+            return problem_answer(Problem::invalid_field(
+                format!("lines[{i}].product_id"),
+                "priced in another currency than the other lines; order them separately",
+            ));
+        }
+        lines.push(OrderLine {
+            product_id: line.product_id,
+            quantity: line.quantity,
+            name: product.name,
+            unit_price_minor: product.price.amount_minor,
+        });
+    }
+    let total = Money {
+        amount_minor: lines.iter().map(|l| l.unit_price_minor * l.quantity).sum(),
+        currency: currency.unwrap_or_else(|| "EUR".into()),
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let saga = OrderSaga {
+        order_id: id.clone(),
+        lines: lines.clone(),
+        total: total.clone(),
+        address: body.shipping_address.clone(),
+        payment_id: None,
+        shipment_id: None,
+    };
+    let placed = OrderEvent::Placed {
+        user_id: user_id.to_owned(),
+        lines,
+        total,
+        shipping_address: body.shipping_address,
+    };
+    let written = async {
+        let mut tx = orders.journal.store().begin_write().await?;
+        let order = orders.journal.record_in(&mut tx, &id, placed).await?;
+        orders.runner.start_in(&mut tx, &id, &saga).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(order)
+    }
+    .await;
+    match written {
+        Ok(order) => {
+            orders.journal.committed();
+            orders.runner.wake();
+            (
+                StatusCode::ACCEPTED,
+                serde_json::json!({
+                    "id": order.id,
+                    "status": order.status,
+                    "total": order.total,
+                    "links": {"self": format!("/api/v1/orders/{}", order.id)},
+                }),
+            )
+        }
+        Err(err) => problem_answer(internal(err)),
+    }
+}
+
+/// The order if the caller may see it.
+async fn visible(
+    orders: &Orders,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(Order, Vec<crate::order::Recorded>), Problem> {
+    let who = caller(orders, headers).await?;
+    let found = orders.journal.order(id).await.map_err(internal)?;
+    match found {
+        Some((order, events)) if order.user_id == who.subject || who.has_role("admin") => Ok((order, events)),
+        _ => Err(Problem::not_found(format!("no order `{id}`"))),
+    }
+}
+
+async fn one(State(orders): State<Orders>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
+    let (order, events) = visible(&orders, &headers, &id).await?;
+    let mut body = serde_json::to_value(&order).map_err(|_| Problem::internal())?;
+    body["history"] = serde_json::to_value(&events).map_err(|_| Problem::internal())?;
+    Ok(Json(body).into_response())
+}
+
+async fn saga(State(orders): State<Orders>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
+    visible(&orders, &headers, &id).await?;
+    let store = orders.runner.store();
+    let record = store
+        .get(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found(format!("no saga for order `{id}`")))?;
+    let history = store.history(&id).await.map_err(internal)?;
+    Ok(Json(serde_json::json!({"saga": record, "history": history})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+fn limit(asked: Option<i64>) -> Result<i64, Problem> {
+    match asked {
+        None => Ok(20),
+        Some(n) if (1..=100).contains(&n) => Ok(n),
+        Some(_) => Err(Problem::invalid_field("limit", "1 to 100")),
+    }
+}
+
+async fn list(
+    State(orders): State<Orders>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Problem> {
+    let who = caller(&orders, &headers).await?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(text) => Some(
+            Status::parse(text)
+                .ok_or_else(|| Problem::invalid_field("status", "PENDING, PAYMENT_PENDING, CONFIRMED or CANCELLED"))?,
+        ),
+    };
+    let found = orders
+        .journal
+        .list(&who.subject, status, limit(q.limit)?)
+        .await
+        .map_err(internal)?;
+    Ok(Json(found).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SagaQuery {
+    limit: Option<i64>,
+}
+
+async fn sagas(
+    State(orders): State<Orders>,
+    headers: HeaderMap,
+    Query(q): Query<SagaQuery>,
+) -> Result<Response, Problem> {
+    admin(&orders, &headers).await?;
+    let found = orders
+        .runner
+        .store()
+        .list(KIND, limit(q.limit)?)
+        .await
+        .map_err(internal)?;
+    Ok(Json(found).into_response())
+}
+
+async fn rebuild(State(orders): State<Orders>, headers: HeaderMap) -> Result<Response, Problem> {
+    let who = admin(&orders, &headers).await?;
+    let started = std::time::Instant::now();
+    let count = orders.journal.rebuild().await.map_err(internal)?;
+    let took_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(orders = count, took_ms, by = %who.subject, "read model rebuilt from the events");
+    Ok(Json(serde_json::json!({"orders": count, "took_ms": took_ms})).into_response())
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}

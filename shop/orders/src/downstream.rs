@@ -1,0 +1,426 @@
+//! Orders' calls to the other services, through the SDK's resilient clients (balancing,
+//! breaker, retries on another instance), with orders' own client-credentials token. Every
+//! write carries an idempotency key or is idempotent by order id, so a retry after a timeout
+//! or a crash never does anything twice. What each call relies on is stated next to it as a
+//! contract, checked against the provider's OpenAPI document in CI.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla::auth::ClientCredentials;
+use flotilla::client::ServiceClient;
+use flotilla::contract::Expectation;
+use flotilla::resilience::{CallError, RetryNonIdempotent};
+use flotilla::saga::StepError;
+use http::{header, Method, Request, StatusCode};
+use serde_json::Value;
+
+use crate::order::Money;
+
+/// The clients orders calls with.
+#[derive(Clone)]
+pub struct Downstream {
+    catalog: ServiceClient,
+    inventory: ServiceClient,
+    payments: ServiceClient,
+    shipping: ServiceClient,
+    credentials: Arc<ClientCredentials>,
+    prices: Arc<Mutex<HashMap<i64, (Product, Instant)>>>,
+}
+
+/// What orders keeps of a product: its name and price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    /// Display name.
+    pub name: String,
+    /// Price of one.
+    pub price: Money,
+}
+
+/// Why a product could not be priced.
+#[derive(Debug, thiserror::Error)]
+pub enum PriceError {
+    /// The catalog has no such product.
+    #[error("no product {0}")]
+    Unknown(i64),
+    /// The catalog could not be asked.
+    #[error("the catalog is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The catalog call: a product's name and price.
+pub const PRODUCT_CONTRACT: Expectation = Expectation {
+    consumer: "orders",
+    provider: "catalog",
+    method: "GET",
+    path: "/api/v1/products/{id}",
+    status: 200,
+    sends: &[],
+    reads: &["name", "price.amount_minor", "price.currency"],
+};
+
+/// Every other call orders makes, with the provider it goes to.
+pub const CONTRACTS: &[Expectation] = &[
+    PRODUCT_CONTRACT,
+    Expectation {
+        consumer: "orders",
+        provider: "identity",
+        method: "POST",
+        path: "/oauth2/token",
+        status: 200,
+        sends: &["grant_type", "client_id", "client_secret", "scope"],
+        reads: &["access_token", "expires_in"],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "inventory",
+        method: "POST",
+        path: "/api/v1/inventory/reservations",
+        status: 200,
+        sends: &["order_id", "lines"],
+        reads: &[],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "inventory",
+        method: "POST",
+        path: "/api/v1/inventory/reservations/{order_id}/release",
+        status: 200,
+        sends: &[],
+        reads: &[],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "inventory",
+        method: "POST",
+        path: "/api/v1/inventory/reservations/{order_id}/commit",
+        status: 200,
+        sends: &[],
+        reads: &[],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "payments",
+        method: "POST",
+        path: "/api/v1/payments",
+        status: 201,
+        sends: &["order_id", "amount"],
+        reads: &["id"],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "payments",
+        method: "GET",
+        path: "/api/v1/payments",
+        status: 200,
+        sends: &[],
+        reads: &[],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "payments",
+        method: "POST",
+        path: "/api/v1/payments/{id}/capture",
+        status: 200,
+        sends: &[],
+        reads: &[],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "payments",
+        method: "POST",
+        path: "/api/v1/payments/{id}/void",
+        status: 200,
+        sends: &[],
+        reads: &[],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "payments",
+        method: "POST",
+        path: "/api/v1/payments/{id}/refund",
+        status: 200,
+        sends: &[],
+        reads: &[],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "shipping",
+        method: "POST",
+        path: "/api/v1/shipments",
+        status: 201,
+        sends: &["order_id", "address", "hold"],
+        reads: &["id"],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "shipping",
+        method: "GET",
+        path: "/api/v1/shipments",
+        status: 200,
+        sends: &[],
+        reads: &[],
+    },
+    Expectation {
+        consumer: "orders",
+        provider: "shipping",
+        method: "POST",
+        path: "/api/v1/shipments/{id}/cancel",
+        status: 200,
+        sends: &[],
+        reads: &[],
+    },
+];
+
+/// What a failed call means for a saga step: the other side said no (4xx) → `Rejected`;
+/// it cannot be reached (no instance, refused, breaker open, 503) → `Unavailable` (wait);
+/// anything else (a timeout, a 500) → `Failed` (retry, then compensate).
+pub fn classify(err: &CallError) -> StepError {
+    let text = err.to_string();
+    match err {
+        CallError::NoInstance { .. }
+        | CallError::Connect { .. }
+        | CallError::CircuitOpen { .. }
+        | CallError::BulkheadFull { .. } => StepError::Unavailable(text),
+        CallError::Status { status, problem, .. } => {
+            let detail = problem
+                .as_ref()
+                .and_then(|p| p.detail.clone())
+                .unwrap_or_else(|| text.clone());
+            match *status {
+                StatusCode::SERVICE_UNAVAILABLE => StepError::Unavailable(detail),
+                StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED => {
+                    StepError::Failed(detail)
+                }
+                s if s.is_client_error() => StepError::Rejected(detail),
+                _ => StepError::Failed(detail),
+            }
+        }
+        _ => StepError::Failed(text),
+    }
+}
+
+impl Downstream {
+    /// Orders' clients; `credentials` gets its tokens from identity.
+    pub fn new(
+        catalog: ServiceClient,
+        inventory: ServiceClient,
+        payments: ServiceClient,
+        shipping: ServiceClient,
+        credentials: Arc<ClientCredentials>,
+    ) -> Self {
+        Self {
+            catalog,
+            inventory,
+            payments,
+            shipping,
+            credentials,
+            prices: Arc::default(),
+        }
+    }
+
+    /// A product's name and price, from a short-lived cache or the catalog.
+    pub async fn product(&self, id: i64, keep: Duration) -> Result<Product, PriceError> {
+        if let Ok(prices) = self.prices.lock() {
+            if let Some((product, at)) = prices.get(&id) {
+                if at.elapsed() < keep {
+                    return Ok(product.clone());
+                }
+            }
+        }
+        let answer: Value = match self.catalog.get_json(&format!("/api/v1/products/{id}")).await {
+            Ok(answer) => answer,
+            Err(CallError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+                return Err(PriceError::Unknown(id))
+            }
+            Err(err) => return Err(PriceError::Unavailable(err.to_string())),
+        };
+        let product = Product {
+            name: answer["name"].as_str().unwrap_or_default().to_owned(),
+            price: serde_json::from_value(answer["price"].clone())
+                .map_err(|e| PriceError::Unavailable(format!("the catalog's price of {id}: {e}")))?,
+        };
+        if let Ok(mut prices) = self.prices.lock() {
+            if prices.len() > 10_000 {
+                prices.clear();
+            }
+            prices.insert(id, (product.clone(), Instant::now()));
+        }
+        Ok(product)
+    }
+
+    /// One authorized call; the answer's JSON, or what the failure means for the saga.
+    async fn call(
+        &self,
+        client: &ServiceClient,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, StepError> {
+        let token = self.credentials.token().await.map_err(|e| match classify(&e) {
+            // Identity refusing orders' credentials is a configuration fault: keep waiting.
+            StepError::Rejected(why) => StepError::Unavailable(format!("orders' client credentials: {why}")),
+            other => other,
+        })?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::ACCEPT, "application/json");
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        let bytes = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let mut request = request
+            .body(bytes)
+            .map_err(|e| StepError::Failed(format!("building {path}: {e}")))?;
+        // Every write here is idempotent (by key or by order id): safe to retry anywhere.
+        request.extensions_mut().insert(RetryNonIdempotent);
+        let service = client.stack().target().name().to_owned();
+        let response = client.send(request).await.map_err(|e| classify(&e))?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            self.credentials.invalidate().await;
+        }
+        if !status.is_success() {
+            let problem = serde_json::from_slice(response.body()).ok();
+            return Err(classify(&CallError::Status {
+                service,
+                status,
+                problem,
+            }));
+        }
+        if response.body().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(response.body()).map_err(|e| StepError::Failed(format!("{service} answered: {e}")))
+    }
+
+    /// Holds the lines' stock for the order (idempotent by order id).
+    pub async fn reserve(&self, order_id: &str, lines: &[(i64, i64)]) -> Result<(), StepError> {
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|(product_id, quantity)| serde_json::json!({"product_id": product_id, "quantity": quantity}))
+            .collect();
+        let body = serde_json::json!({"order_id": order_id, "lines": lines});
+        self.call(
+            &self.inventory,
+            Method::POST,
+            "/api/v1/inventory/reservations",
+            Some(&body),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Gives the order's held stock back; no reservation is nothing to undo.
+    pub async fn release(&self, order_id: &str) -> Result<(), StepError> {
+        let path = format!("/api/v1/inventory/reservations/{order_id}/release");
+        match self.call(&self.inventory, Method::POST, &path, None, None).await {
+            Ok(_) => Ok(()),
+            Err(StepError::Rejected(why)) => {
+                // Not found (never reserved) or already committed: nothing more to do here.
+                tracing::warn!(order = order_id, %why, "releasing stock: nothing to release");
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Takes the order's held stock for good.
+    pub async fn commit(&self, order_id: &str) -> Result<(), StepError> {
+        let path = format!("/api/v1/inventory/reservations/{order_id}/commit");
+        self.call(&self.inventory, Method::POST, &path, None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Authorizes the total; the payment's id.
+    pub async fn authorize(&self, order_id: &str, amount: &Money) -> Result<String, StepError> {
+        let body = serde_json::json!({"order_id": order_id, "amount": amount});
+        let answer = self
+            .call(
+                &self.payments,
+                Method::POST,
+                "/api/v1/payments",
+                Some(&body),
+                Some(&format!("{order_id}:authorize")),
+            )
+            .await?;
+        answer["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| StepError::Failed("payments answered without an id".into()))
+    }
+
+    /// Captures the authorized payment.
+    pub async fn capture(&self, order_id: &str, payment_id: &str) -> Result<(), StepError> {
+        let path = format!("/api/v1/payments/{payment_id}/capture");
+        let key = format!("{order_id}:capture:{payment_id}");
+        self.call(&self.payments, Method::POST, &path, None, Some(&key))
+            .await
+            .map(|_| ())
+    }
+
+    /// Voids what is authorized and refunds what was captured for the order (found by
+    /// order id, so a payment whose answer never arrived is undone too).
+    pub async fn release_payments(&self, order_id: &str) -> Result<(), StepError> {
+        let path = format!("/api/v1/payments?order_id={order_id}");
+        let payments = self.call(&self.payments, Method::GET, &path, None, None).await?;
+        for payment in payments.as_array().into_iter().flatten() {
+            let (Some(id), Some(state)) = (payment["id"].as_str(), payment["state"].as_str()) else {
+                continue;
+            };
+            let operation = match state {
+                "authorized" => "void",
+                "captured" => "refund",
+                _ => continue,
+            };
+            let path = format!("/api/v1/payments/{id}/{operation}");
+            let key = format!("{order_id}:{operation}:{id}");
+            self.call(&self.payments, Method::POST, &path, None, Some(&key)).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the order's shipment, held until the order is confirmed; its id.
+    pub async fn ship(&self, order_id: &str, address: &crate::order::Address) -> Result<String, StepError> {
+        let body = serde_json::json!({"order_id": order_id, "address": address, "hold": true});
+        let answer = self
+            .call(&self.shipping, Method::POST, "/api/v1/shipments", Some(&body), None)
+            .await?;
+        answer["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| StepError::Failed("shipping answered without an id".into()))
+    }
+
+    /// Cancels the order's shipment, if it has one.
+    pub async fn cancel_shipment(&self, order_id: &str) -> Result<(), StepError> {
+        let path = format!("/api/v1/shipments?order_id={order_id}");
+        let found = self.call(&self.shipping, Method::GET, &path, None, None).await?;
+        for shipment in found.as_array().into_iter().flatten() {
+            let Some(id) = shipment["id"].as_str() else { continue };
+            let path = format!("/api/v1/shipments/{id}/cancel");
+            match self.call(&self.shipping, Method::POST, &path, None, None).await {
+                Ok(_) => {}
+                Err(StepError::Rejected(why)) => {
+                    // Already on its way: a person must stop it.
+                    tracing::error!(order = order_id, shipment = id, %why, "cannot cancel the shipment");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! The orders' event store and its read model. Appending an order's events, refreshing its
+//! row in the read model and putting what other services must hear of into the outbox happen
+//! in one transaction: the three never disagree, and a crash loses none of them.
+
+use flotilla::events::{CloudEvent, Outbox};
+use flotilla::store::{now_ms, Store};
+use flotilla_api::orders as contract;
+use sqlx::{Any, Row, Transaction};
+
+use crate::order::{Order, OrderEvent, Recorded, Status};
+
+/// The orders' events, with the outbox the integration events go through.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    store: Store,
+    outbox: Outbox,
+}
+
+/// A row of the read model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// The order.
+    pub id: String,
+    /// Where it is.
+    pub status: Status,
+    /// How many items.
+    pub items: i64,
+    /// Its total.
+    pub total: contract::Money,
+    /// When it was placed.
+    pub created_ms: i64,
+    /// When it last changed.
+    pub updated_ms: i64,
+}
+
+fn decode(row: &sqlx::any::AnyRow) -> Result<Recorded, sqlx::Error> {
+    let data: String = row.try_get("data")?;
+    Ok(Recorded {
+        seq: row.try_get("seq")?,
+        at_ms: row.try_get("at_ms")?,
+        event: serde_json::from_str(&data).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
+}
+
+/// The event other services hear of, if this is one they care about.
+fn integration_event(order: &Order, event: &OrderEvent) -> Option<CloudEvent> {
+    let kind = match event {
+        OrderEvent::Placed { .. } => contract::PLACED,
+        OrderEvent::Confirmed => contract::CONFIRMED,
+        OrderEvent::Cancelled { .. } => contract::CANCELLED,
+        _ => return None,
+    };
+    let data = contract::OrderEventData {
+        order_id: order.id.clone(),
+        user_id: order.user_id.clone(),
+        status: order.status.as_str().to_owned(),
+        total: order.total.clone(),
+        lines: order.lines.clone(),
+        reason: order.cancel_reason.clone().unwrap_or_default(),
+    };
+    Some(CloudEvent {
+        specversion: "1.0".into(),
+        // One id per order and kind: a step that runs again publishes the same event, which
+        // the log drops.
+        id: format!("{}:{}", order.id, event.kind()),
+        source: contract::SOURCE.into(),
+        kind: kind.into(),
+        subject: Some(order.id.clone()),
+        time: Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
+        traceparent: None,
+        data: serde_json::to_value(data).ok()?,
+        deadletterreason: None,
+    })
+}
+
+impl Journal {
+    /// The journal in `store`; integration events go through `outbox`.
+    pub fn new(store: Store, outbox: Outbox) -> Self {
+        Self { store, outbox }
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// An order's events, oldest first.
+    pub async fn events(&self, order_id: &str) -> Result<Vec<Recorded>, sqlx::Error> {
+        let rows = sqlx::query("SELECT seq, at_ms, data FROM order_events WHERE order_id = $1 ORDER BY seq")
+            .bind(order_id)
+            .fetch_all(self.store.pool())
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// One order, folded from its events.
+    pub async fn order(&self, order_id: &str) -> Result<Option<(Order, Vec<Recorded>)>, sqlx::Error> {
+        let events = self.events(order_id).await?;
+        Ok(Order::fold(order_id, &events).map(|order| (order, events)))
+    }
+
+    /// Appends `event` to the order in its own transaction; an event of a kind the order
+    /// already has is not added again (a step repeated after a crash). Returns the order.
+    pub async fn record(&self, order_id: &str, event: OrderEvent) -> Result<Order, sqlx::Error> {
+        let mut tx = self.store.begin_write().await?;
+        let order = self.record_in(&mut tx, order_id, event).await?;
+        tx.commit().await?;
+        self.outbox.committed();
+        Ok(order)
+    }
+
+    /// Appends `event` inside `tx`, refreshes the read model and queues the integration event.
+    /// Call [`Outbox::committed`] (through [`Journal::committed`]) after the commit.
+    pub async fn record_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        order_id: &str,
+        event: OrderEvent,
+    ) -> Result<Order, sqlx::Error> {
+        let rows = sqlx::query("SELECT seq, at_ms, data FROM order_events WHERE order_id = $1 ORDER BY seq")
+            .bind(order_id)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let repeated = events.iter().any(|r| r.event.kind() == event.kind());
+        if repeated {
+            return Order::fold(order_id, &events).ok_or_else(|| missing(order_id));
+        }
+        let recorded = Recorded {
+            seq: events.last().map_or(1, |r| r.seq + 1),
+            at_ms: now_ms(),
+            event,
+        };
+        let data = serde_json::to_string(&recorded.event).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        sqlx::query("INSERT INTO order_events (order_id, seq, type, data, at_ms) VALUES ($1, $2, $3, $4, $5)")
+            .bind(order_id)
+            .bind(recorded.seq)
+            .bind(recorded.event.kind())
+            .bind(data)
+            .bind(recorded.at_ms)
+            .execute(&mut **tx)
+            .await?;
+        events.push(recorded.clone());
+        let order = Order::fold(order_id, &events).ok_or_else(|| missing(order_id))?;
+        project(tx, &order).await?;
+        if let Some(envelope) = integration_event(&order, &recorded.event) {
+            self.outbox.add(tx, contract::TOPIC, &envelope).await?;
+        }
+        Ok(order)
+    }
+
+    /// Wakes the outbox relay after a commit.
+    pub fn committed(&self) {
+        self.outbox.committed();
+    }
+
+    /// The customer's orders from the read model, newest first.
+    pub async fn list(&self, user_id: &str, status: Option<Status>, limit: i64) -> Result<Vec<Summary>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, status, items, total_minor, currency, created_ms, updated_ms FROM orders_view \
+             WHERE user_id = $1 AND ($2 = '' OR status = $2) ORDER BY created_ms DESC, id LIMIT $3",
+        )
+        .bind(user_id)
+        .bind(status.map_or("", Status::as_str))
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(Summary {
+                    id: row.try_get("id")?,
+                    status: Status::parse(&status).unwrap_or(Status::Pending),
+                    items: row.try_get("items")?,
+                    total: contract::Money {
+                        amount_minor: row.try_get("total_minor")?,
+                        currency: row.try_get("currency")?,
+                    },
+                    created_ms: row.try_get("created_ms")?,
+                    updated_ms: row.try_get("updated_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Throws the read model away and folds it again from every event; returns how many
+    /// orders it holds. Runs in one transaction: readers see the old model or the new one.
+    pub async fn rebuild(&self) -> Result<u64, sqlx::Error> {
+        let mut tx = self.store.begin_write().await?;
+        sqlx::query("DELETE FROM orders_view").execute(&mut *tx).await?;
+        let rows = sqlx::query("SELECT order_id, seq, at_ms, data FROM order_events ORDER BY order_id, seq")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut count = 0;
+        let mut current: Option<(String, Vec<Recorded>)> = None;
+        for row in &rows {
+            let id: String = row.try_get("order_id")?;
+            if current.as_ref().is_some_and(|(c, _)| *c != id) {
+                if let Some((done, events)) = current.take() {
+                    count += project_events(&mut tx, &done, &events).await?;
+                }
+            }
+            current.get_or_insert_with(|| (id, Vec::new())).1.push(decode(row)?);
+        }
+        if let Some((done, events)) = current.take() {
+            count += project_events(&mut tx, &done, &events).await?;
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+}
+
+fn missing(order_id: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("order `{order_id}` has no placement event"))
+}
+
+async fn project_events(tx: &mut Transaction<'static, Any>, id: &str, events: &[Recorded]) -> Result<u64, sqlx::Error> {
+    match Order::fold(id, events) {
+        Some(order) => {
+            project(tx, &order).await?;
+            Ok(1)
+        }
+        None => Ok(0),
+    }
+}
+
+/// Writes the order's row of the read model.
+async fn project(conn: &mut sqlx::AnyConnection, order: &Order) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders_view (id, user_id, status, items, total_minor, currency, version, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, version = excluded.version, updated_ms = excluded.updated_ms",
+    )
+    .bind(&order.id)
+    .bind(&order.user_id)
+    .bind(order.status.as_str())
+    .bind(order.items())
+    .bind(order.total.amount_minor)
+    .bind(&order.total.currency)
+    .bind(order.version)
+    .bind(order.created_ms)
+    .bind(order.updated_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

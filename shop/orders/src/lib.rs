@@ -1,0 +1,100 @@
+//! The shop's orders service. An order's events are its source of truth (event sourcing);
+//! a read model of one row per order serves the lists and is rebuilt from the events on
+//! demand (CQRS). Placing an order records it and starts its saga in one transaction and
+//! answers 202 at once; the saga reserves stock, authorizes payment, creates the shipment and
+//! confirms — or undoes what it did and cancels. Confirmed and cancelled orders are published
+//! through the outbox for shipping and notifications to react to (choreography).
+
+mod api;
+pub mod config;
+pub mod downstream;
+pub mod journal;
+mod openapi;
+pub mod order;
+pub mod saga;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla::auth::{ClientCredentials, Verifier};
+use flotilla::config::LiveConfig;
+use flotilla::events::{EventsClient, Outbox, Relay};
+use flotilla::runtime::{Context, ServiceEnv};
+use flotilla::saga::{SagaRunner, SagaStore};
+use flotilla::store::{Store, StoreError};
+
+pub use api::{router, Orders};
+pub use config::OrdersConfig;
+
+/// The service's name in the registry.
+pub const SERVICE: &str = "orders";
+
+/// The scopes orders' own token asks for: reserve stock, charge, create shipments.
+pub const SCOPES: &str = "inventory.reserve payments.charge shipping.create";
+
+/// Orders' schema migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens orders' database where the environment says, migrated.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
+    Store::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
+}
+
+/// Makes the SDK's tables (outbox, inbox, sagas, idempotency keys) in `store`.
+pub async fn prepare(store: &Store) -> Result<(), sqlx::Error> {
+    flotilla::events::prepare(store).await?;
+    flotilla::http::idempotency::prepare(store).await?;
+    SagaStore::prepare(store.clone()).await?;
+    Ok(())
+}
+
+/// The clients orders calls with, from the service's context: its own token from identity.
+pub fn downstream(context: &Context, config: &OrdersConfig) -> downstream::Downstream {
+    let credentials = ClientCredentials::new(
+        context.client("identity"),
+        "/oauth2/token",
+        &config.client.id,
+        &config.client.secret,
+        SCOPES,
+    );
+    downstream::Downstream::new(
+        context.client("catalog"),
+        context.client("inventory"),
+        context.client("payments"),
+        context.client("shipping"),
+        Arc::new(credentials),
+    )
+}
+
+/// Everything orders runs: the handlers' state, with the saga runner and the outbox relay
+/// spawned on the current runtime.
+pub async fn start(
+    store: Store,
+    downstream: downstream::Downstream,
+    events: EventsClient,
+    config: LiveConfig<OrdersConfig>,
+    tokens: Verifier,
+) -> Result<Orders, sqlx::Error> {
+    prepare(&store).await?;
+    let outbox = Outbox::new();
+    let journal = journal::Journal::new(store.clone(), outbox.clone());
+    let sagas = SagaStore::prepare(store.clone()).await?;
+    let runner = SagaRunner::new(saga::definition(downstream.clone(), journal.clone()), sagas);
+    tokio::spawn(Relay::new(store, events, outbox).run());
+    tokio::spawn(runner.clone().run(Duration::from_millis(200)));
+    Ok(Orders {
+        journal,
+        runner,
+        downstream,
+        config,
+        tokens,
+    })
+}
+
+/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
+
+#[cfg(test)]
+mod tests;

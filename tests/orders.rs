@@ -1,0 +1,262 @@
+//! System tests of orders with the real binary, through the gateway: the shop keeps selling
+//! while payments is stopped and every waiting order confirms by itself when it returns; a
+//! kill -9 of orders in the middle of a stream of orders loses none, and afterwards stock,
+//! payments and shipments agree with the orders exactly.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{http_get, http_request, System};
+
+fn json_of(answer: (u16, String)) -> (u16, Value) {
+    (answer.0, serde_json::from_str(&answer.1).unwrap_or(Value::Null))
+}
+
+/// Signs a customer up and returns their access token.
+fn customer(system: &System, email: &str) -> String {
+    let body = json!({"email": email, "password": "correct horse battery", "name": "Ana"}).to_string();
+    let (status, answer) = http_request(
+        system.gateway,
+        "POST",
+        "/api/v1/accounts",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{answer}");
+    let form = format!(
+        "grant_type=password&client_id=shop-web&username={}&password=correct+horse+battery",
+        email.replace('@', "%40")
+    );
+    let (status, tokens) = json_of(
+        http_request(
+            system.gateway,
+            "POST",
+            "/oauth2/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &form,
+        )
+        .unwrap(),
+    );
+    assert_eq!(status, 200, "{tokens}");
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+fn get(system: &System, path: &str, token: &str) -> (u16, Value) {
+    json_of(
+        http_request(
+            system.gateway,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .unwrap(),
+    )
+}
+
+/// Places an order; `None` when the system did not answer (orders restarting).
+fn place(system: &System, token: &str, key: &str, product: i64, quantity: i64) -> Option<(u16, Value)> {
+    let body = json!({
+        "lines": [{"product_id": product, "quantity": quantity}],
+        "shipping_address": {"name": "Ana Lima", "line1": "Hafenstraße 1", "city": "Hamburg", "postal_code": "20457", "country": "DE"}
+    })
+    .to_string();
+    http_request(
+        system.gateway,
+        "POST",
+        "/api/v1/orders",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", key),
+        ],
+        &body,
+    )
+    .ok()
+    .map(json_of)
+}
+
+/// Places an order, retrying with the same key until it is accepted (a retry is the same
+/// order, so nothing is placed twice).
+fn place_until_accepted(system: &System, token: &str, key: &str, product: i64, quantity: i64) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some((202, accepted)) = place(system, token, key, product, quantity) {
+            return accepted["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "order {key} never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the order's status is one of `want`; returns the order.
+fn wait_for(system: &System, token: &str, id: &str, want: &[&str], within: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, order) = get(system, &format!("/api/v1/orders/{id}"), token);
+        if status == 200 && want.iter().any(|w| order["status"] == *w) {
+            return order;
+        }
+        assert!(
+            started.elapsed() < within,
+            "order {id} is not {want:?}: {status} {order}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn scale(system: &System, service: &str, n: u32) {
+    let out = std::process::Command::new(support::flotilla())
+        .args(["scale", service, &n.to_string(), "--data-dir"])
+        .arg(system.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn on_hand(system: &System, token: &str, product: i64) -> i64 {
+    let (status, stock) = get(system, &format!("/api/v1/inventory/{product}"), token);
+    assert_eq!(status, 200, "{stock}");
+    stock["on_hand"].as_i64().unwrap()
+}
+
+#[test]
+fn the_shop_keeps_selling_while_payments_is_stopped_and_every_order_confirms_when_it_returns() {
+    let mut system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let token = customer(&system, "ana@example.com");
+
+    scale(&system, "payments", 0);
+    // Signing up, signing in, browsing and ordering all go on.
+    let other = customer(&system, "bo@example.com");
+    assert_eq!(get(&system, "/api/v1/me", &other).0, 200);
+    assert_eq!(http_get(system.gateway, "/api/v1/products?q=rust").unwrap().0, 200);
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            let (status, accepted) = place(&system, &token, &format!("away-{i}"), 1 + i, 1).unwrap();
+            let logs = system.output();
+            let orders: Vec<&str> = logs.lines().filter(|l| l.contains("orders")).collect();
+            assert_eq!(status, 202, "{accepted}\n{}", orders.join("\n"));
+            accepted["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for id in &ids {
+        let order = wait_for(&system, &token, id, &["PAYMENT_PENDING"], Duration::from_secs(30));
+        assert!(order["history"].to_string().contains("payment_pending"), "{order}");
+    }
+
+    // Payments returns; nobody touches the orders.
+    scale(&system, "payments", 1);
+    for id in &ids {
+        let order = wait_for(
+            &system,
+            &token,
+            id,
+            &["CONFIRMED", "CANCELLED"],
+            Duration::from_secs(60),
+        );
+        assert_eq!(order["status"], "CONFIRMED", "{order}");
+    }
+    let (_, list) = get(&system, "/api/v1/orders?status=CONFIRMED", &token);
+    assert_eq!(list.as_array().unwrap().len(), 5, "{list}");
+
+    // Choreography: shipping released each shipment, notifications told the customer.
+    let started = Instant::now();
+    loop {
+        let (_, notes) = get(&system, "/api/v1/notifications", &token);
+        let released = ids.iter().all(|id| {
+            let (_, shipments) = get(&system, &format!("/api/v1/shipments?order_id={id}"), &token);
+            shipments[0]["held"] == false
+        });
+        if notes.as_array().map_or(0, Vec::len) == 5 && released {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "notifications: {notes}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    system.interrupt(Duration::from_secs(30));
+}
+
+#[test]
+fn orders_killed_mid_stream_loses_no_order_and_stock_payments_and_shipments_agree() {
+    let mut system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let token = customer(&system, "kim@example.com");
+    // Product 13 has the least stock (21): the stream runs it out, so some orders cancel.
+    let products = [1_i64, 2, 13];
+    let initial: BTreeMap<i64, i64> = products.iter().map(|p| (*p, on_hand(&system, &token, *p))).collect();
+
+    let mut placed: Vec<(String, i64, i64)> = Vec::new();
+    let mut killed = false;
+    for i in 0..40 {
+        let (product, quantity) = (products[i % 3], 1 + (i as i64 % 3) * 2);
+        if i == 15 {
+            // Mid-stream, with sagas in flight.
+            let pid = system.process_with_arg("orders").expect("the orders process");
+            std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap();
+            killed = true;
+        }
+        let id = place_until_accepted(&system, &token, &format!("stream-{i}"), product, quantity);
+        placed.push((id, product, quantity));
+    }
+    assert!(killed);
+    assert!(system.output().contains("restart"), "the supervisor restarted orders");
+
+    let mut confirmed: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, product, quantity) in &placed {
+        let order = wait_for(
+            &system,
+            &token,
+            id,
+            &["CONFIRMED", "CANCELLED"],
+            Duration::from_secs(90),
+        );
+        let status = order["status"].as_str().unwrap().to_owned();
+        let (_, payments) = get(&system, &format!("/api/v1/payments?order_id={id}"), &token);
+        let (_, shipments) = get(&system, &format!("/api/v1/shipments?order_id={id}"), &token);
+        let payments = payments.as_array().unwrap();
+        let shipments = shipments.as_array().unwrap();
+        if status == "CONFIRMED" {
+            *confirmed.entry(*product).or_default() += quantity;
+            let captured: Vec<&Value> = payments.iter().filter(|p| p["state"] == "captured").collect();
+            assert_eq!(captured.len(), 1, "one captured payment for {id}: {payments:?}");
+            assert_eq!(captured[0]["amount"], order["total"], "{id}");
+            assert_eq!(shipments.len(), 1, "one shipment for {id}");
+        } else {
+            for payment in payments {
+                assert!(
+                    matches!(payment["state"].as_str(), Some("voided" | "declined" | "refunded")),
+                    "a payment of cancelled order {id} left standing: {payment}"
+                );
+            }
+            for shipment in shipments {
+                assert_eq!(shipment["status"], "cancelled", "{id}");
+            }
+        }
+        *outcomes.entry(status).or_default() += 1;
+    }
+    for product in products {
+        assert_eq!(
+            on_hand(&system, &token, product),
+            initial[&product] - confirmed.get(&product).copied().unwrap_or(0),
+            "stock of {product} = initial − confirmed quantities"
+        );
+    }
+    assert_eq!(outcomes.values().sum::<usize>(), 40);
+    assert!(outcomes.get("CANCELLED").copied().unwrap_or(0) > 0, "{outcomes:?}");
+    assert!(outcomes.get("CONFIRMED").copied().unwrap_or(0) > 0, "{outcomes:?}");
+    system.interrupt(Duration::from_secs(30));
+}
