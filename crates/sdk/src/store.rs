@@ -57,6 +57,8 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// SQLite only: the same file with `synchronous=NORMAL`, for [`Store::relaxed`].
+    relaxed: Option<AnyPool>,
     engine: Engine,
 }
 
@@ -111,12 +113,47 @@ impl Store {
             }),
             Engine::Postgres => pool.max_connections(10),
         };
-        let pool = pool.connect_with(options).await.map_err(connect_err)?;
+        let pool = pool.connect_with(options.clone()).await.map_err(connect_err)?;
         migrator.run(&pool).await.map_err(|source| StoreError::Migrate {
             url: redact(url),
             source,
         })?;
-        Ok(Self { pool, engine })
+        let relaxed = match engine {
+            Engine::Sqlite if !url.contains(":memory:") && !url.contains("mode=memory") => Some(
+                AnyPoolOptions::new()
+                    .acquire_timeout(Duration::from_secs(5))
+                    .max_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_err)?,
+            ),
+            _ => None,
+        };
+        Ok(Self { pool, relaxed, engine })
+    }
+
+    /// The same database for writes whose loss in a power failure only means doing them
+    /// again: saga progress, relay and inbox bookkeeping of idempotent work. On SQLite its
+    /// commits skip the fsync (`synchronous=NORMAL`): they survive a crash of the process,
+    /// and the next synced commit (WAL frames are written in order) makes them durable too;
+    /// only an operating-system crash can take the last of them. Anything acknowledged to
+    /// a client (an accepted order, a kept answer) stays on the synced pool. On PostgreSQL,
+    /// whose commits are group-synced anyway, it is the same pool.
+    pub fn relaxed(&self) -> Store {
+        Store {
+            pool: self.relaxed.clone().unwrap_or_else(|| self.pool.clone()),
+            relaxed: self.relaxed.clone(),
+            engine: self.engine,
+        }
     }
 
     /// The connection pool.

@@ -13,6 +13,9 @@ use crate::order::{Order, OrderEvent, Recorded, Status};
 #[derive(Clone, Debug)]
 pub struct Journal {
     store: Store,
+    /// The same database without an fsync per commit, for the saga's events: a step whose
+    /// record a power failure takes runs again, and records the same event.
+    progress: Store,
     outbox: Outbox,
 }
 
@@ -76,7 +79,11 @@ fn integration_event(order: &Order, event: &OrderEvent) -> Option<CloudEvent> {
 impl Journal {
     /// The journal in `store`; integration events go through `outbox`.
     pub fn new(store: Store, outbox: Outbox) -> Self {
-        Self { store, outbox }
+        Self {
+            progress: store.relaxed(),
+            store,
+            outbox,
+        }
     }
 
     /// The database.
@@ -99,10 +106,11 @@ impl Journal {
         Ok(Order::fold(order_id, &events).map(|order| (order, events)))
     }
 
-    /// Appends `event` to the order in its own transaction; an event of a kind the order
-    /// already has is not added again (a step repeated after a crash). Returns the order.
+    /// Appends `event` to the order in its own transaction (the saga's steps); an event of a
+    /// kind the order already has is not added again (a step repeated after a crash).
+    /// Returns the order.
     pub async fn record(&self, order_id: &str, event: OrderEvent) -> Result<Order, sqlx::Error> {
-        let mut tx = self.store.begin_write().await?;
+        let mut tx = self.progress.begin_write().await?;
         let order = self.record_in(&mut tx, order_id, event).await?;
         tx.commit().await?;
         self.outbox.committed();

@@ -78,9 +78,10 @@ pub async fn start(
     prepare(&store).await?;
     let outbox = Outbox::new();
     let journal = journal::Journal::new(store.clone(), outbox.clone());
-    let sagas = SagaStore::prepare(store.clone()).await?;
+    // Saga progress and relay bookkeeping are redone safely after a crash: no fsync each.
+    let sagas = SagaStore::prepare(store.relaxed()).await?;
     let runner = SagaRunner::new(saga::definition(downstream.clone(), journal.clone()), sagas);
-    tokio::spawn(Relay::new(store, events, outbox).run());
+    tokio::spawn(Relay::new(store.relaxed(), events, outbox).run());
     tokio::spawn(runner.clone().run(Duration::from_millis(200)));
     Ok(Orders {
         journal,

@@ -164,7 +164,7 @@ where
     pub async fn start(&self, id: &str, state: &S) -> Result<bool, sqlx::Error> {
         let state = serde_json::to_value(state).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let started = self.store.insert(id, &self.saga.kind, &state).await?;
-        self.wake.notify_one();
+        self.wake();
         Ok(started)
     }
 
@@ -209,23 +209,45 @@ where
         }
     }
 
-    /// Runs one step (or compensation) of one instance, if it is due and not leased elsewhere.
+    /// Runs an instance, if it is due and not leased elsewhere, step after step for as long
+    /// as each goes straight on (keeping the lease between them); stops at a wait, a retry
+    /// or the end.
     async fn advance(&self, id: &str) -> Result<bool, sqlx::Error> {
-        let Some(record) = self.store.lease(id, Duration::from_secs(30)).await? else {
+        let lease = Duration::from_millis(store::LEASE_MS as u64);
+        let Some(mut record) = self.store.lease(id, lease).await? else {
             return Ok(false);
         };
+        while let Some(next) = self.transition(id, record).await? {
+            record = next;
+        }
+        Ok(true)
+    }
+
+    /// One step or compensation of a leased instance; the record to go on with when the
+    /// instance is due again at once (still leased).
+    async fn transition(&self, id: &str, record: SagaRecord) -> Result<Option<SagaRecord>, sqlx::Error> {
         let Ok(state) = serde_json::from_value::<S>(record.state.clone()) else {
             self.store
                 .finish(id, SagaStatus::Failed, &record.state, "state does not deserialize")
                 .await?;
-            return Ok(true);
+            return Ok(None);
+        };
+        let go_on = |status: SagaStatus, step: i64, state: serde_json::Value, last_error: String| {
+            Some(SagaRecord {
+                status,
+                step,
+                attempts: 0,
+                state,
+                last_error,
+                ..record.clone()
+            })
         };
         let steps = &self.saga.steps;
         match record.status {
             SagaStatus::Running => {
                 let Some(step) = steps.get(record.step as usize) else {
                     self.store.finish(id, SagaStatus::Completed, &record.state, "").await?;
-                    return Ok(true);
+                    return Ok(None);
                 };
                 let outcome = tokio::time::timeout(step.timeout, (step.action)(id.to_owned(), state))
                     .await
@@ -235,6 +257,9 @@ where
                         let next = serde_json::to_value(&next).unwrap_or(record.state.clone());
                         let done = record.step as usize + 1 == steps.len();
                         self.store.step_done(id, &step.name, &next, done).await?;
+                        if !done {
+                            return Ok(go_on(SagaStatus::Running, record.step + 1, next, String::new()));
+                        }
                     }
                     Err(StepError::Unavailable(why)) => {
                         self.store
@@ -250,14 +275,21 @@ where
                     // failure: its own compensation runs too. A rejected step had none.
                     Err(StepError::Failed(why)) => {
                         self.store.compensate_from(id, &step.name, &why, true).await?;
+                        return Ok(go_on(
+                            SagaStatus::Compensating,
+                            record.step + 1,
+                            record.state.clone(),
+                            why,
+                        ));
                     }
                     Err(StepError::Rejected(why)) => {
                         self.store.compensate_from(id, &step.name, &why, false).await?;
+                        return Ok(go_on(SagaStatus::Compensating, record.step, record.state.clone(), why));
                     }
                 }
             }
             SagaStatus::Compensating => {
-                // `step` is the failed step: undo the ones before it, last first.
+                // `step` is one past the last step to undo: undo them, last first.
                 if record.step == 0 {
                     let mut last = record.state.clone();
                     if let Some(finally) = &self.saga.on_compensated {
@@ -279,14 +311,14 @@ where
                                         true,
                                     )
                                     .await?;
-                                return Ok(true);
+                                return Ok(None);
                             }
                         }
                     }
                     self.store
                         .finish(id, SagaStatus::Compensated, &last, &record.last_error)
                         .await?;
-                    return Ok(true);
+                    return Ok(None);
                 }
                 let step = &steps[record.step as usize - 1];
                 let outcome = tokio::time::timeout(step.timeout, (step.compensation)(id.to_owned(), state))
@@ -296,6 +328,12 @@ where
                     Ok(next) => {
                         let next = serde_json::to_value(&next).unwrap_or(record.state.clone());
                         self.store.compensated(id, &step.name, &next).await?;
+                        return Ok(go_on(
+                            SagaStatus::Compensating,
+                            record.step - 1,
+                            next,
+                            record.last_error.clone(),
+                        ));
                     }
                     Err(err) => {
                         // A compensation is retried until it succeeds: it must not be skipped.
@@ -313,22 +351,62 @@ where
             }
             _ => {}
         }
-        Ok(true)
+        Ok(None)
     }
 
-    /// Runs due instances until the process ends, waking when an instance starts and at least
-    /// every `every` (for retries that come due).
+    /// Runs due instances until the process ends: up to 128 at once, each in its own task
+    /// from lease to its next wait; more are picked up as soon as one finishes, an instance
+    /// starts, or at least every `every` (for retries that come due).
     pub async fn run(self, every: Duration) {
+        let mut running = tokio::task::JoinSet::new();
+        let mut in_flight: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let limit = CONCURRENCY * 2;
         loop {
-            match self.tick().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {
-                    let _ = tokio::time::timeout(every, self.wake.notified()).await;
+            let free = limit.saturating_sub(running.len());
+            if free > 0 {
+                match self.store.due(&self.saga.kind, (free + in_flight.len()) as i64).await {
+                    Ok(due) => {
+                        let fresh: Vec<String> = due
+                            .into_iter()
+                            .filter(|id| !in_flight.contains(id))
+                            .take(free)
+                            .collect();
+                        for id in fresh {
+                            in_flight.insert(id.clone());
+                            let runner = self.clone();
+                            running.spawn(async move {
+                                let outcome = runner.advance(&id).await;
+                                (id, outcome)
+                            });
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, kind = %self.saga.kind, "saga runner failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, kind = %self.saga.kind, "saga runner failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tokio::select! {
+                Some(joined) = running.join_next(), if !running.is_empty() => {
+                    match joined {
+                        Ok((id, outcome)) => {
+                            in_flight.remove(&id);
+                            if let Err(err) = outcome {
+                                tracing::error!(error = %err, saga = %id, "saga step could not be recorded; retrying after its lease");
+                            }
+                        }
+                        Err(panicked) => {
+                            // Which one is not known: forget them all (the leases keep any
+                            // still running from being run twice); it is taken up again when
+                            // its lease runs out.
+                            tracing::error!(error = %panicked, "a saga task panicked");
+                            in_flight.clear();
+                        }
+                    }
                 }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(every) => {}
             }
         }
     }

@@ -80,9 +80,14 @@ pub struct Transition {
     pub at_ms: i64,
 }
 
-const SCHEMA: [&str; 2] = [
+/// How long a runner holds an instance (a crashed runner's instances wait this long).
+pub(super) const LEASE_MS: i64 = 30_000;
+
+const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS flotilla_saga_log (saga_id TEXT NOT NULL, seq BIGINT NOT NULL, step TEXT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (saga_id, seq))",
+    // What the runner asks for again and again: the due instances of a kind, oldest first.
+    "CREATE INDEX IF NOT EXISTS flotilla_sagas_due ON flotilla_sagas (kind, next_run_ms) WHERE status IN ('running', 'compensating')",
 ];
 
 /// The saga tables of a service's database.
@@ -252,10 +257,13 @@ impl SagaStore {
     ) -> Result<(), sqlx::Error> {
         let status = if last { "completed" } else { "running" };
         let state = state.to_string();
-        let update = sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = 0, last_error = '', updated_ms = $3 WHERE id = $4")
+        let now = now_ms();
+        // The runner goes straight on to the next step: it keeps its lease.
+        let update = sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5")
             .bind(state)
             .bind(status)
-            .bind(now_ms())
+            .bind(if last { 0 } else { now + LEASE_MS })
+            .bind(now)
             .bind(id);
         let mut lines = vec![(step, "done", "")];
         if last {
@@ -291,18 +299,22 @@ impl SagaStore {
         why: &str,
         itself: bool,
     ) -> Result<(), sqlx::Error> {
-        let update = sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = 0, updated_ms = $3 WHERE id = $4")
+        let now = now_ms();
+        let update = sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = $3, updated_ms = $4 WHERE id = $5")
             .bind(i64::from(itself))
             .bind(why)
-            .bind(now_ms())
+            .bind(now + LEASE_MS)
+            .bind(now)
             .bind(id);
         self.change(id, update, &[(step, "failed", why)]).await
     }
 
     pub(super) async fn compensated(&self, id: &str, step: &str, state: &serde_json::Value) -> Result<(), sqlx::Error> {
-        let update = sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = 0, updated_ms = $2 WHERE id = $3")
+        let now = now_ms();
+        let update = sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4")
             .bind(state.to_string())
-            .bind(now_ms())
+            .bind(now + LEASE_MS)
+            .bind(now)
             .bind(id);
         self.change(id, update, &[(step, "compensated", "")]).await
     }

@@ -148,9 +148,28 @@ async fn a_saga_resumes_after_a_crash_from_its_last_recorded_step() {
     let (store, db) = sagas().await;
     let journal = Journal::default();
     {
-        let runner = SagaRunner::new(order_saga(&journal, None), store.clone());
+        // The first process gets one step done; the second waits on its dependency when the
+        // process dies.
+        let j = journal.clone();
+        let first = Saga::new("order")
+            .step(
+                "reserve",
+                move |_id, state: serde_json::Value| {
+                    let j = j.clone();
+                    async move {
+                        j.lock().unwrap().push("do reserve".to_owned());
+                        Ok(state)
+                    }
+                },
+                |_id, state| async move { Ok(state) },
+            )
+            .step(
+                "authorize",
+                |_id, _state: serde_json::Value| async move { Err(StepError::Unavailable("away".into())) },
+                |_id, state| async move { Ok(state) },
+            );
+        let runner = SagaRunner::new(first, store.clone());
         runner.start("o-9", &serde_json::json!({})).await.unwrap();
-        // One step, then the process dies.
         assert_eq!(runner.tick().await.unwrap(), 1);
     }
     let record = store.get("o-9").await.unwrap().unwrap();
