@@ -59,6 +59,7 @@ fn main() {
             let acked_at = acked_at.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(total as usize);
+                let mut seen = std::collections::HashSet::new();
                 while (latencies.len() as u64) < total {
                     let Ok(got) = client.fetch("bench", "consumer", 1000, Duration::from_secs(5)).await else {
                         continue;
@@ -66,10 +67,13 @@ fn main() {
                     let now = Instant::now();
                     let offsets: Vec<u64> = got.iter().map(|d| d.offset).collect();
                     {
+                        // An event can arrive before the producer has noted its append's
+                        // answer: it counts, with no wait measured (zero).
                         let at = acked_at.lock().unwrap_or_else(|e| e.into_inner());
                         for d in &got {
-                            if let Some(t) = at.get(&d.event.id) {
-                                latencies.push(now.saturating_duration_since(*t));
+                            if seen.insert(d.event.id.clone()) {
+                                let waited = at.get(&d.event.id).map(|t| now.saturating_duration_since(*t));
+                                latencies.push(waited.unwrap_or_default());
                             }
                         }
                     }

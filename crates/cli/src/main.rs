@@ -89,6 +89,10 @@ enum Command {
         /// The data dir holding the token.
         #[arg(long, global = true, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
+        /// The events backend when it is not the control plane's log: a `nats://` URL (the
+        /// manifest's `events`).
+        #[arg(long, global = true, env = "FLOTILLA_EVENTS")]
+        events: Option<String>,
         /// Output format.
         #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -491,12 +495,18 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Events {
             control_addr,
             data_dir,
+            events: backend,
             output,
             action,
         } => {
             use flotilla_cli::events_command as events;
             let token = token::read(&data_dir).ok().flatten();
-            let client = flotilla::events::EventsClient::new(&control_addr, token);
+            let client = match backend {
+                Some(url) => flotilla::events::EventsClient::connect(&url, token)
+                    .await
+                    .with_context(|| format!("connecting to {url}"))?,
+                None => flotilla::events::EventsClient::new(&control_addr, token),
+            };
             let json = matches!(output, Output::Json);
             match action {
                 EventsAction::Topics => events::topics(&client, json).await?,
