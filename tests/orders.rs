@@ -260,3 +260,138 @@ fn orders_killed_mid_stream_loses_no_order_and_stock_payments_and_shipments_agre
     assert!(outcomes.get("CONFIRMED").copied().unwrap_or(0) > 0, "{outcomes:?}");
     system.interrupt(Duration::from_secs(30));
 }
+
+/// A private `nats-server` with JetStream on a free port; killed (SIGKILL) on drop.
+struct Broker {
+    port: u16,
+    store: tempfile::TempDir,
+    process: Option<std::process::Child>,
+}
+
+impl Broker {
+    fn start() -> Option<Broker> {
+        let found = std::process::Command::new("nats-server").arg("--version").output();
+        if found.is_err() {
+            eprintln!("note: no nats-server on PATH; skipping the broker outage test");
+            return None;
+        }
+        let port = support::free_addr().port();
+        let mut broker = Broker {
+            port,
+            store: tempfile::tempdir().unwrap(),
+            process: None,
+        };
+        broker.run();
+        Some(broker)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again: the same port and store) and waits until it listens.
+    fn run(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.process = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: a crash, not a shutdown.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until the customer has `n` notifications and every order's shipment is released.
+fn told_and_released(system: &System, token: &str, ids: &[String], within: Duration) {
+    let started = Instant::now();
+    loop {
+        let (_, notes) = get(system, "/api/v1/notifications?limit=100", token);
+        let told = notes.as_array().map_or(0, Vec::len);
+        let released = ids.iter().all(|id| {
+            let (_, shipments) = get(system, &format!("/api/v1/shipments?order_id={id}"), token);
+            shipments[0]["held"] == false
+        });
+        if told == ids.len() && released {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{told} of {} told; released: {released}",
+            ids.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn on_nats_a_broker_outage_during_orders_loses_no_event_and_the_outboxes_drain_when_it_returns() {
+    let Some(mut broker) = Broker::start() else { return };
+    // The shipped manifest, with its events on this private JetStream.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(support::repo_root().join("flotilla.toml")).unwrap();
+    let manifest = format!("events = \"{}\"\n\n{manifest}", broker.url());
+    std::fs::write(dir.path().join("flotilla.toml"), manifest).unwrap();
+    std::fs::copy(support::repo_root().join("routes.toml"), dir.path().join("routes.toml")).unwrap();
+    let mut system = System::start_in(std::path::Path::new(support::flotilla()), dir, &[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let token = customer(&system, "nat@example.com");
+
+    let mut ids: Vec<String> = (0..3)
+        .map(|i| place_until_accepted(&system, &token, &format!("before-{i}"), 1 + i, 1))
+        .collect();
+    for id in &ids {
+        wait_for(&system, &token, id, &["CONFIRMED"], Duration::from_secs(30));
+    }
+    told_and_released(&system, &token, &ids, Duration::from_secs(30));
+
+    // The broker dies; orders are still taken and confirmed (the saga needs no broker), and
+    // what they announce waits in orders' outbox.
+    broker.kill();
+    for i in 0..4 {
+        ids.push(place_until_accepted(&system, &token, &format!("during-{i}"), 4 + i, 1));
+    }
+    for id in &ids[3..] {
+        wait_for(&system, &token, id, &["CONFIRMED"], Duration::from_secs(30));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    broker.run();
+    told_and_released(&system, &token, &ids, Duration::from_secs(60));
+
+    // The events went through JetStream, not the control plane's log.
+    let topics = std::process::Command::new(support::flotilla())
+        .args([
+            "events",
+            "topics",
+            "--output",
+            "json",
+            "--events",
+            &broker.url(),
+            "--data-dir",
+        ])
+        .arg(system.data_dir())
+        .output()
+        .unwrap();
+    assert!(topics.status.success(), "{}", String::from_utf8_lossy(&topics.stderr));
+    assert!(String::from_utf8_lossy(&topics.stdout).contains("\"orders\""));
+    system.interrupt(Duration::from_secs(30));
+}
