@@ -160,7 +160,7 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
 
     let settled: Settled = Arc::default();
-    let (posts, placed, began, load_ended) = runtime.block_on(async {
+    let (posts, placed, others, began, load_ended) = runtime.block_on(async {
         let events = EventsClient::new(&system.control.to_string(), control_token);
         tokio::spawn(watch(events, settled.clone()));
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -176,6 +176,7 @@ fn main() {
             workers.spawn(async move {
                 let mut posts = Vec::new();
                 let mut placed = Vec::new();
+                let mut others: Vec<String> = Vec::new();
                 let mut n = 0u64;
                 while Instant::now() < until {
                     n += 1;
@@ -190,26 +191,32 @@ fn main() {
                         .body(Full::new(Bytes::from(body)));
                     let Ok(request) = request else { continue };
                     let sent = Instant::now();
-                    let Ok(response) = client.request(request).await else { continue };
+                    let response = match client.request(request).await {
+                        Ok(response) => response,
+                        Err(err) => {
+                            others.push(format!("no answer ({err})"));
+                            continue;
+                        }
+                    };
                     let status = response.status();
                     let Ok(bytes) = response.into_body().collect().await.map(|b| b.to_bytes()) else {
                         continue;
                     };
                     posts.push(sent.elapsed());
-                    if status == http::StatusCode::ACCEPTED {
-                        let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                        if let Some(id) = answer["id"].as_str() {
-                            placed.push((id.to_owned(), sent));
-                        }
+                    let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    match answer["id"].as_str() {
+                        Some(id) if status == http::StatusCode::ACCEPTED => placed.push((id.to_owned(), sent)),
+                        _ => others.push(format!("{} {}", status.as_u16(), answer["type"].as_str().unwrap_or(""))),
                     }
                 }
-                (posts, placed)
+                (posts, placed, others)
             });
         }
-        let (mut posts, mut placed) = (Vec::new(), Vec::new());
-        while let Some(Ok((p, o))) = workers.join_next().await {
+        let (mut posts, mut placed, mut others) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(Ok((p, o, x))) = workers.join_next().await {
             posts.extend(p);
             placed.extend(o);
+            others.extend(x);
         }
         let load_ended = Instant::now();
         // Let the sagas finish what was accepted.
@@ -222,7 +229,7 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        (posts, placed, began, load_ended)
+        (posts, placed, others, began, load_ended)
     });
 
     let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
@@ -252,7 +259,19 @@ fn main() {
         placed.len(),
         placed.len() as f64 / load_s
     );
-    println!("| other POST answers or errors | {} |", posts.len() - placed.len());
+    let mut kinds: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for other in others {
+        *kinds.entry(other).or_default() += 1;
+    }
+    let kinds: Vec<String> = kinds.into_iter().map(|(kind, n)| format!("{n} × {kind}")).collect();
+    println!(
+        "| other answers | {} |",
+        if kinds.is_empty() {
+            "none".to_owned()
+        } else {
+            kinds.join(", ")
+        }
+    );
     println!(
         "| orders confirmed | {} ({:.0}/s, first POST to last confirmation) |",
         to_confirmed.len(),
