@@ -42,6 +42,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The SDK's own tables (outbox, inbox, sagas, …) could not be made.
+    #[error("preparing {url}: {source}")]
+    Prepare {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A migration failed.
     #[error("migrating {url}: {source}")]
     Migrate {
@@ -179,7 +188,7 @@ impl Store {
 }
 
 /// The URL with any password replaced, for logs and errors.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

@@ -18,28 +18,14 @@ pub const SERVICE: &str = "notifications";
 /// Notifications' schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Why the notifications database could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// Connecting or migrating failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The event inbox's table could not be created.
-    #[error("preparing the event inbox: {0}")]
-    Events(#[source] sqlx::Error),
-}
-
-/// Opens the notifications database where the environment says, migrated, with the event
-/// inbox.
-pub async fn open_store(env: &ServiceEnv) -> Result<Store, OpenError> {
+/// Opens the notifications database where the environment says, migrated, with the event inbox.
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
     open_url(&Store::url_for(SERVICE, &env.data_dir)?).await
 }
 
 /// Opens the notifications database at `url`, migrated, with the event inbox.
-pub async fn open_url(url: &str) -> Result<Store, OpenError> {
-    let store = Store::open(url, &MIGRATOR).await?;
-    flotilla::events::prepare(&store).await.map_err(OpenError::Events)?;
-    Ok(store)
+pub async fn open_url(url: &str) -> Result<Store, StoreError> {
+    flotilla::events::open(url, &MIGRATOR).await
 }
 
 /// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.

@@ -25,27 +25,14 @@ pub const SERVICE: &str = "shipping";
 /// Shipping's schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Why shipping's database could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// Connecting or migrating failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The event inbox's table could not be created.
-    #[error("preparing the event inbox: {0}")]
-    Events(#[source] sqlx::Error),
-}
-
 /// Opens shipping's database where the environment says, migrated, with the event inbox.
-pub async fn open_store(env: &ServiceEnv) -> Result<Store, OpenError> {
+pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
     open_url(&Store::url_for(SERVICE, &env.data_dir)?).await
 }
 
 /// Opens shipping's database at `url`, migrated, with the event inbox.
-pub async fn open_url(url: &str) -> Result<Store, OpenError> {
-    let store = Store::open(url, &MIGRATOR).await?;
-    flotilla::events::prepare(&store).await.map_err(OpenError::Events)?;
-    Ok(store)
+pub async fn open_url(url: &str) -> Result<Store, StoreError> {
+    flotilla::events::open(url, &MIGRATOR).await
 }
 
 /// Moves shipments along their timeline once a second, for the life of the process.

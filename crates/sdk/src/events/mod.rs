@@ -26,6 +26,19 @@ const SCHEMA: [&str; 3] = [
     "CREATE INDEX IF NOT EXISTS flotilla_inbox_by_time ON flotilla_inbox (processed_ms)",
 ];
 
+/// Opens a service's database at `url`, migrated, with the outbox and inbox tables: what a
+/// service that publishes or consumes events opens at start.
+pub async fn open(url: &str, migrator: &sqlx::migrate::Migrator) -> Result<Store, crate::store::StoreError> {
+    let store = Store::open(url, migrator).await?;
+    prepare(&store)
+        .await
+        .map_err(|source| crate::store::StoreError::Prepare {
+            url: crate::store::redact(url),
+            source,
+        })?;
+    Ok(store)
+}
+
 /// Creates the outbox and inbox tables if they are missing.
 pub async fn prepare(store: &Store) -> Result<(), sqlx::Error> {
     for statement in SCHEMA {
