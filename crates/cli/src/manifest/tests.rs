@@ -103,7 +103,7 @@ fn events_names_a_nats_server_or_is_left_out() {
     let m = parse("events = \"nats://127.0.0.1:4222\"\n\n[services.catalog]\n").unwrap();
     assert_eq!(m.events.as_deref(), Some("nats://127.0.0.1:4222"));
 
-    let err = parse("# events\n\nevents = \"http://127.0.0.1:7070\"\n").unwrap_err();
+    let err = parse("# events\n\nevents = \"kafka://broker.example:9092\"\n").unwrap_err();
     assert_eq!(err.line, Some(3), "{err}");
     assert!(err.message.contains("events:"), "{err}");
     assert!(err.message.contains("not a NATS URL"), "{err}");
