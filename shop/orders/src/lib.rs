@@ -40,14 +40,6 @@ pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
     Store::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
 }
 
-/// Makes the SDK's tables (outbox, inbox, sagas, idempotency keys) in `store`.
-pub async fn prepare(store: &Store) -> Result<(), sqlx::Error> {
-    flotilla::events::prepare(store).await?;
-    flotilla::http::idempotency::prepare(store).await?;
-    SagaStore::prepare(store.clone()).await?;
-    Ok(())
-}
-
 /// The clients orders calls with, from the service's context: its own token from identity.
 pub fn downstream(context: &Context, config: &OrdersConfig) -> downstream::Downstream {
     let credentials = ClientCredentials::new(
@@ -75,7 +67,9 @@ pub async fn start(
     config: LiveConfig<OrdersConfig>,
     tokens: Verifier,
 ) -> Result<Orders, sqlx::Error> {
-    prepare(&store).await?;
+    // The SDK's tables beside orders' own: outbox and inbox, idempotency keys, sagas (below).
+    flotilla::events::prepare(&store).await?;
+    flotilla::http::idempotency::prepare(&store).await?;
     let outbox = Outbox::new();
     let journal = journal::Journal::new(store.clone(), outbox.clone());
     // Saga progress and relay bookkeeping are redone safely after a crash: no fsync each.
