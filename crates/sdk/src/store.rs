@@ -107,20 +107,13 @@ impl Store {
         };
         let options: AnyConnectOptions = url.parse().map_err(connect_err)?;
         let options = options.log_statements(tracing::log::LevelFilter::Debug);
-        let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
-        pool = match engine {
+        let pool = match engine {
             // One writer at a time is SQLite's nature; WAL lets readers go on beside it, and
             // synchronous=FULL makes every commit durable before it is acknowledged.
-            Engine::Sqlite => pool.max_connections(4).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    Ok(())
-                })
-            }),
-            Engine::Postgres => pool.max_connections(10),
+            Engine::Sqlite => sqlite_pool(4, "PRAGMA synchronous = FULL"),
+            Engine::Postgres => AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(5))
+                .max_connections(10),
         };
         let pool = pool.connect_with(options.clone()).await.map_err(connect_err)?;
         migrator.run(&pool).await.map_err(|source| StoreError::Migrate {
@@ -129,18 +122,7 @@ impl Store {
         })?;
         let relaxed = match engine {
             Engine::Sqlite if !url.contains(":memory:") && !url.contains("mode=memory") => Some(
-                AnyPoolOptions::new()
-                    .acquire_timeout(Duration::from_secs(5))
-                    .max_connections(1)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = NORMAL").await?;
-                            conn.execute("PRAGMA busy_timeout = 5000").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            Ok(())
-                        })
-                    })
+                sqlite_pool(1, "PRAGMA synchronous = NORMAL")
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?,
@@ -185,6 +167,23 @@ impl Store {
             Engine::Postgres => self.pool.begin().await,
         }
     }
+}
+
+/// A pool of SQLite connections in WAL mode with `synchronous` set as given (`FULL` for
+/// commits acknowledged to someone, `NORMAL` for [`Store::relaxed`]).
+fn sqlite_pool(connections: u32, synchronous: &'static str) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .max_connections(connections)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute(synchronous).await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        })
 }
 
 /// The URL with any password replaced, for logs and errors.
