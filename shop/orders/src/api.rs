@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -76,30 +76,12 @@ async fn place(
         .map_err(|e| Problem::invalid_field(e.field, e.reason))?;
     if !headers.contains_key("idempotency-key") {
         let (status, answer) = accept(&orders, &who.subject, body).await;
-        return Ok(answered(status, answer));
+        return Ok(idempotency::respond(status, answer));
     }
     let key = idempotency::key(&headers, &who.subject)?;
     let fingerprint = idempotency::fingerprint("place-order", &serde_json::to_value(&body).unwrap_or_default());
     let store = orders.journal.store().clone();
     Ok(idempotency::once(&store, &key, &fingerprint, || accept(&orders, &who.subject, body)).await)
-}
-
-fn answered(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    if status.is_client_error() || status.is_server_error() {
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-    }
-    response
-}
-
-fn problem_answer(problem: Problem) -> (StatusCode, serde_json::Value) {
-    (
-        problem.status_code(),
-        serde_json::to_value(&problem).unwrap_or_default(),
-    )
 }
 
 /// Prices the lines, records the placement and starts the saga in one transaction.
@@ -117,21 +99,21 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode
         let product = match product {
             Ok(product) => product,
             Err(PriceError::Unknown(id)) => {
-                return problem_answer(Problem::invalid_field(
+                return idempotency::problem_answer(Problem::invalid_field(
                     format!("lines[{i}].product_id"),
                     format!("the catalog has no product {id}"),
                 ))
             }
             Err(PriceError::Unavailable(why)) => {
                 tracing::warn!(%why, "pricing an order");
-                return problem_answer(
+                return idempotency::problem_answer(
                     Problem::new(503, "catalog-unavailable", "Catalog unavailable")
                         .with_detail("the order could not be priced; retry with the same Idempotency-Key"),
                 );
             }
         };
         if currency.get_or_insert_with(|| product.price.currency.clone()) != &product.price.currency {
-            return problem_answer(Problem::invalid_field(
+            return idempotency::problem_answer(Problem::invalid_field(
                 format!("lines[{i}].product_id"),
                 "priced in another currency than the other lines; order them separately",
             ));
@@ -184,7 +166,7 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode
                 }),
             )
         }
-        Err(err) => problem_answer(internal(err)),
+        Err(err) => idempotency::problem_answer(internal(err)),
     }
 }
 

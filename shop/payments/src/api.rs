@@ -71,10 +71,7 @@ fn outcome(result: Result<Payment, PaymentError>, created: bool) -> (StatusCode,
             if created { StatusCode::CREATED } else { StatusCode::OK },
             serde_json::to_value(payment).unwrap_or_default(),
         ),
-        Err(err) => {
-            let problem = problem(err);
-            (problem.status_code(), serde_json::to_value(problem).unwrap_or_default())
-        }
+        Err(err) => idempotency::problem_answer(problem(err)),
     }
 }
 

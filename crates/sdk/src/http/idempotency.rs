@@ -142,6 +142,20 @@ where
     replay(i64::from(status.as_u16()), body, false)
 }
 
+/// A work's answer as a response, the way [`once`] gives it: `application/json`, or
+/// `application/problem+json` for an error status. For the same work run without a key.
+pub fn respond(status: StatusCode, body: serde_json::Value) -> Response {
+    replay(i64::from(status.as_u16()), body, false)
+}
+
+/// A problem as a work's answer (status and body), for [`once`] to keep.
+pub fn problem_answer(problem: Problem) -> (StatusCode, serde_json::Value) {
+    (
+        problem.status_code(),
+        serde_json::to_value(&problem).unwrap_or_default(),
+    )
+}
+
 fn replay(status: i64, body: serde_json::Value, replayed: bool) -> Response {
     let status = u16::try_from(status)
         .ok()
