@@ -8,6 +8,7 @@ pub mod events;
 pub mod orders;
 pub mod problem;
 pub mod registry;
+pub mod telemetry;
 
 pub use problem::{InvalidParam, Problem};
 pub use registry::{Health, Instance, InstanceList, Lease, Registration, ServiceSummary};
