@@ -296,6 +296,21 @@ enum ShopService {
     Shipping,
 }
 
+impl ShopService {
+    /// The service's name, as registered.
+    fn service(self) -> &'static str {
+        match self {
+            ShopService::Catalog => flotilla_catalog::SERVICE,
+            ShopService::Identity => flotilla_identity::SERVICE,
+            ShopService::Inventory => flotilla_inventory::SERVICE,
+            ShopService::Notifications => flotilla_notifications::SERVICE,
+            ShopService::Orders => flotilla_orders::SERVICE,
+            ShopService::Payments => flotilla_payments::SERVICE,
+            ShopService::Shipping => flotilla_shipping::SERVICE,
+        }
+    }
+}
+
 fn parse_scale(text: &str) -> Result<(String, u32), String> {
     let (name, n) = text
         .split_once('=')
@@ -520,7 +535,12 @@ async fn run(cli: Cli) -> Result<()> {
             heartbeat,
             ttl,
         } => {
-            flotilla::telemetry::init();
+            // The control plane logs but exports no spans: it is where spans go, and tracing
+            // its own span intake would feed itself.
+            let _telemetry = flotilla::telemetry::init(flotilla::telemetry::TelemetryConfig {
+                endpoint: None,
+                ..flotilla::telemetry::TelemetryConfig::from_env("control", &ServiceEnv::from_env())
+            });
             let registry = flotilla_control::RegistryConfig { heartbeat, ttl };
             registry
                 .validate()
@@ -559,7 +579,11 @@ async fn run(cli: Cli) -> Result<()> {
             tls_key,
             ..
         } => {
-            flotilla::telemetry::init();
+            let env = ServiceEnv::from_env();
+            let mut telemetry = flotilla::telemetry::TelemetryConfig::from_env("gateway", &env);
+            // Requests enter here: the tail rule keeps the failed and slow ones.
+            telemetry.sampling = telemetry.sampling.with_tail_from_env();
+            let _telemetry = flotilla::telemetry::init(telemetry);
             let tls_files = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(flotilla_gateway::tls::TlsFiles { cert, key }),
                 _ => None,
@@ -568,7 +592,6 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(files) => Some(flotilla_gateway::tls::Tls::load(files).context("--tls-cert/--tls-key")?),
                 None => None,
             };
-            let env = ServiceEnv::from_env();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let discovery = control_addr.as_deref().map(|addr| {
                 Discovery::spawn(RegistryClient::new(addr, env.token.clone()), async move {
@@ -644,8 +667,9 @@ async fn run(cli: Cli) -> Result<()> {
             let _ = stop_reload.send(());
         }
         Command::Service { name, listen } => {
-            flotilla::telemetry::init();
             let env = ServiceEnv::from_env();
+            let _telemetry =
+                flotilla::telemetry::init(flotilla::telemetry::TelemetryConfig::from_env(name.service(), &env));
             match name {
                 ShopService::Catalog => {
                     let store = flotilla_catalog::open_store(&env)

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -99,10 +100,24 @@ impl Gateway {
     }
 
     /// Handles one request from a client at `peer`. Never fails: errors become responses.
+    ///
+    /// The request is served in a server span (child of the client's `traceparent`, if it
+    /// sent one) whose context goes upstream; see `flotilla::telemetry::sampling` for which
+    /// of these spans are kept.
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let span = flotilla::telemetry::span::server(request.method(), "", request.uri().path(), request.headers());
+        self.handle_in_span(request, peer, &span).instrument(span.clone()).await
+    }
+
+    async fn handle_in_span(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        span: &tracing::Span,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let request_id = request
@@ -161,6 +176,16 @@ impl Gateway {
         };
         response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
         let status = response.status().as_u16();
+        let route_name = if route.is_empty() { "unrouted" } else { route.as_str() };
+        span.record(
+            "otel.name",
+            tracing::field::display(format_args!("{method} {route_name}")),
+        );
+        span.record("http.route", route_name);
+        flotilla::telemetry::span::record_http_status(span, status);
+        if let Some(err) = error.as_ref().filter(|_| status >= 500) {
+            flotilla::telemetry::span::record_error(span, err);
+        }
         let millis = started.elapsed().as_secs_f64() * 1000.0;
         let retries = attempts.count().saturating_sub(1);
         // The endpoints tried are copied out only when a log line will show them.

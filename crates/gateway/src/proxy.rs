@@ -255,6 +255,8 @@ pub async fn forward(
         HeaderValue::from_static(proto),
     );
     headers.insert(REQUEST_ID.clone(), request_id.clone());
+    // Upstream, this request's parent is the gateway's span (not the client's).
+    flotilla::telemetry::propagation::inject(&tracing::Span::current(), headers);
     for name in &IDENTITY_HEADERS {
         headers.remove(name);
     }

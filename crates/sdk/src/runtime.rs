@@ -17,6 +17,7 @@ use flotilla_api::registry::meta;
 use flotilla_api::{env, Problem, Registration};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::client::{pool, ClientConfig, Pool, Propagated, ServiceClient, Stack, Target};
 use crate::discovery::{Discovery, RegistryClient, RegistryError};
@@ -270,7 +271,23 @@ async fn metrics(State(health): State<Arc<HealthState>>) -> impl axum::response:
 /// Serves each request within the deadline its caller sent (504 problem+json when it runs
 /// out: no work past the point the caller gave up), with its propagated headers in scope for
 /// the calls it makes.
+///
+/// Each request is served in a server span named by its route template, child of the
+/// caller's `traceparent`.
 async fn request_scope(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use crate::telemetry::span;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let server = span::server(request.method(), &route, request.uri().path(), request.headers());
+    let response = serve_in_scope(request, next).instrument(server.clone()).await;
+    span::record_http_status(&server, response.status().as_u16());
+    response
+}
+
+async fn serve_in_scope(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::response::IntoResponse;
     let propagated = Propagated::capture(request.headers());
     match Deadline::from_headers(request.headers()) {

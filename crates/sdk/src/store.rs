@@ -157,6 +157,16 @@ impl Store {
         self.engine
     }
 
+    /// A span for one unit of database work (`operation`: what it does, `reserve stock`),
+    /// child of the current span: the trace shows where a request's time went in the database.
+    pub fn span(&self, operation: &str) -> tracing::Span {
+        let system = match self.engine {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgresql",
+        };
+        crate::telemetry::span::database(system, operation)
+    }
+
     /// A transaction that reads, then writes what it read decides. On SQLite it takes the
     /// write lock at once (`BEGIN IMMEDIATE`): a deferred transaction that read first cannot
     /// upgrade after another writer committed and fails with "database is locked" without

@@ -12,6 +12,7 @@ use flotilla::http::Json;
 use flotilla::store::Store;
 use flotilla::Problem;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::stock::{self, Line, StockError};
 
@@ -130,6 +131,7 @@ async fn reserve(
 ) -> Result<Response, Problem> {
     allow(&state, &headers, Some(RESERVE_SCOPE)).await?;
     let reservation = stock::reserve(&state.store, &body.order_id, &body.lines)
+        .instrument(state.store.span("reserve stock"))
         .await
         .map_err(problem)?;
     Ok((StatusCode::OK, Json(reservation)).into_response())
@@ -150,7 +152,13 @@ async fn release(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     allow(&state, &headers, Some(RESERVE_SCOPE)).await?;
-    Ok(Json(stock::release(&state.store, &order_id).await.map_err(problem)?).into_response())
+    Ok(Json(
+        stock::release(&state.store, &order_id)
+            .instrument(state.store.span("release stock"))
+            .await
+            .map_err(problem)?,
+    )
+    .into_response())
 }
 
 async fn commit(
@@ -159,7 +167,13 @@ async fn commit(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     allow(&state, &headers, Some(RESERVE_SCOPE)).await?;
-    Ok(Json(stock::commit(&state.store, &order_id).await.map_err(problem)?).into_response())
+    Ok(Json(
+        stock::commit(&state.store, &order_id)
+            .instrument(state.store.span("commit stock"))
+            .await
+            .map_err(problem)?,
+    )
+    .into_response())
 }
 
 async fn openapi() -> Json<serde_json::Value> {

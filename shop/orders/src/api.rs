@@ -3,6 +3,7 @@
 //! may read any order, list and inspect the sagas, and rebuild the read model.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -151,6 +152,7 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode
         tx.commit().await?;
         Ok::<_, sqlx::Error>(order)
     }
+    .instrument(orders.journal.store().span("place order"))
     .await;
     match written {
         Ok(order) => {

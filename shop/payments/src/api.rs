@@ -12,6 +12,7 @@ use flotilla::http::{idempotency, Json, Query};
 use flotilla::store::Store;
 use flotilla::Problem;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::config::PaymentsConfig;
 use crate::payments::{self, Money, Payment, PaymentError};
@@ -93,7 +94,9 @@ async fn authorize(
     let config = state.config.current();
     Ok(idempotency::once(&state.store, &key, &fingerprint, || async {
         outcome(
-            payments::authorize(&state.store, &config, &body.order_id, body.amount).await,
+            payments::authorize(&state.store, &config, &body.order_id, body.amount)
+                .instrument(state.store.span("authorize payment"))
+                .await,
             true,
         )
     })
@@ -113,9 +116,21 @@ async fn change(
     let config = state.config.current();
     Ok(idempotency::once(&state.store, &key, &fingerprint, || async {
         let result = match operation {
-            "capture" => payments::capture(&state.store, &config, &id).await,
-            "void" => payments::void(&state.store, &config, &id).await,
-            _ => payments::refund(&state.store, &config, &id, amount).await,
+            "capture" => {
+                payments::capture(&state.store, &config, &id)
+                    .instrument(state.store.span("capture payment"))
+                    .await
+            }
+            "void" => {
+                payments::void(&state.store, &config, &id)
+                    .instrument(state.store.span("void payment"))
+                    .await
+            }
+            _ => {
+                payments::refund(&state.store, &config, &id, amount)
+                    .instrument(state.store.span("refund payment"))
+                    .await
+            }
         };
         outcome(result, false)
     })

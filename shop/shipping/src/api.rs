@@ -11,6 +11,7 @@ use flotilla::http::{Json, Query};
 use flotilla::store::Store;
 use flotilla::Problem;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::shipments::{self, Address, ShippingError};
 
@@ -70,6 +71,7 @@ async fn create(
     let who = state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
     who.admin_or(Some(CREATE_SCOPE)).map_err(|e| e.to_problem())?;
     let (shipment, created) = shipments::create(&state.store, &body.order_id, body.address, body.hold)
+        .instrument(state.store.span("create shipment"))
         .await
         .map_err(problem)?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
 
 pub use body::RequestBody;
 pub use config::ClientConfig;
@@ -136,8 +137,21 @@ impl ServiceClient {
 
     /// Sends a request with a body in memory; the answer is read whole. Headers of the
     /// request being served (`Authorization`, `traceparent`, ...) travel on, unless set here.
+    /// The call runs in a client span whose context is the `traceparent` sent on.
     pub async fn send(&self, mut request: Request<Bytes>) -> Result<Response<Bytes>, CallError> {
+        use crate::telemetry::span;
+        let call = span::client(self.stack.target.name(), request.method(), request.uri().path());
+        crate::telemetry::propagation::inject(&call, request.headers_mut());
         Propagated::apply(request.headers_mut());
+        let result = self.send_traced(request).instrument(call.clone()).await;
+        match &result {
+            Ok(response) => span::record_http_status(&call, response.status().as_u16()),
+            Err(err) => span::record_error(&call, err),
+        }
+        result
+    }
+
+    async fn send_traced(&self, request: Request<Bytes>) -> Result<Response<Bytes>, CallError> {
         let (parts, body) = request.into_parts();
         let request = Request::from_parts(parts, RequestBody::from(body));
         let response = self.stack.call(request).await?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use flotilla_api::events::Delivery;
 use sqlx::{Any, Transaction};
+use tracing::Instrument;
 
 use super::client::EventsClient;
 use crate::store::{now_ms, Store};
@@ -33,7 +34,32 @@ impl Consumer {
 
     /// Handles one delivery: its effect and its inbox row commit together, or neither.
     /// Returns whether the handler ran (false: a repeat, skipped).
+    /// It runs in a consumer span whose parent is the producer span the event's
+    /// `traceparent` names.
     pub async fn handle_one<F, Fut>(&self, delivery: &Delivery, handler: &F) -> Result<bool, String>
+    where
+        F: Fn(Delivery, Transaction<'static, Any>) -> Fut,
+        Fut: Future<Output = Result<Transaction<'static, Any>, String>>,
+    {
+        let event = &delivery.event;
+        let span = crate::telemetry::span::consumer(
+            &self.topic,
+            &self.group,
+            &event.kind,
+            &event.id,
+            event.traceparent.as_deref(),
+        );
+        let result = self.handle_in_span(delivery, handler).instrument(span.clone()).await;
+        match &result {
+            Ok(fresh) => {
+                span.record("flotilla.redelivered", !fresh);
+            }
+            Err(reason) => crate::telemetry::span::record_error(&span, reason),
+        }
+        result
+    }
+
+    async fn handle_in_span<F, Fut>(&self, delivery: &Delivery, handler: &F) -> Result<bool, String>
     where
         F: Fn(Delivery, Transaction<'static, Any>) -> Fut,
         Fut: Future<Output = Result<Transaction<'static, Any>, String>>,

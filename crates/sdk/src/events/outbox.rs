@@ -10,6 +10,7 @@ use std::time::Duration;
 use flotilla_api::events::CloudEvent;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::client::EventsClient;
 use crate::store::{now_ms, Store};
@@ -34,7 +35,21 @@ impl Outbox {
     }
 
     /// Adds `event` for `topic` inside `tx`: published only if `tx` commits.
+    /// The event carries the context of a producer span (child of the current one) in its
+    /// `traceparent`, unless it has one already, so its consumers join the same trace.
     pub async fn add(&self, tx: &mut Transaction<'_, Any>, topic: &str, event: &CloudEvent) -> Result<(), sqlx::Error> {
+        let producer = crate::telemetry::span::producer(topic, &event.kind, &event.id);
+        let traced;
+        let event = match crate::telemetry::propagation::traceparent(&producer) {
+            Some(traceparent) if event.traceparent.is_none() => {
+                traced = CloudEvent {
+                    traceparent: Some(traceparent),
+                    ..event.clone()
+                };
+                &traced
+            }
+            _ => event,
+        };
         let envelope = serde_json::to_string(event).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         sqlx::query("INSERT INTO flotilla_outbox (seq, topic, envelope, created_ms) VALUES ($1, $2, $3, $4)")
             .bind(next_seq())
@@ -42,6 +57,7 @@ impl Outbox {
             .bind(envelope)
             .bind(now_ms())
             .execute(&mut **tx)
+            .instrument(producer)
             .await?;
         Ok(())
     }

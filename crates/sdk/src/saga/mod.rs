@@ -22,6 +22,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
+
+use crate::telemetry::span;
 
 pub use store::{SagaRecord, SagaStatus, SagaStore, Transition};
 
@@ -249,9 +252,14 @@ where
                     self.store.finish(id, SagaStatus::Completed, &record.state, "").await?;
                     return Ok(None);
                 };
+                let span = span::saga_step(&self.saga.kind, &step.name, false, id, &record.traceparent);
                 let outcome = tokio::time::timeout(step.timeout, (step.action)(id.to_owned(), state))
+                    .instrument(span.clone())
                     .await
                     .unwrap_or_else(|_| Err(StepError::Failed(format!("timed out after {:?}", step.timeout))));
+                if let Err(err) = &outcome {
+                    span::record_error(&span, err);
+                }
                 match outcome {
                     Ok(next) => {
                         let next = serde_json::to_value(&next).unwrap_or(record.state.clone());
@@ -321,9 +329,14 @@ where
                     return Ok(None);
                 }
                 let step = &steps[record.step as usize - 1];
+                let span = span::saga_step(&self.saga.kind, &step.name, true, id, &record.traceparent);
                 let outcome = tokio::time::timeout(step.timeout, (step.compensation)(id.to_owned(), state))
+                    .instrument(span.clone())
                     .await
                     .unwrap_or_else(|_| Err(StepError::Failed("compensation timed out".into())));
+                if let Err(err) = &outcome {
+                    span::record_error(&span, err);
+                }
                 match outcome {
                     Ok(next) => {
                         let next = serde_json::to_value(&next).unwrap_or(record.state.clone());

@@ -65,6 +65,9 @@ pub struct SagaRecord {
     pub state: serde_json::Value,
     /// The last failure.
     pub last_error: String,
+    /// The W3C trace context of what started the instance: its steps' spans join that trace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }
 
 /// One line of an instance's history.
@@ -84,7 +87,7 @@ pub struct Transition {
 pub(super) const LEASE_MS: i64 = 30_000;
 
 const SCHEMA: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '')",
     "CREATE TABLE IF NOT EXISTS flotilla_saga_log (saga_id TEXT NOT NULL, seq BIGINT NOT NULL, step TEXT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (saga_id, seq))",
     // What the runner asks for again and again: the due instances of a kind, oldest first.
     "CREATE INDEX IF NOT EXISTS flotilla_sagas_due ON flotilla_sagas (kind, next_run_ms) WHERE status IN ('running', 'compensating')",
@@ -101,6 +104,16 @@ impl SagaStore {
     pub async fn prepare(store: Store) -> Result<Self, sqlx::Error> {
         for statement in SCHEMA {
             sqlx::query(statement).execute(store.pool()).await?;
+        }
+        // Tables made before instances carried a trace context get the column.
+        if sqlx::query("SELECT traceparent FROM flotilla_sagas LIMIT 0")
+            .execute(store.pool())
+            .await
+            .is_err()
+        {
+            sqlx::query("ALTER TABLE flotilla_sagas ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''")
+                .execute(store.pool())
+                .await?;
         }
         Ok(Self { store })
     }
@@ -160,13 +173,14 @@ impl SagaStore {
     ) -> Result<bool, sqlx::Error> {
         let now = now_ms();
         let inserted = sqlx::query(
-            "INSERT INTO flotilla_sagas (id, kind, status, step, attempts, state, last_error, next_run_ms, leased_until, created_ms, updated_ms) \
-             VALUES ($1, $2, 'running', 0, 0, $3, '', $4, 0, $4, $4) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO flotilla_sagas (id, kind, status, step, attempts, state, last_error, next_run_ms, leased_until, created_ms, updated_ms, traceparent) \
+             VALUES ($1, $2, 'running', 0, 0, $3, '', $4, 0, $4, $4, $5) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(kind)
         .bind(state.to_string())
         .bind(now)
+        .bind(crate::telemetry::propagation::traceparent(&tracing::Span::current()).unwrap_or_default())
         .execute(&mut **tx)
         .await?
         .rows_affected()
@@ -209,18 +223,19 @@ impl SagaStore {
 
     /// One instance.
     pub async fn get(&self, id: &str) -> Result<Option<SagaRecord>, sqlx::Error> {
-        let row =
-            sqlx::query("SELECT id, kind, status, step, attempts, state, last_error FROM flotilla_sagas WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.store.pool())
-                .await?;
+        let row = sqlx::query(
+            "SELECT id, kind, status, step, attempts, state, last_error, traceparent FROM flotilla_sagas WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.store.pool())
+        .await?;
         row.map(|r| record(&r)).transpose()
     }
 
     /// Instances of a kind, newest first.
     pub async fn list(&self, kind: &str, limit: i64) -> Result<Vec<SagaRecord>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT id, kind, status, step, attempts, state, last_error FROM flotilla_sagas WHERE kind = $1 ORDER BY created_ms DESC, id LIMIT $2",
+            "SELECT id, kind, status, step, attempts, state, last_error, traceparent FROM flotilla_sagas WHERE kind = $1 ORDER BY created_ms DESC, id LIMIT $2",
         )
         .bind(kind)
         .bind(limit)
@@ -348,5 +363,6 @@ fn record(row: &sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
         attempts: row.try_get::<i64, _>("attempts")? as u32,
         state: serde_json::from_str(&state).unwrap_or_default(),
         last_error: row.try_get("last_error")?,
+        traceparent: row.try_get("traceparent")?,
     })
 }

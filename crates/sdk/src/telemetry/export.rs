@@ -1,0 +1,155 @@
+//! The OTLP/HTTP span exporter: batches become `ExportTraceServiceRequest` protobuf bodies
+//! (encoded by `opentelemetry-proto`), posted to `/v1/traces` of the control plane or of any
+//! collector.
+//!
+//! The batch processor calls the exporter on its own thread; the exporter drives its HTTP
+//! client on a small runtime of its own there, so exporting never waits on (or holds up) the
+//! service's runtime, and flushing at shutdown works from anywhere.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use prost::Message;
+
+/// How long one export may take before it is given up (the batch is dropped).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where spans are posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The full URL, `http://host:port/v1/traces`.
+    pub url: String,
+    /// Headers sent with every export (`authorization` for the control plane).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Parses `OTEL_EXPORTER_OTLP_HEADERS` (`k=v,k2=v2`, values percent-decoded); pairs without
+/// `=` are skipped.
+pub(crate) fn parse_headers(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let value = form_urlencoded::parse(format!("v={}", v.trim().replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            (k.trim().to_ascii_lowercase(), value)
+        })
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+/// Sends span batches as OTLP/HTTP protobuf.
+#[derive(Debug)]
+pub struct OtlpExporter {
+    endpoint: Endpoint,
+    resource: ResourceAttributesWithSchema,
+    client: Client<HttpConnector, Full<Bytes>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl OtlpExporter {
+    /// An exporter posting to `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok();
+        Self {
+            endpoint,
+            resource: ResourceAttributesWithSchema::from(&Resource::builder_empty().build()),
+            client,
+            runtime,
+        }
+    }
+
+    /// Encodes a batch as the protobuf body of one export request.
+    pub fn encode(&self, batch: Vec<SpanData>) -> Vec<u8> {
+        let request = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
+        };
+        request.encode_to_vec()
+    }
+
+    async fn post(&self, body: Vec<u8>) -> Result<(), String> {
+        let mut request = Request::post(self.endpoint.url.as_str())
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("{}: {e}", self.endpoint.url))?;
+        for (name, value) in &self.endpoint.headers {
+            if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+                request.headers_mut().insert(name, value);
+            }
+        }
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{}: {}", self.endpoint.url, crate::http::chain(&e)))?;
+        let status = response.status();
+        // Read the body so the connection goes back to the pool.
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} answered {status}: {}",
+                self.endpoint.url,
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ))
+        }
+    }
+}
+
+impl SpanExporter for OtlpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let Some(runtime) = &self.runtime else {
+            return Err(OTelSdkError::InternalFailure("no runtime for the exporter".into()));
+        };
+        let body = self.encode(batch);
+        match runtime.block_on(async { tokio::time::timeout(EXPORT_TIMEOUT, self.post(body)).await }) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(OTelSdkError::InternalFailure(err)),
+            Err(_) => Err(OTelSdkError::Timeout(EXPORT_TIMEOUT)),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = ResourceAttributesWithSchema::from(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_parsed_as_the_specification_writes_them() {
+        assert_eq!(
+            parse_headers("Authorization=Bearer%20abc, x-tenant = acme,broken,=nokey"),
+            vec![
+                ("authorization".to_owned(), "Bearer abc".to_owned()),
+                ("x-tenant".to_owned(), "acme".to_owned()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! JSON log lines: one `flotilla_api::telemetry::LogLine` per event, with the trace and
+//! span id of the span it was written in, so `flotilla logs --trace` can follow a request.
+
+use std::fmt;
+
+use flotilla_api::telemetry::LogLine;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Formats events as [`LogLine`] JSON.
+#[derive(Debug, Clone)]
+pub(crate) struct JsonLines {
+    service: String,
+    instance: Option<String>,
+}
+
+impl JsonLines {
+    pub(crate) fn new(service: &str, instance: Option<&str>) -> Self {
+        Self {
+            service: service.to_owned(),
+            instance: instance.map(str::to_owned),
+        }
+    }
+}
+
+/// Collects an event's message and fields.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Fields {
+    fn put(&mut self, field: &Field, value: serde_json::Value) {
+        if field.name() == "message" {
+            self.message = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+        } else {
+            self.fields.insert(field.name().to_owned(), value);
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, serde_json::Value::String(format!("{value:?}")));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, serde_json::Value::String(value.to_owned()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, serde_json::Value::String(crate::http::chain(value)));
+    }
+}
+
+/// RFC 3339 UTC with microseconds, from the system clock.
+pub(crate) fn timestamp(now: std::time::SystemTime) -> String {
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let ids = super::propagation::ids(&tracing::Span::current());
+        let meta = event.metadata();
+        let line = LogLine {
+            timestamp: timestamp(std::time::SystemTime::now()),
+            level: meta.level().to_string(),
+            service: self.service.clone(),
+            instance: self.instance.clone(),
+            trace_id: ids.as_ref().map(|(t, _)| t.clone()),
+            span_id: ids.map(|(_, s)| s),
+            message: fields.message,
+            target: Some(meta.target().to_owned()),
+            fields: fields.fields,
+        };
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_796_076_062_123_456);
+        assert_eq!(timestamp(t), "2026-11-30T22:01:02.123456Z");
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000000Z");
+    }
+}
