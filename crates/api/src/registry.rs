@@ -14,6 +14,9 @@ pub mod meta {
     pub const ZONE: &str = "zone";
     /// Relative weight for balancing (an integer, default 1).
     pub const WEIGHT: &str = "weight";
+    /// Where the instance serves Prometheus metrics, when not `/metrics` (the gateway's are
+    /// at `/-/metrics`, out of the way of the routes it proxies).
+    pub const METRICS_PATH: &str = "metrics.path";
 }
 
 /// What an instance tells the registry about itself.

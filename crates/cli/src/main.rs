@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flotilla::discovery::{Discovery, RegistryClient};
 use flotilla::runtime::{self, Registrar, Service, ServiceEnv};
+use flotilla_api::registry::meta;
 use flotilla_cli::supervisor::{self, UpOptions};
 use flotilla_cli::{status, token};
 use tokio::net::TcpListener;
@@ -648,8 +649,8 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let registrar = control_addr.as_deref().map(|control| {
                 let client = RegistryClient::new(control, env.token.clone());
-                let registration =
-                    runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, Default::default());
+                let metadata = [(meta::METRICS_PATH.to_owned(), "/-/metrics".to_owned())].into();
+                let registration = runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, metadata);
                 if let Some(live) = &source.1 {
                     live.attach(&registration.instance_id);
                 }

@@ -251,13 +251,14 @@ impl Gateway {
             "/-/live" => json_response(StatusCode::OK, &serde_json::json!({"status": "live"})),
             "/-/metrics" => {
                 let routes = self.routes.load();
-                let text = metrics::render(
+                let mut text = metrics::render(
                     routes
                         .routes()
                         .iter()
                         .map(|r| (r.name.as_str(), &r.metrics, r.stack.balancer().ejections()))
                         .chain(std::iter::once(("", &self.unrouted, 0))),
                 );
+                text.push_str(&flotilla::telemetry::metrics::render_process());
                 let mut response = Response::new(
                     http_body_util::Full::new(Bytes::from(text))
                         .map_err(|never| match never {})

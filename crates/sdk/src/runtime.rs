@@ -264,7 +264,8 @@ async fn ready(State(health): State<Arc<HealthState>>) -> Result<Json<serde_json
 }
 
 async fn metrics(State(health): State<Arc<HealthState>>) -> impl axum::response::IntoResponse {
-    let text = health.context.as_ref().map(Context::render_metrics).unwrap_or_default();
+    let mut text = health.context.as_ref().map(Context::render_metrics).unwrap_or_default();
+    text.push_str(&crate::telemetry::metrics::render());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -275,16 +276,35 @@ async fn metrics(State(health): State<Arc<HealthState>>) -> impl axum::response:
 /// Each request is served in a server span named by its route template, child of the
 /// caller's `traceparent`.
 async fn request_scope(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    use crate::telemetry::span;
+    use crate::telemetry::{metrics, span};
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or("unmatched", |m| m.as_str())
         .to_owned();
-    let server = span::server(request.method(), &route, request.uri().path(), request.headers());
+    let method = request.method().clone();
+    let server = span::server(&method, &route, request.uri().path(), request.headers());
+    let started = std::time::Instant::now();
+    metrics::add(metrics::HTTP_SERVER_ACTIVE, &[], 1.0);
     let response = serve_in_scope(request, next).instrument(server.clone()).await;
-    span::record_http_status(&server, response.status().as_u16());
+    metrics::add(metrics::HTTP_SERVER_ACTIVE, &[], -1.0);
+    let status = response.status().as_u16();
+    span::record_http_status(&server, status);
+    metrics::add(
+        metrics::HTTP_SERVER_REQUESTS,
+        &[&route, method.as_str(), itoa(status).as_str()],
+        1.0,
+    );
+    metrics::observe(
+        metrics::HTTP_SERVER_DURATION,
+        &[&route, method.as_str()],
+        started.elapsed(),
+    );
     response
+}
+
+fn itoa(n: u16) -> String {
+    n.to_string()
 }
 
 async fn serve_in_scope(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {

@@ -184,6 +184,25 @@ async fn a_request_its_call_its_database_work_and_its_event_make_one_trace() {
         .unwrap();
     assert!(handled);
 
+    // The same request, as metrics (both services share this process's registry).
+    let (status, _, _, body) = http
+        .send_raw::<()>(http::Method::GET, &format!("http://{front}/metrics"), None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    for line in [
+        "flotilla_http_server_requests_total{route=\"/buy/{id}\",method=\"POST\",status=\"200\"} 1",
+        "flotilla_http_server_requests_total{route=\"/stock/{id}\",method=\"GET\",status=\"200\"} 1",
+        "flotilla_http_server_request_duration_seconds_count{route=\"/buy/{id}\",method=\"POST\"} 1",
+        "flotilla_http_client_requests_total{upstream=\"stock\",method=\"GET\",outcome=\"200\"} 1",
+        "flotilla_events_consumed_total{topic=\"shop.order\",group=\"mailer\",outcome=\"handled\"} 1",
+    ] {
+        assert!(text.contains(line), "`{line}` in\n{text}");
+    }
+    assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+    assert!(text.contains("\ntokio_workers 2"), "{text}");
+
     telemetry.flush();
     let spans = received.lock().unwrap().clone();
     let in_trace: Vec<_> = spans.iter().filter(|(_, s)| hex(&s.trace_id) == TRACE).collect();

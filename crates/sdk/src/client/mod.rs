@@ -139,15 +139,34 @@ impl ServiceClient {
     /// request being served (`Authorization`, `traceparent`, ...) travel on, unless set here.
     /// The call runs in a client span whose context is the `traceparent` sent on.
     pub async fn send(&self, mut request: Request<Bytes>) -> Result<Response<Bytes>, CallError> {
-        use crate::telemetry::span;
+        use crate::telemetry::{metrics, span};
         let call = span::client(self.stack.target.name(), request.method(), request.uri().path());
         crate::telemetry::propagation::inject(&call, request.headers_mut());
         Propagated::apply(request.headers_mut());
+        let method = request.method().clone();
+        let started = std::time::Instant::now();
         let result = self.send_traced(request).instrument(call.clone()).await;
-        match &result {
-            Ok(response) => span::record_http_status(&call, response.status().as_u16()),
-            Err(err) => span::record_error(&call, err),
-        }
+        let upstream = self.stack.target.name();
+        let outcome = match &result {
+            Ok(response) => {
+                span::record_http_status(&call, response.status().as_u16());
+                response.status().as_u16().to_string()
+            }
+            Err(err) => {
+                span::record_error(&call, err);
+                err.kind().to_owned()
+            }
+        };
+        metrics::add(
+            metrics::HTTP_CLIENT_REQUESTS,
+            &[upstream, method.as_str(), &outcome],
+            1.0,
+        );
+        metrics::observe(
+            metrics::HTTP_CLIENT_DURATION,
+            &[upstream, method.as_str()],
+            started.elapsed(),
+        );
         result
     }
 

@@ -10,6 +10,8 @@ use flotilla_api::events::Delivery;
 use sqlx::{Any, Transaction};
 use tracing::Instrument;
 
+use crate::telemetry::metrics;
+
 use super::client::EventsClient;
 use crate::store::{now_ms, Store};
 
@@ -50,11 +52,27 @@ impl Consumer {
             event.traceparent.as_deref(),
         );
         let result = self.handle_in_span(delivery, handler).instrument(span.clone()).await;
-        match &result {
+        let outcome = match &result {
             Ok(fresh) => {
                 span.record("flotilla.redelivered", !fresh);
+                if *fresh {
+                    "handled"
+                } else {
+                    "duplicate"
+                }
             }
-            Err(reason) => crate::telemetry::span::record_error(&span, reason),
+            Err(reason) => {
+                crate::telemetry::span::record_error(&span, reason);
+                "failed"
+            }
+        };
+        metrics::add(metrics::EVENTS_CONSUMED, &[&self.topic, &self.group, outcome], 1.0);
+        if let Some(age) = event.time.as_deref().and_then(age_of) {
+            metrics::set(
+                metrics::EVENTS_CONSUMER_LAG,
+                &[&self.topic, &self.group],
+                age.as_secs_f64(),
+            );
         }
         result
     }
@@ -124,4 +142,10 @@ impl Consumer {
             }
         }
     }
+}
+
+/// How long ago an RFC 3339 time was (zero if it is in the future).
+fn age_of(time: &str) -> Option<Duration> {
+    let at = humantime::parse_rfc3339_weak(time).ok()?;
+    Some(std::time::SystemTime::now().duration_since(at).unwrap_or_default())
 }

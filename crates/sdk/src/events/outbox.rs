@@ -12,6 +12,8 @@ use sqlx::{Any, Row, Transaction};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use crate::telemetry::metrics;
+
 use super::client::EventsClient;
 use crate::store::{now_ms, Store};
 
@@ -84,12 +86,18 @@ impl Relay {
     /// Publishes what is in the outbox now, oldest first; returns how many events went.
     pub async fn drain(&self) -> Result<u64, String> {
         let mut sent = 0;
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM flotilla_outbox")
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+        metrics::set(metrics::EVENTS_OUTBOX_PENDING, &[], pending as f64);
         loop {
             let rows = sqlx::query("SELECT seq, topic, envelope FROM flotilla_outbox ORDER BY seq LIMIT 100")
                 .fetch_all(self.store.pool())
                 .await
                 .map_err(|e| e.to_string())?;
             if rows.is_empty() {
+                metrics::set(metrics::EVENTS_OUTBOX_PENDING, &[], 0.0);
                 return Ok(sent);
             }
             // Consecutive rows of one topic go in one append; order is kept.
@@ -107,6 +115,7 @@ impl Relay {
             let topic = batch[0].1.clone();
             let events: Vec<CloudEvent> = batch.iter().map(|(_, _, e)| e.clone()).collect();
             self.client.append(&topic, &events).await.map_err(|e| e.to_string())?;
+            metrics::add(metrics::EVENTS_PUBLISHED, &[&topic], events.len() as f64);
             let last = batch.last().map_or(0, |(s, _, _)| *s);
             sqlx::query("DELETE FROM flotilla_outbox WHERE seq <= $1 AND topic = $2")
                 .bind(last)

@@ -103,6 +103,22 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// A short, stable name of the failure, for metric labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::NoInstance { .. } => "no_instance",
+            CallError::CircuitOpen { .. } => "circuit_open",
+            CallError::BulkheadFull { .. } => "bulkhead",
+            CallError::DeadlineExceeded { .. } => "deadline",
+            CallError::Timeout { .. } => "timeout",
+            CallError::Connect { .. } => "connect",
+            CallError::Transport { .. } => "transport",
+            CallError::Status { .. } => "status",
+            CallError::InvalidRequest(_) => "invalid_request",
+            CallError::Body { .. } => "body",
+        }
+    }
+
     /// Where the failure came from.
     pub fn origin(&self) -> Origin {
         match self {

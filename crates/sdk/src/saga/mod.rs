@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::telemetry::span;
+use crate::telemetry::{metrics, span};
 
 pub use store::{SagaRecord, SagaStatus, SagaStore, Transition};
 
@@ -233,6 +233,7 @@ where
             self.store
                 .finish(id, SagaStatus::Failed, &record.state, "state does not deserialize")
                 .await?;
+            metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "failed"], 1.0);
             return Ok(None);
         };
         let go_on = |status: SagaStatus, step: i64, state: serde_json::Value, last_error: String| {
@@ -260,10 +261,21 @@ where
                 if let Err(err) = &outcome {
                     span::record_error(&span, err);
                 }
+                let label = match &outcome {
+                    Ok(_) => "done",
+                    Err(StepError::Unavailable(_)) => "waiting",
+                    Err(StepError::Failed(_)) if record.attempts + 1 < step.attempts => "retry",
+                    Err(StepError::Failed(_)) => "failed",
+                    Err(StepError::Rejected(_)) => "rejected",
+                };
+                metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                 match outcome {
                     Ok(next) => {
                         let next = serde_json::to_value(&next).unwrap_or(record.state.clone());
                         let done = record.step as usize + 1 == steps.len();
+                        if done {
+                            metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "completed"], 1.0);
+                        }
                         self.store.step_done(id, &step.name, &next, done).await?;
                         if !done {
                             return Ok(go_on(SagaStatus::Running, record.step + 1, next, String::new()));
@@ -326,6 +338,7 @@ where
                     self.store
                         .finish(id, SagaStatus::Compensated, &last, &record.last_error)
                         .await?;
+                    metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "compensated"], 1.0);
                     return Ok(None);
                 }
                 let step = &steps[record.step as usize - 1];
@@ -337,6 +350,8 @@ where
                 if let Err(err) = &outcome {
                     span::record_error(&span, err);
                 }
+                let label = if outcome.is_ok() { "compensated" } else { "retry" };
+                metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                 match outcome {
                     Ok(next) => {
                         let next = serde_json::to_value(&next).unwrap_or(record.state.clone());

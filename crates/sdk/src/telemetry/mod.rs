@@ -9,6 +9,7 @@
 
 mod export;
 mod logs;
+pub mod metrics;
 pub mod propagation;
 pub mod sampling;
 pub mod span;
