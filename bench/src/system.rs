@@ -38,11 +38,19 @@ impl System {
     /// # Panics
     /// When the temp dir or the process cannot be made: the caller cannot go on.
     pub fn start(binary: &Path, repo: &Path, extra: &[&str]) -> System {
+        Self::start_with_env(binary, repo, extra, &[])
+    }
+
+    /// [`System::start`] with environment for `up` and, through it, every process it runs.
+    ///
+    /// # Panics
+    /// When the temp dir or the process cannot be made: the caller cannot go on.
+    pub fn start_with_env(binary: &Path, repo: &Path, extra: &[&str], env: &[(&str, &str)]) -> System {
         let dir = tempfile::tempdir().expect("temp dir");
         for file in ["flotilla.toml", "routes.toml"] {
             std::fs::copy(repo.join(file), dir.path().join(file)).expect("copy manifest");
         }
-        Self::start_in(binary, dir, extra)
+        Self::launch(binary, dir, extra, env)
     }
 
     /// Runs `binary up` in `dir`, which holds a `flotilla.toml`.
@@ -50,6 +58,10 @@ impl System {
     /// # Panics
     /// When the process cannot be started.
     pub fn start_in(binary: &Path, dir: tempfile::TempDir, extra: &[&str]) -> System {
+        Self::launch(binary, dir, extra, &[])
+    }
+
+    fn launch(binary: &Path, dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> System {
         let (gateway, control) = (free_addr(), free_addr());
         let mut child = Command::new(binary)
             .current_dir(dir.path())
@@ -64,6 +76,7 @@ impl System {
             .env_remove("FLOTILLA_CONTROL_ADDR")
             .env_remove("FLOTILLA_DATA_DIR")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -110,6 +110,22 @@ fn main() {
         rps / nginx.0
     );
 
+    eprintln!("… tracing off, then on at the default sampling (twice each, alternating)");
+    let cost = tracing_cost(&bin, dir.path(), upstream_addr, &o);
+    println!(
+        "\n| flotilla gateway, tracing | requests/s (wrk, mean of 2) | CPU per request | spans stored |\n|---|---:|---:|---:|\n\
+         | off (`OTEL_SDK_DISABLED=true`) | {:.0} | {:.1} µs | – |\n\
+         | on, default sampling (10 % + failed/slow), exported to the control plane | {:.0} | {:.1} µs | {} |\n\
+         \ntracing costs {:.1} % of throughput ({:.1} % CPU per request); goal ≤ 10 %",
+        cost.off.0,
+        cost.off.1,
+        cost.on.0,
+        cost.on.1,
+        cost.stored,
+        (1.0 - cost.on.0 / cost.off.0.max(1.0)) * 100.0,
+        (cost.on.1 / cost.off.1.max(1e-9) - 1.0) * 100.0,
+    );
+
     eprintln!("… 1,000 open connections");
     let addr = free_addr();
     let gateway = Guard(start_proxy("flotilla", &bin, dir.path(), addr, upstream_addr));
@@ -123,6 +139,90 @@ fn main() {
         rss_kb(gateway.0.id()) as f64 / 1024.0,
         conns.len()
     );
+}
+
+/// Throughput and CPU per request of tracing off and on.
+struct TracingCost {
+    /// (requests/s, µs of gateway CPU per request) with no tracing at all.
+    off: (f64, f64),
+    /// The same with spans recorded and exported at the default sampling.
+    on: (f64, f64),
+    /// Gateway spans the control plane stored during the "on" runs.
+    stored: usize,
+}
+
+/// The gateway with tracing off (`OTEL_SDK_DISABLED`) and on (default sampling, the tail
+/// rule, OTLP export to a real control plane pinned beside the load), closed loop, two
+/// alternating runs of each so a drift of the machine falls on both.
+fn tracing_cost(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> TracingCost {
+    let control = free_addr();
+    let data = dir.join("control");
+    let listen = control.to_string();
+    let data_arg = data.display().to_string();
+    let _control = Guard(pinned(
+        "0",
+        &bin.join("flotilla"),
+        &["control", "--listen", &listen, "--data-dir", &data_arg],
+        &[("FLOTILLA_TOKEN", "bench-token"), ("RUST_LOG", "warn")],
+    ));
+    wait_ready(control, "/health/ready");
+    let endpoint = format!("http://{control}");
+    let on_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20bench-token"),
+    ];
+    let off_env = [("OTEL_SDK_DISABLED", "true")];
+    let routes = format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n");
+    let mut sums = [(0.0, 0.0); 2];
+    for _round in 0..2 {
+        for (i, env) in [&off_env[..], &on_env[..]].into_iter().enumerate() {
+            let addr = free_addr();
+            let proxy = Guard(start_flotilla_with(
+                bin,
+                &dir.join("routes-tracing.toml"),
+                &routes,
+                addr,
+                "warn",
+                env,
+            ));
+            wait_ready(addr, "/");
+            let pid = proxy.0.id();
+            let _ = wrk(addr, o.connections, 2, &[]);
+            let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+            let (rps, _, _) = wrk(addr, o.connections, o.seconds, &[]);
+            let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+            sums[i].0 += rps / 2.0;
+            sums[i].1 += cpu / rps.max(1.0) * 1e6 / 2.0;
+            // Stopping it flushes what it still holds.
+            terminate(pid);
+            drop(proxy);
+        }
+    }
+    let stored = flotilla_bench::procs::http_request(
+        control,
+        "GET",
+        "/v1/traces?service=gateway&limit=1000",
+        &[("Authorization", "Bearer bench-token")],
+        "",
+    )
+    .ok()
+    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+    .and_then(|v| v["traces"].as_array().map(Vec::len))
+    .unwrap_or(0);
+    TracingCost {
+        off: sums[0],
+        on: sums[1],
+        stored,
+    }
+}
+
+/// Asks a process to stop (SIGTERM) and gives it a moment to flush.
+fn terminate(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    std::thread::sleep(Duration::from_millis(500));
 }
 
 /// Gives up. A panic, not `exit`, so the guards of the processes started so far run.
@@ -214,11 +314,25 @@ fn pinned(core: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Ch
 /// The Flotilla gateway with one worker, pinned to core 1, routing as `routes` (written to
 /// `file`) says.
 fn start_flotilla(bin: &Path, file: &Path, routes: &str, addr: SocketAddr, log: &str) -> Child {
+    start_flotilla_with(bin, file, routes, addr, log, &[])
+}
+
+/// [`start_flotilla`] with more environment.
+fn start_flotilla_with(
+    bin: &Path,
+    file: &Path,
+    routes: &str,
+    addr: SocketAddr,
+    log: &str,
+    env: &[(&str, &str)],
+) -> Child {
     std::fs::write(file, routes).unwrap_or_else(|e| fail(&e.to_string()));
     let file = file.display().to_string();
     let listen = addr.to_string();
     let args = ["gateway", "--workers", "1", "--listen", &listen, "--routes", &file];
-    pinned("1", &bin.join("flotilla"), &args, &[("RUST_LOG", log)])
+    let mut all = vec![("RUST_LOG", log)];
+    all.extend_from_slice(env);
+    pinned("1", &bin.join("flotilla"), &args, &all)
 }
 
 fn start_proxy(name: &str, bin: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> Child {

@@ -158,6 +158,7 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode
         Ok(order) => {
             orders.journal.committed();
             orders.runner.wake();
+            tracing::info!(order_id = %order.id, lines = order.lines.len(), "order placed");
             (
                 StatusCode::ACCEPTED,
                 serde_json::json!({

@@ -177,6 +177,7 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
                     j.record(&state.order_id, OrderEvent::Confirmed)
                         .await
                         .map_err(database)?;
+                    tracing::info!(order_id = %state.order_id, "order confirmed");
                     Ok(state)
                 }
             },

@@ -22,6 +22,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -155,6 +156,13 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
             .with_target(false)
             .boxed(),
     };
+    // Log lines need only events: the trace and span ids come from the OpenTelemetry layer,
+    // so the formatter does not keep every span's fields.
+    let fmt = fmt.with_filter(filter()).with_filter(filter_fn(|meta| !meta.is_span()));
+    if disabled() {
+        let _ = tracing_subscriber::registry().with(fmt).try_init();
+        return Telemetry { provider: None };
+    }
     let provider = tracer_provider(&config);
     let tracer = provider.tracer("flotilla");
     let otel = tracing_opentelemetry::layer()
@@ -164,14 +172,16 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
         .with_level(false)
         .with_target(false)
         .with_filter(span::only_spans());
-    let installed = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter()))
-        .with(otel)
-        .try_init()
-        .is_ok();
+    let installed = tracing_subscriber::registry().with(fmt).with(otel).try_init().is_ok();
     Telemetry {
         provider: (installed && config.endpoint.is_some()).then_some(provider),
     }
+}
+
+/// `OTEL_SDK_DISABLED=true`, the standard switch: no spans at all (log lines then carry no
+/// trace ids). For measuring what tracing costs, and for whoever wants none.
+fn disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// The tracer provider: ids and sampling always (log lines carry trace ids even when
