@@ -1,5 +1,6 @@
 //! `flotilla`: runs the whole system (`up`), its parts (`control`, `gateway`, `service`) and
-//! its tools (`status`). Thin: parses flags, sets up logging, binds, and calls the libraries.
+//! its tools (`status`, `logs`, …). Thin: parses flags, sets up logging, binds, and
+//! calls the libraries.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flotilla::discovery::{Discovery, RegistryClient};
 use flotilla::runtime::{self, Registrar, Service, ServiceEnv};
+use flotilla_cli::local_time::LocalTime;
+use flotilla_cli::logs::level::Level;
 use flotilla_cli::supervisor::{self, UpOptions};
-use flotilla_cli::{status, token};
+use flotilla_cli::{status, style, token};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -98,6 +101,30 @@ enum Command {
         output: Output,
         #[command(subcommand)]
         action: EventsAction,
+    },
+    /// Every process's log as one stream in time order: by service, trace, level and age.
+    Logs {
+        /// Only this service (`orders`) or process (`orders-2`).
+        service: Option<String>,
+        /// Only the lines of this trace: its id, or at least its first 8 hex digits.
+        #[arg(long)]
+        trace: Option<String>,
+        /// Only this level and more severe.
+        #[arg(long, value_enum, ignore_case = true)]
+        level: Option<Level>,
+        /// Keep printing lines as they are written (and new processes' logs), until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only lines from this long ago on (`30s`, `5m`, `1h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// `text` draws lines for people; `json` prints the JSON lines as written (plain
+        /// lines, such as panics, are left out so the output stays JSON lines).
+        #[arg(long, value_enum, default_value_t = LogsOutput::Text)]
+        output: LogsOutput,
+        /// The data dir whose `logs/` to read.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
     },
     /// Run the control plane (the registry and the config store).
     Control {
@@ -282,6 +309,12 @@ enum EventsAction {
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogsOutput {
+    Text,
     Json,
 }
 
@@ -513,6 +546,37 @@ async fn run(cli: Cli) -> Result<()> {
                 EventsAction::Read { topic, from, limit } => events::read(&client, &topic, from, limit, json).await?,
                 EventsAction::Replay { topic, offset } => events::replay(&client, &topic, offset).await?,
             }
+        }
+        Command::Logs {
+            service,
+            trace,
+            level,
+            follow,
+            since,
+            output,
+            data_dir,
+        } => {
+            let since = match since {
+                Some(since) => {
+                    let at = std::time::SystemTime::now()
+                        .checked_sub(since)
+                        .with_context(|| format!("--since {}", humantime::format_duration(since)))?;
+                    Some(jiff::Timestamp::try_from(at).context("--since")?)
+                }
+                None => None,
+            };
+            let json = matches!(output, LogsOutput::Json);
+            let options = flotilla_cli::logs::LogsOptions {
+                dir: data_dir.join("logs"),
+                filter: flotilla_cli::logs::filter::Filter::new(service, trace.as_deref(), level, since)?,
+                follow,
+                json,
+                color: !json && style::stdout_wants_color(),
+                time: LocalTime::system(),
+                poll: flotilla_cli::logs::FOLLOW_POLL,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            flotilla_cli::logs::run(&options, &mut out, runtime::shutdown_signal()).await?;
         }
         Command::Control {
             listen,
