@@ -10,3 +10,4 @@ pub mod status;
 pub mod style;
 pub mod supervisor;
 pub mod token;
+pub mod traces;

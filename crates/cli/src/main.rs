@@ -1,5 +1,5 @@
 //! `flotilla`: runs the whole system (`up`), its parts (`control`, `gateway`, `service`) and
-//! its tools (`status`, `logs`, …). Thin: parses flags, sets up logging, binds, and
+//! its tools (`status`, `logs`, `traces`, …). Thin: parses flags, sets up logging, binds, and
 //! calls the libraries.
 
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use flotilla::runtime::{self, Registrar, Service, ServiceEnv};
 use flotilla_cli::local_time::LocalTime;
 use flotilla_cli::logs::level::Level;
 use flotilla_cli::supervisor::{self, UpOptions};
-use flotilla_cli::{status, style, token};
+use flotilla_cli::{status, style, token, traces};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -126,6 +126,41 @@ enum Command {
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
     },
+    /// The newest stored traces that match: find the slow or failed request.
+    Traces {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Only traces with a span of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only traces with a span of this operation (`GET /api/v1/orders/{id}`).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only traces at least this long (`100ms`, `2s`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_duration: Option<Duration>,
+        /// Only traces with a failed span.
+        #[arg(long)]
+        errors: bool,
+        /// At most this many (the control plane's default is 20).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// One trace drawn as a waterfall: every span, under its parent, on the trace's timeline.
+    Trace {
+        /// The trace id (32 hex digits, as `flotilla traces` lists them).
+        id: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Which service calls which, how often, how often it fails and how fast, from the spans.
+    Deps {
+        /// How far back to look.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        lookback: Duration,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Run the control plane (the registry and the config store).
     Control {
         /// Where to listen.
@@ -174,6 +209,31 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+}
+
+/// How a telemetry command reaches the control plane, and how it answers.
+#[derive(Args, Clone)]
+struct ControlArgs {
+    /// The control plane's address.
+    #[arg(long, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
+    control_addr: String,
+    /// The data dir holding the token.
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+    data_dir: PathBuf,
+    /// Output format: drawn for people, or the API's JSON.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+impl ControlArgs {
+    fn client(&self) -> traces::TelemetryClient {
+        let token = token::read(&self.data_dir).ok().flatten();
+        traces::TelemetryClient::new(&self.control_addr, token)
+    }
+
+    fn json(&self) -> bool {
+        matches!(self.output, Output::Json)
+    }
 }
 
 /// Which key a `flotilla config` command is about.
@@ -577,6 +637,51 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let mut out = std::io::BufWriter::new(std::io::stdout());
             flotilla_cli::logs::run(&options, &mut out, runtime::shutdown_signal()).await?;
+        }
+        Command::Traces {
+            control,
+            service,
+            operation,
+            min_duration,
+            errors,
+            limit,
+        } => {
+            let query = flotilla_api::telemetry::TraceQuery {
+                service,
+                operation,
+                min_duration_ms: min_duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                errors,
+                limit,
+            };
+            let list = control.client().traces(&query).await?;
+            if control.json() {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!(
+                    "{}",
+                    traces::list::table(&list, &LocalTime::system(), style::stdout_wants_color())
+                );
+            }
+        }
+        Command::Trace { id, control } => {
+            let trace = control.client().trace(&id).await?;
+            if control.json() {
+                println!("{}", serde_json::to_string_pretty(&trace)?);
+            } else {
+                let width = traces::waterfall::terminal_width();
+                print!(
+                    "{}",
+                    traces::waterfall::draw(&trace, width, style::stdout_wants_color())
+                );
+            }
+        }
+        Command::Deps { lookback, control } => {
+            let graph = control.client().dependencies(lookback).await?;
+            if control.json() {
+                println!("{}", serde_json::to_string_pretty(&graph)?);
+            } else {
+                print!("{}", traces::deps::draw(&graph, lookback, style::stdout_wants_color()));
+            }
         }
         Command::Control {
             listen,
