@@ -37,8 +37,8 @@ impl LocalTime {
     }
 }
 
-/// The instant `nanos` nanoseconds after the Unix epoch (how spans are stamped); `None` only
-/// for values past the year 9999, which no real span has.
+/// The instant `nanos` nanoseconds after the Unix epoch (how spans are stamped). Every `u64`
+/// fits (it ends in the year 2554); the `Option` only mirrors jiff's checked conversion.
 pub fn from_unix_nanos(nanos: u64) -> Option<Timestamp> {
     Timestamp::from_nanosecond(i128::from(nanos)).ok()
 }
