@@ -3,7 +3,11 @@
 
 pub mod config_command;
 pub mod events_command;
+pub mod local_time;
+pub mod logs;
 pub mod manifest;
 pub mod status;
+pub mod style;
 pub mod supervisor;
 pub mod token;
+pub mod traces;

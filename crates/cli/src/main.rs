@@ -1,5 +1,6 @@
 //! `flotilla`: runs the whole system (`up`), its parts (`control`, `gateway`, `service`) and
-//! its tools (`status`). Thin: parses flags, sets up logging, binds, and calls the libraries.
+//! its tools (`status`, `logs`, `traces`, …). Thin: parses flags, sets up logging, binds, and
+//! calls the libraries.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +12,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use flotilla::discovery::{Discovery, RegistryClient};
 use flotilla::runtime::{self, Registrar, Service, ServiceEnv};
 use flotilla_api::registry::meta;
+use flotilla_cli::local_time::LocalTime;
+use flotilla_cli::logs::level::Level;
 use flotilla_cli::supervisor::{self, UpOptions};
-use flotilla_cli::{status, token};
+use flotilla_cli::{status, style, token, traces};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -100,6 +103,65 @@ enum Command {
         #[command(subcommand)]
         action: EventsAction,
     },
+    /// Every process's log as one stream in time order: by service, trace, level and age.
+    Logs {
+        /// Only this service (`orders`) or process (`orders-2`).
+        service: Option<String>,
+        /// Only the lines of this trace: its id, or at least its first 8 hex digits.
+        #[arg(long)]
+        trace: Option<String>,
+        /// Only this level and more severe.
+        #[arg(long, value_enum, ignore_case = true)]
+        level: Option<Level>,
+        /// Keep printing lines as they are written (and new processes' logs), until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only lines from this long ago on (`30s`, `5m`, `1h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// `text` draws lines for people; `json` prints the JSON lines as written (plain
+        /// lines, such as panics, are left out so the output stays JSON lines).
+        #[arg(long, value_enum, default_value_t = LogsOutput::Text)]
+        output: LogsOutput,
+        /// The data dir whose `logs/` to read.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+    },
+    /// The newest stored traces that match: find the slow or failed request.
+    Traces {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Only traces with a span of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only traces with a span of this operation (`GET /api/v1/orders/{id}`).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only traces at least this long (`100ms`, `2s`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_duration: Option<Duration>,
+        /// Only traces with a failed span.
+        #[arg(long)]
+        errors: bool,
+        /// At most this many (the control plane's default is 20).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// One trace drawn as a waterfall: every span, under its parent, on the trace's timeline.
+    Trace {
+        /// The trace id (32 hex digits, as `flotilla traces` lists them).
+        id: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Which service calls which, how often, how often it fails and how fast, from the spans.
+    Deps {
+        /// How far back to look.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        lookback: Duration,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Run the control plane (the registry and the config store).
     Control {
         /// Where to listen.
@@ -148,6 +210,31 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+}
+
+/// How a telemetry command reaches the control plane, and how it answers.
+#[derive(Args, Clone)]
+struct ControlArgs {
+    /// The control plane's address.
+    #[arg(long, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
+    control_addr: String,
+    /// The data dir holding the token.
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+    data_dir: PathBuf,
+    /// Output format: drawn for people, or the API's JSON.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+impl ControlArgs {
+    fn client(&self) -> traces::TelemetryClient {
+        let token = token::read(&self.data_dir).ok().flatten();
+        traces::TelemetryClient::new(&self.control_addr, token)
+    }
+
+    fn json(&self) -> bool {
+        matches!(self.output, Output::Json)
+    }
 }
 
 /// Which key a `flotilla config` command is about.
@@ -283,6 +370,12 @@ enum EventsAction {
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogsOutput {
+    Text,
     Json,
 }
 
@@ -528,6 +621,82 @@ async fn run(cli: Cli) -> Result<()> {
                 EventsAction::Topics => events::topics(&client, json).await?,
                 EventsAction::Read { topic, from, limit } => events::read(&client, &topic, from, limit, json).await?,
                 EventsAction::Replay { topic, offset } => events::replay(&client, &topic, offset).await?,
+            }
+        }
+        Command::Logs {
+            service,
+            trace,
+            level,
+            follow,
+            since,
+            output,
+            data_dir,
+        } => {
+            let since = match since {
+                Some(since) => {
+                    let at = std::time::SystemTime::now()
+                        .checked_sub(since)
+                        .with_context(|| format!("--since {}", humantime::format_duration(since)))?;
+                    Some(jiff::Timestamp::try_from(at).context("--since")?)
+                }
+                None => None,
+            };
+            let json = matches!(output, LogsOutput::Json);
+            let options = flotilla_cli::logs::LogsOptions {
+                dir: data_dir.join("logs"),
+                filter: flotilla_cli::logs::filter::Filter::new(service, trace.as_deref(), level, since)?,
+                follow,
+                json,
+                color: !json && style::stdout_wants_color(),
+                time: LocalTime::system(),
+                poll: flotilla_cli::logs::FOLLOW_POLL,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            flotilla_cli::logs::run(&options, &mut out, runtime::shutdown_signal()).await?;
+        }
+        Command::Traces {
+            control,
+            service,
+            operation,
+            min_duration,
+            errors,
+            limit,
+        } => {
+            let query = flotilla_api::telemetry::TraceQuery {
+                service,
+                operation,
+                min_duration_ms: min_duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                errors,
+                limit,
+            };
+            let list = control.client().traces(&query).await?;
+            if control.json() {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!(
+                    "{}",
+                    traces::list::table(&list, &LocalTime::system(), style::stdout_wants_color())
+                );
+            }
+        }
+        Command::Trace { id, control } => {
+            let trace = control.client().trace(&id).await?;
+            if control.json() {
+                println!("{}", serde_json::to_string_pretty(&trace)?);
+            } else {
+                let width = traces::waterfall::terminal_width();
+                print!(
+                    "{}",
+                    traces::waterfall::draw(&trace, width, style::stdout_wants_color())
+                );
+            }
+        }
+        Command::Deps { lookback, control } => {
+            let graph = control.client().dependencies(lookback).await?;
+            if control.json() {
+                println!("{}", serde_json::to_string_pretty(&graph)?);
+            } else {
+                print!("{}", traces::deps::draw(&graph, lookback, style::stdout_wants_color()));
             }
         }
         Command::Control {

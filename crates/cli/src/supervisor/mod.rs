@@ -136,6 +136,25 @@ async fn seed(control: &str, token: &str, routes: serde_json::Value, file: &Path
     }
 }
 
+/// The environment every supervised process gets: how to reach the control plane, the
+/// token, the data dir, the events backend, and the log format.
+fn child_env(control: SocketAddr, token: &str, data_dir: &Path, events: Option<&str>) -> Vec<(String, String)> {
+    let mut common = vec![
+        (env::CONTROL_ADDR.into(), control.to_string()),
+        (env::TOKEN.into(), token.to_owned()),
+        (env::DATA_DIR.into(), data_dir.display().to_string()),
+        (env::SUPERVISED.into(), "1".into()),
+        // JSON lines: the files under logs/ are then what `flotilla logs` filters by trace id,
+        // and the terminal still shows them drawn for people (see `Output::line`).
+        (flotilla_api::telemetry::LOG_FORMAT_ENV.into(), "json".into()),
+    ];
+    // Services publish and consume events there instead of the control plane's log.
+    if let Some(events) = events {
+        common.push((env::EVENTS.into(), events.to_owned()));
+    }
+    common
+}
+
 /// Runs the system until `shutdown` resolves, then stops it in order.
 pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), UpError> {
     let mut manifest = Manifest::load(&options.manifest, &options.self_exe)?;
@@ -169,16 +188,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     let started = Instant::now();
     tokio::pin!(shutdown);
 
-    let mut common = vec![
-        (env::CONTROL_ADDR.into(), options.control_addr.to_string()),
-        (env::TOKEN.into(), token.clone()),
-        (env::DATA_DIR.into(), data_dir.display().to_string()),
-        (env::SUPERVISED.into(), "1".into()),
-    ];
-    // Services publish and consume events there instead of the control plane's log.
-    if let Some(events) = &manifest.events {
-        common.push((env::EVENTS.into(), events.clone()));
-    }
+    let common = child_env(options.control_addr, &token, &data_dir, manifest.events.as_deref());
     let fleet = Arc::new(Fleet::new(output.clone(), common));
 
     // 1. The control plane, alone, until it answers.
@@ -401,4 +411,20 @@ async fn stop_all(output: &Output, fleet: &Fleet, gateway: Vec<Supervised>, cont
         futures_util::future::join_all(tier.into_iter().map(Supervised::stop)).await;
     }
     output.say(&format!("stopped in {} ms", started.elapsed().as_millis()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_asked_for_json_logs() {
+        let addr: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        let env = child_env(addr, "t", Path::new("/data"), Some("nats://x:4222"));
+        let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(get(flotilla_api::telemetry::LOG_FORMAT_ENV), Some("json"));
+        assert_eq!(get(env::CONTROL_ADDR), Some("127.0.0.1:7070"));
+        assert_eq!(get(env::EVENTS), Some("nats://x:4222"));
+        assert_eq!(get(env::TOKEN), Some("t"));
+    }
 }
