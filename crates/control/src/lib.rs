@@ -111,23 +111,42 @@ impl ControlState {
 /// serialize their writes anyway, and an in-memory database (tests) exists per connection.
 /// A file opens in WAL mode with `synchronous = FULL`; `None` opens a database in memory.
 pub(crate) async fn sqlite(file: Option<&std::path::Path>, schema: &str) -> Result<sqlx::SqlitePool, sqlx::Error> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-    let options = match file {
-        Some(file) => SqliteConnectOptions::new()
-            .filename(file)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5)),
-        None => <SqliteConnectOptions as std::str::FromStr>::from_str("sqlite::memory:")?,
+    sqlite_with(file, schema, sqlx::sqlite::SqliteSynchronous::Full, 1).await
+}
+
+/// [`sqlite`] with a chosen durability and up to `connections` connections (a file only: an
+/// in-memory database gets one, since each connection would see a database of its own).
+pub(crate) async fn sqlite_with(
+    file: Option<&std::path::Path>,
+    schema: &str,
+    synchronous: sqlx::sqlite::SqliteSynchronous,
+    connections: u32,
+) -> Result<sqlx::SqlitePool, sqlx::Error> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let (options, connections) = match file {
+        Some(file) => (
+            SqliteConnectOptions::new()
+                .filename(file)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(synchronous)
+                .busy_timeout(Duration::from_secs(5)),
+            connections.max(1),
+        ),
+        None => (
+            <SqliteConnectOptions as std::str::FromStr>::from_str("sqlite::memory:")?,
+            1,
+        ),
     };
     let pool = SqlitePoolOptions::new()
-        .max_connections(1)
+        .max_connections(connections)
         .idle_timeout(None)
         .max_lifetime(None)
         .connect_with(options)
         .await?;
-    sqlx::raw_sql(schema).execute(&pool).await?;
+    if !schema.is_empty() {
+        sqlx::raw_sql(schema).execute(&pool).await?;
+    }
     Ok(pool)
 }
 
