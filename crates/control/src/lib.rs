@@ -1,11 +1,12 @@
 //! The Flotilla control plane: the service registry (leases, heartbeats, blocking-query
-//! watches) and the config store (versioned, watched, secrets sealed) behind a token-guarded
-//! HTTP API.
+//! watches), the config store (versioned, watched, secrets sealed), the event log and the
+//! trace store (OTLP in, traces and the dependency graph out) behind a token-guarded HTTP API.
 
 pub mod api;
 pub mod config;
 pub mod events;
 pub mod registry;
+pub mod telemetry;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 pub use config::ConfigStore;
 pub use events::{EventLog, LogConfig};
 pub use registry::{Registry, RegistryConfig};
+pub use telemetry::{TraceStore, TraceStoreConfig};
 
 /// Everything the control plane needs to start.
 #[derive(Debug, Clone)]
