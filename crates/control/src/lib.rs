@@ -9,6 +9,7 @@ pub mod registry;
 pub mod telemetry;
 
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,7 +66,12 @@ pub struct ControlState {
     pub config: ConfigStore,
     /// The event log.
     pub events: EventLog,
+    /// The trace store.
+    pub traces: TraceStore,
     token: String,
+    /// Where this control plane listens, when it knows: Prometheus service discovery lists it
+    /// among the targets to scrape.
+    listen: Option<SocketAddr>,
     pub(crate) closing: watch::Receiver<bool>,
     /// Until then the registry is warming up: instances of a previous run are still
     /// re-registering, so its lists may be incomplete.
@@ -84,9 +90,32 @@ impl ControlState {
             registry: Registry::starting_at(config.registry, start),
             config: storage.config,
             events: storage.events,
+            traces: storage.traces,
             token: config.token,
+            listen: None,
             closing,
         }
+    }
+
+    /// Records the address the control plane was bound to, so service discovery can offer
+    /// its own `/metrics` to Prometheus next to the instances'.
+    pub fn listening_on(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// The address to scrape this control plane at: its listen address, with an unspecified
+    /// IP (`0.0.0.0`, `::`) replaced by loopback, since that is no address to connect to.
+    pub fn scrape_address(&self) -> Option<SocketAddr> {
+        self.listen.map(|mut addr| {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            addr
+        })
     }
 
     /// Resolves when the control plane begins to shut down (never, if nothing will tell it).
@@ -152,12 +181,24 @@ pub(crate) async fn sqlite_with(
     Ok(pool)
 }
 
-/// What the control plane keeps on disk: the config store and the event log.
+/// What the control plane keeps on disk: the config store, the event log and the trace store.
 pub struct Storage {
     /// The config store.
     pub config: ConfigStore,
     /// The event log.
     pub events: EventLog,
+    /// The trace store.
+    pub traces: TraceStore,
+}
+
+/// How the stores that keep data by policy behave: the event log's groups and retention, the
+/// trace store's bounds. `Default` is what `flotilla control` runs with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Consumer groups and retention of the event log.
+    pub events: LogConfig,
+    /// Bounds of the trace store.
+    pub traces: TraceStoreConfig,
 }
 
 /// Why the control plane's storage could not be opened.
@@ -169,22 +210,27 @@ pub enum StorageError {
     /// The event log.
     #[error(transparent)]
     Events(#[from] events::LogError),
+    /// The trace store.
+    #[error(transparent)]
+    Traces(#[from] telemetry::TraceError),
 }
 
 impl Storage {
-    /// Both, in the data dir (`control.db`, `config.key`, `events.db`).
-    pub async fn open(data_dir: &std::path::Path, log: LogConfig) -> Result<Self, StorageError> {
+    /// All three, in the data dir (`control.db`, `config.key`, `events.db`, `telemetry.db`).
+    pub async fn open(data_dir: &std::path::Path, config: StorageConfig) -> Result<Self, StorageError> {
         Ok(Self {
             config: ConfigStore::open(data_dir).await?,
-            events: EventLog::open(data_dir, log).await?,
+            events: EventLog::open(data_dir, config.events).await?,
+            traces: TraceStore::open(data_dir, config.traces).await?,
         })
     }
 
-    /// Both in memory, for tests.
+    /// All three in memory, for tests.
     pub async fn in_memory() -> Result<Self, StorageError> {
         Ok(Self {
             config: ConfigStore::in_memory().await?,
             events: EventLog::in_memory(LogConfig::default()).await?,
+            traces: TraceStore::in_memory(TraceStoreConfig::default()).await?,
         })
     }
 }
@@ -197,8 +243,9 @@ pub async fn serve(
     storage: Storage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
     let (closing_tx, closing_rx) = watch::channel(false);
-    let state = Arc::new(ControlState::new(config, storage, closing_rx.clone()));
+    let state = Arc::new(ControlState::new(config, storage, closing_rx.clone()).listening_on(addr));
     let retention = tokio::spawn({
         let state = state.clone();
         let mut closing = closing_rx.clone();
@@ -223,7 +270,18 @@ pub async fn serve(
                 .await
         }
     });
-    let addr = listener.local_addr()?;
+    let pruning = tokio::spawn({
+        let state = state.clone();
+        let mut closing = closing_rx.clone();
+        async move {
+            state
+                .traces
+                .run_pruning(async move {
+                    let _ = closing.wait_for(|c| *c).await;
+                })
+                .await
+        }
+    });
     tracing::info!(%addr, "control plane listening");
     let mut closed = closing_rx;
     let server = axum::serve(listener, api::router(state))
@@ -237,6 +295,7 @@ pub async fn serve(
     let _ = closing_tx.send(true);
     let _ = expiry.await;
     let _ = retention.await;
+    let _ = pruning.await;
     match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),
