@@ -1,5 +1,7 @@
-//! The trace store: spans received over OTLP (protobuf or JSON) kept in SQLite, answered as
-//! traces, trace lists and the service dependency graph.
+//! The trace store: spans received over OTLP/HTTP (`POST /v1/traces`, protobuf or JSON) kept
+//! in SQLite, answered as traces, trace lists and the service dependency graph; with the
+//! control plane's own Prometheus metrics and Prometheus HTTP service discovery over the
+//! registry (see [`http`]).
 //!
 //! The spans live in their own file, `telemetry.db` (WAL), apart from `control.db` and
 //! `events.db`, so a flood of spans never waits on, or makes wait, a registry, config or
@@ -13,6 +15,8 @@
 //! as an insert takes the store over its count. Freed pages are reused, so the file stops
 //! growing at the size of `max_spans` spans.
 
+pub mod http;
+pub mod metrics;
 pub mod otlp;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
