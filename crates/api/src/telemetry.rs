@@ -217,7 +217,8 @@ pub struct Dependency {
 /// window (default one hour).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DependencyGraph {
-    /// Every service with a span in the window, sorted.
+    /// Every service with a span in the window, and every `peer.service` an edge names (a
+    /// callee without spans of its own is still a node), sorted.
     pub services: Vec<String>,
     /// Edges, sorted by caller then callee.
     pub edges: Vec<Dependency>,

@@ -39,6 +39,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .route("/v1/registry/services/{name}", get(list_service))
         .merge(crate::config::http::routes())
         .merge(crate::events::http::routes())
+        .merge(crate::telemetry::http::routes())
         .with_state(state);
     with_problem_fallbacks(api)
 }

@@ -1,13 +1,15 @@
 //! The Flotilla control plane: the service registry (leases, heartbeats, blocking-query
-//! watches) and the config store (versioned, watched, secrets sealed) behind a token-guarded
-//! HTTP API.
+//! watches), the config store (versioned, watched, secrets sealed), the event log and the
+//! trace store (OTLP in, traces and the dependency graph out) behind a token-guarded HTTP API.
 
 pub mod api;
 pub mod config;
 pub mod events;
 pub mod registry;
+pub mod telemetry;
 
 use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 pub use config::ConfigStore;
 pub use events::{EventLog, LogConfig};
 pub use registry::{Registry, RegistryConfig};
+pub use telemetry::{TraceStore, TraceStoreConfig};
 
 /// Everything the control plane needs to start.
 #[derive(Debug, Clone)]
@@ -63,7 +66,12 @@ pub struct ControlState {
     pub config: ConfigStore,
     /// The event log.
     pub events: EventLog,
+    /// The trace store.
+    pub traces: TraceStore,
     token: String,
+    /// Where this control plane listens, when it knows: Prometheus service discovery lists it
+    /// among the targets to scrape.
+    listen: Option<SocketAddr>,
     pub(crate) closing: watch::Receiver<bool>,
     /// Until then the registry is warming up: instances of a previous run are still
     /// re-registering, so its lists may be incomplete.
@@ -82,9 +90,32 @@ impl ControlState {
             registry: Registry::starting_at(config.registry, start),
             config: storage.config,
             events: storage.events,
+            traces: storage.traces,
             token: config.token,
+            listen: None,
             closing,
         }
+    }
+
+    /// Records the address the control plane was bound to, so service discovery can offer
+    /// its own `/metrics` to Prometheus next to the instances'.
+    pub fn listening_on(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// The address to scrape this control plane at: its listen address, with an unspecified
+    /// IP (`0.0.0.0`, `::`) replaced by loopback, since that is no address to connect to.
+    pub fn scrape_address(&self) -> Option<SocketAddr> {
+        self.listen.map(|mut addr| {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            addr
+        })
     }
 
     /// Resolves when the control plane begins to shut down (never, if nothing will tell it).
@@ -111,32 +142,63 @@ impl ControlState {
 /// serialize their writes anyway, and an in-memory database (tests) exists per connection.
 /// A file opens in WAL mode with `synchronous = FULL`; `None` opens a database in memory.
 pub(crate) async fn sqlite(file: Option<&std::path::Path>, schema: &str) -> Result<sqlx::SqlitePool, sqlx::Error> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-    let options = match file {
-        Some(file) => SqliteConnectOptions::new()
-            .filename(file)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5)),
-        None => <SqliteConnectOptions as std::str::FromStr>::from_str("sqlite::memory:")?,
+    sqlite_with(file, schema, sqlx::sqlite::SqliteSynchronous::Full, 1).await
+}
+
+/// [`sqlite`] with a chosen durability and up to `connections` connections (a file only: an
+/// in-memory database gets one, since each connection would see a database of its own).
+pub(crate) async fn sqlite_with(
+    file: Option<&std::path::Path>,
+    schema: &str,
+    synchronous: sqlx::sqlite::SqliteSynchronous,
+    connections: u32,
+) -> Result<sqlx::SqlitePool, sqlx::Error> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    let (options, connections) = match file {
+        Some(file) => (
+            SqliteConnectOptions::new()
+                .filename(file)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(synchronous)
+                .busy_timeout(Duration::from_secs(5)),
+            connections.max(1),
+        ),
+        None => (
+            <SqliteConnectOptions as std::str::FromStr>::from_str("sqlite::memory:")?,
+            1,
+        ),
     };
     let pool = SqlitePoolOptions::new()
-        .max_connections(1)
+        .max_connections(connections)
         .idle_timeout(None)
         .max_lifetime(None)
         .connect_with(options)
         .await?;
-    sqlx::raw_sql(schema).execute(&pool).await?;
+    if !schema.is_empty() {
+        sqlx::raw_sql(schema).execute(&pool).await?;
+    }
     Ok(pool)
 }
 
-/// What the control plane keeps on disk: the config store and the event log.
+/// What the control plane keeps on disk: the config store, the event log and the trace store.
 pub struct Storage {
     /// The config store.
     pub config: ConfigStore,
     /// The event log.
     pub events: EventLog,
+    /// The trace store.
+    pub traces: TraceStore,
+}
+
+/// How the stores that keep data by policy behave: the event log's groups and retention, the
+/// trace store's bounds. `Default` is what `flotilla control` runs with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// Consumer groups and retention of the event log.
+    pub events: LogConfig,
+    /// Bounds of the trace store.
+    pub traces: TraceStoreConfig,
 }
 
 /// Why the control plane's storage could not be opened.
@@ -148,22 +210,27 @@ pub enum StorageError {
     /// The event log.
     #[error(transparent)]
     Events(#[from] events::LogError),
+    /// The trace store.
+    #[error(transparent)]
+    Traces(#[from] telemetry::TraceError),
 }
 
 impl Storage {
-    /// Both, in the data dir (`control.db`, `config.key`, `events.db`).
-    pub async fn open(data_dir: &std::path::Path, log: LogConfig) -> Result<Self, StorageError> {
+    /// All three, in the data dir (`control.db`, `config.key`, `events.db`, `telemetry.db`).
+    pub async fn open(data_dir: &std::path::Path, config: StorageConfig) -> Result<Self, StorageError> {
         Ok(Self {
             config: ConfigStore::open(data_dir).await?,
-            events: EventLog::open(data_dir, log).await?,
+            events: EventLog::open(data_dir, config.events).await?,
+            traces: TraceStore::open(data_dir, config.traces).await?,
         })
     }
 
-    /// Both in memory, for tests.
+    /// All three in memory, for tests.
     pub async fn in_memory() -> Result<Self, StorageError> {
         Ok(Self {
             config: ConfigStore::in_memory().await?,
             events: EventLog::in_memory(LogConfig::default()).await?,
+            traces: TraceStore::in_memory(TraceStoreConfig::default()).await?,
         })
     }
 }
@@ -176,8 +243,9 @@ pub async fn serve(
     storage: Storage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
     let (closing_tx, closing_rx) = watch::channel(false);
-    let state = Arc::new(ControlState::new(config, storage, closing_rx.clone()));
+    let state = Arc::new(ControlState::new(config, storage, closing_rx.clone()).listening_on(addr));
     let retention = tokio::spawn({
         let state = state.clone();
         let mut closing = closing_rx.clone();
@@ -202,7 +270,18 @@ pub async fn serve(
                 .await
         }
     });
-    let addr = listener.local_addr()?;
+    let pruning = tokio::spawn({
+        let state = state.clone();
+        let mut closing = closing_rx.clone();
+        async move {
+            state
+                .traces
+                .run_pruning(async move {
+                    let _ = closing.wait_for(|c| *c).await;
+                })
+                .await
+        }
+    });
     tracing::info!(%addr, "control plane listening");
     let mut closed = closing_rx;
     let server = axum::serve(listener, api::router(state))
@@ -216,6 +295,7 @@ pub async fn serve(
     let _ = closing_tx.send(true);
     let _ = expiry.await;
     let _ = retention.await;
+    let _ = pruning.await;
     match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),

@@ -1,0 +1,716 @@
+//! The trace store: spans received over OTLP/HTTP (`POST /v1/traces`, protobuf or JSON) kept
+//! in SQLite, answered as traces, trace lists and the service dependency graph; with the
+//! control plane's own Prometheus metrics and Prometheus HTTP service discovery over the
+//! registry (see [`http`]).
+//!
+//! The spans live in their own file, `telemetry.db` (WAL), apart from `control.db` and
+//! `events.db`, so a flood of spans never waits on, or makes wait, a registry, config or
+//! event-log write. Spans are telemetry: they are written with `synchronous = NORMAL`, so a
+//! crash may lose the last moments but never corrupts the file. One connection writes (a
+//! request's spans in one transaction, before it is answered); queries read through their own
+//! connections, which WAL lets run beside the writer.
+//!
+//! The store is bounded by count (`max_spans`) and by age (`max_age`): the oldest spans (by
+//! start) are pruned in batches by [`TraceStore::run_pruning`], every half minute and as soon
+//! as an insert takes the store over its count. Freed pages are reused, so the file stops
+//! growing at the size of `max_spans` spans.
+
+pub mod http;
+pub mod metrics;
+pub mod otlp;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_api::telemetry::{
+    Dependency, DependencyGraph, DependencyKind, Span, SpanKind, SpanStatus, Trace, TraceList, TraceQuery, TraceSummary,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use sqlx::sqlite::{SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::Notify;
+
+/// The bounds of the trace store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceStoreConfig {
+    /// At most this many spans are kept; the oldest (by start) go first. At a few hundred
+    /// bytes to a few kilobytes a span, the default keeps the file in the low hundreds of MB.
+    pub max_spans: u64,
+    /// Spans that started longer ago than this are dropped.
+    pub max_age: Duration,
+}
+
+impl Default for TraceStoreConfig {
+    /// 200,000 spans and 24 hours: a day of a laptop's shop, or the last stretch of a load test.
+    fn default() -> Self {
+        Self {
+            max_spans: 200_000,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl TraceStoreConfig {
+    /// Both bounds must leave room for something.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_spans == 0 || self.max_spans > i64::MAX as u64 {
+            return Err(format!("max_spans ({}) must be above zero", self.max_spans));
+        }
+        if self.max_age.is_zero() {
+            return Err("max_age must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a trace store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// An argument is malformed (a trace id, a query parameter).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The argument at fault, as the HTTP API names it.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration cannot be used.
+    #[error("trace store config: {0}")]
+    Config(String),
+    /// A stored row could not be read back (the file was changed by something else).
+    #[error("trace store: stored span unreadable: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("trace store: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> TraceError {
+    TraceError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// `TraceQuery::limit` when none is given.
+pub const DEFAULT_LIMIT: u32 = 20;
+/// The largest `TraceQuery::limit`.
+pub const MAX_LIMIT: u32 = 1000;
+/// How far back the dependency graph looks when not told.
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(3600);
+
+/// Spans deleted per statement while pruning: big enough to keep up with any ingest rate,
+/// small enough that an insert never waits long for the one writing connection.
+const PRUNE_BATCH: i64 = 5000;
+/// How often age is enforced when no insert asks for it sooner.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// Rows per multi-row insert: 16 columns each, well under SQLite's bound on parameters.
+const INSERT_CHUNK: usize = 100;
+
+/// Indexes, each for a query: the trace view and its ordering (`spans_by_trace`, which also
+/// covers a trace's first span and its extent), pruning and the newest-first list
+/// (`spans_by_start`), the list's filters (`spans_by_service`, `spans_by_name`,
+/// `spans_with_errors`), and the dependency graph's windowed scan by kind (`spans_by_kind`);
+/// the primary key finds a span's parent. A span's own duration has a column but no index: no
+/// query filters on it (a trace's duration spans several spans).
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spans (
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    service TEXT NOT NULL,
+    instance TEXT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    duration_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_message TEXT,
+    peer_service TEXT,
+    attributes TEXT NOT NULL,
+    events TEXT NOT NULL,
+    links TEXT NOT NULL,
+    PRIMARY KEY (trace_id, span_id)
+);
+CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id, start_ns, end_ns);
+CREATE INDEX IF NOT EXISTS spans_by_start ON spans (start_ns);
+CREATE INDEX IF NOT EXISTS spans_by_service ON spans (service, trace_id);
+CREATE INDEX IF NOT EXISTS spans_by_name ON spans (name, trace_id);
+CREATE INDEX IF NOT EXISTS spans_by_kind ON spans (kind, start_ns);
+CREATE INDEX IF NOT EXISTS spans_with_errors ON spans (trace_id) WHERE status = 'error';";
+
+const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, name, kind, start_ns, end_ns, status, status_message, attributes, events, links";
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn kind_str(kind: SpanKind) -> &'static str {
+    match kind {
+        SpanKind::Internal => "internal",
+        SpanKind::Server => "server",
+        SpanKind::Client => "client",
+        SpanKind::Producer => "producer",
+        SpanKind::Consumer => "consumer",
+    }
+}
+
+fn parse_kind(text: &str) -> Result<SpanKind, TraceError> {
+    Ok(match text {
+        "internal" => SpanKind::Internal,
+        "server" => SpanKind::Server,
+        "client" => SpanKind::Client,
+        "producer" => SpanKind::Producer,
+        "consumer" => SpanKind::Consumer,
+        other => return Err(TraceError::Corrupt(format!("kind `{other}`"))),
+    })
+}
+
+fn status_str(status: SpanStatus) -> &'static str {
+    match status {
+        SpanStatus::Unset => "unset",
+        SpanStatus::Ok => "ok",
+        SpanStatus::Error => "error",
+    }
+}
+
+fn parse_status(text: &str) -> Result<SpanStatus, TraceError> {
+    Ok(match text {
+        "unset" => SpanStatus::Unset,
+        "ok" => SpanStatus::Ok,
+        "error" => SpanStatus::Error,
+        other => return Err(TraceError::Corrupt(format!("status `{other}`"))),
+    })
+}
+
+/// A trace id as the store keys it: 32 hex digits, lowercased.
+pub fn normalize_trace_id(text: &str) -> Result<String, TraceError> {
+    if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(invalid("trace_id", format!("`{text}` is not 32 hex digits")))
+    }
+}
+
+/// What an export request did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Spans written (a re-sent span replaces its earlier copy).
+    pub stored: u64,
+    /// Spans refused as malformed.
+    pub rejected: u64,
+    /// Why, when some were refused (OTLP's `partial_success.error_message`).
+    pub message: Option<String>,
+}
+
+/// The store's counters since it was opened, and its size now: what `/metrics` shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceStats {
+    /// Spans received over OTLP, well-formed or not.
+    pub received: u64,
+    /// Of them, refused as malformed.
+    pub rejected: u64,
+    /// Spans written.
+    pub stored: u64,
+    /// Spans dropped to keep within the bounds.
+    pub pruned: u64,
+    /// Spans in the store now.
+    pub spans: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    received: AtomicU64,
+    rejected: AtomicU64,
+    stored: AtomicU64,
+    pruned: AtomicU64,
+    /// The row count, refreshed while the writing connection is held, so it is exact.
+    spans: AtomicU64,
+}
+
+/// The trace store. Share it behind an `Arc`; all methods take `&self`.
+pub struct TraceStore {
+    /// The one connection that writes.
+    writer: SqlitePool,
+    /// Connections for queries (the writer itself for an in-memory store).
+    reader: SqlitePool,
+    config: TraceStoreConfig,
+    counters: Counters,
+    /// Told when an insert takes the store over `max_spans`.
+    over_bound: Notify,
+}
+
+impl std::fmt::Debug for TraceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceStore")
+            .field("config", &self.config)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TraceStore {
+    /// The store in `data_dir/telemetry.db`, with what an earlier run left in it.
+    pub async fn open(data_dir: &Path, config: TraceStoreConfig) -> Result<Self, TraceError> {
+        config.validate().map_err(TraceError::Config)?;
+        let file = data_dir.join("telemetry.db");
+        let writer = crate::sqlite_with(Some(&file), SCHEMA, SqliteSynchronous::Normal, 1).await?;
+        // Two readers: the machine's cores, not the number of dashboards, bound useful queries.
+        let reader = crate::sqlite_with(Some(&file), "", SqliteSynchronous::Normal, 2).await?;
+        Self::with(writer, reader, config).await
+    }
+
+    /// A store in memory, for tests.
+    pub async fn in_memory(config: TraceStoreConfig) -> Result<Self, TraceError> {
+        config.validate().map_err(TraceError::Config)?;
+        let pool = crate::sqlite(None, SCHEMA).await?;
+        Self::with(pool.clone(), pool, config).await
+    }
+
+    async fn with(writer: SqlitePool, reader: SqlitePool, config: TraceStoreConfig) -> Result<Self, TraceError> {
+        let store = Self {
+            writer,
+            reader,
+            config,
+            counters: Counters::default(),
+            over_bound: Notify::new(),
+        };
+        let mut conn = store.writer.acquire().await?;
+        store.refresh_count(&mut conn).await?;
+        Ok(store)
+    }
+
+    /// The bounds it keeps.
+    pub fn config(&self) -> TraceStoreConfig {
+        self.config
+    }
+
+    /// Counters and size.
+    pub fn stats(&self) -> TraceStats {
+        let c = &self.counters;
+        TraceStats {
+            received: c.received.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            stored: c.stored.load(Ordering::Relaxed),
+            pruned: c.pruned.load(Ordering::Relaxed),
+            spans: c.spans.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The database's size in bytes (pages in use and free, the write-ahead log's committed
+    /// pages included).
+    pub async fn size_bytes(&self) -> Result<u64, TraceError> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&self.reader).await?;
+        let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&self.reader).await?;
+        Ok((pages.max(0) as u64).saturating_mul(size.max(0) as u64))
+    }
+
+    async fn refresh_count(&self, conn: &mut sqlx::SqliteConnection) -> Result<u64, TraceError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spans")
+            .fetch_one(&mut *conn)
+            .await?;
+        let count = count.max(0) as u64;
+        self.counters.spans.store(count, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// Converts and stores the spans of an OTLP export request; counts what it received,
+    /// refused and stored.
+    pub async fn ingest(&self, request: ExportTraceServiceRequest) -> Result<Ingested, TraceError> {
+        let converted = otlp::convert(request);
+        let c = &self.counters;
+        c.received
+            .fetch_add(converted.spans.len() as u64 + converted.rejected, Ordering::Relaxed);
+        c.rejected.fetch_add(converted.rejected, Ordering::Relaxed);
+        let stored = self.insert(&converted.spans).await?;
+        Ok(Ingested {
+            stored,
+            rejected: converted.rejected,
+            message: converted.message(),
+        })
+    }
+
+    /// Stores spans in one transaction, durable (up to `synchronous = NORMAL`) when it
+    /// returns. A span already stored under its (trace, span) ids is replaced, not repeated.
+    pub async fn insert(&self, spans: &[Span]) -> Result<u64, TraceError> {
+        if spans.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.writer.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        for chunk in spans.chunks(INSERT_CHUNK) {
+            let marks = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_span_id, service, instance, name, kind, start_ns, end_ns, duration_ns, status, status_message, peer_service, attributes, events, links) VALUES {marks}"
+            );
+            let mut insert = sqlx::query(&sql);
+            for span in chunk {
+                let peer_service = span
+                    .attributes
+                    .get("peer.service")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
+                let json = |what: &'static str, v: Result<String, serde_json::Error>| {
+                    v.map_err(|e| invalid(what, e.to_string()))
+                };
+                insert = insert
+                    .bind(&span.trace_id)
+                    .bind(&span.span_id)
+                    .bind(&span.parent_span_id)
+                    .bind(&span.service)
+                    .bind(&span.instance)
+                    .bind(&span.name)
+                    .bind(kind_str(span.kind))
+                    .bind(i64::try_from(span.start_unix_nano).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(span.end_unix_nano).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(span.duration_nanos()).unwrap_or(i64::MAX))
+                    .bind(status_str(span.status))
+                    .bind(&span.status_message)
+                    .bind(peer_service)
+                    .bind(json("attributes", serde_json::to_string(&span.attributes))?)
+                    .bind(json("events", serde_json::to_string(&span.events))?)
+                    .bind(json("links", serde_json::to_string(&span.links))?);
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spans")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        // Still holding the writer: no prune can slip between the count and its recording.
+        self.counters.spans.store(count.max(0) as u64, Ordering::Relaxed);
+        drop(conn);
+        let stored = spans.len() as u64;
+        self.counters.stored.fetch_add(stored, Ordering::Relaxed);
+        if count.max(0) as u64 > self.config.max_spans {
+            self.over_bound.notify_one();
+        }
+        Ok(stored)
+    }
+
+    /// Every stored span of a trace, earliest first; `None` when none is stored.
+    pub async fn trace(&self, trace_id: &str) -> Result<Option<Trace>, TraceError> {
+        let trace_id = normalize_trace_id(trace_id)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, end_ns, span_id"
+        ))
+        .bind(&trace_id)
+        .fetch_all(&self.reader)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let spans = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Trace { trace_id, spans }))
+    }
+
+    /// The newest traces that match, newest (by their earliest span's start) first. A trace
+    /// matches `service` and `operation` when one of its spans has that service and that
+    /// name (both, when both are given); `min_duration_ms` and `errors` apply to the trace
+    /// as a whole.
+    pub async fn list(&self, query: &TraceQuery) -> Result<TraceList, TraceError> {
+        let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(invalid("limit", format!("{limit} is not within 1..={MAX_LIMIT}")));
+        }
+        for (field, value) in [("service", &query.service), ("operation", &query.operation)] {
+            if value.as_deref() == Some("") {
+                return Err(invalid(field, "is empty"));
+            }
+        }
+        // Each trace is found at its earliest span (ties broken as the index orders them), so
+        // walking spans newest first meets traces newest first, and the limit ends the walk.
+        let mut sql = String::from(
+            "SELECT s.trace_id FROM spans s WHERE s.rowid = (SELECT x.rowid FROM spans x WHERE x.trace_id = s.trace_id ORDER BY x.start_ns, x.end_ns, x.rowid LIMIT 1)",
+        );
+        let mut texts: Vec<&str> = Vec::new();
+        match (query.service.as_deref(), query.operation.as_deref()) {
+            (Some(service), Some(operation)) => {
+                sql.push_str(" AND s.trace_id IN (SELECT trace_id FROM spans WHERE service = ? AND name = ?)");
+                texts.extend([service, operation]);
+            }
+            (Some(service), None) => {
+                sql.push_str(" AND s.trace_id IN (SELECT trace_id FROM spans WHERE service = ?)");
+                texts.push(service);
+            }
+            (None, Some(operation)) => {
+                sql.push_str(" AND s.trace_id IN (SELECT trace_id FROM spans WHERE name = ?)");
+                texts.push(operation);
+            }
+            (None, None) => {}
+        }
+        if query.errors {
+            sql.push_str(" AND s.trace_id IN (SELECT trace_id FROM spans WHERE status = 'error')");
+        }
+        let min_duration = query
+            .min_duration_ms
+            .map(|ms| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX));
+        if min_duration.is_some() {
+            sql.push_str(" AND (SELECT MAX(x.end_ns) FROM spans x WHERE x.trace_id = s.trace_id) - s.start_ns >= ?");
+        }
+        sql.push_str(" ORDER BY s.start_ns DESC, s.trace_id DESC LIMIT ?");
+        let mut select = sqlx::query_scalar::<_, String>(&sql);
+        for text in texts {
+            select = select.bind(text);
+        }
+        if let Some(min) = min_duration {
+            select = select.bind(min);
+        }
+        let ids = select.bind(i64::from(limit)).fetch_all(&self.reader).await?;
+        let summaries = self.summaries(&ids).await?;
+        Ok(TraceList {
+            traces: ids.iter().filter_map(|id| summaries.get(id).cloned()).collect(),
+        })
+    }
+
+    /// Summaries of the given traces, from the few columns a summary needs.
+    async fn summaries(&self, ids: &[String]) -> Result<HashMap<String, TraceSummary>, TraceError> {
+        struct Acc {
+            summary: TraceSummary,
+            end: u64,
+            /// (is not a root, start) of the span the summary is named after: roots first.
+            named_by: (bool, u64),
+            services: BTreeSet<String>,
+        }
+        let mut acc: HashMap<String, Acc> = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT trace_id, service, name, parent_span_id IS NOT NULL AS child, start_ns, end_ns, status = 'error' AS failed FROM spans WHERE trace_id IN ({marks})"
+            );
+            let mut select = sqlx::query(&sql);
+            for id in chunk {
+                select = select.bind(id);
+            }
+            for row in select.fetch_all(&self.reader).await? {
+                let trace_id: String = row.try_get("trace_id")?;
+                let service: String = row.try_get("service")?;
+                let name: String = row.try_get("name")?;
+                let child: bool = row.try_get("child")?;
+                let start = row.try_get::<i64, _>("start_ns")?.max(0) as u64;
+                let end = row.try_get::<i64, _>("end_ns")?.max(0) as u64;
+                let failed: bool = row.try_get("failed")?;
+                let a = acc.entry(trace_id.clone()).or_insert_with(|| Acc {
+                    summary: TraceSummary {
+                        trace_id,
+                        root_service: service.clone(),
+                        root_name: name.clone(),
+                        start_unix_nano: start,
+                        duration_nanos: 0,
+                        span_count: 0,
+                        error_count: 0,
+                        services: Vec::new(),
+                    },
+                    end,
+                    named_by: (child, start),
+                    services: BTreeSet::new(),
+                });
+                if (child, start) < a.named_by {
+                    a.named_by = (child, start);
+                    a.summary.root_service = service.clone();
+                    a.summary.root_name = name;
+                }
+                a.summary.start_unix_nano = a.summary.start_unix_nano.min(start);
+                a.end = a.end.max(end);
+                a.summary.span_count += 1;
+                a.summary.error_count += u64::from(failed);
+                a.services.insert(service);
+            }
+        }
+        Ok(acc
+            .into_iter()
+            .map(|(id, a)| {
+                let mut summary = a.summary;
+                summary.duration_nanos = a.end.saturating_sub(summary.start_unix_nano);
+                summary.services = a.services.into_iter().collect();
+                (id, summary)
+            })
+            .collect())
+    }
+
+    /// The service dependency graph of the spans that started in the last `lookback`.
+    pub async fn dependencies(&self, lookback: Duration) -> Result<DependencyGraph, TraceError> {
+        self.dependencies_at(now_nanos(), lookback).await
+    }
+
+    /// The graph as of `now` (nanoseconds since the Unix epoch).
+    ///
+    /// Edges come from joins on (trace id, parent span id), counted on the callee's span
+    /// (calls, errors, nearest-rank p50 and p99 of its duration) all inside SQLite, so no
+    /// span is loaded into memory:
+    /// * `http`: a server span whose parent is stored and belongs to another service; or a
+    ///   client span naming a `peer.service` whose server span was not stored (the callee is
+    ///   not instrumented, or its spans are lost), counted on the client span;
+    /// * `event`: a consumer span whose parent is a producer span of another service.
+    ///
+    /// (`+c.kind` keeps SQLite from looking a client's children up by kind, all server spans
+    /// of the window, rather than by trace.)
+    pub(crate) async fn dependencies_at(&self, now: i64, lookback: Duration) -> Result<DependencyGraph, TraceError> {
+        let since = now.saturating_sub(nanos(lookback));
+        let rows = sqlx::query(
+            "WITH edges AS (
+                SELECT p.service AS caller, s.service AS callee, 'http' AS kind, s.duration_ns AS d, s.status = 'error' AS failed
+                FROM spans s JOIN spans p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
+                WHERE s.kind = 'server' AND s.start_ns >= ?1 AND p.service <> s.service
+              UNION ALL
+                SELECT s.service, s.peer_service, 'http', s.duration_ns, s.status = 'error'
+                FROM spans s
+                WHERE s.kind = 'client' AND s.start_ns >= ?1 AND s.peer_service IS NOT NULL AND s.peer_service <> s.service
+                  AND NOT EXISTS (SELECT 1 FROM spans c WHERE c.trace_id = s.trace_id AND c.parent_span_id = s.span_id AND +c.kind = 'server')
+              UNION ALL
+                SELECT p.service, s.service, 'event', s.duration_ns, s.status = 'error'
+                FROM spans s JOIN spans p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
+                WHERE s.kind = 'consumer' AND s.start_ns >= ?1 AND p.kind = 'producer' AND p.service <> s.service
+            ),
+            ranked AS (
+                SELECT caller, callee, kind, d, failed,
+                       ROW_NUMBER() OVER (PARTITION BY caller, callee, kind ORDER BY d) AS rank,
+                       COUNT(*) OVER (PARTITION BY caller, callee, kind) AS n
+                FROM edges
+            )
+            SELECT caller, callee, kind, MAX(n) AS calls, SUM(failed) AS errors,
+                   MIN(CASE WHEN rank = MAX((n * 50 + 99) / 100, 1) THEN d END) AS p50,
+                   MIN(CASE WHEN rank = MAX((n * 99 + 99) / 100, 1) THEN d END) AS p99
+            FROM ranked GROUP BY caller, callee, kind ORDER BY caller, callee, kind",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut edges = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kind: String = row.try_get("kind")?;
+            let calls = row.try_get::<i64, _>("calls")?.max(0) as u64;
+            let errors = row.try_get::<i64, _>("errors")?.max(0) as u64;
+            let ms = |column: &str| -> Result<f64, TraceError> {
+                Ok(row.try_get::<Option<i64>, _>(column)?.unwrap_or(0) as f64 / 1e6)
+            };
+            edges.push(Dependency {
+                caller: row.try_get("caller")?,
+                callee: row.try_get("callee")?,
+                kind: if kind == "event" {
+                    DependencyKind::Event
+                } else {
+                    DependencyKind::Http
+                },
+                calls,
+                errors,
+                error_rate: if calls == 0 { 0.0 } else { errors as f64 / calls as f64 },
+                p50_ms: ms("p50")?,
+                p99_ms: ms("p99")?,
+            });
+        }
+        let mut services: BTreeSet<String> =
+            sqlx::query_scalar("SELECT DISTINCT service FROM spans WHERE start_ns >= ?")
+                .bind(since)
+                .fetch_all(&self.reader)
+                .await?
+                .into_iter()
+                .collect();
+        // A `peer.service` with no spans of its own is still a node of the graph.
+        services.extend(edges.iter().flat_map(|e| [e.caller.clone(), e.callee.clone()]));
+        Ok(DependencyGraph {
+            services: services.into_iter().collect(),
+            edges,
+        })
+    }
+
+    /// Drops spans older than `max_age`, then the oldest beyond `max_spans`; returns how
+    /// many went.
+    pub async fn prune(&self) -> Result<u64, TraceError> {
+        self.prune_at(now_nanos()).await
+    }
+
+    /// [`TraceStore::prune`] as of `now` (nanoseconds since the Unix epoch). Each batch is
+    /// its own statement, and the writer is let go between batches, so inserts go on.
+    pub(crate) async fn prune_at(&self, now: i64) -> Result<u64, TraceError> {
+        let cutoff = now.saturating_sub(nanos(self.config.max_age));
+        let max = i64::try_from(self.config.max_spans).unwrap_or(i64::MAX);
+        let mut pruned = 0;
+        loop {
+            let mut conn = self.writer.acquire().await?;
+            // Old spans first; then, if still too many, the oldest of the rest.
+            let mut gone = sqlx::query(
+                "DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans WHERE start_ns < ? ORDER BY start_ns LIMIT ?)",
+            )
+            .bind(cutoff)
+            .bind(PRUNE_BATCH)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if gone == 0 {
+                let excess = (self.refresh_count(&mut conn).await? as i64).saturating_sub(max);
+                if excess > 0 {
+                    gone = sqlx::query(
+                        "DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans ORDER BY start_ns LIMIT ?)",
+                    )
+                    .bind(excess.min(PRUNE_BATCH))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                }
+            }
+            self.refresh_count(&mut conn).await?;
+            drop(conn);
+            pruned += gone;
+            self.counters.pruned.fetch_add(gone, Ordering::Relaxed);
+            if gone == 0 {
+                return Ok(pruned);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Prunes every half minute, and whenever an insert takes the store over `max_spans`,
+    /// until `shutdown`.
+    pub async fn run_pruning(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {}
+                _ = self.over_bound.notified() => {}
+            }
+            match self.prune().await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::debug!(pruned, "trace store pruned"),
+                Err(err) => tracing::error!(error = %err, "trace store pruning failed"),
+            }
+        }
+    }
+}
+
+fn span_from_row(row: &SqliteRow) -> Result<Span, TraceError> {
+    let json = |column: &str| -> Result<String, TraceError> { Ok(row.try_get::<String, _>(column)?) };
+    let corrupt = |column: &str, e: serde_json::Error| TraceError::Corrupt(format!("{column}: {e}"));
+    let attributes: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&json("attributes")?).map_err(|e| corrupt("attributes", e))?;
+    Ok(Span {
+        trace_id: row.try_get("trace_id")?,
+        span_id: row.try_get("span_id")?,
+        parent_span_id: row.try_get("parent_span_id")?,
+        service: row.try_get("service")?,
+        instance: row.try_get("instance")?,
+        name: row.try_get("name")?,
+        kind: parse_kind(&row.try_get::<String, _>("kind")?)?,
+        start_unix_nano: row.try_get::<i64, _>("start_ns")?.max(0) as u64,
+        end_unix_nano: row.try_get::<i64, _>("end_ns")?.max(0) as u64,
+        status: parse_status(&row.try_get::<String, _>("status")?)?,
+        status_message: row.try_get("status_message")?,
+        attributes,
+        events: serde_json::from_str(&json("events")?).map_err(|e| corrupt("events", e))?,
+        links: serde_json::from_str(&json("links")?).map_err(|e| corrupt("links", e))?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
