@@ -228,12 +228,12 @@ async fn service_discovery(State(state): State<Arc<ControlState>>) -> Json<Vec<S
 
 /// The target groups `GET /v1/sd/prometheus` answers.
 pub fn scrape_targets(state: &ControlState) -> Vec<ScrapeTargetGroup> {
-    let group = |address: String, service: &str, instance: &str| ScrapeTargetGroup {
+    let group = |address: String, service: &str, instance: &str, path: &str| ScrapeTargetGroup {
         targets: vec![address],
         labels: BTreeMap::from([
             ("service".to_owned(), service.to_owned()),
             ("instance".to_owned(), instance.to_owned()),
-            ("__metrics_path__".to_owned(), "/metrics".to_owned()),
+            ("__metrics_path__".to_owned(), path.to_owned()),
         ]),
     };
     let mut groups: Vec<ScrapeTargetGroup> = state
@@ -241,10 +241,18 @@ pub fn scrape_targets(state: &ControlState) -> Vec<ScrapeTargetGroup> {
         .list(None)
         .instances
         .into_iter()
-        .map(|i| group(i.address, &i.service, &i.instance_id))
+        .map(|i| {
+            // An instance that serves its metrics elsewhere says so (the gateway: `/-/metrics`).
+            let path = i
+                .metadata
+                .get(flotilla_api::registry::meta::METRICS_PATH)
+                .filter(|p| p.starts_with('/'))
+                .map_or("/metrics", String::as_str);
+            group(i.address.clone(), &i.service, &i.instance_id, path)
+        })
         .collect();
     if let Some(addr) = state.scrape_address() {
-        groups.push(group(addr.to_string(), "control", "control"));
+        groups.push(group(addr.to_string(), "control", "control", "/metrics"));
     }
     groups
 }
@@ -264,8 +272,7 @@ async fn render_metrics(State(state): State<Arc<ControlState>>) -> impl IntoResp
         max_spans: state.traces.config().max_spans,
         store_bytes,
     };
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&snapshot),
-    )
+    let mut text = metrics::render(&snapshot);
+    text.push_str(&flotilla::telemetry::metrics::render_process());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
 }
