@@ -177,10 +177,7 @@ impl Gateway {
         response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
         let status = response.status().as_u16();
         let route_name = if route.is_empty() { "unrouted" } else { route.as_str() };
-        span.record(
-            "otel.name",
-            tracing::field::display(format_args!("{method} {route_name}")),
-        );
+        flotilla::telemetry::span::rename(span, format!("{method} {route_name}"));
         span.record("http.route", route_name);
         flotilla::telemetry::span::record_http_status(span, status);
         if let Some(err) = error.as_ref().filter(|_| status >= 500) {

@@ -471,6 +471,24 @@ mod tests {
     }
 
     #[test]
+    fn every_catalogued_metric_is_documented_with_its_type_and_labels() {
+        let docs = include_str!("../../../../docs/observability.md");
+        for doc in CATALOG {
+            let labels = if doc.labels.is_empty() {
+                "–".to_owned()
+            } else {
+                doc.labels
+                    .iter()
+                    .map(|l| format!("`{l}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let row = format!("| `{}` | {} | {labels} |", doc.name, doc.kind.as_str());
+            assert!(docs.contains(&row), "docs/observability.md lacks `{row}`");
+        }
+    }
+
+    #[test]
     fn every_catalogued_name_is_unique_and_well_formed() {
         let mut names: Vec<_> = CATALOG.iter().map(|m| m.name).collect();
         names.sort_unstable();
