@@ -14,14 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{http_request, System};
+use support::{customer, http_request, json_of, System};
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
-
-fn json_of(answer: (u16, String)) -> (u16, Value) {
-    (answer.0, serde_json::from_str(&answer.1).unwrap_or(Value::Null))
-}
 
 fn start() -> System {
     let system = System::start_with_env(
@@ -54,36 +50,6 @@ fn control_get(system: &System, path: &str) -> (u16, Value) {
         )
         .unwrap(),
     )
-}
-
-/// Signs a customer up and returns their access token.
-fn customer(system: &System, email: &str) -> String {
-    let body = json!({"email": email, "password": "correct horse battery", "name": "Ana"}).to_string();
-    let (status, answer) = http_request(
-        system.gateway,
-        "POST",
-        "/api/v1/accounts",
-        &[("Content-Type", "application/json")],
-        &body,
-    )
-    .unwrap();
-    assert_eq!(status, 201, "{answer}");
-    let form = format!(
-        "grant_type=password&client_id=shop-web&username={}&password=correct+horse+battery",
-        email.replace('@', "%40")
-    );
-    let (status, tokens) = json_of(
-        http_request(
-            system.gateway,
-            "POST",
-            "/oauth2/token",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            &form,
-        )
-        .unwrap(),
-    );
-    assert_eq!(status, 200, "{tokens}");
-    tokens["access_token"].as_str().unwrap().to_owned()
 }
 
 /// Places one order under a trace the test started, and waits until it is confirmed and the

@@ -11,41 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{http_get, http_request, System};
-
-fn json_of(answer: (u16, String)) -> (u16, Value) {
-    (answer.0, serde_json::from_str(&answer.1).unwrap_or(Value::Null))
-}
-
-/// Signs a customer up and returns their access token.
-fn customer(system: &System, email: &str) -> String {
-    let body = json!({"email": email, "password": "correct horse battery", "name": "Ana"}).to_string();
-    let (status, answer) = http_request(
-        system.gateway,
-        "POST",
-        "/api/v1/accounts",
-        &[("Content-Type", "application/json")],
-        &body,
-    )
-    .unwrap();
-    assert_eq!(status, 201, "{answer}");
-    let form = format!(
-        "grant_type=password&client_id=shop-web&username={}&password=correct+horse+battery",
-        email.replace('@', "%40")
-    );
-    let (status, tokens) = json_of(
-        http_request(
-            system.gateway,
-            "POST",
-            "/oauth2/token",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            &form,
-        )
-        .unwrap(),
-    );
-    assert_eq!(status, 200, "{tokens}");
-    tokens["access_token"].as_str().unwrap().to_owned()
-}
+use support::{customer, http_get, http_request, json_of, System};
 
 fn get(system: &System, path: &str, token: &str) -> (u16, Value) {
     json_of(

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde_json::{json, Value};
+
 pub use flotilla_bench::load;
 pub use flotilla_bench::procs::{alive, descendants, free_addr, http_get, http_request};
 pub use flotilla_bench::system::System;
@@ -22,4 +24,39 @@ pub fn repo_root() -> PathBuf {
 /// `flotilla up` with the shipped manifest, on free ports in a temp dir.
 pub fn start(extra: &[&str]) -> System {
     System::start(Path::new(flotilla()), &repo_root(), extra)
+}
+
+/// An answer's status and JSON body (`null` when the body is not JSON).
+pub fn json_of(answer: (u16, String)) -> (u16, Value) {
+    (answer.0, serde_json::from_str(&answer.1).unwrap_or(Value::Null))
+}
+
+/// Signs a customer up through the gateway and returns their access token.
+pub fn customer(system: &System, email: &str) -> String {
+    let body = json!({"email": email, "password": "correct horse battery", "name": "Ana"}).to_string();
+    let (status, answer) = http_request(
+        system.gateway,
+        "POST",
+        "/api/v1/accounts",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{answer}");
+    let form = format!(
+        "grant_type=password&client_id=shop-web&username={}&password=correct+horse+battery",
+        email.replace('@', "%40")
+    );
+    let (status, tokens) = json_of(
+        http_request(
+            system.gateway,
+            "POST",
+            "/oauth2/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &form,
+        )
+        .unwrap(),
+    );
+    assert_eq!(status, 200, "{tokens}");
+    tokens["access_token"].as_str().unwrap().to_owned()
 }

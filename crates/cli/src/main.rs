@@ -51,15 +51,8 @@ enum Command {
     },
     /// Show services and instances as the control plane sees them.
     Status {
-        /// The control plane's address.
-        #[arg(long, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
-        control_addr: String,
-        /// The data dir holding the token.
-        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
-        data_dir: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// Change how many instances of a service a running `flotilla up` runs.
     Scale {
@@ -212,7 +205,7 @@ enum Command {
     },
 }
 
-/// How a telemetry command reaches the control plane, and how it answers.
+/// How a command that asks the control plane reaches it, and how it answers.
 #[derive(Args, Clone)]
 struct ControlArgs {
     /// The control plane's address.
@@ -512,9 +505,11 @@ async fn run(cli: Cli) -> Result<()> {
             supervisor::up(options, runtime::shutdown_signal()).await?;
         }
         Command::Status {
-            control_addr,
-            data_dir,
-            output,
+            control: ControlArgs {
+                control_addr,
+                data_dir,
+                output,
+            },
         } => {
             let token = token::read(&data_dir).ok().flatten();
             let client = RegistryClient::new(&control_addr, token);

@@ -246,41 +246,21 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let (closing_tx, closing_rx) = watch::channel(false);
     let state = Arc::new(ControlState::new(config, storage, closing_rx.clone()).listening_on(addr));
+    // Each background task runs until the control plane begins to close.
+    let until_closing = |mut closing: watch::Receiver<bool>| async move {
+        let _ = closing.wait_for(|c| *c).await;
+    };
     let retention = tokio::spawn({
-        let state = state.clone();
-        let mut closing = closing_rx.clone();
-        async move {
-            state
-                .events
-                .run_retention(async move {
-                    let _ = closing.wait_for(|c| *c).await;
-                })
-                .await
-        }
+        let (state, closing) = (state.clone(), until_closing(closing_rx.clone()));
+        async move { state.events.run_retention(closing).await }
     });
     let expiry = tokio::spawn({
-        let state = state.clone();
-        let mut closing = closing_rx.clone();
-        async move {
-            state
-                .registry
-                .run_expiry(async move {
-                    let _ = closing.wait_for(|c| *c).await;
-                })
-                .await
-        }
+        let (state, closing) = (state.clone(), until_closing(closing_rx.clone()));
+        async move { state.registry.run_expiry(closing).await }
     });
     let pruning = tokio::spawn({
-        let state = state.clone();
-        let mut closing = closing_rx.clone();
-        async move {
-            state
-                .traces
-                .run_pruning(async move {
-                    let _ = closing.wait_for(|c| *c).await;
-                })
-                .await
-        }
+        let (state, closing) = (state.clone(), until_closing(closing_rx.clone()));
+        async move { state.traces.run_pruning(closing).await }
     });
     tracing::info!(%addr, "control plane listening");
     let mut closed = closing_rx;
