@@ -505,11 +505,12 @@ async fn run(cli: Cli) -> Result<()> {
             supervisor::up(options, runtime::shutdown_signal()).await?;
         }
         Command::Status {
-            control: ControlArgs {
-                control_addr,
-                data_dir,
-                output,
-            },
+            control:
+                ControlArgs {
+                    control_addr,
+                    data_dir,
+                    output,
+                },
         } => {
             let token = token::read(&data_dir).ok().flatten();
             let client = RegistryClient::new(&control_addr, token);

@@ -18,12 +18,12 @@ pub mod rescue;
 pub mod routes;
 pub mod tls;
 
+use flotilla::telemetry::edge::{EdgeSpan, Outcome};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -109,15 +109,15 @@ impl Gateway {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let span = flotilla::telemetry::span::server(request.method(), "", request.uri().path(), request.headers());
-        self.handle_in_span(request, peer, &span).instrument(span.clone()).await
+        let edge = EdgeSpan::start(request.headers());
+        self.handle_at_edge(request, peer, edge).await
     }
 
-    async fn handle_in_span(
+    async fn handle_at_edge(
         self: Arc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
-        span: &tracing::Span,
+        edge: EdgeSpan,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let request_id = request
@@ -164,7 +164,7 @@ impl Gateway {
                     (Ok(()), None) => Err(GatewayError::NoRoute(normal.clone())),
                     (Ok(()), Some(route)) => {
                         matched = Some(route);
-                        proxy::forward(route, request, &normal, peer, &request_id, &attempts).await
+                        proxy::forward(route, request, &normal, peer, &request_id, &attempts, &edge).await
                     }
                 };
                 let route = matched.map(|r| r.name.clone()).unwrap_or_default();
@@ -176,19 +176,22 @@ impl Gateway {
         };
         response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
         let status = response.status().as_u16();
-        let route_name = if route.is_empty() { "unrouted" } else { route.as_str() };
-        flotilla::telemetry::span::rename(span, format!("{method} {route_name}"));
-        span.record("http.route", route_name);
-        flotilla::telemetry::span::record_http_status(span, status);
-        if let Some(err) = error.as_ref().filter(|_| status >= 500) {
-            flotilla::telemetry::span::record_error(span, err);
-        }
         let millis = started.elapsed().as_secs_f64() * 1000.0;
         let retries = attempts.count().saturating_sub(1);
         // The endpoints tried are copied out only when a log line will show them.
         let logged = error.is_some() || tracing::enabled!(target: "access", tracing::Level::INFO);
         let tried = if logged { attempts.tried() } else { Vec::new() };
         let upstream = tried.last().cloned().unwrap_or_default();
+        let trace_id = edge.trace_id();
+        edge.finish(&Outcome {
+            method: &method,
+            route: &route,
+            path: &path,
+            status,
+            upstream: &upstream,
+            error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
+        });
+        let trace_id = trace_id.map(tracing::field::display);
         let counters = matched.map_or(&self.unrouted, |r| &r.metrics);
         counters.observe(status, started.elapsed(), retries);
         if let Some(GatewayError::Call(err)) = &error {
@@ -198,6 +201,7 @@ impl Gateway {
             None if retries == 0 => tracing::info!(
                 target: "access",
                 request_id = request_id_str(&request_id),
+                trace_id,
                 %method, %path, status, route, upstream, duration_ms = format_args!("{millis:.2}"),
                 client = %peer.ip(),
                 "{method} {path} {status}"
@@ -205,6 +209,7 @@ impl Gateway {
             None => tracing::info!(
                 target: "access",
                 request_id = request_id_str(&request_id),
+                trace_id,
                 %method, %path, status, route, upstream, duration_ms = format_args!("{millis:.2}"),
                 client = %peer.ip(), retries, tried = %tried.join(","),
                 "{method} {path} {status}"
@@ -212,6 +217,7 @@ impl Gateway {
             Some(err) => tracing::warn!(
                 target: "access",
                 request_id = request_id_str(&request_id),
+                trace_id,
                 %method, %path, status, route, duration_ms = format_args!("{millis:.2}"),
                 client = %peer.ip(), retries, tried = %tried.join(","), error = %err,
                 "{method} {path} {status}"

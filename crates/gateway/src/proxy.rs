@@ -2,6 +2,7 @@
 //! small, send it through the route's resilient stack, and hand the response back with its
 //! body streaming.
 
+use flotilla::telemetry::edge::EdgeSpan;
 use std::net::SocketAddr;
 
 use flotilla::balance::HashKey;
@@ -189,6 +190,7 @@ pub async fn forward(
     peer: SocketAddr,
     request_id: &HeaderValue,
     attempts: &Attempts,
+    edge: &EdgeSpan,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let (remaining, identity) = match admit(route, &request, peer).await? {
         Admission::Answer(response) => return Ok(response),
@@ -256,7 +258,7 @@ pub async fn forward(
     );
     headers.insert(REQUEST_ID.clone(), request_id.clone());
     // Upstream, this request's parent is the gateway's span (not the client's).
-    flotilla::telemetry::propagation::inject(&tracing::Span::current(), headers);
+    edge.inject(headers);
     for name in &IDENTITY_HEADERS {
         headers.remove(name);
     }

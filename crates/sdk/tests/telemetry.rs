@@ -1,6 +1,8 @@
 //! One trace across a request, the call it makes, its database work and the event it emits:
 //! exported as OTLP to a collector, with every parent link right.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 

@@ -60,8 +60,8 @@ pub struct OtlpExporter {
 }
 
 impl OtlpExporter {
-    /// An exporter posting to `endpoint`.
-    pub fn new(endpoint: Endpoint) -> Self {
+    /// An exporter posting to `endpoint` the spans of the process `resource` describes.
+    pub fn new(endpoint: Endpoint, resource: &Resource) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -71,7 +71,7 @@ impl OtlpExporter {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok();
         Self {
             endpoint,
-            resource: ResourceAttributesWithSchema::from(&Resource::builder_empty().build()),
+            resource: ResourceAttributesWithSchema::from(resource),
             client,
             runtime,
         }

@@ -27,21 +27,27 @@ impl JsonLines {
 }
 
 /// Collects an event's message and fields.
+/// An event may name its trace itself (`trace_id = …`), where it is written outside the
+/// span of the request it is about (the gateway's access log).
 #[derive(Default)]
 struct Fields {
     message: String,
+    trace_id: Option<String>,
     fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Fields {
     fn put(&mut self, field: &Field, value: serde_json::Value) {
-        if field.name() == "message" {
-            self.message = match value {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-        } else {
-            self.fields.insert(field.name().to_owned(), value);
+        let text = |value: serde_json::Value| match value {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        match field.name() {
+            "message" => self.message = text(value),
+            "trace_id" => self.trace_id = Some(text(value)),
+            name => {
+                self.fields.insert(name.to_owned(), value);
+            }
         }
     }
 }
@@ -108,15 +114,19 @@ where
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let ids = super::propagation::ids(&tracing::Span::current());
+        let ids = match fields.trace_id.take() {
+            Some(trace_id) => Some((trace_id, None)),
+            None => super::propagation::ids(&tracing::Span::current()).map(|(t, s)| (t, Some(s))),
+        };
         let meta = event.metadata();
+        let (trace_id, span_id) = ids.map_or((None, None), |(t, s)| (Some(t), s));
         let line = LogLine {
             timestamp: timestamp(std::time::SystemTime::now()),
             level: meta.level().to_string(),
             service: self.service.clone(),
             instance: self.instance.clone(),
-            trace_id: ids.as_ref().map(|(t, _)| t.clone()),
-            span_id: ids.map(|(_, s)| s),
+            trace_id,
+            span_id,
             message: fields.message,
             target: Some(meta.target().to_owned()),
             fields: fields.fields,

@@ -7,6 +7,7 @@
 //! (see [`sampling`]). Log lines carry the trace and span id they were written in, as JSON
 //! when the supervisor asks for it, so one request's lines can be followed across processes.
 
+pub mod edge;
 mod export;
 mod logs;
 pub mod metrics;
@@ -15,12 +16,13 @@ pub mod sampling;
 pub mod span;
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::telemetry::{otel_env, LOG_FORMAT_ENV};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
@@ -163,8 +165,13 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
         let _ = tracing_subscriber::registry().with(fmt).try_init();
         return Telemetry { provider: None };
     }
-    let provider = tracer_provider(&config);
+    let (provider, sink) = tracer_provider(&config);
     let tracer = provider.tracer("flotilla");
+    let _ = edge::EDGE.set(edge::EdgeTracing {
+        tracer: tracer.clone(),
+        sink,
+        tail: config.sampling.tail,
+    });
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -185,8 +192,9 @@ fn disabled() -> bool {
 }
 
 /// The tracer provider: ids and sampling always (log lines carry trace ids even when
-/// nothing is exported), a batching exporter when there is an endpoint.
-fn tracer_provider(config: &TelemetryConfig) -> SdkTracerProvider {
+/// nothing is exported), and, when there is an endpoint, a batching exporter — returned too,
+/// for the spans the gateway's tail rule keeps after the fact.
+fn tracer_provider(config: &TelemetryConfig) -> (SdkTracerProvider, Option<Arc<dyn SpanProcessor>>) {
     let mut attributes = vec![
         KeyValue::new("service.name", config.service.clone()),
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
@@ -196,24 +204,48 @@ fn tracer_provider(config: &TelemetryConfig) -> SdkTracerProvider {
     }
     let resource = Resource::builder_empty().with_attributes(attributes).build();
     let builder = SdkTracerProvider::builder()
-        .with_resource(resource)
+        .with_resource(resource.clone())
         .with_sampler(config.sampling.sampler());
     let Some(endpoint) = &config.endpoint else {
-        return builder.build();
+        return (builder.build(), None);
     };
-    let batch = BatchSpanProcessor::builder(OtlpExporter::new(endpoint.clone()))
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_scheduled_delay(env_millis("OTEL_BSP_SCHEDULE_DELAY").unwrap_or(Duration::from_millis(1000)))
-                .with_max_queue_size(8192)
-                .build(),
-        )
-        .build();
-    match config.sampling.tail {
-        Some(tail) => builder.with_span_processor(sampling::TailProcessor::new(batch, tail)),
-        None => builder.with_span_processor(batch),
+    let batch: Arc<dyn SpanProcessor> = Arc::new(
+        BatchSpanProcessor::builder(OtlpExporter::new(endpoint.clone(), &resource))
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_scheduled_delay(env_millis("OTEL_BSP_SCHEDULE_DELAY").unwrap_or(Duration::from_millis(1000)))
+                    .with_max_queue_size(8192)
+                    .build(),
+            )
+            .build(),
+    );
+    let provider = builder.with_span_processor(Shared(batch.clone())).build();
+    (provider, Some(batch))
+}
+
+/// A processor the provider and the edge span share.
+#[derive(Debug)]
+struct Shared(Arc<dyn SpanProcessor>);
+
+impl SpanProcessor for Shared {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx);
     }
-    .build()
+
+    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+        self.0.on_end(span);
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    // The exporter was given the resource when it was made.
+    fn set_resource(&mut self, _resource: &Resource) {}
 }
 
 fn env_millis(name: &str) -> Option<Duration> {

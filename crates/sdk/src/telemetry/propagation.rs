@@ -62,9 +62,13 @@ pub fn from_traceparent(traceparent: Option<&str>) -> Context {
 /// Writes `span`'s context as `traceparent`/`tracestate` (replacing any already there);
 /// writes nothing when the span has no valid context (tracing not installed).
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let cx = span.context();
+    inject_context(&span.context(), headers);
+}
+
+/// Writes the context's span as `traceparent`/`tracestate`, when it has a valid one.
+pub fn inject_context(cx: &Context, headers: &mut HeaderMap) {
     if cx.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(headers));
+        TraceContextPropagator::new().inject_context(cx, &mut HeadersMut(headers));
     }
 }
 

@@ -124,13 +124,6 @@ pub fn database(system: &str, operation: &str) -> Span {
     )
 }
 
-/// Names a span once it is known what it was (the gateway learns the route after the span
-/// began and its context went upstream).
-pub fn rename(span: &Span, name: String) {
-    use opentelemetry::trace::TraceContextExt;
-    span.context().span().update_name(name);
-}
-
 /// Records an HTTP status on a server or client span; 5xx marks it failed (4xx is the
 /// caller's mistake, not the server's, as the conventions say for server spans).
 pub fn record_http_status(span: &Span, status: u16) {
