@@ -168,7 +168,7 @@ pub fn init(config: TelemetryConfig) -> Telemetry {
     let (provider, sink) = tracer_provider(&config);
     let tracer = provider.tracer("flotilla");
     let _ = edge::EDGE.set(edge::EdgeTracing {
-        tracer: tracer.clone(),
+        sampler: config.sampling.sampler(),
         sink,
         tail: config.sampling.tail,
     });
