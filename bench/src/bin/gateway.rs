@@ -21,6 +21,10 @@ struct Options {
     seconds: u64,
     connections: u32,
     rate: u32,
+    /// Alternating off/on runs in the tracing comparison.
+    rounds: u32,
+    /// Only the tracing comparison.
+    tracing_only: bool,
 }
 
 struct Figures {
@@ -41,16 +45,23 @@ fn main() {
         seconds: 10,
         connections: 50,
         rate: 5_000,
+        rounds: 3,
+        tracing_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--tracing-only" {
+            o.tracing_only = true;
+            continue;
+        }
         let value = args.next().and_then(|v| v.parse::<u64>().ok());
         match (arg.as_str(), value) {
             ("--seconds", Some(v)) => o.seconds = v,
             ("--connections", Some(v)) => o.connections = v as u32,
             ("--rate", Some(v)) => o.rate = v as u32,
+            ("--rounds", Some(v)) => o.rounds = v.max(1) as u32,
             _ => {
-                eprintln!("usage: gateway [--seconds S] [--connections N] [--rate R]");
+                eprintln!("usage: gateway [--seconds S] [--connections N] [--rate R] [--rounds N] [--tracing-only]");
                 std::process::exit(2);
             }
         }
@@ -68,6 +79,10 @@ fn main() {
         o.connections, o.seconds, o.rate, o.seconds
     );
 
+    if o.tracing_only {
+        print_tracing_cost(&tracing_cost(&bin, dir.path(), upstream_addr, &o));
+        return;
+    }
     let mut all = Vec::new();
     for name in ["flotilla", "nginx", "haproxy", "floor"] {
         eprintln!("… {name}");
@@ -110,21 +125,7 @@ fn main() {
         rps / nginx.0
     );
 
-    eprintln!("… tracing off, then on at the default sampling (twice each, alternating)");
-    let cost = tracing_cost(&bin, dir.path(), upstream_addr, &o);
-    println!(
-        "\n| flotilla gateway, tracing | requests/s (wrk, mean of 2) | CPU per request | spans stored |\n|---|---:|---:|---:|\n\
-         | off (`OTEL_SDK_DISABLED=true`) | {:.0} | {:.1} µs | – |\n\
-         | on, default sampling (10 % + failed/slow), exported to the control plane | {:.0} | {:.1} µs | {} |\n\
-         \ntracing costs {:.1} % of throughput ({:.1} % CPU per request); goal ≤ 10 %",
-        cost.off.0,
-        cost.off.1,
-        cost.on.0,
-        cost.on.1,
-        cost.stored,
-        (1.0 - cost.on.0 / cost.off.0.max(1.0)) * 100.0,
-        (cost.on.1 / cost.off.1.max(1e-9) - 1.0) * 100.0,
-    );
+    print_tracing_cost(&tracing_cost(&bin, dir.path(), upstream_addr, &o));
 
     eprintln!("… 1,000 open connections");
     let addr = free_addr();
@@ -141,20 +142,52 @@ fn main() {
     );
 }
 
-/// Throughput and CPU per request of tracing off and on.
+/// Throughput and CPU per request of tracing off and on, one entry per round.
 struct TracingCost {
     /// (requests/s, µs of gateway CPU per request) with no tracing at all.
-    off: (f64, f64),
+    off: Vec<(f64, f64)>,
     /// The same with spans recorded and exported at the default sampling.
-    on: (f64, f64),
-    /// Gateway spans the control plane stored during the "on" runs.
+    on: Vec<(f64, f64)>,
+    /// Gateway spans the control plane stored during the "on" runs (the query's limit caps it).
     stored: usize,
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn print_tracing_cost(cost: &TracingCost) {
+    let column = |runs: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        let values: Vec<f64> = runs.iter().map(pick).collect();
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(0.0, f64::max);
+        (median(values), low, high)
+    };
+    let (off_rps, off_rps_low, off_rps_high) = column(&cost.off, |r| r.0);
+    let (on_rps, on_rps_low, on_rps_high) = column(&cost.on, |r| r.0);
+    let (off_cpu, off_cpu_low, off_cpu_high) = column(&cost.off, |r| r.1);
+    let (on_cpu, on_cpu_low, on_cpu_high) = column(&cost.on, |r| r.1);
+    println!(
+        "\n| flotilla gateway, tracing ({} alternating runs each; median, range) | requests/s (wrk) | CPU per request | spans stored |\n|---|---:|---:|---:|\n\
+         | off (`OTEL_SDK_DISABLED=true`) | {off_rps:.0} ({off_rps_low:.0}–{off_rps_high:.0}) | {off_cpu:.1} µs ({off_cpu_low:.1}–{off_cpu_high:.1}) | – |\n\
+         | on, default sampling (10 % + failed/slow), exported to the control plane | {on_rps:.0} ({on_rps_low:.0}–{on_rps_high:.0}) | {on_cpu:.1} µs ({on_cpu_low:.1}–{on_cpu_high:.1}) | {} |\n\
+         \ntracing costs {:.1} % of throughput ({:.1} % CPU per request), medians; goal ≤ 10 %",
+        cost.off.len(),
+        cost.stored,
+        (1.0 - on_rps / off_rps.max(1.0)) * 100.0,
+        (on_cpu / off_cpu.max(1e-9) - 1.0) * 100.0,
+    );
+}
+
 /// The gateway with tracing off (`OTEL_SDK_DISABLED`) and on (default sampling, the tail
-/// rule, OTLP export to a real control plane pinned beside the load), closed loop, two
-/// alternating runs of each so a drift of the machine falls on both.
+/// rule, OTLP export to a real control plane pinned beside the load), closed loop,
+/// alternating runs so a drift of the machine falls on both.
 fn tracing_cost(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> TracingCost {
+    eprintln!(
+        "… tracing off, then on at the default sampling ({} rounds, alternating)",
+        o.rounds
+    );
     let control = free_addr();
     let data = dir.join("control");
     let listen = control.to_string();
@@ -173,8 +206,8 @@ fn tracing_cost(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> Tr
     ];
     let off_env = [("OTEL_SDK_DISABLED", "true")];
     let routes = format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n");
-    let mut sums = [(0.0, 0.0); 2];
-    for _round in 0..2 {
+    let mut runs: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for _round in 0..o.rounds {
         for (i, env) in [&off_env[..], &on_env[..]].into_iter().enumerate() {
             let addr = free_addr();
             let proxy = Guard(start_flotilla_with(
@@ -191,8 +224,7 @@ fn tracing_cost(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> Tr
             let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
             let (rps, _, _) = wrk(addr, o.connections, o.seconds, &[]);
             let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
-            sums[i].0 += rps / 2.0;
-            sums[i].1 += cpu / rps.max(1.0) * 1e6 / 2.0;
+            runs[i].push((rps, cpu / rps.max(1.0) * 1e6));
             // Stopping it flushes what it still holds.
             terminate(pid);
             drop(proxy);
@@ -209,11 +241,8 @@ fn tracing_cost(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> Tr
     .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
     .and_then(|v| v["traces"].as_array().map(Vec::len))
     .unwrap_or(0);
-    TracingCost {
-        off: sums[0],
-        on: sums[1],
-        stored,
-    }
+    let [off, on] = runs;
+    TracingCost { off, on, stored }
 }
 
 /// Asks a process to stop (SIGTERM) and gives it a moment to flush.

@@ -159,7 +159,7 @@ async fn app_over(traces: TraceStore) -> (Router, Arc<ControlState>) {
         events: EventLog::in_memory(Default::default()).await.unwrap(),
         traces,
     };
-    let state = Arc::new(ControlState::new(config, storage, rx).listening_on("0.0.0.0:7070".parse().unwrap()));
+    let state = Arc::new(ControlState::new(config, storage, rx).listening_on("0.0.0.0:47070".parse().unwrap()));
     (crate::api::router(state.clone()), state)
 }
 
@@ -888,7 +888,7 @@ async fn service_discovery_lists_registered_instances_and_the_control_plane() {
             },
             // Listening on 0.0.0.0: scraped over loopback.
             ScrapeTargetGroup {
-                targets: vec!["127.0.0.1:7070".into()],
+                targets: vec!["127.0.0.1:47070".into()],
                 labels: labels("control", "control"),
             },
         ]
