@@ -285,14 +285,14 @@ async fn request_scope(request: axum::extract::Request, next: axum::middleware::
     let method = request.method().clone();
     let server = span::server(&method, &route, request.uri().path(), request.headers());
     let started = std::time::Instant::now();
-    metrics::add(metrics::HTTP_SERVER_ACTIVE, &[], 1.0);
+    let active = InFlight::enter();
     let response = serve_in_scope(request, next).instrument(server.clone()).await;
-    metrics::add(metrics::HTTP_SERVER_ACTIVE, &[], -1.0);
+    drop(active);
     let status = response.status().as_u16();
     span::record_http_status(&server, status);
     metrics::add(
         metrics::HTTP_SERVER_REQUESTS,
-        &[&route, method.as_str(), itoa(status).as_str()],
+        &[&route, method.as_str(), &status.to_string()],
         1.0,
     );
     metrics::observe(
@@ -303,8 +303,22 @@ async fn request_scope(request: axum::extract::Request, next: axum::middleware::
     response
 }
 
-fn itoa(n: u16) -> String {
-    n.to_string()
+/// One request counted in `flotilla_http_server_active_requests` until dropped: also when
+/// the request's future is dropped unfinished (the client went away), which would otherwise
+/// leave the gauge counting it for good.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        crate::telemetry::metrics::add(crate::telemetry::metrics::HTTP_SERVER_ACTIVE, &[], 1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        crate::telemetry::metrics::add(crate::telemetry::metrics::HTTP_SERVER_ACTIVE, &[], -1.0);
+    }
 }
 
 async fn serve_in_scope(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {

@@ -145,7 +145,6 @@ impl Drop for Telemetry {
 /// Installs logging (filtered by `RUST_LOG`, default `info`) and, when `config` has an
 /// endpoint, span export. A second call only returns a guard that does nothing.
 pub fn init(config: TelemetryConfig) -> Telemetry {
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match config.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
