@@ -110,15 +110,6 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let edge = EdgeSpan::start(request.headers());
-        self.handle_at_edge(request, peer, edge).await
-    }
-
-    async fn handle_at_edge(
-        self: Arc<Self>,
-        request: Request<Incoming>,
-        peer: SocketAddr,
-        edge: EdgeSpan,
-    ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let request_id = request
             .headers()
