@@ -252,7 +252,7 @@ fn tracing_cost(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> Tr
     let endpoint = format!("http://{sink}");
     let on_env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
     let off_env = [("OTEL_SDK_DISABLED", "true")];
-    let routes = format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n");
+    let routes = plain_routes(upstream);
     let mut runs: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
     for _round in 0..o.rounds {
         for (i, env) in [&off_env[..], &on_env[..]].into_iter().enumerate() {
@@ -267,10 +267,7 @@ fn tracing_cost(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> Tr
             ));
             wait_ready(addr, "/");
             let pid = proxy.0.id();
-            let _ = wrk(addr, o.connections, 2, &[]);
-            let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
-            let (rps, _, _) = wrk(addr, o.connections, o.seconds, &[]);
-            let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+            let (rps, _, _, cpu) = closed_loop(pid, addr, o);
             runs[i].push((rps, cpu / rps.max(1.0) * 1e6));
             // Stopping it flushes what it still holds.
             terminate(pid);
@@ -322,9 +319,9 @@ fn with_policies(bin: &Path, dir: &Path, upstream: SocketAddr, o: &Options) -> (
     }));
     let addr = free_addr();
     let text = format!(
-        "[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n\
-         auth = {{ jwks = \"http://{jwks_addr}/jwks\", issuer = \"https://id.bench\", audiences = [\"bench\"] }}\n\
-         rate_limit = {{ requests = 10000000, per = \"1s\", key = \"subject\" }}\n"
+        "{}auth = {{ jwks = \"http://{jwks_addr}/jwks\", issuer = \"https://id.bench\", audiences = [\"bench\"] }}\n\
+         rate_limit = {{ requests = 10000000, per = \"1s\", key = \"subject\" }}\n",
+        plain_routes(upstream)
     );
     let proxy = Guard(start_flotilla(
         bin,
@@ -406,13 +403,7 @@ fn start_flotilla_with(
 
 fn start_proxy(name: &str, bin: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> Child {
     match name {
-        "flotilla" => start_flotilla(
-            bin,
-            &dir.join("routes.toml"),
-            &format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n"),
-            addr,
-            "warn",
-        ),
+        "flotilla" => start_flotilla(bin, &dir.join("routes.toml"), &plain_routes(upstream), addr, "warn"),
         "nginx" => {
             let conf = dir.join("nginx.conf");
             let d = dir.display();
@@ -523,12 +514,24 @@ fn wrk(addr: SocketAddr, connections: u32, seconds: u64, headers: &[String]) -> 
     (rps, pct("50%"), pct("99%"))
 }
 
-fn measure(name: &'static str, proxy: &Child, addr: SocketAddr, o: &Options) -> Figures {
-    let pid = proxy.id();
+/// `wrk` for 2 s to warm up, then for `o.seconds`: (requests/s, p50, p99, the proxy's CPU
+/// share over the run).
+fn closed_loop(pid: u32, addr: SocketAddr, o: &Options) -> (f64, String, String, f64) {
     let _ = wrk(addr, o.connections, 2, &[]);
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
-    let (rps, wrk_p50, wrk_p99) = wrk(addr, o.connections, o.seconds, &[]);
+    let (rps, p50, p99) = wrk(addr, o.connections, o.seconds, &[]);
     let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    (rps, p50, p99, cpu)
+}
+
+/// A routes file sending everything to `upstream`.
+fn plain_routes(upstream: SocketAddr) -> String {
+    format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{upstream}\"]\n")
+}
+
+fn measure(name: &'static str, proxy: &Child, addr: SocketAddr, o: &Options) -> Figures {
+    let pid = proxy.id();
+    let (rps, wrk_p50, wrk_p99, cpu) = closed_loop(pid, addr, o);
     let load = Load::start(addr, o.rate, vec![(http::Method::GET, "/")]);
     std::thread::sleep(Duration::from_secs(o.seconds));
     let report = load.stop();
