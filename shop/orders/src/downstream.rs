@@ -191,6 +191,16 @@ pub fn classify(err: &CallError) -> StepError {
                 .unwrap_or_else(|| text.clone());
             match *status {
                 StatusCode::SERVICE_UNAVAILABLE => StepError::Unavailable(detail),
+                // An earlier attempt with the same Idempotency-Key still runs: its effect may
+                // land after this answer, so wait for it (a later retry gets its answer)
+                // rather than compensate now and miss it.
+                StatusCode::CONFLICT
+                    if problem
+                        .as_ref()
+                        .is_some_and(|p| p.slug() == flotilla::http::idempotency::IN_PROGRESS) =>
+                {
+                    StepError::Unavailable(detail)
+                }
                 StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED => {
                     StepError::Failed(detail)
                 }
@@ -422,5 +432,40 @@ impl Downstream {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use flotilla::Problem;
+    use http::StatusCode;
+
+    use super::*;
+
+    fn status(status: StatusCode, problem: Option<Problem>) -> StepError {
+        classify(&CallError::Status {
+            service: "payments".into(),
+            status,
+            problem,
+        })
+    }
+
+    #[test]
+    fn a_request_still_running_under_its_key_is_waited_for_not_compensated() {
+        let running = Problem::new(409, flotilla::http::idempotency::IN_PROGRESS, "Request in progress");
+        assert!(matches!(
+            status(StatusCode::CONFLICT, Some(running)),
+            StepError::Unavailable(_)
+        ));
+        let other = Problem::new(409, "reservation-conflict", "Conflict");
+        assert!(
+            matches!(status(StatusCode::CONFLICT, Some(other)), StepError::Rejected(_)),
+            "any other conflict is still a refusal"
+        );
+        assert!(matches!(status(StatusCode::CONFLICT, None), StepError::Rejected(_)));
+        assert!(matches!(
+            status(StatusCode::SERVICE_UNAVAILABLE, None),
+            StepError::Unavailable(_)
+        ));
     }
 }

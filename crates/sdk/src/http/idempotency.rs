@@ -21,6 +21,10 @@ const LEASE_MS: i64 = 30_000;
 /// The table of keys and kept answers.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status BIGINT, response TEXT, locked_until BIGINT NOT NULL, created_ms BIGINT NOT NULL)";
 
+/// The problem slug of a `409` answered while a request with the same key still runs: the
+/// caller's request is neither refused nor done, and a later retry gets the first one's answer.
+pub const IN_PROGRESS: &str = "request-in-progress";
+
 /// Makes the keys table if it is missing.
 pub async fn prepare(store: &Store) -> Result<(), sqlx::Error> {
     sqlx::query(SCHEMA).execute(store.pool()).await.map(|_| ())
@@ -113,7 +117,7 @@ where
             .await
             .is_ok_and(|d| d.rows_affected() == 1);
         if !taken_over {
-            let mut response = Problem::new(409, "request-in-progress", "Request in progress")
+            let mut response = Problem::new(409, IN_PROGRESS, "Request in progress")
                 .with_detail("a request with this Idempotency-Key is still running; retry shortly")
                 .into_response();
             response
