@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::procs::{descendants, free_addr};
+use crate::procs::{cpu_seconds, descendants, free_addr};
 
 /// A running `flotilla up`, killed with everything it started when dropped.
 pub struct System {
@@ -201,6 +201,23 @@ impl System {
         descendants(self.child.id()).into_iter().find(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split('\0').any(|a| a == arg))
         })
+    }
+
+    /// CPU seconds used so far by each process `up` runs, named by what it runs
+    /// (`service orders`, `gateway`, `control`), and by `up` itself: where a load's CPU went.
+    pub fn cpu_by_process(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut out = std::collections::BTreeMap::new();
+        out.insert("up (supervisor)".to_owned(), cpu_seconds(self.child.id()));
+        for pid in descendants(self.child.id()) {
+            let Ok(cmdline) = std::fs::read_to_string(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            // `flotilla service orders --…` → `service orders`; `flotilla gateway …` → `gateway`.
+            let words: Vec<&str> = cmdline.split('\0').skip(1).take_while(|a| !a.is_empty() && !a.starts_with('-')).collect();
+            let name = if words.is_empty() { format!("pid {pid}") } else { words.join(" ") };
+            *out.entry(name).or_insert(0.0) += cpu_seconds(pid);
+        }
+        out
     }
 
     /// Sends SIGINT (a Ctrl-C) and waits for `up` to exit; returns how long it took.

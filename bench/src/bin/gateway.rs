@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_bench::load::Load;
-use flotilla_bench::procs::{free_addr, http_get};
+use flotilla_bench::procs::{cpu_seconds, free_addr, http_get};
 
 struct Options {
     seconds: u64,
@@ -453,20 +453,6 @@ fn wait_ready(addr: SocketAddr, path: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
     fail(&format!("{addr} never answered 200"));
-}
-
-/// (user + system CPU seconds) of a process.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
 }
 
 fn rss_kb(pid: u32) -> u64 {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla::events::EventsClient;
-use flotilla_bench::procs::http_request;
+use flotilla_bench::procs::{cpu_seconds, http_request};
 use flotilla_bench::system::System;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -160,6 +160,7 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
 
     let settled: Settled = Arc::default();
+    let cpu_before = (system.cpu_by_process(), cpu_seconds(std::process::id()));
     let (posts, placed, others, began, load_ended) = runtime.block_on(async {
         let events = EventsClient::new(&system.control.to_string(), control_token);
         tokio::spawn(watch(events, settled.clone()));
@@ -232,6 +233,7 @@ fn main() {
         (posts, placed, others, began, load_ended)
     });
 
+    let cpu_after = (system.cpu_by_process(), cpu_seconds(std::process::id()));
     let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
     let mut to_confirmed: Vec<f64> = Vec::new();
     let (mut cancelled, mut unsettled) = (0usize, 0usize);
@@ -288,5 +290,38 @@ fn main() {
         quantile(&to_confirmed, 0.5),
         quantile(&to_confirmed, 0.99)
     );
+    print_cpu(&cpu_before, &cpu_after, to_confirmed.len() + cancelled);
     system.interrupt(Duration::from_secs(30));
+}
+
+type CpuSnapshot = (std::collections::BTreeMap<String, f64>, f64);
+
+/// Where the CPU went from the first POST to the last settled order: seconds per process,
+/// milliseconds per settled order, and what that allows on this machine's cores.
+fn print_cpu(before: &CpuSnapshot, after: &CpuSnapshot, settled: usize) {
+    let per = settled.max(1) as f64;
+    let mut rows: Vec<(String, f64)> = after
+        .0
+        .iter()
+        .map(|(name, cpu)| (name.clone(), cpu - before.0.get(name).copied().unwrap_or(0.0)))
+        .collect();
+    rows.push(("the bench's clients and watcher".to_owned(), after.1 - before.1));
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    println!();
+    println!("| process | CPU s | CPU ms per settled order | share |");
+    println!("|---|---:|---:|---:|");
+    for (name, cpu) in &rows {
+        println!(
+            "| {name} | {cpu:.2} | {:.2} | {:.0} % |",
+            cpu * 1000.0 / per,
+            cpu / total.max(1e-9) * 100.0
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "| **all** | {total:.2} | **{:.2}** | at this cost {cores:.0} cores settle at most {:.0} orders/s |",
+        total * 1000.0 / per,
+        cores * per / total.max(1e-9)
+    );
 }
