@@ -167,6 +167,49 @@ async fn a_repeat_that_passes_the_inbox_still_tells_the_customer_once() {
 }
 
 #[tokio::test]
+async fn a_batch_commits_together_and_a_bad_event_in_it_holds_up_only_itself() {
+    let (app, store, db) = app().await;
+    let consumer = consumer(&store);
+    let ana = customer("acct-ana");
+    let one = order_event("b-1", orders::CONFIRMED, "o-b1", "acct-ana");
+    let two = order_event("b-2", orders::CONFIRMED, "o-b2", "acct-ana");
+    // A batch with a repeat inside it: the second copy is a duplicate, not a second notice.
+    let outcomes = consumer
+        .handle_batch(&[one.clone(), two.clone(), one.clone()], &crate::on_order_event)
+        .await;
+    assert_eq!(outcomes, vec![Ok(true), Ok(true), Ok(false)]);
+    let (_, mine) = list(&app, "/api/v1/notifications", Some(&ana)).await;
+    assert_eq!(mine.as_array().map(Vec::len), Some(2), "{mine}");
+
+    // A batch holding an event that fails: the others are handled (one by one), the bad one
+    // is reported failed with nothing of it kept, and a repeat of a handled one is skipped.
+    let mut bad = order_event("b-3", orders::CONFIRMED, "o-b3", "acct-ana");
+    bad.event.data = json!({"order_id": "o-b3"});
+    let three = order_event("b-4", orders::CANCELLED, "o-b4", "acct-ana");
+    let outcomes = consumer
+        .handle_batch(&[two, bad, three], &crate::on_order_event)
+        .await;
+    assert_eq!(outcomes[0], Ok(false));
+    assert!(outcomes[1].as_ref().is_err_and(|e| e.contains("b-3")), "{outcomes:?}");
+    assert_eq!(outcomes[2], Ok(true));
+    let (_, mine) = list(&app, "/api/v1/notifications", Some(&ana)).await;
+    let kept: Vec<&str> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["order_id"].as_str())
+        .collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(!kept.contains(&"o-b3"));
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT event_id FROM flotilla_inbox ORDER BY event_id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(inbox, vec!["b-1", "b-2", "b-4"]);
+    db.remove().await;
+}
+
+#[tokio::test]
 async fn listing_needs_a_token_and_a_sane_limit_and_the_document_names_every_route() {
     let (app, _store, db) = app().await;
     let ana = customer("acct-ana");

@@ -1,7 +1,9 @@
 //! The inbox: a consumer handles each event in a database transaction that also records the
 //! event's id for its group; a redelivered event finds its id and is acked without a second
-//! effect. A failing handler's transaction rolls back; the event is nacked after a backoff
-//! (the log redelivers it, and dead-letters it after its last delivery).
+//! effect. A fetched batch is handled in one transaction and acked in one call; when any of
+//! it fails, its events are handled again one by one. A failing handler's transaction rolls
+//! back; the event is nacked after a backoff (the log redelivers it, and dead-letters it
+//! after its last delivery).
 
 use std::future::Future;
 use std::time::Duration;
@@ -43,36 +45,17 @@ impl Consumer {
         F: Fn(Delivery, Transaction<'static, Any>) -> Fut,
         Fut: Future<Output = Result<Transaction<'static, Any>, String>>,
     {
-        let event = &delivery.event;
-        let span = crate::telemetry::span::consumer(
-            &self.topic,
-            &self.group,
-            &event.kind,
-            &event.id,
-            event.traceparent.as_deref(),
-        );
+        let span = self.span(delivery);
         let result = self.handle_in_span(delivery, handler).instrument(span.clone()).await;
-        let outcome = match &result {
+        match &result {
             Ok(fresh) => {
                 span.record("flotilla.redelivered", !fresh);
-                if *fresh {
-                    "handled"
-                } else {
-                    "duplicate"
-                }
+                self.observe(delivery, if *fresh { "handled" } else { "duplicate" });
             }
             Err(reason) => {
                 crate::telemetry::span::record_error(&span, reason);
-                "failed"
+                self.observe(delivery, "failed");
             }
-        };
-        metrics::add(metrics::EVENTS_CONSUMED, &[&self.topic, &self.group, outcome], 1.0);
-        if let Some(age) = event.time.as_deref().and_then(age_of) {
-            metrics::set(
-                metrics::EVENTS_CONSUMER_LAG,
-                &[&self.topic, &self.group],
-                age.as_secs_f64(),
-            );
         }
         result
     }
@@ -83,18 +66,7 @@ impl Consumer {
         Fut: Future<Output = Result<Transaction<'static, Any>, String>>,
     {
         let mut tx = self.store.pool().begin().await.map_err(|e| e.to_string())?;
-        let fresh = sqlx::query(
-            "INSERT INTO flotilla_inbox (grp, event_id, processed_ms) VALUES ($1, $2, $3) ON CONFLICT (grp, event_id) DO NOTHING",
-        )
-        .bind(&self.group)
-        .bind(&delivery.event.id)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| e.to_string())?
-        .rows_affected()
-            == 1;
-        if !fresh {
+        if !self.claim(&mut tx, delivery).await? {
             tx.rollback().await.map_err(|e| e.to_string())?;
             return Ok(false);
         }
@@ -103,7 +75,97 @@ impl Consumer {
         Ok(true)
     }
 
-    /// Fetches, handles and acks until the process ends.
+    /// Handles a fetched batch in one transaction: every event's inbox row and effect, one
+    /// commit (under load a consumer pays one durable commit per batch, not per event).
+    /// When a handler fails or the commit does, nothing of the batch stays and each event is
+    /// handled again alone, so one bad event holds up only itself. Returns, per delivery,
+    /// what [`Consumer::handle_one`] would.
+    pub async fn handle_batch<F, Fut>(&self, deliveries: &[Delivery], handler: &F) -> Vec<Result<bool, String>>
+    where
+        F: Fn(Delivery, Transaction<'static, Any>) -> Fut,
+        Fut: Future<Output = Result<Transaction<'static, Any>, String>>,
+    {
+        if deliveries.len() > 1 {
+            if let Ok(fresh) = self.handle_together(deliveries, handler).await {
+                for (delivery, fresh) in deliveries.iter().zip(&fresh) {
+                    self.observe(delivery, if *fresh { "handled" } else { "duplicate" });
+                }
+                return fresh.into_iter().map(Ok).collect();
+            }
+        }
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            outcomes.push(self.handle_one(delivery, handler).await);
+        }
+        outcomes
+    }
+
+    /// Every delivery of a batch in one transaction; `Err` if any of it failed (rolled back).
+    async fn handle_together<F, Fut>(&self, deliveries: &[Delivery], handler: &F) -> Result<Vec<bool>, ()>
+    where
+        F: Fn(Delivery, Transaction<'static, Any>) -> Fut,
+        Fut: Future<Output = Result<Transaction<'static, Any>, String>>,
+    {
+        let mut tx = self.store.pool().begin().await.map_err(|_| ())?;
+        let mut fresh = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let span = self.span(delivery);
+            let handled = async {
+                let new = self.claim(&mut tx, delivery).await?;
+                Ok::<_, String>(new)
+            }
+            .instrument(span.clone())
+            .await;
+            let new = handled.map_err(|_| ())?;
+            span.record("flotilla.redelivered", !new);
+            if new {
+                tx = handler(delivery.clone(), tx).instrument(span).await.map_err(|_| ())?;
+            }
+            fresh.push(new);
+        }
+        tx.commit().await.map_err(|_| ())?;
+        Ok(fresh)
+    }
+
+    fn span(&self, delivery: &Delivery) -> tracing::Span {
+        let event = &delivery.event;
+        crate::telemetry::span::consumer(
+            &self.topic,
+            &self.group,
+            &event.kind,
+            &event.id,
+            event.traceparent.as_deref(),
+        )
+    }
+
+    /// Records the event's id for the group in `tx`; false if it was there (a repeat).
+    async fn claim(&self, tx: &mut Transaction<'static, Any>, delivery: &Delivery) -> Result<bool, String> {
+        let inserted = sqlx::query(
+            "INSERT INTO flotilla_inbox (grp, event_id, processed_ms) VALUES ($1, $2, $3) ON CONFLICT (grp, event_id) DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(&delivery.event.id)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Counts a handled delivery and notes how old its event was.
+    fn observe(&self, delivery: &Delivery, outcome: &str) {
+        metrics::add(metrics::EVENTS_CONSUMED, &[&self.topic, &self.group, outcome], 1.0);
+        if let Some(age) = delivery.event.time.as_deref().and_then(age_of) {
+            metrics::set(
+                metrics::EVENTS_CONSUMER_LAG,
+                &[&self.topic, &self.group],
+                age.as_secs_f64(),
+            );
+        }
+    }
+
+    /// Fetches, handles and acks until the process ends: a batch at a time, its handled
+    /// events acked in one call.
     pub async fn run<F, Fut>(self, handler: F)
     where
         F: Fn(Delivery, Transaction<'static, Any>) -> Fut,
@@ -122,22 +184,27 @@ impl Consumer {
                     continue;
                 }
             };
-            for delivery in deliveries {
-                match self.handle_one(&delivery, &handler).await {
-                    Ok(_) => {
-                        if let Err(err) = self.client.ack(&self.topic, &self.group, &[delivery.offset]).await {
-                            tracing::warn!(error = %err, "ack failed; the event will come again and be skipped");
-                        }
-                    }
-                    Err(reason) => {
-                        let backoff = Duration::from_millis(100 * (1u64 << delivery.attempt.min(6)));
-                        tracing::warn!(topic = %self.topic, offset = delivery.offset, attempt = delivery.attempt, %reason, "event handler failed");
-                        tokio::time::sleep(backoff).await;
-                        let _ = self
-                            .client
-                            .nack(&self.topic, &self.group, delivery.offset, &reason)
-                            .await;
-                    }
+            let outcomes = self.handle_batch(&deliveries, &handler).await;
+            let handled: Vec<u64> = deliveries
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| outcome.is_ok())
+                .map(|(delivery, _)| delivery.offset)
+                .collect();
+            if !handled.is_empty() {
+                if let Err(err) = self.client.ack(&self.topic, &self.group, &handled).await {
+                    tracing::warn!(error = %err, "ack failed; the events will come again and be skipped");
+                }
+            }
+            for (delivery, outcome) in deliveries.iter().zip(outcomes) {
+                if let Err(reason) = outcome {
+                    let backoff = Duration::from_millis(100 * (1u64 << delivery.attempt.min(6)));
+                    tracing::warn!(topic = %self.topic, offset = delivery.offset, attempt = delivery.attempt, %reason, "event handler failed");
+                    tokio::time::sleep(backoff).await;
+                    let _ = self
+                        .client
+                        .nack(&self.topic, &self.group, delivery.offset, &reason)
+                        .await;
                 }
             }
         }
