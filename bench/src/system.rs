@@ -213,8 +213,16 @@ impl System {
                 continue;
             };
             // `flotilla service orders --…` → `service orders`; `flotilla gateway …` → `gateway`.
-            let words: Vec<&str> = cmdline.split('\0').skip(1).take_while(|a| !a.is_empty() && !a.starts_with('-')).collect();
-            let name = if words.is_empty() { format!("pid {pid}") } else { words.join(" ") };
+            let words: Vec<&str> = cmdline
+                .split('\0')
+                .skip(1)
+                .take_while(|a| !a.is_empty() && !a.starts_with('-'))
+                .collect();
+            let name = if words.is_empty() {
+                format!("pid {pid}")
+            } else {
+                words.join(" ")
+            };
             *out.entry(name).or_insert(0.0) += cpu_seconds(pid);
         }
         out

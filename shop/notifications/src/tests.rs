@@ -186,9 +186,7 @@ async fn a_batch_commits_together_and_a_bad_event_in_it_holds_up_only_itself() {
     let mut bad = order_event("b-3", orders::CONFIRMED, "o-b3", "acct-ana");
     bad.event.data = json!({"order_id": "o-b3"});
     let three = order_event("b-4", orders::CANCELLED, "o-b4", "acct-ana");
-    let outcomes = consumer
-        .handle_batch(&[two, bad, three], &crate::on_order_event)
-        .await;
+    let outcomes = consumer.handle_batch(&[two, bad, three], &crate::on_order_event).await;
     assert_eq!(outcomes[0], Ok(false));
     assert!(outcomes[1].as_ref().is_err_and(|e| e.contains("b-3")), "{outcomes:?}");
     assert_eq!(outcomes[2], Ok(true));

@@ -75,18 +75,48 @@ async fn place(
     let config = orders.config.current();
     body.validate(config.max_lines, config.max_quantity)
         .map_err(|e| Problem::invalid_field(e.field, e.reason))?;
-    if !headers.contains_key("idempotency-key") {
-        let (status, answer) = accept(&orders, &who.subject, body).await;
-        return Ok(idempotency::respond(status, answer));
+    let keyed = match headers.contains_key("idempotency-key") {
+        true => Some(Keyed {
+            key: idempotency::key(&headers, &who.subject)?,
+            fingerprint: idempotency::fingerprint("place-order", &serde_json::to_value(&body).unwrap_or_default()),
+        }),
+        false => None,
+    };
+    if let Some(keyed) = &keyed {
+        if let Some(earlier) = idempotency::recall(orders.journal.store(), &keyed.key, &keyed.fingerprint).await {
+            return Ok(earlier);
+        }
     }
-    let key = idempotency::key(&headers, &who.subject)?;
-    let fingerprint = idempotency::fingerprint("place-order", &serde_json::to_value(&body).unwrap_or_default());
-    let store = orders.journal.store().clone();
-    Ok(idempotency::once(&store, &key, &fingerprint, || accept(&orders, &who.subject, body)).await)
+    Ok(accept(&orders, &who.subject, body, keyed.as_ref()).await)
 }
 
-/// Prices the lines, records the placement and starts the saga in one transaction.
-async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode, serde_json::Value) {
+/// A request's `Idempotency-Key` (scoped to its caller) and what identifies the request.
+struct Keyed {
+    key: String,
+    fingerprint: String,
+}
+
+/// A refusal as the answer, kept under the request's key when it has one (a retry with the
+/// same key gets the same refusal; a 5xx is not kept, so a retry runs again).
+async fn refuse(orders: &Orders, keyed: Option<&Keyed>, problem: Problem) -> Response {
+    let (status, body) = idempotency::problem_answer(problem);
+    if let Some(keyed) = keyed {
+        let kept = async {
+            let mut tx = orders.journal.store().pool().begin().await?;
+            idempotency::keep_in(&mut tx, &keyed.key, &keyed.fingerprint, status, &body).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(err) = kept {
+            tracing::error!(error = %err, "could not keep an idempotent answer");
+        }
+    }
+    idempotency::respond(status, body)
+}
+
+/// Prices the lines, then records the placement, starts the saga and keeps the answer under
+/// the request's key in one transaction: one durable commit per order.
+async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder, keyed: Option<&Keyed>) -> Response {
     let keep = Duration::from_secs(orders.config.current().price_cache_seconds);
     let priced = futures_util::future::join_all(
         body.lines
@@ -100,24 +130,37 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode
         let product = match product {
             Ok(product) => product,
             Err(PriceError::Unknown(id)) => {
-                return idempotency::problem_answer(Problem::invalid_field(
-                    format!("lines[{i}].product_id"),
-                    format!("the catalog has no product {id}"),
-                ))
+                return refuse(
+                    orders,
+                    keyed,
+                    Problem::invalid_field(
+                        format!("lines[{i}].product_id"),
+                        format!("the catalog has no product {id}"),
+                    ),
+                )
+                .await
             }
             Err(PriceError::Unavailable(why)) => {
                 tracing::warn!(%why, "pricing an order");
-                return idempotency::problem_answer(
+                return refuse(
+                    orders,
+                    keyed,
                     Problem::new(503, "catalog-unavailable", "Catalog unavailable")
                         .with_detail("the order could not be priced; retry with the same Idempotency-Key"),
-                );
+                )
+                .await;
             }
         };
         if currency.get_or_insert_with(|| product.price.currency.clone()) != &product.price.currency {
-            return idempotency::problem_answer(Problem::invalid_field(
-                format!("lines[{i}].product_id"),
-                "priced in another currency than the other lines; order them separately",
-            ));
+            return refuse(
+                orders,
+                keyed,
+                Problem::invalid_field(
+                    format!("lines[{i}].product_id"),
+                    "priced in another currency than the other lines; order them separately",
+                ),
+            )
+            .await;
         }
         lines.push(OrderLine {
             product_id: line.product_id,
@@ -139,6 +182,12 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode
         payment_id: None,
         shipment_id: None,
     };
+    let answer = serde_json::json!({
+        "id": id,
+        "status": Status::Pending,
+        "total": total,
+        "links": {"self": format!("/api/v1/orders/{id}")},
+    });
     let placed = OrderEvent::Placed {
         user_id: user_id.to_owned(),
         lines,
@@ -147,29 +196,33 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder) -> (StatusCode
     };
     let written = async {
         let mut tx = orders.journal.store().begin_write().await?;
+        if let Some(keyed) = keyed {
+            if !idempotency::keep_in(&mut tx, &keyed.key, &keyed.fingerprint, StatusCode::ACCEPTED, &answer).await? {
+                // Another request with this key answered while this one priced: give its answer.
+                return Ok(None);
+            }
+        }
         let order = orders.journal.record_in(&mut tx, &id, placed).await?;
         orders.runner.start_in(&mut tx, &id, &saga).await?;
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(order)
+        Ok::<_, sqlx::Error>(Some(order))
     }
     .instrument(orders.journal.store().span("place order"))
     .await;
     match written {
-        Ok(order) => {
+        Ok(Some(order)) => {
             orders.journal.committed();
             orders.runner.wake();
             tracing::info!(order_id = %order.id, lines = order.lines.len(), "order placed");
-            (
-                StatusCode::ACCEPTED,
-                serde_json::json!({
-                    "id": order.id,
-                    "status": order.status,
-                    "total": order.total,
-                    "links": {"self": format!("/api/v1/orders/{}", order.id)},
-                }),
-            )
+            idempotency::respond(StatusCode::ACCEPTED, answer)
         }
-        Err(err) => idempotency::problem_answer(internal(err)),
+        Ok(None) => match keyed {
+            Some(keyed) => idempotency::recall(orders.journal.store(), &keyed.key, &keyed.fingerprint)
+                .await
+                .unwrap_or_else(|| internal(sqlx::Error::RowNotFound).into_response()),
+            None => internal(sqlx::Error::RowNotFound).into_response(),
+        },
+        Err(err) => internal(err).into_response(),
     }
 }
 

@@ -536,6 +536,50 @@ async fn bad_orders_are_refused_with_the_field_named() {
     world.remove().await;
 }
 
+#[tokio::test]
+async fn a_key_keeps_its_answer_through_races_refusals_and_reuse() {
+    let world = World::start(false).await;
+    let lines = json!([{"product_id": 1, "quantity": 1}]);
+    // Two requests with one key at once: both get the one order, and only one exists.
+    let (first, second) = tokio::join!(
+        world.place("ana", lines.clone(), Some("race")),
+        world.place("ana", lines.clone(), Some("race"))
+    );
+    assert_eq!(
+        (first.0, second.0),
+        (StatusCode::ACCEPTED, StatusCode::ACCEPTED),
+        "{first:?} {second:?}"
+    );
+    assert_eq!(first.1["id"], second.1["id"]);
+    let (_, mine) = world.get("ana", "/api/v1/orders").await;
+    assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
+    // The same key for another request is refused; another customer's same key is theirs.
+    let (status, problem, _) = world
+        .place("ana", json!([{"product_id": 3, "quantity": 1}]), Some("race"))
+        .await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("urn:flotilla:problem:idempotency-key-reused")
+        ),
+        "{problem}"
+    );
+    let (status, other, _) = world.place("bo", lines, Some("race")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_ne!(other["id"], first.1["id"]);
+    // A refusal is kept too: the retry gets it again, marked as replayed.
+    let unknown = json!([{"product_id": 77, "quantity": 1}]);
+    let (status, _, headers) = world.place("ana", unknown.clone(), Some("bad")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (status, problem, headers) = world.place("ana", unknown, Some("bad")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(problem["invalid-params"][0]["name"], "lines[0].product_id");
+    world.remove().await;
+}
+
 #[test]
 fn the_document_names_every_route() {
     let document = crate::openapi_document();

@@ -81,49 +81,26 @@ where
         Err(e) => return internal(e),
     };
     if !claimed {
-        let row = match sqlx::query(
-            "SELECT fingerprint, status, response, locked_until FROM idempotency_keys WHERE key = $1",
-        )
-        .bind(key)
-        .fetch_optional(store.pool())
-        .await
-        {
-            Ok(Some(row)) => row,
+        match earlier(store, key, fingerprint).await {
+            Ok(Earlier::Answered(response)) => return response,
             // Released between our insert and read (a transient failure): run.
-            Ok(None) => return Box::pin(once(store, key, fingerprint, work)).await,
-            Err(e) => return internal(e),
-        };
-        let earlier: String = row.try_get("fingerprint").unwrap_or_default();
-        if earlier != fingerprint {
-            return Problem::new(422, "idempotency-key-reused", "Idempotency key reused")
-                .with_detail("this Idempotency-Key was used for another request; use a new key")
-                .into_response();
-        }
-        let status: Option<i64> = row.try_get("status").unwrap_or(None);
-        if let Some(status) = status {
-            let body: Option<String> = row.try_get("response").unwrap_or(None);
-            let body: serde_json::Value = body.and_then(|b| serde_json::from_str(&b).ok()).unwrap_or_default();
-            return replay(status, body, true);
-        }
-        let locked_until: i64 = row.try_get("locked_until").unwrap_or(i64::MAX);
-        let taken_over = locked_until < now
-            && sqlx::query(
-                "UPDATE idempotency_keys SET locked_until = $1 WHERE key = $2 AND status IS NULL AND locked_until = $3",
-            )
-            .bind(now + LEASE_MS)
-            .bind(key)
-            .bind(locked_until)
-            .execute(store.pool())
-            .await
-            .is_ok_and(|d| d.rows_affected() == 1);
-        if !taken_over {
-            let mut response = Problem::new(409, IN_PROGRESS, "Request in progress")
-                .with_detail("a request with this Idempotency-Key is still running; retry shortly")
-                .into_response();
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return response;
+            Ok(Earlier::Missing) => return Box::pin(once(store, key, fingerprint, work)).await,
+            Ok(Earlier::Running { locked_until }) => {
+                let taken_over = locked_until < now
+                    && sqlx::query(
+                        "UPDATE idempotency_keys SET locked_until = $1 WHERE key = $2 AND status IS NULL AND locked_until = $3",
+                    )
+                    .bind(now + LEASE_MS)
+                    .bind(key)
+                    .bind(locked_until)
+                    .execute(store.pool())
+                    .await
+                    .is_ok_and(|d| d.rows_affected() == 1);
+                if !taken_over {
+                    return in_progress();
+                }
+            }
+            Err(response) => return response,
         }
     }
     let (status, body) = work().await;
@@ -144,6 +121,99 @@ where
         tracing::error!(error = %e, "could not keep an idempotent answer");
     }
     replay(i64::from(status.as_u16()), body, false)
+}
+
+/// What a key already holds.
+enum Earlier {
+    /// Nothing.
+    Missing,
+    /// An answer to give again (or a refusal: the key was used for another request).
+    Answered(Response),
+    /// A run that has not answered, holding the key until then.
+    Running { locked_until: i64 },
+}
+
+async fn earlier(store: &Store, key: &str, fingerprint: &str) -> Result<Earlier, Response> {
+    let row = sqlx::query("SELECT fingerprint, status, response, locked_until FROM idempotency_keys WHERE key = $1")
+        .bind(key)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(internal)?;
+    let Some(row) = row else {
+        return Ok(Earlier::Missing);
+    };
+    let earlier: String = row.try_get("fingerprint").unwrap_or_default();
+    if earlier != fingerprint {
+        return Ok(Earlier::Answered(
+            Problem::new(422, "idempotency-key-reused", "Idempotency key reused")
+                .with_detail("this Idempotency-Key was used for another request; use a new key")
+                .into_response(),
+        ));
+    }
+    let status: Option<i64> = row.try_get("status").unwrap_or(None);
+    if let Some(status) = status {
+        let body: Option<String> = row.try_get("response").unwrap_or(None);
+        let body: serde_json::Value = body.and_then(|b| serde_json::from_str(&b).ok()).unwrap_or_default();
+        return Ok(Earlier::Answered(replay(status, body, true)));
+    }
+    Ok(Earlier::Running {
+        locked_until: row.try_get("locked_until").unwrap_or(i64::MAX),
+    })
+}
+
+fn in_progress() -> Response {
+    let mut response = Problem::new(409, IN_PROGRESS, "Request in progress")
+        .with_detail("a request with this Idempotency-Key is still running; retry shortly")
+        .into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    response
+}
+
+/// For work that keeps its answer in its own transaction ([`keep_in`]) instead of running
+/// under [`once`]: what an earlier request with this key answered (again, marked replayed),
+/// `422` if the key was used for another request, `409` while a run under [`once`] holds it;
+/// `None` when the work should run.
+pub async fn recall(store: &Store, key: &str, fingerprint: &str) -> Option<Response> {
+    match earlier(store, key, fingerprint).await {
+        Ok(Earlier::Missing) => None,
+        Ok(Earlier::Answered(response)) => Some(response),
+        Ok(Earlier::Running { locked_until }) if locked_until < now_ms() => None,
+        Ok(Earlier::Running { .. }) => Some(in_progress()),
+        Err(response) => Some(response),
+    }
+}
+
+/// Keeps the answer to the request with `key` inside the transaction that does its work, so
+/// the work and its answer commit together (one durable commit where [`once`] needs three).
+/// `false` when another request with the key answered first: roll back and [`recall`] it.
+/// Answers with a 5xx status are not kept (a retry runs again); give those to [`respond`].
+pub async fn keep_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &str,
+    fingerprint: &str,
+    status: StatusCode,
+    body: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    if status.is_server_error() {
+        return Ok(true);
+    }
+    let now = now_ms();
+    // A run under `once` that died holding the key (its lease over) is answered for.
+    let kept = sqlx::query(
+        "INSERT INTO idempotency_keys (key, fingerprint, status, response, locked_until, created_ms) VALUES ($1, $2, $3, $4, 0, $5) \
+         ON CONFLICT (key) DO UPDATE SET status = excluded.status, response = excluded.response, locked_until = 0 \
+         WHERE idempotency_keys.status IS NULL AND idempotency_keys.locked_until < $5 AND idempotency_keys.fingerprint = excluded.fingerprint",
+    )
+    .bind(key)
+    .bind(fingerprint)
+    .bind(i64::from(status.as_u16()))
+    .bind(body.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(kept.rows_affected() == 1)
 }
 
 /// A work's answer as a response, the way [`once`] gives it: `application/json`, or
