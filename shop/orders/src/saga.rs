@@ -1,13 +1,14 @@
 //! The order saga (orchestration): reserve stock → authorize payment → create the shipment
-//! (held) → confirm (capture, commit stock). Each step records what it did as an order event,
-//! so the order's history tells the saga's story; on failure the earlier steps are undone in
+//! (held) → confirm (capture, commit stock). What each step did is recorded as an order event
+//! in the transaction that records the saga's progress (the journal is the saga's
+//! [`Recorder`]), so the order's history tells the saga's story; on failure the earlier steps are undone in
 //! reverse (cancel the shipment, void or refund the payment, release the stock) and the order
 //! is cancelled. Payments out of reach is not a failure: the order waits in
 //! `PAYMENT_PENDING` and the step is retried until payments answers.
 
 use std::time::Duration;
 
-use flotilla::saga::{Saga, StepError};
+use flotilla::saga::{Milestone, RecordFuture, Recorder, Saga, StepError};
 use serde::{Deserialize, Serialize};
 
 use crate::downstream::Downstream;
@@ -40,6 +41,64 @@ fn database(err: sqlx::Error) -> StepError {
     StepError::Failed(format!("recording the order's event: {err}"))
 }
 
+/// The order event a saga milestone is, if any: what each step did becomes part of the
+/// order's history in the same transaction as the saga's progress.
+pub fn event_of(milestone: &Milestone<'_, OrderSaga>) -> Option<OrderEvent> {
+    match milestone {
+        Milestone::Done { step, state } => match *step {
+            "reserve-stock" => Some(OrderEvent::StockReserved),
+            "authorize-payment" => state
+                .payment_id
+                .clone()
+                .map(|payment_id| OrderEvent::PaymentAuthorized { payment_id }),
+            "create-shipment" => state
+                .shipment_id
+                .clone()
+                .map(|shipment_id| OrderEvent::ShipmentCreated { shipment_id }),
+            "confirm" => Some(OrderEvent::Confirmed),
+            _ => None,
+        },
+        Milestone::Undone { step, .. } => match *step {
+            "reserve-stock" => Some(OrderEvent::StockReleased),
+            "authorize-payment" => Some(OrderEvent::PaymentReleased),
+            "create-shipment" => Some(OrderEvent::ShipmentCancelled),
+            _ => None,
+        },
+        Milestone::Compensated { why, .. } => Some(OrderEvent::Cancelled {
+            reason: (*why).to_owned(),
+        }),
+    }
+}
+
+impl Recorder<OrderSaga> for Journal {
+    fn record<'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'static, sqlx::Any>,
+        _id: &'a str,
+        milestone: Milestone<'a, OrderSaga>,
+    ) -> RecordFuture<'a> {
+        Box::pin(async move {
+            let order_id = match &milestone {
+                Milestone::Done { state, .. }
+                | Milestone::Undone { state, .. }
+                | Milestone::Compensated { state, .. } => &state.order_id,
+            };
+            if let Some(event) = event_of(&milestone) {
+                let confirmed = matches!(event, OrderEvent::Confirmed);
+                self.record_in(tx, order_id, event).await?;
+                if confirmed {
+                    tracing::info!(order_id = %order_id, "order confirmed");
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn committed(&self) {
+        Journal::committed(self);
+    }
+}
+
 /// The saga over `downstream`, recording into `journal`.
 pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
     let (d1, d2, d3, d4, d5, d6, d7) = (
@@ -51,38 +110,24 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
         downstream.clone(),
         downstream,
     );
-    let (j1, j2, j3, j4, j5, j6, j7, j8) = (
-        journal.clone(),
-        journal.clone(),
-        journal.clone(),
-        journal.clone(),
-        journal.clone(),
-        journal.clone(),
-        journal.clone(),
-        journal,
-    );
     let timeout = Duration::from_secs(10);
+    let pending = journal.clone();
     Saga::new(KIND)
+        .recorder(journal)
         .step(
             "reserve-stock",
             move |_id, state: OrderSaga| {
-                let (d, j) = (d1.clone(), j1.clone());
+                let d = d1.clone();
                 async move {
                     let lines: Vec<(i64, i64)> = state.lines.iter().map(|l| (l.product_id, l.quantity)).collect();
                     d.reserve(&state.order_id, &lines).await?;
-                    j.record(&state.order_id, OrderEvent::StockReserved)
-                        .await
-                        .map_err(database)?;
                     Ok(state)
                 }
             },
             move |_id, state: OrderSaga| {
-                let (d, j) = (d2.clone(), j2.clone());
+                let d = d2.clone();
                 async move {
                     d.release(&state.order_id).await?;
-                    j.record(&state.order_id, OrderEvent::StockReleased)
-                        .await
-                        .map_err(database)?;
                     Ok(state)
                 }
             },
@@ -91,18 +136,10 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
         .step(
             "authorize-payment",
             move |_id, mut state: OrderSaga| {
-                let (d, j) = (d3.clone(), j3.clone());
+                let (d, j) = (d3.clone(), pending.clone());
                 async move {
                     match d.authorize(&state.order_id, &state.total).await {
                         Ok(payment_id) => {
-                            j.record(
-                                &state.order_id,
-                                OrderEvent::PaymentAuthorized {
-                                    payment_id: payment_id.clone(),
-                                },
-                            )
-                            .await
-                            .map_err(database)?;
                             state.payment_id = Some(payment_id);
                             Ok(state)
                         }
@@ -118,12 +155,9 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
                 }
             },
             move |_id, state: OrderSaga| {
-                let (d, j) = (d4.clone(), j4.clone());
+                let d = d4.clone();
                 async move {
                     d.release_payments(&state.order_id).await?;
-                    j.record(&state.order_id, OrderEvent::PaymentReleased)
-                        .await
-                        .map_err(database)?;
                     Ok(state)
                 }
             },
@@ -132,28 +166,16 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
         .step(
             "create-shipment",
             move |_id, mut state: OrderSaga| {
-                let (d, j) = (d5.clone(), j5.clone());
+                let d = d5.clone();
                 async move {
-                    let shipment_id = d.ship(&state.order_id, &state.address).await?;
-                    j.record(
-                        &state.order_id,
-                        OrderEvent::ShipmentCreated {
-                            shipment_id: shipment_id.clone(),
-                        },
-                    )
-                    .await
-                    .map_err(database)?;
-                    state.shipment_id = Some(shipment_id);
+                    state.shipment_id = Some(d.ship(&state.order_id, &state.address).await?);
                     Ok(state)
                 }
             },
             move |_id, state: OrderSaga| {
-                let (d, j) = (d6.clone(), j6.clone());
+                let d = d6.clone();
                 async move {
                     d.cancel_shipment(&state.order_id).await?;
-                    j.record(&state.order_id, OrderEvent::ShipmentCancelled)
-                        .await
-                        .map_err(database)?;
                     Ok(state)
                 }
             },
@@ -162,7 +184,7 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
         .step(
             "confirm",
             move |_id, state: OrderSaga| {
-                let (d, j) = (d7.clone(), j7.clone());
+                let d = d7.clone();
                 async move {
                     let Some(payment_id) = state.payment_id.as_deref() else {
                         return Err(StepError::Rejected("no payment to capture".into()));
@@ -174,10 +196,6 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
                         StepError::Failed(why) => StepError::Unavailable(why),
                         other => other,
                     })?;
-                    j.record(&state.order_id, OrderEvent::Confirmed)
-                        .await
-                        .map_err(database)?;
-                    tracing::info!(order_id = %state.order_id, "order confirmed");
                     Ok(state)
                 }
             },
@@ -186,13 +204,4 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
             |_id, state: OrderSaga| async move { Ok(state) },
         )
         .with_policy(timeout, 5)
-        .on_compensated(move |_id, state: OrderSaga, why| {
-            let j = j8.clone();
-            async move {
-                j.record(&state.order_id, OrderEvent::Cancelled { reason: why })
-                    .await
-                    .map_err(database)?;
-                Ok(state)
-            }
-        })
 }

@@ -10,6 +10,10 @@
 //! may have happened before the failure was seen; a `Rejected` step is not (the other side
 //! said no, so nothing happened). Compensations must therefore undo "nothing" gracefully.
 //!
+//! A saga's owner keeps its own record of each step (an order's events) through a
+//! [`Recorder`], written in the transaction that records the saga's progress: one commit per
+//! step, and the two never disagree.
+//!
 //! Actions and compensations must be idempotent (a crash after a step's effect and before its
 //! record makes it run again): give downstream calls the saga id as their idempotency key.
 
@@ -26,6 +30,7 @@ use tracing::Instrument;
 
 use crate::telemetry::{metrics, span};
 
+use store::Change;
 pub use store::{SagaRecord, SagaStatus, SagaStore, Transition};
 
 /// Why a step did not complete.
@@ -59,12 +64,58 @@ pub struct Step<S> {
 
 type Finally<S> = Arc<dyn Fn(String, S, String) -> Boxed<S> + Send + Sync>;
 
+/// A point in an instance's life its owner may keep a record of (an order's event).
+#[derive(Debug)]
+pub enum Milestone<'a, S> {
+    /// A step's action succeeded; `state` is what it returned.
+    Done {
+        /// The step.
+        step: &'a str,
+        /// The state after it.
+        state: &'a S,
+    },
+    /// A step's compensation succeeded.
+    Undone {
+        /// The step.
+        step: &'a str,
+        /// The state after it.
+        state: &'a S,
+    },
+    /// Every completed step was undone; the instance ends.
+    Compensated {
+        /// The state at the end.
+        state: &'a S,
+        /// Why the saga failed.
+        why: &'a str,
+    },
+}
+
+/// What a recorder's write returns.
+pub type RecordFuture<'a> = Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + 'a>>;
+
+/// Writes the owner's record of a milestone inside the transaction that records the saga's
+/// own progress: both commit or neither, and a step costs one commit, not two. Runs again
+/// if the step runs again after a crash, so it must tolerate repeats.
+pub trait Recorder<S>: Send + Sync {
+    /// Writes what `milestone` means to the owner into `tx`.
+    fn record<'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'static, sqlx::Any>,
+        id: &'a str,
+        milestone: Milestone<'a, S>,
+    ) -> RecordFuture<'a>;
+
+    /// After such a transaction committed (to wake an outbox relay).
+    fn committed(&self) {}
+}
+
 /// A saga's definition: its kind and its steps, in order.
 pub struct Saga<S> {
     /// The kind (`order`), stored with each instance.
     pub kind: String,
     steps: Vec<Step<S>>,
     on_compensated: Option<Finally<S>>,
+    recorder: Option<Arc<dyn Recorder<S>>>,
 }
 
 impl<S> Saga<S>
@@ -77,7 +128,14 @@ where
             kind: kind.into(),
             steps: Vec::new(),
             on_compensated: None,
+            recorder: None,
         }
+    }
+
+    /// Keeps the owner's record of each milestone in the saga's own transactions.
+    pub fn recorder(mut self, recorder: impl Recorder<S> + 'static) -> Self {
+        self.recorder = Some(Arc::new(recorder));
+        self
     }
 
     /// What to do once every completed step was undone (record the cancellation, tell
@@ -231,7 +289,14 @@ where
     async fn transition(&self, id: &str, record: SagaRecord) -> Result<Option<SagaRecord>, sqlx::Error> {
         let Ok(state) = serde_json::from_value::<S>(record.state.clone()) else {
             self.store
-                .finish(id, SagaStatus::Failed, &record.state, "state does not deserialize")
+                .change(
+                    id,
+                    Change::Finish {
+                        status: SagaStatus::Failed,
+                        state: &record.state,
+                        why: "state does not deserialize",
+                    },
+                )
                 .await?;
             metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "failed"], 1.0);
             return Ok(None);
@@ -250,7 +315,16 @@ where
         match record.status {
             SagaStatus::Running => {
                 let Some(step) = steps.get(record.step as usize) else {
-                    self.store.finish(id, SagaStatus::Completed, &record.state, "").await?;
+                    self.store
+                        .change(
+                            id,
+                            Change::Finish {
+                                status: SagaStatus::Completed,
+                                state: &record.state,
+                                why: "",
+                            },
+                        )
+                        .await?;
                     return Ok(None);
                 };
                 let span = span::saga_step(&self.saga.kind, &step.name, false, id, &record.traceparent);
@@ -270,31 +344,49 @@ where
                 };
                 metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                 match outcome {
-                    Ok(next) => {
-                        let next = serde_json::to_value(&next).unwrap_or(record.state.clone());
+                    Ok(state) => {
+                        let next = serde_json::to_value(&state).unwrap_or(record.state.clone());
                         let done = record.step as usize + 1 == steps.len();
+                        let change = Change::StepDone {
+                            step: &step.name,
+                            state: &next,
+                            last: done,
+                        };
+                        let milestone = Milestone::Done {
+                            step: &step.name,
+                            state: &state,
+                        };
+                        // In the step's span: what the owner records (an event it publishes)
+                        // belongs to the step's trace.
+                        let recorded = self
+                            .record(id, &record, &step.name, change, milestone)
+                            .instrument(span)
+                            .await?;
+                        if !recorded {
+                            return Ok(None);
+                        }
                         if done {
                             metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "completed"], 1.0);
                         }
-                        self.store.step_done(id, &step.name, &next, done).await?;
                         if !done {
                             return Ok(go_on(SagaStatus::Running, record.step + 1, next, String::new()));
                         }
                     }
                     Err(StepError::Unavailable(why)) => {
-                        self.store
-                            .retry_later(id, &step.name, &why, backoff(record.attempts), false)
-                            .await?;
+                        self.retry_later(id, &step.name, &why, record.attempts, false).await?;
                     }
                     Err(StepError::Failed(why)) if record.attempts + 1 < step.attempts => {
-                        self.store
-                            .retry_later(id, &step.name, &why, backoff(record.attempts), true)
-                            .await?;
+                        self.retry_later(id, &step.name, &why, record.attempts, true).await?;
                     }
                     // A step that failed (or timed out) may have had its effect before the
                     // failure: its own compensation runs too. A rejected step had none.
                     Err(StepError::Failed(why)) => {
-                        self.store.compensate_from(id, &step.name, &why, true).await?;
+                        let change = Change::CompensateFrom {
+                            step: &step.name,
+                            why: &why,
+                            itself: true,
+                        };
+                        self.store.change(id, change).await?;
                         return Ok(go_on(
                             SagaStatus::Compensating,
                             record.step + 1,
@@ -303,7 +395,12 @@ where
                         ));
                     }
                     Err(StepError::Rejected(why)) => {
-                        self.store.compensate_from(id, &step.name, &why, false).await?;
+                        let change = Change::CompensateFrom {
+                            step: &step.name,
+                            why: &why,
+                            itself: false,
+                        };
+                        self.store.change(id, change).await?;
                         return Ok(go_on(SagaStatus::Compensating, record.step, record.state.clone(), why));
                     }
                 }
@@ -311,33 +408,36 @@ where
             SagaStatus::Compensating => {
                 // `step` is one past the last step to undo: undo them, last first.
                 if record.step == 0 {
-                    let mut last = record.state.clone();
+                    let mut state = state;
                     if let Some(finally) = &self.saga.on_compensated {
                         let outcome = tokio::time::timeout(
                             Duration::from_secs(10),
-                            finally(id.to_owned(), state, record.last_error.clone()),
+                            finally(id.to_owned(), state.clone(), record.last_error.clone()),
                         )
                         .await
                         .unwrap_or_else(|_| Err(StepError::Failed("timed out".into())));
                         match outcome {
-                            Ok(next) => last = serde_json::to_value(&next).unwrap_or(last),
+                            Ok(next) => state = next,
                             Err(err) => {
-                                self.store
-                                    .retry_later(
-                                        id,
-                                        "",
-                                        &format!("after compensation: {err}"),
-                                        backoff(record.attempts),
-                                        true,
-                                    )
-                                    .await?;
+                                let why = format!("after compensation: {err}");
+                                self.retry_later(id, "", &why, record.attempts, true).await?;
                                 return Ok(None);
                             }
                         }
                     }
-                    self.store
-                        .finish(id, SagaStatus::Compensated, &last, &record.last_error)
-                        .await?;
+                    let last = serde_json::to_value(&state).unwrap_or(record.state.clone());
+                    let change = Change::Finish {
+                        status: SagaStatus::Compensated,
+                        state: &last,
+                        why: &record.last_error,
+                    };
+                    let milestone = Milestone::Compensated {
+                        state: &state,
+                        why: &record.last_error,
+                    };
+                    if !self.record(id, &record, "", change, milestone).await? {
+                        return Ok(None);
+                    }
                     metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "compensated"], 1.0);
                     return Ok(None);
                 }
@@ -353,9 +453,23 @@ where
                 let label = if outcome.is_ok() { "compensated" } else { "retry" };
                 metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                 match outcome {
-                    Ok(next) => {
-                        let next = serde_json::to_value(&next).unwrap_or(record.state.clone());
-                        self.store.compensated(id, &step.name, &next).await?;
+                    Ok(state) => {
+                        let next = serde_json::to_value(&state).unwrap_or(record.state.clone());
+                        let change = Change::Compensated {
+                            step: &step.name,
+                            state: &next,
+                        };
+                        let milestone = Milestone::Undone {
+                            step: &step.name,
+                            state: &state,
+                        };
+                        let recorded = self
+                            .record(id, &record, &step.name, change, milestone)
+                            .instrument(span)
+                            .await?;
+                        if !recorded {
+                            return Ok(None);
+                        }
                         return Ok(go_on(
                             SagaStatus::Compensating,
                             record.step - 1,
@@ -365,21 +479,67 @@ where
                     }
                     Err(err) => {
                         // A compensation is retried until it succeeds: it must not be skipped.
-                        self.store
-                            .retry_later(
-                                id,
-                                &step.name,
-                                &format!("compensation: {err}"),
-                                backoff(record.attempts),
-                                true,
-                            )
-                            .await?;
+                        let why = format!("compensation: {err}");
+                        self.retry_later(id, &step.name, &why, record.attempts, true).await?;
                     }
                 }
             }
             _ => {}
         }
         Ok(None)
+    }
+
+    /// A state change and the owner's record of its milestone, in one transaction. When that
+    /// fails, the step (or compensation) that reached the milestone is done again after a
+    /// backoff, like one whose dependency was away: `Ok(false)`.
+    async fn record(
+        &self,
+        id: &str,
+        record: &SagaRecord,
+        step: &str,
+        change: Change<'_>,
+        milestone: Milestone<'_, S>,
+    ) -> Result<bool, sqlx::Error> {
+        let written = async {
+            let mut tx = self.store.begin().await?;
+            SagaStore::apply(&mut tx, id, change).await?;
+            if let Some(recorder) = &self.saga.recorder {
+                recorder.record(&mut tx, id, milestone).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                if let Some(recorder) = &self.saga.recorder {
+                    recorder.committed();
+                }
+                Ok(true)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, saga = %id, step, "recording a saga step failed; it runs again");
+                let why = format!("recording the step: {err}");
+                self.retry_later(id, step, &why, record.attempts, false).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn retry_later(
+        &self,
+        id: &str,
+        step: &str,
+        why: &str,
+        attempts: u32,
+        counts: bool,
+    ) -> Result<(), sqlx::Error> {
+        let change = Change::RetryLater {
+            step,
+            why,
+            after: backoff(attempts),
+            counts,
+        };
+        self.store.change(id, change).await
     }
 
     /// Runs due instances until the process ends: up to 128 at once, each in its own task

@@ -83,6 +83,36 @@ pub struct Transition {
     pub at_ms: i64,
 }
 
+/// A state change of an instance, with the history lines it writes.
+pub(super) enum Change<'a> {
+    /// A step's action succeeded; `last` if it was the last step.
+    StepDone {
+        step: &'a str,
+        state: &'a serde_json::Value,
+        last: bool,
+    },
+    /// Try the current step again after `after`; `counts` against its attempts unless waiting.
+    RetryLater {
+        step: &'a str,
+        why: &'a str,
+        after: Duration,
+        counts: bool,
+    },
+    /// Start undoing from `step` (itself included if `itself`).
+    CompensateFrom { step: &'a str, why: &'a str, itself: bool },
+    /// A step's compensation succeeded.
+    Compensated {
+        step: &'a str,
+        state: &'a serde_json::Value,
+    },
+    /// The instance ended.
+    Finish {
+        status: SagaStatus,
+        state: &'a serde_json::Value,
+        why: &'a str,
+    },
+}
+
 /// How long a runner holds an instance (a crashed runner's instances wait this long).
 pub(super) const LEASE_MS: i64 = 30_000;
 
@@ -140,18 +170,91 @@ impl SagaStore {
         Ok(())
     }
 
-    /// Runs one state change and its history line in one transaction.
-    async fn change<'q>(
-        &self,
+    /// A transaction on the saga tables' database, for [`SagaStore::apply`] and whatever the
+    /// saga's owner records with it.
+    pub(super) async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        self.store.pool().begin().await
+    }
+
+    /// Writes one state change and its history lines inside `tx`.
+    pub(super) async fn apply(
+        tx: &mut Transaction<'static, Any>,
         id: &str,
-        update: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-        lines: &[(&str, &str, &str)],
+        change: Change<'_>,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.store.pool().begin().await?;
-        update.execute(&mut *tx).await?;
-        for (step, event, detail) in lines {
-            Self::log(&mut tx, id, step, event, detail).await?;
+        let now = now_ms();
+        match change {
+            Change::StepDone { step, state, last } => {
+                // The runner goes straight on to the next step: it keeps its lease.
+                sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5")
+                    .bind(state.to_string())
+                    .bind(if last { "completed" } else { "running" })
+                    .bind(if last { 0 } else { now + LEASE_MS })
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                Self::log(tx, id, step, "done", "").await?;
+                if last {
+                    Self::log(tx, id, "", "completed", "").await?;
+                }
+            }
+            Change::RetryLater {
+                step,
+                why,
+                after,
+                counts,
+            } => {
+                sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5")
+                    .bind(i64::from(counts))
+                    .bind(why)
+                    .bind(now + after.as_millis() as i64)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                Self::log(tx, id, step, if counts { "retry" } else { "waiting" }, why).await?;
+            }
+            Change::CompensateFrom { step, why, itself } => {
+                // Starts undoing: the steps before the current one, and this one too if `itself`.
+                sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = $3, updated_ms = $4 WHERE id = $5")
+                    .bind(i64::from(itself))
+                    .bind(why)
+                    .bind(now + LEASE_MS)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                Self::log(tx, id, step, "failed", why).await?;
+            }
+            Change::Compensated { step, state } => {
+                sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4")
+                    .bind(state.to_string())
+                    .bind(now + LEASE_MS)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                Self::log(tx, id, step, "compensated", "").await?;
+            }
+            Change::Finish { status, state, why } => {
+                sqlx::query("UPDATE flotilla_sagas SET status = $1, state = $2, leased_until = 0, updated_ms = $3 WHERE id = $4")
+                    .bind(status.as_str())
+                    .bind(state.to_string())
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                Self::log(tx, id, "", status.as_str(), why).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// One state change in a transaction of its own.
+    pub(super) async fn change(&self, id: &str, change: Change<'_>) -> Result<(), sqlx::Error> {
+        let mut tx = self.begin().await?;
+        Self::apply(&mut tx, id, change).await?;
         tx.commit().await
     }
 
@@ -204,21 +307,20 @@ impl SagaStore {
         .await
     }
 
-    /// Takes an instance for `lease`, if nobody holds it.
+    /// Takes an instance for `lease`, if nobody holds it (one statement: the conditional
+    /// update returns the row it took).
     pub async fn lease(&self, id: &str, lease: Duration) -> Result<Option<SagaRecord>, sqlx::Error> {
         let now = now_ms();
-        let taken = sqlx::query("UPDATE flotilla_sagas SET leased_until = $1 WHERE id = $2 AND leased_until <= $3 AND status IN ('running', 'compensating')")
-            .bind(now + lease.as_millis() as i64)
-            .bind(id)
-            .bind(now)
-            .execute(self.store.pool())
-            .await?
-            .rows_affected()
-            == 1;
-        if !taken {
-            return Ok(None);
-        }
-        self.get(id).await
+        let row = sqlx::query(
+            "UPDATE flotilla_sagas SET leased_until = $1 WHERE id = $2 AND leased_until <= $3 AND status IN ('running', 'compensating') \
+             RETURNING id, kind, status, step, attempts, state, last_error, traceparent",
+        )
+        .bind(now + lease.as_millis() as i64)
+        .bind(id)
+        .bind(now)
+        .fetch_optional(self.store.pool())
+        .await?;
+        row.map(|r| record(&r)).transpose()
     }
 
     /// One instance.
@@ -261,94 +363,6 @@ impl SagaStore {
                 })
             })
             .collect()
-    }
-
-    pub(super) async fn step_done(
-        &self,
-        id: &str,
-        step: &str,
-        state: &serde_json::Value,
-        last: bool,
-    ) -> Result<(), sqlx::Error> {
-        let status = if last { "completed" } else { "running" };
-        let state = state.to_string();
-        let now = now_ms();
-        // The runner goes straight on to the next step: it keeps its lease.
-        let update = sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5")
-            .bind(state)
-            .bind(status)
-            .bind(if last { 0 } else { now + LEASE_MS })
-            .bind(now)
-            .bind(id);
-        let mut lines = vec![(step, "done", "")];
-        if last {
-            lines.push(("", "completed", ""));
-        }
-        self.change(id, update, &lines).await
-    }
-
-    pub(super) async fn retry_later(
-        &self,
-        id: &str,
-        step: &str,
-        why: &str,
-        after: Duration,
-        counts: bool,
-    ) -> Result<(), sqlx::Error> {
-        let now = now_ms();
-        let update = sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5")
-            .bind(i64::from(counts))
-            .bind(why)
-            .bind(now + after.as_millis() as i64)
-            .bind(now)
-            .bind(id);
-        self.change(id, update, &[(step, if counts { "retry" } else { "waiting" }, why)])
-            .await
-    }
-
-    /// Starts undoing: the steps before the current one, and the current one too if `itself`.
-    pub(super) async fn compensate_from(
-        &self,
-        id: &str,
-        step: &str,
-        why: &str,
-        itself: bool,
-    ) -> Result<(), sqlx::Error> {
-        let now = now_ms();
-        let update = sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = $3, updated_ms = $4 WHERE id = $5")
-            .bind(i64::from(itself))
-            .bind(why)
-            .bind(now + LEASE_MS)
-            .bind(now)
-            .bind(id);
-        self.change(id, update, &[(step, "failed", why)]).await
-    }
-
-    pub(super) async fn compensated(&self, id: &str, step: &str, state: &serde_json::Value) -> Result<(), sqlx::Error> {
-        let now = now_ms();
-        let update = sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4")
-            .bind(state.to_string())
-            .bind(now + LEASE_MS)
-            .bind(now)
-            .bind(id);
-        self.change(id, update, &[(step, "compensated", "")]).await
-    }
-
-    pub(super) async fn finish(
-        &self,
-        id: &str,
-        status: SagaStatus,
-        state: &serde_json::Value,
-        why: &str,
-    ) -> Result<(), sqlx::Error> {
-        let update = sqlx::query(
-            "UPDATE flotilla_sagas SET status = $1, state = $2, leased_until = 0, updated_ms = $3 WHERE id = $4",
-        )
-        .bind(status.as_str())
-        .bind(state.to_string())
-        .bind(now_ms())
-        .bind(id);
-        self.change(id, update, &[("", status.as_str(), why)]).await
     }
 }
 

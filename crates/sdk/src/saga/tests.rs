@@ -225,3 +225,85 @@ async fn a_failing_step_is_retried_then_compensated() {
     assert_eq!(done.last_error, "boom");
     db.remove().await;
 }
+
+/// Keeps each milestone as a row of its own table, in the saga's transaction; fails (once)
+/// on the milestone named in `fail_once`.
+struct Rows {
+    fail_once: Mutex<Option<String>>,
+}
+
+impl Recorder<serde_json::Value> for Rows {
+    fn record<'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'static, sqlx::Any>,
+        id: &'a str,
+        milestone: Milestone<'a, serde_json::Value>,
+    ) -> RecordFuture<'a> {
+        Box::pin(async move {
+            let what = match milestone {
+                Milestone::Done { step, .. } => format!("done {step}"),
+                Milestone::Undone { step, .. } => format!("undone {step}"),
+                Milestone::Compensated { why, .. } => format!("compensated: {why}"),
+            };
+            sqlx::query("INSERT INTO milestones (saga, what) VALUES ($1, $2)")
+                .bind(id)
+                .bind(&what)
+                .execute(&mut **tx)
+                .await?;
+            let mut fail = self.fail_once.lock().unwrap();
+            if fail.as_deref() == Some(what.as_str()) {
+                *fail = None;
+                return Err(sqlx::Error::Protocol(format!("recording {what} failed")));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn milestones_are_recorded_in_the_steps_own_transactions_and_a_failed_record_undoes_the_step_record() {
+    let db = TestDatabase::create("saga").await;
+    let tables = Store::open(&db.url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+    let store = SagaStore::prepare(tables.clone()).await.unwrap();
+    sqlx::query("CREATE TABLE milestones (seq INTEGER PRIMARY KEY, saga TEXT NOT NULL, what TEXT NOT NULL)")
+        .execute(tables.pool())
+        .await
+        .unwrap();
+    let journal = Journal::default();
+    // The record of "authorize" fails once: its step is not marked done, so it runs again.
+    let saga = order_saga(&journal, Some(2)).recorder(Rows {
+        fail_once: Mutex::new(Some("done authorize".into())),
+    });
+    let runner = SagaRunner::new(saga, store.clone());
+    runner.start("m-1", &serde_json::json!({})).await.unwrap();
+    let done = run_to_end(&runner, "m-1").await;
+    assert_eq!(done.status, SagaStatus::Compensated);
+    let rows: Vec<String> = sqlx::query_scalar("SELECT what FROM milestones WHERE saga = $1 ORDER BY seq")
+        .bind("m-1")
+        .fetch_all(tables.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            "done reserve",
+            "done authorize",
+            "undone authorize",
+            "undone reserve",
+            "compensated: ship refused"
+        ]
+    );
+    assert_eq!(
+        *journal.lock().unwrap(),
+        vec![
+            "do reserve",
+            "do authorize",
+            "do authorize",
+            "undo authorize",
+            "undo reserve",
+            "cancelled: ship refused"
+        ],
+        "the step whose record failed ran again"
+    );
+    db.remove().await;
+}
