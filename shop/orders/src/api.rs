@@ -176,6 +176,7 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder, keyed: Option<
     let id = uuid::Uuid::new_v4().to_string();
     let saga = OrderSaga {
         order_id: id.clone(),
+        user_id: user_id.to_owned(),
         lines: lines.clone(),
         total: total.clone(),
         address: body.shipping_address.clone(),
@@ -202,18 +203,18 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder, keyed: Option<
                 return Ok(None);
             }
         }
-        let order = orders.journal.record_in(&mut tx, &id, placed).await?;
+        orders.journal.record_in(&mut tx, &id, placed, None).await?;
         orders.runner.start_in(&mut tx, &id, &saga).await?;
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(Some(order))
+        Ok::<_, sqlx::Error>(Some(saga.lines.len()))
     }
     .instrument(orders.journal.store().span("place order"))
     .await;
     match written {
-        Ok(Some(order)) => {
+        Ok(Some(lines)) => {
             orders.journal.committed();
             orders.runner.wake();
-            tracing::info!(order_id = %order.id, lines = order.lines.len(), "order placed");
+            tracing::info!(order_id = %id, lines, "order placed");
             idempotency::respond(StatusCode::ACCEPTED, answer)
         }
         Ok(None) => match keyed {

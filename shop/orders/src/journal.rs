@@ -7,7 +7,7 @@ use flotilla::store::{now_ms, Store};
 use flotilla_api::orders as contract;
 use sqlx::{Any, Row, Transaction};
 
-use crate::order::{Order, OrderEvent, Recorded, Status};
+use crate::order::{Money, Order, OrderEvent, OrderLine, Recorded, Status};
 
 /// The orders' events, with the outbox the integration events go through.
 #[derive(Clone, Debug)]
@@ -45,35 +45,54 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<Recorded, sqlx::Error> {
     })
 }
 
+/// What an order's integration events carry besides its id and status: known to whoever
+/// records an event (the placement, the saga's state), so recording need not fold the order.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The customer.
+    pub user_id: &'a str,
+    /// What was ordered.
+    pub lines: &'a [OrderLine],
+    /// What it costs.
+    pub total: &'a Money,
+}
+
 /// The event other services hear of, if this is one they care about.
-fn integration_event(order: &Order, event: &OrderEvent) -> Option<CloudEvent> {
-    let kind = match event {
-        OrderEvent::Placed { .. } => contract::PLACED,
-        OrderEvent::Confirmed => contract::CONFIRMED,
-        OrderEvent::Cancelled { .. } => contract::CANCELLED,
+fn integration_event(order_id: &str, status: Status, facts: Facts<'_>, event: &OrderEvent) -> Option<CloudEvent> {
+    let (kind, reason) = match event {
+        OrderEvent::Placed { .. } => (contract::PLACED, String::new()),
+        OrderEvent::Confirmed => (contract::CONFIRMED, String::new()),
+        OrderEvent::Cancelled { reason } => (contract::CANCELLED, reason.clone()),
         _ => return None,
     };
     let data = contract::OrderEventData {
-        order_id: order.id.clone(),
-        user_id: order.user_id.clone(),
-        status: order.status.as_str().to_owned(),
-        total: order.total.clone(),
-        lines: order.lines.clone(),
-        reason: order.cancel_reason.clone().unwrap_or_default(),
+        order_id: order_id.to_owned(),
+        user_id: facts.user_id.to_owned(),
+        status: status.as_str().to_owned(),
+        total: facts.total.clone(),
+        lines: facts.lines.to_vec(),
+        reason,
     };
     Some(CloudEvent {
         specversion: "1.0".into(),
         // One id per order and kind: a step that runs again publishes the same event, which
         // the log drops.
-        id: format!("{}:{}", order.id, event.kind()),
+        id: format!("{order_id}:{}", event.kind()),
         source: contract::SOURCE.into(),
         kind: kind.into(),
-        subject: Some(order.id.clone()),
+        subject: Some(order_id.to_owned()),
         time: Some(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
         traceparent: None,
         data: serde_json::to_value(data).ok()?,
         deadletterreason: None,
     })
+}
+
+fn has_integration_event(event: &OrderEvent) -> bool {
+    matches!(
+        event,
+        OrderEvent::Placed { .. } | OrderEvent::Confirmed | OrderEvent::Cancelled { .. }
+    )
 }
 
 impl Journal {
@@ -106,55 +125,118 @@ impl Journal {
         Ok(Order::fold(order_id, &events).map(|order| (order, events)))
     }
 
-    /// Appends `event` to the order in its own transaction (the saga's steps); an event of a
-    /// kind the order already has is not added again (a step repeated after a crash).
-    /// Returns the order.
-    pub async fn record(&self, order_id: &str, event: OrderEvent) -> Result<Order, sqlx::Error> {
+    /// Appends `event` to the order in its own transaction (a step's wait); an event of a
+    /// kind the order already has is not added again.
+    pub async fn record(&self, order_id: &str, event: OrderEvent) -> Result<(), sqlx::Error> {
         let mut tx = self.progress.begin_write().await?;
-        let order = self.record_in(&mut tx, order_id, event).await?;
+        self.record_in(&mut tx, order_id, event, None).await?;
         tx.commit().await?;
         self.outbox.committed();
-        Ok(order)
+        Ok(())
     }
 
-    /// Appends `event` inside `tx`, refreshes the read model and queues the integration event.
-    /// Call [`Outbox::committed`] (through [`Journal::committed`]) after the commit.
+    /// Appends `event` inside `tx`, moves the read model's row along and queues the
+    /// integration event; false if the order already has an event of this kind (a step
+    /// repeated after a crash: nothing is written). Without `facts`, an event others hear of
+    /// is recorded by folding the order first. Call [`Journal::committed`] after the commit.
     pub async fn record_in(
         &self,
         tx: &mut Transaction<'static, Any>,
         order_id: &str,
         event: OrderEvent,
-    ) -> Result<Order, sqlx::Error> {
+        facts: Option<Facts<'_>>,
+    ) -> Result<bool, sqlx::Error> {
+        let facts = match (&event, facts) {
+            (
+                OrderEvent::Placed {
+                    user_id, lines, total, ..
+                },
+                _,
+            ) => Some(Facts { user_id, lines, total }),
+            (_, facts) => facts,
+        };
+        if facts.is_none() && has_integration_event(&event) {
+            return self.record_folded(tx, order_id, event).await;
+        }
+        self.append(tx, order_id, &event, facts).await
+    }
+
+    /// The event, numbered after the order's last, and the read model moved by it, without
+    /// reading the order: the unique (order, kind) index turns a repeat into no row.
+    async fn append(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        order_id: &str,
+        event: &OrderEvent,
+        facts: Option<Facts<'_>>,
+    ) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        let data = serde_json::to_string(event).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let added = sqlx::query(
+            "INSERT INTO order_events (order_id, seq, type, data, at_ms) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM order_events WHERE order_id = $1 \
+             ON CONFLICT (order_id, type) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(event.kind())
+        .bind(data)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !added {
+            return Ok(false);
+        }
+        let moved_to = event.moves_open_order_to();
+        if let OrderEvent::Placed { .. } = event {
+            // The first event: the order is what it says.
+            let placed = Recorded {
+                seq: 1,
+                at_ms: now,
+                event: event.clone(),
+            };
+            let order = Order::fold(order_id, &[placed]).ok_or_else(|| missing(order_id))?;
+            project(tx, &order).await?;
+        } else {
+            sqlx::query(
+                "UPDATE orders_view SET status = CASE WHEN status IN ('PENDING', 'PAYMENT_PENDING') THEN COALESCE($2, status) ELSE status END, \
+                 version = version + 1, updated_ms = $3 WHERE id = $1",
+            )
+            .bind(order_id)
+            .bind(moved_to.map(Status::as_str))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        if let (Some(facts), Some(status)) = (facts, moved_to) {
+            if let Some(envelope) = integration_event(order_id, status, facts, event) {
+                self.outbox.add(tx, contract::TOPIC, &envelope).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// [`Journal::record_in`] for an event others hear of when the facts are not at hand
+    /// (a saga started before its state carried them): folds the order, then appends.
+    async fn record_folded(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        order_id: &str,
+        event: OrderEvent,
+    ) -> Result<bool, sqlx::Error> {
         let rows = sqlx::query("SELECT seq, at_ms, data FROM order_events WHERE order_id = $1 ORDER BY seq")
             .bind(order_id)
             .fetch_all(&mut **tx)
             .await?;
-        let mut events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        let repeated = events.iter().any(|r| r.event.kind() == event.kind());
-        if repeated {
-            return Order::fold(order_id, &events).ok_or_else(|| missing(order_id));
-        }
-        let recorded = Recorded {
-            seq: events.last().map_or(1, |r| r.seq + 1),
-            at_ms: now_ms(),
-            event,
-        };
-        let data = serde_json::to_string(&recorded.event).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        sqlx::query("INSERT INTO order_events (order_id, seq, type, data, at_ms) VALUES ($1, $2, $3, $4, $5)")
-            .bind(order_id)
-            .bind(recorded.seq)
-            .bind(recorded.event.kind())
-            .bind(data)
-            .bind(recorded.at_ms)
-            .execute(&mut **tx)
-            .await?;
-        events.push(recorded.clone());
+        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         let order = Order::fold(order_id, &events).ok_or_else(|| missing(order_id))?;
-        project(tx, &order).await?;
-        if let Some(envelope) = integration_event(&order, &recorded.event) {
-            self.outbox.add(tx, contract::TOPIC, &envelope).await?;
-        }
-        Ok(order)
+        let facts = Facts {
+            user_id: &order.user_id,
+            lines: &order.lines,
+            total: &order.total,
+        };
+        self.append(tx, order_id, &event, Some(facts)).await
     }
 
     /// Wakes the outbox relay after a commit.

@@ -21,6 +21,11 @@ pub enum Status {
 }
 
 impl Status {
+    /// Whether the order can still change (not confirmed or cancelled).
+    pub fn is_open(self) -> bool {
+        matches!(self, Status::Pending | Status::PaymentPending)
+    }
+
     /// The name the API and the read model use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,6 +116,18 @@ pub enum OrderEvent {
 }
 
 impl OrderEvent {
+    /// The status this event gives an order that is not finished yet (`None`: unchanged).
+    /// The fold and the read model's update both go by it.
+    pub fn moves_open_order_to(&self) -> Option<Status> {
+        match self {
+            OrderEvent::Placed { .. } | OrderEvent::PaymentAuthorized { .. } => Some(Status::Pending),
+            OrderEvent::PaymentPending { .. } => Some(Status::PaymentPending),
+            OrderEvent::Confirmed => Some(Status::Confirmed),
+            OrderEvent::Cancelled { .. } => Some(Status::Cancelled),
+            _ => None,
+        }
+    }
+
     /// The event's kind, as stored (each kind happens at most once per order).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -210,19 +227,15 @@ impl Order {
         self.version = recorded.seq;
         self.updated_ms = recorded.at_ms;
         // A finished order stays finished, whatever arrives late.
-        let open = matches!(self.status, Status::Pending | Status::PaymentPending);
-        match &recorded.event {
-            OrderEvent::PaymentPending { .. } if open => self.status = Status::PaymentPending,
-            OrderEvent::PaymentAuthorized { payment_id } => {
-                self.payment_id = Some(payment_id.clone());
-                if open {
-                    self.status = Status::Pending;
-                }
+        if self.status.is_open() {
+            if let Some(status) = recorded.event.moves_open_order_to() {
+                self.status = status;
             }
+        }
+        match &recorded.event {
+            OrderEvent::PaymentAuthorized { payment_id } => self.payment_id = Some(payment_id.clone()),
             OrderEvent::ShipmentCreated { shipment_id } => self.shipment_id = Some(shipment_id.clone()),
-            OrderEvent::Confirmed if open => self.status = Status::Confirmed,
-            OrderEvent::Cancelled { reason } if open => {
-                self.status = Status::Cancelled;
+            OrderEvent::Cancelled { reason } if self.status == Status::Cancelled => {
                 self.cancel_reason = Some(reason.clone());
             }
             _ => {}

@@ -12,7 +12,7 @@ use flotilla::saga::{Milestone, RecordFuture, Recorder, Saga, StepError};
 use serde::{Deserialize, Serialize};
 
 use crate::downstream::Downstream;
-use crate::journal::Journal;
+use crate::journal::{Facts, Journal};
 use crate::order::{Address, Money, OrderEvent, OrderLine};
 
 /// The saga's kind in the saga tables.
@@ -23,6 +23,9 @@ pub const KIND: &str = "order";
 pub struct OrderSaga {
     /// The order.
     pub order_id: String,
+    /// The customer (empty in sagas started before it was kept: their events fold the order).
+    #[serde(default)]
+    pub user_id: String,
     /// What to reserve.
     pub lines: Vec<OrderLine>,
     /// What to charge.
@@ -78,14 +81,20 @@ impl Recorder<OrderSaga> for Journal {
         milestone: Milestone<'a, OrderSaga>,
     ) -> RecordFuture<'a> {
         Box::pin(async move {
-            let order_id = match &milestone {
+            let state = match &milestone {
                 Milestone::Done { state, .. }
                 | Milestone::Undone { state, .. }
-                | Milestone::Compensated { state, .. } => &state.order_id,
+                | Milestone::Compensated { state, .. } => *state,
             };
+            let order_id = &state.order_id;
+            let facts = (!state.user_id.is_empty()).then_some(Facts {
+                user_id: &state.user_id,
+                lines: &state.lines,
+                total: &state.total,
+            });
             if let Some(event) = event_of(&milestone) {
                 let confirmed = matches!(event, OrderEvent::Confirmed);
-                self.record_in(tx, order_id, event).await?;
+                self.record_in(tx, order_id, event, facts).await?;
                 if confirmed {
                     tracing::info!(order_id = %order_id, "order confirmed");
                 }

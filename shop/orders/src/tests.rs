@@ -594,3 +594,92 @@ fn the_document_names_every_route() {
         assert!(document["paths"].get(path).is_some(), "{path}");
     }
 }
+
+#[tokio::test]
+async fn the_journal_appends_without_folding_and_folds_only_when_the_facts_are_missing() {
+    use crate::journal::{Facts, Journal};
+    use crate::order::{Address, Money, OrderEvent, OrderLine};
+    let db = TestDatabase::create("orders").await;
+    let store = Store::open(&db.url, &crate::MIGRATOR).await.unwrap();
+    flotilla::events::prepare(&store).await.unwrap();
+    let journal = Journal::new(store.clone(), flotilla::events::Outbox::new());
+    let lines = vec![OrderLine {
+        product_id: 1,
+        quantity: 2,
+        name: "Mug".into(),
+        unit_price_minor: 500,
+    }];
+    let total = Money {
+        amount_minor: 1000,
+        currency: "EUR".into(),
+    };
+    let placed = OrderEvent::Placed {
+        user_id: "ana".into(),
+        lines: lines.clone(),
+        total: total.clone(),
+        shipping_address: Address {
+            name: "Ana".into(),
+            line1: "Kai 1".into(),
+            line2: String::new(),
+            city: "Hamburg".into(),
+            postal_code: "20457".into(),
+            country: "DE".into(),
+        },
+    };
+    let record = |id: &'static str, event: OrderEvent, facts: Option<Facts<'static>>| {
+        let (journal, store) = (journal.clone(), store.clone());
+        async move {
+            let mut tx = store.begin_write().await.unwrap();
+            let added = journal.record_in(&mut tx, id, event, facts).await.unwrap();
+            tx.commit().await.unwrap();
+            added
+        }
+    };
+    let facts: Facts<'static> = Facts {
+        user_id: "ana",
+        lines: Box::leak(lines.into_boxed_slice()),
+        total: Box::leak(Box::new(total)),
+    };
+    for id in ["o-1", "o-2"] {
+        assert!(record(id, placed.clone(), None).await);
+        assert!(record(id, OrderEvent::StockReserved, None).await);
+        assert!(
+            !record(id, OrderEvent::StockReserved, None).await,
+            "a repeat adds nothing"
+        );
+    }
+    // With the facts at hand, and without (an old saga's state): the same confirmed event.
+    assert!(record("o-1", OrderEvent::Confirmed, Some(facts)).await);
+    assert!(record("o-2", OrderEvent::Confirmed, None).await);
+    assert!(!record("o-2", OrderEvent::Confirmed, None).await);
+    let envelopes: Vec<String> = sqlx::query_scalar("SELECT envelope FROM flotilla_outbox ORDER BY seq")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let confirmed: Vec<Value> = envelopes
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|e| e["type"] == flotilla::api::orders::CONFIRMED)
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(confirmed.len(), 2, "{envelopes:?}");
+    for data in &confirmed {
+        assert_eq!(
+            (data["user_id"].as_str(), data["status"].as_str()),
+            (Some("ana"), Some("CONFIRMED"))
+        );
+        assert_eq!(data["total"]["amount_minor"], 1000);
+    }
+    // The read model moved with every event, and equals what a rebuild folds.
+    let before = journal.list("ana", None, 10).await.unwrap();
+    assert!(before
+        .iter()
+        .all(|o| o.status == crate::order::Status::Confirmed && o.items == 2));
+    journal.rebuild().await.unwrap();
+    let mut after = journal.list("ana", None, 10).await.unwrap();
+    let mut before = before;
+    before.sort_by(|a, b| a.id.cmp(&b.id));
+    after.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(before, after);
+    db.remove().await;
+}
