@@ -552,7 +552,11 @@ where
         loop {
             let free = limit.saturating_sub(running.len());
             if free > 0 {
-                match self.store.due(&self.saga.kind, (free + in_flight.len()) as i64).await {
+                // Running instances hold leases and are not due; only those spawned and not
+                // leased yet can come back, so a few more than there is room for will do (a
+                // query per finished instance must not read the whole backlog).
+                let ask = (free + in_flight.len().min(free.max(8))) as i64;
+                match self.store.due(&self.saga.kind, ask).await {
                     Ok(due) => {
                         let fresh: Vec<String> = due
                             .into_iter()
@@ -577,20 +581,10 @@ where
             }
             tokio::select! {
                 Some(joined) = running.join_next(), if !running.is_empty() => {
-                    match joined {
-                        Ok((id, outcome)) => {
-                            in_flight.remove(&id);
-                            if let Err(err) = outcome {
-                                tracing::error!(error = %err, saga = %id, "saga step could not be recorded; retrying after its lease");
-                            }
-                        }
-                        Err(panicked) => {
-                            // Which one is not known: forget them all (the leases keep any
-                            // still running from being run twice); it is taken up again when
-                            // its lease runs out.
-                            tracing::error!(error = %panicked, "a saga task panicked");
-                            in_flight.clear();
-                        }
+                    finished(joined, &mut in_flight);
+                    // Every other one done by now too: one refill for all of them.
+                    while let Some(joined) = running.try_join_next() {
+                        finished(joined, &mut in_flight);
                     }
                 }
                 _ = self.wake.notified() => {}
@@ -602,6 +596,28 @@ where
     /// The store (to list and inspect instances).
     pub fn store(&self) -> &SagaStore {
         &self.store
+    }
+}
+
+/// Forgets a finished instance's task (an instance that failed to record is taken up again
+/// when its lease runs out).
+fn finished(
+    joined: Result<(String, Result<bool, sqlx::Error>), tokio::task::JoinError>,
+    in_flight: &mut std::collections::HashSet<String>,
+) {
+    match joined {
+        Ok((id, outcome)) => {
+            in_flight.remove(&id);
+            if let Err(err) = outcome {
+                tracing::error!(error = %err, saga = %id, "saga step could not be recorded; retrying after its lease");
+            }
+        }
+        Err(panicked) => {
+            // Which one is not known: forget them all (the leases keep any still running from
+            // being run twice); it is taken up again when its lease runs out.
+            tracing::error!(error = %panicked, "a saga task panicked");
+            in_flight.clear();
+        }
     }
 }
 
