@@ -248,18 +248,18 @@ where
 
     /// Runs every due instance one step on, several at once; returns how many steps ran.
     pub async fn tick(&self) -> Result<usize, sqlx::Error> {
-        let due = self.store.due(&self.saga.kind, CONCURRENCY as i64).await?;
+        let lease = Duration::from_millis(store::LEASE_MS as u64);
+        let due = self.store.lease_due(&self.saga.kind, CONCURRENCY as i64, lease).await?;
         let mut running = tokio::task::JoinSet::new();
-        for id in due {
+        for record in due {
             let runner = self.clone();
-            running.spawn(async move { runner.advance(&id).await });
+            running.spawn(async move { runner.advance(record).await });
         }
         let mut ran = 0;
         let mut failed = None;
         while let Some(joined) = running.join_next().await {
             match joined {
-                Ok(Ok(true)) => ran += 1,
-                Ok(Ok(false)) => {}
+                Ok(Ok(())) => ran += 1,
                 Ok(Err(err)) => failed = Some(err),
                 Err(panicked) => failed = Some(sqlx::Error::Protocol(format!("a saga step panicked: {panicked}"))),
             }
@@ -270,18 +270,14 @@ where
         }
     }
 
-    /// Runs an instance, if it is due and not leased elsewhere, step after step for as long
-    /// as each goes straight on (keeping the lease between them); stops at a wait, a retry
-    /// or the end.
-    async fn advance(&self, id: &str) -> Result<bool, sqlx::Error> {
-        let lease = Duration::from_millis(store::LEASE_MS as u64);
-        let Some(mut record) = self.store.lease(id, lease).await? else {
-            return Ok(false);
-        };
-        while let Some(next) = self.transition(id, record).await? {
+    /// Runs a leased instance step after step for as long as each goes straight on (keeping
+    /// the lease between them); stops at a wait, a retry or the end.
+    async fn advance(&self, mut record: SagaRecord) -> Result<(), sqlx::Error> {
+        let id = record.id.clone();
+        while let Some(next) = self.transition(&id, record).await? {
             record = next;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// One step or compensation of a leased instance; the record to go on with when the
@@ -543,32 +539,24 @@ where
     }
 
     /// Runs due instances until the process ends: up to 128 at once, each in its own task
-    /// from lease to its next wait; more are picked up as soon as one finishes, an instance
+    /// from lease to its next wait; more are taken as soon as some finish, an instance
     /// starts, or at least every `every` (for retries that come due).
     pub async fn run(self, every: Duration) {
         let mut running = tokio::task::JoinSet::new();
-        let mut in_flight: std::collections::HashSet<String> = std::collections::HashSet::new();
         let limit = CONCURRENCY * 2;
+        let lease = Duration::from_millis(store::LEASE_MS as u64);
         loop {
             let free = limit.saturating_sub(running.len());
             if free > 0 {
-                // Running instances hold leases and are not due; only those spawned and not
-                // leased yet can come back, so a few more than there is room for will do (a
-                // query per finished instance must not read the whole backlog).
-                let ask = (free + in_flight.len().min(free.max(8))) as i64;
-                match self.store.due(&self.saga.kind, ask).await {
+                // Taking due instances leases them in the same statement: the ones running
+                // are leased, so they are never taken twice.
+                match self.store.lease_due(&self.saga.kind, free as i64, lease).await {
                     Ok(due) => {
-                        let fresh: Vec<String> = due
-                            .into_iter()
-                            .filter(|id| !in_flight.contains(id))
-                            .take(free)
-                            .collect();
-                        for id in fresh {
-                            in_flight.insert(id.clone());
+                        for record in due {
                             let runner = self.clone();
                             running.spawn(async move {
-                                let outcome = runner.advance(&id).await;
-                                (id, outcome)
+                                let id = record.id.clone();
+                                (id, runner.advance(record).await)
                             });
                         }
                     }
@@ -581,10 +569,10 @@ where
             }
             tokio::select! {
                 Some(joined) = running.join_next(), if !running.is_empty() => {
-                    finished(joined, &mut in_flight);
+                    finished(joined);
                     // Every other one done by now too: one refill for all of them.
                     while let Some(joined) = running.try_join_next() {
-                        finished(joined, &mut in_flight);
+                        finished(joined);
                     }
                 }
                 _ = self.wake.notified() => {}
@@ -599,25 +587,15 @@ where
     }
 }
 
-/// Forgets a finished instance's task (an instance that failed to record is taken up again
-/// when its lease runs out).
-fn finished(
-    joined: Result<(String, Result<bool, sqlx::Error>), tokio::task::JoinError>,
-    in_flight: &mut std::collections::HashSet<String>,
-) {
+/// Reports an instance's task that ended badly (the instance is taken up again when its
+/// lease runs out).
+fn finished(joined: Result<(String, Result<(), sqlx::Error>), tokio::task::JoinError>) {
     match joined {
-        Ok((id, outcome)) => {
-            in_flight.remove(&id);
-            if let Err(err) = outcome {
-                tracing::error!(error = %err, saga = %id, "saga step could not be recorded; retrying after its lease");
-            }
+        Ok((_, Ok(()))) => {}
+        Ok((id, Err(err))) => {
+            tracing::error!(error = %err, saga = %id, "saga step could not be recorded; retrying after its lease");
         }
-        Err(panicked) => {
-            // Which one is not known: forget them all (the leases keep any still running from
-            // being run twice); it is taken up again when its lease runs out.
-            tracing::error!(error = %panicked, "a saga task panicked");
-            in_flight.clear();
-        }
+        Err(panicked) => tracing::error!(error = %panicked, "a saga task panicked"),
     }
 }
 

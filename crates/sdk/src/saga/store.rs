@@ -294,7 +294,7 @@ impl SagaStore {
         Ok(inserted)
     }
 
-    /// Ids of instances due to run.
+    /// Ids of instances due to run (a look, without taking them: [`SagaStore::lease_due`]).
     pub async fn due(&self, kind: &str, limit: i64) -> Result<Vec<String>, sqlx::Error> {
         let now = now_ms();
         sqlx::query_scalar(
@@ -307,20 +307,24 @@ impl SagaStore {
         .await
     }
 
-    /// Takes an instance for `lease`, if nobody holds it (one statement: the conditional
-    /// update returns the row it took).
-    pub async fn lease(&self, id: &str, lease: Duration) -> Result<Option<SagaRecord>, sqlx::Error> {
+    /// Takes up to `limit` due instances of a kind for `lease`, oldest first, in one
+    /// statement: nobody else can take them until the lease runs out (the outer conditions
+    /// are checked again on the row it updates, so two runners on PostgreSQL never share one).
+    pub async fn lease_due(&self, kind: &str, limit: i64, lease: Duration) -> Result<Vec<SagaRecord>, sqlx::Error> {
         let now = now_ms();
-        let row = sqlx::query(
-            "UPDATE flotilla_sagas SET leased_until = $1 WHERE id = $2 AND leased_until <= $3 AND status IN ('running', 'compensating') \
+        let rows = sqlx::query(
+            "UPDATE flotilla_sagas SET leased_until = $1 \
+             WHERE id IN (SELECT id FROM flotilla_sagas WHERE kind = $2 AND status IN ('running', 'compensating') AND next_run_ms <= $3 AND leased_until <= $3 ORDER BY next_run_ms LIMIT $4) \
+             AND leased_until <= $3 AND status IN ('running', 'compensating') \
              RETURNING id, kind, status, step, attempts, state, last_error, traceparent",
         )
         .bind(now + lease.as_millis() as i64)
-        .bind(id)
+        .bind(kind)
         .bind(now)
-        .fetch_optional(self.store.pool())
+        .bind(limit)
+        .fetch_all(self.store.pool())
         .await?;
-        row.map(|r| record(&r)).transpose()
+        rows.iter().map(record).collect()
     }
 
     /// One instance.
