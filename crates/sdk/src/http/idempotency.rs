@@ -67,6 +67,9 @@ where
     Fut: Future<Output = (StatusCode, serde_json::Value)>,
 {
     let now = now_ms();
+    // The claim needs no sync of its own: if the work commits something durable, that commit
+    // syncs the log the claim was written to before it; if the work leaves nothing, a claim
+    // lost to a power failure only lets a retry run again.
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (key, fingerprint, status, response, locked_until, created_ms) VALUES ($1, $2, NULL, NULL, $3, $4) ON CONFLICT (key) DO NOTHING",
     )
@@ -74,7 +77,7 @@ where
     .bind(fingerprint)
     .bind(now + LEASE_MS)
     .bind(now)
-    .execute(store.pool())
+    .execute(store.relaxed().pool())
     .await;
     let claimed = match claimed {
         Ok(done) => done.rows_affected() == 1,
