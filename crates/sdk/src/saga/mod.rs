@@ -361,12 +361,10 @@ where
                         if !recorded {
                             return Ok(None);
                         }
-                        if done {
-                            metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "completed"], 1.0);
-                        }
                         if !done {
                             return Ok(go_on(SagaStatus::Running, record.step + 1, next, String::new()));
                         }
+                        metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "completed"], 1.0);
                     }
                     Err(StepError::Unavailable(why)) => {
                         self.retry_later(id, &step.name, &why, record.attempts, false).await?;
