@@ -245,7 +245,7 @@ impl Recorder<serde_json::Value> for Rows {
                 Milestone::Undone { step, .. } => format!("undone {step}"),
                 Milestone::Compensated { why, .. } => format!("compensated: {why}"),
             };
-            sqlx::query("INSERT INTO milestones (saga, what) VALUES ($1, $2)")
+            sqlx::query("INSERT INTO milestones (seq, saga, what) SELECT COALESCE(MAX(seq), 0) + 1, $1, $2 FROM milestones")
                 .bind(id)
                 .bind(&what)
                 .execute(&mut **tx)
@@ -265,7 +265,7 @@ async fn milestones_are_recorded_in_the_steps_own_transactions_and_a_failed_reco
     let db = TestDatabase::create("saga").await;
     let tables = Store::open(&db.url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
     let store = SagaStore::prepare(tables.clone()).await.unwrap();
-    sqlx::query("CREATE TABLE milestones (seq INTEGER PRIMARY KEY, saga TEXT NOT NULL, what TEXT NOT NULL)")
+    sqlx::query("CREATE TABLE milestones (seq BIGINT PRIMARY KEY, saga TEXT NOT NULL, what TEXT NOT NULL)")
         .execute(tables.pool())
         .await
         .unwrap();
