@@ -138,8 +138,8 @@ where
         self
     }
 
-    /// What to do once every completed step was undone (record the cancellation, tell
-    /// others): gets the id, the state and why the saga failed; retried until it succeeds,
+    /// What to do once every completed step was undone (tell others; recording the
+    /// cancellation is the [`Recorder`]'s): gets the id, the state and why the saga failed; retried until it succeeds,
     /// so it must be idempotent like a compensation. It also runs when the first step fails.
     pub fn on_compensated<F, Fut>(mut self, finally: F) -> Self
     where
@@ -287,6 +287,7 @@ where
             self.store
                 .change(
                     id,
+                    (record.status, record.step),
                     Change::Finish {
                         status: SagaStatus::Failed,
                         state: &record.state,
@@ -314,6 +315,7 @@ where
                     self.store
                         .change(
                             id,
+                            (record.status, record.step),
                             Change::Finish {
                                 status: SagaStatus::Completed,
                                 state: &record.state,
@@ -338,7 +340,10 @@ where
                     Err(StepError::Failed(_)) => "failed",
                     Err(StepError::Rejected(_)) => "rejected",
                 };
-                metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
+                // A step done counts once its record is written (a failed record runs it again).
+                if outcome.is_err() {
+                    metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
+                }
                 match outcome {
                     Ok(state) => {
                         let next = serde_json::to_value(&state).unwrap_or(record.state.clone());
@@ -361,16 +366,17 @@ where
                         if !recorded {
                             return Ok(None);
                         }
+                        metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                         if !done {
                             return Ok(go_on(SagaStatus::Running, record.step + 1, next, String::new()));
                         }
                         metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "completed"], 1.0);
                     }
                     Err(StepError::Unavailable(why)) => {
-                        self.retry_later(id, &step.name, &why, record.attempts, false).await?;
+                        self.retry_later(id, &record, &step.name, &why, false).await?;
                     }
                     Err(StepError::Failed(why)) if record.attempts + 1 < step.attempts => {
-                        self.retry_later(id, &step.name, &why, record.attempts, true).await?;
+                        self.retry_later(id, &record, &step.name, &why, true).await?;
                     }
                     // A step that failed (or timed out) may have had its effect before the
                     // failure: its own compensation runs too. A rejected step had none.
@@ -380,7 +386,7 @@ where
                             why: &why,
                             itself: true,
                         };
-                        self.store.change(id, change).await?;
+                        self.store.change(id, (record.status, record.step), change).await?;
                         return Ok(go_on(
                             SagaStatus::Compensating,
                             record.step + 1,
@@ -394,7 +400,7 @@ where
                             why: &why,
                             itself: false,
                         };
-                        self.store.change(id, change).await?;
+                        self.store.change(id, (record.status, record.step), change).await?;
                         return Ok(go_on(SagaStatus::Compensating, record.step, record.state.clone(), why));
                     }
                 }
@@ -414,7 +420,7 @@ where
                             Ok(next) => state = next,
                             Err(err) => {
                                 let why = format!("after compensation: {err}");
-                                self.retry_later(id, "", &why, record.attempts, true).await?;
+                                self.retry_later(id, &record, "", &why, true).await?;
                                 return Ok(None);
                             }
                         }
@@ -445,7 +451,9 @@ where
                     span::record_error(&span, err);
                 }
                 let label = if outcome.is_ok() { "compensated" } else { "retry" };
-                metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
+                if outcome.is_err() {
+                    metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
+                }
                 match outcome {
                     Ok(state) => {
                         let next = serde_json::to_value(&state).unwrap_or(record.state.clone());
@@ -464,6 +472,7 @@ where
                         if !recorded {
                             return Ok(None);
                         }
+                        metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                         return Ok(go_on(
                             SagaStatus::Compensating,
                             record.step - 1,
@@ -474,7 +483,7 @@ where
                     Err(err) => {
                         // A compensation is retried until it succeeds: it must not be skipped.
                         let why = format!("compensation: {err}");
-                        self.retry_later(id, &step.name, &why, record.attempts, true).await?;
+                        self.retry_later(id, &record, &step.name, &why, true).await?;
                     }
                 }
             }
@@ -496,7 +505,7 @@ where
     ) -> Result<bool, sqlx::Error> {
         let written = async {
             let mut tx = self.store.begin().await?;
-            SagaStore::apply(&mut tx, id, change).await?;
+            SagaStore::apply(&mut tx, id, (record.status, record.step), change).await?;
             if let Some(recorder) = &self.saga.recorder {
                 recorder.record(&mut tx, id, milestone).await?;
             }
@@ -511,9 +520,11 @@ where
                 Ok(true)
             }
             Err(err) => {
+                span::record_error(&tracing::Span::current(), &err);
                 tracing::warn!(error = %err, saga = %id, step, "recording a saga step failed; it runs again");
+                // Counted, so its backoff grows (to 5 s) when the record keeps failing.
                 let why = format!("recording the step: {err}");
-                self.retry_later(id, step, &why, record.attempts, false).await?;
+                self.retry_later(id, record, step, &why, true).await?;
                 Ok(false)
             }
         }
@@ -522,18 +533,18 @@ where
     async fn retry_later(
         &self,
         id: &str,
+        record: &SagaRecord,
         step: &str,
         why: &str,
-        attempts: u32,
         counts: bool,
     ) -> Result<(), sqlx::Error> {
         let change = Change::RetryLater {
             step,
             why,
-            after: backoff(attempts),
+            after: backoff(record.attempts),
             counts,
         };
-        self.store.change(id, change).await
+        self.store.change(id, (record.status, record.step), change).await
     }
 
     /// Runs due instances until the process ends: up to 128 at once, each in its own task

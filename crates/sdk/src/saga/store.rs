@@ -176,24 +176,34 @@ impl SagaStore {
         self.store.pool().begin().await
     }
 
-    /// Writes one state change and its history lines inside `tx`.
+    /// Writes one state change and its history lines inside `tx`, if the instance is still
+    /// where the runner found it (`from`: status and step). Otherwise the runner's lease ran
+    /// out and another run took the instance on: an error, and nothing is written.
     pub(super) async fn apply(
         tx: &mut Transaction<'static, Any>,
         id: &str,
+        from: (SagaStatus, i64),
         change: Change<'_>,
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
+        let (status, step_at) = (from.0.as_str(), from.1);
         match change {
             Change::StepDone { step, state, last } => {
                 // The runner goes straight on to the next step: it keeps its lease.
-                sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5")
+                let moved = sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
                     .bind(state.to_string())
                     .bind(if last { "completed" } else { "running" })
                     .bind(if last { 0 } else { now + LEASE_MS })
                     .bind(now)
                     .bind(id)
+                    .bind(status)
+                    .bind(step_at)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                if moved != 1 {
+                    return Err(lease_lost(id));
+                }
                 Self::log(tx, id, step, "done", "").await?;
                 if last {
                     Self::log(tx, id, "", "completed", "").await?;
@@ -205,56 +215,85 @@ impl SagaStore {
                 after,
                 counts,
             } => {
-                sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5")
+                let moved = sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
                     .bind(i64::from(counts))
                     .bind(why)
                     .bind(now + after.as_millis() as i64)
                     .bind(now)
                     .bind(id)
+                    .bind(status)
+                    .bind(step_at)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                if moved != 1 {
+                    return Err(lease_lost(id));
+                }
                 Self::log(tx, id, step, if counts { "retry" } else { "waiting" }, why).await?;
             }
             Change::CompensateFrom { step, why, itself } => {
                 // Starts undoing: the steps before the current one, and this one too if `itself`.
-                sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = $3, updated_ms = $4 WHERE id = $5")
+                let moved = sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = $3, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
                     .bind(i64::from(itself))
                     .bind(why)
                     .bind(now + LEASE_MS)
                     .bind(now)
                     .bind(id)
+                    .bind(status)
+                    .bind(step_at)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                if moved != 1 {
+                    return Err(lease_lost(id));
+                }
                 Self::log(tx, id, step, "failed", why).await?;
             }
             Change::Compensated { step, state } => {
-                sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4")
+                let moved = sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4 AND status = $5 AND step = $6")
                     .bind(state.to_string())
                     .bind(now + LEASE_MS)
                     .bind(now)
                     .bind(id)
+                    .bind(status)
+                    .bind(step_at)
                     .execute(&mut **tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                if moved != 1 {
+                    return Err(lease_lost(id));
+                }
                 Self::log(tx, id, step, "compensated", "").await?;
             }
-            Change::Finish { status, state, why } => {
-                sqlx::query("UPDATE flotilla_sagas SET status = $1, state = $2, leased_until = 0, updated_ms = $3 WHERE id = $4")
-                    .bind(status.as_str())
+            Change::Finish { status: to, state, why } => {
+                let moved = sqlx::query("UPDATE flotilla_sagas SET status = $1, state = $2, leased_until = 0, updated_ms = $3 WHERE id = $4 AND status = $5 AND step = $6")
+                    .bind(to.as_str())
                     .bind(state.to_string())
                     .bind(now)
                     .bind(id)
+                    .bind(status)
+                    .bind(step_at)
                     .execute(&mut **tx)
-                    .await?;
-                Self::log(tx, id, "", status.as_str(), why).await?;
+                    .await?
+                    .rows_affected();
+                if moved != 1 {
+                    return Err(lease_lost(id));
+                }
+                Self::log(tx, id, "", to.as_str(), why).await?;
             }
         }
         Ok(())
     }
 
     /// One state change in a transaction of its own.
-    pub(super) async fn change(&self, id: &str, change: Change<'_>) -> Result<(), sqlx::Error> {
+    pub(super) async fn change(
+        &self,
+        id: &str,
+        from: (SagaStatus, i64),
+        change: Change<'_>,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.begin().await?;
-        Self::apply(&mut tx, id, change).await?;
+        Self::apply(&mut tx, id, from, change).await?;
         tx.commit().await
     }
 
@@ -292,19 +331,6 @@ impl SagaStore {
             Self::log(tx, id, "", "started", "").await?;
         }
         Ok(inserted)
-    }
-
-    /// Ids of instances due to run (a look, without taking them: [`SagaStore::lease_due`]).
-    pub async fn due(&self, kind: &str, limit: i64) -> Result<Vec<String>, sqlx::Error> {
-        let now = now_ms();
-        sqlx::query_scalar(
-            "SELECT id FROM flotilla_sagas WHERE kind = $1 AND status IN ('running', 'compensating') AND next_run_ms <= $2 AND leased_until <= $2 ORDER BY next_run_ms LIMIT $3",
-        )
-        .bind(kind)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await
     }
 
     /// Takes up to `limit` due instances of a kind for `lease`, oldest first, in one
@@ -368,6 +394,13 @@ impl SagaStore {
             })
             .collect()
     }
+}
+
+/// The instance moved on without this runner: its lease ran out and another run took it.
+fn lease_lost(id: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!(
+        "saga `{id}` moved on while this runner held it: its lease ran out"
+    ))
 }
 
 fn record(row: &sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {

@@ -245,11 +245,13 @@ impl Recorder<serde_json::Value> for Rows {
                 Milestone::Undone { step, .. } => format!("undone {step}"),
                 Milestone::Compensated { why, .. } => format!("compensated: {why}"),
             };
-            sqlx::query("INSERT INTO milestones (seq, saga, what) SELECT COALESCE(MAX(seq), 0) + 1, $1, $2 FROM milestones")
-                .bind(id)
-                .bind(&what)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO milestones (seq, saga, what) SELECT COALESCE(MAX(seq), 0) + 1, $1, $2 FROM milestones",
+            )
+            .bind(id)
+            .bind(&what)
+            .execute(&mut **tx)
+            .await?;
             let mut fail = self.fail_once.lock().unwrap();
             if fail.as_deref() == Some(what.as_str()) {
                 *fail = None;
@@ -305,5 +307,33 @@ async fn milestones_are_recorded_in_the_steps_own_transactions_and_a_failed_reco
         ],
         "the step whose record failed ran again"
     );
+    db.remove().await;
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_ran_out_writes_nothing_over_the_run_that_took_the_instance_on() {
+    let (store, db) = sagas().await;
+    let journal = Journal::default();
+    let runner = SagaRunner::new(order_saga(&journal, None), store.clone());
+    runner.start("l-1", &serde_json::json!({})).await.unwrap();
+    // A run takes the instance with a lease that runs out at once (a step that hung) …
+    let mut stale = store.lease_due("order", 10, Duration::ZERO).await.unwrap();
+    assert_eq!(stale.len(), 1);
+    // … another run takes it on and finishes it …
+    let done = run_to_end(&runner, "l-1").await;
+    assert_eq!((done.status, done.step), (SagaStatus::Completed, 3));
+    // … and the first one, coming back, is refused: no step is skipped or recorded twice.
+    let err = runner.advance(stale.remove(0)).await.unwrap_err();
+    assert!(err.to_string().contains("lease ran out"), "{err}");
+    let after = store.get("l-1").await.unwrap().unwrap();
+    assert_eq!((after.status, after.step), (SagaStatus::Completed, 3));
+    let done_lines = store
+        .history("l-1")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| t.event == "done")
+        .count();
+    assert_eq!(done_lines, 3);
     db.remove().await;
 }
