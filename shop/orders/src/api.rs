@@ -103,12 +103,21 @@ async fn refuse(orders: &Orders, keyed: Option<&Keyed>, problem: Problem) -> Res
     if let Some(keyed) = keyed {
         let kept = async {
             let mut tx = orders.journal.store().pool().begin().await?;
-            idempotency::keep_in(&mut tx, &keyed.key, &keyed.fingerprint, status, &body).await?;
-            tx.commit().await
+            let kept = idempotency::keep_in(&mut tx, &keyed.key, &keyed.fingerprint, status, &body).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(kept)
         }
         .await;
-        if let Err(err) = kept {
-            tracing::error!(error = %err, "could not keep an idempotent answer");
+        match kept {
+            Ok(true) => {}
+            // Another request with the key answered first: its answer is the key's.
+            Ok(false) => {
+                if let Some(earlier) = idempotency::recall(orders.journal.store(), &keyed.key, &keyed.fingerprint).await
+                {
+                    return earlier;
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "could not keep an idempotent answer"),
         }
     }
     idempotency::respond(status, body)

@@ -13,8 +13,9 @@ use crate::order::{Money, Order, OrderEvent, OrderLine, Recorded, Status};
 #[derive(Clone, Debug)]
 pub struct Journal {
     store: Store,
-    /// The same database without an fsync per commit, for the saga's events: a step whose
-    /// record a power failure takes runs again, and records the same event.
+    /// The same database without an fsync per commit, for events recorded outside the saga's
+    /// own transactions (an order waiting for payments): lost to a power failure, the step
+    /// runs again and records the same event.
     progress: Store,
     outbox: Outbox,
 }
@@ -57,14 +58,19 @@ pub struct Facts<'a> {
     pub total: &'a Money,
 }
 
+/// The type others know an event by, and the reason it carries, if others hear of it.
+fn integration_kind(event: &OrderEvent) -> Option<(&'static str, String)> {
+    match event {
+        OrderEvent::Placed { .. } => Some((contract::PLACED, String::new())),
+        OrderEvent::Confirmed => Some((contract::CONFIRMED, String::new())),
+        OrderEvent::Cancelled { reason } => Some((contract::CANCELLED, reason.clone())),
+        _ => None,
+    }
+}
+
 /// The event other services hear of, if this is one they care about.
 fn integration_event(order_id: &str, status: Status, facts: Facts<'_>, event: &OrderEvent) -> Option<CloudEvent> {
-    let (kind, reason) = match event {
-        OrderEvent::Placed { .. } => (contract::PLACED, String::new()),
-        OrderEvent::Confirmed => (contract::CONFIRMED, String::new()),
-        OrderEvent::Cancelled { reason } => (contract::CANCELLED, reason.clone()),
-        _ => return None,
-    };
+    let (kind, reason) = integration_kind(event)?;
     let data = contract::OrderEventData {
         order_id: order_id.to_owned(),
         user_id: facts.user_id.to_owned(),
@@ -86,13 +92,6 @@ fn integration_event(order_id: &str, status: Status, facts: Facts<'_>, event: &O
         data: serde_json::to_value(data).ok()?,
         deadletterreason: None,
     })
-}
-
-fn has_integration_event(event: &OrderEvent) -> bool {
-    matches!(
-        event,
-        OrderEvent::Placed { .. } | OrderEvent::Confirmed | OrderEvent::Cancelled { .. }
-    )
 }
 
 impl Journal {
@@ -155,7 +154,7 @@ impl Journal {
             ) => Some(Facts { user_id, lines, total }),
             (_, facts) => facts,
         };
-        if facts.is_none() && has_integration_event(&event) {
+        if facts.is_none() && integration_kind(&event).is_some() {
             return self.record_folded(tx, order_id, event).await;
         }
         self.append(tx, order_id, &event, facts).await
@@ -188,8 +187,8 @@ impl Journal {
         if !added {
             return Ok(false);
         }
-        let moved_to = event.moves_open_order_to();
-        if let OrderEvent::Placed { .. } = event {
+        // The order's status after the event, as the read model has it.
+        let status = if let OrderEvent::Placed { .. } = event {
             // The first event: the order is what it says.
             let placed = Recorded {
                 seq: 1,
@@ -198,18 +197,36 @@ impl Journal {
             };
             let order = Order::fold(order_id, &[placed]).ok_or_else(|| missing(order_id))?;
             project(tx, &order).await?;
+            order.status
         } else {
-            sqlx::query(
+            let moved: Option<String> = sqlx::query_scalar(
                 "UPDATE orders_view SET status = CASE WHEN status IN ('PENDING', 'PAYMENT_PENDING') THEN COALESCE($2, status) ELSE status END, \
-                 version = version + 1, updated_ms = $3 WHERE id = $1",
+                 version = version + 1, updated_ms = $3 WHERE id = $1 RETURNING status",
             )
             .bind(order_id)
-            .bind(moved_to.map(Status::as_str))
+            .bind(event.moves_open_order_to().map(Status::as_str))
             .bind(now)
-            .execute(&mut **tx)
+            .fetch_optional(&mut **tx)
             .await?;
-        }
-        if let (Some(facts), Some(status)) = (facts, moved_to) {
+            match moved.as_deref().and_then(Status::parse) {
+                Some(status) => status,
+                // No row (lost, or an unknown status in it): fold the order and write it again.
+                None => {
+                    let rows =
+                        sqlx::query("SELECT seq, at_ms, data FROM order_events WHERE order_id = $1 ORDER BY seq")
+                            .bind(order_id)
+                            .fetch_all(&mut **tx)
+                            .await?;
+                    let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+                    let order = Order::fold(order_id, &events).ok_or_else(|| missing(order_id))?;
+                    project(tx, &order).await?;
+                    order.status
+                }
+            }
+        };
+        // Others hear of an event that moved the order (not of a late one a finished order
+        // ignored).
+        if let Some(facts) = facts.filter(|_| event.moves_open_order_to() == Some(status)) {
             if let Some(envelope) = integration_event(order_id, status, facts, event) {
                 self.outbox.add(tx, contract::TOPIC, &envelope).await?;
             }

@@ -94,8 +94,8 @@ impl Recorder<OrderSaga> for Journal {
             });
             if let Some(event) = event_of(&milestone) {
                 let confirmed = matches!(event, OrderEvent::Confirmed);
-                self.record_in(tx, order_id, event, facts).await?;
-                if confirmed {
+                let added = self.record_in(tx, order_id, event, facts).await?;
+                if confirmed && added {
                     tracing::info!(order_id = %order_id, "order confirmed");
                 }
             }

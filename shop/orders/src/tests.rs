@@ -648,9 +648,19 @@ async fn the_journal_appends_without_folding_and_folds_only_when_the_facts_are_m
             "a repeat adds nothing"
         );
     }
-    // With the facts at hand, and without (an old saga's state): the same confirmed event.
+    // With the facts at hand, and without (an old saga's state): the same confirmed event;
+    // o-2's read-model row went missing and is folded back.
     assert!(record("o-1", OrderEvent::Confirmed, Some(facts)).await);
+    sqlx::query("DELETE FROM orders_view WHERE id = 'o-2'")
+        .execute(store.pool())
+        .await
+        .unwrap();
     assert!(record("o-2", OrderEvent::Confirmed, None).await);
+    // A late cancellation of a confirmed order is history, not news: nobody is told.
+    let late = OrderEvent::Cancelled {
+        reason: "late".into(),
+    };
+    assert!(record("o-1", late, Some(facts)).await);
     assert!(!record("o-2", OrderEvent::Confirmed, None).await);
     let envelopes: Vec<String> = sqlx::query_scalar("SELECT envelope FROM flotilla_outbox ORDER BY seq")
         .fetch_all(store.pool())
@@ -663,6 +673,7 @@ async fn the_journal_appends_without_folding_and_folds_only_when_the_facts_are_m
         .map(|e| e["data"].clone())
         .collect();
     assert_eq!(confirmed.len(), 2, "{envelopes:?}");
+    assert!(!envelopes.iter().any(|e| e.contains(flotilla::api::orders::CANCELLED)), "{envelopes:?}");
     for data in &confirmed {
         assert_eq!(
             (data["user_id"].as_str(), data["status"].as_str()),

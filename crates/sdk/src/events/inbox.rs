@@ -86,11 +86,16 @@ impl Consumer {
         Fut: Future<Output = Result<Transaction<'static, Any>, String>>,
     {
         if deliveries.len() > 1 {
-            if let Ok(fresh) = self.handle_together(deliveries, handler).await {
-                for (delivery, fresh) in deliveries.iter().zip(&fresh) {
-                    self.observe(delivery, if *fresh { "handled" } else { "duplicate" });
+            match self.handle_together(deliveries, handler).await {
+                Ok(fresh) => {
+                    for (delivery, fresh) in deliveries.iter().zip(&fresh) {
+                        self.observe(delivery, if *fresh { "handled" } else { "duplicate" });
+                    }
+                    return fresh.into_iter().map(Ok).collect();
                 }
-                return fresh.into_iter().map(Ok).collect();
+                Err(reason) => {
+                    tracing::warn!(topic = %self.topic, group = %self.group, %reason, events = deliveries.len(), "a batch of events failed; handling them one at a time");
+                }
             }
         }
         let mut outcomes = Vec::with_capacity(deliveries.len());
@@ -100,30 +105,31 @@ impl Consumer {
         outcomes
     }
 
-    /// Every delivery of a batch in one transaction; `Err` if any of it failed (rolled back).
-    async fn handle_together<F, Fut>(&self, deliveries: &[Delivery], handler: &F) -> Result<Vec<bool>, ()>
+    /// Every delivery of a batch in one transaction; `Err` (why) if any of it failed, rolled
+    /// back.
+    async fn handle_together<F, Fut>(&self, deliveries: &[Delivery], handler: &F) -> Result<Vec<bool>, String>
     where
         F: Fn(Delivery, Transaction<'static, Any>) -> Fut,
         Fut: Future<Output = Result<Transaction<'static, Any>, String>>,
     {
-        let mut tx = self.store.pool().begin().await.map_err(|_| ())?;
+        let mut tx = self.store.pool().begin().await.map_err(|e| e.to_string())?;
         let mut fresh = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let span = self.span(delivery);
-            let handled = async {
-                let new = self.claim(&mut tx, delivery).await?;
-                Ok::<_, String>(new)
-            }
-            .instrument(span.clone())
-            .await;
-            let new = handled.map_err(|_| ())?;
+            let new = self.claim(&mut tx, delivery).instrument(span.clone()).await?;
             span.record("flotilla.redelivered", !new);
             if new {
-                tx = handler(delivery.clone(), tx).instrument(span).await.map_err(|_| ())?;
+                tx = match handler(delivery.clone(), tx).instrument(span.clone()).await {
+                    Ok(tx) => tx,
+                    Err(reason) => {
+                        crate::telemetry::span::record_error(&span, &reason);
+                        return Err(format!("event `{}`: {reason}", delivery.event.id));
+                    }
+                };
             }
             fresh.push(new);
         }
-        tx.commit().await.map_err(|_| ())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
         Ok(fresh)
     }
 

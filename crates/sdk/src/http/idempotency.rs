@@ -189,7 +189,7 @@ pub async fn recall(store: &Store, key: &str, fingerprint: &str) -> Option<Respo
 }
 
 /// Keeps the answer to the request with `key` inside the transaction that does its work, so
-/// the work and its answer commit together (one durable commit where [`once`] needs three).
+/// the work and its answer commit together (one durable commit where [`once`] needs two).
 /// `false` when another request with the key answered first: roll back and [`recall`] it.
 /// Answers with a 5xx status are not kept (a retry runs again); give those to [`respond`].
 pub async fn keep_in(
