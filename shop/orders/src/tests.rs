@@ -657,9 +657,7 @@ async fn the_journal_appends_without_folding_and_folds_only_when_the_facts_are_m
         .unwrap();
     assert!(record("o-2", OrderEvent::Confirmed, None).await);
     // A late cancellation of a confirmed order is history, not news: nobody is told.
-    let late = OrderEvent::Cancelled {
-        reason: "late".into(),
-    };
+    let late = OrderEvent::Cancelled { reason: "late".into() };
     assert!(record("o-1", late, Some(facts)).await);
     assert!(!record("o-2", OrderEvent::Confirmed, None).await);
     let envelopes: Vec<String> = sqlx::query_scalar("SELECT envelope FROM flotilla_outbox ORDER BY seq")
@@ -673,7 +671,10 @@ async fn the_journal_appends_without_folding_and_folds_only_when_the_facts_are_m
         .map(|e| e["data"].clone())
         .collect();
     assert_eq!(confirmed.len(), 2, "{envelopes:?}");
-    assert!(!envelopes.iter().any(|e| e.contains(flotilla::api::orders::CANCELLED)), "{envelopes:?}");
+    assert!(
+        !envelopes.iter().any(|e| e.contains(flotilla::api::orders::CANCELLED)),
+        "{envelopes:?}"
+    );
     for data in &confirmed {
         assert_eq!(
             (data["user_id"].as_str(), data["status"].as_str()),
