@@ -111,11 +111,7 @@ impl Journal {
 
     /// An order's events, oldest first.
     pub async fn events(&self, order_id: &str) -> Result<Vec<Recorded>, sqlx::Error> {
-        let rows = sqlx::query("SELECT seq, at_ms, data FROM order_events WHERE order_id = $1 ORDER BY seq")
-            .bind(order_id)
-            .fetch_all(self.store.pool())
-            .await?;
-        rows.iter().map(decode).collect()
+        events_of(self.store.pool(), order_id).await
     }
 
     /// One order, folded from its events.
@@ -212,13 +208,7 @@ impl Journal {
                 Some(status) => status,
                 // No row (lost, or an unknown status in it): fold the order and write it again.
                 None => {
-                    let rows =
-                        sqlx::query("SELECT seq, at_ms, data FROM order_events WHERE order_id = $1 ORDER BY seq")
-                            .bind(order_id)
-                            .fetch_all(&mut **tx)
-                            .await?;
-                    let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-                    let order = Order::fold(order_id, &events).ok_or_else(|| missing(order_id))?;
+                    let order = fold_in(tx, order_id).await?;
                     project(tx, &order).await?;
                     order.status
                 }
@@ -242,12 +232,7 @@ impl Journal {
         order_id: &str,
         event: OrderEvent,
     ) -> Result<bool, sqlx::Error> {
-        let rows = sqlx::query("SELECT seq, at_ms, data FROM order_events WHERE order_id = $1 ORDER BY seq")
-            .bind(order_id)
-            .fetch_all(&mut **tx)
-            .await?;
-        let events = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        let order = Order::fold(order_id, &events).ok_or_else(|| missing(order_id))?;
+        let order = fold_in(tx, order_id).await?;
         let facts = Facts {
             user_id: &order.user_id,
             lines: &order.lines,
@@ -315,6 +300,24 @@ impl Journal {
         tx.commit().await?;
         Ok(count)
     }
+}
+
+/// An order's events, oldest first, through `conn` (the pool, or a transaction).
+async fn events_of<'c, E>(conn: E, order_id: &str) -> Result<Vec<Recorded>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Any>,
+{
+    let rows = sqlx::query("SELECT seq, at_ms, data FROM order_events WHERE order_id = $1 ORDER BY seq")
+        .bind(order_id)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
+/// The order folded from its events as `tx` sees them.
+async fn fold_in(tx: &mut Transaction<'static, Any>, order_id: &str) -> Result<Order, sqlx::Error> {
+    let events = events_of(&mut **tx, order_id).await?;
+    Order::fold(order_id, &events).ok_or_else(|| missing(order_id))
 }
 
 fn missing(order_id: &str) -> sqlx::Error {
