@@ -186,101 +186,70 @@ impl SagaStore {
         change: Change<'_>,
     ) -> Result<(), sqlx::Error> {
         let now = now_ms();
-        let (status, step_at) = (from.0.as_str(), from.1);
-        match change {
-            Change::StepDone { step, state, last } => {
+        // Each update binds its own values, then the guard: `… WHERE id AND status AND step`.
+        let (update, lines): (_, Vec<(&str, &str, &str)>) = match change {
+            Change::StepDone { step, state, last } => (
                 // The runner goes straight on to the next step: it keeps its lease.
-                let moved = sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
+                sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
                     .bind(state.to_string())
                     .bind(if last { "completed" } else { "running" })
                     .bind(if last { 0 } else { now + LEASE_MS })
-                    .bind(now)
-                    .bind(id)
-                    .bind(status)
-                    .bind(step_at)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                if moved != 1 {
-                    return Err(lease_lost(id));
-                }
-                Self::log(tx, id, step, "done", "").await?;
+                    .bind(now),
                 if last {
-                    Self::log(tx, id, "", "completed", "").await?;
-                }
-            }
+                    vec![(step, "done", ""), ("", "completed", "")]
+                } else {
+                    vec![(step, "done", "")]
+                },
+            ),
             Change::RetryLater {
                 step,
                 why,
                 after,
                 counts,
-            } => {
-                let moved = sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
+            } => (
+                sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
                     .bind(i64::from(counts))
                     .bind(why)
                     .bind(now + after.as_millis() as i64)
-                    .bind(now)
-                    .bind(id)
-                    .bind(status)
-                    .bind(step_at)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                if moved != 1 {
-                    return Err(lease_lost(id));
-                }
-                Self::log(tx, id, step, if counts { "retry" } else { "waiting" }, why).await?;
-            }
-            Change::CompensateFrom { step, why, itself } => {
-                // Starts undoing: the steps before the current one, and this one too if `itself`.
-                let moved = sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = $3, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
+                    .bind(now),
+                vec![(step, if counts { "retry" } else { "waiting" }, why)],
+            ),
+            // Starts undoing: the steps before the current one, and this one too if `itself`.
+            Change::CompensateFrom { step, why, itself } => (
+                sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = $3, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
                     .bind(i64::from(itself))
                     .bind(why)
                     .bind(now + LEASE_MS)
-                    .bind(now)
-                    .bind(id)
-                    .bind(status)
-                    .bind(step_at)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                if moved != 1 {
-                    return Err(lease_lost(id));
-                }
-                Self::log(tx, id, step, "failed", why).await?;
-            }
-            Change::Compensated { step, state } => {
-                let moved = sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4 AND status = $5 AND step = $6")
+                    .bind(now),
+                vec![(step, "failed", why)],
+            ),
+            Change::Compensated { step, state } => (
+                sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4 AND status = $5 AND step = $6")
                     .bind(state.to_string())
                     .bind(now + LEASE_MS)
-                    .bind(now)
-                    .bind(id)
-                    .bind(status)
-                    .bind(step_at)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                if moved != 1 {
-                    return Err(lease_lost(id));
-                }
-                Self::log(tx, id, step, "compensated", "").await?;
-            }
-            Change::Finish { status: to, state, why } => {
-                let moved = sqlx::query("UPDATE flotilla_sagas SET status = $1, state = $2, leased_until = 0, updated_ms = $3 WHERE id = $4 AND status = $5 AND step = $6")
-                    .bind(to.as_str())
+                    .bind(now),
+                vec![(step, "compensated", "")],
+            ),
+            Change::Finish { status, state, why } => (
+                sqlx::query("UPDATE flotilla_sagas SET status = $1, state = $2, leased_until = 0, updated_ms = $3 WHERE id = $4 AND status = $5 AND step = $6")
+                    .bind(status.as_str())
                     .bind(state.to_string())
-                    .bind(now)
-                    .bind(id)
-                    .bind(status)
-                    .bind(step_at)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                if moved != 1 {
-                    return Err(lease_lost(id));
-                }
-                Self::log(tx, id, "", to.as_str(), why).await?;
-            }
+                    .bind(now),
+                vec![("", status.as_str(), why)],
+            ),
+        };
+        let moved = update
+            .bind(id)
+            .bind(from.0.as_str())
+            .bind(from.1)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        if moved != 1 {
+            return Err(lease_lost(id));
+        }
+        for (step, event, detail) in lines {
+            Self::log(tx, id, step, event, detail).await?;
         }
         Ok(())
     }
