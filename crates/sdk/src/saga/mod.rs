@@ -90,6 +90,17 @@ pub enum Milestone<'a, S> {
     },
 }
 
+impl<'a, S> Milestone<'a, S> {
+    /// The step it is about (none for the saga's end) and how the metrics count it.
+    fn counted(&self) -> (&'a str, &'static str) {
+        match self {
+            Milestone::Done { step, .. } => (step, "done"),
+            Milestone::Undone { step, .. } => (step, "compensated"),
+            Milestone::Compensated { .. } => ("", "compensated"),
+        }
+    }
+}
+
 /// What a recorder's write returns.
 pub type RecordFuture<'a> = Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + 'a>>;
 
@@ -333,15 +344,15 @@ where
                 if let Err(err) = &outcome {
                     span::record_error(&span, err);
                 }
-                let label = match &outcome {
-                    Ok(_) => "done",
-                    Err(StepError::Unavailable(_)) => "waiting",
-                    Err(StepError::Failed(_)) if record.attempts + 1 < step.attempts => "retry",
-                    Err(StepError::Failed(_)) => "failed",
-                    Err(StepError::Rejected(_)) => "rejected",
-                };
-                // A step done counts once its record is written (a failed record runs it again).
-                if outcome.is_err() {
+                // A step done counts once its record is written (`record`): a failed record
+                // runs it again.
+                if let Err(err) = &outcome {
+                    let label = match err {
+                        StepError::Unavailable(_) => "waiting",
+                        StepError::Failed(_) if record.attempts + 1 < step.attempts => "retry",
+                        StepError::Failed(_) => "failed",
+                        StepError::Rejected(_) => "rejected",
+                    };
                     metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                 }
                 match outcome {
@@ -359,14 +370,9 @@ where
                         };
                         // In the step's span: what the owner records (an event it publishes)
                         // belongs to the step's trace.
-                        let recorded = self
-                            .record(id, &record, &step.name, change, milestone)
-                            .instrument(span)
-                            .await?;
-                        if !recorded {
+                        if !self.record(id, &record, change, milestone).instrument(span).await? {
                             return Ok(None);
                         }
-                        metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                         if !done {
                             return Ok(go_on(SagaStatus::Running, record.step + 1, next, String::new()));
                         }
@@ -435,10 +441,7 @@ where
                         state: &state,
                         why: &record.last_error,
                     };
-                    if !self.record(id, &record, "", change, milestone).await? {
-                        return Ok(None);
-                    }
-                    metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, "compensated"], 1.0);
+                    self.record(id, &record, change, milestone).await?;
                     return Ok(None);
                 }
                 let step = &steps[record.step as usize - 1];
@@ -450,9 +453,8 @@ where
                 if let Err(err) = &outcome {
                     span::record_error(&span, err);
                 }
-                let label = if outcome.is_ok() { "compensated" } else { "retry" };
                 if outcome.is_err() {
-                    metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
+                    metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, "retry"], 1.0);
                 }
                 match outcome {
                     Ok(state) => {
@@ -465,14 +467,9 @@ where
                             step: &step.name,
                             state: &state,
                         };
-                        let recorded = self
-                            .record(id, &record, &step.name, change, milestone)
-                            .instrument(span)
-                            .await?;
-                        if !recorded {
+                        if !self.record(id, &record, change, milestone).instrument(span).await? {
                             return Ok(None);
                         }
-                        metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, &step.name, label], 1.0);
                         return Ok(go_on(
                             SagaStatus::Compensating,
                             record.step - 1,
@@ -492,17 +489,17 @@ where
         Ok(None)
     }
 
-    /// A state change and the owner's record of its milestone, in one transaction. When that
-    /// fails, the step (or compensation) that reached the milestone is done again after a
-    /// backoff, like one whose dependency was away: `Ok(false)`.
+    /// A state change and the owner's record of its milestone, in one transaction, counted
+    /// in the metrics once written. When that fails, the step (or compensation) that reached
+    /// the milestone is done again after a backoff: `Ok(false)`.
     async fn record(
         &self,
         id: &str,
         record: &SagaRecord,
-        step: &str,
         change: Change<'_>,
         milestone: Milestone<'_, S>,
     ) -> Result<bool, sqlx::Error> {
+        let (step, label) = milestone.counted();
         let written = async {
             let mut tx = self.store.begin().await?;
             SagaStore::apply(&mut tx, id, (record.status, record.step), change).await?;
@@ -516,6 +513,11 @@ where
             Ok(()) => {
                 if let Some(recorder) = &self.saga.recorder {
                     recorder.committed();
+                }
+                if step.is_empty() {
+                    metrics::add(metrics::SAGA_OUTCOMES, &[&self.saga.kind, label], 1.0);
+                } else {
+                    metrics::add(metrics::SAGA_STEPS, &[&self.saga.kind, step, label], 1.0);
                 }
                 Ok(true)
             }
