@@ -50,7 +50,8 @@ pub struct MetricDoc {
     pub help: &'static str,
 }
 
-const fn doc(name: &'static str, kind: Kind, labels: &'static [&'static str], help: &'static str) -> MetricDoc {
+/// A metric's entry: what [`CATALOG`] holds, and what a service [`declare`]s of its own.
+pub const fn doc(name: &'static str, kind: Kind, labels: &'static [&'static str], help: &'static str) -> MetricDoc {
     MetricDoc {
         name,
         kind,
@@ -207,8 +208,30 @@ pub const CATALOG: &[MetricDoc] = &[
     ),
 ];
 
+/// The metrics a service declared of its own ([`declare`]), beside the catalog's.
+static DECLARED: LazyLock<Mutex<Vec<&'static MetricDoc>>> = LazyLock::new(Mutex::default);
+
+fn declared() -> std::sync::MutexGuard<'static, Vec<&'static MetricDoc>> {
+    DECLARED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Declares a service's own metrics (its business figures: `shop_payments_reconciled_total`), so
+/// [`add`], [`set`] and [`observe`] take them and `/metrics` renders them with their HELP and
+/// TYPE like the platform's own. A name already known is left as it is.
+pub fn declare(docs: &'static [MetricDoc]) {
+    let mut declared = declared();
+    for doc in docs {
+        if CATALOG.iter().all(|m| m.name != doc.name) && declared.iter().all(|m| m.name != doc.name) {
+            declared.push(doc);
+        }
+    }
+}
+
 fn find(name: &str) -> Option<&'static MetricDoc> {
-    CATALOG.iter().find(|m| m.name == name)
+    CATALOG
+        .iter()
+        .find(|m| m.name == name)
+        .or_else(|| declared().iter().copied().find(|m| m.name == name))
 }
 
 #[derive(Debug, Default)]
@@ -317,7 +340,8 @@ pub fn render() -> String {
     let mut out = String::new();
     {
         let families = families();
-        for doc in CATALOG {
+        let declared = declared().clone();
+        for doc in CATALOG.iter().chain(declared) {
             if let Some(series) = families.values.get(doc.name) {
                 header(&mut out, doc);
                 for (labels, value) in series {
@@ -418,6 +442,27 @@ fn max_fds() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metric_a_service_declares_is_counted_and_rendered_with_its_help_and_type() {
+        static OWN: &[MetricDoc] = &[doc(
+            "test_declared_total",
+            Kind::Counter,
+            &["outcome"],
+            "A service's own figure.",
+        )];
+        declare(OWN);
+        declare(OWN);
+        add("test_declared_total", &["voided"], 2.0);
+        let text = render();
+        assert!(
+            text.contains("# HELP test_declared_total A service's own figure."),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE test_declared_total counter"), "{text}");
+        assert!(text.contains("test_declared_total{outcome=\"voided\"} 2\n"), "{text}");
+        assert_eq!(text.matches("# TYPE test_declared_total").count(), 1, "declared once");
+    }
 
     #[test]
     fn series_render_as_prometheus_text_with_escaped_labels() {
