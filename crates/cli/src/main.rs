@@ -887,6 +887,7 @@ async fn run(cli: Cli) -> Result<()> {
                     )
                     .await?;
                     let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
+                    flotilla_payments::spawn_reconciliation(store.clone(), config.clone(), events_client(&env).await?);
                     Service::new(flotilla_payments::SERVICE, env!("CARGO_PKG_VERSION"))
                         .env(env)
                         .context(context)

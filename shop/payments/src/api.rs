@@ -1,5 +1,7 @@
 //! Payments' HTTP API. Every write needs an `Idempotency-Key` and a caller holding the
-//! `payments.charge` scope (orders) or the `admin` role; reads need any valid token.
+//! `payments.charge` scope (orders) or the `admin` role; reads need any valid token; the
+//! reconciliation report needs the `admin` role. A write's changes and its idempotent answer
+//! commit in one transaction.
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,7 +17,8 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::config::PaymentsConfig;
-use crate::payments::{self, Money, Payment, PaymentError};
+use crate::payments::{self, Money, Outcome, PaymentError};
+use crate::reconcile;
 
 /// The scope a service needs to authorize, capture, void and refund.
 pub const CHARGE_SCOPE: &str = "payments.charge";
@@ -31,6 +34,7 @@ struct AppState {
 pub fn router(store: Store, config: LiveConfig<PaymentsConfig>, tokens: Verifier) -> Router {
     Router::new()
         .route("/api/v1/payments", post(authorize).get(list))
+        .route("/api/v1/payments/reconciliation", get(reconciliation))
         .route("/api/v1/payments/{id}", get(one))
         .route("/api/v1/payments/{id}/capture", post(capture))
         .route("/api/v1/payments/{id}/void", post(void))
@@ -50,6 +54,9 @@ fn problem(err: PaymentError) -> Problem {
         PaymentError::WrongState { .. } => {
             Problem::new(409, "payment-state", "Payment state").with_detail(err.to_string())
         }
+        PaymentError::OrderPaid { .. } => {
+            Problem::new(409, "order-has-payment", "Order has a payment").with_detail(err.to_string())
+        }
         PaymentError::Database(e) => {
             tracing::error!(error = %e, "payments database error");
             Problem::internal()
@@ -66,13 +73,28 @@ async fn caller(state: &AppState, headers: &HeaderMap, write: bool) -> Result<St
     Ok(who.subject)
 }
 
-fn outcome(result: Result<Payment, PaymentError>, created: bool) -> (StatusCode, serde_json::Value) {
+/// A write's answer: the payment (`created` or 200), a declined one as 402, or the refusal;
+/// with the write's transaction, so the idempotent answer commits with it.
+fn answer(result: Result<Outcome, PaymentError>, created: bool) -> idempotency::Answer {
     match result {
-        Ok(payment) => (
-            if created { StatusCode::CREATED } else { StatusCode::OK },
-            serde_json::to_value(payment).unwrap_or_default(),
-        ),
-        Err(err) => idempotency::problem_answer(problem(err)),
+        Ok(Outcome { payment, tx }) => {
+            let (status, body) = if payment.state == "declined" {
+                idempotency::problem_answer(problem(payments::declined(&payment)))
+            } else {
+                // A new payment is 201; an order's existing one given again is 200.
+                let status = if created && tx.is_some() {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                (status, serde_json::to_value(payment).unwrap_or_default())
+            };
+            match tx {
+                Some(tx) => idempotency::Answer::with(status, body, tx),
+                None => idempotency::Answer::new(status, body),
+            }
+        }
+        Err(err) => idempotency::Answer::problem(problem(err)),
     }
 }
 
@@ -93,7 +115,7 @@ async fn authorize(
     let fingerprint = idempotency::fingerprint("authorize", &serde_json::to_value(&body).unwrap_or_default());
     let config = state.config.current();
     Ok(idempotency::once(&state.store, &key, &fingerprint, || async {
-        outcome(
+        answer(
             payments::authorize(&state.store, &config, &body.order_id, body.amount)
                 .instrument(state.store.span("authorize payment"))
                 .await,
@@ -132,7 +154,7 @@ async fn change(
                     .await
             }
         };
-        outcome(result, false)
+        answer(result, false)
     })
     .await)
 }
@@ -187,6 +209,22 @@ async fn list(
 async fn one(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
     caller(&state, &headers, false).await?;
     Ok(Json(payments::get(&state.store, &id).await.map_err(problem)?).into_response())
+}
+
+/// Authorizations no live order stands behind (its order cancelled, or confirmed on another
+/// payment), which the sweep voids, and how many it voided since the process started: the
+/// invariant a chaos run checks is `standing` empty once the system has settled.
+async fn reconciliation(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
+    let who = state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
+    who.admin_or(None).map_err(|e| e.to_problem())?;
+    let standing = reconcile::standing(&state.store, 0)
+        .await
+        .map_err(|e| problem(e.into()))?;
+    Ok(Json(serde_json::json!({
+        "standing": standing,
+        "voided_since_start": reconcile::voided_since_start(),
+    }))
+    .into_response())
 }
 
 async fn openapi() -> Json<serde_json::Value> {

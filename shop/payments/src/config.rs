@@ -15,6 +15,12 @@ pub struct PaymentsConfig {
     pub decline_over_minor: i64,
     /// Who issues the tokens payments accepts (read at start).
     pub tokens: flotilla::auth::TrustedIssuer,
+    /// How often the reconciliation sweep looks for authorizations no live order stands
+    /// behind, in milliseconds (it also looks after each order outcome it reads).
+    pub reconcile_every_ms: u64,
+    /// How long after an order's outcome its payments are left to the order saga's own
+    /// compensation before the sweep voids what still stands, in milliseconds.
+    pub reconcile_grace_ms: u64,
 }
 
 impl Default for PaymentsConfig {
@@ -24,6 +30,8 @@ impl Default for PaymentsConfig {
             provider_latency_ms: 20,
             decline_over_minor: 1_000_000,
             tokens: Default::default(),
+            reconcile_every_ms: 5_000,
+            reconcile_grace_ms: 2_000,
         }
     }
 }
@@ -42,6 +50,12 @@ impl PaymentsConfig {
         }
         if self.decline_over_minor <= 0 {
             return Err("decline_over_minor must be above zero".into());
+        }
+        if !(100..=3_600_000).contains(&self.reconcile_every_ms) {
+            return Err("reconcile_every_ms must be 100 to 3600000".into());
+        }
+        if self.reconcile_grace_ms > 600_000 {
+            return Err("reconcile_grace_ms must be at most 600000".into());
         }
         Ok(())
     }

@@ -1,17 +1,21 @@
 //! The shop's payments service: authorize, capture, void and refund against a simulated
 //! provider whose failure rate and latency are knobs in central config; every write is
-//! idempotent by `Idempotency-Key`, so a client retrying after a timeout never charges twice.
+//! idempotent by `Idempotency-Key`, and an order has one payment at most, so a client
+//! retrying after a timeout never charges twice; a reconciliation sweep voids any
+//! authorization left standing without a live order.
 
 mod api;
 pub mod config;
 mod openapi;
 pub mod payments;
+pub mod reconcile;
 
 use flotilla::runtime::ServiceEnv;
 use flotilla::store::{Store, StoreError};
 
 pub use api::{router, CHARGE_SCOPE};
 pub use config::PaymentsConfig;
+pub use reconcile::spawn as spawn_reconciliation;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "payments";
@@ -19,9 +23,9 @@ pub const SERVICE: &str = "payments";
 /// Payments' schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Opens payments' database where the environment says, migrated.
+/// Opens payments' database where the environment says, migrated, with the event inbox.
 pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
-    Store::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
+    flotilla::events::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
 }
 
 /// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.

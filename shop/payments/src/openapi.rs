@@ -25,6 +25,8 @@ pub(crate) fn document() -> Value {
     let mut refund = change("refund", "Refund part or the rest of a captured payment");
     refund["post"]["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
         "properties": {"amount_minor": {"type": "integer", "minimum": 1}}}}}});
+    let mut authorized = write_errors("201", &payment);
+    authorized["200"] = payment.clone();
     json!({
         "openapi": "3.1.0",
         "info": {"title": "payments", "version": env!("CARGO_PKG_VERSION"),
@@ -32,12 +34,22 @@ pub(crate) fn document() -> Value {
         "paths": {
             "/api/v1/payments": {
                 "post": {"operationId": "authorize", "security": secured.clone(), "parameters": [key.clone()],
+                    "description": "One payment per order: 201 with a new authorization, or 200 with the order's payment when it has one (409 if that one is for another amount).",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AuthorizeRequest"}}}},
-                    "responses": write_errors("201", &payment)},
+                    "responses": authorized},
                 "get": {"operationId": "listPayments", "security": secured.clone(),
                     "parameters": [{"name": "order_id", "in": "query", "required": true, "schema": {"type": "string"}}],
                     "responses": {"200": {"description": "The order's payments", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Payment"}}}}},
                                   "400": problem(), "401": problem()}}},
+            "/api/v1/payments/reconciliation": {"get": {"operationId": "reconciliation", "security": secured.clone(),
+                "summary": "Authorizations no live order stands behind (the sweep voids them), for administrators",
+                "responses": {"200": {"description": "What stands, and how many the sweep voided", "content": {"application/json": {"schema": {"type": "object",
+                    "required": ["standing", "voided_since_start"],
+                    "properties": {"voided_since_start": {"type": "integer"}, "standing": {"type": "array", "items": {"type": "object",
+                        "required": ["payment_id", "order_id", "order_outcome", "amount_minor", "currency", "outcome_ms"],
+                        "properties": {"payment_id": {"type": "string"}, "order_id": {"type": "string"}, "order_outcome": {"type": "string", "enum": ["confirmed", "cancelled"]},
+                                       "amount_minor": {"type": "integer"}, "currency": {"type": "string"}, "outcome_ms": {"type": "integer"}}}}}}}}},
+                              "401": problem(), "403": problem()}}},
             "/api/v1/payments/{id}": {"get": {"operationId": "getPayment", "security": secured.clone(), "parameters": [id.clone()],
                 "responses": {"200": payment.clone(), "401": problem(), "404": problem()}}},
             "/api/v1/payments/{id}/capture": change("capture", "Capture an authorized payment"),

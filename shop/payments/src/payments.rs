@@ -1,14 +1,16 @@
 //! Payments and the simulated provider. The provider is called before anything is written: a
 //! provider failure leaves no trace, so a retry may run again; a state change is one
 //! conditional `UPDATE`, so of two racing captures one moves the payment and the other finds
-//! it captured.
+//! it captured. An order has one payment at most (a unique index): authorizing an order that
+//! has one gives that one back. Each operation leaves what it wrote in an open transaction
+//! ([`Outcome`]) for the caller to commit, so the request's idempotent answer commits with it.
 
 use std::time::Duration;
 
 use flotilla::store::{now_ms, Store};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use crate::config::PaymentsConfig;
 
@@ -69,9 +71,47 @@ pub enum PaymentError {
         /// Its state.
         state: String,
     },
+    /// The order already has a payment of another amount (an order's total never changes,
+    /// so this is someone else's mistake, not a retry).
+    #[error("order `{order_id}` already has payment `{id}` of {amount_minor} {currency}")]
+    OrderPaid {
+        /// The order.
+        order_id: String,
+        /// Its payment.
+        id: String,
+        /// What that payment is for.
+        amount_minor: i64,
+        /// In what currency.
+        currency: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+}
+
+/// What an operation did: the payment as it now stands, and the transaction holding what the
+/// operation wrote, uncommitted (`None` when it found its effect already done and wrote
+/// nothing). The caller commits it, with the request's idempotent answer inside.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The payment after the operation.
+    pub payment: Payment,
+    /// The operation's writes, not yet committed.
+    pub tx: Option<Transaction<'static, Any>>,
+}
+
+impl Outcome {
+    fn unchanged(payment: Payment) -> Self {
+        Self { payment, tx: None }
+    }
+
+    /// Commits the operation's writes on their own (no idempotent answer to keep with them).
+    pub async fn commit(self) -> Result<Payment, PaymentError> {
+        if let Some(tx) = self.tx {
+            tx.commit().await?;
+        }
+        Ok(self.payment)
+    }
 }
 
 /// One provider call: its latency, and its failure rate.
@@ -107,12 +147,43 @@ const COLUMNS: &str = "id, order_id, amount_minor, currency, state, refunded_min
 
 /// One payment.
 pub async fn get(store: &Store, id: &str) -> Result<Payment, PaymentError> {
+    let mut conn = store.pool().acquire().await?;
+    get_in(&mut conn, id).await
+}
+
+/// One payment, as a connection (or a transaction) sees it.
+async fn get_in(conn: &mut AnyConnection, id: &str) -> Result<Payment, PaymentError> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
         .bind(id)
-        .fetch_optional(store.pool())
+        .fetch_optional(conn)
         .await?
         .ok_or_else(|| PaymentError::NotFound(id.to_owned()))?;
     Ok(payment(&row)?)
+}
+
+/// The order's payment, if it has one (the first, where older data holds several).
+async fn of_order(store: &Store, order_id: &str) -> Result<Option<Payment>, PaymentError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE order_id = $1 ORDER BY nth LIMIT 1"
+    ))
+    .bind(order_id)
+    .fetch_optional(store.pool())
+    .await?;
+    Ok(row.map(|r| payment(&r)).transpose()?)
+}
+
+/// An authorization asked again for an order that has its payment: that payment, if it is
+/// for the same amount.
+fn again(existing: Payment, amount: &Money) -> Result<Outcome, PaymentError> {
+    if existing.amount != *amount {
+        return Err(PaymentError::OrderPaid {
+            order_id: existing.order_id,
+            id: existing.id,
+            amount_minor: existing.amount.amount_minor,
+            currency: existing.amount.currency,
+        });
+    }
+    Ok(Outcome::unchanged(existing))
 }
 
 /// An order's payments, oldest first.
@@ -149,14 +220,18 @@ pub fn check(order_id: &str, amount: &Money) -> Result<(), PaymentError> {
     Ok(())
 }
 
-/// Authorizes `amount` for the order: a new payment, `authorized` or `declined`.
+/// Authorizes `amount` for the order: a new payment, `authorized` or `declined`; or the
+/// order's payment if it has one already (one per order, whatever the idempotency key).
 pub async fn authorize(
     store: &Store,
     config: &PaymentsConfig,
     order_id: &str,
     amount: Money,
-) -> Result<Payment, PaymentError> {
+) -> Result<Outcome, PaymentError> {
     check(order_id, &amount)?;
+    if let Some(existing) = of_order(store, order_id).await? {
+        return again(existing, &amount);
+    }
     let reference = provider(config).await?;
     let declined = amount.amount_minor > config.decline_over_minor;
     let now = now_ms();
@@ -169,8 +244,10 @@ pub async fn authorize(
         provider_ref: reference,
         created_ms: now,
     };
-    sqlx::query(
-        "INSERT INTO payments (id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7)",
+    let mut tx = store.pool().begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO payments (id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms, updated_ms, nth) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7, 0) \
+         ON CONFLICT (order_id, nth) DO NOTHING",
     )
     .bind(&created.id)
     .bind(&created.order_id)
@@ -179,15 +256,31 @@ pub async fn authorize(
     .bind(&created.state)
     .bind(&created.provider_ref)
     .bind(now)
-    .execute(store.pool())
+    .execute(&mut *tx)
     .await?;
-    if declined {
-        return Err(PaymentError::Declined(format!(
-            "payment {} of {} {} is over the limit",
-            created.id, created.amount.amount_minor, created.amount.currency
-        )));
+    if inserted.rows_affected() == 0 {
+        // Another authorization of this order got there first (a retry that took over a hold
+        // whose holder was only paused): that one stands; this provider authorization is
+        // released, never recorded.
+        tx.rollback().await?;
+        tracing::warn!(order_id, provider_ref = %created.provider_ref, "the order was authorized meanwhile; releasing this second authorization at the provider");
+        let existing = of_order(store, order_id)
+            .await?
+            .ok_or_else(|| PaymentError::NotFound(format!("of order {order_id}")))?;
+        return again(existing, &created.amount);
     }
-    Ok(created)
+    Ok(Outcome {
+        payment: created,
+        tx: Some(tx),
+    })
+}
+
+/// The problem a declined payment is answered with.
+pub fn declined(payment: &Payment) -> PaymentError {
+    PaymentError::Declined(format!(
+        "payment {} of {} {} is over the limit",
+        payment.id, payment.amount.amount_minor, payment.amount.currency
+    ))
 }
 
 /// Moves a payment from `from` to `to` after a provider call; already in `to` is success.
@@ -197,10 +290,10 @@ async fn transition(
     id: &str,
     from: &str,
     to: &str,
-) -> Result<Payment, PaymentError> {
+) -> Result<Outcome, PaymentError> {
     let current = get(store, id).await?;
     if current.state == to {
-        return Ok(current);
+        return Ok(Outcome::unchanged(current));
     }
     if current.state != from {
         return Err(PaymentError::WrongState {
@@ -209,31 +302,40 @@ async fn transition(
         });
     }
     provider(config).await?;
-    sqlx::query("UPDATE payments SET state = $1, updated_ms = $2 WHERE id = $3 AND state = $4")
+    let mut tx = store.begin_write().await?;
+    let moved = sqlx::query("UPDATE payments SET state = $1, updated_ms = $2 WHERE id = $3 AND state = $4")
         .bind(to)
         .bind(now_ms())
         .bind(id)
         .bind(from)
-        .execute(store.pool())
-        .await?;
-    let after = get(store, id).await?;
-    if after.state == to {
-        Ok(after)
-    } else {
-        Err(PaymentError::WrongState {
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let after = get_in(&mut tx, id).await?;
+    if after.state != to {
+        return Err(PaymentError::WrongState {
             id: id.to_owned(),
             state: after.state,
-        })
+        });
     }
+    if moved == 0 {
+        // Moved meanwhile by another request: nothing of ours to commit.
+        tx.rollback().await?;
+        return Ok(Outcome::unchanged(after));
+    }
+    Ok(Outcome {
+        payment: after,
+        tx: Some(tx),
+    })
 }
 
 /// Captures an authorized payment (whole).
-pub async fn capture(store: &Store, config: &PaymentsConfig, id: &str) -> Result<Payment, PaymentError> {
+pub async fn capture(store: &Store, config: &PaymentsConfig, id: &str) -> Result<Outcome, PaymentError> {
     transition(store, config, id, "authorized", "captured").await
 }
 
 /// Voids an authorized payment.
-pub async fn void(store: &Store, config: &PaymentsConfig, id: &str) -> Result<Payment, PaymentError> {
+pub async fn void(store: &Store, config: &PaymentsConfig, id: &str) -> Result<Outcome, PaymentError> {
     transition(store, config, id, "authorized", "voided").await
 }
 
@@ -243,7 +345,7 @@ pub async fn refund(
     config: &PaymentsConfig,
     id: &str,
     amount_minor: Option<i64>,
-) -> Result<Payment, PaymentError> {
+) -> Result<Outcome, PaymentError> {
     let current = get(store, id).await?;
     if current.state != "captured" {
         return Err(PaymentError::WrongState {
@@ -260,6 +362,7 @@ pub async fn refund(
         });
     }
     provider(config).await?;
+    let mut tx = store.begin_write().await?;
     let done = sqlx::query(
         "UPDATE payments SET refunded_minor = refunded_minor + $1, state = CASE WHEN refunded_minor + $1 = amount_minor THEN 'refunded' ELSE state END, updated_ms = $2 \
          WHERE id = $3 AND state = 'captured' AND refunded_minor + $1 <= amount_minor",
@@ -267,11 +370,14 @@ pub async fn refund(
     .bind(amount)
     .bind(now_ms())
     .bind(id)
-    .execute(store.pool())
+    .execute(&mut *tx)
     .await?;
-    let after = get(store, id).await?;
+    let after = get_in(&mut tx, id).await?;
     if done.rows_affected() == 1 {
-        Ok(after)
+        Ok(Outcome {
+            payment: after,
+            tx: Some(tx),
+        })
     } else {
         Err(PaymentError::WrongState {
             id: id.to_owned(),

@@ -18,7 +18,7 @@ fn token(scope: &str, roles: &[&str]) -> String {
 
 async fn app(config: PaymentsConfig) -> (Router, Store, TestDatabase) {
     let db = TestDatabase::create("payments").await;
-    let store = Store::open(&db.url, &crate::MIGRATOR).await.unwrap();
+    let store = flotilla::events::open(&db.url, &crate::MIGRATOR).await.unwrap();
     let tokens = TrustedIssuer::default().verifier_over(shop_issuer().key_set(), &[], &[]);
     let router =
         flotilla::http::with_problem_fallbacks(crate::router(store.clone(), LiveConfig::fixed(config), tokens));
@@ -283,6 +283,7 @@ async fn callers_need_the_charge_scope_and_the_document_names_every_route() {
         ("/api/v1/payments", "post"),
         ("/api/v1/payments", "get"),
         ("/api/v1/payments/{id}", "get"),
+        ("/api/v1/payments/reconciliation", "get"),
         ("/api/v1/payments/{id}/capture", "post"),
         ("/api/v1/payments/{id}/void", "post"),
         ("/api/v1/payments/{id}/refund", "post"),
@@ -305,5 +306,231 @@ async fn callers_need_the_charge_scope_and_the_document_names_every_route() {
         );
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
     }
+    db.remove().await;
+}
+
+#[tokio::test]
+async fn an_order_has_one_payment_whatever_key_its_authorizations_carry() {
+    let (app, store, db) = app(PaymentsConfig {
+        provider_latency_ms: 30,
+        ..PaymentsConfig::default()
+    })
+    .await;
+    let (status, _, first) = send(&app, "POST", "/api/v1/payments", Some("a"), Some(authorize("o-1", 700))).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    // A second run under another key (a hold taken over, a client's new key) gets the same
+    // payment, answered 200: nothing new was authorized.
+    let (status, _, again) = send(&app, "POST", "/api/v1/payments", Some("b"), Some(authorize("o-1", 700))).await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &first["id"]));
+    let (status, _, other) = send(&app, "POST", "/api/v1/payments", Some("c"), Some(authorize("o-1", 701))).await;
+    assert_eq!(
+        (status, other["type"].as_str()),
+        (StatusCode::CONFLICT, Some("urn:flotilla:problem:order-has-payment"))
+    );
+    // Racing runs under different keys: one payment.
+    let racing: Vec<_> = (0..8)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                send(
+                    &app,
+                    "POST",
+                    "/api/v1/payments",
+                    Some(&format!("race-{i}")),
+                    Some(authorize("o-2", 900)),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for run in racing {
+        let (status, _, body) = run.await.unwrap();
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::OK,
+            "{status} {body}"
+        );
+        ids.insert(body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "every run got the one payment: {ids:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE order_id = 'o-2'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    db.remove().await;
+}
+
+/// An order event as orders publishes it, for the reconciliation's consumer.
+fn order_event(kind: &str, order_id: &str) -> flotilla::events::Delivery {
+    use flotilla::api::orders::{self, Money, OrderEventData};
+    let data = OrderEventData {
+        order_id: order_id.into(),
+        user_id: "u-1".into(),
+        status: if kind == orders::CANCELLED {
+            "CANCELLED"
+        } else {
+            "CONFIRMED"
+        }
+        .into(),
+        total: Money {
+            amount_minor: 500,
+            currency: "EUR".into(),
+        },
+        lines: vec![],
+        reason: String::new(),
+    };
+    flotilla::events::Delivery {
+        offset: 1,
+        attempt: 1,
+        event: flotilla::events::CloudEvent {
+            specversion: "1.0".into(),
+            id: format!("{kind}-{order_id}"),
+            source: orders::SOURCE.into(),
+            kind: kind.into(),
+            subject: Some(order_id.into()),
+            time: None,
+            traceparent: None,
+            data: serde_json::to_value(data).unwrap(),
+            deadletterreason: None,
+        },
+    }
+}
+
+async fn outcome(store: &Store, kind: &str, order_id: &str) {
+    let tx = store.pool().begin().await.unwrap();
+    let tx = crate::reconcile::on_order_event(order_event(kind, order_id), tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn state(store: &Store, id: &str) -> String {
+    crate::payments::get(store, id).await.unwrap().state
+}
+
+#[tokio::test]
+async fn the_sweep_voids_authorizations_no_live_order_stands_behind_and_nothing_else() {
+    use flotilla::api::orders::{CANCELLED, CONFIRMED, PLACED};
+    let config = PaymentsConfig {
+        reconcile_grace_ms: 0,
+        ..PaymentsConfig::default()
+    };
+    let (app, store, db) = app(config.clone()).await;
+    let id = |body: &Value| body["id"].as_str().unwrap().to_owned();
+    // A cancelled order whose authorization landed after its compensation ran.
+    let (_, _, late) = send(
+        &app,
+        "POST",
+        "/api/v1/payments",
+        Some("1"),
+        Some(authorize("cancelled", 500)),
+    )
+    .await;
+    // A live order, and a confirmed one with its captured payment.
+    let (_, _, live) = send(
+        &app,
+        "POST",
+        "/api/v1/payments",
+        Some("2"),
+        Some(authorize("live", 500)),
+    )
+    .await;
+    let (_, _, paid) = send(
+        &app,
+        "POST",
+        "/api/v1/payments",
+        Some("3"),
+        Some(authorize("paid", 500)),
+    )
+    .await;
+    send(
+        &app,
+        "POST",
+        &format!("/api/v1/payments/{}/capture", id(&paid)),
+        Some("4"),
+        None,
+    )
+    .await;
+    // Older data: a confirmed order with a second authorization beside its captured one.
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms, updated_ms, nth) \
+         VALUES ('legacy-2', 'paid', 500, 'EUR', 'authorized', 0, 'sim', 1, 1, 1)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    outcome(&store, CANCELLED, "cancelled").await;
+    outcome(&store, CONFIRMED, "paid").await;
+    outcome(&store, PLACED, "live").await;
+    outcome(&store, CANCELLED, "cancelled").await;
+
+    let admin = shop_issuer().shop_token("root", "shop", &["admin"]);
+    let report = |app: Router| {
+        let admin = admin.clone();
+        async move {
+            let request = Request::get("/api/v1/payments/reconciliation")
+                .header("authorization", format!("Bearer {admin}"))
+                .body(Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    let (status, before) = report(app.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    let standing: Vec<&str> = before["standing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["payment_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(standing, [id(&late).as_str(), "legacy-2"]);
+
+    let voided = crate::reconcile::sweep(&store, &config).await.unwrap();
+    assert_eq!(voided, 2);
+    assert_eq!(state(&store, &id(&late)).await, "voided");
+    assert_eq!(state(&store, "legacy-2").await, "voided");
+    assert_eq!(
+        state(&store, &id(&live)).await,
+        "authorized",
+        "a live order's authorization stays"
+    );
+    assert_eq!(state(&store, &id(&paid)).await, "captured");
+    let (_, after) = report(app.clone()).await;
+    assert_eq!(after["standing"], json!([]));
+    assert!(after["voided_since_start"].as_u64().unwrap() >= 2);
+    assert_eq!(
+        crate::reconcile::sweep(&store, &config).await.unwrap(),
+        0,
+        "nothing twice"
+    );
+
+    // The report is an administrator's.
+    let request = Request::get("/api/v1/payments/reconciliation")
+        .header(
+            "authorization",
+            format!("Bearer {}", token("payments.charge", &["service"])),
+        )
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.oneshot(request).await.unwrap().status(), StatusCode::FORBIDDEN);
+    db.remove().await;
+}
+
+#[tokio::test]
+async fn the_sweep_leaves_an_authorization_to_the_sagas_compensation_during_its_grace() {
+    use flotilla::api::orders::CANCELLED;
+    let config = PaymentsConfig {
+        reconcile_grace_ms: 60_000,
+        ..PaymentsConfig::default()
+    };
+    let (app, store, db) = app(config.clone()).await;
+    let (_, _, payment) = send(&app, "POST", "/api/v1/payments", Some("1"), Some(authorize("o", 500))).await;
+    outcome(&store, CANCELLED, "o").await;
+    assert_eq!(crate::reconcile::sweep(&store, &config).await.unwrap(), 0);
+    assert_eq!(state(&store, payment["id"].as_str().unwrap()).await, "authorized");
     db.remove().await;
 }
