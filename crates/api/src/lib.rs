@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod events;
+pub mod faults;
 pub mod orders;
 pub mod problem;
 pub mod registry;
