@@ -36,6 +36,7 @@ pub fn server(method: &http::Method, route: &str, path: &str, headers: &http::He
         http.route = route,
         url.path = path,
         http.response.status_code = Empty,
+        flotilla.fault = Empty,
     );
     let parent = propagation::extract(headers);
     let _ = span.set_parent(parent);
@@ -138,4 +139,10 @@ pub fn record_http_status(span: &Span, status: u16) {
 pub fn record_error(span: &Span, error: impl Display) {
     span.record("otel.status_code", "error");
     span.record("otel.status_message", tracing::field::display(error));
+}
+
+/// Marks a server span whose request a fault rule delayed or failed on purpose
+/// (`delay 200ms`, `abort 503`), so a trace tells an injected fault from a real one.
+pub fn record_fault(span: &Span, fault: &str) {
+    span.record("flotilla.fault", fault);
 }

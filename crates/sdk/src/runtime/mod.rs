@@ -2,6 +2,8 @@
 //! control plane, keep the lease with heartbeats, answer health checks, and on shutdown
 //! deregister first, drain in-flight requests, then return.
 
+pub mod faults;
+
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -23,6 +25,8 @@ use crate::client::{pool, ClientConfig, Pool, Propagated, ServiceClient, Stack, 
 use crate::discovery::{Discovery, RegistryClient, RegistryError};
 use crate::http::{with_problem_fallbacks, Json};
 use crate::resilience::Deadline;
+
+use self::faults::{Decision, Faults};
 
 /// What the supervisor (or an operator) tells a service through its environment.
 #[derive(Debug, Clone, Default)]
@@ -193,8 +197,19 @@ impl Service {
             context: self.context.clone(),
             ..HealthState::default()
         });
-        let router = std::mem::take(&mut self.router).layer(axum::middleware::from_fn(request_scope));
-        let app = with_problem_fallbacks(router.merge(health_routes(health.clone())));
+        // Fault rules follow the store for as long as this instance serves.
+        let (_stop_faults, faults_stopped) = tokio::sync::oneshot::channel::<()>();
+        let faults = match &self.env.control_addr {
+            Some(control) => Faults::follow(
+                &self.name,
+                crate::config::ConfigClient::new(control, self.env.token.clone()),
+                async move {
+                    let _ = faults_stopped.await;
+                },
+            ),
+            None => Faults::default(),
+        };
+        let app = app(std::mem::take(&mut self.router), faults, health.clone());
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
@@ -236,6 +251,14 @@ impl Service {
     }
 }
 
+/// The application's routes in the request scope, beside the runtime's own. Only the
+/// application's routes are in it: health checks and `/metrics` are never delayed or failed
+/// by a fault rule, nor counted as the application's requests.
+fn app(router: Router, faults: Faults, health: Arc<HealthState>) -> Router {
+    let router = router.layer(axum::middleware::from_fn_with_state(faults, request_scope));
+    with_problem_fallbacks(router.merge(health_routes(health)))
+}
+
 fn health_routes(health: Arc<HealthState>) -> Router {
     Router::new()
         .route(
@@ -274,8 +297,13 @@ async fn metrics(State(health): State<Arc<HealthState>>) -> impl axum::response:
 /// the calls it makes.
 ///
 /// Each request is served in a server span named by its route template, child of the
-/// caller's `traceparent`.
-async fn request_scope(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+/// caller's `traceparent`. The instance's fault rules may delay it or answer it with an
+/// error instead of the handler; the span then says so (`flotilla.fault`).
+async fn request_scope(
+    State(faults): State<Faults>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use crate::telemetry::{metrics, span};
     let route = request
         .extensions()
@@ -286,7 +314,11 @@ async fn request_scope(request: axum::extract::Request, next: axum::middleware::
     let server = span::server(&method, &route, request.uri().path(), request.headers());
     let started = std::time::Instant::now();
     let active = InFlight::enter();
-    let response = serve_in_scope(request, next).instrument(server.clone()).await;
+    let fault = faults.decide_now();
+    if !fault.is_none() {
+        span::record_fault(&server, &fault.describe());
+    }
+    let response = serve_in_scope(request, next, fault).instrument(server.clone()).await;
     drop(active);
     let status = response.status().as_u16();
     span::record_http_status(&server, status);
@@ -321,13 +353,29 @@ impl Drop for InFlight {
     }
 }
 
-async fn serve_in_scope(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn serve_in_scope(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    fault: Decision,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let propagated = Propagated::capture(request.headers());
-    match Deadline::from_headers(request.headers()) {
-        None => propagated.scope(next.run(request)).await,
+    let deadline = Deadline::from_headers(request.headers());
+    // A fault stands in for a slow or failing handler: its delay counts against the
+    // caller's deadline like any other work.
+    let handler = async move {
+        if let Some(delay) = fault.delay {
+            tokio::time::sleep(delay).await;
+        }
+        match fault.abort {
+            Some(status) => faults::abort_problem(status).into_response(),
+            None => next.run(request).await,
+        }
+    };
+    match deadline {
+        None => propagated.scope(handler).await,
         Some(deadline) => {
-            let work = deadline.scope(propagated.scope(next.run(request)));
+            let work = deadline.scope(propagated.scope(handler));
             match tokio::time::timeout_at(deadline.0, work).await {
                 Ok(response) => response,
                 Err(_) => Problem::new(504, "deadline-exceeded", "Deadline exceeded")
@@ -632,7 +680,7 @@ mod tests {
                     Deadline::current().map_or("none".to_owned(), |d| d.remaining().as_millis().to_string())
                 }),
             )
-            .layer(axum::middleware::from_fn(request_scope))
+            .layer(axum::middleware::from_fn_with_state(Faults::default(), request_scope))
     }
 
     #[tokio::test(start_paused = true)]
@@ -667,5 +715,67 @@ mod tests {
             .unwrap();
         let body = axum::body::to_bytes(response.into_body(), 64).await.unwrap();
         assert_eq!(body, "none");
+    }
+
+    fn faulty_app(rules: Vec<flotilla_api::faults::FaultRule>) -> Router {
+        let health = Arc::new(HealthState::default());
+        health.ready.store(true, Ordering::SeqCst);
+        let router = Router::new().route("/products", get(|| async { "ok" }));
+        app(router, Faults::fixed(rules), health)
+    }
+
+    fn rule(kind: flotilla_api::faults::FaultKind) -> flotilla_api::faults::FaultRule {
+        flotilla_api::faults::FaultRule {
+            id: "r".into(),
+            kind,
+            delay_ms: 300,
+            status: None,
+            share: 1.0,
+            until_ms: None,
+        }
+    }
+
+    async fn call(app: &Router, path: &str) -> (u16, String, String) {
+        let response = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, content_type, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_rule_slows_application_routes_and_never_health_checks() {
+        let app = faulty_app(vec![rule(flotilla_api::faults::FaultKind::Delay)]);
+        let started = tokio::time::Instant::now();
+        assert_eq!(call(&app, "/products").await.0, 200);
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        let started = tokio::time::Instant::now();
+        for path in ["/health/live", "/health/ready", "/metrics"] {
+            assert_eq!(call(&app, path).await.0, 200, "{path}");
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn an_abort_rule_answers_problem_json_instead_of_the_handler() {
+        let mut abort = rule(flotilla_api::faults::FaultKind::Abort);
+        abort.status = Some(502);
+        let app = faulty_app(vec![abort]);
+        let (status, content_type, body) = call(&app, "/products").await;
+        assert_eq!((status, content_type.as_str()), (502, "application/problem+json"));
+        assert!(body.contains("urn:flotilla:problem:fault-injected"), "{body}");
+        assert_eq!(call(&app, "/health/ready").await.0, 200);
+        // An expired rule does nothing.
+        let mut ended = rule(flotilla_api::faults::FaultKind::Abort);
+        ended.until_ms = Some(1);
+        assert_eq!(call(&faulty_app(vec![ended]), "/products").await.0, 200);
     }
 }
