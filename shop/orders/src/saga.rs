@@ -44,6 +44,21 @@ fn database(err: sqlx::Error) -> StepError {
     StepError::Failed(format!("recording the order's event: {err}"))
 }
 
+/// What the order and its customer are told when its saga was undone: the refusal that
+/// started it (a decline, a shortage) as it was given; an operational failure that ran out of
+/// tries (timeouts, a service away too long) only in general terms, since its detail is the
+/// operator's (logged and traced), not the customer's.
+pub fn customer_reason(why: &str, refused: bool) -> String {
+    if refused {
+        why.to_owned()
+    } else {
+        OPERATIONAL_REASON.to_owned()
+    }
+}
+
+/// The cancellation reason of an order whose saga failed for an operational reason.
+pub const OPERATIONAL_REASON: &str = "the order could not be completed just now; any payment taken was released";
+
 /// The order event a saga milestone is, if any: what each step did becomes part of the
 /// order's history in the same transaction as the saga's progress.
 pub fn event_of(milestone: &Milestone<'_, OrderSaga>) -> Option<OrderEvent> {
@@ -67,8 +82,8 @@ pub fn event_of(milestone: &Milestone<'_, OrderSaga>) -> Option<OrderEvent> {
             "create-shipment" => Some(OrderEvent::ShipmentCancelled),
             _ => None,
         },
-        Milestone::Compensated { why, .. } => Some(OrderEvent::Cancelled {
-            reason: (*why).to_owned(),
+        Milestone::Compensated { why, refused, .. } => Some(OrderEvent::Cancelled {
+            reason: customer_reason(why, *refused),
         }),
     }
 }
@@ -92,6 +107,12 @@ impl Recorder<OrderSaga> for Journal {
                 lines: &state.lines,
                 total: &state.total,
             });
+            if let Milestone::Compensated {
+                why, refused: false, ..
+            } = &milestone
+            {
+                tracing::warn!(order_id = %order_id, reason = %why, "order cancelled after an operational failure");
+            }
             if let Some(event) = event_of(&milestone) {
                 let confirmed = matches!(event, OrderEvent::Confirmed);
                 let added = self.record_in(tx, order_id, event, facts).await?;

@@ -46,6 +46,13 @@ impl Faults {
             .insert((method.to_owned(), suffix.to_owned()), status);
     }
 
+    fn clear(&self, method: &str, suffix: &str) {
+        self.fail
+            .lock()
+            .unwrap()
+            .remove(&(method.to_owned(), suffix.to_owned()));
+    }
+
     /// How many requests matched `method` and ended with `suffix`.
     fn count(&self, method: &str, suffix: &str) -> usize {
         let wanted = format!("{method} ");
@@ -405,6 +412,40 @@ async fn an_order_goes_through_every_step_is_confirmed_and_told_to_the_others() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     world.remove().await;
+}
+
+#[tokio::test]
+async fn a_declined_order_is_cancelled_for_the_decline_even_when_its_compensation_had_to_retry() {
+    let world = World::start(false).await;
+    world.faults["payments"].fail("POST", "/api/v1/payments", 402);
+    world.faults["inventory"].fail("POST", "/release", 503);
+    let (_, accepted, _) = world
+        .place("ana", json!([{"product_id": 2, "quantity": 1}]), None)
+        .await;
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    // The stock's release is retried while inventory answers 503…
+    let started = Instant::now();
+    while world.faults["inventory"].count("POST", "/release") < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "release never tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    world.faults["inventory"].clear("POST", "/release");
+    // …and the order and its customer are told of the decline, not of that.
+    let order = world.settled("ana", &id, &["CANCELLED"]).await;
+    let reason = order["cancel_reason"].as_str().unwrap();
+    assert!(reason.contains("injected 402"), "{order:#}");
+    assert!(!reason.contains("503") && !reason.contains("compensation"), "{reason}");
+    world.remove().await;
+}
+
+#[test]
+fn an_operational_failure_is_told_to_the_customer_only_in_general_terms() {
+    use crate::saga::{customer_reason, OPERATIONAL_REASON};
+    assert_eq!(customer_reason("payment declined", true), "payment declined");
+    assert_eq!(
+        customer_reason("payments did not answer within 1s", false),
+        OPERATIONAL_REASON
+    );
 }
 
 #[tokio::test]

@@ -85,8 +85,12 @@ pub enum Milestone<'a, S> {
     Compensated {
         /// The state at the end.
         state: &'a S,
-        /// Why the saga failed.
+        /// Why the saga failed: the failure that started its compensation (never a
+        /// compensation's own failure, which is retried and logged, not the owner's news).
         why: &'a str,
+        /// Whether that was a refusal (a decline, a shortage: tell the customer) rather
+        /// than an operational failure that ran out of tries (tell them something general).
+        refused: bool,
     },
 }
 
@@ -397,8 +401,13 @@ where
                             SagaStatus::Compensating,
                             record.step + 1,
                             record.state.clone(),
-                            why,
-                        ));
+                            why.clone(),
+                        )
+                        .map(|next| SagaRecord {
+                            reason: why,
+                            refused: false,
+                            ..next
+                        }));
                     }
                     Err(StepError::Rejected(why)) => {
                         let change = Change::CompensateFrom {
@@ -407,18 +416,33 @@ where
                             itself: false,
                         };
                         self.store.change(id, (record.status, record.step), change).await?;
-                        return Ok(go_on(SagaStatus::Compensating, record.step, record.state.clone(), why));
+                        return Ok(
+                            go_on(SagaStatus::Compensating, record.step, record.state.clone(), why.clone()).map(
+                                |next| SagaRecord {
+                                    reason: why,
+                                    refused: true,
+                                    ..next
+                                },
+                            ),
+                        );
                     }
                 }
             }
             SagaStatus::Compensating => {
+                // Why the saga is undone; instances that began compensating before the reason
+                // was kept apart have only their last error.
+                let reason = if record.reason.is_empty() {
+                    record.last_error.as_str()
+                } else {
+                    record.reason.as_str()
+                };
                 // `step` is one past the last step to undo: undo them, last first.
                 if record.step == 0 {
                     let mut state = state;
                     if let Some(finally) = &self.saga.on_compensated {
                         let outcome = tokio::time::timeout(
                             Duration::from_secs(10),
-                            finally(id.to_owned(), state.clone(), record.last_error.clone()),
+                            finally(id.to_owned(), state.clone(), reason.to_owned()),
                         )
                         .await
                         .unwrap_or_else(|_| Err(StepError::Failed("timed out".into())));
@@ -435,11 +459,12 @@ where
                     let change = Change::Finish {
                         status: SagaStatus::Compensated,
                         state: &last,
-                        why: &record.last_error,
+                        why: reason,
                     };
                     let milestone = Milestone::Compensated {
                         state: &state,
-                        why: &record.last_error,
+                        why: reason,
+                        refused: record.refused,
                     };
                     self.record(id, &record, change, milestone).await?;
                     return Ok(None);

@@ -65,6 +65,14 @@ pub struct SagaRecord {
     pub state: serde_json::Value,
     /// The last failure.
     pub last_error: String,
+    /// Why the saga is being undone: the failure that started its compensation, kept while
+    /// compensations fail and retry (those are the operator's business, not its owner's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Whether that failure was a refusal (a decline, a shortage) rather than an
+    /// operational failure that ran out of tries.
+    #[serde(default)]
+    pub refused: bool,
     /// The W3C trace context of what started the instance: its steps' spans join that trace.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traceparent: String,
@@ -98,7 +106,8 @@ pub(super) enum Change<'a> {
         after: Duration,
         counts: bool,
     },
-    /// Start undoing from `step` (itself included if `itself`).
+    /// Start undoing from `step` (itself included if `itself`, when it failed rather than
+    /// was refused); `why` becomes the saga's reason.
     CompensateFrom { step: &'a str, why: &'a str, itself: bool },
     /// A step's compensation succeeded.
     Compensated {
@@ -117,7 +126,7 @@ pub(super) enum Change<'a> {
 pub(super) const LEASE_MS: i64 = 30_000;
 
 const SCHEMA: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', refused BIGINT NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS flotilla_saga_log (saga_id TEXT NOT NULL, seq BIGINT NOT NULL, step TEXT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (saga_id, seq))",
     // What the runner asks for again and again: the due instances of a kind, oldest first.
     "CREATE INDEX IF NOT EXISTS flotilla_sagas_due ON flotilla_sagas (kind, next_run_ms) WHERE status IN ('running', 'compensating')",
@@ -135,15 +144,22 @@ impl SagaStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(store.pool()).await?;
         }
-        // Tables made before instances carried a trace context get the column.
-        if sqlx::query("SELECT traceparent FROM flotilla_sagas LIMIT 0")
-            .execute(store.pool())
-            .await
-            .is_err()
-        {
-            sqlx::query("ALTER TABLE flotilla_sagas ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''")
+        // Tables made before instances carried a trace context, or kept their reason apart
+        // from their last error, get the columns.
+        for (column, definition) in [
+            ("traceparent", "TEXT NOT NULL DEFAULT ''"),
+            ("reason", "TEXT NOT NULL DEFAULT ''"),
+            ("refused", "BIGINT NOT NULL DEFAULT 0"),
+        ] {
+            if sqlx::query(&format!("SELECT {column} FROM flotilla_sagas LIMIT 0"))
                 .execute(store.pool())
-                .await?;
+                .await
+                .is_err()
+            {
+                sqlx::query(&format!("ALTER TABLE flotilla_sagas ADD COLUMN {column} {definition}"))
+                    .execute(store.pool())
+                    .await?;
+            }
         }
         Ok(Self { store })
     }
@@ -216,9 +232,10 @@ impl SagaStore {
             ),
             // Starts undoing: the steps before the current one, and this one too if `itself`.
             Change::CompensateFrom { step, why, itself } => (
-                sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, next_run_ms = 0, leased_until = $3, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
+                sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, reason = $2, refused = $3, next_run_ms = 0, leased_until = $4, updated_ms = $5 WHERE id = $6 AND status = $7 AND step = $8")
                     .bind(i64::from(itself))
                     .bind(why)
+                    .bind(i64::from(!itself))
                     .bind(now + LEASE_MS)
                     .bind(now),
                 vec![(step, "failed", why)],
@@ -311,7 +328,7 @@ impl SagaStore {
             "UPDATE flotilla_sagas SET leased_until = $1 \
              WHERE id IN (SELECT id FROM flotilla_sagas WHERE kind = $2 AND status IN ('running', 'compensating') AND next_run_ms <= $3 AND leased_until <= $3 ORDER BY next_run_ms LIMIT $4) \
              AND leased_until <= $3 AND status IN ('running', 'compensating') \
-             RETURNING id, kind, status, step, attempts, state, last_error, traceparent",
+             RETURNING id, kind, status, step, attempts, state, last_error, traceparent, reason, refused",
         )
         .bind(now + lease.as_millis() as i64)
         .bind(kind)
@@ -325,7 +342,7 @@ impl SagaStore {
     /// One instance.
     pub async fn get(&self, id: &str) -> Result<Option<SagaRecord>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT id, kind, status, step, attempts, state, last_error, traceparent FROM flotilla_sagas WHERE id = $1",
+            "SELECT id, kind, status, step, attempts, state, last_error, traceparent, reason, refused FROM flotilla_sagas WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.store.pool())
@@ -336,7 +353,7 @@ impl SagaStore {
     /// Instances of a kind, newest first.
     pub async fn list(&self, kind: &str, limit: i64) -> Result<Vec<SagaRecord>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT id, kind, status, step, attempts, state, last_error, traceparent FROM flotilla_sagas WHERE kind = $1 ORDER BY created_ms DESC, id LIMIT $2",
+            "SELECT id, kind, status, step, attempts, state, last_error, traceparent, reason, refused FROM flotilla_sagas WHERE kind = $1 ORDER BY created_ms DESC, id LIMIT $2",
         )
         .bind(kind)
         .bind(limit)
@@ -384,5 +401,7 @@ fn record(row: &sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
         state: serde_json::from_str(&state).unwrap_or_default(),
         last_error: row.try_get("last_error")?,
         traceparent: row.try_get("traceparent")?,
+        reason: row.try_get("reason")?,
+        refused: row.try_get::<i64, _>("refused")? != 0,
     })
 }

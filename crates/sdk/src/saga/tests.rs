@@ -337,3 +337,84 @@ async fn a_run_whose_lease_ran_out_writes_nothing_over_the_run_that_took_the_ins
     assert_eq!(done_lines, 3);
     db.remove().await;
 }
+
+/// Keeps the `Compensated` milestone's reason and whether it was a refusal.
+#[derive(Default)]
+struct Ending(Mutex<Option<(String, bool)>>);
+
+impl Recorder<serde_json::Value> for Arc<Ending> {
+    fn record<'a>(
+        &'a self,
+        _tx: &'a mut sqlx::Transaction<'static, sqlx::Any>,
+        _id: &'a str,
+        milestone: Milestone<'a, serde_json::Value>,
+    ) -> RecordFuture<'a> {
+        if let Milestone::Compensated { why, refused, .. } = milestone {
+            *self.0.lock().unwrap() = Some((why.to_owned(), refused));
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// `reserve` always succeeds and its compensation fails `undo_failures` times first;
+/// `authorize` fails with `failure`.
+fn refused_saga(failure: StepError, undo_failures: u32, ending: Arc<Ending>) -> Saga<serde_json::Value> {
+    let failures = Arc::new(AtomicU32::new(0));
+    Saga::new("order")
+        .recorder(ending)
+        .step(
+            "reserve",
+            |_id, state: serde_json::Value| async move { Ok(state) },
+            move |_id, state| {
+                let failures = failures.clone();
+                async move {
+                    if failures.fetch_add(1, Ordering::SeqCst) < undo_failures {
+                        return Err(StepError::Unavailable("no instance of `inventory` is available".into()));
+                    }
+                    Ok(state)
+                }
+            },
+        )
+        .step(
+            "authorize",
+            move |_id, _state: serde_json::Value| {
+                let failure = failure.clone();
+                async move { Err(failure) }
+            },
+            |_id, state| async move { Ok(state) },
+        )
+        .with_policy(Duration::from_secs(1), 2)
+}
+
+#[tokio::test]
+async fn the_reason_a_saga_is_undone_is_its_first_failure_not_a_compensations_retry() {
+    let (store, db) = sagas().await;
+    let ending = Arc::new(Ending::default());
+    let saga = refused_saga(StepError::Rejected("payment declined".into()), 3, ending.clone());
+    let runner = SagaRunner::new(saga, store.clone());
+    runner.start("declined", &serde_json::json!({})).await.unwrap();
+    let done = run_to_end(&runner, "declined").await;
+    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(
+        ending.0.lock().unwrap().clone(),
+        Some(("payment declined".to_owned(), true)),
+        "the decline, not `compensation: no instance …`"
+    );
+    assert_eq!(done.reason, "payment declined");
+    assert!(done.refused);
+    let history = runner.store().history("declined").await.unwrap();
+    assert!(
+        history.iter().any(|t| t.detail.contains("no instance of `inventory`")),
+        "the compensation's failures are in the history: {history:?}"
+    );
+    assert_eq!(history.last().unwrap().detail, "payment declined");
+
+    // An operational failure that ran out of tries is kept too, and marked as such.
+    let ending = Arc::new(Ending::default());
+    let saga = refused_saga(StepError::Failed("timed out".into()), 0, ending.clone());
+    let runner = SagaRunner::new(saga, store);
+    runner.start("timed-out", &serde_json::json!({})).await.unwrap();
+    run_to_end(&runner, "timed-out").await;
+    assert_eq!(ending.0.lock().unwrap().clone(), Some(("timed out".to_owned(), false)));
+    db.remove().await;
+}
