@@ -109,6 +109,7 @@ pub struct Pick {
     decay: Duration,
     reported: bool,
     ejections: Arc<AtomicU64>,
+    stall: crate::resilience::stall::StallMark,
 }
 
 impl Pick {
@@ -118,9 +119,14 @@ impl Pick {
         self.stats.success(self.started, self.decay, &self.config);
     }
 
-    /// The call failed in a way that counts against the endpoint.
+    /// The call failed in a way that counts against the endpoint, unless this process
+    /// itself stalled while the call was out (then the failure may be its own: not counted).
     pub fn failure(mut self, failure: Failure) {
         self.reported = true;
+        if self.stall.excuses() {
+            self.stats.cancelled(self.started);
+            return;
+        }
         let ejected = self.peers.iter().filter(|p| p.is_ejected(Instant::now())).count();
         let may_eject = ((ejected + 1) * 100) <= self.peers.len() * usize::from(self.config.max_ejected_percent);
         if let Some(until) = self.stats.failure(failure, self.started, &self.config, may_eject) {
@@ -253,6 +259,7 @@ impl Balancer {
             config: self.config.outlier,
             decay: self.config.decay,
             reported: false,
+            stall: crate::resilience::stall::StallMark::now(),
             ejections: self.ejections.clone(),
         })
     }

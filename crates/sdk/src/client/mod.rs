@@ -65,7 +65,13 @@ impl Stack {
         let name = target.name().to_owned();
         let target = Arc::new(target);
         let balancer = Arc::new(Balancer::new(config.balance.clone()));
-        let breaker = Arc::new(CircuitBreaker::new(name.clone(), config.breaker));
+        // An open breaker probes at once when the service's instances change: the restarted
+        // instance is tried as soon as it has registered, not after the open time.
+        let watched = target.clone();
+        let breaker = Arc::new(
+            CircuitBreaker::new(name.clone(), config.breaker)
+                .probe_when_instances_change(move || watched.instances_digest()),
+        );
         let budget = Arc::new(RetryBudget::new(config.budget));
         let endpoint =
             EndpointService::new(target.clone(), balancer.clone(), pool, config.per_try_timeout).http2(config.http2);

@@ -92,6 +92,21 @@ impl Target {
         }
     }
 
+    /// A digest of which instances the destination has now (their registry ids, or their
+    /// addresses): it changes when an instance comes or goes, or restarts under a new id.
+    pub fn instances_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut ids: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| e.instance_id.clone().unwrap_or_else(|| e.id.clone()))
+            .collect();
+        ids.sort_unstable();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        ids.hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// The current endpoints. The same `Arc` is returned until the registry changes, which
     /// lets the balancer keep its statistics without re-syncing on every call.
     pub fn endpoints(&self) -> Arc<[Endpoint]> {

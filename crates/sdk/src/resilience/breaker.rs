@@ -1,6 +1,12 @@
 //! A circuit breaker (Resilience4j's model): a sliding window of outcomes, counted or timed;
 //! it opens when the failure rate or the slow-call rate crosses its threshold, fails fast
 //! while open, then lets a few probes through (half-open) and closes if they succeed.
+//!
+//! It judges the upstream, not the caller: a call during which this process itself stalled
+//! (stopped, starved, its runtime lagging: [`super::stall`]) is not counted. And it refuses
+//! no longer than a fault lasts: it opens briefly at first (1 s), longer only when it opens
+//! again without having closed (doubling, to a cap), and it probes at once when the
+//! service's set of instances changes (the restarted instance has registered).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +14,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::stall::StallMark;
 
 /// Over which calls the rates are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +39,10 @@ pub struct BreakerConfig {
     pub slow_call_duration: Duration,
     /// Open when at least this share of the window was slow.
     pub slow_call_rate: f64,
-    /// How long to fail fast before probing.
+    /// How long to fail fast before probing, the first time it opens.
     pub open_for: Duration,
+    /// The longest it stays open: each opening without a close in between doubles the time.
+    pub max_open_for: Duration,
     /// Probes let through when half-open; all must succeed to close.
     pub half_open_calls: u32,
 }
@@ -45,7 +55,8 @@ impl Default for BreakerConfig {
             failure_rate: 0.5,
             slow_call_duration: Duration::from_secs(5),
             slow_call_rate: 1.0,
-            open_for: Duration::from_secs(5),
+            open_for: Duration::from_secs(1),
+            max_open_for: Duration::from_secs(30),
             half_open_calls: 3,
         }
     }
@@ -82,10 +93,30 @@ struct Outcome {
 
 #[derive(Debug)]
 enum Inner {
-    Closed { outcomes: VecDeque<Outcome> },
-    Open { until: Instant },
-    HalfOpen { issued: u32, succeeded: u32 },
+    Closed {
+        outcomes: VecDeque<Outcome>,
+    },
+    /// Failing fast until `until`, or until the instances differ from `instances`.
+    Open {
+        until: Instant,
+        instances: Option<u64>,
+    },
+    HalfOpen {
+        issued: u32,
+        succeeded: u32,
+    },
 }
+
+/// The state, and how many times it opened since it last closed.
+#[derive(Debug)]
+struct Locked {
+    inner: Inner,
+    openings: u32,
+}
+
+/// Tells which instances a service has now (a digest of their ids), so an open breaker can
+/// probe as soon as that changes.
+pub type InstancesDigest = Box<dyn Fn() -> u64 + Send + Sync>;
 
 /// Counters for metrics.
 #[derive(Debug, Default)]
@@ -99,20 +130,30 @@ pub struct BreakerMetrics {
 }
 
 /// A circuit breaker for one service.
-#[derive(Debug)]
 pub struct CircuitBreaker {
     name: String,
     config: BreakerConfig,
-    inner: Mutex<Inner>,
+    inner: Mutex<Locked>,
     metrics: BreakerMetrics,
+    instances: Option<InstancesDigest>,
 }
 
-/// Leave to make one call; report how it went with [`Permit::record`].
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Leave to make one call; report how it went with [`CircuitBreaker::record`].
 #[derive(Debug)]
 #[must_use = "a permit reports the call's outcome"]
 pub struct Permit {
     started: Instant,
     probe: bool,
+    stall: StallMark,
 }
 
 impl CircuitBreaker {
@@ -121,22 +162,60 @@ impl CircuitBreaker {
         Self {
             name: name.into(),
             config,
-            inner: Mutex::new(Inner::Closed {
-                outcomes: VecDeque::new(),
+            inner: Mutex::new(Locked {
+                inner: Inner::Closed {
+                    outcomes: VecDeque::new(),
+                },
+                openings: 0,
             }),
             metrics: BreakerMetrics::default(),
+            instances: None,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    /// Probes as soon as `digest` changes while open: a new instance (the restarted one)
+    /// gets a try at once rather than after the open time.
+    pub fn probe_when_instances_change(mut self, digest: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.instances = Some(Box::new(digest));
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Locked> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an open breaker may probe now: its time is up, or its instances changed.
+    fn may_probe(&self, until: Instant, instances: Option<u64>, now: Instant) -> bool {
+        now >= until
+            || instances
+                .zip(self.instances.as_ref())
+                .is_some_and(|(then, digest)| digest() != then)
+    }
+
+    /// How long it opens this time: doubled for each opening since it last closed.
+    fn open_time(&self, openings: u32) -> Duration {
+        self.config
+            .open_for
+            .saturating_mul(1u32 << openings.min(16))
+            .min(self.config.max_open_for.max(self.config.open_for))
+    }
+
+    /// Opens (again).
+    fn open(&self, locked: &mut Locked, now: Instant) {
+        let until = now + self.open_time(locked.openings);
+        locked.openings = locked.openings.saturating_add(1);
+        let instances = self.instances.as_ref().map(|digest| digest());
+        self.transition(&mut locked.inner, Inner::Open { until, instances });
     }
 
     /// The current state.
     pub fn state(&self) -> BreakerState {
-        match &*self.lock() {
+        let locked = self.lock();
+        match &locked.inner {
             Inner::Closed { .. } => BreakerState::Closed,
-            Inner::Open { until } if Instant::now() < *until => BreakerState::Open,
+            Inner::Open { until, instances } if !self.may_probe(*until, *instances, Instant::now()) => {
+                BreakerState::Open
+            }
             Inner::Open { .. } | Inner::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
@@ -170,25 +249,24 @@ impl CircuitBreaker {
     /// Asks to make a call: a permit, or how long until the breaker probes again.
     pub fn try_acquire(&self) -> Result<Permit, Duration> {
         let now = Instant::now();
-        let mut inner = self.lock();
-        match &mut *inner {
-            Inner::Closed { .. } => Ok(Permit {
-                started: now,
-                probe: false,
-            }),
-            Inner::Open { until } => {
-                if now >= *until {
+        let permit = |probe| Permit {
+            started: now,
+            probe,
+            stall: StallMark::now(),
+        };
+        let mut locked = self.lock();
+        match &mut locked.inner {
+            Inner::Closed { .. } => Ok(permit(false)),
+            Inner::Open { until, instances } => {
+                if self.may_probe(*until, *instances, now) {
                     self.transition(
-                        &mut inner,
+                        &mut locked.inner,
                         Inner::HalfOpen {
                             issued: 1,
                             succeeded: 0,
                         },
                     );
-                    Ok(Permit {
-                        started: now,
-                        probe: true,
-                    })
+                    Ok(permit(true))
                 } else {
                     self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                     Err(*until - now)
@@ -197,10 +275,7 @@ impl CircuitBreaker {
             Inner::HalfOpen { issued, .. } => {
                 if *issued < self.config.half_open_calls {
                     *issued += 1;
-                    Ok(Permit {
-                        started: now,
-                        probe: true,
-                    })
+                    Ok(permit(true))
                 } else {
                     self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                     Err(Duration::ZERO)
@@ -209,12 +284,21 @@ impl CircuitBreaker {
         }
     }
 
-    /// Reports a call's outcome.
+    /// Reports a call's outcome. A failure or a slow call during which this process itself
+    /// stalled is not the upstream's doing: it is not counted (a probe's slot is given back).
     pub fn record(&self, permit: Permit, failed: bool) {
         let now = Instant::now();
         let slow = now.duration_since(permit.started) >= self.config.slow_call_duration;
-        let mut inner = self.lock();
-        match &mut *inner {
+        let excused = (failed || slow) && permit.stall.excuses();
+        let mut locked = self.lock();
+        if excused {
+            tracing::debug!(breaker = %self.name, stalled = ?permit.stall.stalled(), "a call through a stall of this process is not counted");
+            if let (Inner::HalfOpen { issued, .. }, true) = (&mut locked.inner, permit.probe) {
+                *issued = issued.saturating_sub(1);
+            }
+            return;
+        }
+        match &mut locked.inner {
             Inner::Closed { outcomes } => {
                 if permit.probe {
                     // A probe from before the breaker closed: already decided.
@@ -245,12 +329,7 @@ impl CircuitBreaker {
                             calls = outcomes.len(),
                             "opening"
                         );
-                        self.transition(
-                            &mut inner,
-                            Inner::Open {
-                                until: now + self.config.open_for,
-                            },
-                        );
+                        self.open(&mut locked, now);
                     }
                 }
             }
@@ -260,17 +339,13 @@ impl CircuitBreaker {
                     return;
                 }
                 if failed || slow {
-                    self.transition(
-                        &mut inner,
-                        Inner::Open {
-                            until: now + self.config.open_for,
-                        },
-                    );
+                    self.open(&mut locked, now);
                 } else {
                     *succeeded += 1;
                     if *succeeded >= self.config.half_open_calls {
+                        locked.openings = 0;
                         self.transition(
-                            &mut inner,
+                            &mut locked.inner,
                             Inner::Closed {
                                 outcomes: VecDeque::new(),
                             },
@@ -296,6 +371,7 @@ mod tests {
                 slow_call_duration: Duration::from_secs(1),
                 slow_call_rate: 0.75,
                 open_for: Duration::from_secs(5),
+                max_open_for: Duration::from_secs(30),
                 half_open_calls: 2,
             },
         )
@@ -347,6 +423,58 @@ mod tests {
         assert!(call(&b, true));
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_opening_without_a_close_doubles_the_open_time_and_a_close_starts_over() {
+        let b = breaker(SlidingWindow::Count(4));
+        for _ in 0..4 {
+            call(&b, true);
+        }
+        assert_eq!(b.try_acquire().unwrap_err(), Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(call(&b, true), "the probe fails");
+        assert_eq!(b.try_acquire().unwrap_err(), Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        call(&b, true);
+        assert_eq!(b.try_acquire().unwrap_err(), Duration::from_secs(20));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        call(&b, true);
+        assert_eq!(b.try_acquire().unwrap_err(), Duration::from_secs(30), "capped");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(call(&b, false) && call(&b, false));
+        assert_eq!(b.state(), BreakerState::Closed);
+        for _ in 0..4 {
+            call(&b, true);
+        }
+        assert_eq!(
+            b.try_acquire().unwrap_err(),
+            Duration::from_secs(5),
+            "from the start again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_probes_at_once_when_the_services_instances_change() {
+        let instances = std::sync::Arc::new(AtomicU64::new(1));
+        let seen = instances.clone();
+        let b = CircuitBreaker::new(
+            "test",
+            BreakerConfig {
+                minimum_calls: 4,
+                ..BreakerConfig::default()
+            },
+        )
+        .probe_when_instances_change(move || seen.load(Ordering::Relaxed));
+        for _ in 0..4 {
+            call(&b, true);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.try_acquire().is_err());
+        // The only instance restarted and registered again under a new id.
+        instances.store(2, Ordering::Relaxed);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(call(&b, false), "a probe goes through before the open time is up");
     }
 
     #[tokio::test(start_paused = true)]

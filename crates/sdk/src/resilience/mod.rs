@@ -18,10 +18,12 @@ mod bulkhead;
 mod deadline;
 mod error;
 mod retry;
+pub mod stall;
 
 pub use backoff::Backoff;
 pub use breaker::{
-    BreakerConfig, BreakerLayer, BreakerMetrics, BreakerService, BreakerState, CircuitBreaker, Permit, SlidingWindow,
+    BreakerConfig, BreakerLayer, BreakerMetrics, BreakerService, BreakerState, CircuitBreaker, InstancesDigest, Permit,
+    SlidingWindow,
 };
 pub use budget::{BudgetConfig, RetryBudget};
 pub use bulkhead::{Bulkhead, BulkheadLayer, BulkheadService};
