@@ -1,6 +1,7 @@
 //! The `flotilla` command's library: the manifest, the supervisor behind `flotilla up`, and
 //! the other subcommands. The binary only parses flags and calls in here.
 
+pub mod chaos;
 pub mod config_command;
 pub mod events_command;
 pub mod local_time;

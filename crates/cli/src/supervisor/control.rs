@@ -1,5 +1,7 @@
 //! The supervisor's own API, on a Unix socket in the data dir (`supervisor.sock`): only
-//! someone who can read the data dir can scale the system. `flotilla scale` speaks it.
+//! someone who can read the data dir can scale the system or inject faults into it.
+//! `flotilla scale`, `flotilla chaos` and `flotilla status` speak it, through the client
+//! functions below.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +13,11 @@ use flotilla::http::{with_problem_fallbacks, Json};
 use flotilla::Problem;
 use tokio::net::UnixListener;
 
+use flotilla_api::faults::{FaultList, FaultRecord, FaultRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::chaos::Chaos;
 use super::fleet::Fleet;
 
 /// The socket's path in a data dir.
@@ -26,12 +33,13 @@ pub struct ScaleRequest {
     pub instances: u32,
 }
 
-fn router(fleet: Arc<Fleet>) -> Router {
+fn router(fleet: Arc<Fleet>, chaos: Arc<Chaos>) -> Router {
     with_problem_fallbacks(
         Router::new()
             .route("/v1/services", get(services))
             .route("/v1/services/{name}", put(put_scale))
-            .with_state(fleet),
+            .with_state(fleet)
+            .merge(super::chaos::routes(chaos)),
     )
 }
 
@@ -52,46 +60,69 @@ async fn put_scale(
 }
 
 /// Serves the API until the task is dropped. A socket left by an earlier run is replaced.
-pub(super) fn spawn(data_dir: &Path, fleet: Arc<Fleet>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub(super) fn spawn(
+    data_dir: &Path,
+    fleet: Arc<Fleet>,
+    chaos: Arc<Chaos>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(data_dir);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, router(fleet)).await;
+        let _ = axum::serve(listener, router(fleet, chaos)).await;
     }))
 }
 
-/// Why `flotilla scale` failed.
+/// Why a request to the supervisor failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ScaleError {
+pub enum SupervisorError {
     /// No supervisor listens in this data dir.
-    #[error("no `flotilla up` is running with data dir {0} (no {1})")]
+    #[error("no `flotilla up` is running with data dir {0} (no {1}); start one, or give its --data-dir")]
     NotRunning(PathBuf, PathBuf),
     /// The connection failed.
     #[error("talking to the supervisor: {0}")]
     Io(String),
     /// The supervisor refused.
-    #[error("{0}")]
+    #[error("{}", .0.detail.clone().unwrap_or_else(|| .0.title.clone()))]
     Refused(Problem),
 }
 
-/// Asks the supervisor running in `data_dir` to run `instances` of `service`.
-pub async fn scale(data_dir: &Path, service: &str, instances: u32) -> Result<serde_json::Value, ScaleError> {
+/// Whether a supervisor's socket exists in `data_dir` (a running `up`, or one that died
+/// without removing it).
+pub fn socket_exists(data_dir: &Path) -> bool {
+    socket_path(data_dir).exists()
+}
+
+/// One request to the supervisor running in `data_dir`; decodes its JSON answer.
+pub async fn request<B: Serialize, T: DeserializeOwned>(
+    data_dir: &Path,
+    method: http::Method,
+    path: &str,
+    body: Option<&B>,
+) -> Result<T, SupervisorError> {
     use http_body_util::{BodyExt, Full};
-    let path = socket_path(data_dir);
-    let stream = tokio::net::UnixStream::connect(&path)
+    let socket = socket_path(data_dir);
+    let stream = tokio::net::UnixStream::connect(&socket)
         .await
-        .map_err(|_| ScaleError::NotRunning(data_dir.to_path_buf(), path.clone()))?;
-    let io_err = |e: &dyn std::fmt::Display| ScaleError::Io(e.to_string());
+        .map_err(|_| SupervisorError::NotRunning(data_dir.to_path_buf(), socket.clone()))?;
+    let io_err = |e: &dyn std::fmt::Display| SupervisorError::Io(e.to_string());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| io_err(&e))?;
     tokio::spawn(conn);
-    let body = serde_json::to_vec(&ScaleRequest { instances }).map_err(|e| io_err(&e))?;
-    let request = http::Request::put(format!("/v1/services/{service}"))
-        .header(http::header::HOST, "supervisor")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(bytes::Bytes::from(body)))
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "supervisor");
+    let payload = match body {
+        Some(body) => {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            serde_json::to_vec(body).map_err(|e| io_err(&e))?
+        }
+        None => Vec::new(),
+    };
+    let request = builder
+        .body(Full::new(bytes::Bytes::from(payload)))
         .map_err(|e| io_err(&e))?;
     let response = sender.send_request(request).await.map_err(|e| io_err(&e))?;
     let status = response.status();
@@ -99,7 +130,42 @@ pub async fn scale(data_dir: &Path, service: &str, instances: u32) -> Result<ser
     if !status.is_success() {
         let problem = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Problem::new(status.as_u16(), "supervisor", "Supervisor error"));
-        return Err(ScaleError::Refused(problem));
+        return Err(SupervisorError::Refused(problem));
     }
     serde_json::from_slice(&bytes).map_err(|e| io_err(&e))
+}
+
+/// Asks the supervisor running in `data_dir` to run `instances` of `service`.
+pub async fn scale(data_dir: &Path, service: &str, instances: u32) -> Result<serde_json::Value, SupervisorError> {
+    let body = ScaleRequest { instances };
+    request(
+        data_dir,
+        http::Method::PUT,
+        &format!("/v1/services/{service}"),
+        Some(&body),
+    )
+    .await
+}
+
+/// Asks the supervisor running in `data_dir` to kill or pause a process.
+pub async fn inject(data_dir: &Path, fault: &FaultRequest) -> Result<FaultRecord, SupervisorError> {
+    request(data_dir, http::Method::POST, "/v1/faults", Some(fault)).await
+}
+
+/// The pauses in force and the latest faults of the supervisor running in `data_dir`.
+pub async fn faults(data_dir: &Path) -> Result<FaultList, SupervisorError> {
+    request::<(), _>(data_dir, http::Method::GET, "/v1/faults", None).await
+}
+
+/// Ends the pauses in force now (of one process or service); returns those it ended.
+pub async fn resume(data_dir: &Path, target: Option<&str>) -> Result<Vec<FaultRecord>, SupervisorError> {
+    let path = match target {
+        Some(target) => {
+            let query =
+                serde_urlencoded::to_string([("target", target)]).map_err(|e| SupervisorError::Io(e.to_string()))?;
+            format!("/v1/faults?{query}")
+        }
+        None => "/v1/faults".to_owned(),
+    };
+    request::<(), _>(data_dir, http::Method::DELETE, &path, None).await
 }

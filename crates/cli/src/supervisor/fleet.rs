@@ -1,6 +1,8 @@
 //! The service instances `up` runs, grouped by service, which `flotilla scale` grows and
 //! shrinks while the system runs: new instances take traffic once they have registered
 //! (which they do only when ready); removed ones deregister and drain before they exit.
+//! It also names every process it supervises, the control plane and the gateway among them,
+//! so `flotilla chaos` can find a process and its pid.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use super::output::Output;
-use super::process::{ProcessSpec, Supervised};
+use super::process::{PidCell, ProcessSpec, Supervised};
 use crate::manifest::{Program, MAX_INSTANCES};
 
 /// How long a service instance gets between SIGTERM and SIGKILL.
@@ -21,11 +23,22 @@ struct Group {
     instances: Vec<Supervised>,
 }
 
+/// A supervised process as fault injection sees it.
+#[derive(Debug, Clone)]
+pub(super) struct ProcessRef {
+    /// The service it is an instance of (`orders` for `orders-1`; `gateway`, `control`).
+    pub(super) service: String,
+    /// Its current pid.
+    pub(super) pid: PidCell,
+}
+
 /// Every service's instances.
 pub(super) struct Fleet {
     output: Arc<Output>,
     env: Vec<(String, String)>,
     groups: Mutex<BTreeMap<String, Group>>,
+    /// Every process being supervised, by name; a process leaves before it is stopped.
+    processes: std::sync::Mutex<BTreeMap<String, ProcessRef>>,
 }
 
 /// What a scaling did.
@@ -48,6 +61,7 @@ impl Fleet {
             output,
             env,
             groups: Mutex::new(BTreeMap::new()),
+            processes: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -74,9 +88,35 @@ impl Fleet {
         }
     }
 
-    /// Starts supervising one process.
-    pub(super) fn start(&self, spec: ProcessSpec) -> Supervised {
-        Supervised::start(spec, self.output.clone())
+    /// Starts supervising one process, an instance of `service`.
+    pub(super) fn start(&self, service: &str, spec: ProcessSpec) -> Supervised {
+        let supervised = Supervised::start(spec, self.output.clone());
+        let process = ProcessRef {
+            service: service.to_owned(),
+            pid: supervised.pid.clone(),
+        };
+        self.lock_processes().insert(supervised.name.clone(), process);
+        supervised
+    }
+
+    /// Stops processes (concurrently), which first leave the list of processes.
+    pub(super) async fn stop(&self, processes: Vec<Supervised>) {
+        {
+            let mut list = self.lock_processes();
+            for process in &processes {
+                list.remove(&process.name);
+            }
+        }
+        futures_util::future::join_all(processes.into_iter().map(Supervised::stop)).await;
+    }
+
+    /// Every process being supervised, by name.
+    pub(super) fn processes(&self) -> BTreeMap<String, ProcessRef> {
+        self.lock_processes().clone()
+    }
+
+    fn lock_processes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ProcessRef>> {
+        self.processes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds a service with no instances yet.
@@ -112,7 +152,7 @@ impl Fleet {
         while group.instances.len() < instances as usize {
             let name = format!("{service}-{}", group.instances.len() + 1);
             let spec = self.spec(&name, group.slot, &group.program, &[], SERVICE_STOP_GRACE);
-            group.instances.push(self.start(spec));
+            group.instances.push(self.start(service, spec));
             scaled.started.push(name);
         }
         let mut leaving = Vec::new();
@@ -124,7 +164,7 @@ impl Fleet {
         }
         drop(groups);
         // Each leaving instance deregisters, drains its in-flight requests, then exits.
-        futures_util::future::join_all(leaving.into_iter().map(Supervised::stop)).await;
+        self.stop(leaving).await;
         Ok(scaled)
     }
 
@@ -147,6 +187,6 @@ impl Fleet {
             .values_mut()
             .flat_map(|g| std::mem::take(&mut g.instances))
             .collect();
-        futures_util::future::join_all(all.into_iter().map(Supervised::stop)).await;
+        self.stop(all).await;
     }
 }

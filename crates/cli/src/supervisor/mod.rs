@@ -1,8 +1,9 @@
 //! `flotilla up`: a small local orchestrator. It starts the control plane and waits until it
 //! is ready, then the gateway and every service instance; restarts what crashes; merges all
 //! logs; and on Ctrl-C stops services first (they deregister and drain), then the gateway,
-//! then the control plane.
+//! then the control plane. On request it kills or pauses a process (`flotilla chaos`).
 
+pub mod chaos;
 mod clients;
 pub mod control;
 mod fleet;
@@ -204,13 +205,16 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         ),
         ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
     ];
-    let control = vec![fleet.start(fleet.spec(
+    let control = vec![fleet.start(
         "control",
-        0,
-        &manifest.control.program,
-        &control_env,
-        Duration::from_millis(1000),
-    ))];
+        fleet.spec(
+            "control",
+            0,
+            &manifest.control.program,
+            &control_env,
+            Duration::from_millis(1000),
+        ),
+    )];
     let http = HttpClient::new(Duration::from_secs(1));
     let ready_url = format!("http://{}/health/ready", options.control_addr);
     let control_timeout = Duration::from_secs(15);
@@ -263,20 +267,25 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         gateway_env.push(("FLOTILLA_TLS_CERT".into(), cert.display().to_string()));
         gateway_env.push(("FLOTILLA_TLS_KEY".into(), key.display().to_string()));
     }
-    let gateway = vec![fleet.start(fleet.spec(
+    let gateway = vec![fleet.start(
         "gateway",
-        1,
-        &manifest.gateway.program,
-        &gateway_env,
-        Duration::from_millis(1500),
-    ))];
+        fleet.spec(
+            "gateway",
+            1,
+            &manifest.gateway.program,
+            &gateway_env,
+            Duration::from_millis(1500),
+        ),
+    )];
     for (index, service) in manifest.services.iter().enumerate() {
         fleet.add(&service.name, service.program.clone(), index + 2).await;
         if let Err(reason) = fleet.scale(&service.name, service.instances).await {
             output.say(&format!("{}: {reason}", service.name));
         }
     }
-    let _api = control::spawn(&data_dir, fleet.clone()).map_err(data_err)?;
+    let exporter = crate::chaos::span::SpanExporter::new(&options.control_addr.to_string(), Some(token.clone()));
+    let chaos = chaos::Chaos::new(fleet.clone(), output.clone(), Some(exporter));
+    let _api = control::spawn(&data_dir, fleet.clone(), chaos).map_err(data_err)?;
 
     // 3. Wait for each to register, showing progress, then the banner.
     let registry = RegistryClient::with_http(http.clone(), &options.control_addr.to_string(), Some(token.clone()));
@@ -408,7 +417,7 @@ async fn stop_all(output: &Output, fleet: &Fleet, gateway: Vec<Supervised>, cont
     output.say("stopping: services, then the gateway, then the control plane");
     fleet.stop_all().await;
     for tier in [gateway, control] {
-        futures_util::future::join_all(tier.into_iter().map(Supervised::stop)).await;
+        fleet.stop(tier).await;
     }
     output.say(&format!("stopped in {} ms", started.elapsed().as_millis()));
 }

@@ -1,9 +1,11 @@
 //! One supervised process: start it, pump its output, restart it with exponential backoff
-//! when it dies, and stop it gracefully (SIGTERM, then SIGKILL after a grace period).
+//! when it dies, and stop it gracefully (SIGTERM, then SIGKILL after a grace period). Its
+//! current pid is kept where the supervisor's fault injection (`flotilla chaos`) finds it.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,10 +41,31 @@ pub(super) struct ProcessSpec {
     pub(super) stop_grace: Duration,
 }
 
+/// The pid of a supervised process's current run: set on each (re)spawn, 0 while none runs
+/// (between a crash and its restart, and after it stopped).
+#[derive(Debug, Clone, Default)]
+pub(super) struct PidCell(Arc<AtomicU32>);
+
+impl PidCell {
+    /// The running process's pid, if one runs.
+    pub(super) fn get(&self) -> Option<u32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    fn set(&self, pid: Option<u32>) {
+        self.0.store(pid.unwrap_or(0), Ordering::SeqCst);
+    }
+}
+
 /// A running supervised process: the task that owns it, and the switch that stops it.
 pub(super) struct Supervised {
     /// The spec it runs.
     pub(super) name: String,
+    /// Its current pid.
+    pub(super) pid: PidCell,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -52,8 +75,9 @@ impl Supervised {
     pub(super) fn start(spec: ProcessSpec, output: Arc<Output>) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let name = spec.name.clone();
-        let task = tokio::spawn(supervise(spec, output, stop_rx));
-        Self { name, stop, task }
+        let pid = PidCell::default();
+        let task = tokio::spawn(supervise(spec, output, stop_rx, pid.clone()));
+        Self { name, pid, stop, task }
     }
 
     /// Stops the process (SIGTERM, then SIGKILL after its grace) and waits until it is gone.
@@ -121,7 +145,7 @@ fn pump(
     })
 }
 
-async fn supervise(spec: ProcessSpec, output: Arc<Output>, mut stop: watch::Receiver<bool>) {
+async fn supervise(spec: ProcessSpec, output: Arc<Output>, mut stop: watch::Receiver<bool>, pid: PidCell) {
     let mut backoff = FIRST_BACKOFF;
     let mut restarts = 0u32;
     loop {
@@ -141,6 +165,7 @@ async fn supervise(spec: ProcessSpec, output: Arc<Output>, mut stop: watch::Rece
                 continue;
             }
         };
+        pid.set(child.id());
         let _stdin = child.stdin.take();
         let pumps: Vec<_> = [
             child
@@ -160,12 +185,14 @@ async fn supervise(spec: ProcessSpec, output: Arc<Output>, mut stop: watch::Rece
             status = child.wait() => status,
             _ = stopped(&mut stop) => {
                 terminate(&mut child, &spec, &output).await;
+                pid.set(None);
                 for p in pumps {
                     let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
                 }
                 return;
             }
         };
+        pid.set(None);
         for p in pumps {
             let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
         }
@@ -213,6 +240,9 @@ async fn terminate(child: &mut Child, spec: &ProcessSpec, output: &Output) {
     let Some(id) = child.id() else { return };
     let pid = Pid::from_raw(id as i32);
     let _ = kill(pid, Signal::SIGTERM);
+    // A process paused by `flotilla chaos` would hold the SIGTERM until continued, and
+    // never drain: continue it (a running process ignores SIGCONT).
+    let _ = kill(pid, Signal::SIGCONT);
     match tokio::time::timeout(spec.stop_grace, child.wait()).await {
         Ok(_) => {}
         Err(_) => {
