@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use flotilla::discovery::{Discovery, RegistryClient};
 use flotilla::runtime::{self, Registrar, Service, ServiceEnv};
 use flotilla_api::registry::meta;
+use flotilla_cli::chaos::schedule::{DurationRange, Schedule};
 use flotilla_cli::local_time::LocalTime;
 use flotilla_cli::logs::level::Level;
 use flotilla_cli::supervisor::{self, UpOptions};
@@ -63,6 +64,21 @@ enum Command {
         /// The data dir of the running system.
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
+    },
+    /// Inject faults into a running `flotilla up`: kill or pause a process, delay or fail a
+    /// share of a service's requests; once, or on a schedule (docs/chaos.md).
+    Chaos {
+        /// The control plane's address (fault rules, the registry, fault spans).
+        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
+        control_addr: String,
+        /// The data dir of the running system (its supervisor's socket, the token).
+        #[arg(long, global = true, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+        /// Output format: a line per fault for people, or a JSON line per fault.
+        #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(subcommand)]
+        action: ChaosAction,
     },
     /// Read and change the central configuration; see which instance runs which revision.
     Config {
@@ -336,6 +352,80 @@ enum ConfigAction {
     },
 }
 
+/// When a fault repeats, and the seed of its random choices.
+#[derive(Args, Clone)]
+struct RepeatArgs {
+    /// Repeat the fault, waiting a random time in this range between two (`2s..3s`, or `2s`).
+    #[arg(long, value_parser = parse_range)]
+    every: Option<DurationRange>,
+    /// Stop repeating after this long (`180s`, `3m`); without it, Ctrl-C stops.
+    #[arg(long, requires = "every", value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Seed every random choice (process, pause length, wait) to repeat a run exactly.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum ChaosAction {
+    /// SIGKILL a process; the supervisor restarts it, as after any crash.
+    Kill {
+        /// A process (`orders-1`), a service (one of its instances, at random), or `random`
+        /// (any process, the gateway and the control plane included).
+        target: String,
+        #[command(flatten)]
+        repeat: RepeatArgs,
+    },
+    /// Stop a process (SIGSTOP) for a while, then continue it (SIGCONT): a hung process.
+    Pause {
+        /// A process, a service, or `random`, as for `kill`.
+        target: String,
+        /// How long: `2s`, or a range to draw from, `1s..3s`.
+        #[arg(long = "for", value_parser = parse_range)]
+        length: DurationRange,
+        #[command(flatten)]
+        repeat: RepeatArgs,
+    },
+    /// Delay a share of a service's requests (health checks are never delayed).
+    Latency {
+        /// The service.
+        service: String,
+        /// By how much (`200ms`).
+        #[arg(value_parser = humantime::parse_duration)]
+        delay: Duration,
+        /// The share of requests delayed, 0 to 1.
+        #[arg(long, default_value_t = 1.0)]
+        share: f64,
+        /// For how long (`30s`); without it, until `flotilla chaos clear`.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        length: Option<Duration>,
+        #[command(flatten)]
+        repeat: RepeatArgs,
+    },
+    /// Answer a share of a service's requests with an error status (problem+json).
+    Abort {
+        /// The service.
+        service: String,
+        /// The status answered.
+        #[arg(long, default_value_t = 503)]
+        status: u16,
+        /// The share of requests failed, 0 to 1.
+        #[arg(long, default_value_t = 1.0)]
+        share: f64,
+        /// For how long (`30s`); without it, until `flotilla chaos clear`.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        length: Option<Duration>,
+        #[command(flatten)]
+        repeat: RepeatArgs,
+    },
+    /// End the faults in force: every service's latency and abort rules and every pause, or
+    /// those of one service (or process).
+    Clear {
+        /// Only this service's (or process's) faults.
+        target: Option<String>,
+    },
+}
+
 #[derive(Subcommand)]
 enum EventsAction {
     /// Every topic, with each consumer group's next offset, in-flight count and lag.
@@ -396,6 +486,10 @@ impl ShopService {
             ShopService::Shipping => flotilla_shipping::SERVICE,
         }
     }
+}
+
+fn parse_range(text: &str) -> Result<DurationRange, String> {
+    text.parse()
 }
 
 fn parse_scale(text: &str) -> Result<(String, u32), String> {
@@ -545,6 +639,67 @@ async fn run(cli: Cli) -> Result<()> {
                 line.push_str(&format!("; drained and stopped {}", list("stopped")));
             }
             println!("{line}");
+        }
+        Command::Chaos {
+            control_addr,
+            data_dir,
+            output,
+            action,
+        } => {
+            use flotilla_cli::chaos::{self, ChaosOptions, Fault};
+            let mut options = ChaosOptions {
+                data_dir,
+                control_addr,
+                json: matches!(output, Output::Json),
+                seed: None,
+                schedule: None,
+                time: LocalTime::system(),
+            };
+            let mut out = std::io::stdout();
+            let (fault, repeat) = match action {
+                ChaosAction::Kill { target, repeat } => (Fault::Kill { target }, repeat),
+                ChaosAction::Pause { target, length, repeat } => (Fault::Pause { target, length }, repeat),
+                ChaosAction::Latency {
+                    service,
+                    delay,
+                    share,
+                    length,
+                    repeat,
+                } => (
+                    Fault::Latency {
+                        service,
+                        delay,
+                        share,
+                        length,
+                    },
+                    repeat,
+                ),
+                ChaosAction::Abort {
+                    service,
+                    status,
+                    share,
+                    length,
+                    repeat,
+                } => (
+                    Fault::Abort {
+                        service,
+                        status,
+                        share,
+                        length,
+                    },
+                    repeat,
+                ),
+                ChaosAction::Clear { target } => {
+                    chaos::clear(&options, target.as_deref(), &mut out).await?;
+                    return Ok(());
+                }
+            };
+            options.seed = repeat.seed;
+            options.schedule = repeat.every.map(|every| Schedule {
+                every,
+                duration: repeat.duration,
+            });
+            chaos::run(&options, &fault, &mut out, runtime::shutdown_signal()).await?;
         }
         Command::Config {
             control_addr,
