@@ -607,13 +607,24 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             let token = token::read(&data_dir).ok().flatten();
-            let client = RegistryClient::new(&control_addr, token);
+            let client = RegistryClient::new(&control_addr, token.clone());
             let list = status::fetch(&client).await.with_context(|| {
                 format!("asking the control plane at {control_addr} (is `flotilla up` running? --control-addr)")
             })?;
+            let faults = status::faults(&data_dir, &flotilla::config::ConfigClient::new(&control_addr, token)).await;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-                Output::Table => print!("{}", status::table(&control_addr, &list)),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status::Report {
+                        list: &list,
+                        faults: &faults
+                    })?
+                ),
+                Output::Table => print!(
+                    "{}{}",
+                    status::table(&control_addr, &list),
+                    status::faults_table(&faults, &LocalTime::system())
+                ),
             }
         }
         Command::Scale {

@@ -1,13 +1,114 @@
-//! `flotilla status`: the services and instances the control plane knows, as a table or JSON.
+//! `flotilla status`: the services and instances the control plane knows, and the faults
+//! `flotilla chaos` made that are in force, as a table or JSON.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use flotilla::config::ConfigClient;
 use flotilla::discovery::RegistryClient;
+use flotilla_api::faults::{FaultRecord, FaultRule, ProcessFault};
 use flotilla_api::{Instance, InstanceList};
+use serde::Serialize;
+
+use crate::local_time::LocalTime;
 
 /// Fetches the registry's view.
 pub async fn fetch(client: &RegistryClient) -> Result<InstanceList, flotilla::discovery::RegistryError> {
     client.instances(None, None, Duration::ZERO).await
+}
+
+/// The faults in force, as `flotilla status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Faults {
+    /// Processes paused now (from the supervisor of the data dir; empty without one).
+    pub paused: Vec<FaultRecord>,
+    /// The supervisor's latest kills and pauses, newest first.
+    pub recent: Vec<FaultRecord>,
+    /// Latency and abort rules in force, by service (from the config store).
+    pub rules: BTreeMap<String, Vec<FaultRule>>,
+}
+
+/// What `flotilla status --output json` prints: the registry's list, and the faults.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    /// The registry's instances.
+    #[serde(flatten)]
+    pub list: &'a InstanceList,
+    /// The faults in force.
+    pub faults: &'a Faults,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The faults in force: pauses and recent faults from the supervisor running in `data_dir`
+/// (none without one), rules from the config store. What cannot be read is left out: the
+/// status of the services matters more than that of the experiments on them.
+pub async fn faults(data_dir: &Path, config: &ConfigClient) -> Faults {
+    let mut faults = Faults::default();
+    if crate::supervisor::control::socket_exists(data_dir) {
+        if let Ok(list) = crate::supervisor::control::faults(data_dir).await {
+            faults.paused = list.active;
+            faults.recent = list.recent;
+        }
+    }
+    if let Ok(rules) = crate::chaos::rules::all(config, now_ms()).await {
+        faults.rules = rules;
+    }
+    faults
+}
+
+/// How many recent kills the table shows.
+const RECENT_KILLS: usize = 5;
+
+/// The faults as the table's last part; empty when there are none.
+pub fn faults_table(faults: &Faults, time: &LocalTime) -> String {
+    let at = |ms: u64| {
+        jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX))
+            .map_or_else(|_| ms.to_string(), |t| time.clock(t))
+    };
+    let mut rows: Vec<[String; 2]> = Vec::new();
+    for pause in &faults.paused {
+        let length = pause.duration_ms.unwrap_or(0);
+        rows.push([
+            "paused".into(),
+            format!(
+                "{} (pid {}) for {:.1}s, until {}",
+                pause.process,
+                pause.pid,
+                Duration::from_millis(length).as_secs_f64(),
+                at(pause.at_ms.saturating_add(length))
+            ),
+        ]);
+    }
+    for (service, rules) in &faults.rules {
+        for rule in rules {
+            let until = rule.until_ms.map_or_else(|| "cleared".to_owned(), at);
+            rows.push([
+                rule.kind.as_str().into(),
+                format!("{service}: {}, until {until} (rule {})", rule.describe(), rule.id),
+            ]);
+        }
+    }
+    let kills = faults.recent.iter().filter(|r| r.kind == ProcessFault::Kill);
+    for kill in kills.take(RECENT_KILLS) {
+        rows.push([
+            "killed".into(),
+            format!("{} (pid {}) at {}", kill.process, kill.pid, at(kill.at_ms)),
+        ]);
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nFAULTS (flotilla chaos; `flotilla chaos clear` ends them)\n");
+    for [kind, what] in rows {
+        out.push_str(&format!("{kind:<8}  {what}\n"));
+    }
+    out
 }
 
 /// Formats milliseconds as a short uptime (`3s`, `4m 10s`, `2h 5m`, `3d 4h`).
@@ -102,5 +203,49 @@ mod tests {
         assert!(t.contains("catalog-1-ab"), "{t}");
         assert!(t.contains("77"), "{t}");
         assert!(t.contains("1m 1s"), "{t}");
+    }
+
+    #[test]
+    fn faults_in_force_are_listed_and_none_print_nothing() {
+        assert_eq!(faults_table(&Faults::default(), &LocalTime::utc()), "");
+        let record = |kind, process: &str, at_ms| FaultRecord {
+            id: "1".into(),
+            kind,
+            process: process.into(),
+            target: "payments".into(),
+            pid: 4242,
+            at_ms,
+            duration_ms: (kind == ProcessFault::Pause).then_some(2_000),
+            ended_ms: None,
+        };
+        let rule: FaultRule = serde_json::from_value(serde_json::json!(
+            {"id": "ab12", "kind": "delay", "delay_ms": 300, "share": 0.5, "until_ms": 1_796_076_092_000u64}
+        ))
+        .unwrap();
+        let faults = Faults {
+            paused: vec![record(ProcessFault::Pause, "payments-1", 1_796_076_062_000)],
+            recent: vec![
+                record(ProcessFault::Pause, "payments-1", 1_796_076_062_000),
+                record(ProcessFault::Kill, "orders-1", 1_796_076_061_000),
+            ],
+            rules: [("catalog".to_owned(), vec![rule])].into(),
+        };
+        let t = faults_table(&faults, &LocalTime::utc());
+        assert_eq!(
+            t,
+            "\nFAULTS (flotilla chaos; `flotilla chaos clear` ends them)\n\
+             paused    payments-1 (pid 4242) for 2.0s, until 22:01:04.000\n\
+             delay     catalog: delay 300ms on 50% of requests, until 22:01:32.000 (rule ab12)\n\
+             killed    orders-1 (pid 4242) at 22:01:01.000\n"
+        );
+        let list = InstanceList::default();
+        let json = serde_json::to_value(Report {
+            list: &list,
+            faults: &faults,
+        })
+        .unwrap();
+        assert_eq!(json["instances"], serde_json::json!([]));
+        assert_eq!(json["faults"]["rules"]["catalog"][0]["delay_ms"], 300);
+        assert_eq!(json["faults"]["paused"][0]["kind"], "pause");
     }
 }
