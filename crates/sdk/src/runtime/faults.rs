@@ -175,7 +175,7 @@ async fn announce(service: &str, live: LiveConfig<FaultConfig>) {
             if active.is_empty() {
                 tracing::info!(service, "fault injection cleared");
             } else {
-                tracing::warn!(service, rules = %describe_all(&active), "fault injection active: {}", describe_all(&active));
+                tracing::warn!(service, "fault injection active: {}", describe_all(&active));
             }
             shown = active;
         }
