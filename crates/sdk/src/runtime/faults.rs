@@ -111,9 +111,11 @@ impl Faults {
         client: ConfigClient,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Self {
+        // Both the store's watch and the announcements end with the instance.
+        let shutdown = futures_util::FutureExt::shared(shutdown);
         let started = ConfigLoader::<FaultConfig>::new(service)
             .validate(FaultConfig::validate)
-            .start(Some(client), std::future::pending::<()>());
+            .start(Some(client), shutdown.clone());
         let live = match started {
             Ok(live) => live,
             Err(err) => {
