@@ -37,8 +37,9 @@ impl FaultKind {
     }
 }
 
-/// One fault rule of a service: which share of its application requests to delay or fail,
-/// and until when. Rules expire on their own (`until_ms`), so a forgotten experiment ends.
+/// One fault rule of a service: which share of its application requests (of every request,
+/// or of one method and path) to delay or fail, and until when. Rules expire on their own
+/// (`until_ms`), so a forgotten experiment ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultRule {
@@ -55,6 +56,14 @@ pub struct FaultRule {
     /// The share of requests picked, from 0 to 1.
     #[serde(default = "all")]
     pub share: f64,
+    /// Only requests of this method (`POST`, any case); none: every method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Only requests whose path matches this pattern, segment by segment: `*` or a template
+    /// segment (`{id}`) matches any one segment (`/api/v1/payments/*/capture`); none: every
+    /// path. Aiming a fault at one call of a saga needs no more than that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// The wall-clock time (Unix epoch milliseconds) the rule ends; none: until cleared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until_ms: Option<u64>,
@@ -74,6 +83,21 @@ impl FaultRule {
         self.until_ms.is_none_or(|until| now_ms < until)
     }
 
+    /// Whether the rule is about a request of `method` to `path`.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.path.as_deref().is_none_or(|pattern| path_matches(pattern, path))
+    }
+
+    /// Whether `other` is aimed at the same requests in the same way (kind, method, path):
+    /// a new rule replaces such a one rather than adding to it.
+    pub fn same_aim(&self, other: &FaultRule) -> bool {
+        self.kind == other.kind
+            && self.method.as_deref().map(str::to_ascii_uppercase)
+                == other.method.as_deref().map(str::to_ascii_uppercase)
+            && self.path == other.path
+    }
+
     /// The status an abort answers.
     pub fn abort_status(&self) -> u16 {
         self.status.unwrap_or(DEFAULT_ABORT_STATUS)
@@ -86,6 +110,16 @@ impl FaultRule {
         }
         if !(0.0..=1.0).contains(&self.share) {
             return Err(("share", format!("{} is not within 0..=1", self.share)));
+        }
+        if let Some(method) = &self.method {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(("method", format!("`{method}` is not an HTTP method")));
+            }
+        }
+        if let Some(path) = &self.path {
+            if !path.starts_with('/') {
+                return Err(("path", format!("`{path}` does not start with `/`")));
+            }
         }
         match self.kind {
             FaultKind::Delay => {
@@ -114,7 +148,8 @@ impl FaultRule {
         }
     }
 
-    /// The rule in one line, without its end: `delay 200ms on 50% of requests`.
+    /// The rule in one line, without its end: `delay 200ms on 50% of requests`, `abort 402
+    /// on 10% of POST /api/v1/payments/*/capture`.
     pub fn describe(&self) -> String {
         let percent = self.share * 100.0;
         let share = if percent.fract() == 0.0 {
@@ -122,7 +157,32 @@ impl FaultRule {
         } else {
             format!("{percent}%")
         };
-        format!("{} on {share} of requests", self.effect())
+        let aim = match (&self.method, &self.path) {
+            (None, None) => "requests".to_owned(),
+            (Some(method), None) => format!("{} requests", method.to_ascii_uppercase()),
+            (None, Some(path)) => format!("requests to {path}"),
+            (Some(method), Some(path)) => format!("{} {path}", method.to_ascii_uppercase()),
+        };
+        format!("{} on {share} of {aim}", self.effect())
+    }
+}
+
+/// Whether `path` matches `pattern` segment by segment, `*` and `{name}` matching any one
+/// segment.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut pattern = pattern.trim_end_matches('/').split('/');
+    let mut path = path.trim_end_matches('/').split('/');
+    loop {
+        match (pattern.next(), path.next()) {
+            (None, None) => return true,
+            (Some(want), Some(got)) => {
+                let any = want == "*" || (want.starts_with('{') && want.ends_with('}'));
+                if !((any && !got.is_empty()) || want == got) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
     }
 }
 
@@ -216,6 +276,8 @@ mod tests {
             delay_ms: 200,
             status: None,
             share: 0.5,
+            method: None,
+            path: None,
             until_ms: Some(1_000),
         }
     }
@@ -245,5 +307,37 @@ mod tests {
         bad.status = Some(200);
         let err = validate_rules(&[rule(FaultKind::Abort), bad]).unwrap_err();
         assert!(err.starts_with("faults[1] (`r1`).status"), "{err}");
+        let mut bad = rule(FaultKind::Abort);
+        bad.path = Some("api/v1".into());
+        assert_eq!(bad.validate().unwrap_err().0, "path");
+        bad.path = None;
+        bad.method = Some("PO ST".into());
+        assert_eq!(bad.validate().unwrap_err().0, "method");
+    }
+
+    #[test]
+    fn a_rule_may_aim_at_one_method_and_path() {
+        let mut capture = rule(FaultKind::Abort);
+        capture.status = Some(402);
+        capture.method = Some("post".into());
+        capture.path = Some("/api/v1/payments/*/capture".into());
+        assert!(capture.matches("POST", "/api/v1/payments/p-17/capture"));
+        assert!(capture.matches("POST", "/api/v1/payments/p-17/capture/"));
+        assert!(!capture.matches("GET", "/api/v1/payments/p-17/capture"));
+        assert!(!capture.matches("POST", "/api/v1/payments/p-17"));
+        assert!(!capture.matches("POST", "/api/v1/payments//capture"));
+        assert!(!capture.matches("POST", "/api/v1/payments/p-17/capture/x"));
+        assert!(path_matches("/api/v1/orders/{id}", "/api/v1/orders/42"));
+        assert!(rule(FaultKind::Delay).matches("DELETE", "/anything"));
+        assert_eq!(
+            capture.describe(),
+            "abort 402 on 50% of POST /api/v1/payments/*/capture"
+        );
+        let mut same = capture.clone();
+        same.method = Some("POST".into());
+        same.share = 1.0;
+        assert!(capture.same_aim(&same));
+        same.path = None;
+        assert!(!capture.same_aim(&same));
     }
 }

@@ -366,6 +366,34 @@ struct RepeatArgs {
     seed: Option<u64>,
 }
 
+/// Which of a service's requests a latency or abort rule picks, and for how long.
+#[derive(Args, Clone)]
+struct AimArgs {
+    /// The share of requests picked, 0 to 1.
+    #[arg(long, default_value_t = 1.0)]
+    share: f64,
+    /// Only requests of this method (`POST`).
+    #[arg(long)]
+    method: Option<String>,
+    /// Only requests whose path matches (`/api/v1/payments/*/capture`: `*` is one segment).
+    #[arg(long)]
+    path: Option<String>,
+    /// For how long (`30s`); without it, until `flotilla chaos clear`.
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    length: Option<Duration>,
+}
+
+impl From<AimArgs> for flotilla_cli::chaos::Aim {
+    fn from(aim: AimArgs) -> Self {
+        Self {
+            share: aim.share,
+            method: aim.method,
+            path: aim.path,
+            length: aim.length,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum ChaosAction {
     /// SIGKILL a process; the supervisor restarts it, as after any crash.
@@ -393,12 +421,8 @@ enum ChaosAction {
         /// By how much (`200ms`).
         #[arg(value_parser = humantime::parse_duration)]
         delay: Duration,
-        /// The share of requests delayed, 0 to 1.
-        #[arg(long, default_value_t = 1.0)]
-        share: f64,
-        /// For how long (`30s`); without it, until `flotilla chaos clear`.
-        #[arg(long = "for", value_parser = humantime::parse_duration)]
-        length: Option<Duration>,
+        #[command(flatten)]
+        aim: AimArgs,
         #[command(flatten)]
         repeat: RepeatArgs,
     },
@@ -409,12 +433,8 @@ enum ChaosAction {
         /// The status answered.
         #[arg(long, default_value_t = 503)]
         status: u16,
-        /// The share of requests failed, 0 to 1.
-        #[arg(long, default_value_t = 1.0)]
-        share: f64,
-        /// For how long (`30s`); without it, until `flotilla chaos clear`.
-        #[arg(long = "for", value_parser = humantime::parse_duration)]
-        length: Option<Duration>,
+        #[command(flatten)]
+        aim: AimArgs,
         #[command(flatten)]
         repeat: RepeatArgs,
     },
@@ -673,30 +693,26 @@ async fn run(cli: Cli) -> Result<()> {
                 ChaosAction::Latency {
                     service,
                     delay,
-                    share,
-                    length,
+                    aim,
                     repeat,
                 } => (
                     Fault::Latency {
                         service,
                         delay,
-                        share,
-                        length,
+                        aim: aim.into(),
                     },
                     repeat,
                 ),
                 ChaosAction::Abort {
                     service,
                     status,
-                    share,
-                    length,
+                    aim,
                     repeat,
                 } => (
                     Fault::Abort {
                         service,
                         status,
-                        share,
-                        length,
+                        aim: aim.into(),
                     },
                     repeat,
                 ),

@@ -112,7 +112,9 @@ async fn a_service_delays_and_fails_its_application_requests_as_its_fault_rules_
         .unwrap();
     let listener = Service::bind(None).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = Router::new().route("/products", get(|| async { "[]" }));
+    let router = Router::new()
+        .route("/products", get(|| async { "[]" }))
+        .route("/products/{id}", get(|| async { "{}" }));
     let service = Service::new("catalog", "1").env(env).config(&knobs).router(router);
     tokio::spawn(service.run(listener, std::future::pending()));
     let http = HttpClient::new(Duration::from_secs(5));
@@ -155,6 +157,12 @@ async fn a_service_delays_and_fails_its_application_requests_as_its_fault_rules_
         "an abort alone answers at once: {took:?}"
     );
     assert_eq!(get_timed(&http, addr, "/health/ready").await.0, 200);
+
+    // A rule aimed at one method and path leaves every other request alone.
+    let aimed = json!([{"id": "a4", "kind": "abort", "status": 409, "method": "GET", "path": "/products/*"}]);
+    admin.set(&key, aimed, false, Write::default()).await.unwrap();
+    until(&http, addr, "/products/7", "aimed", |a| a.0 == 409).await;
+    assert_eq!(get_timed(&http, addr, "/products").await.0, 200);
 
     // A rule that has ended does nothing, and a deleted key clears every rule.
     let ended = json!([{"id": "a2", "kind": "abort", "share": 1.0, "until_ms": 1}]);

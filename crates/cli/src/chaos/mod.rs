@@ -71,10 +71,8 @@ pub enum Fault {
         service: String,
         /// By how much.
         delay: Duration,
-        /// Which share, 0 to 1.
-        share: f64,
-        /// For how long; none: until cleared.
-        length: Option<Duration>,
+        /// Which requests.
+        aim: Aim,
     },
     /// Answer a share of a service's requests with an error status.
     Abort {
@@ -82,11 +80,22 @@ pub enum Fault {
         service: String,
         /// Which status.
         status: u16,
-        /// Which share, 0 to 1.
-        share: f64,
-        /// For how long; none: until cleared.
-        length: Option<Duration>,
+        /// Which requests.
+        aim: Aim,
     },
+}
+
+/// Which of a service's requests a latency or abort rule picks, and for how long.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Aim {
+    /// Which share, 0 to 1.
+    pub share: f64,
+    /// Only this method; none: every method.
+    pub method: Option<String>,
+    /// Only paths that match this pattern (`*` is one segment); none: every path.
+    pub path: Option<String>,
+    /// For how long; none: until cleared.
+    pub length: Option<Duration>,
 }
 
 /// Why a chaos command failed.
@@ -143,19 +152,9 @@ fn seconds(ms: u64) -> String {
 impl Fault {
     /// The rule a latency or abort fault writes, with its id and end; none for process faults.
     fn rule(&self, id: String, now_ms: u64) -> Option<(String, FaultRule)> {
-        let (service, kind, delay_ms, status, share, length) = match self {
-            Fault::Latency {
-                service,
-                delay,
-                share,
-                length,
-            } => (service, FaultKind::Delay, ms(*delay), None, *share, *length),
-            Fault::Abort {
-                service,
-                status,
-                share,
-                length,
-            } => (service, FaultKind::Abort, 0, Some(*status), *share, *length),
+        let (service, kind, delay_ms, status, aim) = match self {
+            Fault::Latency { service, delay, aim } => (service, FaultKind::Delay, ms(*delay), None, aim),
+            Fault::Abort { service, status, aim } => (service, FaultKind::Abort, 0, Some(*status), aim),
             Fault::Kill { .. } | Fault::Pause { .. } => return None,
         };
         let rule = FaultRule {
@@ -163,8 +162,10 @@ impl Fault {
             kind,
             delay_ms,
             status,
-            share,
-            until_ms: length.map(|l| now_ms.saturating_add(ms(l))),
+            share: aim.share,
+            method: aim.method.as_ref().map(|m| m.to_ascii_uppercase()),
+            path: aim.path.clone(),
+            until_ms: aim.length.map(|l| now_ms.saturating_add(ms(l))),
         };
         Some((service.clone(), rule))
     }
@@ -177,6 +178,8 @@ impl Fault {
                     "share" => "--share",
                     "status" => "--status",
                     "delay_ms" => "DELAY",
+                    "method" => "--method",
+                    "path" => "--path",
                     other => other,
                 };
                 ChaosError::Invalid(format!("{flag}: {reason}"))
@@ -346,6 +349,12 @@ async fn make(
         FaultKind::Delay => attributes.push(("fault.delay_ms".to_owned(), json!(rule.delay_ms))),
         FaultKind::Abort => attributes.push(("fault.status".to_owned(), json!(rule.abort_status()))),
     }
+    if let Some(method) = &rule.method {
+        attributes.push(("fault.method".to_owned(), json!(method)));
+    }
+    if let Some(path) = &rule.path {
+        attributes.push(("fault.path".to_owned(), json!(path)));
+    }
     if let Some(until) = rule.until_ms {
         attributes.push(("fault.duration_ms".to_owned(), json!(until.saturating_sub(now))));
     }
@@ -476,8 +485,11 @@ mod tests {
         let latency = |share, length| Fault::Latency {
             service: "catalog".into(),
             delay: Duration::from_millis(200),
-            share,
-            length,
+            aim: Aim {
+                share,
+                length,
+                ..Aim::default()
+            },
         };
         assert!(latency(0.5, None).validate(None).is_ok());
         let err = latency(1.5, None).validate(None).unwrap_err().to_string();
@@ -491,13 +503,25 @@ mod tests {
         assert!(latency(1.0, Some(Duration::from_secs(1)))
             .validate(Some(&every))
             .is_ok());
-        let abort = Fault::Abort {
+        let abort = |status, path: &str| Fault::Abort {
             service: "catalog".into(),
-            status: 200,
-            share: 1.0,
-            length: None,
+            status,
+            aim: Aim {
+                share: 1.0,
+                path: Some(path.into()),
+                ..Aim::default()
+            },
         };
-        assert!(abort.validate(None).unwrap_err().to_string().starts_with("--status"));
+        assert!(abort(200, "/a")
+            .validate(None)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--status"));
+        assert!(abort(503, "a/*")
+            .validate(None)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--path"));
         let pause = Fault::Pause {
             target: "random".into(),
             length: "2h".parse().unwrap(),
@@ -508,15 +532,19 @@ mod tests {
     #[test]
     fn a_rule_ends_when_its_length_says() {
         let abort = Fault::Abort {
-            service: "catalog".into(),
-            status: 503,
-            share: 0.1,
-            length: Some(Duration::from_secs(30)),
+            service: "payments".into(),
+            status: 402,
+            aim: Aim {
+                share: 0.1,
+                method: Some("post".into()),
+                path: Some("/api/v1/payments/*/capture".into()),
+                length: Some(Duration::from_secs(30)),
+            },
         };
         let (service, rule) = abort.rule("r".into(), 1_000).unwrap();
-        assert_eq!(service, "catalog");
+        assert_eq!(service, "payments");
         assert_eq!(rule.until_ms, Some(31_000));
-        assert_eq!(rule.describe(), "abort 503 on 10% of requests");
+        assert_eq!(rule.describe(), "abort 402 on 10% of POST /api/v1/payments/*/capture");
         assert!(Fault::Kill { target: "x".into() }.rule("r".into(), 0).is_none());
     }
 }

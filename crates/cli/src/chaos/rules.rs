@@ -52,12 +52,13 @@ fn parse(key: &ConfigKey, value: serde_json::Value) -> Result<Vec<FaultRule>, Ru
 }
 
 /// The rules a service has after `rule` is added at `now_ms`: ended rules go, and a new rule
-/// replaces the one of its kind (one delay and one abort per service, so saying
-/// `latency catalog 500ms` after `latency catalog 200ms` means 500 ms, not both).
+/// replaces the one of its kind aimed at the same requests (saying `latency catalog 500ms`
+/// after `latency catalog 200ms` means 500 ms, not both; a rule for one path stays beside
+/// one for every path).
 pub fn with_rule(current: Vec<FaultRule>, rule: FaultRule, now_ms: u64) -> Vec<FaultRule> {
     let mut rules: Vec<FaultRule> = current
         .into_iter()
-        .filter(|r| r.active_at(now_ms) && r.kind != rule.kind)
+        .filter(|r| r.active_at(now_ms) && !r.same_aim(&rule))
         .collect();
     rules.push(rule);
     rules
@@ -166,6 +167,8 @@ mod tests {
             delay_ms: 100,
             status: None,
             share: 1.0,
+            method: None,
+            path: None,
             until_ms,
         }
     }
@@ -187,8 +190,18 @@ mod tests {
             ["abort", "new-delay"]
         );
         assert_eq!(
-            ids(with_rule(current, rule("new-abort", FaultKind::Abort, None), 3_000)),
+            ids(with_rule(
+                current.clone(),
+                rule("new-abort", FaultKind::Abort, None),
+                3_000
+            )),
             ["old-delay", "new-abort"]
+        );
+        let mut capture = rule("capture", FaultKind::Abort, None);
+        capture.path = Some("/api/v1/payments/*/capture".into());
+        assert_eq!(
+            ids(with_rule(current, capture, 1_000)),
+            ["old-delay", "abort", "capture"]
         );
     }
 }

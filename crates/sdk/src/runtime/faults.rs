@@ -55,13 +55,13 @@ impl Decision {
     }
 }
 
-/// What `rules` do to one request at `now_ms`: the first delay rule in force whose roll falls
-/// within its share delays it, then the first abort rule in force whose roll does fails it
-/// (a request may be both, as with Envoy). `roll` gives numbers in `0..1`, one per rule
-/// tried; it and the clock are parameters so tests can fix them.
-pub fn decide(rules: &[FaultRule], now_ms: u64, mut roll: impl FnMut() -> f64) -> Decision {
+/// What `rules` do to one request (`method`, `path`) at `now_ms`: the first delay rule in
+/// force and aimed at it whose roll falls within its share delays it, then the first such
+/// abort rule fails it (a request may be both, as with Envoy). `roll` gives numbers in
+/// `0..1`, one per rule tried; it and the clock are parameters so tests can fix them.
+pub fn decide(rules: &[FaultRule], method: &str, path: &str, now_ms: u64, mut roll: impl FnMut() -> f64) -> Decision {
     let mut decision = Decision::default();
-    for rule in rules.iter().filter(|r| r.active_at(now_ms)) {
+    for rule in rules.iter().filter(|r| r.active_at(now_ms) && r.matches(method, path)) {
         match rule.kind {
             FaultKind::Delay if decision.delay.is_none() && roll() < rule.share => {
                 decision.delay = Some(Duration::from_millis(rule.delay_ms));
@@ -135,7 +135,7 @@ impl Faults {
     }
 
     /// What the rules in force do to the request being served.
-    pub(crate) fn decide_now(&self) -> Decision {
+    pub(crate) fn decide_now(&self, method: &str, path: &str) -> Decision {
         let Some(live) = &self.live else {
             return Decision::default();
         };
@@ -143,7 +143,7 @@ impl Faults {
         if config.faults.is_empty() {
             return Decision::default();
         }
-        decide(&config.faults, now_ms(), rand::random::<f64>)
+        decide(&config.faults, method, path, now_ms(), rand::random::<f64>)
     }
 }
 
@@ -206,6 +206,8 @@ mod tests {
             delay_ms: 200,
             status: (kind == FaultKind::Abort).then_some(502),
             share,
+            method: None,
+            path: None,
             until_ms,
         }
     }
@@ -220,14 +222,14 @@ mod tests {
     fn a_rule_picks_its_share_of_requests() {
         let rules = [rule("d", FaultKind::Delay, 0.5, None)];
         assert_eq!(
-            decide(&rules, 0, rolls(&[0.49])).delay,
+            decide(&rules, "GET", "/p", 0, rolls(&[0.49])).delay,
             Some(Duration::from_millis(200))
         );
-        assert!(decide(&rules, 0, rolls(&[0.5])).is_none());
+        assert!(decide(&rules, "GET", "/p", 0, rolls(&[0.5])).is_none());
         let all = [rule("d", FaultKind::Delay, 1.0, None)];
-        assert!(!decide(&all, 0, rolls(&[0.999_999])).is_none());
+        assert!(!decide(&all, "GET", "/p", 0, rolls(&[0.999_999])).is_none());
         let none = [rule("d", FaultKind::Delay, 0.0, None)];
-        assert!(decide(&none, 0, rolls(&[0.0])).is_none());
+        assert!(decide(&none, "GET", "/p", 0, rolls(&[0.0])).is_none());
     }
 
     #[test]
@@ -238,16 +240,32 @@ mod tests {
             rule("a", FaultKind::Abort, 0.1, None),
         ];
         // At 999 the first abort still holds: delay, then abort 502; no roll for the third.
-        let early = decide(&rules, 999, rolls(&[0.3, 0.0]));
+        let early = decide(&rules, "GET", "/p", 999, rolls(&[0.3, 0.0]));
         assert_eq!(early.abort, Some(502));
         assert_eq!(early.describe(), "delay 200ms, abort 502");
         // At 1000 it has ended: the third rule rolls for its 10 %.
-        let later = decide(&rules, 1_000, rolls(&[0.0, 0.05]));
+        let later = decide(&rules, "GET", "/p", 1_000, rolls(&[0.0, 0.05]));
         assert_eq!((later.delay.is_some(), later.abort), (true, Some(502)));
-        let missed = decide(&rules, 1_000, rolls(&[0.0, 0.2]));
+        let missed = decide(&rules, "GET", "/p", 1_000, rolls(&[0.0, 0.2]));
         assert_eq!(missed.describe(), "delay 200ms");
         // After every end, only the open-ended abort remains.
-        assert_eq!(decide(&rules, 9_000, rolls(&[0.0])).describe(), "abort 502");
+        assert_eq!(
+            decide(&rules, "GET", "/p", 9_000, rolls(&[0.0])).describe(),
+            "abort 502"
+        );
+    }
+
+    #[test]
+    fn a_rule_aimed_at_one_call_leaves_the_others_alone() {
+        let mut capture = rule("c", FaultKind::Abort, 1.0, None);
+        capture.method = Some("POST".into());
+        capture.path = Some("/api/v1/payments/*/capture".into());
+        let rules = [capture, rule("d", FaultKind::Delay, 0.0, None)];
+        let hit = decide(&rules, "POST", "/api/v1/payments/7/capture", 0, rolls(&[0.5, 0.0]));
+        assert_eq!(hit.describe(), "abort 502");
+        // Other calls roll only for the rules aimed at them.
+        assert!(decide(&rules, "POST", "/api/v1/payments", 0, rolls(&[0.0])).is_none());
+        assert!(decide(&rules, "GET", "/api/v1/payments/7/capture", 0, rolls(&[0.0])).is_none());
     }
 
     #[test]
@@ -255,9 +273,12 @@ mod tests {
         let mut long = rule("long", FaultKind::Delay, 1.0, None);
         long.delay_ms = 900;
         let rules = [rule("d", FaultKind::Delay, 0.5, None), long];
-        assert_eq!(decide(&rules, 0, rolls(&[0.1])).delay, Some(Duration::from_millis(200)));
         assert_eq!(
-            decide(&rules, 0, rolls(&[0.9, 0.0])).delay,
+            decide(&rules, "GET", "/p", 0, rolls(&[0.1])).delay,
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            decide(&rules, "GET", "/p", 0, rolls(&[0.9, 0.0])).delay,
             Some(Duration::from_millis(900))
         );
     }

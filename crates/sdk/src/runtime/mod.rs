@@ -314,7 +314,7 @@ async fn request_scope(
     let server = span::server(&method, &route, request.uri().path(), request.headers());
     let started = std::time::Instant::now();
     let active = InFlight::enter();
-    let fault = faults.decide_now();
+    let fault = faults.decide_now(method.as_str(), request.uri().path());
     if !fault.is_none() {
         span::record_fault(&server, &fault.describe());
     }
@@ -731,6 +731,8 @@ mod tests {
             delay_ms: 300,
             status: None,
             share: 1.0,
+            method: None,
+            path: None,
             until_ms: None,
         }
     }
