@@ -106,6 +106,12 @@ impl EndpointStats {
         until != 0 && self.offset(now) < until
     }
 
+    /// Whether its last connection attempts were refused (or not made): the instance is gone
+    /// or not listening, until it answers again.
+    pub fn refusing(&self) -> bool {
+        self.lock().consecutive_connect > 0
+    }
+
     /// How many times it has been ejected (in its current run of trouble).
     pub fn ejections(&self) -> u32 {
         self.lock().ejections

@@ -26,6 +26,9 @@ pub struct ClientConfig {
     /// Speak HTTP/2 (prior knowledge, h2c) to the endpoints, as gRPC needs; the pool must be
     /// one from [`crate::client::pool_h2`].
     pub http2: bool,
+    /// With no usable instance (the only one restarting), wait this long for one to register
+    /// before failing; zero fails at once.
+    pub wait_for_instance: Duration,
 }
 
 impl Default for ClientConfig {
@@ -39,6 +42,7 @@ impl Default for ClientConfig {
             max_in_flight: 1024,
             balance: BalanceConfig::default(),
             http2: false,
+            wait_for_instance: Duration::from_secs(2),
         }
     }
 }

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::body::RequestBody;
 use super::target::Target;
-use crate::balance::{Balancer, Failure, HashKey};
+use crate::balance::{Balancer, Failure, HashKey, Pick};
 use crate::resilience::{Attempts, CallError, CallFuture};
 
 /// The pooled HTTP/1.1 client every stack sends through.
@@ -51,6 +51,7 @@ pub struct EndpointService {
     pool: Pool,
     per_try_timeout: Duration,
     version: Version,
+    wait_for_instance: Duration,
 }
 
 impl std::fmt::Debug for EndpointService {
@@ -70,6 +71,34 @@ impl EndpointService {
             pool,
             per_try_timeout,
             version: Version::HTTP_11,
+            wait_for_instance: Duration::ZERO,
+        }
+    }
+
+    /// With no usable instance (the only one restarting: its successor not registered yet,
+    /// or the one it had just tried), wait up to this long for the service's instances to
+    /// change before failing with `NoInstance`, as Linkerd queues a request while a service
+    /// has no endpoint ready. Zero fails at once.
+    pub fn wait_for_instance(mut self, wait: Duration) -> Self {
+        self.wait_for_instance = wait;
+        self
+    }
+
+    /// Waits (at most `wait_for_instance`) for the service's instances to change until one
+    /// this call has not tried is there, and picks it; `None` when none came.
+    async fn wait_for_pick(&self, key: Option<HashKey>, avoid: &[String]) -> Option<Pick> {
+        let mut changes = self.target.changes()?;
+        changes.borrow_and_update();
+        let until = tokio::time::Instant::now() + self.wait_for_instance;
+        loop {
+            match tokio::time::timeout_at(until, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+            let endpoints = self.target.endpoints();
+            if endpoints.iter().any(|e| !avoid.contains(&e.id)) {
+                return self.balancer.pick(&endpoints, key, avoid);
+            }
         }
     }
 
@@ -94,7 +123,7 @@ impl tower::Service<Request<RequestBody>> for EndpointService {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         let endpoints = self.target.endpoints();
         let attempts = request.extensions().get::<Attempts>().cloned();
         // Only a retry has endpoints to avoid; the first attempt copies nothing.
@@ -103,11 +132,50 @@ impl tower::Service<Request<RequestBody>> for EndpointService {
             _ => Vec::new(),
         };
         let key = request.extensions().get::<HashKey>().copied();
-        let Some(pick) = self.balancer.pick(&endpoints, key, &avoid) else {
-            let service = self.target.name().to_owned();
-            return Box::pin(async move { Err(CallError::NoInstance { service }) });
-        };
-        if let Some(attempts) = &attempts {
+        // No instance at all, or this call already tried each and each refused the connection
+        // (the only one is dead, its successor not registered yet): wait a moment for the
+        // instances to change rather than fail, or knock on a dead one again.
+        let exhausted = endpoints.is_empty()
+            || (!avoid.is_empty()
+                && endpoints
+                    .iter()
+                    .all(|e| avoid.contains(&e.id) && self.balancer.stats(&e.id).is_some_and(|s| s.refusing())));
+        if exhausted && !self.wait_for_instance.is_zero() && self.target.changes().is_some() {
+            let this = self.clone();
+            return Box::pin(async move {
+                let pick = match this.wait_for_pick(key, &avoid).await {
+                    Some(pick) => pick,
+                    None => match this.balancer.pick(&this.target.endpoints(), key, &avoid) {
+                        Some(pick) => pick,
+                        None => {
+                            return Err(CallError::NoInstance {
+                                service: this.target.name().to_owned(),
+                            })
+                        }
+                    },
+                };
+                this.send(pick, request, attempts.as_ref()).await
+            });
+        }
+        match self.balancer.pick(&endpoints, key, &avoid) {
+            Some(pick) => self.send(pick, request, attempts.as_ref()),
+            None => {
+                let service = self.target.name().to_owned();
+                Box::pin(async move { Err(CallError::NoInstance { service }) })
+            }
+        }
+    }
+}
+
+impl EndpointService {
+    /// Sends one attempt to the picked endpoint and reports its outcome to the balancer.
+    fn send(
+        &self,
+        pick: Pick,
+        mut request: Request<RequestBody>,
+        attempts: Option<&Attempts>,
+    ) -> CallFuture<Response<Incoming>> {
+        if let Some(attempts) = attempts {
             attempts.push(pick.endpoint.id.clone());
         }
         let endpoint = pick.endpoint.id.clone();

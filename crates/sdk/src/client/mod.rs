@@ -73,8 +73,9 @@ impl Stack {
                 .probe_when_instances_change(move || watched.instances_digest()),
         );
         let budget = Arc::new(RetryBudget::new(config.budget));
-        let endpoint =
-            EndpointService::new(target.clone(), balancer.clone(), pool, config.per_try_timeout).http2(config.http2);
+        let endpoint = EndpointService::new(target.clone(), balancer.clone(), pool, config.per_try_timeout)
+            .http2(config.http2)
+            .wait_for_instance(config.wait_for_instance);
         let service = BulkheadLayer::new(Bulkhead::new(config.max_in_flight), name.clone()).layer(
             BreakerLayer::new(breaker.clone(), name.clone()).layer(
                 DeadlineLayer::new(config.timeout, name.clone())

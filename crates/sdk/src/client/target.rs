@@ -92,6 +92,15 @@ impl Target {
         }
     }
 
+    /// Tells when the destination's instances may have changed (a registry revision); `None`
+    /// for static upstreams, which never change.
+    pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Target::Service { discovery, .. } => Some(discovery.changes()),
+            Target::Fixed { .. } => None,
+        }
+    }
+
     /// A digest of which instances the destination has now (their registry ids, or their
     /// addresses): it changes when an instance comes or goes, or restarts under a new id.
     pub fn instances_digest(&self) -> u64 {
