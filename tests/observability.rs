@@ -396,7 +396,10 @@ fn documented() -> BTreeMap<String, (String, BTreeSet<String>)> {
             let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
             let name = cells.first()?.trim_matches('`');
             let kind = cells.get(1)?.trim();
-            if !(name.starts_with("flotilla_") || name.starts_with("process_") || name.starts_with("tokio_"))
+            if !(name.starts_with("flotilla_")
+                || name.starts_with("process_")
+                || name.starts_with("tokio_")
+                || name.starts_with("shop_"))
                 || !["counter", "gauge", "histogram"].contains(&kind)
             {
                 return None;

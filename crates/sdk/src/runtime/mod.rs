@@ -317,6 +317,11 @@ async fn request_scope(
     let fault = faults.decide_now(method.as_str(), request.uri().path());
     if !fault.is_none() {
         span::record_fault(&server, &fault.describe());
+        for (kind, picked) in [("delay", fault.delay.is_some()), ("abort", fault.abort.is_some())] {
+            if picked {
+                metrics::add(metrics::FAULTS_INJECTED, &[kind], 1.0);
+            }
+        }
     }
     let response = serve_in_scope(request, next, fault).instrument(server.clone()).await;
     drop(active);

@@ -82,6 +82,8 @@ pub const EVENTS_CONSUMER_LAG: &str = "flotilla_events_consumer_lag_seconds";
 pub const SAGA_STEPS: &str = "flotilla_saga_steps_total";
 /// Saga instances that ended, by saga and outcome.
 pub const SAGA_OUTCOMES: &str = "flotilla_saga_outcomes_total";
+/// Requests delayed or aborted on purpose by fault rules, by kind.
+pub const FAULTS_INJECTED: &str = "flotilla_faults_injected_total";
 
 /// Every metric a Flotilla process may export (the gateway's and the control plane's own
 /// families are documented beside them in `docs/observability.md`).
@@ -197,6 +199,12 @@ pub const CATALOG: &[MetricDoc] = &[
         Kind::Gauge,
         &[],
         "Start time of the process since the Unix epoch, in seconds.",
+    ),
+    doc(
+        FAULTS_INJECTED,
+        Kind::Counter,
+        &["kind"],
+        "Requests delayed or aborted on purpose by fault rules (flotilla chaos), by kind.",
     ),
     doc("tokio_workers", Kind::Gauge, &[], "Worker threads of the Tokio runtime."),
     doc("tokio_alive_tasks", Kind::Gauge, &[], "Tasks alive in the Tokio runtime."),
