@@ -3,6 +3,7 @@
 //! the gateway, find and signal its processes, and clean every one of them up. The system
 //! tests in `tests/` and the benchmarks in `bench/` share it.
 
+pub mod chaos;
 pub mod load;
 pub mod procs;
 pub mod system;

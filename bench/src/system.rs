@@ -25,7 +25,7 @@ pub struct System {
     pub dir: tempfile::TempDir,
     binary: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
-    new_line: mpsc::Receiver<()>,
+    new_line: Mutex<mpsc::Receiver<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,7 +114,7 @@ impl System {
             dir,
             binary: binary.to_path_buf(),
             lines,
-            new_line,
+            new_line: Mutex::new(new_line),
         }
     }
 
@@ -140,7 +140,7 @@ impl System {
                     self.output()
                 );
             }
-            let _ = self.new_line.recv_timeout(left.min(Duration::from_millis(200)));
+            let _ = lock(&self.new_line).recv_timeout(left.min(Duration::from_millis(200)));
         }
     }
 
