@@ -84,8 +84,14 @@ impl EndpointService {
         self
     }
 
+    /// Whether the endpoint refused its last connection.
+    fn refusing(&self, id: &str) -> bool {
+        self.balancer.stats(id).is_some_and(|s| s.refusing())
+    }
+
     /// Waits (at most `wait_for_instance`) for the service's instances to change until one
-    /// this call has not tried is there, and picks it; `None` when none came.
+    /// this call has not tried and that does not refuse connections is there, and picks it;
+    /// `None` when none came.
     async fn wait_for_pick(&self, key: Option<HashKey>, avoid: &[String]) -> Option<Pick> {
         let mut changes = self.target.changes()?;
         changes.borrow_and_update();
@@ -96,8 +102,11 @@ impl EndpointService {
                 Ok(Err(_)) | Err(_) => return None,
             }
             let endpoints = self.target.endpoints();
-            if endpoints.iter().any(|e| !avoid.contains(&e.id)) {
-                return self.balancer.pick(&endpoints, key, avoid);
+            // A new instance: one neither tried by this call nor refusing connections.
+            let mut shunned: Vec<String> = avoid.to_vec();
+            shunned.extend(endpoints.iter().filter(|e| self.refusing(&e.id)).map(|e| e.id.clone()));
+            if endpoints.iter().any(|e| !shunned.contains(&e.id)) {
+                return self.balancer.pick(&endpoints, key, &shunned);
             }
         }
     }
@@ -132,14 +141,10 @@ impl tower::Service<Request<RequestBody>> for EndpointService {
             _ => Vec::new(),
         };
         let key = request.extensions().get::<HashKey>().copied();
-        // No instance at all, or this call already tried each and each refused the connection
-        // (the only one is dead, its successor not registered yet): wait a moment for the
-        // instances to change rather than fail, or knock on a dead one again.
-        let exhausted = endpoints.is_empty()
-            || (!avoid.is_empty()
-                && endpoints
-                    .iter()
-                    .all(|e| avoid.contains(&e.id) && self.balancer.stats(&e.id).is_some_and(|s| s.refusing())));
+        // No instance at all, or every one refused its last connection (the only one is
+        // dead, its successor not registered yet): wait a moment for the instances to change
+        // rather than fail, or knock on a dead one again.
+        let exhausted = endpoints.is_empty() || endpoints.iter().all(|e| self.refusing(&e.id));
         if exhausted && !self.wait_for_instance.is_zero() && self.target.changes().is_some() {
             let this = self.clone();
             return Box::pin(async move {

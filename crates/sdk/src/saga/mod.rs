@@ -289,10 +289,34 @@ where
     /// the lease between them); stops at a wait, a retry or the end.
     async fn advance(&self, mut record: SagaRecord) -> Result<(), sqlx::Error> {
         let id = record.id.clone();
-        while let Some(next) = self.transition(&id, record).await? {
-            record = next;
+        loop {
+            let from = (record.status, record.step);
+            match self.renewing(&id, from, self.transition(&id, record)).await? {
+                Some(next) => record = next,
+                None => return Ok(()),
+            }
         }
-        Ok(())
+    }
+
+    /// Runs `work` (a step of the instance `id`, found at `from`), renewing the instance's
+    /// lease every third of it while the step takes long: the lease is short, so a crashed
+    /// runner's instances are taken up again within seconds, and a live one keeps its own.
+    async fn renewing<T>(&self, id: &str, from: (SagaStatus, i64), work: impl Future<Output = T>) -> T {
+        let lease = Duration::from_millis(store::LEASE_MS as u64);
+        let every = lease / 3;
+        let mut work = std::pin::pin!(work);
+        let mut next = tokio::time::Instant::now() + every;
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tokio::time::sleep_until(next) => {
+                    next += every;
+                    if let Err(err) = self.store.renew(id, from, lease).await {
+                        tracing::warn!(error = %err, saga = %id, "renewing a saga's lease failed");
+                    }
+                }
+            }
+        }
     }
 
     /// One step or compensation of a leased instance; the record to go on with when the

@@ -122,8 +122,9 @@ pub(super) enum Change<'a> {
     },
 }
 
-/// How long a runner holds an instance (a crashed runner's instances wait this long).
-pub(super) const LEASE_MS: i64 = 30_000;
+/// How long a runner holds an instance unless it renews the lease (it does, while a step
+/// runs long): a crashed runner's instances wait at most this long for another runner.
+pub(super) const LEASE_MS: i64 = 5_000;
 
 const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', refused BIGINT NOT NULL DEFAULT 0)",
@@ -281,6 +282,18 @@ impl SagaStore {
         let mut tx = self.begin().await?;
         Self::apply(&mut tx, id, from, change).await?;
         tx.commit().await
+    }
+
+    /// Extends the lease on an instance still where its runner found it (`from`).
+    pub(super) async fn renew(&self, id: &str, from: (SagaStatus, i64), lease: Duration) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE flotilla_sagas SET leased_until = $1 WHERE id = $2 AND status = $3 AND step = $4")
+            .bind(now_ms() + lease.as_millis() as i64)
+            .bind(id)
+            .bind(from.0.as_str())
+            .bind(from.1)
+            .execute(self.store.relaxed().pool())
+            .await
+            .map(|_| ())
     }
 
     /// A new running instance; `false` if the id exists.

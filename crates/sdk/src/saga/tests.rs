@@ -418,3 +418,32 @@ async fn the_reason_a_saga_is_undone_is_its_first_failure_not_a_compensations_re
     assert_eq!(ending.0.lock().unwrap().clone(), Some(("timed out".to_owned(), false)));
     db.remove().await;
 }
+
+#[tokio::test]
+async fn a_step_that_runs_longer_than_the_lease_keeps_its_instance_from_other_runners() {
+    let (store, db) = sagas().await;
+    let lease = Duration::from_millis(store::LEASE_MS as u64);
+    let saga = Saga::new("slow")
+        .step(
+            "long",
+            move |_id, state: serde_json::Value| async move {
+                tokio::time::sleep(lease + lease / 2).await;
+                Ok(state)
+            },
+            |_id, state| async move { Ok(state) },
+        )
+        .with_policy(lease * 3, 1);
+    let runner = SagaRunner::new(saga, store.clone());
+    runner.start("s-1", &serde_json::json!({})).await.unwrap();
+    let running = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.tick().await.unwrap() }
+    });
+    // Past the lease, while the step still runs: another runner finds nothing due.
+    tokio::time::sleep(lease + lease / 4).await;
+    let taken = store.lease_due("slow", 10, lease).await.unwrap();
+    assert!(taken.is_empty(), "the running step's lease was renewed: {taken:?}");
+    assert_eq!(running.await.unwrap(), 1);
+    assert_eq!(store.get("s-1").await.unwrap().unwrap().status, SagaStatus::Completed);
+    db.remove().await;
+}
