@@ -126,6 +126,8 @@ pub struct Fault {
     pub kind: String,
     /// What `flotilla chaos` said it did (or why it could not).
     pub said: String,
+    /// How long it lasted when it was the run's long pause of payments.
+    pub long: Option<Duration>,
 }
 
 /// One invariant and whether it held.
@@ -156,6 +158,11 @@ pub struct Report {
     pub reasons: BTreeMap<String, usize>,
     /// First try to final state, ms, of orders placed while faults were made.
     pub to_final_ms: Vec<f64>,
+    /// The same, of the orders not placed during the long pause of payments (those wait
+    /// for payments to come back, by design).
+    pub to_final_outside_long_pause_ms: Vec<f64>,
+    /// The slowest orders' histories: each event's type and time after the first try.
+    pub slowest: Vec<String>,
     /// The faults made.
     pub faults: Vec<Fault>,
     /// Restarts the supervisor made.
@@ -240,6 +247,21 @@ impl Report {
             quantile(&to_final, 0.99),
             to_final.last().copied().unwrap_or(0.0)
         ));
+        if self.faults.iter().any(|f| f.long.is_some()) {
+            let mut outside = self.to_final_outside_long_pause_ms.clone();
+            outside.sort_by(f64::total_cmp);
+            out.push_str(&format!(
+                "| the same, orders not placed during the long pause of payments ({} of {}) | {:.0} / {:.0} / {:.0} ms |\n",
+                outside.len(),
+                to_final.len(),
+                quantile(&outside, 0.5),
+                quantile(&outside, 0.99),
+                outside.last().copied().unwrap_or(0.0)
+            ));
+        }
+        for slow in &self.slowest {
+            out.push_str(&format!("| a slow order | {slow} |\n"));
+        }
         out.push_str("\n| invariant | held | figures |\n|---|---|---|\n");
         for check in &self.checks {
             out.push_str(&format!(
@@ -520,9 +542,11 @@ fn make_faults(system: &System, options: &Options, stop: &AtomicBool) -> Vec<Fau
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let mut lasting = None;
         let (kind, args): (&str, Vec<String>) = match long {
             Some((at, pause)) if Instant::now() >= at => {
                 long = None;
+                lasting = Some(pause);
                 (
                     "pause",
                     vec!["pause".into(), "payments".into(), "--for".into(), ms(pause)],
@@ -550,6 +574,7 @@ fn make_faults(system: &System, options: &Options, stop: &AtomicBool) -> Vec<Fau
             at: began.elapsed().as_secs_f64(),
             kind: kind.to_owned(),
             said,
+            long: lasting,
         });
     }
 }
@@ -643,6 +668,25 @@ impl Databases {
                 Some((r.try_get("order_id").ok()?, data["reason"].as_str()?.to_owned()))
             })
             .collect()
+    }
+
+    /// Each order's events: type and time.
+    async fn timelines(&self) -> BTreeMap<String, Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT order_id, type, at_ms FROM order_events ORDER BY order_id, seq")
+            .fetch_all(self.orders.pool())
+            .await
+            .unwrap_or_default();
+        let mut out: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+        for row in &rows {
+            if let (Ok(order), Ok(kind), Ok(at)) = (
+                row.try_get::<String, _>("order_id"),
+                row.try_get::<String, _>("type"),
+                row.try_get::<i64, _>("at_ms"),
+            ) {
+                out.entry(order).or_default().push((kind, at));
+            }
+        }
+        out
     }
 
     /// The event types each order went through.
@@ -1102,6 +1146,14 @@ pub fn run(system: &System, options: &Options) -> Report {
         loaded
     });
     let faults = faults.lock().map(|f| f.clone()).unwrap_or_default();
+    let began_ms = placed.iter().map(|p| p.first_try_ms).min().unwrap_or(0);
+    // The long pause of payments, in wall-clock ms (the fault thread and the load start
+    // together).
+    let long_pause = faults.iter().find_map(|f| {
+        let pause = f.long?;
+        let from = began_ms + (f.at * 1000.0) as i64;
+        Some((from, from + pause.as_millis() as i64))
+    });
 
     // Settling: every accepted order final, then the invariants (the sweep and the relays
     // may need a few more seconds after that).
@@ -1132,6 +1184,8 @@ pub fn run(system: &System, options: &Options) -> Report {
 
     let orders = runtime.block_on(dbs.orders());
     let kinds = runtime.block_on(dbs.cancel_kinds());
+    let timelines = runtime.block_on(dbs.timelines());
+    let mut slow: Vec<(i64, &Placed)> = Vec::new();
     let mut report = Report {
         orders: placed.len(),
         accepted: placed.iter().filter(|p| p.id.is_some()).count(),
@@ -1157,12 +1211,37 @@ pub fn run(system: &System, options: &Options) -> Report {
             })
             .or_default() += 1;
         if matches!(status.as_str(), "CONFIRMED" | "CANCELLED") {
-            report.to_final_ms.push((updated - p.first_try_ms) as f64);
+            let took = updated - p.first_try_ms;
+            report.to_final_ms.push(took as f64);
+            let during_long_pause = long_pause.is_some_and(|(from, to)| (from..=to).contains(&p.first_try_ms));
+            if !during_long_pause {
+                report.to_final_outside_long_pause_ms.push(took as f64);
+            }
+            slow.push((took, p));
         }
         if status == "CANCELLED" {
             let kind = kinds.get(id).cloned().unwrap_or_else(|| "no reason".to_owned());
             *report.reasons.entry(kind).or_default() += 1;
         }
+    }
+    slow.sort_by_key(|(took, _)| std::cmp::Reverse(*took));
+    for (took, p) in slow.iter().take(3) {
+        let Some(id) = p.id.as_deref() else { continue };
+        let steps: Vec<String> = timelines
+            .get(id)
+            .map(|events| {
+                events
+                    .iter()
+                    .map(|(kind, at)| format!("{kind} +{:.1}s", (at - p.first_try_ms) as f64 / 1000.0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        report.slowest.push(format!(
+            "{:.1} s, first try at +{:.1} s of the run: {}",
+            *took as f64 / 1000.0,
+            (p.first_try_ms - began_ms) as f64 / 1000.0,
+            steps.join(", ")
+        ));
     }
     let big = placed.iter().filter(|p| p.big).count();
     report
