@@ -37,6 +37,7 @@ fn main() {
     eprintln!("… starting the shop");
     let mut system = System::start(&binary, &repo, &[]);
     system.wait_for_line("Flotilla is up", Duration::from_secs(120));
+    eprintln!("… data dir {}", system.data_dir().display());
     eprintln!(
         "… {} orders/s for {} s, a fault every {:?}–{:?}",
         options.rate, options.seconds, options.fault_every.0, options.fault_every.1

@@ -213,19 +213,22 @@ impl Hold {
         Err(in_progress(hold))
     }
 
-    /// Runs `work`, renewing the hold every third of it until the work is done.
+    /// Runs `work`, renewing the hold every third of it until the work is done. The renewals
+    /// run beside the work, never in its way: a renewal waiting on a busy database must not
+    /// hold the work up.
     async fn renewing<T>(&self, work: impl Future<Output = T>) -> T {
         let every = self.hold / 3;
-        let mut work = std::pin::pin!(work);
-        let mut next = tokio::time::Instant::now() + every;
-        loop {
-            tokio::select! {
-                done = &mut work => return done,
-                _ = tokio::time::sleep_until(next) => {
-                    next += every;
-                    self.renew().await;
-                }
+        let renewals = async {
+            let mut next = tokio::time::Instant::now() + every;
+            loop {
+                tokio::time::sleep_until(next).await;
+                next += every;
+                self.renew().await;
             }
+        };
+        tokio::select! {
+            done = work => done,
+            never = renewals => never,
         }
     }
 

@@ -204,6 +204,8 @@ pub struct SagaRunner<S> {
     saga: Arc<Saga<S>>,
     store: SagaStore,
     wake: Arc<tokio::sync::Notify>,
+    /// This runner's name on the leases it takes and in its check-ins.
+    id: Arc<str>,
 }
 
 impl<S> Clone for SagaRunner<S> {
@@ -212,6 +214,7 @@ impl<S> Clone for SagaRunner<S> {
             saga: Arc::clone(&self.saga),
             store: self.store.clone(),
             wake: Arc::clone(&self.wake),
+            id: Arc::clone(&self.id),
         }
     }
 }
@@ -233,6 +236,7 @@ where
             saga: Arc::new(saga),
             store,
             wake: Arc::new(tokio::sync::Notify::new()),
+            id: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
         }
     }
 
@@ -264,7 +268,10 @@ where
     /// Runs every due instance one step on, several at once; returns how many steps ran.
     pub async fn tick(&self) -> Result<usize, sqlx::Error> {
         let lease = Duration::from_millis(store::LEASE_MS as u64);
-        let due = self.store.lease_due(&self.saga.kind, CONCURRENCY as i64, lease).await?;
+        let due = self
+            .store
+            .lease_due(&self.saga.kind, CONCURRENCY as i64, lease, &self.id)
+            .await?;
         let mut running = tokio::task::JoinSet::new();
         for record in due {
             let runner = self.clone();
@@ -289,34 +296,10 @@ where
     /// the lease between them); stops at a wait, a retry or the end.
     async fn advance(&self, mut record: SagaRecord) -> Result<(), sqlx::Error> {
         let id = record.id.clone();
-        loop {
-            let from = (record.status, record.step);
-            match self.renewing(&id, from, self.transition(&id, record)).await? {
-                Some(next) => record = next,
-                None => return Ok(()),
-            }
+        while let Some(next) = self.transition(&id, record).await? {
+            record = next;
         }
-    }
-
-    /// Runs `work` (a step of the instance `id`, found at `from`), renewing the instance's
-    /// lease every third of it while the step takes long: the lease is short, so a crashed
-    /// runner's instances are taken up again within seconds, and a live one keeps its own.
-    async fn renewing<T>(&self, id: &str, from: (SagaStatus, i64), work: impl Future<Output = T>) -> T {
-        let lease = Duration::from_millis(store::LEASE_MS as u64);
-        let every = lease / 3;
-        let mut work = std::pin::pin!(work);
-        let mut next = tokio::time::Instant::now() + every;
-        loop {
-            tokio::select! {
-                done = &mut work => return done,
-                _ = tokio::time::sleep_until(next) => {
-                    next += every;
-                    if let Err(err) = self.store.renew(id, from, lease).await {
-                        tracing::warn!(error = %err, saga = %id, "renewing a saga's lease failed");
-                    }
-                }
-            }
-        }
+        Ok(())
     }
 
     /// One step or compensation of a leased instance; the record to go on with when the
@@ -598,19 +581,39 @@ where
         self.store.change(id, (record.status, record.step), change).await
     }
 
+    /// Checks in every second for as long as it is polled, so other runners know this one
+    /// is alive and leave its instances alone.
+    async fn check_ins(&self) {
+        loop {
+            if let Err(err) = self.store.check_in(&self.id, &self.saga.kind).await {
+                tracing::warn!(error = %err, kind = %self.saga.kind, "a saga runner's check-in failed");
+            }
+            tokio::time::sleep(Duration::from_millis(store::CHECK_IN_MS as u64)).await;
+        }
+    }
+
     /// Runs due instances until the process ends: up to 128 at once, each in its own task
     /// from lease to its next wait; more are taken as soon as some finish, an instance
-    /// starts, or at least every `every` (for retries that come due).
+    /// starts, or at least every `every` (for retries that come due). Checks in every second
+    /// meanwhile; a runner that stopped checking in (its process died) loses its instances
+    /// to the others within seconds.
     pub async fn run(self, every: Duration) {
         let mut running = tokio::task::JoinSet::new();
         let limit = CONCURRENCY * 2;
         let lease = Duration::from_millis(store::LEASE_MS as u64);
+        // Beside the loop, never in its way.
+        let check_ins = self.check_ins();
+        tokio::pin!(check_ins);
         loop {
             let free = limit.saturating_sub(running.len());
             if free > 0 {
                 // Taking due instances leases them in the same statement: the ones running
                 // are leased, so they are never taken twice.
-                match self.store.lease_due(&self.saga.kind, free as i64, lease).await {
+                match self
+                    .store
+                    .lease_due(&self.saga.kind, free as i64, lease, &self.id)
+                    .await
+                {
                     Ok(due) => {
                         for record in due {
                             let runner = self.clone();
@@ -637,6 +640,7 @@ where
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(every) => {}
+                () = &mut check_ins => {}
             }
         }
     }

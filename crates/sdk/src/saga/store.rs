@@ -1,7 +1,9 @@
 //! Where saga instances live: one row each in the service's database (SQLite or PostgreSQL),
 //! and a log of every transition. A runner takes an instance with a lease (a conditional
-//! update), so two runners never run the same step at once, and a crashed runner's lease
-//! simply runs out.
+//! update), so two runners never run the same step at once. Runners check in every second
+//! (Quartz's clustered scheduler does the same): the instances of a runner that stopped
+//! checking in (its process crashed) are taken up again within seconds, without waiting out
+//! their lease, which stays long enough for a slow step.
 
 use std::time::Duration;
 
@@ -122,12 +124,19 @@ pub(super) enum Change<'a> {
     },
 }
 
-/// How long a runner holds an instance unless it renews the lease (it does, while a step
-/// runs long): a crashed runner's instances wait at most this long for another runner.
-pub(super) const LEASE_MS: i64 = 5_000;
+/// How long a runner holds an instance (longer than a step may take).
+pub(super) const LEASE_MS: i64 = 30_000;
 
-const SCHEMA: [&str; 3] = [
-    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', refused BIGINT NOT NULL DEFAULT 0)",
+/// How often a running runner checks in.
+pub(super) const CHECK_IN_MS: i64 = 1_000;
+
+/// A runner that has not checked in for this long is gone: its instances are free.
+pub(super) const GONE_AFTER_MS: i64 = 5_000;
+
+const SCHEMA: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', refused BIGINT NOT NULL DEFAULT 0, leased_by TEXT NOT NULL DEFAULT '')",
+    // Each running runner's last check-in.
+    "CREATE TABLE IF NOT EXISTS flotilla_saga_runners (id TEXT PRIMARY KEY, kind TEXT NOT NULL, checked_in_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS flotilla_saga_log (saga_id TEXT NOT NULL, seq BIGINT NOT NULL, step TEXT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (saga_id, seq))",
     // What the runner asks for again and again: the due instances of a kind, oldest first.
     "CREATE INDEX IF NOT EXISTS flotilla_sagas_due ON flotilla_sagas (kind, next_run_ms) WHERE status IN ('running', 'compensating')",
@@ -136,7 +145,7 @@ const SCHEMA: [&str; 3] = [
 /// The saga tables of a service's database.
 #[derive(Clone, Debug)]
 pub struct SagaStore {
-    store: Store,
+    pub(super) store: Store,
 }
 
 impl SagaStore {
@@ -151,6 +160,7 @@ impl SagaStore {
             ("traceparent", "TEXT NOT NULL DEFAULT ''"),
             ("reason", "TEXT NOT NULL DEFAULT ''"),
             ("refused", "BIGINT NOT NULL DEFAULT 0"),
+            ("leased_by", "TEXT NOT NULL DEFAULT ''"),
         ] {
             if sqlx::query(&format!("SELECT {column} FROM flotilla_sagas LIMIT 0"))
                 .execute(store.pool())
@@ -284,14 +294,22 @@ impl SagaStore {
         tx.commit().await
     }
 
-    /// Extends the lease on an instance still where its runner found it (`from`).
-    pub(super) async fn renew(&self, id: &str, from: (SagaStatus, i64), lease: Duration) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE flotilla_sagas SET leased_until = $1 WHERE id = $2 AND status = $3 AND step = $4")
-            .bind(now_ms() + lease.as_millis() as i64)
-            .bind(id)
-            .bind(from.0.as_str())
-            .bind(from.1)
-            .execute(self.store.relaxed().pool())
+    /// Says runner `runner` (of `kind`) is alive now; forgets runners gone for an hour.
+    pub(super) async fn check_in(&self, runner: &str, kind: &str) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        let pool = self.store.relaxed();
+        sqlx::query(
+            "INSERT INTO flotilla_saga_runners (id, kind, checked_in_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET checked_in_ms = excluded.checked_in_ms",
+        )
+        .bind(runner)
+        .bind(kind)
+        .bind(now)
+        .execute(pool.pool())
+        .await?;
+        sqlx::query("DELETE FROM flotilla_saga_runners WHERE checked_in_ms < $1")
+            .bind(now - 3_600_000)
+            .execute(pool.pool())
             .await
             .map(|_| ())
     }
@@ -332,21 +350,32 @@ impl SagaStore {
         Ok(inserted)
     }
 
-    /// Takes up to `limit` due instances of a kind for `lease`, oldest first, in one
-    /// statement: nobody else can take them until the lease runs out (the outer conditions
-    /// are checked again on the row it updates, so two runners on PostgreSQL never share one).
-    pub async fn lease_due(&self, kind: &str, limit: i64, lease: Duration) -> Result<Vec<SagaRecord>, sqlx::Error> {
+    /// Takes up to `limit` due instances of a kind for `runner`, for `lease`, oldest first,
+    /// in one statement: nobody else can take them until the lease runs out or `runner` stops
+    /// checking in (the outer conditions are checked again on the row it updates, so two
+    /// runners on PostgreSQL never share one).
+    pub async fn lease_due(
+        &self,
+        kind: &str,
+        limit: i64,
+        lease: Duration,
+        runner: &str,
+    ) -> Result<Vec<SagaRecord>, sqlx::Error> {
         let now = now_ms();
         let rows = sqlx::query(
-            "UPDATE flotilla_sagas SET leased_until = $1 \
-             WHERE id IN (SELECT id FROM flotilla_sagas WHERE kind = $2 AND status IN ('running', 'compensating') AND next_run_ms <= $3 AND leased_until <= $3 ORDER BY next_run_ms LIMIT $4) \
-             AND leased_until <= $3 AND status IN ('running', 'compensating') \
+            "UPDATE flotilla_sagas SET leased_until = $1, leased_by = $5 \
+             WHERE id IN (SELECT id FROM flotilla_sagas WHERE kind = $2 AND status IN ('running', 'compensating') AND next_run_ms <= $3 \
+               AND (leased_until <= $3 OR leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6)) ORDER BY next_run_ms LIMIT $4) \
+             AND status IN ('running', 'compensating') \
+             AND (leased_until <= $3 OR leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6)) \
              RETURNING id, kind, status, step, attempts, state, last_error, traceparent, reason, refused",
         )
         .bind(now + lease.as_millis() as i64)
         .bind(kind)
         .bind(now)
         .bind(limit)
+        .bind(runner)
+        .bind(now - GONE_AFTER_MS)
         .fetch_all(self.store.pool())
         .await?;
         rows.iter().map(record).collect()

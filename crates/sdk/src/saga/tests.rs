@@ -317,7 +317,10 @@ async fn a_run_whose_lease_ran_out_writes_nothing_over_the_run_that_took_the_ins
     let runner = SagaRunner::new(order_saga(&journal, None), store.clone());
     runner.start("l-1", &serde_json::json!({})).await.unwrap();
     // A run takes the instance with a lease that runs out at once (a step that hung) …
-    let mut stale = store.lease_due("order", 10, Duration::ZERO).await.unwrap();
+    let mut stale = store
+        .lease_due("order", 10, Duration::ZERO, "stale-runner")
+        .await
+        .unwrap();
     assert_eq!(stale.len(), 1);
     // … another run takes it on and finishes it …
     let done = run_to_end(&runner, "l-1").await;
@@ -420,30 +423,27 @@ async fn the_reason_a_saga_is_undone_is_its_first_failure_not_a_compensations_re
 }
 
 #[tokio::test]
-async fn a_step_that_runs_longer_than_the_lease_keeps_its_instance_from_other_runners() {
+async fn a_runner_that_stops_checking_in_loses_its_instances_to_another_within_seconds() {
     let (store, db) = sagas().await;
     let lease = Duration::from_millis(store::LEASE_MS as u64);
-    let saga = Saga::new("slow")
-        .step(
-            "long",
-            move |_id, state: serde_json::Value| async move {
-                tokio::time::sleep(lease + lease / 2).await;
-                Ok(state)
-            },
-            |_id, state| async move { Ok(state) },
-        )
-        .with_policy(lease * 3, 1);
-    let runner = SagaRunner::new(saga, store.clone());
-    runner.start("s-1", &serde_json::json!({})).await.unwrap();
-    let running = tokio::spawn({
-        let runner = runner.clone();
-        async move { runner.tick().await.unwrap() }
-    });
-    // Past the lease, while the step still runs: another runner finds nothing due.
-    tokio::time::sleep(lease + lease / 4).await;
-    let taken = store.lease_due("slow", 10, lease).await.unwrap();
-    assert!(taken.is_empty(), "the running step's lease was renewed: {taken:?}");
-    assert_eq!(running.await.unwrap(), 1);
-    assert_eq!(store.get("s-1").await.unwrap().unwrap().status, SagaStatus::Completed);
+    store.insert("s-1", "slow", &serde_json::json!({})).await.unwrap();
+    // Runner A takes the instance and checks in.
+    store.check_in("a", "slow").await.unwrap();
+    let taken = store.lease_due("slow", 10, lease, "a").await.unwrap();
+    assert_eq!(taken.len(), 1);
+    // While A checks in, its lease holds.
+    assert!(store.lease_due("slow", 10, lease, "b").await.unwrap().is_empty());
+    // A's process dies: no check-in for longer than a runner may miss.
+    sqlx::query("UPDATE flotilla_saga_runners SET checked_in_ms = checked_in_ms - $1 WHERE id = 'a'")
+        .bind(store::GONE_AFTER_MS + 1)
+        .execute(store.store.pool())
+        .await
+        .unwrap();
+    let taken = store.lease_due("slow", 10, lease, "b").await.unwrap();
+    assert_eq!(
+        taken.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["s-1"],
+        "B takes it up without waiting out A's 30 s lease"
+    );
     db.remove().await;
 }
