@@ -601,9 +601,10 @@ where
         let mut running = tokio::task::JoinSet::new();
         let limit = CONCURRENCY * 2;
         let lease = Duration::from_millis(store::LEASE_MS as u64);
-        // Beside the loop, never in its way.
-        let check_ins = self.check_ins();
-        tokio::pin!(check_ins);
+        // A task of its own: a check-in polled only from this loop would hold the relaxed
+        // pool's connection while the loop waits for that very connection.
+        let checking_in = self.clone();
+        let check_ins = AbortOnDrop(tokio::spawn(async move { checking_in.check_ins().await }));
         loop {
             let free = limit.saturating_sub(running.len());
             if free > 0 {
@@ -640,7 +641,9 @@ where
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(every) => {}
-                () = &mut check_ins => {}
+            }
+            if check_ins.0.is_finished() {
+                tracing::error!(kind = %self.saga.kind, "a saga runner's check-ins stopped");
             }
         }
     }
@@ -648,6 +651,15 @@ where
     /// The store (to list and inspect instances).
     pub fn store(&self) -> &SagaStore {
         &self.store
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -353,7 +353,9 @@ impl SagaStore {
     /// Takes up to `limit` due instances of a kind for `runner`, for `lease`, oldest first,
     /// in one statement: nobody else can take them until the lease runs out or `runner` stops
     /// checking in (the outer conditions are checked again on the row it updates, so two
-    /// runners on PostgreSQL never share one).
+    /// runners on PostgreSQL never share one). A runner never takes its own leased instances
+    /// for a missed check-in of its own: a late check-in (a busy database) must not make it
+    /// run the instances it runs a second time.
     pub async fn lease_due(
         &self,
         kind: &str,
@@ -365,9 +367,9 @@ impl SagaStore {
         let rows = sqlx::query(
             "UPDATE flotilla_sagas SET leased_until = $1, leased_by = $5 \
              WHERE id IN (SELECT id FROM flotilla_sagas WHERE kind = $2 AND status IN ('running', 'compensating') AND next_run_ms <= $3 \
-               AND (leased_until <= $3 OR leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6)) ORDER BY next_run_ms LIMIT $4) \
+               AND (leased_until <= $3 OR (leased_by <> $5 AND leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6))) ORDER BY next_run_ms LIMIT $4) \
              AND status IN ('running', 'compensating') \
-             AND (leased_until <= $3 OR leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6)) \
+             AND (leased_until <= $3 OR (leased_by <> $5 AND leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6))) \
              RETURNING id, kind, status, step, attempts, state, last_error, traceparent, reason, refused",
         )
         .bind(now + lease.as_millis() as i64)

@@ -439,6 +439,8 @@ async fn a_runner_that_stops_checking_in_loses_its_instances_to_another_within_s
         .execute(store.store.pool())
         .await
         .unwrap();
+    // A itself, alive after all (its check-in was only late), does not take what it runs again.
+    assert!(store.lease_due("slow", 10, lease, "a").await.unwrap().is_empty());
     let taken = store.lease_due("slow", 10, lease, "b").await.unwrap();
     assert_eq!(
         taken.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
