@@ -175,15 +175,20 @@ pub const CONTRACTS: &[Expectation] = &[
 ];
 
 /// What a failed call means for a saga step: the other side said no (4xx) → `Rejected`;
-/// it cannot be reached (no instance, refused, breaker open, 503) → `Unavailable` (wait);
-/// anything else (a timeout, a 500) → `Failed` (retry, then compensate).
+/// it cannot be reached or gave no answer (no instance, refused, breaker open, 503, a
+/// timeout, a connection cut) → `Unavailable` (wait: every call here is idempotent, so an
+/// answer that never came is asked for again, never compensated as if it were a refusal);
+/// anything else (a 500) → `Failed` (retry, then compensate).
 pub fn classify(err: &CallError) -> StepError {
     let text = err.to_string();
     match err {
         CallError::NoInstance { .. }
         | CallError::Connect { .. }
         | CallError::CircuitOpen { .. }
-        | CallError::BulkheadFull { .. } => StepError::Unavailable(text),
+        | CallError::BulkheadFull { .. }
+        | CallError::Timeout { .. }
+        | CallError::DeadlineExceeded { .. }
+        | CallError::Transport { .. } => StepError::Unavailable(text),
         CallError::Status { status, problem, .. } => {
             let detail = problem
                 .as_ref()
@@ -466,6 +471,23 @@ mod classify_tests {
         assert!(matches!(
             status(StatusCode::SERVICE_UNAVAILABLE, None),
             StepError::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn an_answer_that_never_came_is_waited_for_not_compensated() {
+        let timeout = CallError::Timeout {
+            endpoint: "127.0.0.1:1".into(),
+            after: std::time::Duration::from_secs(1),
+        };
+        assert!(matches!(classify(&timeout), StepError::Unavailable(_)));
+        let deadline = CallError::DeadlineExceeded {
+            service: "payments".into(),
+        };
+        assert!(matches!(classify(&deadline), StepError::Unavailable(_)));
+        assert!(matches!(
+            status(StatusCode::INTERNAL_SERVER_ERROR, None),
+            StepError::Failed(_)
         ));
     }
 }

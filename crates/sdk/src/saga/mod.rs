@@ -226,6 +226,13 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50 * (1u64 << attempt.min(7))).min(Duration::from_secs(5))
 }
 
+/// How long a step waiting for a dependency that is away waits before it asks again: soon at
+/// first, then every 2 s at most, so hundreds of waiting instances do not hammer the database
+/// (and the dependency) while it is away, and notice its return within 2 s.
+fn wait_backoff(waits: u32) -> Duration {
+    Duration::from_millis(100 * (1u64 << waits.min(5))).min(Duration::from_secs(2))
+}
+
 impl<S> SagaRunner<S>
 where
     S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
@@ -325,6 +332,7 @@ where
                 status,
                 step,
                 attempts: 0,
+                waits: 0,
                 state,
                 last_error,
                 ..record.clone()
@@ -575,7 +583,11 @@ where
         let change = Change::RetryLater {
             step,
             why,
-            after: backoff(record.attempts),
+            after: if counts {
+                backoff(record.attempts)
+            } else {
+                wait_backoff(record.waits)
+            },
             counts,
         };
         self.store.change(id, (record.status, record.step), change).await

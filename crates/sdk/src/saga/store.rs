@@ -63,6 +63,10 @@ pub struct SagaRecord {
     pub step: i64,
     /// Tries of the current step so far.
     pub attempts: u32,
+    /// Times the current step waited for a dependency that is away (these do not count as
+    /// tries; they space its retries out).
+    #[serde(default)]
+    pub waits: u32,
     /// The saga's state.
     pub state: serde_json::Value,
     /// The last failure.
@@ -134,7 +138,7 @@ pub(super) const CHECK_IN_MS: i64 = 1_000;
 pub(super) const GONE_AFTER_MS: i64 = 5_000;
 
 const SCHEMA: [&str; 4] = [
-    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', refused BIGINT NOT NULL DEFAULT 0, leased_by TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', refused BIGINT NOT NULL DEFAULT 0, leased_by TEXT NOT NULL DEFAULT '', waits BIGINT NOT NULL DEFAULT 0)",
     // Each running runner's last check-in.
     "CREATE TABLE IF NOT EXISTS flotilla_saga_runners (id TEXT PRIMARY KEY, kind TEXT NOT NULL, checked_in_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS flotilla_saga_log (saga_id TEXT NOT NULL, seq BIGINT NOT NULL, step TEXT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (saga_id, seq))",
@@ -161,6 +165,7 @@ impl SagaStore {
             ("reason", "TEXT NOT NULL DEFAULT ''"),
             ("refused", "BIGINT NOT NULL DEFAULT 0"),
             ("leased_by", "TEXT NOT NULL DEFAULT ''"),
+            ("waits", "BIGINT NOT NULL DEFAULT 0"),
         ] {
             if sqlx::query(&format!("SELECT {column} FROM flotilla_sagas LIMIT 0"))
                 .execute(store.pool())
@@ -217,7 +222,7 @@ impl SagaStore {
         let (update, lines): (_, Vec<(&str, &str, &str)>) = match change {
             Change::StepDone { step, state, last } => (
                 // The runner goes straight on to the next step: it keeps its lease.
-                sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
+                sqlx::query("UPDATE flotilla_sagas SET step = step + 1, attempts = 0, waits = 0, state = $1, status = $2, next_run_ms = 0, leased_until = $3, last_error = '', updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
                     .bind(state.to_string())
                     .bind(if last { "completed" } else { "running" })
                     .bind(if last { 0 } else { now + LEASE_MS })
@@ -234,7 +239,7 @@ impl SagaStore {
                 after,
                 counts,
             } => (
-                sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
+                sqlx::query("UPDATE flotilla_sagas SET attempts = attempts + $1, waits = waits + 1 - $1, last_error = $2, next_run_ms = $3, leased_until = 0, updated_ms = $4 WHERE id = $5 AND status = $6 AND step = $7")
                     .bind(i64::from(counts))
                     .bind(why)
                     .bind(now + after.as_millis() as i64)
@@ -243,7 +248,7 @@ impl SagaStore {
             ),
             // Starts undoing: the steps before the current one, and this one too if `itself`.
             Change::CompensateFrom { step, why, itself } => (
-                sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, last_error = $2, reason = $2, refused = $3, next_run_ms = 0, leased_until = $4, updated_ms = $5 WHERE id = $6 AND status = $7 AND step = $8")
+                sqlx::query("UPDATE flotilla_sagas SET status = 'compensating', step = step + $1, attempts = 0, waits = 0, last_error = $2, reason = $2, refused = $3, next_run_ms = 0, leased_until = $4, updated_ms = $5 WHERE id = $6 AND status = $7 AND step = $8")
                     .bind(i64::from(itself))
                     .bind(why)
                     .bind(i64::from(!itself))
@@ -252,7 +257,7 @@ impl SagaStore {
                 vec![(step, "failed", why)],
             ),
             Change::Compensated { step, state } => (
-                sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4 AND status = $5 AND step = $6")
+                sqlx::query("UPDATE flotilla_sagas SET step = step - 1, attempts = 0, waits = 0, state = $1, next_run_ms = 0, leased_until = $2, updated_ms = $3 WHERE id = $4 AND status = $5 AND step = $6")
                     .bind(state.to_string())
                     .bind(now + LEASE_MS)
                     .bind(now),
@@ -370,7 +375,7 @@ impl SagaStore {
                AND (leased_until <= $3 OR (leased_by <> $5 AND leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6))) ORDER BY next_run_ms LIMIT $4) \
              AND status IN ('running', 'compensating') \
              AND (leased_until <= $3 OR (leased_by <> $5 AND leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6))) \
-             RETURNING id, kind, status, step, attempts, state, last_error, traceparent, reason, refused",
+             RETURNING id, kind, status, step, attempts, waits, state, last_error, traceparent, reason, refused",
         )
         .bind(now + lease.as_millis() as i64)
         .bind(kind)
@@ -386,7 +391,7 @@ impl SagaStore {
     /// One instance.
     pub async fn get(&self, id: &str) -> Result<Option<SagaRecord>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT id, kind, status, step, attempts, state, last_error, traceparent, reason, refused FROM flotilla_sagas WHERE id = $1",
+            "SELECT id, kind, status, step, attempts, waits, state, last_error, traceparent, reason, refused FROM flotilla_sagas WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.store.pool())
@@ -397,7 +402,7 @@ impl SagaStore {
     /// Instances of a kind, newest first.
     pub async fn list(&self, kind: &str, limit: i64) -> Result<Vec<SagaRecord>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT id, kind, status, step, attempts, state, last_error, traceparent, reason, refused FROM flotilla_sagas WHERE kind = $1 ORDER BY created_ms DESC, id LIMIT $2",
+            "SELECT id, kind, status, step, attempts, waits, state, last_error, traceparent, reason, refused FROM flotilla_sagas WHERE kind = $1 ORDER BY created_ms DESC, id LIMIT $2",
         )
         .bind(kind)
         .bind(limit)
@@ -442,6 +447,7 @@ fn record(row: &sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
         status: SagaStatus::parse(&status),
         step: row.try_get("step")?,
         attempts: row.try_get::<i64, _>("attempts")? as u32,
+        waits: row.try_get::<i64, _>("waits")? as u32,
         state: serde_json::from_str(&state).unwrap_or_default(),
         last_error: row.try_get("last_error")?,
         traceparent: row.try_get("traceparent")?,
