@@ -163,6 +163,8 @@ pub struct Report {
     pub to_final_outside_long_pause_ms: Vec<f64>,
     /// The slowest orders' histories: each event's type and time after the first try.
     pub slowest: Vec<String>,
+    /// When the failed tries came, by kind, in bursts (seconds into the run).
+    pub failure_bursts: Vec<String>,
     /// The faults made.
     pub faults: Vec<Fault>,
     /// Restarts the supervisor made.
@@ -258,6 +260,9 @@ impl Report {
                 quantile(&outside, 0.99),
                 outside.last().copied().unwrap_or(0.0)
             ));
+        }
+        for burst in &self.failure_bursts {
+            out.push_str(&format!("| failed tries over time | {burst} |\n"));
         }
         for slow in &self.slowest {
             out.push_str(&format!("| a slow order | {slow} |\n"));
@@ -452,7 +457,7 @@ async fn place(
     customer: Arc<str>,
     mut order: Placed,
     give_up: Instant,
-) -> (Placed, Vec<String>) {
+) -> (Placed, Vec<(String, i64)>) {
     let mut failed = Vec::new();
     order.first_try_ms = epoch_ms();
     loop {
@@ -463,7 +468,7 @@ async fn place(
                 return (order, failed);
             }
             Err((kind, retry_after)) => {
-                failed.push(kind);
+                failed.push((kind, epoch_ms()));
                 if Instant::now() >= give_up {
                     return (order, failed);
                 }
@@ -479,7 +484,7 @@ async fn place(
 }
 
 /// The open-loop load: one order every 1/rate s for the run's length.
-async fn load(system: &System, options: &Options, customer: &str) -> (Vec<Placed>, Vec<String>, f64) {
+async fn load(system: &System, options: &Options, customer: &str) -> (Vec<Placed>, Vec<(String, i64)>, f64) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri: http::Uri = format!("http://{}/api/v1/orders", system.gateway)
         .parse()
@@ -562,8 +567,11 @@ fn make_faults(system: &System, options: &Options, stop: &AtomicBool) -> Vec<Fau
                 )
             }
         };
+        // The target's choice follows the run's seed too, so a seed repeats a whole run.
+        let seed = rng.random::<u64>().to_string();
         let mut command = vec!["chaos"];
         command.extend(args.iter().map(String::as_str));
+        command.extend(["--seed", seed.as_str()]);
         let out = system.cli(&command);
         let said = if out.status.success() {
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -1196,8 +1204,31 @@ pub fn run(system: &System, options: &Options) -> Report {
         load_seconds,
         ..Report::default()
     };
-    for kind in failed {
-        *report.failed_tries.entry(kind).or_default() += 1;
+    let mut by_kind: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (kind, at) in failed {
+        *report.failed_tries.entry(kind.clone()).or_default() += 1;
+        by_kind.entry(kind).or_default().push(at);
+    }
+    // When the failed tries came, in bursts (a gap of 2 s starts a new one), to set beside
+    // the faults.
+    for (kind, mut times) in by_kind {
+        times.sort_unstable();
+        let mut bursts: Vec<(i64, i64, usize)> = Vec::new();
+        for at in times {
+            match bursts.last_mut() {
+                Some((_, last, n)) if at - *last <= 2_000 => {
+                    *last = at;
+                    *n += 1;
+                }
+                _ => bursts.push((at, at, 1)),
+            }
+        }
+        let rel = |t: i64| (t - began_ms) as f64 / 1000.0;
+        let text: Vec<String> = bursts
+            .iter()
+            .map(|(from, to, n)| format!("{:.1}–{:.1} s ({n})", rel(*from), rel(*to)))
+            .collect();
+        report.failure_bursts.push(format!("{kind}: {}", text.join(", ")));
     }
     for p in &placed {
         let Some(id) = p.id.as_deref() else { continue };

@@ -5,8 +5,9 @@
 //! It judges the upstream, not the caller: a call during which this process itself stalled
 //! (stopped, starved, its runtime lagging: [`super::stall`]) is not counted. And it refuses
 //! no longer than a fault lasts: it opens briefly at first (1 s), longer only when it opens
-//! again without having closed (doubling, to a cap), and it probes at once when the
-//! service's set of instances changes (the restarted instance has registered).
+//! again without having closed (doubling, to 5 s: a paused or overloaded service that comes
+//! back is found within seconds), and it probes at once when the service's set of instances
+//! changes (the restarted instance has registered).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,7 +57,7 @@ impl Default for BreakerConfig {
             slow_call_duration: Duration::from_secs(5),
             slow_call_rate: 1.0,
             open_for: Duration::from_secs(1),
-            max_open_for: Duration::from_secs(30),
+            max_open_for: Duration::from_secs(5),
             half_open_calls: 3,
         }
     }
