@@ -140,7 +140,9 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
         downstream.clone(),
         downstream,
     );
-    let timeout = Duration::from_secs(10);
+    // Longer than a call's own deadline (10 s): a call ends by its deadline, reported to its
+    // breaker, rather than being dropped by the step's timeout.
+    let timeout = Duration::from_secs(15);
     let pending = journal.clone();
     Saga::new(KIND)
         .recorder(journal)

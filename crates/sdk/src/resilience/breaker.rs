@@ -285,6 +285,18 @@ impl CircuitBreaker {
         }
     }
 
+    /// A call given leave ended without an outcome (its caller gave up and dropped it): it is
+    /// not counted, and a probe's slot is given back, so a half-open breaker whose probes
+    /// were abandoned lets new ones through instead of refusing for good.
+    pub fn abandon(&self, permit: Permit) {
+        if !permit.probe {
+            return;
+        }
+        if let Inner::HalfOpen { issued, .. } = &mut self.lock().inner {
+            *issued = issued.saturating_sub(1);
+        }
+    }
+
     /// Reports a call's outcome. A failure or a slow call during which this process itself
     /// stalled is not the upstream's doing: it is not counted (a probe's slot is given back).
     pub fn record(&self, permit: Permit, failed: bool) {
@@ -479,6 +491,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn probes_whose_callers_gave_up_leave_their_slots_to_new_probes() {
+        let b = breaker(SlidingWindow::Count(4));
+        for _ in 0..4 {
+            call(&b, true);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let abandoned: Vec<Permit> = (0..2).map(|_| b.try_acquire().unwrap()).collect();
+        assert!(b.try_acquire().is_err(), "every probe slot is out");
+        for permit in abandoned {
+            b.abandon(permit);
+        }
+        assert!(call(&b, false) && call(&b, false), "new probes go through");
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn slow_calls_open_it_too() {
         let b = breaker(SlidingWindow::Count(4));
         for _ in 0..4 {
@@ -553,6 +581,21 @@ impl<S> BreakerService<S> {
     }
 }
 
+/// A permit whose call is under way; dropped unfinished, it is abandoned (not left holding a
+/// probe's slot).
+struct Pending {
+    breaker: std::sync::Arc<CircuitBreaker>,
+    permit: Option<Permit>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.abandon(permit);
+        }
+    }
+}
+
 impl<S, Req, R> tower::Service<Req> for BreakerService<S>
 where
     S: tower::Service<Req, Response = http::Response<R>, Error = super::CallError>,
@@ -578,7 +621,10 @@ where
                 return Box::pin(async move { Err(err) });
             }
         };
-        let breaker = self.breaker.clone();
+        let mut pending = Pending {
+            breaker: self.breaker.clone(),
+            permit: Some(permit),
+        };
         let call = self.inner.call(request);
         Box::pin(async move {
             let result = call.await;
@@ -586,7 +632,9 @@ where
                 Ok(response) => response.status().is_server_error(),
                 Err(err) => !matches!(err.origin(), super::Origin::Internal),
             };
-            breaker.record(permit, failed);
+            if let Some(permit) = pending.permit.take() {
+                pending.breaker.record(permit, failed);
+            }
             result
         })
     }
