@@ -51,7 +51,7 @@ pub(crate) fn document() -> Value {
                 "ReserveRequest": {"type": "object", "required": ["order_id", "lines"], "additionalProperties": false,
                     "properties": {"order_id": {"type": "string", "maxLength": 64}, "lines": {"type": "array", "minItems": 1, "maxItems": 100, "items": {"$ref": "#/components/schemas/Line"}}}},
                 "Reservation": {"type": "object", "required": ["order_id", "state", "lines"],
-                    "properties": {"order_id": {"type": "string"}, "state": {"type": "string", "enum": ["reserved", "released", "committed"]},
+                    "properties": {"order_id": {"type": "string"}, "state": {"type": "string", "enum": ["reserved", "released", "committed", "returned"]},
                                    "lines": {"type": "array", "items": {"$ref": "#/components/schemas/Line"}}}},
                 "Problem": {"type": "object", "required": ["type", "title", "status"],
                     "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}}}

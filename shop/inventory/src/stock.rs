@@ -41,6 +41,9 @@ pub enum State {
     Released,
     /// Units left the warehouse.
     Committed,
+    /// Units that had been committed came back: the order was given up after its stock was
+    /// committed (its confirmation failed after the commit went through).
+    Returned,
 }
 
 impl State {
@@ -49,6 +52,7 @@ impl State {
             State::Reserved => "reserved",
             State::Released => "released",
             State::Committed => "committed",
+            State::Returned => "returned",
         }
     }
 
@@ -57,6 +61,7 @@ impl State {
             "reserved" => Some(State::Reserved),
             "released" => Some(State::Released),
             "committed" => Some(State::Committed),
+            "returned" => Some(State::Returned),
             _ => None,
         }
     }
@@ -269,9 +274,9 @@ pub async fn reserve(store: &Store, order_id: &str, lines: &[Line]) -> Result<Re
         tx.rollback().await?;
         let existing = reservation(store, order_id).await?;
         return match existing.state {
-            State::Released => Err(StockError::WrongState {
+            state @ (State::Released | State::Returned) => Err(StockError::WrongState {
                 order_id: order_id.to_owned(),
-                state: State::Released,
+                state,
             }),
             _ if existing.lines == lines => Ok(existing),
             _ => Err(StockError::Mismatch(order_id.to_owned())),
@@ -322,18 +327,18 @@ pub async fn reserve(store: &Store, order_id: &str, lines: &[Line]) -> Result<Re
 
 /// Moves a reservation from `reserved` to `to`, applying `stock_sql` to each line's product
 /// (`$1` the quantity, `$2` the time, `$3` the product).
-async fn settle(store: &Store, order_id: &str, to: State, stock_sql: &str) -> Result<bool, StockError> {
+async fn settle(store: &Store, order_id: &str, from: State, to: State, stock_sql: &str) -> Result<bool, StockError> {
     let now = now_ms();
     let mut tx = store.pool().begin().await?;
-    let moved =
-        sqlx::query("UPDATE reservations SET state = $1, updated_ms = $2 WHERE order_id = $3 AND state = 'reserved'")
-            .bind(to.as_str())
-            .bind(now)
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+    let moved = sqlx::query("UPDATE reservations SET state = $1, updated_ms = $2 WHERE order_id = $3 AND state = $4")
+        .bind(to.as_str())
+        .bind(now)
+        .bind(order_id)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
     if !moved {
         tx.rollback().await?;
         return Ok(false);
@@ -357,18 +362,31 @@ async fn settle(store: &Store, order_id: &str, to: State, stock_sql: &str) -> Re
     Ok(true)
 }
 
-/// Gives the order's units back. Idempotent; a release of an order never reserved is kept,
-/// so a reservation arriving after it (a retry that lost a race with a cancel) is refused.
+/// Gives the order's units back: held ones are released; committed ones (the order was
+/// given up after its commit went through, its answer lost) are returned to stock.
+/// Idempotent; a release of an order never reserved is kept, so a reservation arriving after
+/// it (a retry that lost a race with a cancel) is refused.
 pub async fn release(store: &Store, order_id: &str) -> Result<Reservation, StockError> {
     check_order_id(order_id)?;
     let released = settle(
         store,
         order_id,
+        State::Reserved,
         State::Released,
         "UPDATE stock SET reserved = reserved - $1, updated_ms = $2 WHERE product_id = $3",
     )
-    .await?;
-    if !released {
+    .await?
+        || settle(
+            store,
+            order_id,
+            State::Committed,
+            State::Returned,
+            "UPDATE stock SET on_hand = on_hand + $1, updated_ms = $2 WHERE product_id = $3",
+        )
+        .await?;
+    if released {
+        tracing::debug!(order_id, "stock given back");
+    } else {
         sqlx::query(
             "INSERT INTO reservations (order_id, state, created_ms, updated_ms) VALUES ($1, 'released', $2, $2) ON CONFLICT (order_id) DO NOTHING",
         )
@@ -377,14 +395,7 @@ pub async fn release(store: &Store, order_id: &str) -> Result<Reservation, Stock
         .execute(store.pool())
         .await?;
     }
-    let now = reservation(store, order_id).await?;
-    match now.state {
-        State::Committed => Err(StockError::WrongState {
-            order_id: order_id.to_owned(),
-            state: State::Committed,
-        }),
-        _ => Ok(now),
-    }
+    reservation(store, order_id).await
 }
 
 /// The order's units leave the warehouse. Idempotent.
@@ -393,15 +404,16 @@ pub async fn commit(store: &Store, order_id: &str) -> Result<Reservation, StockE
     settle(
         store,
         order_id,
+        State::Reserved,
         State::Committed,
         "UPDATE stock SET on_hand = on_hand - $1, reserved = reserved - $1, updated_ms = $2 WHERE product_id = $3",
     )
     .await?;
     let now = reservation(store, order_id).await?;
     match now.state {
-        State::Released => Err(StockError::WrongState {
+        state @ (State::Released | State::Returned) => Err(StockError::WrongState {
             order_id: order_id.to_owned(),
-            state: State::Released,
+            state,
         }),
         _ => Ok(now),
     }

@@ -50,22 +50,28 @@ async fn reserve_release_and_commit_are_idempotent_by_order_id() {
         stock::reserve(&store, "order-1", &lines(&[(1, 1)])).await,
         Err(StockError::Mismatch(_))
     ));
-    // Commit takes the units out; again changes nothing; a release after it is refused.
+    // Commit takes the units out; again changes nothing.
     stock::commit(&store, "order-1").await.unwrap();
     stock::commit(&store, "order-1").await.unwrap();
     let one = stock::stock(&store, 1).await.unwrap();
     assert_eq!((one.on_hand, one.reserved, one.available), (7, 0, 7));
+    // The order given up after its commit went through: a release returns the units, once,
+    // and the commit cannot come back.
+    assert_eq!(stock::release(&store, "order-1").await.unwrap().state, State::Returned);
+    assert_eq!(stock::release(&store, "order-1").await.unwrap().state, State::Returned);
+    let one = stock::stock(&store, 1).await.unwrap();
+    assert_eq!((one.on_hand, one.reserved, one.available), (10, 0, 10));
     assert!(matches!(
-        stock::release(&store, "order-1").await,
+        stock::commit(&store, "order-1").await,
         Err(StockError::WrongState { .. })
     ));
 
     // A release gives units back, once.
-    stock::reserve(&store, "order-2", &lines(&[(2, 3)])).await.unwrap();
+    stock::reserve(&store, "order-2", &lines(&[(2, 5)])).await.unwrap();
     assert_eq!(stock::stock(&store, 2).await.unwrap().available, 0);
     stock::release(&store, "order-2").await.unwrap();
     stock::release(&store, "order-2").await.unwrap();
-    assert_eq!(stock::stock(&store, 2).await.unwrap().available, 3);
+    assert_eq!(stock::stock(&store, 2).await.unwrap().available, 5);
     // A release that came before its reservation (a cancel that won a race) is kept.
     let early = stock::release(&store, "order-3").await.unwrap();
     assert_eq!(early.state, State::Released);
@@ -175,10 +181,33 @@ async fn the_api_asks_for_the_reserve_scope_or_admin_and_answers_problems() {
         (status, committed["state"].as_str()),
         (StatusCode::OK, Some("committed"))
     );
+    // The order is given up after its commit went through (the commit's answer was lost):
+    // its release returns the units to stock, once, and the commit cannot come back.
+    let customer = token("shop", &["customer"]);
+    let on_hand = |stock: &Value| stock["on_hand"].as_i64().unwrap();
+    let (_, after_commit) = send(&app, "GET", "/api/v1/inventory/1", Some(&customer), None).await;
+    assert_eq!(on_hand(&after_commit), on_hand(&stock) - 1);
+    for _ in 0..2 {
+        let (status, body) = send(
+            &app,
+            "POST",
+            "/api/v1/inventory/reservations/o-1/release",
+            Some(&service),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["state"].as_str()),
+            (StatusCode::OK, Some("returned")),
+            "{body}"
+        );
+    }
+    let (_, after_return) = send(&app, "GET", "/api/v1/inventory/1", Some(&customer), None).await;
+    assert_eq!(on_hand(&after_return), on_hand(&stock), "returned once");
     let (status, body) = send(
         &app,
         "POST",
-        "/api/v1/inventory/reservations/o-1/release",
+        "/api/v1/inventory/reservations/o-1/commit",
         Some(&service),
         None,
     )

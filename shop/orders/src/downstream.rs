@@ -344,7 +344,8 @@ impl Downstream {
         match self.call(&self.inventory, Method::POST, &path, None, None).await {
             Ok(_) => Ok(()),
             Err(StepError::Rejected(why)) => {
-                // Not found (never reserved) or already committed: nothing more to do here.
+                // Not found (never reserved): nothing to give back. (A committed reservation
+                // is returned to stock by the release itself.)
                 tracing::warn!(order = order_id, %why, "releasing stock: nothing to release");
                 Ok(())
             }
