@@ -165,7 +165,7 @@ fn one_order_is_one_trace_across_the_gateway_the_services_the_events_and_the_sag
     let spans = trace_with(
         &system,
         &[
-            ("gateway", "POST orders"),
+            ("gateway", "POST place-order"),
             ("orders", "POST /api/v1/orders"),
             ("orders", "order reserve-stock"),
             ("orders", "order authorize-payment"),
@@ -182,7 +182,7 @@ fn one_order_is_one_trace_across_the_gateway_the_services_the_events_and_the_sag
     );
 
     // The request: client → gateway → orders, which prices at the catalog and writes the order.
-    let gateway = span(&spans, "gateway", "POST orders");
+    let gateway = span(&spans, "gateway", "POST place-order");
     assert_eq!(
         gateway["parent_span_id"], CALLER_SPAN,
         "the gateway continues the caller's trace"
@@ -315,7 +315,7 @@ fn one_order_is_one_trace_across_the_gateway_the_services_the_events_and_the_sag
     let drawn = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for text in [
-        "gateway POST orders",
+        "gateway POST place-order",
         "orders order confirm",
         "⇢ orders POST inventory",
         "✉ notifications shop.order.co",
