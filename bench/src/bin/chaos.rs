@@ -49,6 +49,11 @@ fn main() {
         println!("| {:.1} | {} |", fault.at, fault.said.replace('\n', " "));
     }
     system.interrupt(Duration::from_secs(60));
+    // For looking into a run afterwards: its logs and databases stay.
+    if std::env::var_os("FLOTILLA_BENCH_KEEP").is_some() {
+        system.dir.disable_cleanup(true);
+        eprintln!("… kept {}", system.data_dir().display());
+    }
     if !report.violations().is_empty() {
         std::process::exit(1);
     }
