@@ -1,11 +1,11 @@
 //! The catalog's HTTP API.
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRef, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use flotilla::auth::Verifier;
+use flotilla::auth::{Caller, Verifier};
 use flotilla::config::LiveConfig;
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
@@ -21,6 +21,12 @@ struct AppState {
     store: Store,
     config: LiveConfig<CatalogConfig>,
     admin: Verifier,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Verifier {
+        state.admin.clone()
+    }
 }
 
 /// A price in integer minor units (cents), never a float.
@@ -287,12 +293,6 @@ async fn get_product(
     }
 }
 
-async fn require_admin(admin: &Verifier, headers: &HeaderMap) -> Result<String, Problem> {
-    let who = admin.caller(headers).await.map_err(|e| e.to_problem())?;
-    who.admin_or(None).map_err(|e| e.to_problem())?;
-    Ok(who.subject)
-}
-
 fn sku_taken() -> Problem {
     Problem::new(409, "sku-taken", "SKU taken").with_detail("another product has this sku")
 }
@@ -305,11 +305,11 @@ fn write_error(err: sqlx::Error) -> Problem {
 }
 
 async fn create_product(
-    State(AppState { store, admin, .. }): State<AppState>,
-    headers: HeaderMap,
+    State(AppState { store, .. }): State<AppState>,
+    who: Caller,
     Json(input): Json<ProductInput>,
 ) -> Result<Response, Problem> {
-    let who = require_admin(&admin, &headers).await?;
+    who.require(None)?;
     input.validate()?;
     // Ids are the next free integer; two creates racing for one retry with the next.
     for _ in 0..5 {
@@ -333,7 +333,7 @@ async fn create_product(
         .await;
         match inserted {
             Ok(_) => {
-                tracing::info!(product = id, sku = %input.sku, by = %who, "product created");
+                tracing::info!(product = id, sku = %input.sku, by = %who.subject(), "product created");
                 let mut response = (StatusCode::CREATED, Json(input.into_product(id))).into_response();
                 if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/products/{id}")) {
                     response.headers_mut().insert(header::LOCATION, location);
@@ -362,12 +362,12 @@ fn product_id(id: &str) -> Result<i64, Problem> {
 }
 
 async fn replace_product(
-    State(AppState { store, admin, .. }): State<AppState>,
+    State(AppState { store, .. }): State<AppState>,
+    who: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
     Json(input): Json<ProductInput>,
 ) -> Result<Json<Product>, Problem> {
-    let who = require_admin(&admin, &headers).await?;
+    who.require(None)?;
     let id = product_id(&id)?;
     input.validate()?;
     let done = sqlx::query(
@@ -387,16 +387,16 @@ async fn replace_product(
     if done.rows_affected() == 0 {
         return Err(Problem::not_found(format!("no product with id {id}")));
     }
-    tracing::info!(product = id, by = %who, "product replaced");
+    tracing::info!(product = id, by = %who.subject(), "product replaced");
     Ok(Json(input.into_product(id)))
 }
 
 async fn delete_product(
-    State(AppState { store, admin, .. }): State<AppState>,
+    State(AppState { store, .. }): State<AppState>,
+    who: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
-    let who = require_admin(&admin, &headers).await?;
+    who.require(None)?;
     let id = product_id(&id)?;
     let done = sqlx::query("DELETE FROM products WHERE id = $1")
         .bind(id)
@@ -406,7 +406,7 @@ async fn delete_product(
     if done.rows_affected() == 0 {
         return Err(Problem::not_found(format!("no product with id {id}")));
     }
-    tracing::info!(product = id, by = %who, "product deleted");
+    tracing::info!(product = id, by = %who.subject(), "product deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,13 +1,14 @@
 //! Inventory's HTTP API. Reading a product's stock needs any valid token; the reservation
-//! calls are for services holding the `inventory.reserve` scope (orders) or for admins;
-//! setting stock is for admins.
+//! calls (reading one too) are for services holding the `inventory.reserve` scope (orders) or
+//! for admins; setting stock is for admins. Every handler verifies its caller before it reads
+//! the body.
 
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flotilla::auth::Verifier;
+use flotilla::auth::{Caller, Verifier};
 use flotilla::http::Json;
 use flotilla::store::Store;
 use flotilla::Problem;
@@ -23,6 +24,12 @@ pub const RESERVE_SCOPE: &str = "inventory.reserve";
 struct AppState {
     store: Store,
     tokens: Verifier,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Verifier {
+        state.tokens.clone()
+    }
 }
 
 /// The routes. `tokens` checks the callers' tokens (signature, issuer, audience); the
@@ -72,13 +79,6 @@ fn problem(err: StockError) -> Problem {
     }
 }
 
-/// Passes a caller with the `admin` role, or (when `scope` is given) that scope.
-async fn allow(state: &AppState, headers: &HeaderMap, scope: Option<&str>) -> Result<String, Problem> {
-    let who = state.tokens.caller(headers).await.map_err(|e| e.to_problem())?;
-    who.admin_or(scope).map_err(|e| e.to_problem())?;
-    Ok(who.subject)
-}
-
 fn product_id(text: &str) -> Result<i64, Problem> {
     text.parse::<i64>()
         .ok()
@@ -86,12 +86,7 @@ fn product_id(text: &str) -> Result<i64, Problem> {
         .ok_or_else(|| Problem::invalid_field("product_id", format!("`{text}` is not a product id")))
 }
 
-async fn stock_of(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
+async fn stock_of(State(state): State<AppState>, _who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
     let stock = stock::stock(&state.store, product_id(&id)?).await.map_err(problem)?;
     Ok(Json(stock).into_response())
 }
@@ -104,16 +99,16 @@ struct SetStock {
 
 async fn set_stock(
     State(state): State<AppState>,
+    who: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
     Json(body): Json<SetStock>,
 ) -> Result<Response, Problem> {
-    let who = allow(&state, &headers, None).await?;
+    who.require(None)?;
     let id = product_id(&id)?;
     let stock = stock::set_on_hand(&state.store, id, body.on_hand)
         .await
         .map_err(problem)?;
-    tracing::info!(product = id, on_hand = body.on_hand, by = %who, "stock set");
+    tracing::info!(product = id, on_hand = body.on_hand, by = %who.subject(), "stock set");
     Ok(Json(stock).into_response())
 }
 
@@ -124,12 +119,8 @@ struct Reserve {
     lines: Vec<Line>,
 }
 
-async fn reserve(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(body): Json<Reserve>,
-) -> Result<Response, Problem> {
-    allow(&state, &headers, Some(RESERVE_SCOPE)).await?;
+async fn reserve(State(state): State<AppState>, who: Caller, Json(body): Json<Reserve>) -> Result<Response, Problem> {
+    who.require(Some(RESERVE_SCOPE))?;
     let reservation = stock::reserve(&state.store, &body.order_id, &body.lines)
         .instrument(state.store.span("reserve stock"))
         .await
@@ -139,19 +130,19 @@ async fn reserve(
 
 async fn reservation(
     State(state): State<AppState>,
+    who: Caller,
     Path(order_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    allow(&state, &headers, Some(RESERVE_SCOPE)).await?;
+    who.require(Some(RESERVE_SCOPE))?;
     Ok(Json(stock::reservation(&state.store, &order_id).await.map_err(problem)?).into_response())
 }
 
 async fn release(
     State(state): State<AppState>,
+    who: Caller,
     Path(order_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    allow(&state, &headers, Some(RESERVE_SCOPE)).await?;
+    who.require(Some(RESERVE_SCOPE))?;
     Ok(Json(
         stock::release(&state.store, &order_id)
             .instrument(state.store.span("release stock"))
@@ -161,12 +152,8 @@ async fn release(
     .into_response())
 }
 
-async fn commit(
-    State(state): State<AppState>,
-    Path(order_id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    allow(&state, &headers, Some(RESERVE_SCOPE)).await?;
+async fn commit(State(state): State<AppState>, who: Caller, Path(order_id): Path<String>) -> Result<Response, Problem> {
+    who.require(Some(RESERVE_SCOPE))?;
     Ok(Json(
         stock::commit(&state.store, &order_id)
             .instrument(state.store.span("commit stock"))

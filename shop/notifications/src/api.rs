@@ -1,11 +1,10 @@
 //! Notifications' HTTP API: a signed-in customer reads their own notifications.
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::HeaderMap;
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use flotilla::auth::Verifier;
+use flotilla::auth::{Caller, Verifier};
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
 use flotilla::Problem;
@@ -23,6 +22,12 @@ pub(crate) const MAX_LIMIT: u32 = 100;
 struct AppState {
     store: Store,
     tokens: Verifier,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Verifier {
+        state.tokens.clone()
+    }
 }
 
 /// The routes. `tokens` checks the callers' tokens; each caller sees only their own
@@ -50,16 +55,11 @@ fn default_limit() -> u32 {
     DEFAULT_LIMIT
 }
 
-async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, Problem> {
-    let who = state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
+async fn list(State(state): State<AppState>, who: Caller, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
     if !(1..=MAX_LIMIT).contains(&q.limit) {
         return Err(Problem::invalid_field("limit", format!("1 to {MAX_LIMIT}")));
     }
-    let found = notifications::for_user(&state.store, &who.subject, q.limit)
+    let found = notifications::for_user(&state.store, who.subject(), q.limit)
         .await
         .map_err(problem)?;
     Ok(Json(found).into_response())

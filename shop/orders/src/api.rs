@@ -5,12 +5,12 @@
 use std::time::Duration;
 use tracing::Instrument;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flotilla::auth::{Identity, Verifier};
+use flotilla::auth::{Caller, Verifier};
 use flotilla::config::LiveConfig;
 use flotilla::http::{idempotency, Json, Query};
 use flotilla::saga::SagaRunner;
@@ -38,6 +38,15 @@ pub struct Orders {
     pub tokens: Verifier,
 }
 
+impl FromRef<Orders> for Verifier {
+    fn from_ref(orders: &Orders) -> Verifier {
+        orders.tokens.clone()
+    }
+}
+
+/// The scope a service needs to read any customer's orders.
+pub(crate) const READ_SCOPE: &str = "orders.read";
+
 /// The routes.
 pub fn router(orders: Orders) -> Router {
     Router::new()
@@ -56,28 +65,18 @@ fn internal(err: sqlx::Error) -> Problem {
     Problem::internal()
 }
 
-async fn caller(orders: &Orders, headers: &HeaderMap) -> Result<Identity, Problem> {
-    orders.tokens.caller(headers).await.map_err(|e| e.to_problem())
-}
-
-async fn admin(orders: &Orders, headers: &HeaderMap) -> Result<Identity, Problem> {
-    let who = caller(orders, headers).await?;
-    who.admin_or(None).map_err(|e| e.to_problem())?;
-    Ok(who)
-}
-
 async fn place(
     State(orders): State<Orders>,
+    who: Caller,
     headers: HeaderMap,
     Json(body): Json<PlaceOrder>,
 ) -> Result<Response, Problem> {
-    let who = caller(&orders, &headers).await?;
     let config = orders.config.current();
     body.validate(config.max_lines, config.max_quantity)
         .map_err(|e| Problem::invalid_field(e.field, e.reason))?;
     let keyed = match headers.contains_key("idempotency-key") {
         true => Some(Keyed {
-            key: idempotency::key(&headers, &who.subject)?,
+            key: idempotency::key(&headers, who.subject())?,
             fingerprint: idempotency::fingerprint("place-order", &serde_json::to_value(&body).unwrap_or_default()),
         }),
         false => None,
@@ -87,7 +86,7 @@ async fn place(
             return Ok(earlier);
         }
     }
-    Ok(accept(&orders, &who.subject, body, keyed.as_ref()).await)
+    Ok(accept(&orders, who.subject(), body, keyed.as_ref()).await)
 }
 
 /// A request's `Idempotency-Key` (scoped to its caller) and what identifies the request.
@@ -237,28 +236,23 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder, keyed: Option<
 }
 
 /// The order if the caller may see it.
-async fn visible(
-    orders: &Orders,
-    headers: &HeaderMap,
-    id: &str,
-) -> Result<(Order, Vec<crate::order::Recorded>), Problem> {
-    let who = caller(orders, headers).await?;
-    let found = orders.journal.order(id).await.map_err(internal)?;
-    match found {
-        Some((order, events)) if order.user_id == who.subject || who.has_role("admin") => Ok((order, events)),
-        _ => Err(Problem::not_found(format!("no order `{id}`"))),
-    }
+async fn visible(orders: &Orders, who: &Caller, id: &str) -> Result<(Order, Vec<crate::order::Recorded>), Problem> {
+    let Some((order, events)) = orders.journal.order(id).await.map_err(internal)? else {
+        return Err(Problem::not_found(format!("no order `{id}`")));
+    };
+    who.owns(Some(&order.user_id), READ_SCOPE, format_args!("order `{id}`"))?;
+    Ok((order, events))
 }
 
-async fn one(State(orders): State<Orders>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
-    let (order, events) = visible(&orders, &headers, &id).await?;
+async fn one(State(orders): State<Orders>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
+    let (order, events) = visible(&orders, &who, &id).await?;
     let mut body = serde_json::to_value(&order).map_err(|_| Problem::internal())?;
     body["history"] = serde_json::to_value(&events).map_err(|_| Problem::internal())?;
     Ok(Json(body).into_response())
 }
 
-async fn saga(State(orders): State<Orders>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
-    visible(&orders, &headers, &id).await?;
+async fn saga(State(orders): State<Orders>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
+    visible(&orders, &who, &id).await?;
     let store = orders.runner.store();
     let record = store
         .get(&id)
@@ -284,12 +278,7 @@ fn limit(asked: Option<i64>) -> Result<i64, Problem> {
     }
 }
 
-async fn list(
-    State(orders): State<Orders>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, Problem> {
-    let who = caller(&orders, &headers).await?;
+async fn list(State(orders): State<Orders>, who: Caller, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
     let status = match q.status.as_deref() {
         None => None,
         Some(text) => Some(
@@ -299,7 +288,7 @@ async fn list(
     };
     let found = orders
         .journal
-        .list(&who.subject, status, limit(q.limit)?)
+        .list(who.subject(), status, limit(q.limit)?)
         .await
         .map_err(internal)?;
     Ok(Json(found).into_response())
@@ -311,12 +300,8 @@ struct SagaQuery {
     limit: Option<i64>,
 }
 
-async fn sagas(
-    State(orders): State<Orders>,
-    headers: HeaderMap,
-    Query(q): Query<SagaQuery>,
-) -> Result<Response, Problem> {
-    admin(&orders, &headers).await?;
+async fn sagas(State(orders): State<Orders>, who: Caller, Query(q): Query<SagaQuery>) -> Result<Response, Problem> {
+    who.require(None)?;
     let found = orders
         .runner
         .store()
@@ -326,12 +311,12 @@ async fn sagas(
     Ok(Json(found).into_response())
 }
 
-async fn rebuild(State(orders): State<Orders>, headers: HeaderMap) -> Result<Response, Problem> {
-    let who = admin(&orders, &headers).await?;
+async fn rebuild(State(orders): State<Orders>, who: Caller) -> Result<Response, Problem> {
+    who.require(None)?;
     let started = std::time::Instant::now();
     let count = orders.journal.rebuild().await.map_err(internal)?;
     let took_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(orders = count, took_ms, by = %who.subject, "read model rebuilt from the events");
+    tracing::info!(orders = count, took_ms, by = %who.subject(), "read model rebuilt from the events");
     Ok(Json(serde_json::json!({"orders": count, "took_ms": took_ms})).into_response())
 }
 

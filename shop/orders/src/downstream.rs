@@ -106,7 +106,7 @@ pub const CONTRACTS: &[Expectation] = &[
         method: "POST",
         path: "/api/v1/payments",
         status: 201,
-        sends: &["order_id", "amount"],
+        sends: &["order_id", "amount", "customer"],
         reads: &["id"],
     },
     Expectation {
@@ -151,7 +151,7 @@ pub const CONTRACTS: &[Expectation] = &[
         method: "POST",
         path: "/api/v1/shipments",
         status: 201,
-        sends: &["order_id", "address", "hold"],
+        sends: &["order_id", "address", "hold", "customer"],
         reads: &["id"],
     },
     Expectation {
@@ -361,9 +361,10 @@ impl Downstream {
             .map(|_| ())
     }
 
-    /// Authorizes the total; the payment's id.
-    pub async fn authorize(&self, order_id: &str, amount: &Money) -> Result<String, StepError> {
-        let body = serde_json::json!({"order_id": order_id, "amount": amount});
+    /// Authorizes the total for the order's customer (the one who may read the payment); the
+    /// payment's id.
+    pub async fn authorize(&self, order_id: &str, amount: &Money, customer: &str) -> Result<String, StepError> {
+        let body = serde_json::json!({"order_id": order_id, "amount": amount, "customer": customer});
         let answer = self
             .call(
                 &self.payments,
@@ -409,9 +410,14 @@ impl Downstream {
         Ok(())
     }
 
-    /// Creates the order's shipment, held until the order is confirmed; its id.
-    pub async fn ship(&self, order_id: &str, address: &crate::order::Address) -> Result<String, StepError> {
-        let body = serde_json::json!({"order_id": order_id, "address": address, "hold": true});
+    /// Creates the order's shipment for its customer, held until the order is confirmed; its id.
+    pub async fn ship(
+        &self,
+        order_id: &str,
+        address: &crate::order::Address,
+        customer: &str,
+    ) -> Result<String, StepError> {
+        let body = serde_json::json!({"order_id": order_id, "address": address, "hold": true, "customer": customer});
         let answer = self
             .call(&self.shipping, Method::POST, "/api/v1/shipments", Some(&body), None)
             .await?;

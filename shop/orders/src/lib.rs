@@ -30,7 +30,7 @@ pub use config::OrdersConfig;
 pub const SERVICE: &str = "orders";
 
 /// The scopes orders' own token asks for: reserve stock, charge, create shipments.
-pub const SCOPES: &str = "inventory.reserve payments.charge shipping.create";
+pub const SCOPES: &str = "inventory.reserve payments.charge payments.read shipping.create shipping.read";
 
 /// Orders' schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -170,7 +170,7 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
             move |_id, mut state: OrderSaga| {
                 let (d, j) = (d3.clone(), pending.clone());
                 async move {
-                    match d.authorize(&state.order_id, &state.total).await {
+                    match d.authorize(&state.order_id, &state.total, &state.user_id).await {
                         Ok(payment_id) => {
                             state.payment_id = Some(payment_id);
                             Ok(state)
@@ -200,7 +200,7 @@ pub fn definition(downstream: Downstream, journal: Journal) -> Saga<OrderSaga> {
             move |_id, mut state: OrderSaga| {
                 let d = d5.clone();
                 async move {
-                    state.shipment_id = Some(d.ship(&state.order_id, &state.address).await?);
+                    state.shipment_id = Some(d.ship(&state.order_id, &state.address, &state.user_id).await?);
                     Ok(state)
                 }
             },

@@ -1,14 +1,15 @@
 //! Payments' HTTP API. Every write needs an `Idempotency-Key` and a caller holding the
-//! `payments.charge` scope (orders) or the `admin` role; reads need any valid token; the
-//! reconciliation report needs the `admin` role. A write's changes and its idempotent answer
-//! commit in one transaction.
+//! `payments.charge` scope (orders) or the `admin` role; a payment is read by its customer, an
+//! admin or a service holding `payments.read` (anyone else gets 404); the reconciliation
+//! report needs the `admin` role. A write's changes and its idempotent answer commit in one
+//! transaction. Every handler verifies its caller before it reads the body.
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flotilla::auth::Verifier;
+use flotilla::auth::{Caller, Verifier};
 use flotilla::config::LiveConfig;
 use flotilla::http::{idempotency, Json, Query};
 use flotilla::store::Store;
@@ -23,11 +24,20 @@ use crate::reconcile;
 /// The scope a service needs to authorize, capture, void and refund.
 pub const CHARGE_SCOPE: &str = "payments.charge";
 
+/// The scope a service needs to read any customer's payments.
+pub(crate) const READ_SCOPE: &str = "payments.read";
+
 #[derive(Clone)]
 struct AppState {
     store: Store,
     config: LiveConfig<PaymentsConfig>,
     tokens: Verifier,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Verifier {
+        state.tokens.clone()
+    }
 }
 
 /// The routes. `tokens` checks the callers' tokens; the handlers check scope and role.
@@ -64,15 +74,6 @@ fn problem(err: PaymentError) -> Problem {
     }
 }
 
-/// The caller's subject, if its token is valid and (when `write`) it may charge.
-async fn caller(state: &AppState, headers: &HeaderMap, write: bool) -> Result<String, Problem> {
-    let who = state.tokens.caller(headers).await.map_err(|e| e.to_problem())?;
-    if write {
-        who.admin_or(Some(CHARGE_SCOPE)).map_err(|e| e.to_problem())?;
-    }
-    Ok(who.subject)
-}
-
 /// A write's answer: the payment (`created` or 200), a declined one as 402, or the refusal;
 /// with the write's transaction, so the idempotent answer commits with it.
 fn answer(result: Result<Outcome, PaymentError>, created: bool) -> idempotency::Answer {
@@ -103,20 +104,23 @@ fn answer(result: Result<Outcome, PaymentError>, created: bool) -> idempotency::
 struct Authorize {
     order_id: String,
     amount: Money,
+    /// The account the order belongs to: the only customer who may read the payment.
+    customer: String,
 }
 
 async fn authorize(
     State(state): State<AppState>,
+    who: Caller,
     headers: HeaderMap,
     Json(body): Json<Authorize>,
 ) -> Result<Response, Problem> {
-    let who = caller(&state, &headers, true).await?;
-    let key = idempotency::key(&headers, &who)?;
+    who.require(Some(CHARGE_SCOPE))?;
+    let key = idempotency::key(&headers, who.subject())?;
     let fingerprint = idempotency::fingerprint("authorize", &serde_json::to_value(&body).unwrap_or_default());
     let config = state.config.current();
     Ok(idempotency::once(&state.store, &key, &fingerprint, || async {
         answer(
-            payments::authorize(&state.store, &config, &body.order_id, body.amount)
+            payments::authorize(&state.store, &config, &body.order_id, body.amount, &body.customer)
                 .instrument(state.store.span("authorize payment"))
                 .await,
             true,
@@ -127,13 +131,13 @@ async fn authorize(
 
 async fn change(
     state: AppState,
+    who: Caller,
     headers: HeaderMap,
     id: String,
     operation: &'static str,
     amount: Option<i64>,
 ) -> Result<Response, Problem> {
-    let who = caller(&state, &headers, true).await?;
-    let key = idempotency::key(&headers, &who)?;
+    let key = idempotency::key(&headers, who.subject())?;
     let fingerprint = idempotency::fingerprint(operation, &serde_json::json!({ "id": id, "amount_minor": amount }));
     let config = state.config.current();
     Ok(idempotency::once(&state.store, &key, &fingerprint, || async {
@@ -161,14 +165,22 @@ async fn change(
 
 async fn capture(
     State(state): State<AppState>,
+    who: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    change(state, headers, id, "capture", None).await
+    who.require(Some(CHARGE_SCOPE))?;
+    change(state, who, headers, id, "capture", None).await
 }
 
-async fn void(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
-    change(state, headers, id, "void", None).await
+async fn void(
+    State(state): State<AppState>,
+    who: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    who.require(Some(CHARGE_SCOPE))?;
+    change(state, who, headers, id, "void", None).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,17 +191,19 @@ struct Refund {
 
 async fn refund(
     State(state): State<AppState>,
+    who: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
+    who.require(Some(CHARGE_SCOPE))?;
     // The body is optional: none refunds the rest.
     let refund: Refund = if body.iter().all(u8::is_ascii_whitespace) {
         Refund::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| Problem::invalid_field("body", e.to_string()))?
     };
-    change(state, headers, id, "refund", refund.amount_minor).await
+    change(state, who, headers, id, "refund", refund.amount_minor).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,26 +211,28 @@ struct ListQuery {
     order_id: String,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, Problem> {
-    caller(&state, &headers, false).await?;
-    Ok(Json(payments::for_order(&state.store, &q.order_id).await.map_err(problem)?).into_response())
+/// An order's payments. A customer sees only their own: an order with none of theirs is 404,
+/// the same whether it has someone else's payments or none at all.
+async fn list(State(state): State<AppState>, who: Caller, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
+    let mut found = payments::for_order(&state.store, &q.order_id).await.map_err(problem)?;
+    found.retain(|p| who.may_access(p.customer.as_deref(), READ_SCOPE));
+    if found.is_empty() && !who.may_access(None, READ_SCOPE) {
+        return Err(Problem::not_found(format!("no payments of order `{}`", q.order_id)));
+    }
+    Ok(Json(found).into_response())
 }
 
-async fn one(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
-    caller(&state, &headers, false).await?;
-    Ok(Json(payments::get(&state.store, &id).await.map_err(problem)?).into_response())
+async fn one(State(state): State<AppState>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
+    let payment = payments::get(&state.store, &id).await.map_err(problem)?;
+    who.owns(payment.customer.as_deref(), READ_SCOPE, format_args!("payment `{id}`"))?;
+    Ok(Json(payment).into_response())
 }
 
 /// Authorizations no live order stands behind (its order cancelled, or confirmed on another
 /// payment), which the sweep voids, and how many it voided since the process started: the
 /// invariant a chaos run checks is `standing` empty once the system has settled.
-async fn reconciliation(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    let who = state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
-    who.admin_or(None).map_err(|e| e.to_problem())?;
+async fn reconciliation(State(state): State<AppState>, who: Caller) -> Result<Response, Problem> {
+    who.require(None)?;
     let standing = reconcile::standing(&state.store, 0)
         .await
         .map_err(|e| problem(e.into()))?;

@@ -62,12 +62,14 @@ pub(crate) fn document() -> Value {
             "schemas": {
                 "Money": {"type": "object", "required": ["amount_minor", "currency"], "additionalProperties": false,
                     "properties": {"amount_minor": {"type": "integer", "minimum": 1}, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}}},
-                "AuthorizeRequest": {"type": "object", "required": ["order_id", "amount"], "additionalProperties": false,
-                    "properties": {"order_id": {"type": "string", "maxLength": 64}, "amount": {"$ref": "#/components/schemas/Money"}}},
+                "AuthorizeRequest": {"type": "object", "required": ["order_id", "amount", "customer"], "additionalProperties": false,
+                    "properties": {"order_id": {"type": "string", "maxLength": 64}, "amount": {"$ref": "#/components/schemas/Money"},
+                                   "customer": {"type": "string", "maxLength": 128, "description": "The account the order belongs to: the only customer who may read the payment."}}},
                 "Payment": {"type": "object", "required": ["id", "order_id", "amount", "state", "refunded_minor", "provider_ref", "created_ms"],
                     "properties": {"id": {"type": "string"}, "order_id": {"type": "string"}, "amount": {"$ref": "#/components/schemas/Money"},
                                    "state": {"type": "string", "enum": ["authorized", "captured", "voided", "refunded", "declined"]},
-                                   "refunded_minor": {"type": "integer"}, "provider_ref": {"type": "string"}, "created_ms": {"type": "integer"}}},
+                                   "refunded_minor": {"type": "integer"}, "provider_ref": {"type": "string"}, "created_ms": {"type": "integer"},
+                                   "customer": {"type": "string"}}},
                 "Problem": {"type": "object", "required": ["type", "title", "status"],
                     "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}}}
             }

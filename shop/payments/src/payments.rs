@@ -41,6 +41,9 @@ pub struct Payment {
     pub provider_ref: String,
     /// When it was made, ms since the epoch.
     pub created_ms: i64,
+    /// Whose it is: the customer's account id (none on payments from before owners were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
 }
 
 /// Why an operation did not go through.
@@ -140,10 +143,11 @@ fn payment(row: &sqlx::any::AnyRow) -> Result<Payment, sqlx::Error> {
         refunded_minor: row.try_get("refunded_minor")?,
         provider_ref: row.try_get("provider_ref")?,
         created_ms: row.try_get("created_ms")?,
+        customer: row.try_get("customer")?,
     })
 }
 
-const COLUMNS: &str = "id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms";
+const COLUMNS: &str = "id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms, customer";
 
 /// One payment.
 pub async fn get(store: &Store, id: &str) -> Result<Payment, PaymentError> {
@@ -173,9 +177,9 @@ async fn of_order(store: &Store, order_id: &str) -> Result<Option<Payment>, Paym
 }
 
 /// An authorization asked again for an order that has its payment: that payment, if it is
-/// for the same amount.
-fn again(existing: Payment, amount: &Money) -> Result<Outcome, PaymentError> {
-    if existing.amount != *amount {
+/// for the same amount and customer.
+fn again(existing: Payment, amount: &Money, customer: &str) -> Result<Outcome, PaymentError> {
+    if existing.amount != *amount || existing.customer.as_deref().is_some_and(|c| c != customer) {
         return Err(PaymentError::OrderPaid {
             order_id: existing.order_id,
             id: existing.id,
@@ -197,8 +201,14 @@ pub async fn for_order(store: &Store, order_id: &str) -> Result<Vec<Payment>, Pa
     Ok(rows.iter().map(payment).collect::<Result<_, _>>()?)
 }
 
-/// Checks an order id and an amount.
-pub fn check(order_id: &str, amount: &Money) -> Result<(), PaymentError> {
+/// Checks an order id, an amount and a customer.
+pub fn check(order_id: &str, amount: &Money, customer: &str) -> Result<(), PaymentError> {
+    if customer.is_empty() || customer.len() > 128 || !customer.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(PaymentError::Invalid {
+            field: "customer",
+            reason: "the customer's account id: 1 to 128 printable characters".into(),
+        });
+    }
     if order_id.is_empty() || order_id.len() > 64 || !order_id.chars().all(|c| c.is_ascii_graphic()) {
         return Err(PaymentError::Invalid {
             field: "order_id",
@@ -227,10 +237,11 @@ pub async fn authorize(
     config: &PaymentsConfig,
     order_id: &str,
     amount: Money,
+    customer: &str,
 ) -> Result<Outcome, PaymentError> {
-    check(order_id, &amount)?;
+    check(order_id, &amount, customer)?;
     if let Some(existing) = of_order(store, order_id).await? {
-        return again(existing, &amount);
+        return again(existing, &amount, customer);
     }
     let reference = provider(config).await?;
     let declined = amount.amount_minor > config.decline_over_minor;
@@ -243,10 +254,11 @@ pub async fn authorize(
         refunded_minor: 0,
         provider_ref: reference,
         created_ms: now,
+        customer: Some(customer.to_owned()),
     };
     let mut tx = store.pool().begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO payments (id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms, updated_ms, nth) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7, 0) \
+        "INSERT INTO payments (id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms, updated_ms, nth, customer) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7, 0, $8) \
          ON CONFLICT (order_id, nth) DO NOTHING",
     )
     .bind(&created.id)
@@ -256,6 +268,7 @@ pub async fn authorize(
     .bind(&created.state)
     .bind(&created.provider_ref)
     .bind(now)
+    .bind(customer)
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -267,7 +280,7 @@ pub async fn authorize(
         let existing = of_order(store, order_id)
             .await?
             .ok_or_else(|| PaymentError::NotFound(format!("of order {order_id}")))?;
-        return again(existing, &created.amount);
+        return again(existing, &created.amount, customer);
     }
     Ok(Outcome {
         payment: created,

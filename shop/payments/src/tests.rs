@@ -34,7 +34,7 @@ async fn send(
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
     let mut request = Request::builder().method(method).uri(uri).header(
         "authorization",
-        format!("Bearer {}", token("payments.charge", &["service"])),
+        format!("Bearer {}", token("payments.charge payments.read", &["service"])),
     );
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
@@ -57,7 +57,7 @@ async fn send(
 }
 
 fn authorize(order: &str, amount: i64) -> Value {
-    json!({"order_id": order, "amount": {"amount_minor": amount, "currency": "EUR"}})
+    json!({"order_id": order, "amount": {"amount_minor": amount, "currency": "EUR"}, "customer": "customer-1"})
 }
 
 #[tokio::test]
@@ -512,7 +512,7 @@ async fn the_sweep_voids_authorizations_no_live_order_stands_behind_and_nothing_
     let request = Request::get("/api/v1/payments/reconciliation")
         .header(
             "authorization",
-            format!("Bearer {}", token("payments.charge", &["service"])),
+            format!("Bearer {}", token("payments.charge payments.read", &["service"])),
         )
         .body(Body::empty())
         .unwrap();
@@ -532,5 +532,70 @@ async fn the_sweep_leaves_an_authorization_to_the_sagas_compensation_during_its_
     outcome(&store, CANCELLED, "o").await;
     assert_eq!(crate::reconcile::sweep(&store, &config).await.unwrap(), 0);
     assert_eq!(state(&store, payment["id"].as_str().unwrap()).await, "authorized");
+    db.remove().await;
+}
+
+/// OWASP API1: a payment is its customer's. Another customer gets 404 on it, by id and by
+/// order, as if it did not exist; its customer, an admin and a service with `payments.read`
+/// see it; the token is checked before the body is read.
+#[tokio::test]
+async fn a_customer_reads_only_their_own_payments() {
+    let (app, _store, db) = app(PaymentsConfig::default()).await;
+    let (status, _, payment) = send(
+        &app,
+        "POST",
+        "/api/v1/payments",
+        Some("k-own"),
+        Some(authorize("o-own", 500)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{payment}");
+    assert_eq!(payment["customer"], "customer-1");
+    let id = payment["id"].as_str().unwrap();
+    let get = |who: String, uri: String| {
+        let app = app.clone();
+        async move {
+            let request = Request::get(uri)
+                .header("authorization", format!("Bearer {who}"))
+                .body(Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+        }
+    };
+    let owner = shop_issuer().shop_token("customer-1", "shop", &["customer"]);
+    let stranger = shop_issuer().shop_token("customer-2", "shop", &["customer"]);
+    let admin = shop_issuer().shop_token("root", "shop", &["admin"]);
+    let by_id = format!("/api/v1/payments/{id}");
+    let by_order = "/api/v1/payments?order_id=o-own".to_owned();
+    for who in [&owner, &admin] {
+        assert_eq!(get(who.clone(), by_id.clone()).await.0, StatusCode::OK);
+        let (status, list) = get(who.clone(), by_order.clone()).await;
+        assert_eq!((status, list.as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+    }
+    let (status, problem) = get(stranger.clone(), by_id.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert_eq!(problem["detail"], format!("no payment `{id}`"));
+    // Someone else's order answers exactly as an order with no payment at all.
+    let (theirs, theirs_body) = get(stranger.clone(), by_order).await;
+    let (none, none_body) = get(stranger, "/api/v1/payments?order_id=o-none".into()).await;
+    assert_eq!((theirs, none), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!(
+        theirs_body["detail"].as_str().map(|d| d.replace("o-own", "o-none")),
+        none_body["detail"].as_str().map(str::to_owned)
+    );
+
+    // No token and a broken body: 401, not 400 — nothing is read for an anonymous caller.
+    let anonymous = Request::post("/api/v1/payments")
+        .header("idempotency-key", "k")
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    assert_eq!(
+        app.clone().oneshot(anonymous).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     db.remove().await;
 }

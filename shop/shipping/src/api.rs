@@ -1,12 +1,14 @@
 //! Shipping's HTTP API: creating and cancelling a shipment is for services holding
-//! `shipping.create` (orders) or admins; reading needs any valid token.
+//! `shipping.create` (orders) or admins; a shipment is read by its customer, an admin or a
+//! service holding `shipping.read` (anyone else gets 404). Every handler verifies its caller
+//! before it reads the body.
 
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use flotilla::auth::Verifier;
+use flotilla::auth::{Caller, Verifier};
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
 use flotilla::Problem;
@@ -18,10 +20,19 @@ use crate::shipments::{self, Address, ShippingError};
 /// The scope a service needs to create and cancel shipments.
 pub const CREATE_SCOPE: &str = "shipping.create";
 
+/// The scope a service needs to read any customer's shipments.
+pub(crate) const READ_SCOPE: &str = "shipping.read";
+
 #[derive(Clone)]
 struct AppState {
     store: Store,
     tokens: Verifier,
+}
+
+impl FromRef<AppState> for Verifier {
+    fn from_ref(state: &AppState) -> Verifier {
+        state.tokens.clone()
+    }
 }
 
 /// The routes. `tokens` checks the callers' tokens; the handlers check scope and role.
@@ -61,16 +72,13 @@ struct Create {
     /// starts.
     #[serde(default)]
     hold: bool,
+    /// The account the order belongs to: the only customer who may read the shipment.
+    customer: String,
 }
 
-async fn create(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(body): Json<Create>,
-) -> Result<Response, Problem> {
-    let who = state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
-    who.admin_or(Some(CREATE_SCOPE)).map_err(|e| e.to_problem())?;
-    let (shipment, created) = shipments::create(&state.store, &body.order_id, body.address, body.hold)
+async fn create(State(state): State<AppState>, who: Caller, Json(body): Json<Create>) -> Result<Response, Problem> {
+    who.require(Some(CREATE_SCOPE))?;
+    let (shipment, created) = shipments::create(&state.store, &body.order_id, body.address, body.hold, &body.customer)
         .instrument(state.store.span("create shipment"))
         .await
         .map_err(problem)?;
@@ -83,30 +91,35 @@ struct ByOrder {
     order_id: String,
 }
 
-async fn for_order(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<ByOrder>,
-) -> Result<Response, Problem> {
-    state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
-    let found = shipments::by_order(&state.store, &q.order_id).await.map_err(problem)?;
-    Ok(Json(found.into_iter().collect::<Vec<_>>()).into_response())
+/// An order's shipment, as a list. A customer sees only their own: an order without one of
+/// theirs is 404, the same whether it has someone else's shipment or none.
+async fn for_order(State(state): State<AppState>, who: Caller, Query(q): Query<ByOrder>) -> Result<Response, Problem> {
+    let found: Vec<_> = shipments::by_order(&state.store, &q.order_id)
+        .await
+        .map_err(problem)?
+        .into_iter()
+        .filter(|s| who.may_access(s.customer.as_deref(), READ_SCOPE))
+        .collect();
+    if found.is_empty() && !who.may_access(None, READ_SCOPE) {
+        return Err(Problem::not_found(format!("no shipment of order `{}`", q.order_id)));
+    }
+    Ok(Json(found).into_response())
 }
 
-async fn one(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
-    state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
-    Ok(Json(shipments::get(&state.store, &id).await.map_err(problem)?).into_response())
+async fn one(State(state): State<AppState>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
+    let shipment = shipments::get(&state.store, &id).await.map_err(problem)?;
+    who.owns(
+        shipment.customer.as_deref(),
+        READ_SCOPE,
+        format_args!("shipment `{id}`"),
+    )?;
+    Ok(Json(shipment).into_response())
 }
 
 /// Cancels a shipment that has not left; the compensation of creating it (orders' saga).
 /// Cancelling again answers the cancelled shipment; one shipped or delivered is `409`.
-async fn cancel(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
-    let who = state.tokens.caller(&headers).await.map_err(|e| e.to_problem())?;
-    who.admin_or(Some(CREATE_SCOPE)).map_err(|e| e.to_problem())?;
+async fn cancel(State(state): State<AppState>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
+    who.require(Some(CREATE_SCOPE))?;
     Ok(Json(shipments::cancel(&state.store, &id).await.map_err(problem)?).into_response())
 }
 

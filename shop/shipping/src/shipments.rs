@@ -104,6 +104,9 @@ pub struct Shipment {
     pub held: bool,
     /// Every step so far, oldest first.
     pub timeline: Vec<Event>,
+    /// Whose it is: the customer's account id (none on shipments from before owners were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
 }
 
 /// Why an operation was refused.
@@ -117,8 +120,8 @@ pub enum ShippingError {
         /// Why.
         reason: String,
     },
-    /// The order already has a shipment to another address.
-    #[error("order `{0}` already has a shipment to another address")]
+    /// The order already has a shipment to another address or customer.
+    #[error("order `{0}` already has a shipment to another address or customer")]
     Mismatch(String),
     /// The shipment is past the point where the operation applies (cancelling one shipped).
     #[error("shipment `{id}` is already {}", .status.as_str())]
@@ -171,14 +174,21 @@ pub async fn create(
     order_id: &str,
     address: Address,
     hold: bool,
+    customer: &str,
 ) -> Result<(Shipment, bool), ShippingError> {
     check(order_id, &address)?;
+    if customer.is_empty() || customer.len() > 128 || !customer.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ShippingError::Invalid {
+            field: "customer",
+            reason: "the customer's account id: 1 to 128 printable characters".into(),
+        });
+    }
     let now = now_ms();
     let id = uuid::Uuid::new_v4().to_string();
     let address_json = serde_json::to_string(&address).unwrap_or_default();
     let mut tx = store.pool().begin().await?;
     let created = sqlx::query(
-        "INSERT INTO shipments (id, order_id, recipient, address, status, created_ms, updated_ms, held) VALUES ($1, $2, $3, $4, 'created', $5, $5, $6) ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO shipments (id, order_id, recipient, address, status, created_ms, updated_ms, held, customer) VALUES ($1, $2, $3, $4, 'created', $5, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(&id)
     .bind(order_id)
@@ -186,6 +196,7 @@ pub async fn create(
     .bind(&address_json)
     .bind(now)
     .bind(i64::from(hold))
+    .bind(customer)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -201,7 +212,7 @@ pub async fn create(
     let shipment = by_order(store, order_id)
         .await?
         .ok_or_else(|| ShippingError::NotFound(format!("no shipment for order `{order_id}`")))?;
-    if !created && shipment.address != address {
+    if !created && (shipment.address != address || shipment.customer.as_deref().is_some_and(|c| c != customer)) {
         return Err(ShippingError::Mismatch(order_id.to_owned()));
     }
     Ok((shipment, created))
@@ -235,12 +246,13 @@ async fn load(store: &Store, row: &sqlx::any::AnyRow) -> Result<Shipment, Shippi
         status: Status::parse(&status),
         held: held != 0,
         timeline,
+        customer: row.try_get("customer")?,
     })
 }
 
 /// The order's shipment, if any.
 pub async fn by_order(store: &Store, order_id: &str) -> Result<Option<Shipment>, ShippingError> {
-    let row = sqlx::query("SELECT id, order_id, address, status, held FROM shipments WHERE order_id = $1")
+    let row = sqlx::query("SELECT id, order_id, address, status, held, customer FROM shipments WHERE order_id = $1")
         .bind(order_id)
         .fetch_optional(store.pool())
         .await?;
@@ -252,7 +264,7 @@ pub async fn by_order(store: &Store, order_id: &str) -> Result<Option<Shipment>,
 
 /// One shipment.
 pub async fn get(store: &Store, id: &str) -> Result<Shipment, ShippingError> {
-    let row = sqlx::query("SELECT id, order_id, address, status, held FROM shipments WHERE id = $1")
+    let row = sqlx::query("SELECT id, order_id, address, status, held, customer FROM shipments WHERE id = $1")
         .bind(id)
         .fetch_optional(store.pool())
         .await?

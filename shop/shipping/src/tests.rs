@@ -43,15 +43,19 @@ async fn send(app: &Router, method: &str, uri: &str, token: Option<&str>, body: 
 #[tokio::test]
 async fn one_shipment_per_order_and_the_timeline_advances_step_by_step() {
     let (_, store, db) = app().await;
-    let (first, created) = shipments::create(&store, "order-1", address(), false).await.unwrap();
+    let (first, created) = shipments::create(&store, "order-1", address(), false, "u1")
+        .await
+        .unwrap();
     assert!(created);
-    let (again, created) = shipments::create(&store, "order-1", address(), false).await.unwrap();
+    let (again, created) = shipments::create(&store, "order-1", address(), false, "u1")
+        .await
+        .unwrap();
     assert!(!created);
     assert_eq!(again.id, first.id);
     let mut elsewhere = address();
     elsewhere.city = "Bremen".into();
     assert!(matches!(
-        shipments::create(&store, "order-1", elsewhere, false).await,
+        shipments::create(&store, "order-1", elsewhere, false, "u1").await,
         Err(ShippingError::Mismatch(_))
     ));
 
@@ -91,7 +95,7 @@ async fn one_shipment_per_order_and_the_timeline_advances_step_by_step() {
 #[tokio::test]
 async fn creating_needs_the_scope_reading_a_token_and_the_document_names_every_route() {
     let (app, _store, db) = app().await;
-    let body = json!({"order_id": "o-1", "address": address()});
+    let body = json!({"order_id": "o-1", "address": address(), "customer": "customer-1"});
     let (status, _) = send(
         &app,
         "POST",
@@ -109,15 +113,31 @@ async fn creating_needs_the_scope_reading_a_token_and_the_document_names_every_r
     );
     let (status, _) = send(&app, "POST", "/api/v1/shipments", Some(&service), Some(body)).await;
     assert_eq!(status, StatusCode::OK, "the same shipment again");
-    let bad = json!({"order_id": "o-2", "address": {"name": "A", "line1": "B", "city": "C", "postal_code": "1", "country": "Germany"}});
+    let bad = json!({"order_id": "o-2", "address": {"name": "A", "line1": "B", "city": "C", "postal_code": "1", "country": "Germany"}, "customer": "customer-1"});
     let (status, problem) = send(&app, "POST", "/api/v1/shipments", Some(&service), Some(bad)).await;
     assert_eq!(
         (status, problem["invalid-params"][0]["name"].as_str()),
         (StatusCode::BAD_REQUEST, Some("address.country"))
     );
-    let customer = token("shop", &["customer"]);
+    // A shipment is its customer's (OWASP API1): another customer gets 404, by order and by
+    // id, just as for an order without one; the owner and a reading service see it.
+    let customer = shop_issuer().shop_token("customer-1", "shop", &["customer"]);
     let (status, list) = send(&app, "GET", "/api/v1/shipments?order_id=o-1", Some(&customer), None).await;
     assert_eq!((status, list.as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+    let one = format!("/api/v1/shipments/{}", list[0]["id"].as_str().unwrap());
+    assert_eq!(send(&app, "GET", &one, Some(&customer), None).await.0, StatusCode::OK);
+    let reader = token("shipping.read", &["service"]);
+    assert_eq!(send(&app, "GET", &one, Some(&reader), None).await.0, StatusCode::OK);
+    let stranger = shop_issuer().shop_token("customer-2", "shop", &["customer"]);
+    let (status, problem) = send(&app, "GET", &one, Some(&stranger), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    let (status, _) = send(&app, "GET", "/api/v1/shipments?order_id=o-1", Some(&stranger), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(&app, "GET", "/api/v1/shipments?order_id=o-none", Some(&stranger), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The token before the body: an anonymous broken body is 401, not 400.
+    let (status, _) = send(&app, "POST", "/api/v1/shipments", None, Some(json!({"order_id": 5}))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = send(&app, "GET", "/api/v1/shipments?order_id=o-1", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
@@ -229,7 +249,7 @@ fn config() -> ShippingConfig {
 async fn a_held_shipment_waits_until_its_order_is_confirmed() {
     let (app, store, db) = app().await;
     let service = token("shipping.create", &["service"]);
-    let body = json!({"order_id": "o-held", "address": address(), "hold": true});
+    let body = json!({"order_id": "o-held", "address": address(), "hold": true, "customer": "customer-1"});
     let (status, held) = send(&app, "POST", "/api/v1/shipments", Some(&service), Some(body)).await;
     assert_eq!(
         (status, held["status"].as_str(), held["held"].as_bool()),
@@ -280,7 +300,9 @@ async fn a_held_shipment_waits_until_its_order_is_confirmed() {
     assert!(packed.timeline[1].at_ms >= released_after + 10_000);
 
     // A shipment created without hold is not held, and a confirmation leaves it be.
-    let (plain, _) = shipments::create(&store, "o-plain", address(), false).await.unwrap();
+    let (plain, _) = shipments::create(&store, "o-plain", address(), false, "u1")
+        .await
+        .unwrap();
     assert!(!plain.held);
     assert!(consumer
         .handle_one(
@@ -302,7 +324,7 @@ async fn cancelling_needs_the_scope_is_idempotent_and_refused_once_shipped() {
         "POST",
         "/api/v1/shipments",
         Some(&service),
-        Some(json!({"order_id": "o-1", "address": address()})),
+        Some(json!({"order_id": "o-1", "address": address(), "customer": "customer-1"})),
     )
     .await;
     let cancel = format!("/api/v1/shipments/{}/cancel", created["id"].as_str().unwrap());
@@ -345,7 +367,7 @@ async fn cancelling_needs_the_scope_is_idempotent_and_refused_once_shipped() {
         (StatusCode::NOT_FOUND, Some("urn:flotilla:problem:not-found"))
     );
 
-    let (gone, _) = shipments::create(&store, "o-2", address(), false).await.unwrap();
+    let (gone, _) = shipments::create(&store, "o-2", address(), false, "u1").await.unwrap();
     let start = gone.timeline[0].at_ms;
     shipments::advance(&store, &config(), start + 40_000).await.unwrap();
     shipments::advance(&store, &config(), start + 40_000).await.unwrap();
@@ -370,7 +392,7 @@ async fn cancelling_needs_the_scope_is_idempotent_and_refused_once_shipped() {
 async fn a_cancelled_order_cancels_its_shipment_and_a_redelivery_changes_nothing() {
     let (_, store, db) = app().await;
     let consumer = consumer(&store);
-    let (shipment, _) = shipments::create(&store, "o-1", address(), true).await.unwrap();
+    let (shipment, _) = shipments::create(&store, "o-1", address(), true, "u1").await.unwrap();
     let cancelled = order_event("e-1", orders::CANCELLED, "o-1");
     assert!(consumer.handle_one(&cancelled, &crate::on_order_event).await.unwrap());
     let after = shipments::get(&store, &shipment.id).await.unwrap();
@@ -394,7 +416,7 @@ async fn a_cancelled_order_cancels_its_shipment_and_a_redelivery_changes_nothing
     assert_eq!(shipments::get(&store, &shipment.id).await.unwrap(), after);
 
     // A shipment that has left stays with the carrier; the event is still handled.
-    let (gone, _) = shipments::create(&store, "o-2", address(), false).await.unwrap();
+    let (gone, _) = shipments::create(&store, "o-2", address(), false, "u1").await.unwrap();
     let start = gone.timeline[0].at_ms;
     shipments::advance(&store, &config(), start + 40_000).await.unwrap();
     shipments::advance(&store, &config(), start + 40_000).await.unwrap();

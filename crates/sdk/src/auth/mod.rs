@@ -4,6 +4,7 @@
 //! token itself); issuer, audience, expiry and not-before checked with a small clock skew.
 //! Used by the gateway's auth policy and by services checking their callers.
 
+mod caller;
 mod client_credentials;
 mod jwks;
 pub mod signing;
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
+pub use caller::Caller;
 pub use client_credentials::ClientCredentials;
 pub use jwks::{JwksCache, JwksError, Resolve, JWKS_CONTRACT, SERVICE_SCHEME};
 
@@ -38,7 +40,8 @@ pub enum AuthError {
 
 impl AuthError {
     /// The problem a service answers with: `401` without a usable token, `403` when a scope
-    /// or role is missing, `503` when the keys cannot be had (fail closed).
+    /// or role is missing, `503` when the keys cannot be had (fail closed). Why a token was
+    /// refused goes to the log only: the parser's words help a forger more than a client.
     pub fn to_problem(&self) -> crate::Problem {
         use crate::Problem;
         match self {
@@ -46,9 +49,17 @@ impl AuthError {
                 Problem::new(403, "forbidden", "Forbidden").with_detail(format!("needs {need}"))
             }
             AuthError::Unavailable(e) => {
-                Problem::new(503, "auth-unavailable", "Authentication unavailable").with_detail(e.clone())
+                tracing::warn!(error = %e, "token keys unavailable");
+                Problem::new(503, "auth-unavailable", "Authentication unavailable")
+                    .with_detail("the keys tokens are checked against cannot be had; retry later")
             }
-            other => Problem::new(401, "unauthorized", "Unauthorized").with_detail(other.to_string()),
+            AuthError::Missing => Problem::new(401, "unauthorized", "Unauthorized")
+                .with_detail("an `Authorization: Bearer` token is needed"),
+            AuthError::Invalid(why) => {
+                tracing::info!(why = %why, "token refused");
+                Problem::new(401, "unauthorized", "Unauthorized")
+                    .with_detail("the bearer token is invalid, expired or not meant for this service")
+            }
         }
     }
 }
@@ -274,6 +285,7 @@ impl Verifier {
             return Err(AuthError::Invalid("a JWT has three dot-separated parts".into()));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        refuse_critical_extensions(token)?;
         if !self.requirements.algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} is not accepted",
@@ -326,6 +338,24 @@ impl Verifier {
             },
             expires,
         ))
+    }
+}
+
+/// Refuses a token whose header lists `crit` extensions: Flotilla understands none, and
+/// RFC 7515 §4.1.11 says a token with an extension the recipient does not understand is invalid.
+fn refuse_critical_extensions(token: &str) -> Result<(), AuthError> {
+    use base64::Engine;
+    let encoded = token.split('.').next().unwrap_or("");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|e| AuthError::Invalid(format!("header: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| AuthError::Invalid(format!("header: {e}")))?;
+    match header.get("crit") {
+        None => Ok(()),
+        Some(crit) => Err(AuthError::Invalid(format!(
+            "critical extensions {crit} are not understood"
+        ))),
     }
 }
 

@@ -106,6 +106,16 @@ async fn every_rfc8725_trick_is_refused() {
             .verify(&keys.sign(json!({"alg": "ES256", "kid": "k1"}), claims.clone()))
             .await,
     );
+    // A critical extension nobody here understands (RFC 7515 §4.1.11).
+    let reason = invalid(
+        verifier
+            .verify(&keys.sign(
+                json!({"alg": "EdDSA", "kid": "k1", "crit": ["exp-ext"], "exp-ext": 1}),
+                claims.clone(),
+            ))
+            .await,
+    );
+    assert!(reason.contains("critical"), "{reason}");
     // Unknown kid, no kid.
     invalid(
         verifier
@@ -245,4 +255,14 @@ async fn remembered_tokens_still_expire() {
     verifier.verify(&token).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     invalid(verifier.verify(&token).await);
+}
+
+#[test]
+fn a_refused_token_is_told_generically_and_the_reason_stays_in_the_log() {
+    let problem = AuthError::Invalid("InvalidSignature at base64 offset 17".into()).to_problem();
+    assert_eq!(problem.status, 401);
+    let detail = problem.detail.unwrap_or_default();
+    assert!(!detail.contains("Signature") && !detail.contains("offset"), "{detail}");
+    let missing = AuthError::Missing.to_problem();
+    assert_eq!(missing.status, 401);
 }

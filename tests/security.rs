@@ -1,0 +1,126 @@
+//! System tests of the shop's defences with the real binary, each an attack that worked once:
+//! a customer reading another's payments, shipments, orders and notifications, through the
+//! gateway and directly at the services.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{customer, http_request, json_of, System};
+
+fn get_at(addr: SocketAddr, path: &str, token: &str) -> (u16, Value) {
+    json_of(http_request(addr, "GET", path, &[("Authorization", &format!("Bearer {token}"))], "").unwrap())
+}
+
+/// Places an order through the gateway and waits until it is confirmed; its id.
+fn confirmed_order(system: &System, token: &str) -> String {
+    let body = json!({
+        "lines": [{"product_id": 1, "quantity": 1}],
+        "shipping_address": {"name": "Ana Lima", "line1": "Hafenstraße 1", "city": "Hamburg", "postal_code": "20457", "country": "DE"}
+    })
+    .to_string();
+    let (status, accepted) = json_of(
+        http_request(
+            system.gateway,
+            "POST",
+            "/api/v1/orders",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", "security-1"),
+            ],
+            &body,
+        )
+        .unwrap(),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        let (_, order) = get_at(system.gateway, &format!("/api/v1/orders/{id}"), token);
+        if order["status"] == "CONFIRMED" {
+            return id;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not confirmed: {order}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn address_of(system: &System, service: &str) -> SocketAddr {
+    let (_, address, _) = system.instances(service).into_iter().next().unwrap();
+    address.trim_start_matches("http://").parse().unwrap()
+}
+
+/// OWASP API1 (broken object-level authorization): every object of one customer's order is
+/// 404 to another customer, through the gateway and at the service itself, answered exactly
+/// as an object that does not exist; its owner reads each of them.
+#[test]
+fn a_second_customer_gets_404_on_every_object_of_the_first() {
+    let mut system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let ana = customer(&system, "ana@example.com");
+    let bo = customer(&system, "bo@example.com");
+    let order = confirmed_order(&system, &ana);
+
+    let (status, payments) = get_at(system.gateway, &format!("/api/v1/payments?order_id={order}"), &ana);
+    assert_eq!(status, 200, "{payments}");
+    let payment = payments[0]["id"].as_str().unwrap().to_owned();
+    let (status, shipments) = get_at(system.gateway, &format!("/api/v1/shipments?order_id={order}"), &ana);
+    assert_eq!(status, 200, "{shipments}");
+    let shipment = shipments[0]["id"].as_str().unwrap().to_owned();
+
+    let objects = [
+        ("orders", format!("/api/v1/orders/{order}")),
+        ("orders", format!("/api/v1/orders/{order}/saga")),
+        ("payments", format!("/api/v1/payments?order_id={order}")),
+        ("payments", format!("/api/v1/payments/{payment}")),
+        ("shipping", format!("/api/v1/shipments?order_id={order}")),
+        ("shipping", format!("/api/v1/shipments/{shipment}")),
+    ];
+    for (service, path) in &objects {
+        let direct = address_of(&system, service);
+        for at in [system.gateway, direct] {
+            let (status, body) = get_at(at, path, &ana);
+            assert_eq!(status, 200, "the owner reads {path} at {at}: {body}");
+            let (status, body) = get_at(at, path, &bo);
+            assert_eq!(status, 404, "a stranger reads {path} at {at}: {body}");
+            // The same answer as for an object that does not exist.
+            let missing = path
+                .replace(&order, "00000000-0000-0000-0000-000000000000")
+                .replace(&payment, "00000000-0000-0000-0000-000000000000")
+                .replace(&shipment, "00000000-0000-0000-0000-000000000000");
+            let (status, none) = get_at(at, &missing, &bo);
+            assert_eq!(status, 404, "{missing} at {at}: {none}");
+            assert_eq!(body["type"], none["type"], "{path} at {at}");
+        }
+    }
+    // Notifications: each reads only their own.
+    let started = Instant::now();
+    loop {
+        let (status, mine) = get_at(system.gateway, "/api/v1/notifications", &ana);
+        assert_eq!(status, 200);
+        if mine.to_string().contains(&order) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "ana was never notified: {mine}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, theirs) = get_at(address_of(&system, "notifications"), "/api/v1/notifications", &bo);
+    assert_eq!(status, 200);
+    assert!(!theirs.to_string().contains(&order), "{theirs}");
+    // Inventory reservations are for orders and admins only; a customer learns nothing.
+    let (status, _) = get_at(
+        address_of(&system, "inventory"),
+        &format!("/api/v1/inventory/reservations/{order}"),
+        &ana,
+    );
+    assert_eq!(status, 403);
+    system.interrupt(Duration::from_secs(30));
+}
