@@ -1,12 +1,14 @@
 //! System tests of the shop's defences with the real binary, each an attack that worked once:
 //! a customer reading another's payments, shipments, orders and notifications, through the
-//! gateway and directly at the services.
+//! gateway and directly at the services; a local user reading the data dir.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -123,4 +125,79 @@ fn a_second_customer_gets_404_on_every_object_of_the_first() {
     );
     assert_eq!(status, 403);
     system.interrupt(Duration::from_secs(30));
+}
+
+/// Every file and directory under `root` whose mode lets group or others in.
+fn open_to_others(root: &Path) -> Vec<(PathBuf, u32)> {
+    let mut open = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                open.push((entry.path(), mode));
+            }
+        }
+    }
+    open
+}
+
+/// A local user reads nothing of the data dir: started with the usual umask 022, `up` makes
+/// the data dir 0700 and every database, WAL, key, secret and log in it 0600; and a data dir
+/// open to others is refused at start, naming the fix, by `up` and by the control plane.
+#[test]
+fn state_on_disk_is_its_owners_only_whatever_the_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let mut system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let ana = customer(&system, "ana@example.com");
+    confirmed_order(&system, &ana);
+    let data = system.data_dir();
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", data.display());
+    for service in ["identity", "orders", "payments"] {
+        assert!(data.join(service).join(format!("{service}.db")).exists(), "{service}");
+    }
+    let open = open_to_others(&data);
+    assert!(open.is_empty(), "open to others: {open:?}");
+    system.interrupt(Duration::from_secs(30));
+
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (gateway, control) = (support::free_addr(), support::free_addr());
+    for args in [
+        vec![
+            "up",
+            "--gateway-addr",
+            &gateway.to_string(),
+            "--control-addr",
+            &control.to_string(),
+        ],
+        vec!["control", "--listen", &control.to_string()],
+    ] {
+        let out = std::process::Command::new(support::flotilla())
+            .current_dir(support::repo_root())
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&shared)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started on an open data dir");
+        assert!(
+            err.contains("open to other users") && err.contains("chmod -R go-rwx"),
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -534,6 +534,9 @@ async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Whatever this process writes (databases, keys, logs) is its owner's only, whatever the
+    // umask; the processes `up` starts inherit it.
+    flotilla::data_dir::restrict_new_files();
     let cli = Cli::parse();
     let workers = match &cli.command {
         Command::Gateway { workers, .. } => *workers,
@@ -894,6 +897,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .validate()
                 .map_err(anyhow::Error::msg)
                 .context("--heartbeat/--ttl")?;
+            let data_dir = flotilla::data_dir::ensure_private(&data_dir)?;
             let token = match std::env::var(flotilla_api::env::TOKEN) {
                 Ok(token) if !token.is_empty() => token,
                 _ => token::ensure(&data_dir).with_context(|| format!("token in {}", data_dir.display()))?,

@@ -9,6 +9,7 @@ pub mod balance;
 pub mod client;
 pub mod config;
 pub mod contract;
+pub mod data_dir;
 pub mod discovery;
 pub mod events;
 pub mod http;

@@ -24,15 +24,9 @@ pub enum StoreError {
     /// The URL names an engine Flotilla does not support.
     #[error("unsupported database url `{0}` (expected sqlite: or postgres:)")]
     UnsupportedUrl(String),
-    /// The data directory could not be created.
-    #[error("creating {path}: {source}")]
-    CreateDir {
-        /// The directory.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The data directory could not be created, or is open to other users.
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
     /// Connecting failed.
     #[error("connecting to {url}: {source}")]
     Connect {
@@ -73,18 +67,19 @@ pub struct Store {
 
 impl Store {
     /// The database URL for a service: `DATABASE_URL` if set, else an SQLite file
-    /// `<data_dir>/<service>/<service>.db` (the directory is created).
+    /// `<data_dir>/<service>/<service>.db` (the directory is created private to its owner; one
+    /// open to others is refused).
     pub fn url_for(service: &str, data_dir: &Path) -> Result<String, StoreError> {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             if !url.is_empty() {
                 return Ok(url);
             }
         }
-        let dir = data_dir.join(service);
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        // Both private: a service started on its own checks what `up` would have; the database
+        // and its WAL files are made its owner's only.
+        crate::data_dir::restrict_new_files();
+        crate::data_dir::ensure_private(data_dir)?;
+        let dir = crate::data_dir::ensure_private(&data_dir.join(service))?;
         Ok(format!(
             "sqlite://{}?mode=rwc",
             dir.join(format!("{service}.db")).display()

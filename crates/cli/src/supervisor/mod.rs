@@ -65,6 +65,9 @@ pub enum UpError {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory is open to other users, or cannot be made.
+    #[error(transparent)]
+    Private(#[from] flotilla::data_dir::DataDirError),
     /// A port is taken.
     #[error("port {port} is already in use ({addr}); choose another with {flag}")]
     PortInUse {
@@ -173,8 +176,9 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         path: options.data_dir.clone(),
         source,
     };
-    std::fs::create_dir_all(&options.data_dir).map_err(data_err)?;
-    let data_dir = std::fs::canonicalize(&options.data_dir).map_err(data_err)?;
+    let data_dir = flotilla::data_dir::ensure_private(&options.data_dir)?;
+    // Files an earlier version left readable by others are closed before anything starts.
+    let sealed = flotilla::data_dir::seal(&data_dir)?;
     let token = crate::token::ensure(&data_dir).map_err(data_err)?;
     check_port(options.control_addr, "--control-addr")?;
     check_port(options.gateway_addr, "--gateway-addr")?;
@@ -186,6 +190,12 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         .collect();
     let width = names.iter().map(String::len).chain([8]).max().unwrap_or(8);
     let output = Arc::new(Output::new(&data_dir.join("logs"), width).map_err(data_err)?);
+    if sealed > 0 {
+        output.say(&format!(
+            "closed {sealed} files and directories in {} to other users",
+            data_dir.display()
+        ));
+    }
     let started = Instant::now();
     tokio::pin!(shutdown);
 
