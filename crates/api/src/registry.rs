@@ -17,6 +17,9 @@ pub mod meta {
     /// Where the instance serves Prometheus metrics, when not `/metrics` (the gateway's are
     /// at `/-/metrics`, out of the way of the routes it proxies).
     pub const METRICS_PATH: &str = "metrics.path";
+    /// Where the instance serves Prometheus metrics, when not at its address (`host:port`;
+    /// the gateway's are on its admin listener, not on the one it proxies on).
+    pub const METRICS_ADDRESS: &str = "metrics.address";
 }
 
 /// What an instance tells the registry about itself.

@@ -205,6 +205,14 @@ enum Command {
         /// The private key of the certificate (PEM).
         #[arg(long, env = "FLOTILLA_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Where the admin endpoints listen (`/-/routes`, `/-/metrics`, `/-/ready` in
+        /// detail): loopback on a free port unless told otherwise, never the public listener.
+        #[arg(long, env = "FLOTILLA_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
+        admin_listen: SocketAddr,
+        /// Proxies in front of the gateway whose X-Forwarded-For is believed: addresses and
+        /// CIDR networks, comma-separated. None by default: a client's own claims are dropped.
+        #[arg(long, env = "FLOTILLA_TRUSTED_PROXIES", default_value = "")]
+        trusted_proxies: flotilla_gateway::forwarded::TrustedProxies,
         /// Threads serving requests (default: one per core). With 1, everything runs on one
         /// thread, with no cross-thread wake-ups: the fastest setting for one core.
         #[arg(long, env = "FLOTILLA_WORKERS")]
@@ -925,6 +933,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Gateway {
             listen,
+            admin_listen,
+            trusted_proxies,
             routes,
             control_addr,
             tls_cert,
@@ -962,14 +972,22 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let listener = bind(listen, "--listen").await?;
             let addr = listener.local_addr()?;
+            let admin_listener = bind(admin_listen, "--admin-listen").await?;
+            let admin_addr = admin_listener.local_addr()?;
             if let (Some(tls), Some(files)) = (&tls, tls_files) {
                 tokio::spawn(tls.clone().watch(files, Duration::from_secs(1), std::future::pending()));
             }
             let config = flotilla_gateway::GatewayConfig {
                 tls,
+                trusted_proxies,
                 ..Default::default()
             };
             let gateway = flotilla_gateway::Gateway::new(table, discovery, config);
+            tokio::spawn(flotilla_gateway::serve_admin(
+                admin_listener,
+                gateway.clone(),
+                std::future::pending(),
+            ));
             let (stop_reload, reload_stopped) = tokio::sync::oneshot::channel::<()>();
             let source = match (&routes, control_addr.as_deref()) {
                 (Some(routes), _) => {
@@ -1000,14 +1018,18 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let registrar = control_addr.as_deref().map(|control| {
                 let client = RegistryClient::new(control, env.token.clone());
-                let metadata = [(meta::METRICS_PATH.to_owned(), "/-/metrics".to_owned())].into();
+                let metadata = [
+                    (meta::METRICS_PATH.to_owned(), "/-/metrics".to_owned()),
+                    (meta::METRICS_ADDRESS.to_owned(), admin_addr.to_string()),
+                ]
+                .into();
                 let registration = runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, metadata);
                 if let Some(live) = &source.1 {
                     live.attach(&registration.instance_id);
                 }
                 Registrar::spawn(client, registration)
             });
-            tracing::info!(%addr, routes = %source.0, standalone = registrar.is_none(), "gateway listening");
+            tracing::info!(%addr, admin = %admin_addr, routes = %source.0, standalone = registrar.is_none(), "gateway listening");
             let shutdown = async move {
                 runtime::shutdown_signal().await;
                 if let Some(registrar) = registrar {

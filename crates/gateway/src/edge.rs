@@ -3,13 +3,18 @@
 //!
 //! hyper already refuses, on the wire: invalid or differing `Content-Length`s (`+5`, `1, 2`),
 //! a `Transfer-Encoding` whose last coding is not `chunked`, obs-fold, NUL/CR/LF in values
-//! (all 400), and more than 100 headers or a head over the buffer limit (431). When a request
+//! (all 400), and more than 400 headers or a head over 512 KiB (431), answered by hyper
+//! without a body. Tighter limits are checked here — at most [`MAX_HEADERS`] headers of at most
+//! [`MAX_HEADERS_TOTAL`] bytes — so that a request over them is told why in problem+json; hyper's
+//! looser ones only stop a head too big to hold. When a request
 //! carries both `Content-Length` and `Transfer-Encoding`, hyper frames it by the latter, drops
 //! the former and closes the connection after it (RFC 9112 §6.3); the body is re-framed on the
 //! way upstream, so the two can never disagree there.
 
 use http::header::{self, HeaderMap};
 
+/// The most headers a request may have.
+pub const MAX_HEADERS: usize = 100;
 /// The most bytes one header value may have.
 pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 /// The most bytes all header names and values together may have.
@@ -71,6 +76,9 @@ fn framing(headers: &HeaderMap) -> Result<(), EdgeError> {
 
 /// Checks a client's request headers.
 pub fn check_request(headers: &HeaderMap) -> Result<(), EdgeError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(EdgeError::TooLarge);
+    }
     let mut total = 0;
     for (name, value) in headers {
         if name.as_str().contains('_') {

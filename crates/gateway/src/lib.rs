@@ -8,6 +8,7 @@
 //! into problem+json.
 
 pub mod edge;
+pub mod forwarded;
 pub mod metrics;
 pub mod normalize;
 pub mod openapi;
@@ -51,6 +52,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Terminate TLS with this certificate (HTTP/2 and HTTP/1.1 by ALPN); plain text without.
     pub tls: Option<tls::Tls>,
+    /// Proxies in front of the gateway whose `X-Forwarded-For` is believed (none by default).
+    pub trusted_proxies: forwarded::TrustedProxies,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +61,7 @@ impl Default for GatewayConfig {
         Self {
             drain_timeout: Duration::from_secs(3),
             tls: None,
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -106,10 +110,16 @@ impl Gateway {
     /// of these spans are kept.
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let edge = EdgeSpan::start(request.headers());
+        let client = self.config.trusted_proxies.settle(peer.ip(), request.headers_mut());
+        let authenticated = [http::header::AUTHORIZATION, http::header::COOKIE]
+            .iter()
+            .any(|h| request.headers().contains_key(h))
+            || request.headers().contains_key("x-api-key");
+        let tls = request.extensions().get::<Secure>().is_some();
         let started = Instant::now();
         let request_id = request
             .headers()
@@ -137,7 +147,7 @@ impl Gateway {
                     Some(err),
                 )
             }
-            Ok(normal) if normal.starts_with("/-/") => (self.admin(&method, &normal), "admin".to_owned(), None),
+            Ok(normal) if normal.starts_with("/-/") => (self.admin(&method, &normal, false), "admin".to_owned(), None),
             Ok(normal) if normal == "/api/openapi.json" && method == Method::GET => {
                 let document = self.openapi.document(&routes, self.discovery.as_ref()).await;
                 (json_response(StatusCode::OK, &document), "openapi".to_owned(), None)
@@ -155,7 +165,7 @@ impl Gateway {
                     (Ok(()), None) => Err(GatewayError::NoRoute(normal.clone())),
                     (Ok(()), Some(route)) => {
                         matched = Some(route);
-                        proxy::forward(route, request, &normal, peer, &request_id, &attempts, &edge).await
+                        proxy::forward(route, request, &normal, client, &request_id, &attempts, &edge).await
                     }
                 };
                 let route = matched.map(|r| r.name.clone()).unwrap_or_default();
@@ -166,6 +176,7 @@ impl Gateway {
             }
         };
         response.headers_mut().insert(REQUEST_ID.clone(), request_id.clone());
+        secure_headers(response.headers_mut(), authenticated, tls);
         let status = response.status().as_u16();
         let millis = started.elapsed().as_secs_f64() * 1000.0;
         let retries = attempts.count().saturating_sub(1);
@@ -194,7 +205,7 @@ impl Gateway {
                 request_id = request_id_str(&request_id),
                 trace_id,
                 %method, %path, status, route, upstream, duration_ms = format_args!("{millis:.2}"),
-                client = %peer.ip(),
+                %client,
                 "{method} {path} {status}"
             ),
             None => tracing::info!(
@@ -202,7 +213,7 @@ impl Gateway {
                 request_id = request_id_str(&request_id),
                 trace_id,
                 %method, %path, status, route, upstream, duration_ms = format_args!("{millis:.2}"),
-                client = %peer.ip(), retries, tried = %tried.join(","),
+                %client, retries, tried = %tried.join(","),
                 "{method} {path} {status}"
             ),
             Some(err) => tracing::warn!(
@@ -210,14 +221,28 @@ impl Gateway {
                 request_id = request_id_str(&request_id),
                 trace_id,
                 %method, %path, status, route, duration_ms = format_args!("{millis:.2}"),
-                client = %peer.ip(), retries, tried = %tried.join(","), error = %err,
+                %client, retries, tried = %tried.join(","), error = %err,
                 "{method} {path} {status}"
             ),
         }
         Ok(response)
     }
 
-    fn admin(&self, method: &Method, path: &str) -> Response<ProxyBody> {
+    /// A request to the admin listener: the admin endpoints only, whole.
+    pub async fn handle_admin(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let path = normalize::normalize(request.uri().path()).map(|p| p.into_owned());
+        let mut response = match path {
+            Ok(path) => self.admin(request.method(), &path, true),
+            Err(err) => problem_response(&GatewayError::Path(err).to_problem()),
+        };
+        secure_headers(response.headers_mut(), false, false);
+        Ok(response)
+    }
+
+    /// The admin endpoints. On the API listener (`whole` false) only liveness and readiness
+    /// answer, without detail: the route table and the metrics tell an attacker too much, so
+    /// they are served on the admin listener only (loopback by default, as Envoy's admin port).
+    fn admin(&self, method: &Method, path: &str, whole: bool) -> Response<ProxyBody> {
         if method != Method::GET {
             return problem_response(&flotilla_api::Problem::new(
                 405,
@@ -226,6 +251,9 @@ impl Gateway {
             ));
         }
         match path {
+            "/-/ready" if self.is_ready() && !whole => {
+                json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+            }
             "/-/ready" if self.is_ready() => {
                 // Serving from a stale view is still ready: the last view routes traffic while
                 // the control plane is away. The details say so.
@@ -243,6 +271,9 @@ impl Gateway {
                     .with_detail("waiting for the first answer from the registry"),
             ),
             "/-/live" => json_response(StatusCode::OK, &serde_json::json!({"status": "live"})),
+            _ if !whole => problem_response(&flotilla_api::Problem::not_found(format!(
+                "no endpoint `{path}` here; the gateway's admin endpoints are on its admin listener"
+            ))),
             "/-/metrics" => {
                 let routes = self.routes.load();
                 let mut text = metrics::render(
@@ -321,6 +352,53 @@ fn request_id_str(value: &HeaderValue) -> &str {
     value.to_str().unwrap_or("-")
 }
 
+/// Serves the admin endpoints (`/-/routes`, `/-/metrics`, `/-/ready` with detail, `/-/live`)
+/// on their own listener until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let gateway = gateway.clone();
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| gateway.clone().handle_admin(req));
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// Headers every answer carries: no MIME sniffing (a JSON answer is never run as a script);
+/// an answer to a request that carried credentials is not stored by any cache; HSTS when the
+/// connection is TLS.
+pub fn secure_headers(headers: &mut http::HeaderMap, authenticated: bool, tls: bool) {
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if authenticated {
+        headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if tls {
+        headers.insert(
+            http::header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+}
+
 /// Accepts connections on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then
 /// lets in-flight requests finish within the drain timeout.
 pub async fn serve(
@@ -329,8 +407,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // At most 100 headers in a head of at most 64 KiB; beyond either, hyper answers 431.
-    builder.http1().max_headers(100).max_buf_size(64 * 1024);
+    // hyper's own limits sit above the edge's (100 headers, 32 KiB), so that a head over
+    // those reaches `edge::check_request` and is refused in problem+json; beyond these hyper
+    // answers a bare 431 itself.
+    builder.http1().max_headers(400).max_buf_size(512 * 1024);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

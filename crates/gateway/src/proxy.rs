@@ -3,7 +3,7 @@
 //! body streaming.
 
 use flotilla::telemetry::edge::EdgeSpan;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use flotilla::balance::HashKey;
 use flotilla::client::RequestBody;
@@ -136,7 +136,7 @@ enum Admission {
     Answer(Response<ProxyBody>),
 }
 
-async fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> Result<Admission, GatewayError> {
+async fn admit(route: &Route, request: &Request<Incoming>, client: IpAddr) -> Result<Admission, GatewayError> {
     let policies = &route.policies;
     if let Some(cors) = &policies.cors {
         if let Some(headers) = cors.preflight(request.method(), request.headers()) {
@@ -162,11 +162,7 @@ async fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> 
     };
     let mut remaining = None;
     if let Some(limit) = &policies.rate_limit {
-        let key = limit.key_of(
-            peer.ip(),
-            request.headers(),
-            identity.as_ref().map(|i| i.subject.as_str()),
-        );
+        let key = limit.key_of(client, request.headers(), identity.as_ref().map(|i| i.subject.as_str()));
         match limit.check(&key) {
             Verdict::Allowed { remaining: left } => remaining = Some(left),
             Verdict::Limited { retry_after } => {
@@ -182,17 +178,18 @@ async fn admit(route: &Route, request: &Request<Incoming>, peer: SocketAddr) -> 
     Ok(Admission::Go(remaining, identity))
 }
 
-/// Sends `request` through the route's stack; on return, `attempts` holds every endpoint tried.
+/// Sends `request` (its forwarding headers already settled, `client` the address they name)
+/// through the route's stack; on return, `attempts` holds every endpoint tried.
 pub async fn forward(
     route: &Route,
     request: Request<Incoming>,
     path: &str,
-    peer: SocketAddr,
+    client: IpAddr,
     request_id: &HeaderValue,
     attempts: &Attempts,
     edge: &EdgeSpan,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let (remaining, identity) = match admit(route, &request, peer).await? {
+    let (remaining, identity) = match admit(route, &request, client).await? {
         Admission::Answer(response) => return Ok(response),
         Admission::Go(remaining, identity) => (remaining, identity),
     };
@@ -238,13 +235,6 @@ pub async fn forward(
     if let Some(host) = host {
         headers.insert(header::HOST, host.clone());
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
     }
     let proto = if parts.extensions.get::<crate::Secure>().is_some() {
         "https"

@@ -54,13 +54,13 @@ async fn upstream(answer: &'static str) -> (SocketAddr, Arc<Mutex<Vec<String>>>)
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 async fn gateway(routes: &str) -> SocketAddr {
+    gateway_with(routes, GatewayConfig::default()).await
+}
+
+async fn gateway_with(routes: &str, config: GatewayConfig) -> SocketAddr {
     let specs = RouteTable::parse(&TomlFile::from_text("routes.toml", routes)).unwrap();
     let upstreams = Upstreams::new(None, None);
-    let gateway = Gateway::new(
-        RouteTable::build(specs, &upstreams).unwrap(),
-        None,
-        GatewayConfig::default(),
-    );
+    let gateway = Gateway::new(RouteTable::build(specs, &upstreams).unwrap(), None, config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(flotilla_gateway::serve(listener, gateway, std::future::pending()));
@@ -139,6 +139,7 @@ async fn refuses_bad_paths_and_headers_before_any_upstream_sees_them() {
     )
     .await;
     assert_eq!(status(&answer), 431, "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
     let huge = "a".repeat(70 * 1024);
     let answer = raw(
         gw,
@@ -146,6 +147,7 @@ async fn refuses_bad_paths_and_headers_before_any_upstream_sees_them() {
     )
     .await;
     assert_eq!(status(&answer), 431);
+    assert!(answer.contains("application/problem+json"), "{answer}");
     assert!(
         seen.lock().unwrap().is_empty(),
         "nothing reached the upstream: {:?}",
@@ -254,4 +256,74 @@ async fn websocket_upgrades_become_a_two_way_tunnel() {
             .unwrap();
         assert_eq!(buf, message.to_ascii_uppercase().as_bytes());
     }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A client cannot name its own address: by default the gateway drops `X-Forwarded-For`,
+/// `Forwarded`, `X-Real-IP` and its own client-address header as sent, and writes the peer;
+/// behind a trusted proxy it believes the chain up to the first hop it does not trust.
+#[tokio::test]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let (up, seen) = upstream(OK).await;
+    let routes = format!("[[routes]]\nprefix = \"/\"\nupstreams = [\"http://{up}\"]\n");
+    let claims = "GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=7.7.7.7\r\nX-Real-IP: 8.8.8.8\r\nX-Flotilla-Client-Address: 9.9.9.9\r\nConnection: close\r\n\r\n";
+
+    let _ = raw(gateway(&routes).await, claims).await;
+    let head = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(header(&head, "x-forwarded-for"), Some("127.0.0.1"), "{head}");
+    assert_eq!(header(&head, "x-flotilla-client-address"), Some("127.0.0.1"), "{head}");
+    assert_eq!(
+        (header(&head, "forwarded"), header(&head, "x-real-ip")),
+        (None, None),
+        "{head}"
+    );
+
+    let config = GatewayConfig {
+        trusted_proxies: "127.0.0.0/8".parse().unwrap(),
+        ..GatewayConfig::default()
+    };
+    let _ = raw(gateway_with(&routes, config).await, claims).await;
+    let head = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(header(&head, "x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"), "{head}");
+    assert_eq!(header(&head, "x-flotilla-client-address"), Some("6.6.6.6"), "{head}");
+}
+
+/// Every answer says `nosniff`; one to a request with credentials says `no-store`; the route
+/// table and the metrics are not on the public listener.
+#[tokio::test]
+async fn answers_carry_security_headers_and_admin_endpoints_are_not_public() {
+    let (up, _) = upstream(OK).await;
+    let gw = gateway(&format!(
+        "[[routes]]\nprefix = \"/api\"\nupstreams = [\"http://{up}\"]\n"
+    ))
+    .await;
+    let answer = raw(
+        gw,
+        "GET /api HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(header(&answer, "x-content-type-options"), Some("nosniff"), "{answer}");
+    assert_eq!(header(&answer, "cache-control"), Some("no-store"), "{answer}");
+    let answer = raw(gw, "GET /nowhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(header(&answer, "x-content-type-options"), Some("nosniff"), "{answer}");
+    assert_eq!(header(&answer, "cache-control"), None, "{answer}");
+    for path in ["/-/routes", "/-/metrics"] {
+        let answer = raw(
+            gw,
+            &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status(&answer), 404, "{path}: {answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+    }
+    let answer = raw(gw, "GET /-/ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(!answer.contains("discovery"), "no detail in public: {answer}");
 }

@@ -34,7 +34,7 @@ async fn rate_limit_answers_429_with_retry_after_and_ratelimit_headers() {
     assert_eq!(problem["type"], "urn:flotilla:problem:rate-limited");
     assert_eq!(headers["retry-after"], "5");
     assert!(headers["ratelimit"].to_str().unwrap().contains("remaining=0"));
-    let metrics = client().request(get(gw.addr, "/-/metrics")).await.unwrap();
+    let metrics = client().request(get(gw.admin, "/-/metrics")).await.unwrap();
     let text = String::from_utf8(metrics.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(
         text.contains("flotilla_gateway_rate_limited_total{route=\"r\"} 1"),

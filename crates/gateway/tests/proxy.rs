@@ -94,7 +94,7 @@ async fn routes_to_registry_instances_in_turn() {
     }
     assert_eq!(seen.len(), 2, "both instances served: {seen:?}");
     assert!(seen.values().all(|n| *n == 2), "in turn: {seen:?}");
-    let (status, _, routes) = send(get(gw.addr, "/-/routes")).await;
+    let (status, _, routes) = send(get(gw.admin, "/-/routes")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(routes["routes"][0]["endpoints"].as_array().unwrap().len(), 2);
     assert_eq!(routes["routes"][0]["endpoints"][0]["ejected"], false);
@@ -152,7 +152,7 @@ async fn metrics_count_requests_by_route_status_and_failure() {
     }
     send(get(gw.addr, "/down")).await;
     send(get(gw.addr, "/nowhere")).await;
-    let response = client().request(get(gw.addr, "/-/metrics")).await.unwrap();
+    let response = client().request(get(gw.admin, "/-/metrics")).await.unwrap();
     assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4");
     let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(
@@ -222,7 +222,7 @@ async fn canary_split_by_registered_version_and_a_pinning_header() {
         let (_, _, echo) = send(pinned).await;
         assert_eq!(echo["upstream"], canary.to_string(), "the header pins the version");
     }
-    let (_, _, routes) = send(get(gw.addr, "/-/routes")).await;
+    let (_, _, routes) = send(get(gw.admin, "/-/routes")).await;
     assert_eq!(routes["routes"][0]["versions"][1]["version"], "2.0");
     assert_eq!(routes["routes"][0]["versions"][1]["endpoints"], 1);
 }

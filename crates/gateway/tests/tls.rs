@@ -101,6 +101,7 @@ async fn terminates_tls_for_http1_and_h2_and_reloads_the_certificate() {
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["strict-transport-security"], "max-age=31536000");
     let echo: serde_json::Value =
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(echo["headers"]["x-forwarded-proto"], "https");

@@ -13,6 +13,11 @@ pub use extract::{Json, Query};
 use axum::http::{Method, Uri};
 use flotilla_api::Problem;
 
+/// The client's address as the gateway settled it (from the connection, or from a trusted
+/// proxy's `X-Forwarded-For`): the one header a service reads a caller's address from. The
+/// gateway drops a client's own value.
+pub static CLIENT_ADDRESS: axum::http::HeaderName = axum::http::HeaderName::from_static("x-flotilla-client-address");
+
 /// The base URL of a control plane given as `host:port` or as an `http(s)://` URL.
 pub fn base_url(addr: &str) -> String {
     if addr.starts_with("http://") || addr.starts_with("https://") {
@@ -39,4 +44,95 @@ pub fn with_problem_fallbacks<S: Clone + Send + Sync + 'static>(router: axum::Ro
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(safe_answers))
+}
+
+/// The most of a non-problem error body kept as the problem's detail.
+const DETAIL_KEPT: usize = 240;
+
+/// What every answer of a service gets on its way out. An error that is not problem+json yet
+/// (an extractor's plain-text rejection, a 413 from a body limit) becomes problem+json with
+/// the same status, its text kept as the detail; every answer says `nosniff`; and an answer
+/// to a request that carried credentials says `Cache-Control: no-store`, as it may hold
+/// personal data no cache should keep.
+pub async fn safe_answers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let authenticated = request.headers().contains_key(header::AUTHORIZATION);
+    let mut response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_problem {
+        let (parts, body) = response.into_parts();
+        let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let title = status.canonical_reason().unwrap_or("Error");
+        let slug = title.to_ascii_lowercase().replace([' ', '\''], "-");
+        let mut problem = Problem::new(status.as_u16(), &slug, title);
+        let detail: String = text.trim().chars().take(DETAIL_KEPT).collect();
+        if !detail.is_empty() {
+            problem = problem.with_detail(detail);
+        }
+        let mut rebuilt = axum::response::IntoResponse::into_response(problem);
+        for (name, value) in &parts.headers {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                rebuilt.headers_mut().append(name, value.clone());
+            }
+        }
+        response = rebuilt;
+    }
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if authenticated {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::{get, post};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_plain_error_becomes_problem_json_and_every_answer_is_safe_to_show() {
+        let app = with_problem_fallbacks(
+            axum::Router::new()
+                .route(
+                    "/plain",
+                    post(|| async { (StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded") }),
+                )
+                .route("/mine", get(|| async { "personal" })),
+        );
+        let response = app
+            .clone()
+            .oneshot(Request::post("/plain").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let problem: Problem = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (problem.status, problem.slug(), problem.detail.as_deref()),
+            (413, "payload-too-large", Some("length limit exceeded"))
+        );
+        let response = app
+            .oneshot(
+                Request::get("/mine")
+                    .header("authorization", "Bearer x")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
 }

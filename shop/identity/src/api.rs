@@ -123,13 +123,14 @@ fn basic(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
     Ok(Some((unescape(id).ok_or_else(bad)?, unescape(secret).ok_or_else(bad)?)))
 }
 
-/// The address failed logins are counted against: the first hop the gateway saw.
+/// The address failed logins are counted against: the client's, as the gateway settled it
+/// (never a client's own `X-Forwarded-For`, which anyone can write).
 fn client_ip(headers: &HeaderMap) -> String {
     headers
-        .get("x-forwarded-for")
+        .get(&flotilla::http::CLIENT_ADDRESS)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
         .map(|v| v.trim().to_owned())
+        .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
         .unwrap_or_else(|| "direct".into())
 }
 

@@ -63,7 +63,7 @@ fn json_post(uri: &str, body: Value) -> Request<Body> {
 fn form_post(form: &[(&str, &str)], from: &str) -> Request<Body> {
     Request::post("/oauth2/token")
         .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-forwarded-for", from)
+        .header("x-flotilla-client-address", from)
         .body(Body::from(serde_urlencoded::to_string(form).unwrap()))
         .unwrap()
 }

@@ -242,13 +242,19 @@ pub fn scrape_targets(state: &ControlState) -> Vec<ScrapeTargetGroup> {
         .instances
         .into_iter()
         .map(|i| {
-            // An instance that serves its metrics elsewhere says so (the gateway: `/-/metrics`).
+            // An instance that serves its metrics elsewhere says so (the gateway: `/-/metrics` on
+            // its admin listener).
             let path = i
                 .metadata
                 .get(flotilla_api::registry::meta::METRICS_PATH)
                 .filter(|p| p.starts_with('/'))
                 .map_or("/metrics", String::as_str);
-            group(i.address.clone(), &i.service, &i.instance_id, path)
+            let address = i
+                .metadata
+                .get(flotilla_api::registry::meta::METRICS_ADDRESS)
+                .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
+                .unwrap_or(&i.address);
+            group(address.clone(), &i.service, &i.instance_id, path)
         })
         .collect();
     if let Some(addr) = state.scrape_address() {

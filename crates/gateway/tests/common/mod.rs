@@ -63,6 +63,8 @@ pub async fn echo_upstream() -> SocketAddr {
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener (`/-/routes`, `/-/metrics`).
+    pub admin: SocketAddr,
     _stop: oneshot::Sender<()>,
 }
 
@@ -73,11 +75,22 @@ pub async fn gateway(routes: &str, discovery: Option<Discovery>) -> Running {
     let gateway = Gateway::new(table, discovery, GatewayConfig::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
+    tokio::spawn(flotilla_gateway::serve_admin(
+        admin_listener,
+        Arc::clone(&gateway),
+        std::future::pending(),
+    ));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(flotilla_gateway::serve(listener, Arc::clone(&gateway), async move {
         let _ = stopped.await;
     }));
-    Running { addr, _stop: stop }
+    Running {
+        addr,
+        admin,
+        _stop: stop,
+    }
 }
 
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
