@@ -92,9 +92,10 @@ fn oauth_error(err: OAuthError) -> Response {
             );
         }
         OAuthError::Throttled(wait) => {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_millis().div_ceil(1000).max(1) as u64),
+            );
         }
         _ => {}
     }

@@ -18,11 +18,15 @@ pub struct IdentityConfig {
     /// A new signing key after this long; the old one stays in the JWKS until its tokens
     /// have expired.
     pub key_rotation_seconds: u64,
-    /// Failed logins of one account allowed within the window before it is throttled.
+    /// Sign-in attempts of one address at one account before each further one waits (1 s,
+    /// doubling up to the window).
     pub max_failures_per_account: u32,
-    /// Failed logins from one address allowed within the window before it is throttled.
+    /// Sign-in attempts of one address at any accounts before each further one waits.
     pub max_failures_per_ip: u32,
-    /// The throttling window.
+    /// Sign-in attempts at one account, from every address it never signed in from
+    /// together, before each further one waits. Addresses it signed in from are not held back.
+    pub max_failures_per_account_all_addresses: u32,
+    /// The throttling window: quiet this long forgets a key; also the longest wait.
     pub failure_window_seconds: u64,
     /// Clients that may use the `client_credentials` grant (services). Store their secrets
     /// as config secrets.
@@ -68,6 +72,7 @@ impl Default for IdentityConfig {
             key_rotation_seconds: 24 * 3600,
             max_failures_per_account: 5,
             max_failures_per_ip: 20,
+            max_failures_per_account_all_addresses: 20,
             failure_window_seconds: 900,
             clients: Vec::new(),
             admin: None,
@@ -93,7 +98,11 @@ impl IdentityConfig {
         if self.key_rotation_seconds < self.access_token_seconds {
             return Err("key_rotation_seconds must be at least access_token_seconds".into());
         }
-        if self.max_failures_per_account == 0 || self.max_failures_per_ip == 0 || self.failure_window_seconds == 0 {
+        if self.max_failures_per_account == 0
+            || self.max_failures_per_ip == 0
+            || self.max_failures_per_account_all_addresses == 0
+            || self.failure_window_seconds == 0
+        {
             return Err("throttling limits and window must be above zero".into());
         }
         if let Some(admin) = &self.admin {

@@ -41,7 +41,7 @@ pub struct Identity {
     pub keys: keys::KeyRing,
     /// Its knobs, live.
     pub config: LiveConfig<IdentityConfig>,
-    /// Failed-login counts.
+    /// Sign-in attempts, in the database every instance shares.
     pub throttle: throttle::Throttle,
     /// Its own keys, for checking the tokens it is shown.
     jwks: JwksCache,
@@ -58,11 +58,23 @@ impl Identity {
         let ring = keys::KeyRing::load(store.clone(), lifetime).await?;
         let jwks = JwksCache::local(jwk_set(&ring.current().jwks));
         let identity = Arc::new(Self {
-            store,
             keys: ring,
             config,
-            throttle: throttle::Throttle::default(),
+            throttle: throttle::Throttle::new(store.clone()),
+            store,
             jwks,
+        });
+        // Keys quiet for a whole window count as fresh: their rows are dropped now and then.
+        let pruning = Arc::downgrade(&identity);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                let Some(identity) = pruning.upgrade() else { return };
+                let window = Duration::from_secs(identity.config.current().failure_window_seconds);
+                if let Err(err) = identity.throttle.prune(window).await {
+                    tracing::warn!(error = %err, "pruning the login throttle failed");
+                }
+            }
         });
         // The configured administrator exists whenever the configuration names one.
         let mut changes = identity.config.watch();

@@ -25,7 +25,17 @@ struct App {
 
 async fn app() -> App {
     let db = TestDatabase::create("identity").await;
-    let store = Store::open(&db.url, &MIGRATOR).await.unwrap();
+    let (router, identity) = instance(&db.url).await;
+    App {
+        router,
+        identity,
+        _db: db,
+    }
+}
+
+/// One identity instance over the database at `url` (several share one, as in a fleet).
+async fn instance(url: &str) -> (Router, Arc<Identity>) {
+    let store = Store::open(url, &MIGRATOR).await.unwrap();
     let config = IdentityConfig {
         issuer: "https://id.test".into(),
         max_failures_per_account: 3,
@@ -38,11 +48,22 @@ async fn app() -> App {
         ..IdentityConfig::default()
     };
     let identity = Identity::start(store, LiveConfig::fixed(config)).await.unwrap();
-    App {
-        router: flotilla::http::with_problem_fallbacks(crate::router(identity.clone())),
+    (
+        flotilla::http::with_problem_fallbacks(crate::router(identity.clone())),
         identity,
-        _db: db,
-    }
+    )
+}
+
+fn login_form(email: &str, password: &str, from: &str) -> Request<Body> {
+    form_post(
+        &[
+            ("grant_type", "password"),
+            ("client_id", "shop-web"),
+            ("username", email),
+            ("password", password),
+        ],
+        from,
+    )
 }
 
 async fn call(app: &App, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
@@ -438,4 +459,60 @@ async fn the_openapi_document_names_every_route() {
             "{method} {path} is documented but not served"
         );
     }
+}
+
+/// Three instances over one database, thirty wrong guesses at once from one address: each is
+/// counted before its password is checked, so only the free attempts reach a password check.
+#[tokio::test]
+async fn three_instances_and_thirty_concurrent_guesses_stay_within_the_limit() {
+    let first = app().await;
+    sign_up(&first, "ana@example.com").await;
+    let mut routers = vec![first.router.clone()];
+    for _ in 0..2 {
+        routers.push(instance(&first._db.url).await.0);
+    }
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let router = routers[i % 3].clone();
+        guesses.spawn(async move {
+            let request = login_form("ana@example.com", &format!("guess number {i}"), "203.0.113.9");
+            router.oneshot(request).await.unwrap().status()
+        });
+    }
+    let statuses: Vec<StatusCode> = guesses.join_all().await;
+    let checked = statuses.iter().filter(|s| **s == StatusCode::BAD_REQUEST).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((checked, refused), (3, 27), "{statuses:?}");
+    // A restart forgets nothing: a new instance refuses too.
+    let (fresh, _) = instance(&first._db.url).await;
+    let status = fresh
+        .oneshot(login_form("ana@example.com", PASSWORD, "203.0.113.9"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Guessing from many addresses is bounded by the account's own throttle, but that throttle
+/// holds back only addresses the account never signed in from: its owner still gets in.
+#[tokio::test]
+async fn a_stranger_guessing_from_many_addresses_is_bounded_and_cannot_lock_the_owner_out() {
+    let app = app().await;
+    sign_up(&app, "ana@example.com").await;
+    let (status, _, _) = call(&app, login_form("ana@example.com", PASSWORD, "198.51.100.7")).await;
+    assert_eq!(status, StatusCode::OK, "the owner signs in from home");
+    let mut checked = 0;
+    for i in 0..40 {
+        let (status, _, _) = call(
+            &app,
+            login_form("ana@example.com", "a wrong guess", &format!("203.0.113.{i}")),
+        )
+        .await;
+        checked += usize::from(status == StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(checked, 20, "the account's free attempts from unknown addresses");
+    let (status, _, _) = call(&app, login_form("ana@example.com", PASSWORD, "192.0.2.200")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "a new address waits");
+    let (status, _, body) = call(&app, login_form("ana@example.com", PASSWORD, "198.51.100.7")).await;
+    assert_eq!(status, StatusCode::OK, "the owner's address is not held back: {body}");
 }

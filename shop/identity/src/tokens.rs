@@ -17,7 +17,7 @@ use sqlx::Row;
 use crate::accounts::{self, Account};
 use crate::config::IdentityConfig;
 use crate::keys::KeyRing;
-use crate::throttle::Throttle;
+use crate::throttle::{Limits, Throttle, ThrottleError};
 
 /// The first-party shop client: public (no secret), `password` and `refresh_token` grants.
 pub const SHOP_WEB: &str = "shop-web";
@@ -197,13 +197,21 @@ impl Issuer<'_> {
             ));
         };
         let scope = granted(request.scope.as_deref(), SHOP_SCOPES, "shop")?;
-        let window = Duration::from_secs(self.config.failure_window_seconds);
-        let account_key = format!("account:{}", accounts::normalize_email(username));
-        let ip_key = format!("ip:{client_ip}");
+        let limits = Limits {
+            per_pair: self.config.max_failures_per_account,
+            per_address: self.config.max_failures_per_ip,
+            per_account: self.config.max_failures_per_account_all_addresses,
+            window: Duration::from_secs(self.config.failure_window_seconds),
+        };
+        let email = accounts::normalize_email(username);
+        // Counted before the password is checked: concurrent guesses cannot all get through.
         self.throttle
-            .check(&account_key, self.config.max_failures_per_account, window)
-            .and_then(|()| self.throttle.check(&ip_key, self.config.max_failures_per_ip, window))
-            .map_err(OAuthError::Throttled)?;
+            .attempt(&email, client_ip, &limits)
+            .await
+            .map_err(|e| match e {
+                ThrottleError::Wait(wait) => OAuthError::Throttled(wait),
+                ThrottleError::Database(e) => server(e),
+            })?;
         let found = accounts::by_email(self.store, username).await.map_err(server)?;
         let (account, hash) = match found {
             Some((account, hash)) => (Some(account), Some(hash)),
@@ -213,13 +221,11 @@ impl Issuer<'_> {
         let account = match (matches, account) {
             (true, Some(account)) => account,
             _ => {
-                self.throttle.fail(&account_key, window);
-                self.throttle.fail(&ip_key, window);
                 tracing::info!(client_ip, "failed login");
                 return Err(OAuthError::InvalidGrant("wrong email or password".into()));
             }
         };
-        self.throttle.clear(&account_key);
+        self.throttle.succeeded(&email, client_ip).await.map_err(server)?;
         let family = uuid::Uuid::new_v4().to_string();
         let refresh = self.new_refresh(&account, SHOP_WEB, &scope, &family).await?;
         Ok(self.answer(&account.id, &account.roles, SHOP_WEB, scope, Some(refresh)))
