@@ -5,5 +5,6 @@
 
 pub mod chaos;
 pub mod load;
+pub mod login_flood;
 pub mod procs;
 pub mod system;

@@ -94,8 +94,29 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_request_from(None, addr, method, path, headers, body)
+}
+
+/// [`http_request`] from a given local address: on loopback, `127.0.0.2` is another client
+/// to the server than `127.0.0.1`, as two machines would be.
+pub fn http_request_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let mut stream = match source {
+        None => std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?,
+        Some(ip) => {
+            let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+            socket.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+            socket.into()
+        }
+    };
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",

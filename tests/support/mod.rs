@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 pub use flotilla_bench::load;
+pub use flotilla_bench::login_flood;
 pub use flotilla_bench::procs::{alive, descendants, free_addr, http_get, http_request};
 pub use flotilla_bench::system::System;
 
