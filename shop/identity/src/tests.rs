@@ -516,3 +516,51 @@ async fn a_stranger_guessing_from_many_addresses_is_bounded_and_cannot_lock_the_
     let (status, _, body) = call(&app, login_form("ana@example.com", PASSWORD, "198.51.100.7")).await;
     assert_eq!(status, StatusCode::OK, "the owner's address is not held back: {body}");
 }
+
+/// Which clients exist is not told: a service's client id and a made-up one get the same
+/// `invalid_client`. A refresh refused for its scope does not spend the token.
+#[tokio::test]
+async fn clients_read_alike_and_a_refused_refresh_leaves_the_token_usable() {
+    let app = app().await;
+    sign_up(&app, "ana@example.com").await;
+    let mut answers = Vec::new();
+    for client in ["orders", "made-up"] {
+        let (status, _, body) = call(
+            &app,
+            form_post(
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", client),
+                    ("username", "ana@example.com"),
+                    ("password", PASSWORD),
+                ],
+                "203.0.113.9",
+            ),
+        )
+        .await;
+        answers.push((status, body));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0].1["error"], "invalid_client");
+
+    let (_, _, tokens) = login(&app, "ana@example.com", PASSWORD).await;
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let with_scope = |scope: Option<&str>| {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("client_id", "shop-web".to_owned()),
+            ("refresh_token", refresh.clone()),
+        ];
+        if let Some(scope) = scope {
+            form.push(("scope", scope.to_owned()));
+        }
+        form_post_owned(form)
+    };
+    let (status, _, refused) = call(&app, with_scope(Some("admin"))).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+    let (status, _, renewed) = call(&app, with_scope(None)).await;
+    assert_eq!(status, StatusCode::OK, "the token is still good: {renewed}");
+}

@@ -103,6 +103,10 @@ impl OAuthError {
     }
 }
 
+/// Why any client is refused: the same words whether the id is unknown, the secret wrong or
+/// the grant not the client's.
+const CLIENT_REFUSED: &str = "client authentication failed";
+
 fn server(err: impl std::fmt::Display) -> OAuthError {
     tracing::error!(error = %err, "token endpoint failed");
     OAuthError::Server
@@ -179,14 +183,12 @@ impl Issuer<'_> {
     }
 
     fn public_client(&self, client_id: &str) -> Result<(), OAuthError> {
+        // A service's client and a made-up one read alike (RFC 6749 `invalid_client`): which
+        // client ids exist is not told.
         if client_id == SHOP_WEB {
             Ok(())
-        } else if self.config.clients.iter().any(|c| c.id == client_id) {
-            Err(OAuthError::UnauthorizedClient(format!(
-                "client `{client_id}` may only use client_credentials"
-            )))
         } else {
-            Err(OAuthError::InvalidClient(format!("unknown client `{client_id}`")))
+            Err(OAuthError::InvalidClient(CLIENT_REFUSED.into()))
         }
     }
 
@@ -238,6 +240,23 @@ impl Issuer<'_> {
             .ok_or_else(|| OAuthError::InvalidRequest("the refresh_token grant needs refresh_token".into()))?;
         let token_hash = hash(token);
         let now = now_ms();
+        // What would refuse the request is checked before the token is spent: a refused
+        // refresh leaves the token as it was.
+        let found = sqlx::query("SELECT client_id, scope FROM refresh_tokens WHERE token_hash = $1")
+            .bind(&token_hash)
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(server)?
+            .ok_or_else(|| OAuthError::InvalidGrant("unknown refresh token".into()))?;
+        let issued_to: String = found.try_get("client_id").map_err(server)?;
+        if issued_to != client_id {
+            return Err(OAuthError::InvalidGrant(
+                "refresh token was issued to another client".into(),
+            ));
+        }
+        let original: String = found.try_get("scope").map_err(server)?;
+        let allowed: Vec<&str> = original.split(' ').collect();
+        let scope = granted(request.scope.as_deref(), &allowed, &original)?;
         // Using a token marks it, once: of two racing uses exactly one wins.
         let won = sqlx::query(
             "UPDATE refresh_tokens SET used_ms = $1 WHERE token_hash = $2 AND used_ms IS NULL AND revoked_ms IS NULL AND expires_ms > $1",
@@ -276,15 +295,6 @@ impl Issuer<'_> {
             }
             return Err(OAuthError::InvalidGrant("refresh token expired or revoked".into()));
         }
-        let issued_to: String = row.try_get("client_id").map_err(server)?;
-        if issued_to != client_id {
-            return Err(OAuthError::InvalidGrant(
-                "refresh token was issued to another client".into(),
-            ));
-        }
-        let original: String = row.try_get("scope").map_err(server)?;
-        let allowed: Vec<&str> = original.split(' ').collect();
-        let scope = granted(request.scope.as_deref(), &allowed, &original)?;
         let account_id: String = row.try_get("account_id").map_err(server)?;
         let account = accounts::by_id(self.store, &account_id)
             .await
@@ -311,7 +321,7 @@ impl Issuer<'_> {
             .iter()
             .find(|c| c.id == client_id)
             .filter(|c| secret.is_some_and(|s| same(s, &c.secret)))
-            .ok_or_else(|| OAuthError::InvalidClient("unknown client or wrong secret".into()))?;
+            .ok_or_else(|| OAuthError::InvalidClient(CLIENT_REFUSED.into()))?;
         let allowed: Vec<&str> = client.scope.split(' ').filter(|s| !s.is_empty()).collect();
         let scope = granted(request.scope.as_deref(), &allowed, &client.scope)?;
         Ok(self.answer(&client.id, &client.roles, &client.id, scope, None))
