@@ -393,7 +393,7 @@ fn prepare(system: &System, options: &Options) -> (String, String) {
         &[("Content-Type", "application/json")],
         r#"{"email":"chaos@example.com","password":"correct horse battery","name":"Chaos"}"#,
     ));
-    if status != 201 {
+    if status != 202 {
         fail(&format!("sign-up: {status} {body}"));
     }
     let customer = password_token(system, "chaos@example.com", "correct horse battery")

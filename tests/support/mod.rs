@@ -43,7 +43,7 @@ pub fn customer(system: &System, email: &str) -> String {
         &body,
     )
     .unwrap();
-    assert_eq!(status, 201, "{answer}");
+    assert_eq!(status, 202, "{answer}");
     let form = format!(
         "grant_type=password&client_id=shop-web&username={}&password=correct+horse+battery",
         email.replace('@', "%40")

@@ -98,7 +98,7 @@ fn prepare(system: &System) -> String {
         &[("Content-Type", "application/json")],
         r#"{"email":"bench@example.com","password":"correct horse battery","name":"Bench"}"#,
     ));
-    if status != 201 {
+    if status != 202 {
         fail(&format!("sign-up: {status} {body}"));
     }
     password_token(system, "bench@example.com", "correct horse battery").unwrap_or_else(|| fail("customer token"))

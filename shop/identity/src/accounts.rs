@@ -69,9 +69,38 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> AccountError {
     }
 }
 
-/// The one spelling of an email address: trimmed and lowercased.
+/// The one spelling of an email address: NFKC, lowercased, NFKC again, trimmed — so a
+/// full-width, decomposed or capitalized spelling is the same address.
 pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    use unicode_normalization::UnicodeNormalization;
+    let folded = email.trim().nfkc().collect::<String>().to_lowercase();
+    folded.nfkc().collect()
+}
+
+/// What a normalized address looks like to a person (the UTS #39 skeleton): a Cyrillic `а`
+/// for a Latin `a`, `rn` for `m`. Two addresses with one skeleton are one account's.
+pub fn email_skeleton(normalized: &str) -> String {
+    unicode_security::skeleton(normalized).collect()
+}
+
+/// Characters no one sees: zero-width spaces and joiners, direction marks, soft hyphens,
+/// variation selectors, tags — Unicode's default-ignorable code points. An address holding
+/// one would look like another's.
+fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
+}
+
+/// The 10,000 most common passwords (zxcvbn's list, from leaked password sets), lowercased.
+static COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
+
+/// Whether `password` is one of the 10,000 most common, whatever its case.
+pub fn is_common(password: &str) -> bool {
+    let lower = password.to_lowercase();
+    COMMON_PASSWORDS.lines().any(|common| common == lower)
 }
 
 impl SignUp {
@@ -82,13 +111,24 @@ impl SignUp {
             && email.split_once('@').is_some_and(|(local, domain)| {
                 !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
             })
-            && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+            && !email
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || invisible(c));
         if !shaped {
             return Err(invalid("email", "not an email address"));
         }
         let length = self.password.chars().count();
         if !(10..=128).contains(&length) {
             return Err(invalid("password", "must be 10 to 128 characters"));
+        }
+        if self.password.chars().all(char::is_whitespace) {
+            return Err(invalid("password", "must not be blank"));
+        }
+        if is_common(&self.password) {
+            return Err(invalid(
+                "password",
+                "is one of the most common passwords; choose another",
+            ));
         }
         if self
             .password
@@ -150,6 +190,8 @@ fn account(row: &sqlx::any::AnyRow) -> Result<Account, sqlx::Error> {
 pub async fn create(store: &Store, sign_up: SignUp, roles: &[&str]) -> Result<Account, AccountError> {
     sign_up.validate()?;
     let email = normalize_email(&sign_up.email);
+    let skeleton = email_skeleton(&email);
+    // Hashed whether or not the address is taken: both answers take as long.
     let hash = hash_password(sign_up.password).await?;
     let created = Account {
         id: uuid::Uuid::new_v4().to_string(),
@@ -159,7 +201,7 @@ pub async fn create(store: &Store, sign_up: SignUp, roles: &[&str]) -> Result<Ac
         created_ms: now_ms(),
     };
     let inserted = sqlx::query(
-        "INSERT INTO accounts (id, email, name, password_hash, roles, created_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO accounts (id, email, name, password_hash, roles, created_ms, email_skeleton) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&created.id)
     .bind(&created.email)
@@ -167,6 +209,7 @@ pub async fn create(store: &Store, sign_up: SignUp, roles: &[&str]) -> Result<Ac
     .bind(&hash)
     .bind(created.roles.join(" "))
     .bind(created.created_ms)
+    .bind(&skeleton)
     .execute(store.pool())
     .await;
     match inserted {
@@ -192,6 +235,32 @@ pub async fn ensure_admin(store: &Store, admin: &crate::config::AdminAccount) ->
         Err(AccountError::Taken) => Ok(false),
         Err(err) => Err(err),
     }
+}
+
+/// Fills the skeleton of accounts made before skeletons were kept; one whose skeleton an
+/// older account has already is left without (it keeps signing in; no new look-alike can be
+/// made). Returns how many were filled.
+pub async fn fill_skeletons(store: &Store) -> Result<usize, sqlx::Error> {
+    let rows = sqlx::query("SELECT id, email FROM accounts WHERE email_skeleton IS NULL ORDER BY created_ms")
+        .fetch_all(store.pool())
+        .await?;
+    let mut filled = 0;
+    for row in rows {
+        let (id, email): (String, String) = (row.try_get("id")?, row.try_get("email")?);
+        let done = sqlx::query("UPDATE accounts SET email_skeleton = $1 WHERE id = $2")
+            .bind(email_skeleton(&normalize_email(&email)))
+            .bind(&id)
+            .execute(store.pool())
+            .await;
+        match done {
+            Ok(_) => filled += 1,
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tracing::warn!(account = %id, "an older account's address looks the same as this one's");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// An account and its password hash, by email.

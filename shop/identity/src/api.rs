@@ -41,22 +41,27 @@ fn internal(err: impl std::fmt::Display) -> Problem {
     Problem::internal()
 }
 
+/// Sign-up answers `202 Accepted` alike whether the address was new or taken (or looks like a
+/// taken one), and takes as long: which addresses have accounts is not told. The account's
+/// owner finds out by signing in.
 async fn sign_up(State(identity): State<Arc<Identity>>, Json(body): Json<SignUp>) -> Result<Response, Problem> {
+    let email = accounts::normalize_email(&body.email);
     match accounts::create(&identity.store, body, &[CUSTOMER]).await {
-        Ok(account) => {
-            tracing::info!(account = %account.id, "account created");
-            Ok((
-                StatusCode::CREATED,
-                [(header::LOCATION, HeaderValue::from_static("/api/v1/me"))],
-                Json(account),
-            )
-                .into_response())
-        }
-        Err(AccountError::Invalid { field, reason }) => Err(Problem::invalid_field(field, reason)),
-        Err(AccountError::Taken) => Err(Problem::new(409, "account-exists", "Account exists")
-            .with_detail("an account with this email exists; sign in instead")),
-        Err(err) => Err(internal(err)),
+        Ok(account) => tracing::info!(account = %account.id, "account created"),
+        Err(AccountError::Taken) => tracing::info!("sign-up for an address that has an account; nothing changed"),
+        Err(AccountError::Invalid { field, reason }) => return Err(Problem::invalid_field(field, reason)),
+        Err(err) => return Err(internal(err)),
     }
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, HeaderValue::from_static("/oauth2/token"))],
+        Json(serde_json::json!({
+            "status": "accepted",
+            "email": email,
+            "detail": "if this address had no account, it has one now: sign in with it",
+        })),
+    )
+        .into_response())
 }
 
 /// An OAuth error as problem+json that also carries RFC 6749's `error` and

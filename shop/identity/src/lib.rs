@@ -56,6 +56,11 @@ impl Identity {
     pub async fn start(store: Store, config: LiveConfig<IdentityConfig>) -> Result<Arc<Self>, keys::KeyError> {
         let lifetime = Duration::from_secs(config.current().access_token_seconds);
         let ring = keys::KeyRing::load(store.clone(), lifetime).await?;
+        match accounts::fill_skeletons(&store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(accounts = n, "filled the look-alike skeletons of older accounts"),
+            Err(err) => tracing::error!(error = %err, "filling the skeletons of older accounts failed"),
+        }
         let jwks = JwksCache::local(jwk_set(&ring.current().jwks));
         let identity = Arc::new(Self {
             keys: ring,

@@ -17,8 +17,10 @@ pub(crate) fn document() -> Value {
             "/api/v1/accounts": {"post": {
                 "operationId": "signUp", "summary": "Create a customer account",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SignUp"}}}},
-                "responses": {"201": {"description": "Created", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Account"}}}},
-                              "400": problem(), "409": problem(), "413": problem()}}},
+                "description": "Answered alike whether the address was new or already has an account (or looks like one that has), so which addresses have accounts is not told; the owner finds out by signing in.",
+                "responses": {"202": {"description": "Accepted", "content": {"application/json": {"schema": {"type": "object", "required": ["status", "email"],
+                                  "properties": {"status": {"type": "string", "enum": ["accepted"]}, "email": {"type": "string"}, "detail": {"type": "string"}}}}}},
+                              "400": problem(), "413": problem()}}},
             "/oauth2/token": {"post": {
                 "operationId": "token", "summary": "OAuth 2.0 token endpoint (RFC 6749)",
                 "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}}},
