@@ -16,6 +16,7 @@ pub mod http;
 pub mod resilience;
 pub mod runtime;
 pub mod saga;
+pub mod seal;
 pub mod store;
 pub mod telemetry;
 

@@ -34,6 +34,13 @@ pub struct IdentityConfig {
     /// The first administrator: made (with the `admin` role) when no account has this email.
     /// Store it as a config secret.
     pub admin: Option<AdminAccount>,
+    /// The key identity's signing keys are sealed with at rest (AES-256-GCM; 32 bytes,
+    /// base64), kept out of identity's database so that a stolen copy of it signs nothing.
+    /// A config secret: `flotilla up` makes one for a new data dir.
+    pub seal_key: Option<String>,
+    /// Or a file holding the 32-byte key (a mounted Kubernetes Secret); it wins over
+    /// `seal_key`.
+    pub seal_key_file: Option<std::path::PathBuf>,
 }
 
 /// The account an operator bootstraps administration with.
@@ -76,6 +83,8 @@ impl Default for IdentityConfig {
             failure_window_seconds: 900,
             clients: Vec::new(),
             admin: None,
+            seal_key: None,
+            seal_key_file: None,
         }
     }
 }
@@ -104,6 +113,11 @@ impl IdentityConfig {
             || self.failure_window_seconds == 0
         {
             return Err("throttling limits and window must be above zero".into());
+        }
+        if self.seal_key_file.is_none() {
+            if let Some(key) = &self.seal_key {
+                crate::keys::sealer_from_base64(key).map_err(|e| format!("seal_key: {e}"))?;
+            }
         }
         if let Some(admin) = &self.admin {
             let sign_up = crate::accounts::SignUp {

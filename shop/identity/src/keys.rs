@@ -2,7 +2,8 @@
 //! alive is published in the JWKS. Rotation makes a new key and retires the old one, which
 //! stays published for one access-token lifetime (plus a minute of clock skew), so no token
 //! it signed stops verifying. Keys live in identity's database, so every instance signs with
-//! the same key and publishes the same set.
+//! the same key and publishes the same set — sealed (AES-256-GCM, the key id as associated
+//! data) under a key kept elsewhere, so the database alone yields no key that signs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use flotilla::auth::signing::{SigningError, SigningKey};
+use flotilla::seal::Sealer;
 use flotilla::store::{now_ms, Store};
 use sqlx::Row;
 
@@ -26,6 +28,39 @@ pub enum KeyError {
     /// A stored key is not base64.
     #[error("stored key `{0}` is not base64")]
     Encoding(String),
+    /// A stored key does not open with the sealing key in force.
+    #[error("signing key `{0}` does not open with this sealing key (it was sealed with another; restore identity's `seal_key`)")]
+    Sealed(String),
+    /// No sealing key was given.
+    #[error("no sealing key for the signing keys: set the config secret `seal_key` of scope identity (a new `flotilla up` makes one) or `seal_key_file`")]
+    NoSealKey,
+    /// The sealing key is not usable.
+    #[error("the sealing key: {0}")]
+    SealKey(String),
+}
+
+/// What a sealed key is stored with, ahead of its sealed bytes.
+const SEALED: &str = "sealed:";
+
+/// A sealer over a base64 32-byte key.
+pub fn sealer_from_base64(key: &str) -> Result<Sealer, KeyError> {
+    let bytes = STANDARD
+        .decode(key.trim())
+        .map_err(|_| KeyError::SealKey("not base64".into()))?;
+    Sealer::from_key(&bytes).ok_or_else(|| KeyError::SealKey(format!("{} bytes, not 32", bytes.len())))
+}
+
+/// The sealer the configuration names: its file, else its secret.
+pub fn sealer_from(config: &crate::IdentityConfig) -> Result<Sealer, KeyError> {
+    match (&config.seal_key_file, &config.seal_key) {
+        (Some(path), _) => Sealer::read_file(path).map_err(|e| KeyError::SealKey(e.to_string())),
+        (None, Some(key)) => sealer_from_base64(key),
+        (None, None) => Err(KeyError::NoSealKey),
+    }
+}
+
+fn context(kid: &str) -> String {
+    format!("identity/signing-key/{kid}")
 }
 
 /// What is in force: the key that signs, and the published set.
@@ -41,6 +76,7 @@ pub struct Keys {
 /// The key ring. Cheap to share behind an `Arc`.
 pub struct KeyRing {
     store: Store,
+    sealer: Sealer,
     keys: ArcSwap<Keys>,
 }
 
@@ -49,19 +85,21 @@ const SKEW_MS: i64 = 60_000;
 
 impl KeyRing {
     /// Loads the keys, making the first one if there is none.
-    pub async fn load(store: Store, token_lifetime: Duration) -> Result<Self, KeyError> {
-        let keys = read(&store, token_lifetime).await?;
+    /// Keys stored in plain text by an earlier version are sealed on the way.
+    pub async fn load(store: Store, sealer: Sealer, token_lifetime: Duration) -> Result<Self, KeyError> {
+        let keys = read(&store, &sealer, token_lifetime).await?;
         let keys = match keys {
             Some(keys) => keys,
             None => {
-                insert_new(&store).await?;
-                read(&store, token_lifetime)
+                insert_new(&store, &sealer).await?;
+                read(&store, &sealer, token_lifetime)
                     .await?
                     .ok_or(KeyError::Encoding("(none)".into()))?
             }
         };
         Ok(Self {
             store,
+            sealer,
             keys: ArcSwap::from_pointee(keys),
         })
     }
@@ -73,7 +111,7 @@ impl KeyRing {
 
     /// Reads the keys again (another instance may have rotated).
     pub async fn reload(&self, token_lifetime: Duration) -> Result<(), KeyError> {
-        if let Some(keys) = read(&self.store, token_lifetime).await? {
+        if let Some(keys) = read(&self.store, &self.sealer, token_lifetime).await? {
             self.keys.store(Arc::new(keys));
         }
         Ok(())
@@ -81,7 +119,7 @@ impl KeyRing {
 
     /// Makes a new signing key and retires the others; returns the new key's id.
     pub async fn rotate(&self, token_lifetime: Duration) -> Result<String, KeyError> {
-        let kid = insert_new(&self.store).await?;
+        let kid = insert_new(&self.store, &self.sealer).await?;
         sqlx::query("UPDATE signing_keys SET retired_ms = $1 WHERE retired_ms IS NULL AND kid <> $2")
             .bind(now_ms())
             .bind(&kid)
@@ -104,12 +142,12 @@ impl KeyRing {
     }
 }
 
-async fn insert_new(store: &Store) -> Result<String, KeyError> {
+async fn insert_new(store: &Store, sealer: &Sealer) -> Result<String, KeyError> {
     let kid = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
     let key = SigningKey::generate(kid.clone())?;
     sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_ms, retired_ms) VALUES ($1, $2, $3, NULL)")
         .bind(&kid)
-        .bind(STANDARD.encode(key.pkcs8()))
+        .bind(format!("{SEALED}{}", sealer.seal(&context(&kid), key.pkcs8())))
         .bind(now_ms())
         .execute(store.pool())
         .await?;
@@ -117,7 +155,7 @@ async fn insert_new(store: &Store) -> Result<String, KeyError> {
 }
 
 /// The keys to publish and the one to sign with, or `None` if no key can sign.
-async fn read(store: &Store, token_lifetime: Duration) -> Result<Option<Keys>, KeyError> {
+async fn read(store: &Store, sealer: &Sealer, token_lifetime: Duration) -> Result<Option<Keys>, KeyError> {
     let cutoff = now_ms() - token_lifetime.as_millis() as i64 - SKEW_MS;
     let rows = sqlx::query(
         "SELECT kid, pkcs8, created_ms, retired_ms FROM signing_keys WHERE retired_ms IS NULL OR retired_ms > $1 ORDER BY created_ms DESC, kid",
@@ -129,8 +167,23 @@ async fn read(store: &Store, token_lifetime: Duration) -> Result<Option<Keys>, K
     let mut published = Vec::new();
     for row in rows {
         let kid: String = row.try_get("kid")?;
-        let encoded: String = row.try_get("pkcs8")?;
-        let der = STANDARD.decode(encoded).map_err(|_| KeyError::Encoding(kid.clone()))?;
+        let stored: String = row.try_get("pkcs8")?;
+        let der = match stored.strip_prefix(SEALED) {
+            Some(sealed) => sealer
+                .open(&context(&kid), sealed)
+                .map_err(|_| KeyError::Sealed(kid.clone()))?,
+            None => {
+                // Kept in plain text by an earlier version: sealed now, in place.
+                let der = STANDARD.decode(stored).map_err(|_| KeyError::Encoding(kid.clone()))?;
+                sqlx::query("UPDATE signing_keys SET pkcs8 = $1 WHERE kid = $2")
+                    .bind(format!("{SEALED}{}", sealer.seal(&context(&kid), &der)))
+                    .bind(&kid)
+                    .execute(store.pool())
+                    .await?;
+                tracing::info!(%kid, "sealed a signing key stored in plain text");
+                der
+            }
+        };
         let key = SigningKey::from_pkcs8(kid, &der)?;
         published.push(key.jwk());
         let retired: Option<i64> = row.try_get("retired_ms")?;

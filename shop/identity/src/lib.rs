@@ -53,9 +53,12 @@ fn jwk_set(value: &serde_json::Value) -> jsonwebtoken::jwk::JwkSet {
 
 impl Identity {
     /// Loads (or makes) the signing keys and starts rotating them on schedule.
+    /// The signing keys are sealed with the key the configuration names (`seal_key_file`,
+    /// else the `seal_key` secret).
     pub async fn start(store: Store, config: LiveConfig<IdentityConfig>) -> Result<Arc<Self>, keys::KeyError> {
         let lifetime = Duration::from_secs(config.current().access_token_seconds);
-        let ring = keys::KeyRing::load(store.clone(), lifetime).await?;
+        let sealer = keys::sealer_from(&config.current())?;
+        let ring = keys::KeyRing::load(store.clone(), sealer, lifetime).await?;
         match accounts::fill_skeletons(&store).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(accounts = n, "filled the look-alike skeletons of older accounts"),

@@ -16,6 +16,8 @@ use crate::{Identity, MIGRATOR};
 
 const PASSWORD: &str = "correct horse battery";
 const ORDERS_SECRET: &str = "orders-secret-orders-secret-0123456789";
+/// The sealing key of the test instances (32 bytes, base64).
+const SEAL_KEY: &str = "c2VhbGluZy1rZXktZm9yLXRoZS10ZXN0LWluc3RhbmM=";
 
 struct App {
     router: Router,
@@ -35,6 +37,11 @@ async fn app() -> App {
 
 /// One identity instance over the database at `url` (several share one, as in a fleet).
 async fn instance(url: &str) -> (Router, Arc<Identity>) {
+    instance_sealed(url, SEAL_KEY).await.unwrap()
+}
+
+/// An instance whose signing keys are sealed with `seal_key`.
+async fn instance_sealed(url: &str, seal_key: &str) -> Result<(Router, Arc<Identity>), crate::keys::KeyError> {
     let store = Store::open(url, &MIGRATOR).await.unwrap();
     let config = IdentityConfig {
         issuer: "https://id.test".into(),
@@ -45,13 +52,14 @@ async fn instance(url: &str) -> (Router, Arc<Identity>) {
             scope: "inventory.reserve payments.charge".into(),
             roles: vec!["service".into()],
         }],
+        seal_key: Some(seal_key.into()),
         ..IdentityConfig::default()
     };
-    let identity = Identity::start(store, LiveConfig::fixed(config)).await.unwrap();
-    (
+    let identity = Identity::start(store, LiveConfig::fixed(config)).await?;
+    Ok((
         flotilla::http::with_problem_fallbacks(crate::router(identity.clone())),
         identity,
-    )
+    ))
 }
 
 fn login_form(email: &str, password: &str, from: &str) -> Request<Body> {
@@ -600,4 +608,51 @@ async fn clients_read_alike_and_a_refused_refresh_leaves_the_token_usable() {
     );
     let (status, _, renewed) = call(&app, with_scope(None)).await;
     assert_eq!(status, StatusCode::OK, "the token is still good: {renewed}");
+}
+
+/// A stolen copy of identity's database signs nothing: its signing keys are sealed under a
+/// key kept elsewhere; another sealing key does not open them; a key an earlier version kept
+/// in plain text is sealed at start.
+#[tokio::test]
+async fn a_stolen_database_cannot_sign() {
+    use base64::Engine;
+    let app = app().await;
+    let store = &app.identity.store;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT pkcs8 FROM signing_keys")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(!stored.is_empty());
+    for value in &stored {
+        let rest = value.strip_prefix("sealed:").expect("sealed");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(rest).unwrap();
+        assert!(flotilla::auth::signing::SigningKey::from_pkcs8("k", &bytes).is_err());
+        assert!(
+            flotilla::auth::signing::SigningKey::from_pkcs8("k", &bytes[12..]).is_err(),
+            "not the key behind a nonce either"
+        );
+    }
+    let other = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let refused = instance_sealed(&app._db.url, &other)
+        .await
+        .err()
+        .expect("another key opens nothing");
+    assert!(matches!(refused, crate::keys::KeyError::Sealed(_)), "{refused}");
+
+    // A key kept in plain text (as before sealing) is sealed when an instance starts.
+    let key = flotilla::auth::signing::SigningKey::generate("plainkid").unwrap();
+    sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_ms, retired_ms) VALUES ($1, $2, $3, NULL)")
+        .bind("plainkid")
+        .bind(base64::engine::general_purpose::STANDARD.encode(key.pkcs8()))
+        .bind(flotilla::store::now_ms() + 1_000)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (_, again) = instance(&app._db.url).await;
+    assert_eq!(again.keys.current().signing.kid(), "plainkid");
+    let now: String = sqlx::query_scalar("SELECT pkcs8 FROM signing_keys WHERE kid = 'plainkid'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(now.starts_with("sealed:"), "{now}");
 }

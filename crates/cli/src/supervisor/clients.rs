@@ -1,7 +1,8 @@
-//! Service clients for a new data dir: orders calls inventory, payments and shipping with its
-//! own OAuth client-credentials token, so `up` makes the client once — a random secret,
-//! stored as a config secret both where identity checks it (`identity/default/clients`) and
-//! where orders reads it (`orders/default/client`). An existing client is left alone.
+//! Secrets for a new data dir. Orders calls inventory, payments and shipping with its own
+//! OAuth client-credentials token, so `up` makes the client once — a random secret, stored as
+//! a config secret both where identity checks it (`identity/default/clients`) and where orders
+//! reads it (`orders/default/client`); and identity seals its signing keys with a key `up`
+//! makes once (`identity/default/seal_key`). What exists is left alone.
 
 use flotilla::api::config::{ConfigKey, DEFAULT_PROFILE};
 use flotilla::config::{ConfigClient, ConfigClientError, Write};
@@ -59,5 +60,33 @@ pub(super) async fn seed(control: &str, token: &str) -> Result<Option<String>, U
         // Another `up` made them at the same moment: theirs stand.
         Err(ConfigClientError::Conflict(_)) => Ok(None),
         Err(err) => Err(UpError::Seed(format!("orders/default/client: {err}"))),
+    }
+}
+
+/// Makes the key identity seals its signing keys with (32 random bytes, a config secret in
+/// scope `identity`, so it lives with the control plane and not in identity's database),
+/// unless there is one; says what it did.
+pub(super) async fn seed_seal_key(control: &str, token: &str) -> Result<Option<String>, UpError> {
+    use base64::Engine;
+    let client = ConfigClient::new(control, Some(token.to_owned()));
+    let key = ConfigKey::new("identity", DEFAULT_PROFILE, "seal_key");
+    match client.get(&key).await {
+        Ok(entry) if !entry.deleted => return Ok(None),
+        Ok(_) | Err(ConfigClientError::NotFound(_)) => {}
+        Err(err) => return Err(UpError::Seed(err.to_string())),
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let value = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    let made = write(
+        "the key identity seals its signing keys with, made by `flotilla up`",
+        Some(0),
+    );
+    match client.set(&key, value, true, made).await {
+        Ok(_) => Ok(Some(
+            "identity: made the key its signing keys are sealed with (config secret identity/default/seal_key)".into(),
+        )),
+        Err(ConfigClientError::Conflict(_)) => Ok(None),
+        Err(err) => Err(UpError::Seed(format!("identity/default/seal_key: {err}"))),
     }
 }

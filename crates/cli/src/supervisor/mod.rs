@@ -262,6 +262,16 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
             }
         }
     }
+    if manifest.services.iter().any(|s| s.name == flotilla_identity::SERVICE) {
+        match clients::seed_seal_key(&options.control_addr.to_string(), &token).await {
+            Ok(Some(line)) => output.say(&line),
+            Ok(None) => {}
+            Err(err) => {
+                stop_all(&output, &fleet, vec![], control).await;
+                return Err(err);
+            }
+        }
+    }
     if manifest.services.iter().any(|s| s.name == flotilla_orders::SERVICE) {
         match clients::seed(&options.control_addr.to_string(), &token).await {
             Ok(Some(line)) => output.say(&line),

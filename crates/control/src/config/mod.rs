@@ -7,7 +7,6 @@
 //! resolving a service's document never touches the disk; history and diffs read it.
 
 pub mod http;
-pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,7 +21,7 @@ use serde_json::Value;
 use sqlx::{Row, SqlitePool};
 use tokio::sync::watch;
 
-pub use secrets::{Sealer, SecretError};
+pub use flotilla::seal::{SealError as SecretError, Sealer};
 
 /// Why a config operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +150,7 @@ impl ConfigStore {
             source,
         })?;
         let pool = crate::sqlite(Some(&data_dir.join("control.db")), SCHEMA).await?;
-        Self::with(pool, Sealer::from_dir(data_dir)?).await
+        Self::with(pool, Sealer::from_file(&data_dir.join("config.key"))?).await
     }
 
     /// A store that lives in memory, for tests.

@@ -1,6 +1,7 @@
-//! Secrets at rest: AES-256-GCM with a key kept in the data dir (`config.key`, mode 0600),
-//! a fresh 96-bit nonce per value, and the entry's `scope/profile/key` as associated data,
-//! so a sealed value copied to another key does not open.
+//! Secrets at rest: AES-256-GCM under a 32-byte key kept apart from what it seals (the
+//! control plane's `config.key` for config secrets; the key identity seals its signing keys
+//! with), a fresh 96-bit nonce per value, and a context (`scope/profile/key`, a key id) as
+//! associated data, so a sealed value copied to another place does not open.
 
 use std::path::Path;
 
@@ -11,9 +12,9 @@ use rand::RngCore;
 
 /// Why a secret could not be sealed or opened.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretError {
+pub enum SealError {
     /// The key file could not be read or written.
-    #[error("the secrets key {path}: {source}")]
+    #[error("the sealing key {path}: {source}")]
     KeyFile {
         /// The key file.
         path: String,
@@ -21,7 +22,7 @@ pub enum SecretError {
         source: std::io::Error,
     },
     /// The key file is not 32 bytes.
-    #[error("the secrets key {0} is not 32 bytes; restore it from a backup (secrets sealed with another key cannot be opened)")]
+    #[error("the sealing key {0} is not 32 bytes; restore it from a backup (what was sealed with another key cannot be opened)")]
     BadKey(String),
     /// A sealed value did not open: another key, or tampered with.
     #[error("a sealed value did not open (wrong key or tampered)")]
@@ -42,25 +43,36 @@ impl std::fmt::Debug for Sealer {
 const NONCE: usize = 12;
 
 impl Sealer {
-    /// The key in `dir/config.key`, created (random, 0600) if missing.
-    pub fn from_dir(dir: &Path) -> Result<Self, SecretError> {
-        let path = dir.join("config.key");
-        let io = |source| SecretError::KeyFile {
+    /// The key in the file at `path`, created (random, 0600) if missing.
+    pub fn from_file(path: &Path) -> Result<Self, SealError> {
+        let io = |source| SealError::KeyFile {
             path: path.display().to_string(),
             source,
         };
-        let key = match std::fs::read(&path) {
+        let key = match std::fs::read(path) {
             Ok(key) => key,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(io)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
                 let mut key = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut key);
-                write_private(&path, &key).map_err(io)?;
+                write_private(path, &key).map_err(io)?;
                 key
             }
             Err(e) => return Err(io(e)),
         };
-        Self::from_key(&key).ok_or_else(|| SecretError::BadKey(path.display().to_string()))
+        Self::from_key(&key).ok_or_else(|| SealError::BadKey(path.display().to_string()))
+    }
+
+    /// The key in the file at `path`, which must exist (a mounted secret: making a new key
+    /// in its place would leave everything sealed before unopenable).
+    pub fn read_file(path: &Path) -> Result<Self, SealError> {
+        let key = std::fs::read(path).map_err(|source| SealError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_key(&key).ok_or_else(|| SealError::BadKey(path.display().to_string()))
     }
 
     /// A sealer with a random key, for stores that live in memory.
@@ -72,7 +84,8 @@ impl Sealer {
         }
     }
 
-    fn from_key(key: &[u8]) -> Option<Self> {
+    /// A sealer over a 32-byte key; `None` for any other length.
+    pub fn from_key(key: &[u8]) -> Option<Self> {
         (key.len() == 32).then(|| Self {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
         })
@@ -97,12 +110,12 @@ impl Sealer {
     }
 
     /// Opens what [`Sealer::seal`] made for the same `context`.
-    pub fn open(&self, context: &str, sealed: &str) -> Result<Vec<u8>, SecretError> {
+    pub fn open(&self, context: &str, sealed: &str) -> Result<Vec<u8>, SealError> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(sealed)
-            .map_err(|_| SecretError::Open)?;
+            .map_err(|_| SealError::Open)?;
         if bytes.len() < NONCE {
-            return Err(SecretError::Open);
+            return Err(SealError::Open);
         }
         let (nonce, cipher) = bytes.split_at(NONCE);
         let payload = Payload {
@@ -111,7 +124,7 @@ impl Sealer {
         };
         self.cipher
             .decrypt(Nonce::from_slice(nonce), payload)
-            .map_err(|_| SecretError::Open)
+            .map_err(|_| SealError::Open)
     }
 }
 
@@ -140,7 +153,7 @@ mod tests {
     #[test]
     fn sealed_values_open_only_with_their_key_and_context() {
         let dir = tempfile::tempdir().unwrap();
-        let sealer = Sealer::from_dir(dir.path()).unwrap();
+        let sealer = Sealer::from_file(&dir.path().join("config.key")).unwrap();
         let sealed = sealer.seal("payments/default/api_key", b"\"sk_live_123\"");
         assert!(!sealed.contains("sk_live"));
         assert_eq!(
@@ -149,7 +162,7 @@ mod tests {
         );
         assert!(sealer.open("catalog/default/api_key", &sealed).is_err());
         // The same key file opens it after a restart; another key does not.
-        let again = Sealer::from_dir(dir.path()).unwrap();
+        let again = Sealer::from_file(&dir.path().join("config.key")).unwrap();
         assert!(again.open("payments/default/api_key", &sealed).is_ok());
         assert!(Sealer::ephemeral().open("payments/default/api_key", &sealed).is_err());
         #[cfg(unix)]
@@ -167,7 +180,7 @@ mod tests {
     fn a_short_key_file_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.key"), b"short").unwrap();
-        let err = Sealer::from_dir(dir.path()).unwrap_err();
+        let err = Sealer::from_file(&dir.path().join("config.key")).unwrap_err();
         assert!(err.to_string().contains("config.key"), "{err}");
     }
 }
