@@ -230,3 +230,41 @@ fn a_new_x_forwarded_for_per_guess_is_still_throttled() {
     assert_eq!(checked, 5, "one address's free attempts");
     system.interrupt(Duration::from_secs(30));
 }
+
+/// docs/security.md claims a defence only with a test that shows it: every test it names
+/// exists in the tree.
+#[test]
+fn the_security_document_names_only_tests_that_exist() {
+    let root = support::repo_root();
+    let doc = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
+    let mut sources = String::new();
+    let mut pending = vec![root.join("crates"), root.join("shop"), root.join("tests")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.ends_with("target") {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let named: Vec<&str> = doc
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|name| {
+            name.len() > 20
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        })
+        .collect();
+    assert!(named.len() >= 10, "{named:?}");
+    for name in named {
+        assert!(
+            sources.contains(&format!("fn {name}(")),
+            "docs/security.md names `{name}`, which no test is"
+        );
+    }
+}
