@@ -449,7 +449,11 @@ fn every_instance_is_discoverable_and_exports_only_documented_metrics() {
         let target = group["targets"][0].as_str().unwrap();
         let path = group["labels"]["__metrics_path__"].as_str().unwrap_or("/metrics");
         let addr: std::net::SocketAddr = target.parse().unwrap();
-        let (status, text) = http_request(addr, "GET", path, &[], "").unwrap();
+        // As Prometheus scrapes: with the read-only credential `up` wrote (the control plane
+        // answers nothing without one; services do not ask).
+        let reader = std::fs::read_to_string(system.data_dir().join("read-token")).unwrap();
+        let (status, text) =
+            http_request(addr, "GET", path, &[("Authorization", &format!("Bearer {reader}"))], "").unwrap();
         assert_eq!(status, 200, "{target}{path}");
         for (name, (kind, labels)) in families(&text) {
             let (want_kind, want_labels) = documented
@@ -509,6 +513,14 @@ fn prometheus_finds_every_instance_through_the_control_plane_and_sees_it_up() {
         .map(|line| match (line.find("http://"), line.find("/v1/sd/prometheus")) {
             (Some(start), Some(end)) if start < end => {
                 format!("{}http://{}{}\n", &line[..start], system.control, &line[end..])
+            }
+            // The read-only credential `up` wrote to this system's data dir.
+            _ if line.trim_start().starts_with("credentials_file:") => {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                format!(
+                    "{indent}credentials_file: {}\n",
+                    system.data_dir().join("read-token").display()
+                )
             }
             _ => format!("{line}\n"),
         })

@@ -92,7 +92,16 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn registry_ids(system: &System) -> Vec<(String, String)> {
-    let Ok((200, body)) = http_get(system.control, "/v1/registry/instances") else {
+    let token = std::fs::read_to_string(system.data_dir().join("token")).unwrap_or_default();
+    let auth = format!("Bearer {}", token.trim());
+    let answer = flotilla_bench::procs::http_request(
+        system.control,
+        "GET",
+        "/v1/registry/instances",
+        &[("Authorization", &auth)],
+        "",
+    );
+    let Ok((200, body)) = answer else {
         return Vec::new();
     };
     let Ok(list) = serde_json::from_str::<serde_json::Value>(&body) else {

@@ -40,6 +40,18 @@ pub fn ensure(data_dir: &Path) -> std::io::Result<String> {
     Ok(token)
 }
 
+/// Writes `text` to `path`, readable by its owner only, replacing what was there.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -1,4 +1,5 @@
-//! The control plane's HTTP API, under `/v1`. Reads are open; writes need the token.
+//! The control plane's HTTP API, under `/v1`. Deny by default: every request but the health
+//! checks carries a credential, and [`crate::acl`] says what its principal may do.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use flotilla::http::{with_problem_fallbacks, Json, Query};
 use flotilla_api::{Problem, Registration, INDEX_HEADER};
 use serde::Deserialize;
 
+pub use crate::acl::Principal;
 use crate::registry::{Registered, Registry, RegistryError};
 use crate::ControlState;
 
@@ -44,10 +46,8 @@ pub fn router(state: Arc<ControlState>) -> Router {
     with_problem_fallbacks(api)
 }
 
-/// Proof that the request carried the control plane's token.
-pub(crate) struct Authorized;
-
-impl FromRequestParts<Arc<ControlState>> for Authorized {
+/// A request's principal: a credential is needed for everything but the health checks.
+impl FromRequestParts<Arc<ControlState>> for Principal {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<ControlState>) -> Result<Self, Response> {
@@ -57,29 +57,35 @@ impl FromRequestParts<Arc<ControlState>> for Authorized {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
-            Some(token) if state.token_matches(token.trim()) => Ok(Authorized),
-            Some(_) => Err(unauthorized("the token is wrong")),
+            Some(credential) => state
+                .identify(credential.trim())
+                .ok_or_else(|| unauthorized("the credential is not one of this control plane's")),
             None => Err(unauthorized(
-                "writes need `Authorization: Bearer <token>` (the token is in the data dir)",
+                "the control plane needs `Authorization: Bearer <credential>`: the operator's token (in the data dir), a service instance's credential, or a read-only one",
             )),
         }
     }
 }
 
-/// Whether a read carried the token (it may then see secrets). A wrong token is refused
-/// rather than quietly treated as none.
-pub(crate) struct Caller(pub(crate) bool);
+/// Proof that the operator asks (config writes, replays).
+pub(crate) struct Authorized;
 
-impl FromRequestParts<Arc<ControlState>> for Caller {
+impl FromRequestParts<Arc<ControlState>> for Authorized {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<ControlState>) -> Result<Self, Response> {
-        if parts.headers.contains_key(header::AUTHORIZATION) {
-            Authorized::from_request_parts(parts, state).await.map(|_| Caller(true))
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if principal.is_operator() {
+            Ok(Authorized)
         } else {
-            Ok(Caller(false))
+            Err(forbidden("only the operator may do this").into_response())
         }
     }
+}
+
+/// 403 problem+json: the credential is good but its principal may not do this.
+pub(crate) fn forbidden(detail: impl Into<String>) -> Problem {
+    Problem::new(403, "forbidden", "Forbidden").with_detail(detail)
 }
 
 fn unauthorized(detail: &str) -> Response {
@@ -101,11 +107,16 @@ fn problem(err: RegistryError) -> Problem {
 }
 
 async fn register(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Json(registration): Json<Registration>,
 ) -> Result<Response, Problem> {
     let (service, id) = (registration.service.clone(), registration.instance_id.clone());
+    if !who.may_register(&service) {
+        return Err(forbidden(format!(
+            "this credential may not register instances of `{service}`"
+        )));
+    }
     match state.registry.register(registration).map_err(problem)? {
         Registered::Created(lease) => {
             tracing::info!(%service, instance = %id, "instance registered");
@@ -115,20 +126,35 @@ async fn register(
     }
 }
 
+/// Passes the principal for an instance of its own service (an unknown instance is left to
+/// the registry's own answer).
+fn own_instance(state: &ControlState, who: &Principal, id: &str) -> Result<(), Problem> {
+    let list = state.registry.list(None);
+    match list.instances.iter().find(|i| i.instance_id == id) {
+        Some(instance) if !who.may_register(&instance.service) => Err(forbidden(format!(
+            "instance `{id}` is of `{}`, which this credential does not speak for",
+            instance.service
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn heartbeat(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
+    own_instance(&state, &who, &id)?;
     let lease = state.registry.heartbeat(&id).map_err(problem)?;
     Ok(Json(lease).into_response())
 }
 
 async fn deregister(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    own_instance(&state, &who, &id)?;
     let gone = state.registry.deregister(&id).map_err(problem)?;
     tracing::info!(service = %gone.service, instance = %id, "instance deregistered");
     Ok(StatusCode::NO_CONTENT)
@@ -190,6 +216,7 @@ async fn list(
 }
 
 async fn list_instances(
+    _who: Principal,
     State(state): State<Arc<ControlState>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, Problem> {
@@ -197,6 +224,7 @@ async fn list_instances(
 }
 
 async fn list_service(
+    _who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
@@ -204,7 +232,7 @@ async fn list_service(
     list(&state, Some(&name), q.index, q.wait.as_deref()).await
 }
 
-async fn list_services(State(state): State<Arc<ControlState>>) -> impl IntoResponse {
+async fn list_services(_who: Principal, State(state): State<Arc<ControlState>>) -> impl IntoResponse {
     Json(state.registry.services())
 }
 

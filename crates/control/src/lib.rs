@@ -2,6 +2,7 @@
 //! watches), the config store (versioned, watched, secrets sealed), the event log and the
 //! trace store (OTLP in, traces and the dependency graph out) behind a token-guarded HTTP API.
 
+pub mod acl;
 pub mod api;
 pub mod config;
 pub mod events;
@@ -68,7 +69,7 @@ pub struct ControlState {
     pub events: EventLog,
     /// The trace store.
     pub traces: TraceStore,
-    token: String,
+    keyring: acl::Keyring,
     /// Where this control plane listens, when it knows: Prometheus service discovery lists it
     /// among the targets to scrape.
     listen: Option<SocketAddr>,
@@ -91,7 +92,7 @@ impl ControlState {
             config: storage.config,
             events: storage.events,
             traces: storage.traces,
-            token: config.token,
+            keyring: acl::Keyring::new(&config.token),
             listen: None,
             closing,
         }
@@ -131,10 +132,9 @@ impl ControlState {
         self.warm_at.saturating_duration_since(tokio::time::Instant::now())
     }
 
-    /// Compares a presented token with ours in constant time.
-    pub fn token_matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.token.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    /// Who a presented credential names, if it is one of this control plane's.
+    pub fn identify(&self, presented: &str) -> Option<acl::Principal> {
+        self.keyring.identify(presented)
     }
 }
 

@@ -220,6 +220,10 @@ async fn compare_and_set_through_the_client_and_a_store_that_survives_a_restart(
     };
     assert_eq!(entry.revision, first.revision);
     assert_eq!(admin.get(&secret_key).await.unwrap().value, json!("sk_1"));
+    // A reader sees secrets masked; no credential sees nothing.
+    let reader = flotilla_control::acl::Keyring::new(TOKEN).reader("dashboard");
+    let reader = ConfigClient::new(&addr.to_string(), reader);
+    assert_eq!(reader.get(&secret_key).await.unwrap().value, json!("******"));
     let anonymous = ConfigClient::new(&addr.to_string(), None);
-    assert_eq!(anonymous.get(&secret_key).await.unwrap().value, json!("******"));
+    assert!(anonymous.get(&secret_key).await.is_err());
 }

@@ -51,9 +51,12 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
     let stop_control = start_control(control_addr).await;
 
     let (stop_watch, watch_stopped) = oneshot::channel::<()>();
-    let discovery = Discovery::spawn(RegistryClient::new(&control_addr.to_string(), None), async move {
-        let _ = watch_stopped.await;
-    });
+    let discovery = Discovery::spawn(
+        RegistryClient::new(&control_addr.to_string(), Some(TOKEN.into())),
+        async move {
+            let _ = watch_stopped.await;
+        },
+    );
     discovery.ready().await;
 
     let env = ServiceEnv {
@@ -136,9 +139,12 @@ async fn a_warming_registry_adds_to_a_watchers_view_and_removes_only_when_comple
     };
     client.register(&registration("echo-old", 1001)).await.unwrap();
     let (_stop_watch, watch_stopped) = oneshot::channel::<()>();
-    let discovery = Discovery::spawn(RegistryClient::new(&control_addr.to_string(), None), async move {
-        let _ = watch_stopped.await;
-    });
+    let discovery = Discovery::spawn(
+        RegistryClient::new(&control_addr.to_string(), Some(TOKEN.into())),
+        async move {
+            let _ = watch_stopped.await;
+        },
+    );
     wait_until("the first view", Duration::from_secs(5), || {
         discovery.instances("echo").len() == 1
     })

@@ -83,7 +83,7 @@ async fn spans_are_served_after_a_restart_and_the_control_plane_is_a_scrape_targ
     assert_eq!(answer.body, json!({}), "a full success");
 
     let groups: Vec<ScrapeTargetGroup> = client
-        .get_json(&format!("http://{addr}/v1/sd/prometheus"), None)
+        .get_json(&format!("http://{addr}/v1/sd/prometheus"), Some(TOKEN))
         .await
         .unwrap();
     assert_eq!(groups.len(), 1, "{groups:?}");
@@ -95,14 +95,14 @@ async fn spans_are_served_after_a_restart_and_the_control_plane_is_a_scrape_targ
 
     let (addr, _stop, _served) = control(dir.path()).await;
     let trace: Trace = client
-        .get_json(&format!("http://{addr}/v1/traces/{trace_id}"), None)
+        .get_json(&format!("http://{addr}/v1/traces/{trace_id}"), Some(TOKEN))
         .await
         .unwrap();
     assert_eq!(trace.spans.len(), 1);
     assert_eq!(trace.spans[0].instance.as_deref(), Some("orders-1-ab12"));
     assert_eq!(trace.spans[0].attributes["http.response.status_code"], json!(201));
     let list: TraceList = client
-        .get_json(&format!("http://{addr}/v1/traces?service=orders"), None)
+        .get_json(&format!("http://{addr}/v1/traces?service=orders"), Some(TOKEN))
         .await
         .unwrap();
     assert_eq!(list.traces[0].trace_id, trace_id);

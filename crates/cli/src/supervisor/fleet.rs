@@ -36,6 +36,8 @@ pub(super) struct ProcessRef {
 pub(super) struct Fleet {
     output: Arc<Output>,
     env: Vec<(String, String)>,
+    /// Mints each instance's own control-plane credential.
+    credentials: flotilla_control::acl::Keyring,
     groups: Mutex<BTreeMap<String, Group>>,
     /// Every process being supervised, by name; a process leaves before it is stopped.
     processes: std::sync::Mutex<BTreeMap<String, ProcessRef>>,
@@ -55,26 +57,42 @@ pub(super) struct Scaled {
 }
 
 impl Fleet {
-    /// A fleet whose processes get `env` (plus their own name and their program's env).
-    pub(super) fn new(output: Arc<Output>, env: Vec<(String, String)>) -> Self {
+    /// A fleet whose processes get `env` (plus their own name and their program's env), and
+    /// each instance of a service its own control-plane credential from `credentials`.
+    pub(super) fn new(
+        output: Arc<Output>,
+        env: Vec<(String, String)>,
+        credentials: flotilla_control::acl::Keyring,
+    ) -> Self {
         Self {
             output,
             env,
+            credentials,
             groups: Mutex::new(BTreeMap::new()),
             processes: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// The spec of one process.
+    /// The spec of one process; an instance of `service` gets that service's credential in
+    /// place of the operator's token (`None`: the control plane, which holds the token).
     pub(super) fn spec(
         &self,
         name: &str,
+        service: Option<&str>,
         slot: usize,
         program: &Program,
         extra: &[(String, String)],
         grace: Duration,
     ) -> ProcessSpec {
         let mut env = self.env.clone();
+        if let Some(service) = service {
+            let credential = self.credentials.service(service, name).unwrap_or_default();
+            for (key, value) in &mut env {
+                if key == flotilla_api::env::TOKEN {
+                    value.clone_from(&credential);
+                }
+            }
+        }
         env.push((flotilla_api::env::INSTANCE.into(), name.to_owned()));
         env.extend(extra.iter().cloned());
         env.extend(program.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -151,7 +169,14 @@ impl Fleet {
         };
         while group.instances.len() < instances as usize {
             let name = format!("{service}-{}", group.instances.len() + 1);
-            let spec = self.spec(&name, group.slot, &group.program, &[], SERVICE_STOP_GRACE);
+            let spec = self.spec(
+                &name,
+                Some(service),
+                group.slot,
+                &group.program,
+                &[],
+                SERVICE_STOP_GRACE,
+            );
             group.instances.push(self.start(service, spec));
             scaled.started.push(name);
         }

@@ -200,7 +200,14 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     tokio::pin!(shutdown);
 
     let common = child_env(options.control_addr, &token, &data_dir, manifest.events.as_deref());
-    let fleet = Arc::new(Fleet::new(output.clone(), common));
+    let credentials = flotilla_control::acl::Keyring::new(&token);
+    // A read-only credential for Prometheus' service discovery and scrapes (`credentials_file`).
+    crate::token::write_private(
+        &data_dir.join("read-token"),
+        &credentials.reader("prometheus").unwrap_or_default(),
+    )
+    .map_err(data_err)?;
+    let fleet = Arc::new(Fleet::new(output.clone(), common, credentials));
 
     // 1. The control plane, alone, until it answers.
     output.say(&format!(
@@ -219,6 +226,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         "control",
         fleet.spec(
             "control",
+            None,
             0,
             &manifest.control.program,
             &control_env,
@@ -291,6 +299,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         "gateway",
         fleet.spec(
             "gateway",
+            Some("gateway"),
             1,
             &manifest.gateway.program,
             &gateway_env,

@@ -60,7 +60,12 @@ async fn registration_without_token_is_refused() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
     let list = app
-        .oneshot(Request::get("/v1/registry/instances").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/v1/registry/instances")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -87,6 +92,7 @@ async fn register_list_heartbeat_deregister() {
         .clone()
         .oneshot(
             Request::get("/v1/registry/services/catalog")
+                .header("authorization", format!("Bearer {TOKEN}"))
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -140,6 +146,7 @@ async fn malformed_registration_names_the_field() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     let bad_wait = Request::get("/v1/registry/instances?index=1&wait=soon")
+        .header("authorization", format!("Bearer {TOKEN}"))
         .body(Body::empty())
         .unwrap();
     let response = app.oneshot(bad_wait).await.unwrap();
@@ -152,7 +159,12 @@ async fn unknown_paths_and_methods_are_problems() {
     let app = app().await;
     let response = app
         .clone()
-        .oneshot(Request::get("/v1/nope").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/v1/nope")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
@@ -275,7 +287,13 @@ async fn config_writes_need_the_token_and_compare_and_set_answers_412_with_the_c
     assert_eq!(json(bad).await["invalid-params"][0]["name"], "key");
 
     let history = app
-        .oneshot(config_request("GET", &format!("{path}/history"), None, &[], None))
+        .oneshot(config_request(
+            "GET",
+            &format!("{path}/history"),
+            Some(TOKEN),
+            &[],
+            None,
+        ))
         .await
         .unwrap();
     let history = json(history).await;
@@ -286,6 +304,10 @@ async fn config_writes_need_the_token_and_compare_and_set_answers_412_with_the_c
 #[tokio::test]
 async fn secrets_are_masked_without_the_token_and_a_wrong_token_is_refused() {
     let app = app().await;
+    let keys = crate::acl::Keyring::new(TOKEN);
+    let payments = keys.service("payments", "payments-1").unwrap();
+    let orders = keys.service("orders", "orders-1").unwrap();
+    let reader = keys.reader("prometheus").unwrap();
     let path = "/v1/config/payments/default/provider_key";
     let body = serde_json::json!({"value": "sk_123", "secret": true});
     let written = app
@@ -294,22 +316,35 @@ async fn secrets_are_masked_without_the_token_and_a_wrong_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(json(written).await["value"], flotilla_api::config::SECRET_MASK);
+    // The operator and the owning service see the secret; a reader sees it masked; another
+    // service may not read the scope at all; no credential is refused.
     for (token, expected) in [
-        (None, serde_json::json!("******")),
-        (Some(TOKEN), serde_json::json!("sk_123")),
+        (Some(TOKEN), Ok(serde_json::json!("sk_123"))),
+        (Some(payments.as_str()), Ok(serde_json::json!("sk_123"))),
+        (Some(reader.as_str()), Ok(serde_json::json!("******"))),
+        (Some(orders.as_str()), Err(StatusCode::FORBIDDEN)),
+        (None, Err(StatusCode::UNAUTHORIZED)),
+        (Some("nope"), Err(StatusCode::UNAUTHORIZED)),
     ] {
-        let read = app
-            .clone()
-            .oneshot(config_request("GET", path, token, &[], None))
-            .await
-            .unwrap();
-        assert_eq!(json(read).await["value"], expected);
-        let resolved = app
-            .clone()
-            .oneshot(config_request("GET", "/v1/config/resolve/payments", token, &[], None))
-            .await
-            .unwrap();
-        assert_eq!(json(resolved).await["values"]["provider_key"], expected);
+        for uri in [path, "/v1/config/resolve/payments"] {
+            let read = app
+                .clone()
+                .oneshot(config_request("GET", uri, token, &[], None))
+                .await
+                .unwrap();
+            match &expected {
+                Ok(value) => {
+                    let body = json(read).await;
+                    let got = if uri == path {
+                        &body["value"]
+                    } else {
+                        &body["values"]["provider_key"]
+                    };
+                    assert_eq!(got, value, "{token:?} {uri}");
+                }
+                Err(status) => assert_eq!(read.status(), *status, "{token:?} {uri}"),
+            }
+        }
     }
     let listed = app
         .clone()
@@ -317,11 +352,172 @@ async fn secrets_are_masked_without_the_token_and_a_wrong_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(json(listed).await[0]["value"], "******", "listings always mask");
-    let wrong = app
-        .oneshot(config_request("GET", path, Some("nope"), &[], None))
+    // Writes are the operator's.
+    let write = config_request(
+        "PUT",
+        path,
+        Some(&payments),
+        &[],
+        Some(serde_json::json!({"value": "x"})),
+    );
+    assert_eq!(app.oneshot(write).await.unwrap().status(), StatusCode::FORBIDDEN);
+}
+
+/// Deny by default: every control-plane endpoint but the health checks refuses a missing or
+/// wrong credential; a service's credential refuses another service's registration,
+/// heartbeat, topics and groups, and what only the operator and readers see.
+#[tokio::test]
+async fn every_endpoint_needs_a_credential_and_a_service_speaks_only_for_itself() {
+    let app = app().await;
+    let keys = crate::acl::Keyring::new(TOKEN);
+    let catalog = keys.service("catalog", "catalog-1").unwrap();
+    let orders = keys.service("orders", "orders-1").unwrap();
+    let reader = keys.reader("prometheus").unwrap();
+    let endpoints: &[(&str, &str)] = &[
+        ("GET", "/v1/registry/instances"),
+        ("GET", "/v1/registry/services"),
+        ("GET", "/v1/registry/services/catalog"),
+        ("POST", "/v1/registry/instances"),
+        ("PUT", "/v1/registry/instances/x/heartbeat"),
+        ("DELETE", "/v1/registry/instances/x"),
+        ("GET", "/v1/config"),
+        ("GET", "/v1/config/resolve/catalog"),
+        ("GET", "/v1/config/applied"),
+        ("PUT", "/v1/config/applied/x"),
+        ("GET", "/v1/config/catalog/default/page_size"),
+        ("PUT", "/v1/config/catalog/default/page_size"),
+        ("DELETE", "/v1/config/catalog/default/page_size"),
+        ("GET", "/v1/config/catalog/default/page_size/history"),
+        ("GET", "/v1/config/catalog/default/page_size/diff?from=1"),
+        ("POST", "/v1/config/catalog/default/page_size/rollback"),
+        ("GET", "/v1/events"),
+        ("POST", "/v1/events/orders"),
+        ("GET", "/v1/events/orders?group=orders"),
+        ("POST", "/v1/events/orders/ack"),
+        ("POST", "/v1/events/orders/nack"),
+        ("GET", "/v1/events/orders/messages"),
+        ("POST", "/v1/events/orders/replay"),
+        ("POST", "/v1/traces"),
+        ("GET", "/v1/traces"),
+        ("GET", "/v1/traces/0123456789abcdef0123456789abcdef"),
+        ("GET", "/v1/dependencies"),
+        ("GET", "/v1/sd/prometheus"),
+        ("GET", "/metrics"),
+    ];
+    for (method, path) in endpoints {
+        for token in [None, Some("wrong"), Some("svc:catalog:catalog-1:00")] {
+            let answer = app
+                .clone()
+                .oneshot(config_request(method, path, token, &[], Some(serde_json::json!({}))))
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+        }
+    }
+    for path in ["/health/live", "/health/ready"] {
+        let answer = app
+            .clone()
+            .oneshot(config_request("GET", path, None, &[], None))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+    }
+
+    // Catalog's credential registers catalog, never orders; orders cannot beat for catalog.
+    let answer = app
+        .clone()
+        .oneshot(post(registration_body(), Some(&orders)))
         .await
         .unwrap();
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    let answer = app
+        .clone()
+        .oneshot(post(registration_body(), Some(&catalog)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let beat = config_request(
+        "PUT",
+        "/v1/registry/instances/catalog-1-abcd/heartbeat",
+        Some(&orders),
+        &[],
+        None,
+    );
+    assert_eq!(app.clone().oneshot(beat).await.unwrap().status(), StatusCode::FORBIDDEN);
+    let beat = config_request(
+        "PUT",
+        "/v1/registry/instances/catalog-1-abcd/heartbeat",
+        Some(&catalog),
+        &[],
+        None,
+    );
+    assert_eq!(app.clone().oneshot(beat).await.unwrap().status(), StatusCode::OK);
+
+    // Topics and groups: orders publishes `orders`, catalog may not; catalog consumes as itself.
+    let event = serde_json::json!({"id": "e1", "source": "/t", "type": "t", "specversion": "1.0", "data": {}});
+    for (who, topic, expected) in [
+        (&orders, "orders", StatusCode::OK),
+        (&catalog, "orders", StatusCode::FORBIDDEN),
+    ] {
+        let publish = config_request(
+            "POST",
+            &format!("/v1/events/{topic}"),
+            Some(who),
+            &[],
+            Some(event.clone()),
+        );
+        assert_eq!(
+            app.clone().oneshot(publish).await.unwrap().status(),
+            expected,
+            "{who} → {topic}"
+        );
+    }
+    for (group, expected) in [("catalog", StatusCode::OK), ("payments", StatusCode::FORBIDDEN)] {
+        let fetch = config_request(
+            "GET",
+            &format!("/v1/events/orders?group={group}"),
+            Some(&catalog),
+            &[],
+            None,
+        );
+        assert_eq!(
+            app.clone().oneshot(fetch).await.unwrap().status(),
+            expected,
+            "group {group}"
+        );
+    }
+    // What the system observed is for the operator and readers, not for services.
+    for path in [
+        "/v1/traces",
+        "/v1/dependencies",
+        "/v1/sd/prometheus",
+        "/v1/events",
+        "/v1/config/applied",
+    ] {
+        let by_service = config_request("GET", path, Some(&catalog), &[], None);
+        assert_eq!(
+            app.clone().oneshot(by_service).await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+        let by_reader = config_request("GET", path, Some(&reader), &[], None);
+        assert_eq!(
+            app.clone().oneshot(by_reader).await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    // A reader writes nothing.
+    let answer = app
+        .clone()
+        .oneshot(post(registration_body(), Some(&reader)))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
@@ -351,7 +547,7 @@ async fn diff_and_rollback_over_http() {
         .oneshot(config_request(
             "GET",
             &format!("{path}/diff?from={}", revisions[0]),
-            None,
+            Some(TOKEN),
             &[],
             None,
         ))
@@ -372,7 +568,10 @@ async fn diff_and_rollback_over_http() {
         .await
         .unwrap();
     assert_eq!(back.status(), StatusCode::OK);
-    let current = app.oneshot(config_request("GET", path, None, &[], None)).await.unwrap();
+    let current = app
+        .oneshot(config_request("GET", path, Some(TOKEN), &[], None))
+        .await
+        .unwrap();
     assert_eq!(json(current).await["value"]["routes"][0]["prefix"], "/a");
 }
 

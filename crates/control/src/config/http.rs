@@ -16,7 +16,7 @@ use flotilla_api::{Problem, INDEX_HEADER};
 use serde::Deserialize;
 
 use super::{ConfigError, Reveal, WriteOptions};
-use crate::api::{parse_wait, Authorized, Caller};
+use crate::api::{forbidden, parse_wait, Authorized, Principal};
 use crate::ControlState;
 
 /// The header a writer may name itself in (the body's `author` wins).
@@ -52,12 +52,18 @@ fn problem(err: ConfigError) -> Problem {
     }
 }
 
-fn reveal(caller: Caller) -> Reveal {
-    if caller.0 {
+/// Passes a principal that may read `scope`; how much of it: secrets only for those who may.
+fn readable(who: &Principal, scope: &str) -> Result<Reveal, Problem> {
+    if !who.may_read_scope(scope) {
+        return Err(forbidden(format!(
+            "this credential may not read the config of `{scope}`"
+        )));
+    }
+    Ok(if who.may_see_secrets(scope) {
         Reveal::Secrets
     } else {
         Reveal::Masked
-    }
+    })
 }
 
 fn etag(revision: u64) -> (HeaderName, HeaderValue) {
@@ -122,8 +128,15 @@ struct ListQuery {
     profile: Option<String>,
 }
 
-async fn list(State(state): State<Arc<ControlState>>, Query(q): Query<ListQuery>) -> Response {
-    Json(state.config.list(q.scope.as_deref(), q.profile.as_deref())).into_response()
+async fn list(
+    who: Principal,
+    State(state): State<Arc<ControlState>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Problem> {
+    if !who.may_observe() && !q.scope.as_deref().is_some_and(|scope| who.may_read_scope(scope)) {
+        return Err(forbidden("a service lists only its own scope's keys (`?scope=`)"));
+    }
+    Ok(Json(state.config.list(q.scope.as_deref(), q.profile.as_deref())).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,15 +145,16 @@ struct ReadQuery {
 }
 
 async fn read(
-    caller: Caller,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path((scope, profile, key)): Path<(String, String, String)>,
     Query(q): Query<ReadQuery>,
 ) -> Result<Response, Problem> {
+    let reveal = readable(&who, &scope)?;
     let key = ConfigKey::new(scope, profile, key);
     let entry = match q.revision {
-        Some(revision) => state.config.at(&key, revision, reveal(caller)).await,
-        None => state.config.get(&key, reveal(caller)),
+        Some(revision) => state.config.at(&key, revision, reveal).await,
+        None => state.config.get(&key, reveal),
     }
     .map_err(problem)?;
     Ok(with_etag(&entry, StatusCode::OK))
@@ -190,18 +204,15 @@ struct HistoryQuery {
 }
 
 async fn history(
-    caller: Caller,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path((scope, profile, key)): Path<(String, String, String)>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response, Problem> {
+    let reveal = readable(&who, &scope)?;
     let key = ConfigKey::new(scope, profile, key);
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = state
-        .config
-        .history(&key, limit, reveal(caller))
-        .await
-        .map_err(problem)?;
+    let entries = state.config.history(&key, limit, reveal).await.map_err(problem)?;
     Ok(Json(entries).into_response())
 }
 
@@ -212,13 +223,13 @@ struct DiffQuery {
 }
 
 async fn diff_revisions(
-    caller: Caller,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path((scope, profile, key)): Path<(String, String, String)>,
     Query(q): Query<DiffQuery>,
 ) -> Result<Response, Problem> {
+    let reveal = readable(&who, &scope)?;
     let key = ConfigKey::new(scope, profile, key);
-    let reveal = reveal(caller);
     let from = state.config.at(&key, q.from, reveal).await.map_err(problem)?;
     let to = match q.to {
         Some(to) => state.config.at(&key, to, reveal).await,
@@ -256,14 +267,16 @@ struct ResolveQuery {
     wait: Option<String>,
 }
 
+/// A service's document: `application` and its own scope merged; a service reads only its
+/// own (with the secrets of both).
 async fn resolve(
-    caller: Caller,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(service): Path<String>,
     Query(q): Query<ResolveQuery>,
 ) -> Result<Response, Problem> {
     let profile = q.profile.as_deref().unwrap_or(DEFAULT_PROFILE);
-    let reveal = reveal(caller);
+    let reveal = readable(&who, &service)?;
     let resolved = match q.index {
         None => state.config.resolve(&service, profile, reveal),
         Some(index) => {
@@ -280,11 +293,17 @@ async fn resolve(
 }
 
 async fn report(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(instance_id): Path<String>,
     Json(report): Json<ApplyReport>,
 ) -> Result<StatusCode, Problem> {
+    if !who.may_register(&report.service) {
+        return Err(forbidden(format!(
+            "this credential does not speak for `{}`",
+            report.service
+        )));
+    }
     if instance_id.is_empty() || instance_id.len() > 128 {
         return Err(Problem::invalid_field("instance_id", "must be 1 to 128 characters"));
     }
@@ -302,7 +321,16 @@ struct AppliedQuery {
     wait: Option<String>,
 }
 
-async fn applied(State(state): State<Arc<ControlState>>, Query(q): Query<AppliedQuery>) -> Result<Response, Problem> {
+async fn applied(
+    who: Principal,
+    State(state): State<Arc<ControlState>>,
+    Query(q): Query<AppliedQuery>,
+) -> Result<Response, Problem> {
+    if !who.may_observe() {
+        return Err(forbidden(
+            "only the operator and readers see what every instance applied",
+        ));
+    }
     if let Some(index) = q.index {
         let wait = parse_wait(q.wait.as_deref())?;
         tokio::select! {

@@ -12,7 +12,7 @@ use flotilla_api::Problem;
 use serde::Deserialize;
 
 use super::LogError;
-use crate::api::{parse_wait, Authorized};
+use crate::api::{forbidden, parse_wait, Authorized, Principal};
 use crate::ControlState;
 
 /// The event routes, to merge into the control plane's router.
@@ -46,11 +46,16 @@ enum Events {
 }
 
 async fn append(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(topic): Path<String>,
     Json(events): Json<Events>,
 ) -> Result<Response, Problem> {
+    if !who.may_publish(&topic) {
+        return Err(forbidden(format!(
+            "this credential may not publish to `{topic}` (a service publishes to the topic named after it)"
+        )));
+    }
     let events = match events {
         Events::Many(events) => events,
         Events::One(event) => vec![*event],
@@ -65,12 +70,24 @@ struct FetchQuery {
     wait: Option<String>,
 }
 
+/// Refuses a principal that may not consume as `group`.
+fn consumer(who: &Principal, group: &str) -> Result<(), Problem> {
+    if who.may_consume(group) {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "this credential may not consume as group `{group}` (a service consumes as itself)"
+        )))
+    }
+}
+
 async fn fetch(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(topic): Path<String>,
     Query(q): Query<FetchQuery>,
 ) -> Result<Response, Problem> {
+    consumer(&who, &q.group)?;
     let wait = match q.wait.as_deref() {
         None => std::time::Duration::ZERO,
         Some(_) => parse_wait(q.wait.as_deref())?,
@@ -83,11 +100,12 @@ async fn fetch(
 }
 
 async fn ack(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(topic): Path<String>,
     Json(body): Json<Ack>,
 ) -> Result<Response, Problem> {
+    consumer(&who, &body.group)?;
     let done = state
         .events
         .ack(&topic, &body.group, &body.offsets)
@@ -97,11 +115,12 @@ async fn ack(
 }
 
 async fn nack(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(topic): Path<String>,
     Json(body): Json<Nack>,
 ) -> Result<axum::http::StatusCode, Problem> {
+    consumer(&who, &body.group)?;
     state
         .events
         .nack(&topic, &body.group, body.offset, &body.reason)
@@ -117,11 +136,14 @@ struct ReadQuery {
 }
 
 async fn read(
-    _auth: Authorized,
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Path(topic): Path<String>,
     Query(q): Query<ReadQuery>,
 ) -> Result<Response, Problem> {
+    if !who.may_observe() {
+        return Err(forbidden("only the operator and readers read a topic's log"));
+    }
     let events = state
         .events
         .read(&topic, q.from.unwrap_or(0), q.limit.unwrap_or(100))
@@ -146,6 +168,9 @@ async fn replay(
     Ok(Json(serde_json::json!({ "topic": to, "offset": appended.offset, "id": appended.id })).into_response())
 }
 
-async fn topics(_auth: Authorized, State(state): State<Arc<ControlState>>) -> Result<Response, Problem> {
+async fn topics(who: Principal, State(state): State<Arc<ControlState>>) -> Result<Response, Problem> {
+    if !who.may_observe() {
+        return Err(forbidden("only the operator and readers list the topics"));
+    }
     Ok(Json(state.events.topics().await.map_err(problem)?).into_response())
 }

@@ -23,7 +23,7 @@ use prost::Message as _;
 use serde::Deserialize;
 
 use super::{metrics, Ingested, TraceError, DEFAULT_LOOKBACK};
-use crate::api::Authorized;
+use crate::api::{forbidden, Principal};
 use crate::ControlState;
 
 /// The largest export request taken (413 beyond): a batch exporter's default batch (512
@@ -102,7 +102,10 @@ fn malformed(detail: String) -> Problem {
 
 /// `POST /v1/traces`: an OTLP/HTTP export. Answered in the request's encoding, after the
 /// spans are stored; spans that were malformed are counted in `partial_success`.
-async fn export(_auth: Authorized, State(state): State<Arc<ControlState>>, request: Request) -> Response {
+async fn export(who: Principal, State(state): State<Arc<ControlState>>, request: Request) -> Response {
+    if !who.may_export() {
+        return forbidden("a read-only credential sends no spans").into_response();
+    }
     match receive(&state, request).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
@@ -167,7 +170,24 @@ fn answer(encoding: Encoding, ingested: &Ingested) -> Response {
 }
 
 /// `GET /v1/traces/{trace_id}`.
-async fn trace(State(state): State<Arc<ControlState>>, Path(trace_id): Path<String>) -> Result<Response, Problem> {
+/// Refuses a service: what the system observed (span attributes hold order and payment ids)
+/// is for the operator and readers.
+fn observer(who: &Principal) -> Result<(), Problem> {
+    if who.may_observe() {
+        Ok(())
+    } else {
+        Err(forbidden(
+            "only the operator and readers read traces, dependencies and service discovery",
+        ))
+    }
+}
+
+async fn trace(
+    who: Principal,
+    State(state): State<Arc<ControlState>>,
+    Path(trace_id): Path<String>,
+) -> Result<Response, Problem> {
+    observer(&who)?;
     match state.traces.trace(&trace_id).await.map_err(problem)? {
         Some(trace) => Ok(Json(trace).into_response()),
         None => Err(Problem::not_found(format!(
@@ -189,7 +209,12 @@ struct ListParams {
 }
 
 /// `GET /v1/traces?service=&operation=&min_duration_ms=&errors=&limit=`.
-async fn list(State(state): State<Arc<ControlState>>, Query(q): Query<ListParams>) -> Result<Response, Problem> {
+async fn list(
+    who: Principal,
+    State(state): State<Arc<ControlState>>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, Problem> {
+    observer(&who)?;
     let query = TraceQuery {
         service: q.service,
         operation: q.operation,
@@ -208,9 +233,11 @@ struct DependencyParams {
 
 /// `GET /v1/dependencies?lookback_seconds=`.
 async fn dependencies(
+    who: Principal,
     State(state): State<Arc<ControlState>>,
     Query(q): Query<DependencyParams>,
 ) -> Result<Response, Problem> {
+    observer(&who)?;
     let lookback = match q.lookback_seconds {
         None => DEFAULT_LOOKBACK,
         Some(0) => return Err(Problem::invalid_field("lookback_seconds", "must be at least 1")),
@@ -222,8 +249,12 @@ async fn dependencies(
 /// `GET /v1/sd/prometheus`: Prometheus HTTP service discovery. One target group per
 /// registered instance (its address, and labels `service`, `instance` and
 /// `__metrics_path__`), and one for the control plane itself when it knows its address.
-async fn service_discovery(State(state): State<Arc<ControlState>>) -> Json<Vec<ScrapeTargetGroup>> {
-    Json(scrape_targets(&state))
+async fn service_discovery(
+    who: Principal,
+    State(state): State<Arc<ControlState>>,
+) -> Result<Json<Vec<ScrapeTargetGroup>>, Problem> {
+    observer(&who)?;
+    Ok(Json(scrape_targets(&state)))
 }
 
 /// The target groups `GET /v1/sd/prometheus` answers.
@@ -264,7 +295,8 @@ pub fn scrape_targets(state: &ControlState) -> Vec<ScrapeTargetGroup> {
 }
 
 /// `GET /metrics`.
-async fn render_metrics(State(state): State<Arc<ControlState>>) -> impl IntoResponse {
+async fn render_metrics(who: Principal, State(state): State<Arc<ControlState>>) -> Result<impl IntoResponse, Problem> {
+    observer(&who)?;
     let store_bytes = match state.traces.size_bytes().await {
         Ok(bytes) => Some(bytes),
         Err(err) => {
@@ -280,5 +312,5 @@ async fn render_metrics(State(state): State<Arc<ControlState>>) -> impl IntoResp
     };
     let mut text = metrics::render(&snapshot);
     text.push_str(&flotilla::telemetry::metrics::render_process());
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text))
 }

@@ -182,7 +182,11 @@ fn export(content_type: &str, body: impl Into<Body>, token: Option<&str>) -> Req
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
-    let (status, _, body) = send(app, Request::get(uri).body(Body::empty()).unwrap()).await;
+    let request = Request::get(uri)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(app, request).await;
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
@@ -916,7 +920,14 @@ async fn metrics_show_instances_and_span_counters_with_help_and_type() {
     bad.span_id = vec![1; 4];
     post_proto(&app, &request(Some("orders"), None, vec![otlp_span(1, 1, "ok"), bad])).await;
 
-    let (status, headers, body) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let (status, headers, body) = send(
+        &app,
+        Request::get("/metrics")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], metrics::CONTENT_TYPE);
     let text = String::from_utf8(body.to_vec()).unwrap();

@@ -149,7 +149,11 @@ async fn refused(dir: &Path, fault: FaultRequest) -> Problem {
 async fn kills_and_pauses_through_the_socket_restart_stop_and_continue_processes_and_are_traced() {
     let dir = tempfile::tempdir().unwrap();
     let output = Arc::new(Output::new(&dir.path().join("logs"), 10).unwrap());
-    let fleet = Arc::new(Fleet::new(output.clone(), Vec::new()));
+    let fleet = Arc::new(Fleet::new(
+        output.clone(),
+        Vec::new(),
+        flotilla_control::acl::Keyring::new("test"),
+    ));
     // A process that handles SIGTERM, as services do: while stopped it would hold the signal.
     let program = Program {
         command: "sh".into(),
@@ -240,7 +244,7 @@ async fn kills_and_pauses_through_the_socket_restart_stop_and_continue_processes
     );
 
     // Every fault is a span of `chaos` in the trace store.
-    let telemetry = crate::traces::TelemetryClient::new(&control_addr.to_string(), None);
+    let telemetry = crate::traces::TelemetryClient::new(&control_addr.to_string(), Some(TOKEN.into()));
     let query = TraceQuery {
         service: Some("chaos".into()),
         ..TraceQuery::default()

@@ -1,0 +1,245 @@
+//! Who may do what at the control plane, deny by default, as Consul's ACLs: every request
+//! but the health checks carries a credential, and each credential names a principal.
+//!
+//! - **The operator** holds the token in the data dir (`<data-dir>/token`): every right.
+//! - **A service instance** holds a credential `up` derives for it (`svc:<service>:<instance>:<mac>`):
+//!   it registers, heartbeats and deregisters only instances of its own service; reads the
+//!   registry; reads config only for `application` and its own scope, secrets only its own;
+//!   publishes only the topic named after its service (or `<service>.*`) and consumes only as
+//!   its own group; exports spans.
+//! - **A reader** (`read:<name>:<mac>`, Prometheus' service discovery, dashboards): reads the
+//!   registry, masked config, traces, dependencies and service discovery; writes nothing.
+//!
+//! Credentials are HMAC-SHA256 of the principal under a key derived from the operator token,
+//! so the control plane checks them without storing any, they outlive its restarts, and a
+//! new operator token revokes them all.
+
+use ring::hmac;
+
+/// Who presented the credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The operator: every right.
+    Operator,
+    /// An instance of a service.
+    Service {
+        /// The service it is an instance of.
+        service: String,
+        /// Its name (`orders-1`).
+        instance: String,
+    },
+    /// A read-only client.
+    Reader {
+        /// What it is for (`prometheus`).
+        name: String,
+    },
+}
+
+/// The key credentials are signed with, derived from the operator token.
+#[derive(Clone)]
+pub struct Keyring {
+    operator: String,
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keyring(..)")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a name may go inside a credential.
+fn plain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Keyring {
+    /// The keyring of an operator token.
+    pub fn new(operator: &str) -> Self {
+        let derived = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("flotilla control-plane credentials v1\0{operator}").as_bytes(),
+        );
+        Self {
+            operator: operator.to_owned(),
+            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+        }
+    }
+
+    fn sign(&self, claim: &str) -> String {
+        format!("{claim}:{}", hex(hmac::sign(&self.key, claim.as_bytes()).as_ref()))
+    }
+
+    /// The credential of one instance of `service`; `None` for names that cannot be in one.
+    pub fn service(&self, service: &str, instance: &str) -> Option<String> {
+        (plain(service) && plain(instance)).then(|| self.sign(&format!("svc:{service}:{instance}")))
+    }
+
+    /// A read-only credential named `name`.
+    pub fn reader(&self, name: &str) -> Option<String> {
+        plain(name).then(|| self.sign(&format!("read:{name}")))
+    }
+
+    /// The principal a presented credential names, if it is genuine.
+    pub fn identify(&self, presented: &str) -> Option<Principal> {
+        let (a, b) = (self.operator.as_bytes(), presented.as_bytes());
+        if a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
+            return Some(Principal::Operator);
+        }
+        let (claim, mac) = presented.rsplit_once(':')?;
+        let mac = (0..mac.len())
+            .step_by(2)
+            .map(|i| mac.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()?;
+        hmac::verify(&self.key, claim.as_bytes(), &mac).ok()?;
+        let mut parts = claim.split(':');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("svc"), Some(service), Some(instance), None) => Some(Principal::Service {
+                service: service.to_owned(),
+                instance: instance.to_owned(),
+            }),
+            (Some("read"), Some(name), None, None) => Some(Principal::Reader { name: name.to_owned() }),
+            _ => None,
+        }
+    }
+}
+
+impl Principal {
+    /// The service this is an instance of, if it is one.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Principal::Service { service, .. } => Some(service),
+            _ => None,
+        }
+    }
+
+    /// Whether it may register, heartbeat and deregister instances of `service`.
+    pub fn may_register(&self, service: &str) -> bool {
+        match self {
+            Principal::Operator => true,
+            Principal::Service { service: own, .. } => own == service,
+            Principal::Reader { .. } => false,
+        }
+    }
+
+    /// Whether it may read the config of `scope` (`application`: everyone's shared keys).
+    pub fn may_read_scope(&self, scope: &str) -> bool {
+        match self {
+            Principal::Operator | Principal::Reader { .. } => true,
+            Principal::Service { service, .. } => scope == service || scope == flotilla_api::config::APPLICATION,
+        }
+    }
+
+    /// Whether it may see the secret values of `scope` (others see them masked).
+    pub fn may_see_secrets(&self, scope: &str) -> bool {
+        match self {
+            Principal::Operator => true,
+            Principal::Service { service, .. } => scope == service,
+            Principal::Reader { .. } => false,
+        }
+    }
+
+    /// Whether it may publish to `topic`: a service owns the topic named after it.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        match self {
+            Principal::Operator => true,
+            Principal::Service { service, .. } => {
+                topic == service
+                    || topic
+                        .strip_prefix(service.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }
+            Principal::Reader { .. } => false,
+        }
+    }
+
+    /// Whether it may consume (fetch, ack, nack) as `group`: a service consumes as itself.
+    pub fn may_consume(&self, group: &str) -> bool {
+        match self {
+            Principal::Operator => true,
+            Principal::Service { service, .. } => {
+                group == service
+                    || group
+                        .strip_prefix(service.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }
+            Principal::Reader { .. } => false,
+        }
+    }
+
+    /// Whether it may send spans.
+    pub fn may_export(&self) -> bool {
+        !matches!(self, Principal::Reader { .. })
+    }
+
+    /// Whether it may read what the system observed (traces, dependencies, event logs, the
+    /// whole config listing, service discovery).
+    pub fn may_observe(&self) -> bool {
+        !matches!(self, Principal::Service { .. })
+    }
+
+    /// Whether it is the operator.
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Principal::Operator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_name_their_principal_and_nothing_else_passes() {
+        let ring = Keyring::new("operator-token");
+        assert_eq!(ring.identify("operator-token"), Some(Principal::Operator));
+        let orders = ring.service("orders", "orders-1").unwrap();
+        assert_eq!(
+            ring.identify(&orders),
+            Some(Principal::Service {
+                service: "orders".into(),
+                instance: "orders-1".into()
+            })
+        );
+        let reader = ring.reader("prometheus").unwrap();
+        assert_eq!(
+            ring.identify(&reader),
+            Some(Principal::Reader {
+                name: "prometheus".into()
+            })
+        );
+        // Forged: another service's name on orders' MAC; another operator's keyring.
+        let forged = orders.replacen("svc:orders", "svc:payments", 1);
+        assert_eq!(ring.identify(&forged), None);
+        assert_eq!(Keyring::new("another").identify(&orders), None);
+        assert_eq!(ring.identify("operator-tokeN"), None);
+        assert_eq!(ring.identify("svc:orders:orders-1:zz"), None);
+        assert_eq!(ring.service("or:ders", "x"), None);
+    }
+
+    #[test]
+    fn a_service_may_do_its_own_things_only() {
+        let orders = Principal::Service {
+            service: "orders".into(),
+            instance: "orders-1".into(),
+        };
+        assert!(orders.may_register("orders") && !orders.may_register("payments"));
+        assert!(orders.may_read_scope("orders") && orders.may_read_scope("application"));
+        assert!(!orders.may_read_scope("identity"));
+        assert!(orders.may_see_secrets("orders") && !orders.may_see_secrets("application"));
+        assert!(orders.may_publish("orders") && orders.may_publish("orders.audit"));
+        assert!(!orders.may_publish("ordersx") && !orders.may_publish("payments"));
+        assert!(orders.may_consume("orders") && !orders.may_consume("payments"));
+        assert!(orders.may_export() && !orders.may_observe());
+        let reader = Principal::Reader { name: "p".into() };
+        assert!(reader.may_observe() && !reader.may_register("orders") && !reader.may_publish("orders"));
+        assert!(!reader.may_see_secrets("orders") && reader.may_read_scope("identity"));
+    }
+}
