@@ -39,6 +39,8 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .route("/v1/registry/instances/{id}/heartbeat", put(heartbeat))
         .route("/v1/registry/services", get(list_services))
         .route("/v1/registry/services/{name}", get(list_service))
+        .route("/v1/identity/ca", get(authority))
+        .route("/v1/identity/certificates", post(certificate))
         .merge(crate::config::http::routes())
         .merge(crate::events::http::routes())
         .merge(crate::telemetry::http::routes())
@@ -234,6 +236,54 @@ async fn list_service(
 
 async fn list_services(_who: Principal, State(state): State<Arc<ControlState>>) -> impl IntoResponse {
     Json(state.registry.services())
+}
+
+/// `GET /v1/identity/ca`: the CA's certificate, which every instance verifies peers against.
+async fn authority(_who: Principal, State(state): State<Arc<ControlState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file"))],
+        state.authority.ca_pem().to_owned(),
+    )
+        .into_response()
+}
+
+/// What an instance sends for its certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateRequest {
+    /// A PKCS#10 request (PEM) for the instance's own key.
+    csr: String,
+    /// The service to name, when the operator asks; a service's credential names its own.
+    service: Option<String>,
+}
+
+/// `POST /v1/identity/certificates`: a day-long certificate for the key of the request, naming
+/// the service the credential speaks for (`spiffe://flotilla/<service>`) and nothing else.
+async fn certificate(
+    who: Principal,
+    State(state): State<Arc<ControlState>>,
+    Json(request): Json<CertificateRequest>,
+) -> Result<Response, Problem> {
+    let service = match (&who, request.service.as_deref()) {
+        (Principal::Service { service, .. }, None) => service.clone(),
+        (Principal::Service { service, .. }, Some(asked)) if asked == service => service.clone(),
+        (Principal::Operator, Some(asked)) => asked.to_owned(),
+        (Principal::Operator, None) => return Err(Problem::invalid_field("service", "the operator names the service")),
+        _ => return Err(forbidden("this credential may not have a certificate for that service")),
+    };
+    match state.authority.issue(&service, &request.csr, crate::ca::LEAF_LIFETIME) {
+        Ok(issued) => {
+            tracing::info!(%service, not_after_ms = issued.not_after_ms, "certificate issued");
+            Ok((StatusCode::CREATED, Json(issued)).into_response())
+        }
+        Err(err @ (crate::ca::CaError::BadRequest(_) | crate::ca::CaError::BadName(_))) => {
+            Err(Problem::invalid_field("csr", err.to_string()))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "issuing a certificate failed");
+            Err(Problem::internal())
+        }
+    }
 }
 
 #[cfg(test)]

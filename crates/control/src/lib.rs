@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod api;
+pub mod ca;
 pub mod config;
 pub mod events;
 pub mod registry;
@@ -69,6 +70,8 @@ pub struct ControlState {
     pub events: EventLog,
     /// The trace store.
     pub traces: TraceStore,
+    /// The certificate authority of workload identity.
+    pub authority: ca::Authority,
     keyring: acl::Keyring,
     /// Where this control plane listens, when it knows: Prometheus service discovery lists it
     /// among the targets to scrape.
@@ -92,6 +95,7 @@ impl ControlState {
             config: storage.config,
             events: storage.events,
             traces: storage.traces,
+            authority: storage.authority,
             keyring: acl::Keyring::new(&config.token),
             listen: None,
             closing,
@@ -193,6 +197,8 @@ pub struct Storage {
     pub events: EventLog,
     /// The trace store.
     pub traces: TraceStore,
+    /// The certificate authority of workload identity.
+    pub authority: ca::Authority,
 }
 
 /// How the stores that keep data by policy behave: the event log's groups and retention, the
@@ -217,24 +223,30 @@ pub enum StorageError {
     /// The trace store.
     #[error(transparent)]
     Traces(#[from] telemetry::TraceError),
+    /// The certificate authority.
+    #[error(transparent)]
+    Authority(#[from] ca::CaError),
 }
 
 impl Storage {
-    /// All three, in the data dir (`control.db`, `config.key`, `events.db`, `telemetry.db`).
+    /// All of it, in the data dir (`control.db`, `config.key`, `events.db`, `telemetry.db`,
+    /// `ca.key`, `ca.pem`).
     pub async fn open(data_dir: &std::path::Path, config: StorageConfig) -> Result<Self, StorageError> {
         Ok(Self {
             config: ConfigStore::open(data_dir).await?,
             events: EventLog::open(data_dir, config.events).await?,
             traces: TraceStore::open(data_dir, config.traces).await?,
+            authority: ca::Authority::load_or_create(data_dir)?,
         })
     }
 
-    /// All three in memory, for tests.
+    /// All of it in memory, for tests.
     pub async fn in_memory() -> Result<Self, StorageError> {
         Ok(Self {
             config: ConfigStore::in_memory().await?,
             events: EventLog::in_memory(LogConfig::default()).await?,
             traces: TraceStore::in_memory(TraceStoreConfig::default()).await?,
+            authority: ca::Authority::ephemeral()?,
         })
     }
 }

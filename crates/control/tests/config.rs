@@ -26,6 +26,7 @@ async fn start_control(addr: SocketAddr, store: ConfigStore) -> oneshot::Sender<
         traces: flotilla_control::TraceStore::in_memory(Default::default())
             .await
             .unwrap(),
+        authority: flotilla_control::ca::Authority::ephemeral().unwrap(),
     };
     let listener = TcpListener::bind(addr).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -27,6 +27,7 @@ async fn control() -> SocketAddr {
         traces: flotilla_control::TraceStore::in_memory(Default::default())
             .await
             .unwrap(),
+        authority: flotilla_control::ca::Authority::ephemeral().unwrap(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

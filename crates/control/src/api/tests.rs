@@ -403,6 +403,8 @@ async fn every_endpoint_needs_a_credential_and_a_service_speaks_only_for_itself(
         ("GET", "/v1/dependencies"),
         ("GET", "/v1/sd/prometheus"),
         ("GET", "/metrics"),
+        ("GET", "/v1/identity/ca"),
+        ("POST", "/v1/identity/certificates"),
     ];
     for (method, path) in endpoints {
         for token in [None, Some("wrong"), Some("svc:catalog:catalog-1:00")] {
@@ -650,4 +652,69 @@ async fn the_event_api_appends_fetches_and_acks_with_the_token_only() {
         .unwrap();
     let topics = json(topics).await;
     assert_eq!(topics[0]["groups"][0]["lag"], 0);
+}
+
+/// An instance gets a certificate naming its own service only; it cannot have one for another
+/// service, a reader none at all, and the CA's certificate needs a credential too.
+#[tokio::test]
+async fn an_instance_gets_a_certificate_for_its_own_service_only() {
+    let app = app().await;
+    let keys = crate::acl::Keyring::new(TOKEN);
+    let orders = keys.service("orders", "orders-1").unwrap();
+    let reader = keys.reader("dash").unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec!["payments".into()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let ask = |token: &str, service: Option<&str>| {
+        let mut body = serde_json::json!({"csr": csr});
+        if let Some(service) = service {
+            body["service"] = service.into();
+        }
+        config_request("POST", "/v1/identity/certificates", Some(token), &[], Some(body))
+    };
+    let issued = app.clone().oneshot(ask(&orders, None)).await.unwrap();
+    assert_eq!(issued.status(), StatusCode::CREATED);
+    let issued = json(issued).await;
+    assert_eq!(issued["spiffe_id"], "spiffe://flotilla/orders");
+    assert!(issued["certificate"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+    for (token, service, expected) in [
+        (orders.as_str(), Some("payments"), StatusCode::FORBIDDEN),
+        (reader.as_str(), None, StatusCode::FORBIDDEN),
+        (TOKEN, None, StatusCode::BAD_REQUEST),
+        (TOKEN, Some("payments"), StatusCode::CREATED),
+    ] {
+        assert_eq!(
+            app.clone().oneshot(ask(token, service)).await.unwrap().status(),
+            expected,
+            "{token} {service:?}"
+        );
+    }
+    let bad = config_request(
+        "POST",
+        "/v1/identity/certificates",
+        Some(&orders),
+        &[],
+        Some(serde_json::json!({"csr": "nope"})),
+    );
+    assert_eq!(
+        app.clone().oneshot(bad).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    let ca = config_request("GET", "/v1/identity/ca", None, &[], None);
+    assert_eq!(
+        app.clone().oneshot(ca).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let ca = config_request("GET", "/v1/identity/ca", Some(&orders), &[], None);
+    let ca = app.oneshot(ca).await.unwrap();
+    assert_eq!(ca.status(), StatusCode::OK);
+    let bytes = ca.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(std::str::from_utf8(&bytes).unwrap(), issued["ca"].as_str().unwrap());
 }

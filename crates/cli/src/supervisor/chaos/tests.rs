@@ -92,6 +92,7 @@ async fn control_plane() -> std::net::SocketAddr {
         traces: flotilla_control::TraceStore::in_memory(Default::default())
             .await
             .unwrap(),
+        authority: flotilla_control::ca::Authority::ephemeral().unwrap(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
