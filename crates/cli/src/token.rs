@@ -1,8 +1,6 @@
 //! The registration token: a random secret in `<data-dir>/token`, readable only by its owner,
 //! that `up` hands to every process it starts and the CLI presents to the control plane.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
@@ -30,26 +28,8 @@ pub fn ensure(data_dir: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path(data_dir))?;
-    file.write_all(token.as_bytes())?;
-    file.sync_all()?;
+    flotilla::data_dir::create_private(&path(data_dir), token.as_bytes())?;
     Ok(token)
-}
-
-/// Writes `text` to `path`, readable by its owner only, replacing what was there.
-pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 #[cfg(test)]

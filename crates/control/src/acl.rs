@@ -112,6 +112,12 @@ impl Keyring {
     }
 }
 
+/// Whether a topic or group name is a service's own: its name, or `<service>.<anything>`.
+fn owned_by(name: &str, service: &str) -> bool {
+    name.strip_prefix(service)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 impl Principal {
     /// The service this is an instance of, if it is one.
     pub fn service(&self) -> Option<&str> {
@@ -151,12 +157,7 @@ impl Principal {
     pub fn may_publish(&self, topic: &str) -> bool {
         match self {
             Principal::Operator => true,
-            Principal::Service { service, .. } => {
-                topic == service
-                    || topic
-                        .strip_prefix(service.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            }
+            Principal::Service { service, .. } => owned_by(topic, service),
             Principal::Reader { .. } => false,
         }
     }
@@ -165,12 +166,7 @@ impl Principal {
     pub fn may_consume(&self, group: &str) -> bool {
         match self {
             Principal::Operator => true,
-            Principal::Service { service, .. } => {
-                group == service
-                    || group
-                        .strip_prefix(service.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            }
+            Principal::Service { service, .. } => owned_by(group, service),
             Principal::Reader { .. } => false,
         }
     }

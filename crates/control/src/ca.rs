@@ -110,8 +110,9 @@ impl Authority {
         };
         if !key_path.exists() {
             let made = Self::ephemeral()?;
-            write_private(&key_path, &made.key.serialize_pem()).map_err(io(&key_path))?;
-            write_private(&cert_path, &made.pem).map_err(io(&cert_path))?;
+            flotilla::data_dir::create_private(&key_path, made.key.serialize_pem().as_bytes())
+                .map_err(io(&key_path))?;
+            flotilla::data_dir::create_private(&cert_path, made.pem.as_bytes()).map_err(io(&cert_path))?;
             return Ok(made);
         }
         let unusable = |e: String| CaError::Unusable(dir.display().to_string(), e);
@@ -178,18 +179,6 @@ impl Authority {
             not_after_ms,
         })
     }
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! umask the process was started with, and a directory that others can enter is refused at
 //! start, as PostgreSQL refuses a group- or world-accessible data directory.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why a data directory cannot be used.
@@ -56,6 +57,27 @@ pub fn ensure_private(path: &Path) -> Result<PathBuf, DataDirError> {
         return Err(DataDirError::NotPrivate { path, mode });
     }
     Ok(path)
+}
+
+/// Writes `bytes` to a new file at `path`, readable by its owner only, durably; fails if the
+/// file exists (a key or token made twice would leave what the first sealed unopenable).
+pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with(std::fs::OpenOptions::new().write(true).create_new(true), path, bytes)
+}
+
+/// Writes `bytes` to `path`, readable by its owner only, durably, replacing what was there.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with(
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true),
+        path,
+        bytes,
+    )
+}
+
+fn write_with(options: &mut std::fs::OpenOptions, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = options.mode(0o600).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Takes group and other permissions off every file and directory under `path` (files left

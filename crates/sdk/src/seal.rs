@@ -57,7 +57,7 @@ impl Sealer {
                 }
                 let mut key = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut key);
-                write_private(path, &key).map_err(io)?;
+                crate::data_dir::create_private(path, &key).map_err(io)?;
                 key
             }
             Err(e) => return Err(io(e)),
@@ -126,24 +126,6 @@ impl Sealer {
             .decrypt(Nonce::from_slice(nonce), payload)
             .map_err(|_| SealError::Open)
     }
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
 }
 
 #[cfg(test)]

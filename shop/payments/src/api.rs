@@ -214,11 +214,13 @@ struct ListQuery {
 /// An order's payments. A customer sees only their own: an order with none of theirs is 404,
 /// the same whether it has someone else's payments or none at all.
 async fn list(State(state): State<AppState>, who: Caller, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
-    let mut found = payments::for_order(&state.store, &q.order_id).await.map_err(problem)?;
-    found.retain(|p| who.may_access(p.customer.as_deref(), READ_SCOPE));
-    if found.is_empty() && !who.may_access(None, READ_SCOPE) {
-        return Err(Problem::not_found(format!("no payments of order `{}`", q.order_id)));
-    }
+    let found = payments::for_order(&state.store, &q.order_id).await.map_err(problem)?;
+    let found = who.own_only(
+        found,
+        |p| p.customer.as_deref(),
+        READ_SCOPE,
+        format_args!("payments of order `{}`", q.order_id),
+    )?;
     Ok(Json(found).into_response())
 }
 

@@ -94,15 +94,13 @@ struct ByOrder {
 /// An order's shipment, as a list. A customer sees only their own: an order without one of
 /// theirs is 404, the same whether it has someone else's shipment or none.
 async fn for_order(State(state): State<AppState>, who: Caller, Query(q): Query<ByOrder>) -> Result<Response, Problem> {
-    let found: Vec<_> = shipments::by_order(&state.store, &q.order_id)
-        .await
-        .map_err(problem)?
-        .into_iter()
-        .filter(|s| who.may_access(s.customer.as_deref(), READ_SCOPE))
-        .collect();
-    if found.is_empty() && !who.may_access(None, READ_SCOPE) {
-        return Err(Problem::not_found(format!("no shipment of order `{}`", q.order_id)));
-    }
+    let found = shipments::by_order(&state.store, &q.order_id).await.map_err(problem)?;
+    let found = who.own_only(
+        found.into_iter().collect(),
+        |s| s.customer.as_deref(),
+        READ_SCOPE,
+        format_args!("shipment of order `{}`", q.order_id),
+    )?;
     Ok(Json(found).into_response())
 }
 

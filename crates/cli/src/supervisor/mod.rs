@@ -202,9 +202,9 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     let common = child_env(options.control_addr, &token, &data_dir, manifest.events.as_deref());
     let credentials = flotilla_control::acl::Keyring::new(&token);
     // A read-only credential for Prometheus' service discovery and scrapes (`credentials_file`).
-    crate::token::write_private(
+    flotilla::data_dir::replace_private(
         &data_dir.join("read-token"),
-        &credentials.reader("prometheus").unwrap_or_default(),
+        credentials.reader("prometheus").unwrap_or_default().as_bytes(),
     )
     .map_err(data_err)?;
     let fleet = Arc::new(Fleet::new(output.clone(), common, credentials));

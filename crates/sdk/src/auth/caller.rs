@@ -58,6 +58,23 @@ impl Caller {
         self.is_admin() || self.0.has_scope(scope) || owner.is_some_and(|o| o == self.0.subject)
     }
 
+    /// Of `items`, those the caller may see (each owned by `owner(item)`); when that leaves
+    /// none for a caller who is not privileged, 404 naming `what` — the answer a list of
+    /// someone else's objects gets, and a list of none, so neither is told from the other.
+    pub fn own_only<T>(
+        &self,
+        mut items: Vec<T>,
+        owner: impl Fn(&T) -> Option<&str>,
+        scope: &str,
+        what: impl std::fmt::Display,
+    ) -> Result<Vec<T>, Problem> {
+        items.retain(|item| self.may_access(owner(item), scope));
+        if items.is_empty() && !self.may_access(None, scope) {
+            return Err(Problem::not_found(format!("no {what}")));
+        }
+        Ok(items)
+    }
+
     /// `Ok` when [`Caller::may_access`] passes; else 404 naming `what`, the answer a missing
     /// object gets, so a stranger cannot tell someone else's object from none at all.
     pub fn owns(&self, owner: Option<&str>, scope: &str, what: impl std::fmt::Display) -> Result<(), Problem> {
@@ -100,5 +117,28 @@ mod tests {
         assert!(!owner.may_access(None, "payments.read"));
         // A scope that is not the one named does not pass.
         assert!(!caller("orders", &["payments.charge"], &[]).may_access(Some("u1"), "payments.read"));
+        // Lists: the caller's own, or 404 when none is; a scoped service sees all, even none.
+        let items = vec![("p1", Some("u1")), ("p2", Some("u2")), ("p3", None)];
+        fn owner_of<'a>(item: &'a (&'static str, Option<&'static str>)) -> Option<&'a str> {
+            item.1
+        }
+        let mine = owner
+            .own_only(items.clone(), owner_of, "payments.read", "payments")
+            .unwrap();
+        assert_eq!(mine, [("p1", Some("u1"))]);
+        let refused = caller("u3", &[], &[])
+            .own_only(items, owner_of, "payments.read", "payments")
+            .unwrap_err();
+        assert_eq!((refused.status, refused.detail.as_deref()), (404, Some("no payments")));
+        let reader = caller("orders", &["payments.read"], &[]);
+        assert!(reader
+            .own_only(
+                Vec::<(&'static str, Option<&'static str>)>::new(),
+                owner_of,
+                "payments.read",
+                "x"
+            )
+            .unwrap()
+            .is_empty());
     }
 }
