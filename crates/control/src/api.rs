@@ -131,11 +131,9 @@ async fn register(
 /// Passes the principal for an instance of its own service (an unknown instance is left to
 /// the registry's own answer).
 fn own_instance(state: &ControlState, who: &Principal, id: &str) -> Result<(), Problem> {
-    let list = state.registry.list(None);
-    match list.instances.iter().find(|i| i.instance_id == id) {
-        Some(instance) if !who.may_register(&instance.service) => Err(forbidden(format!(
-            "instance `{id}` is of `{}`, which this credential does not speak for",
-            instance.service
+    match state.registry.service_of(id) {
+        Some(service) if !who.may_register(&service) => Err(forbidden(format!(
+            "instance `{id}` is of `{service}`, which this credential does not speak for"
         ))),
         _ => Ok(()),
     }

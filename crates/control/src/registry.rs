@@ -181,6 +181,14 @@ impl Registry {
         Ok(self.lease())
     }
 
+    /// The service a registered instance belongs to.
+    pub fn service_of(&self, instance_id: &str) -> Option<String> {
+        self.lock()
+            .instances
+            .get(instance_id)
+            .map(|entry| entry.registration.service.clone())
+    }
+
     /// Removes an instance at once and tells every watcher.
     pub fn deregister(&self, instance_id: &str) -> Result<Registration, RegistryError> {
         let mut state = self.lock();

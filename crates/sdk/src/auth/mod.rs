@@ -201,8 +201,9 @@ impl TrustedIssuer {
 /// Verifies bearer tokens against a JWKS.
 #[derive(Debug, Clone)]
 pub struct Verifier {
-    jwks: JwksCache,
-    requirements: Requirements,
+    // Shared, so that a clone per request (the `Caller` extractor's) costs no allocation.
+    jwks: std::sync::Arc<JwksCache>,
+    requirements: std::sync::Arc<Requirements>,
     verified: std::sync::Arc<std::sync::Mutex<HashMap<String, (Identity, std::time::SystemTime)>>>,
 }
 
@@ -234,8 +235,8 @@ impl Verifier {
     /// A verifier over a key set, with requirements.
     pub fn new(jwks: JwksCache, requirements: Requirements) -> Self {
         Self {
-            jwks,
-            requirements,
+            jwks: std::sync::Arc::new(jwks),
+            requirements: std::sync::Arc::new(requirements),
             verified: Default::default(),
         }
     }
