@@ -6,6 +6,7 @@
 pub mod config;
 pub mod events;
 pub mod faults;
+pub mod identity;
 pub mod orders;
 pub mod problem;
 pub mod registry;
@@ -35,4 +36,10 @@ pub mod env {
     /// Where services' events go: a `nats://` URL selects NATS JetStream; unset, the control
     /// plane's event log.
     pub const EVENTS: &str = "FLOTILLA_EVENTS";
+    /// The workload CA's certificate (PEM file): set, the process takes a certificate from
+    /// the control plane before anything else and speaks mTLS to every Flotilla peer.
+    pub const CA_FILE: &str = "FLOTILLA_CA_FILE";
+    /// How long the process asks its certificates to live (`24h` unless told; shorter for
+    /// rotation drills).
+    pub const CERT_LIFETIME: &str = "FLOTILLA_CERT_LIFETIME";
 }

@@ -20,6 +20,11 @@ pub mod meta {
     /// Where the instance serves Prometheus metrics, when not at its address (`host:port`;
     /// the gateway's are on its admin listener, not on the one it proxies on).
     pub const METRICS_ADDRESS: &str = "metrics.address";
+    /// `mtls` when the instance serves only mutual TLS with its workload certificate:
+    /// callers connect with `https` and present their own.
+    pub const TLS: &str = "tls";
+    /// The value of [`TLS`] for an instance that serves mutual TLS.
+    pub const TLS_MUTUAL: &str = "mtls";
 }
 
 /// What an instance tells the registry about itself.

@@ -46,23 +46,7 @@ pub enum CaError {
     Signing(String),
 }
 
-/// The SPIFFE ID of a service.
-pub fn spiffe_id(service: &str) -> String {
-    format!("spiffe://flotilla/{service}")
-}
-
-/// A certificate issued to an instance.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Issued {
-    /// The certificate (PEM).
-    pub certificate: String,
-    /// The CA's certificate (PEM), to verify peers with.
-    pub ca: String,
-    /// The name it carries.
-    pub spiffe_id: String,
-    /// When it stops being valid, ms since the epoch.
-    pub not_after_ms: i64,
-}
+pub use flotilla_api::identity::{spiffe_id, IssuedCertificate as Issued};
 
 /// The certificate authority.
 pub struct Authority {

@@ -233,7 +233,7 @@ impl Discovery {
         Arc::new(move |service: &str| {
             let instances = discovery.instances(service);
             let pick = instances.get(rand::random_range(0..instances.len().max(1)))?;
-            Some(format!("http://{}", pick.address))
+            Some(instance_url(pick))
         })
     }
 
@@ -302,4 +302,11 @@ async fn watch_loop(client: RegistryClient, view: Arc<ArcSwap<Snapshot>>, tx: wa
             }
         }
     }
+}
+
+/// An instance's base URL: `https://` when it serves mTLS (metadata `tls = mtls`).
+pub fn instance_url(instance: &Instance) -> String {
+    use flotilla_api::registry::meta;
+    let mutual = instance.metadata.get(meta::TLS).map(String::as_str) == Some(meta::TLS_MUTUAL);
+    format!("{}://{}", if mutual { "https" } else { "http" }, instance.address)
 }

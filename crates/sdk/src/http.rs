@@ -4,11 +4,13 @@
 mod client;
 mod extract;
 pub mod idempotency;
+mod serve;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
 pub use client::{chain, HttpClient, HttpError, JsonResponse};
 pub use extract::{Json, Query};
+pub use serve::serve;
 
 use axum::http::{Method, Uri};
 use flotilla_api::Problem;

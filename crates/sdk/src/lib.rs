@@ -13,6 +13,7 @@ pub mod data_dir;
 pub mod discovery;
 pub mod events;
 pub mod http;
+pub mod mtls;
 pub mod resilience;
 pub mod runtime;
 pub mod saga;

@@ -2,13 +2,15 @@
 
 use flotilla_api::registry::meta;
 use flotilla_api::Instance;
-use http::uri::{Authority, Uri};
+use http::uri::{Authority, Scheme, Uri};
 
 /// One place a request can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// Its identity for statistics and "already tried": the address, `host:port`.
     pub id: String,
+    /// How to connect: `https` to an instance that serves mTLS.
+    pub scheme: Scheme,
     /// Where to connect.
     pub authority: Authority,
     /// A path to put before the request's path (static upstreams with a base path).
@@ -25,8 +27,10 @@ impl Endpoint {
     /// The endpoint of a registry instance; `None` if its address is unusable.
     pub fn from_instance(instance: &Instance) -> Option<Self> {
         let authority: Authority = instance.address.parse().ok()?;
+        let mutual = instance.metadata.get(meta::TLS).map(String::as_str) == Some(meta::TLS_MUTUAL);
         Some(Self {
             id: instance.address.clone(),
+            scheme: if mutual { Scheme::HTTPS } else { Scheme::HTTP },
             authority,
             base_path: String::new(),
             weight: instance
@@ -40,11 +44,12 @@ impl Endpoint {
         })
     }
 
-    /// The endpoint of a static `http://host:port[/base]` URL; `None` without a host.
+    /// The endpoint of a static `http(s)://host:port[/base]` URL; `None` without a host.
     pub fn from_uri(uri: &Uri) -> Option<Self> {
         let authority = uri.authority()?.clone();
         Some(Self {
             id: authority.to_string(),
+            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             weight: 1,

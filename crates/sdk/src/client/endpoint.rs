@@ -16,31 +16,35 @@ use super::target::Target;
 use crate::balance::{Balancer, Failure, HashKey, Pick};
 use crate::resilience::{Attempts, CallError, CallFuture};
 
-/// The pooled HTTP/1.1 client every stack sends through.
-pub type Pool = Client<HttpConnector, RequestBody>;
+/// The pooled client every stack sends through: plain HTTP, or mTLS to instances that serve
+/// it ([`crate::mtls`]).
+pub type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
 
 /// A connection pool with the settings the stack relies on: TCP_NODELAY, a short connect
 /// timeout (a refused or unroutable endpoint is found out fast and the call moves on), and
-/// idle connections kept for a minute.
+/// idle connections kept for a minute. Over mTLS it presents this process's identity and
+/// accepts any workload of the trust domain; [`pool_for`] checks the service too.
 pub fn pool() -> Pool {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
+    pool_for(None, false)
 }
 
 /// A pool that speaks HTTP/2 with prior knowledge (h2c), for gRPC and other HTTP/2-only
 /// upstreams; many requests share one connection per endpoint.
 pub fn pool_h2() -> Pool {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
+    pool_for(None, true)
+}
+
+/// A pool to the instances of `callee`: over mTLS, a peer whose certificate names another
+/// service is refused in the handshake (an address reused by someone else, a registry gone
+/// wrong). HTTP/2 only when `http2`.
+pub fn pool_for(callee: Option<&str>, http2: bool) -> Pool {
+    let connector = crate::mtls::connector(crate::mtls::installed(), callee, Duration::from_secs(1), http2);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(60));
+    if http2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
 }
 
 /// Sends each request to one endpoint the balancer picks.
@@ -185,7 +189,7 @@ impl EndpointService {
         }
         let endpoint = pick.endpoint.id.clone();
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.scheme = Some(pick.endpoint.scheme.clone());
         parts.authority = Some(pick.endpoint.authority.clone());
         if !pick.endpoint.base_path.is_empty() || parts.path_and_query.is_none() {
             let path = parts.path_and_query.as_ref().map_or("/", PathAndQuery::as_str);

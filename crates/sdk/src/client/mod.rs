@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 pub use body::RequestBody;
 pub use config::ClientConfig;
-pub use endpoint::{pool, pool_h2, EndpointService, Pool};
+pub use endpoint::{pool, pool_for, pool_h2, EndpointService, Pool};
 pub use propagate::{Propagated, PROPAGATED_HEADERS};
 pub use target::Target;
 

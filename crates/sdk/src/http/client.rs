@@ -6,6 +6,7 @@ use bytes::Bytes;
 use flotilla_api::Problem;
 use http::{header, HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -104,10 +105,11 @@ pub struct JsonResponse<T> {
     pub body: T,
 }
 
-/// A pooled HTTP client that speaks JSON and understands problem+json errors.
+/// A pooled HTTP client that speaks JSON and understands problem+json errors; `https://`
+/// URLs are spoken with this process's workload identity ([`crate::mtls`]).
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -120,14 +122,38 @@ impl Default for HttpClient {
 impl HttpClient {
     /// A client whose requests give up after `timeout` (long polls pass their own).
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        Self::with_connector(connector, timeout)
+        Self::over(
+            crate::mtls::connector(crate::mtls::installed(), None, Duration::from_secs(2), false),
+            timeout,
+        )
     }
 
-    /// A client over the given connector (tests and simulators pass their own).
+    /// A client that speaks `https://` with the given TLS configuration (an instance's first
+    /// call for its certificate, before it has one).
+    pub fn with_tls(config: tokio_rustls::rustls::ClientConfig, timeout: Duration) -> Self {
+        Self::over(
+            crate::mtls::connector_with(config, Duration::from_secs(2), false),
+            timeout,
+        )
+    }
+
+    /// A plain-HTTP client over the given connector (tests and simulators pass their own).
     pub fn with_connector(connector: HttpConnector, timeout: Duration) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                tokio_rustls::rustls::ClientConfig::builder_with_provider(crate::mtls::provider())
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default versions")
+                    .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        Self::over(connector, timeout)
+    }
+
+    fn over(connector: HttpsConnector<HttpConnector>, timeout: Duration) -> Self {
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);

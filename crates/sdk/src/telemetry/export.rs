@@ -55,16 +55,15 @@ pub(crate) fn parse_headers(text: &str) -> Vec<(String, String)> {
 pub struct OtlpExporter {
     endpoint: Endpoint,
     resource: ResourceAttributesWithSchema,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl OtlpExporter {
     /// An exporter posting to `endpoint` the spans of the process `resource` describes.
     pub fn new(endpoint: Endpoint, resource: &Resource) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        // `https://` (the control plane in a fleet) with this process's workload identity.
+        let connector = crate::mtls::connector(crate::mtls::installed(), None, Duration::from_secs(2), false);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);

@@ -97,7 +97,7 @@ impl TelemetryConfig {
                     headers.push(("authorization".into(), format!("Bearer {token}")));
                 }
                 Endpoint {
-                    url: format!("http://{control}/v1/traces"),
+                    url: format!("{}/v1/traces", crate::http::base_url(control)),
                     headers,
                 }
             })

@@ -1,0 +1,134 @@
+//! Getting a certificate from the control plane's CA and keeping it renewed: a fresh key
+//! each time (it never leaves the process), a CSR, and the instance's own credential to say
+//! which service it speaks for.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_api::identity::{CertificateRequest, IssuedCertificate, CONTROL_SERVICE};
+use http::Method;
+
+use super::{MtlsError, Workload};
+use crate::http::HttpClient;
+
+/// How an instance asks for its certificate.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// The control plane's base URL (`https://…` in a fleet).
+    pub control: String,
+    /// The instance's credential.
+    pub token: Option<String>,
+    /// The CA's certificate (PEM), to check the control plane before there is a certificate.
+    pub ca_pem: String,
+    /// A life shorter than the CA's day (rotation drills); `None` for the CA's.
+    pub lifetime: Option<Duration>,
+    /// The service to name, when the credential is the operator's (tests, tools).
+    pub service: Option<String>,
+}
+
+impl Enrollment {
+    async fn issue(&self, client: &HttpClient) -> Result<(IssuedCertificate, Vec<u8>), MtlsError> {
+        let issue = |e: &dyn std::fmt::Display| MtlsError::Issue(e.to_string());
+        let key = rcgen::KeyPair::generate().map_err(|e| issue(&e))?;
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .and_then(|params| params.serialize_request(&key))
+            .and_then(|request| request.pem())
+            .map_err(|e| issue(&e))?;
+        let request = CertificateRequest {
+            csr,
+            service: self.service.clone(),
+            lifetime_seconds: self.lifetime.map(|l| l.as_secs().max(1)),
+        };
+        let url = format!("{}/v1/identity/certificates", crate::http::base_url(&self.control));
+        let issued: IssuedCertificate = client
+            .send(Method::POST, &url, self.token.as_deref(), Some(&request), None)
+            .await
+            .map_err(|e| issue(&e))?
+            .body;
+        Ok((issued, key.serialize_der()))
+    }
+}
+
+fn not_after(issued: &IssuedCertificate) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(issued.not_after_ms).unwrap_or(0))
+}
+
+/// The instance's first certificate: the control plane is checked against the CA file
+/// (it must present `spiffe://flotilla/control`), the instance presents nothing yet.
+pub async fn enroll(enrollment: &Enrollment) -> Result<Workload, MtlsError> {
+    let config = super::bootstrap_client_config(&enrollment.ca_pem, CONTROL_SERVICE)?;
+    let client = HttpClient::with_tls(config, Duration::from_secs(5));
+    let (issued, key) = enrollment.issue(&client).await?;
+    let workload = Workload::new(&issued.certificate, key, &issued.ca, not_after(&issued))?;
+    tracing::info!(service = %workload.service(), spiffe_id = %issued.spiffe_id, "workload certificate issued");
+    Ok(workload)
+}
+
+/// Renews `workload`'s certificate at two thirds of its life, for as long as the process
+/// runs: a failed renewal is tried again (1 s doubling to 30 s) while the certificate in
+/// force is still valid. Handshakes from then on take the new certificate; connections
+/// already open keep theirs.
+pub async fn keep_renewed(workload: Workload, enrollment: Enrollment) {
+    let client = HttpClient::with_tls(workload.client_config(Some(CONTROL_SERVICE)), Duration::from_secs(5));
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = workload
+            .renew_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+        let renewed = match enrollment.issue(&client).await {
+            Ok((issued, key)) => workload.renew(&issued.certificate, key, &issued.ca, not_after(&issued)),
+            Err(err) => Err(err),
+        };
+        match renewed {
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                tracing::debug!(service = %workload.service(), "workload certificate renewed");
+            }
+            Err(err) => {
+                let left = workload
+                    .not_after()
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tracing::warn!(error = %err, ?left, "renewing the workload certificate failed; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// The identity the supervisor (or a cluster's bootstrap secret) set up for this process:
+/// with `FLOTILLA_CA_FILE` set, a certificate from the control plane at `control` for the
+/// service `token` speaks for, installed as the process's identity and kept renewed.
+/// `None` when the variable is unset (a process on its own, plain HTTP).
+pub async fn enroll_from_env(control: Option<&str>, token: Option<&str>) -> Result<Option<Workload>, MtlsError> {
+    use flotilla_api::env;
+    let Some(ca_file) = std::env::var_os(env::CA_FILE).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let ca_pem = std::fs::read_to_string(&ca_file).map_err(|e| MtlsError::Pem {
+        what: "the CA file (FLOTILLA_CA_FILE)",
+        reason: format!("{}: {e}", std::path::Path::new(&ca_file).display()),
+    })?;
+    let lifetime = match std::env::var(env::CERT_LIFETIME) {
+        Ok(text) if !text.is_empty() => Some(humantime::parse_duration(&text).map_err(|e| MtlsError::Pem {
+            what: "FLOTILLA_CERT_LIFETIME",
+            reason: e.to_string(),
+        })?),
+        _ => None,
+    };
+    let control =
+        control.ok_or_else(|| MtlsError::Issue("FLOTILLA_CA_FILE is set but no control plane is named".into()))?;
+    let enrollment = Enrollment {
+        control: control.to_owned(),
+        token: token.map(str::to_owned),
+        ca_pem,
+        lifetime,
+        service: None,
+    };
+    let workload = enroll(&enrollment).await?;
+    super::install(workload.clone());
+    tokio::spawn(keep_renewed(workload.clone(), enrollment));
+    Ok(Some(workload))
+}
