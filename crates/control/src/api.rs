@@ -18,6 +18,9 @@ pub use crate::acl::Principal;
 use crate::registry::{Registered, Registry, RegistryError};
 use crate::ControlState;
 
+/// Where an instance asks for its certificate.
+const CERTIFICATES: &str = "/v1/identity/certificates";
+
 /// The longest a blocking query may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 /// How long a blocking query waits when it names an index but no `wait`.
@@ -40,7 +43,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .route("/v1/registry/services", get(list_services))
         .route("/v1/registry/services/{name}", get(list_service))
         .route("/v1/identity/ca", get(authority))
-        .route("/v1/identity/certificates", post(certificate))
+        .route(CERTIFICATES, post(certificate))
         .merge(crate::config::http::routes())
         .merge(crate::events::http::routes())
         .merge(crate::telemetry::http::routes())
@@ -58,14 +61,40 @@ impl FromRequestParts<Arc<ControlState>> for Principal {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
+        let principal = match presented {
             Some(credential) => state
                 .identify(credential.trim())
-                .ok_or_else(|| unauthorized("the credential is not one of this control plane's")),
+                .ok_or_else(|| unauthorized("the credential is not one of this control plane's"))?,
             None => Err(unauthorized(
                 "the control plane needs `Authorization: Bearer <credential>`: the operator's token (in the data dir), a service instance's credential, or a read-only one",
-            )),
+            ))?,
+        };
+        // A service speaks over mTLS, and its certificate and credential must agree.
+        if let Principal::Service { service, .. } = &principal {
+            let peer = parts
+                .extensions
+                .get::<flotilla::mtls::Peer>()
+                .cloned()
+                .unwrap_or_default();
+            match peer.service.as_deref() {
+                Some(named) if named != service => {
+                    return Err(unauthorized(&format!(
+                        "the certificate names `{named}`, the credential speaks for `{service}`"
+                    )))
+                }
+                Some(_) => {}
+                // Before it has a certificate, an instance may only ask for one.
+                None if peer.tls && parts.uri.path() == CERTIFICATES => {}
+                None if peer.tls || state.workloads_over_tls => {
+                    return Err(forbidden(
+                        "a service's credential is taken only over mTLS with its certificate (the control plane's TLS listener); the plain listener is the operator's",
+                    )
+                    .into_response())
+                }
+                None => {}
+            }
         }
+        Ok(principal)
     }
 }
 
@@ -245,22 +274,12 @@ async fn authority(_who: Principal, State(state): State<Arc<ControlState>>) -> R
         .into_response()
 }
 
-/// What an instance sends for its certificate.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CertificateRequest {
-    /// A PKCS#10 request (PEM) for the instance's own key.
-    csr: String,
-    /// The service to name, when the operator asks; a service's credential names its own.
-    service: Option<String>,
-}
-
-/// `POST /v1/identity/certificates`: a day-long certificate for the key of the request, naming
+/// `POST /v1/identity/certificates`: a day-long (or, asked, shorter) certificate for the key of the request, naming
 /// the service the credential speaks for (`spiffe://flotilla/<service>`) and nothing else.
 async fn certificate(
     who: Principal,
     State(state): State<Arc<ControlState>>,
-    Json(request): Json<CertificateRequest>,
+    Json(request): Json<flotilla_api::identity::CertificateRequest>,
 ) -> Result<Response, Problem> {
     let service = match (&who, request.service.as_deref()) {
         (Principal::Service { service, .. }, None) => service.clone(),
@@ -269,7 +288,17 @@ async fn certificate(
         (Principal::Operator, None) => return Err(Problem::invalid_field("service", "the operator names the service")),
         _ => return Err(forbidden("this credential may not have a certificate for that service")),
     };
-    match state.authority.issue(&service, &request.csr, crate::ca::LEAF_LIFETIME) {
+    let lifetime = match request.lifetime_seconds {
+        None => crate::ca::LEAF_LIFETIME,
+        Some(0) => {
+            return Err(Problem::invalid_field(
+                "lifetime_seconds",
+                "a certificate lives at least a second",
+            ))
+        }
+        Some(seconds) => Duration::from_secs(seconds).min(crate::ca::LEAF_LIFETIME),
+    };
+    match state.authority.issue(&service, &request.csr, lifetime) {
         Ok(issued) => {
             tracing::info!(%service, not_after_ms = issued.not_after_ms, "certificate issued");
             Ok((StatusCode::CREATED, Json(issued)).into_response())

@@ -10,7 +10,7 @@ pub mod events;
 pub mod registry;
 pub mod telemetry;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,6 +76,9 @@ pub struct ControlState {
     /// Where this control plane listens, when it knows: Prometheus service discovery lists it
     /// among the targets to scrape.
     listen: Option<SocketAddr>,
+    /// Services speak to this control plane only over its mTLS listener: their credentials
+    /// are refused on the plain one, which is left to the operator and readers.
+    pub(crate) workloads_over_tls: bool,
     pub(crate) closing: watch::Receiver<bool>,
     /// Until then the registry is warming up: instances of a previous run are still
     /// re-registering, so its lists may be incomplete.
@@ -98,6 +101,7 @@ impl ControlState {
             authority: storage.authority,
             keyring: acl::Keyring::new(&config.token),
             listen: None,
+            workloads_over_tls: false,
             closing,
         }
     }
@@ -106,6 +110,12 @@ impl ControlState {
     /// its own `/metrics` to Prometheus next to the instances'.
     pub fn listening_on(mut self, addr: SocketAddr) -> Self {
         self.listen = Some(addr);
+        self
+    }
+
+    /// Takes services' credentials only over mTLS (the control plane has a TLS listener).
+    pub fn workloads_over_tls(mut self) -> Self {
+        self.workloads_over_tls = true;
         self
     }
 
@@ -259,9 +269,31 @@ pub async fn serve(
     storage: Storage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, None, config, storage, shutdown).await
+}
+
+/// [`serve`], and on `tls_listener` the same API over mTLS with a certificate of its own CA
+/// naming `spiffe://flotilla/control` (renewed at two thirds of its day). There a caller's
+/// certificate is checked when presented, and must name the service its credential speaks
+/// for; services' credentials are then refused on the plain listener.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    tls_listener: Option<TcpListener>,
+    config: ControlConfig,
+    storage: Storage,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let (closing_tx, closing_rx) = watch::channel(false);
-    let state = Arc::new(ControlState::new(config, storage, closing_rx.clone()).listening_on(addr));
+    let mut state = ControlState::new(config, storage, closing_rx.clone()).listening_on(addr);
+    let workload = match &tls_listener {
+        Some(_) => {
+            state = state.workloads_over_tls();
+            Some(own_workload(&state.authority).map_err(std::io::Error::other)?)
+        }
+        None => None,
+    };
+    let state = Arc::new(state);
     // Each background task runs until the control plane begins to close.
     let until_closing = |mut closing: watch::Receiver<bool>| async move {
         let _ = closing.wait_for(|c| *c).await;
@@ -279,22 +311,88 @@ pub async fn serve(
         async move { state.traces.run_pruning(closing).await }
     });
     tracing::info!(%addr, "control plane listening");
-    let mut closed = closing_rx;
-    let server = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            let _ = closed.wait_for(|c| *c).await;
-        })
-        .into_future();
-    let server = tokio::spawn(server);
+    let tls_server = match (tls_listener, workload) {
+        (Some(tls_listener), Some(workload)) => {
+            tracing::info!(addr = %tls_listener.local_addr()?, "control plane listening for workloads (mTLS)");
+            tokio::spawn({
+                let (state, workload, closing) = (state.clone(), workload.clone(), until_closing(closing_rx.clone()));
+                async move {
+                    tokio::select! {
+                        _ = renew_own(&state.authority, workload) => {}
+                        _ = closing => {}
+                    }
+                }
+            });
+            let config = workload.server_config(flotilla::mtls::Callers::anyone());
+            Some(tokio::spawn(flotilla::http::serve(
+                tls_listener,
+                api::router(state.clone()),
+                Some(config),
+                until_closing(closing_rx.clone()),
+            )))
+        }
+        _ => None,
+    };
+    let server = tokio::spawn(flotilla::http::serve(
+        listener,
+        api::router(state),
+        None,
+        until_closing(closing_rx.clone()),
+    ));
     shutdown.await;
     tracing::info!("control plane shutting down");
     let _ = closing_tx.send(true);
     let _ = expiry.await;
     let _ = retention.await;
     let _ = pruning.await;
+    if let Some(tls_server) = tls_server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), tls_server).await;
+    }
     match tokio::time::timeout(Duration::from_secs(2), server).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),
         Err(_) => Ok(()),
+    }
+}
+
+/// The control plane's own certificate, from its own CA without a round trip.
+fn issue_own(authority: &ca::Authority) -> Result<(ca::Issued, Vec<u8>), ca::CaError> {
+    let signing = |e: rcgen::Error| ca::CaError::Signing(e.to_string());
+    let key = rcgen::KeyPair::generate().map_err(signing)?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|params| params.serialize_request(&key))
+        .and_then(|request| request.pem())
+        .map_err(signing)?;
+    let issued = authority.issue(flotilla_api::identity::CONTROL_SERVICE, &csr, ca::LEAF_LIFETIME)?;
+    Ok((issued, key.serialize_der()))
+}
+
+fn not_after(issued: &ca::Issued) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(issued.not_after_ms).unwrap_or(0))
+}
+
+fn own_workload(authority: &ca::Authority) -> Result<flotilla::mtls::Workload, String> {
+    let (issued, key) = issue_own(authority).map_err(|e| e.to_string())?;
+    flotilla::mtls::Workload::new(&issued.certificate, key, &issued.ca, not_after(&issued)).map_err(|e| e.to_string())
+}
+
+/// Renews the control plane's own certificate at two thirds of its life.
+async fn renew_own(authority: &ca::Authority, workload: flotilla::mtls::Workload) {
+    loop {
+        let wait = workload
+            .renew_at()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+        let renewed = issue_own(authority)
+            .map_err(|e| e.to_string())
+            .and_then(|(issued, key)| {
+                workload
+                    .renew(&issued.certificate, key, &issued.ca, not_after(&issued))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(err) = renewed {
+            tracing::error!(error = %err, "renewing the control plane's certificate failed; trying again");
+        }
     }
 }
