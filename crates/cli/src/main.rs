@@ -49,6 +49,10 @@ enum Command {
         /// Run this many instances of a service instead of the manifest's count (`catalog=3`).
         #[arg(long, value_parser = parse_scale)]
         scale: Vec<(String, u32)>,
+        /// Plain HTTP between the processes instead of mTLS with workload certificates (to
+        /// measure what mTLS costs; never in production).
+        #[arg(long)]
+        no_mtls: bool,
     },
     /// Show services and instances as the control plane sees them.
     Status {
@@ -171,6 +175,19 @@ enum Command {
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// Print a control-plane credential for a service, minted from the operator's token: what
+    /// a cluster's bootstrap Secret holds for that service's instances (`FLOTILLA_TOKEN`). It
+    /// speaks only for `service`: its registrations, config scope, topics and certificates.
+    Credential {
+        /// The service it speaks for.
+        service: String,
+        /// The instance name it carries (a Secret shared by a service's pods: `cluster`).
+        #[arg(long, default_value = "cluster")]
+        instance: String,
+        /// Where the operator's token is kept.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+    },
     /// Run the control plane (the registry and the config store).
     Control {
         /// Where to listen.
@@ -185,6 +202,10 @@ enum Command {
         /// How long an instance lives without a heartbeat.
         #[arg(long, env = "FLOTILLA_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Where to serve the same API over mTLS for services (certificate from the control
+        /// plane's own CA); given, services' credentials are refused on `--listen`.
+        #[arg(long, env = "FLOTILLA_TLS_LISTEN")]
+        tls_listen: Option<SocketAddr>,
     },
     /// Run the gateway: with a control plane, or standalone from a routes file.
     Gateway {
@@ -599,6 +620,27 @@ where
     Ok(live)
 }
 
+/// The process's workload certificate, when the supervisor set mTLS up (`FLOTILLA_CA_FILE`):
+/// taken before anything else, so every client and listener made after speaks mTLS.
+async fn workload_identity(env: &ServiceEnv) -> Result<Option<flotilla::mtls::Workload>> {
+    flotilla::mtls::enroll_from_env(env.control_addr.as_deref(), env.token.as_deref())
+        .await
+        .with_context(|| {
+            format!(
+                "taking this instance's workload certificate from the control plane at {}",
+                env.control_addr.as_deref().unwrap_or("(none)")
+            )
+        })
+}
+
+/// Says, once logging is up, which identity the process speaks mTLS with.
+fn announce(identity: Option<&flotilla::mtls::Workload>) {
+    if let Some(workload) = identity {
+        let not_after = humantime::format_rfc3339_seconds(workload.not_after());
+        tracing::info!(service = %workload.service(), %not_after, "workload certificate issued: mTLS with every Flotilla peer");
+    }
+}
+
 /// The event log (or JetStream) the service at `env` publishes to and consumes from.
 async fn events_client(env: &ServiceEnv) -> Result<flotilla::events::EventsClient> {
     flotilla::events::EventsClient::for_service(env).await.with_context(|| {
@@ -617,6 +659,7 @@ async fn run(cli: Cli) -> Result<()> {
             gateway_addr,
             control_addr,
             scale,
+            no_mtls,
         } => {
             let options = UpOptions {
                 manifest,
@@ -624,6 +667,7 @@ async fn run(cli: Cli) -> Result<()> {
                 gateway_addr,
                 control_addr,
                 scale,
+                mtls: !no_mtls,
                 self_exe: std::env::current_exe().context("finding this program's path")?,
                 ready_timeout: Duration::from_secs(30),
             };
@@ -888,11 +932,34 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", traces::deps::draw(&graph, lookback, style::stdout_wants_color()));
             }
         }
+        Command::Credential {
+            service,
+            instance,
+            data_dir,
+        } => {
+            let token = token::read(&data_dir)
+                .with_context(|| format!("reading the operator's token in {}", data_dir.display()))?
+                .with_context(|| {
+                    format!(
+                        "no operator token in {} (has `flotilla up` run there?)",
+                        data_dir.display()
+                    )
+                })?;
+            let credential = flotilla_control::acl::Keyring::new(&token)
+                .service(&service, &instance)
+                .with_context(|| {
+                    format!(
+                        "`{service}` / `{instance}` cannot be named in a credential (letters, digits, `-`, `_`, `.`)"
+                    )
+                })?;
+            println!("{credential}");
+        }
         Command::Control {
             listen,
             data_dir,
             heartbeat,
             ttl,
+            tls_listen,
         } => {
             // The control plane logs but exports no spans: it is where spans go, and tracing
             // its own span intake would feed itself.
@@ -928,7 +995,12 @@ async fn run(cli: Cli) -> Result<()> {
             let storage = flotilla_control::Storage::open(&data_dir, Default::default())
                 .await
                 .with_context(|| format!("opening the control plane's storage in {}", data_dir.display()))?;
-            flotilla_control::serve(listener, config, storage, runtime::shutdown_signal()).await?;
+            let tls_listener = match tls_listen {
+                Some(addr) => Some(bind(addr, "--tls-listen").await?),
+                None => None,
+            };
+            flotilla_control::serve_with_tls(listener, tls_listener, config, storage, runtime::shutdown_signal())
+                .await?;
             drop(marker);
         }
         Command::Gateway {
@@ -942,10 +1014,12 @@ async fn run(cli: Cli) -> Result<()> {
             ..
         } => {
             let env = ServiceEnv::from_env();
+            let identity = workload_identity(&env).await?;
             let mut telemetry = flotilla::telemetry::TelemetryConfig::from_env("gateway", &env);
             // Requests enter here: the tail rule keeps the failed and slow ones.
             telemetry.sampling = telemetry.sampling.with_tail_from_env();
             let _telemetry = flotilla::telemetry::init(telemetry);
+            announce(identity.as_ref());
             let tls_files = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(flotilla_gateway::tls::TlsFiles { cert, key }),
                 _ => None,
@@ -1042,8 +1116,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Service { name, listen } => {
             let env = ServiceEnv::from_env();
+            // First: the telemetry exporter and every client made after speak mTLS with it.
+            let identity = workload_identity(&env).await?;
             let _telemetry =
                 flotilla::telemetry::init(flotilla::telemetry::TelemetryConfig::from_env(name.service(), &env));
+            announce(identity.as_ref());
             match name {
                 ShopService::Catalog => {
                     let store = flotilla_catalog::open_store(&env)
@@ -1058,6 +1135,7 @@ async fn run(cli: Cli) -> Result<()> {
                     )
                     .await?;
                     Service::new(flotilla_catalog::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .callers(flotilla_catalog::CALLERS.iter().copied())
                         .env(env)
                         .context(context.clone())
                         .config(&config)
@@ -1076,6 +1154,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let context = runtime::Context::new(&env, Default::default());
                     let tokens = flotilla::auth::TrustedIssuer::default().verifier(context.discovery(), &[], &[]);
                     Service::new(flotilla_inventory::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .callers(flotilla_inventory::CALLERS.iter().copied())
                         .env(env)
                         .context(context)
                         .router(flotilla_inventory::router(store, tokens))
@@ -1097,6 +1176,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
                     flotilla_payments::spawn_reconciliation(store.clone(), config.clone(), events_client(&env).await?);
                     Service::new(flotilla_payments::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .callers(flotilla_payments::CALLERS.iter().copied())
                         .env(env)
                         .context(context)
                         .config(&config)
@@ -1120,6 +1200,7 @@ async fn run(cli: Cli) -> Result<()> {
                     flotilla_shipping::spawn_ticker(store.clone(), config.clone());
                     flotilla_shipping::spawn_order_events(store.clone(), events_client(&env).await?);
                     Service::new(flotilla_shipping::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .callers(flotilla_shipping::CALLERS.iter().copied())
                         .env(env)
                         .context(context)
                         .config(&config)
@@ -1151,6 +1232,7 @@ async fn run(cli: Cli) -> Result<()> {
                             .await
                             .context("starting orders' saga and outbox")?;
                     Service::new(flotilla_orders::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .callers(flotilla_orders::CALLERS.iter().copied())
                         .env(env)
                         .context(context)
                         .config(&config)
@@ -1167,6 +1249,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let tokens = flotilla::auth::TrustedIssuer::default().verifier(context.discovery(), &[], &[]);
                     flotilla_notifications::spawn_order_events(store.clone(), events_client(&env).await?);
                     Service::new(flotilla_notifications::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .callers(flotilla_notifications::CALLERS.iter().copied())
                         .env(env)
                         .context(context)
                         .router(flotilla_notifications::router(store, tokens))
@@ -1188,6 +1271,7 @@ async fn run(cli: Cli) -> Result<()> {
                         .await
                         .context("loading identity's signing keys")?;
                     Service::new(flotilla_identity::SERVICE, env!("CARGO_PKG_VERSION"))
+                        .callers(flotilla_identity::CALLERS.iter().copied())
                         .env(env)
                         .config(&config)
                         .router(flotilla_identity::router(identity))

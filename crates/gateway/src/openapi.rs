@@ -123,7 +123,7 @@ impl Merged {
                 missing.push(json!({"service": service, "reason": "no instance is up"}));
                 continue;
             };
-            let url = format!("http://{}/openapi.json", instance.address);
+            let url = format!("{}/openapi.json", flotilla::discovery::instance_url(&instance));
             match self.http.get_json::<Value>(&url, None).await {
                 Ok(document) => merge_into(&mut merged, service, document),
                 Err(err) => missing.push(json!({"service": service, "reason": err.to_string()})),

@@ -20,6 +20,10 @@ pub use reconcile::spawn as spawn_reconciliation;
 /// The service's name in the registry.
 pub const SERVICE: &str = "payments";
 
+/// The services that may call this one over mTLS: the gateway (customers reading their payments) and orders (authorize, capture, void). The key `callers` in
+/// its config scope replaces the list live.
+pub const CALLERS: &[&str] = &["gateway", "orders"];
+
 /// Payments' schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -45,6 +45,8 @@ pub struct UpOptions {
     pub self_exe: PathBuf,
     /// How long to wait for every instance before printing the banner anyway.
     pub ready_timeout: Duration,
+    /// mTLS between the processes, each with a certificate from the control plane's CA.
+    pub mtls: bool,
 }
 
 /// Why `up` could not run the system.
@@ -140,11 +142,22 @@ async fn seed(control: &str, token: &str, routes: serde_json::Value, file: &Path
     }
 }
 
-/// The environment every supervised process gets: how to reach the control plane, the
-/// token, the data dir, the events backend, and the log format.
-fn child_env(control: SocketAddr, token: &str, data_dir: &Path, events: Option<&str>) -> Vec<(String, String)> {
+/// The environment every supervised process gets: how to reach the control plane (its mTLS
+/// listener and the CA to check it with, when there is one), the token, the data dir, the
+/// events backend, and the log format.
+fn child_env(
+    control: SocketAddr,
+    mtls: Option<SocketAddr>,
+    token: &str,
+    data_dir: &Path,
+    events: Option<&str>,
+) -> Vec<(String, String)> {
+    let control = match mtls {
+        Some(tls) => format!("https://{tls}"),
+        None => control.to_string(),
+    };
     let mut common = vec![
-        (env::CONTROL_ADDR.into(), control.to_string()),
+        (env::CONTROL_ADDR.into(), control),
         (env::TOKEN.into(), token.to_owned()),
         (env::DATA_DIR.into(), data_dir.display().to_string()),
         (env::SUPERVISED.into(), "1".into()),
@@ -152,11 +165,20 @@ fn child_env(control: SocketAddr, token: &str, data_dir: &Path, events: Option<&
         // and the terminal still shows them drawn for people (see `Output::line`).
         (flotilla_api::telemetry::LOG_FORMAT_ENV.into(), "json".into()),
     ];
+    if mtls.is_some() {
+        // Written by the control plane when it first starts: its CA's certificate.
+        common.push((env::CA_FILE.into(), data_dir.join("ca.pem").display().to_string()));
+    }
     // Services publish and consume events there instead of the control plane's log.
     if let Some(events) = events {
         common.push((env::EVENTS.into(), events.to_owned()));
     }
     common
+}
+
+/// A loopback address with a port free now (the control plane binds it a moment later).
+fn free_loopback_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 /// Runs the system until `shutdown` resolves, then stops it in order.
@@ -199,7 +221,19 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     let started = Instant::now();
     tokio::pin!(shutdown);
 
-    let common = child_env(options.control_addr, &token, &data_dir, manifest.events.as_deref());
+    // The control plane's mTLS listener, for the processes it supervises: a free loopback
+    // port (the plain one stays the operator's, for the CLI).
+    let control_tls = match options.mtls {
+        true => Some(free_loopback_port().map_err(data_err)?),
+        false => None,
+    };
+    let common = child_env(
+        options.control_addr,
+        control_tls,
+        &token,
+        &data_dir,
+        manifest.events.as_deref(),
+    );
     let credentials = flotilla_control::acl::Keyring::new(&token);
     // A read-only credential for Prometheus' service discovery and scrapes (`credentials_file`).
     flotilla::data_dir::replace_private(
@@ -214,7 +248,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         "starting the control plane on http://{}",
         options.control_addr
     ));
-    let control_env = [
+    let mut control_env = vec![
         ("FLOTILLA_LISTEN".into(), options.control_addr.to_string()),
         (
             "FLOTILLA_HEARTBEAT".into(),
@@ -222,6 +256,9 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         ),
         ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
     ];
+    if let Some(tls) = control_tls {
+        control_env.push(("FLOTILLA_TLS_LISTEN".into(), tls.to_string()));
+    }
     let control = vec![fleet.start(
         "control",
         fleet.spec(
@@ -458,7 +495,7 @@ mod tests {
     #[test]
     fn children_are_asked_for_json_logs() {
         let addr: SocketAddr = "127.0.0.1:7070".parse().unwrap();
-        let env = child_env(addr, "t", Path::new("/data"), Some("nats://x:4222"));
+        let env = child_env(addr, None, "t", Path::new("/data"), Some("nats://x:4222"));
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(get(flotilla_api::telemetry::LOG_FORMAT_ENV), Some("json"));
         assert_eq!(get(env::CONTROL_ADDR), Some("127.0.0.1:7070"));

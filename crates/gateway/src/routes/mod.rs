@@ -7,6 +7,7 @@ pub mod matcher;
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 
 use flotilla::client::{ClientConfig, Pool, Stack, Target};
 use flotilla::config::{FileError, TomlFile};
@@ -93,6 +94,9 @@ pub struct Upstreams {
     pub pool_h2: Pool,
     /// The gateway's zone: endpoints there are preferred while any is usable.
     pub zone: Option<String>,
+    /// Under mTLS, a pool per service and protocol, each checking that the peer is that
+    /// service: a route to `payments` never talks to anything else.
+    per_service: Arc<std::sync::Mutex<std::collections::HashMap<(String, bool), Pool>>>,
 }
 
 impl Upstreams {
@@ -103,14 +107,21 @@ impl Upstreams {
             pool: flotilla::client::pool(),
             pool_h2: flotilla::client::pool_h2(),
             zone,
+            per_service: Arc::default(),
         }
     }
 
-    fn pool_for(&self, config: &ClientConfig) -> Pool {
-        if config.http2 {
-            self.pool_h2.clone()
-        } else {
-            self.pool.clone()
+    fn pool_for(&self, config: &ClientConfig, service: Option<&str>) -> Pool {
+        match service {
+            Some(service) if flotilla::mtls::installed().is_some() => self
+                .per_service
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry((service.to_owned(), config.http2))
+                .or_insert_with(|| flotilla::client::pool_for(Some(service), config.http2))
+                .clone(),
+            _ if config.http2 => self.pool_h2.clone(),
+            _ => self.pool.clone(),
         }
     }
 }
@@ -243,7 +254,7 @@ impl RouteTable {
                             stack: Stack::new(
                                 Target::service_version(service, discovery.clone(), version.clone()),
                                 &client,
-                                upstreams.pool_for(&client),
+                                upstreams.pool_for(&client, Some(service)),
                             ),
                         })
                         .collect(),
@@ -252,11 +263,12 @@ impl RouteTable {
                 _ => (Vec::new(), None),
             };
             let service = target.service_name().map(str::to_owned);
+            let pool = upstreams.pool_for(&client, service.as_deref());
             routes.push(Route {
                 service,
                 shares,
                 pin_header,
-                stack: Stack::new(target, &client, upstreams.pool_for(&client)),
+                stack: Stack::new(target, &client, pool),
                 name: spec.name,
                 path: spec.path,
                 conditions: spec.conditions,

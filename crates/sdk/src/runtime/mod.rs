@@ -2,10 +2,13 @@
 //! control plane, keep the lease with heartbeats, answer health checks, and on shutdown
 //! deregister first, drain in-flight requests, then return.
 
+mod callers;
 pub mod faults;
 
+pub use callers::CallerConfig;
+
 use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,7 +107,15 @@ pub struct Service {
     context: Option<Context>,
     /// Told the instance id once it is chosen (live configs, for their reports).
     registered: Vec<OnRegistered>,
+    /// The services that may call this one over mTLS, unless its config says otherwise.
+    callers: Vec<String>,
+    /// Where health checks and `/metrics` are served under mTLS (loopback unless told).
+    admin: Option<SocketAddr>,
 }
+
+/// Who may call a service over mTLS when it says nothing: the gateway, which makes it an API
+/// and nothing else's dependency. Deny by default.
+pub const DEFAULT_CALLERS: &[&str] = &["gateway"];
 
 /// Told the instance id once it is chosen.
 type OnRegistered = Box<dyn Fn(&str) + Send + Sync>;
@@ -138,7 +149,24 @@ impl Service {
             drain: DrainConfig::default(),
             context: None,
             registered: Vec::new(),
+            callers: DEFAULT_CALLERS.iter().map(|s| (*s).to_owned()).collect(),
+            admin: None,
         }
+    }
+
+    /// The services that may call this one over mTLS (the config key `callers` in its scope
+    /// replaces the list live). [`DEFAULT_CALLERS`] unless told.
+    pub fn callers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, callers: I) -> Self {
+        self.callers = callers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Where health checks and `/metrics` are served when the service speaks mTLS (Prometheus
+    /// and probes have no workload certificate; Linkerd's admin port is the same idea).
+    /// `127.0.0.1:0` unless told; registered as `metrics.address`.
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
     }
 
     /// A live configuration the service runs on: it reports to the control plane under this
@@ -209,16 +237,42 @@ impl Service {
             ),
             None => Faults::default(),
         };
-        let app = app(std::mem::take(&mut self.router), faults, health.clone());
-
+        let workload = crate::mtls::installed();
+        let (_stop_callers, callers_stopped) = tokio::sync::oneshot::channel::<()>();
+        let tls = workload.map(|workload| {
+            let callers = crate::mtls::Callers::only(self.callers.clone());
+            if let Some(control) = &self.env.control_addr {
+                callers::follow(
+                    &self.name,
+                    crate::config::ConfigClient::new(control, self.env.token.clone()),
+                    self.callers.clone(),
+                    callers.clone(),
+                    async move {
+                        let _ = callers_stopped.await;
+                    },
+                );
+            }
+            workload.server_config(callers)
+        });
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = drain_rx.await;
-                })
-                .into_future(),
-        );
+        let drained = futures_util::FutureExt::shared(async move {
+            let _ = drain_rx.await;
+        });
+        if tls.is_some() {
+            // Probes and Prometheus have no certificate: they get their own plain listener.
+            let admin = TcpListener::bind(self.admin.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))
+                .await
+                .map_err(RuntimeError::Listener)?;
+            let admin_addr = admin.local_addr().map_err(RuntimeError::Listener)?;
+            self.metadata
+                .insert(meta::METRICS_ADDRESS.to_owned(), admin_addr.to_string());
+            self.metadata.insert(meta::TLS.to_owned(), meta::TLS_MUTUAL.to_owned());
+            let admin_app = with_problem_fallbacks(health_routes(health.clone()));
+            tokio::spawn(crate::http::serve(admin, admin_app, None, drained.clone()));
+            tracing::info!(service = %self.name, admin = %admin_addr, "health checks and metrics on the admin listener");
+        }
+        let app = app(std::mem::take(&mut self.router), faults, health.clone(), tls.is_none());
+        let server = tokio::spawn(crate::http::serve(listener, app, tls, drained));
         health.ready.store(true, Ordering::SeqCst);
         tracing::info!(service = %self.name, version = %self.version, %addr, "serving");
 
@@ -254,9 +308,13 @@ impl Service {
 /// The application's routes in the request scope, beside the runtime's own. Only the
 /// application's routes are in it: health checks and `/metrics` are never delayed or failed
 /// by a fault rule, nor counted as the application's requests.
-fn app(router: Router, faults: Faults, health: Arc<HealthState>) -> Router {
+fn app(router: Router, faults: Faults, health: Arc<HealthState>, with_health: bool) -> Router {
     let router = router.layer(axum::middleware::from_fn_with_state(faults, request_scope));
-    with_problem_fallbacks(router.merge(health_routes(health)))
+    if with_health {
+        with_problem_fallbacks(router.merge(health_routes(health)))
+    } else {
+        with_problem_fallbacks(router)
+    }
 }
 
 fn health_routes(health: Arc<HealthState>) -> Router {
@@ -448,11 +506,12 @@ impl Context {
                 ..Default::default()
             })
         });
-        let stack = Stack::new(
-            Target::service(service, discovery),
-            &self.inner.config,
-            self.inner.pool.clone(),
-        );
+        // Under mTLS each service gets a pool that checks the peer is that service.
+        let pool = match crate::mtls::installed() {
+            Some(_) => crate::client::pool_for(Some(service), self.inner.config.http2),
+            None => self.inner.pool.clone(),
+        };
+        let stack = Stack::new(Target::service(service, discovery), &self.inner.config, pool);
         let client = ServiceClient::new(stack);
         clients.insert(service.to_owned(), client.clone());
         client
@@ -726,7 +785,7 @@ mod tests {
         let health = Arc::new(HealthState::default());
         health.ready.store(true, Ordering::SeqCst);
         let router = Router::new().route("/products", get(|| async { "ok" }));
-        app(router, Faults::fixed(rules), health)
+        app(router, Faults::fixed(rules), health, true)
     }
 
     fn rule(kind: flotilla_api::faults::FaultKind) -> flotilla_api::faults::FaultRule {
