@@ -158,13 +158,25 @@ fn chaos_kills_pauses_slows_and_fails_and_every_fault_is_seen() {
         "{problem}"
     );
     let catalog = system.instances("catalog");
-    let (direct, body) =
-        json_of(http_request(catalog[0].1.parse().unwrap(), "GET", "/api/v1/products/1", &[], "").unwrap());
+    // At the instance itself, over mTLS as the gateway.
+    let (direct, body) = support::Direct::as_service(&system, "gateway", "catalog")
+        .get(catalog[0].1.parse().unwrap(), "/api/v1/products/1", None)
+        .unwrap();
     assert_eq!(
         (direct, body["type"].as_str()),
         (503, Some("urn:flotilla:problem:fault-injected"))
     );
-    let (ready, _) = json_of(http_request(catalog[0].1.parse().unwrap(), "GET", "/health/ready", &[], "").unwrap());
+    // Health checks are on the instance's admin listener (its metrics address).
+    let admin = system.status()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["service"] == "catalog")
+        .and_then(|i| i["metadata"]["metrics.address"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (ready, _) = json_of(http_request(admin, "GET", "/health/ready", &[], "").unwrap());
     assert_eq!(ready, 200, "health checks are never failed");
 
     // Status lists every kind of fault, in the table and in JSON.

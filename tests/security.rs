@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{customer, http_request, json_of, System};
+use support::{customer, http_request, json_of, Direct, System};
 
 fn get_at(addr: SocketAddr, path: &str, token: &str) -> (u16, Value) {
     json_of(http_request(addr, "GET", path, &[("Authorization", &format!("Bearer {token}"))], "").unwrap())
@@ -84,18 +84,27 @@ fn a_second_customer_gets_404_on_every_object_of_the_first() {
         ("shipping", format!("/api/v1/shipments/{shipment}")),
     ];
     for (service, path) in &objects {
-        let direct = address_of(&system, service);
-        for at in [system.gateway, direct] {
-            let (status, body) = get_at(at, path, &ana);
+        // At the service itself: over mTLS, as the gateway (the one caller every service takes).
+        let direct = Direct::as_service(&system, "gateway", service);
+        let at_service = address_of(&system, service);
+        let get = |at: SocketAddr, path: &str, token: &str| {
+            if at == system.gateway {
+                get_at(at, path, token)
+            } else {
+                direct.get(at, path, Some(token)).unwrap()
+            }
+        };
+        for at in [system.gateway, at_service] {
+            let (status, body) = get(at, path, &ana);
             assert_eq!(status, 200, "the owner reads {path} at {at}: {body}");
-            let (status, body) = get_at(at, path, &bo);
+            let (status, body) = get(at, path, &bo);
             assert_eq!(status, 404, "a stranger reads {path} at {at}: {body}");
             // The same answer as for an object that does not exist.
             let missing = path
                 .replace(&order, "00000000-0000-0000-0000-000000000000")
                 .replace(&payment, "00000000-0000-0000-0000-000000000000")
                 .replace(&shipment, "00000000-0000-0000-0000-000000000000");
-            let (status, none) = get_at(at, &missing, &bo);
+            let (status, none) = get(at, &missing, &bo);
             assert_eq!(status, 404, "{missing} at {at}: {none}");
             assert_eq!(body["type"], none["type"], "{path} at {at}");
         }
@@ -114,15 +123,19 @@ fn a_second_customer_gets_404_on_every_object_of_the_first() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (status, theirs) = get_at(address_of(&system, "notifications"), "/api/v1/notifications", &bo);
+    let (status, theirs) = Direct::as_service(&system, "gateway", "notifications")
+        .get(address_of(&system, "notifications"), "/api/v1/notifications", Some(&bo))
+        .unwrap();
     assert_eq!(status, 200);
     assert!(!theirs.to_string().contains(&order), "{theirs}");
     // Inventory reservations are for orders and admins only; a customer learns nothing.
-    let (status, _) = get_at(
-        address_of(&system, "inventory"),
-        &format!("/api/v1/inventory/reservations/{order}"),
-        &ana,
-    );
+    let (status, _) = Direct::as_service(&system, "gateway", "inventory")
+        .get(
+            address_of(&system, "inventory"),
+            &format!("/api/v1/inventory/reservations/{order}"),
+            Some(&ana),
+        )
+        .unwrap();
     assert_eq!(status, 403);
     system.interrupt(Duration::from_secs(30));
 }
@@ -267,4 +280,128 @@ fn the_security_document_names_only_tests_that_exist() {
             "docs/security.md names `{name}`, which no test is"
         );
     }
+}
+
+/// mTLS between every process, on by default under `up`: payments is called only by the
+/// services on its allow list (the gateway and orders). A caller with catalog's certificate,
+/// or with none, is refused in the TLS handshake and never reaches HTTP; plain HTTP gets no
+/// answer; a change of the allow list in the config store holds from the next handshake; and
+/// the control plane takes a service's credential only over its mTLS listener.
+#[test]
+fn a_service_takes_calls_only_from_the_services_allowed_to_call_it() {
+    let mut system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let payments = address_of(&system, "payments");
+    let path = "/api/v1/payments?order_id=00000000-0000-0000-0000-000000000000";
+
+    let (status, body) = Direct::as_service(&system, "orders", "payments")
+        .get(payments, path, None)
+        .unwrap();
+    assert_eq!(status, 401, "orders passes the handshake, then needs a token: {body}");
+    let catalog = Direct::as_service(&system, "catalog", "payments");
+    let refused = catalog.get(payments, path, None).unwrap_err();
+    assert!(
+        refused.0.contains("AccessDenied") || refused.0.contains("access"),
+        "{}",
+        refused.0
+    );
+    let refused = Direct::anonymous(&system, "payments")
+        .get(payments, path, None)
+        .unwrap_err();
+    assert!(
+        refused.0.contains("CertificateRequired") || refused.0.contains("certificate"),
+        "{}",
+        refused.0
+    );
+    assert!(
+        http_request(payments, "GET", path, &[], "").is_err(),
+        "plain HTTP gets no answer from an mTLS listener"
+    );
+    // A client checks the server too: catalog is not payments.
+    let orders_to_payments = Direct::as_service(&system, "orders", "payments");
+    let refused = orders_to_payments
+        .get(address_of(&system, "catalog"), "/api/v1/products", None)
+        .unwrap_err();
+    assert!(
+        refused.0.contains("NotValidForName") || refused.0.contains("name"),
+        "{}",
+        refused.0
+    );
+
+    // The allow list is config: catalog is let in from the next handshake.
+    let out = system.cli(&[
+        "config",
+        "set",
+        "callers",
+        r#"["gateway","orders","catalog"]"#,
+        "--scope",
+        "payments",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let started = Instant::now();
+    loop {
+        match Direct::as_service(&system, "catalog", "payments").get(payments, path, None) {
+            Ok((status, _)) => {
+                assert_eq!(status, 401);
+                break;
+            }
+            Err(refused) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "catalog still refused after the change: {}",
+                refused.0
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Workloads reach the control plane over mTLS only; its plain listener is the operator's.
+    let log = std::fs::read_to_string(system.data_dir().join("logs/payments-1.log")).unwrap_or_default();
+    assert!(log.contains("workload certificate issued"), "payments enrolled: {log}");
+    let registration =
+        json!({"service": "payments", "instance_id": "payments-x", "address": "127.0.0.1:9"}).to_string();
+    // payments' own credential, as its process holds it.
+    let (_, _, pid) = system.instances("payments").into_iter().next().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let keyring = environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"FLOTILLA_TOKEN="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap();
+    let (status, body) = http_request(
+        system.control,
+        "POST",
+        "/v1/registry/instances",
+        &[
+            ("Authorization", &format!("Bearer {keyring}")),
+            ("Content-Type", "application/json"),
+        ],
+        &registration,
+    )
+    .unwrap();
+    assert_eq!(status, 403, "a service credential on the plain listener: {body}");
+    // What a cluster's bootstrap Secret holds: a credential for the service, from the operator.
+    let minted = std::process::Command::new(support::flotilla())
+        .args(["credential", "payments", "--data-dir"])
+        .arg(system.data_dir())
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    let minted = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    assert!(minted.starts_with("svc:payments:cluster:"), "{minted}");
+    let (status, body) = http_request(
+        system.control,
+        "POST",
+        "/v1/registry/instances",
+        &[
+            ("Authorization", &format!("Bearer {minted}")),
+            ("Content-Type", "application/json"),
+        ],
+        &registration,
+    )
+    .unwrap();
+    assert_eq!(
+        status, 403,
+        "known as payments' credential, and taken only over mTLS: {body}"
+    );
+    system.interrupt(Duration::from_secs(30));
 }

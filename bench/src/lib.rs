@@ -6,5 +6,6 @@
 pub mod chaos;
 pub mod load;
 pub mod login_flood;
+pub mod mtls;
 pub mod procs;
 pub mod system;

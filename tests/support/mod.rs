@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 pub use flotilla_bench::load;
 pub use flotilla_bench::login_flood;
+pub use flotilla_bench::mtls::Direct;
 pub use flotilla_bench::procs::{alive, descendants, free_addr, http_get, http_request};
 pub use flotilla_bench::system::System;
 

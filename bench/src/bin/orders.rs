@@ -8,7 +8,8 @@
 //! Prints the POST's p50/p99, order-to-confirmed p50/p99, accepted and confirmed orders per
 //! second, and how many orders were cancelled or never settled.
 //!
-//! Usage: orders [--clients C] [--seconds D]   (run through `bench/orders`, which builds it)
+//! Usage: orders [--clients C] [--seconds D] [--no-mtls]   (run through `bench/orders`, which
+//! builds it; `--no-mtls` runs the shop without mTLS between its processes, for `bench/mtls`)
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -135,19 +136,24 @@ async fn watch(events: EventsClient, settled: Settled) {
 fn main() {
     let mut clients = 64usize;
     let mut seconds = 20u64;
+    let mut extra: Vec<&str> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--no-mtls" {
+            extra.push("--no-mtls");
+            continue;
+        }
         let value = args.next().and_then(|v| v.parse::<u64>().ok());
         match (arg.as_str(), value) {
             ("--clients", Some(v)) => clients = v as usize,
             ("--seconds", Some(v)) => seconds = v,
-            _ => fail("usage: orders [--clients C] [--seconds D]"),
+            _ => fail("usage: orders [--clients C] [--seconds D] [--no-mtls]"),
         }
     }
     let binary = flotilla_bench::procs::flotilla_beside_me("bench/orders");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     eprintln!("… starting the shop");
-    let mut system = System::start(&binary, &repo, &[]);
+    let mut system = System::start(&binary, &repo, &extra);
     system.wait_for_line("Flotilla is up", Duration::from_secs(120));
     let token = prepare(&system);
     let control_token = std::fs::read_to_string(system.data_dir().join("token"))
