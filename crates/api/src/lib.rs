@@ -42,4 +42,7 @@ pub mod env {
     /// How long the process asks its certificates to live (`24h` unless told; shorter for
     /// rotation drills).
     pub const CERT_LIFETIME: &str = "FLOTILLA_CERT_LIFETIME";
+    /// Where a service under mTLS serves its health checks and `/metrics` (`127.0.0.1:0`
+    /// unless set; a pod's probes need a reachable address).
+    pub const ADMIN_LISTEN: &str = "FLOTILLA_ADMIN_LISTEN";
 }

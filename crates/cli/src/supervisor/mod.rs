@@ -464,6 +464,14 @@ fn banner(
         ),
         format!("    gateway         http://{}{gateway_state}", options.gateway_addr),
         format!("    control plane   http://{}", options.control_addr),
+        if options.mtls {
+            format!(
+                "    mTLS            every process, certificates from {}",
+                data_dir.join("ca.pem").display()
+            )
+        } else {
+            "    mTLS            off (--no-mtls): the processes speak plain HTTP".to_owned()
+        },
         format!("    logs            {}", data_dir.join("logs").display()),
         format!(
             "    try             curl http://{}/api/v1/products",

@@ -128,6 +128,21 @@ impl HttpClient {
         )
     }
 
+    /// A client for the control plane: over `https://` it presents this process's identity and
+    /// accepts only a server whose certificate names the control plane
+    /// (`spiffe://flotilla/control`), not any workload that might have taken its port.
+    pub fn for_control(timeout: Duration) -> Self {
+        Self::over(
+            crate::mtls::connector(
+                crate::mtls::installed(),
+                Some(flotilla_api::identity::CONTROL_SERVICE),
+                Duration::from_secs(2),
+                false,
+            ),
+            timeout,
+        )
+    }
+
     /// A client that speaks `https://` with the given TLS configuration (an instance's first
     /// call for its certificate, before it has one).
     pub fn with_tls(config: tokio_rustls::rustls::ClientConfig, timeout: Duration) -> Self {

@@ -163,7 +163,7 @@ impl Service {
 
     /// Where health checks and `/metrics` are served when the service speaks mTLS (Prometheus
     /// and probes have no workload certificate; Linkerd's admin port is the same idea).
-    /// `127.0.0.1:0` unless told; registered as `metrics.address`.
+    /// `FLOTILLA_ADMIN_LISTEN`, or `127.0.0.1:0`, unless told; registered as `metrics.address`.
     pub fn admin(mut self, addr: SocketAddr) -> Self {
         self.admin = Some(addr);
         self
@@ -260,9 +260,13 @@ impl Service {
         });
         if tls.is_some() {
             // Probes and Prometheus have no certificate: they get their own plain listener.
-            let admin = TcpListener::bind(self.admin.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))
-                .await
-                .map_err(RuntimeError::Listener)?;
+            let admin = TcpListener::bind(
+                self.admin
+                    .or_else(admin_from_env)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            )
+            .await
+            .map_err(RuntimeError::Listener)?;
             let admin_addr = admin.local_addr().map_err(RuntimeError::Listener)?;
             self.metadata
                 .insert(meta::METRICS_ADDRESS.to_owned(), admin_addr.to_string());
@@ -302,6 +306,18 @@ impl Service {
         }
         tracing::info!(service = %self.name, "stopped");
         Ok(())
+    }
+}
+
+/// `FLOTILLA_ADMIN_LISTEN`, when set to an address (a bad one is said and ignored).
+fn admin_from_env() -> Option<SocketAddr> {
+    let text = std::env::var(env::ADMIN_LISTEN).ok().filter(|v| !v.is_empty())?;
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            tracing::error!(value = %text, "{} is not an address (ip:port); the admin listener takes a loopback port", env::ADMIN_LISTEN);
+            None
+        }
     }
 }
 
