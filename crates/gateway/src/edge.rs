@@ -4,7 +4,7 @@
 //! hyper already refuses, on the wire: invalid or differing `Content-Length`s (`+5`, `1, 2`),
 //! a `Transfer-Encoding` whose last coding is not `chunked`, obs-fold, NUL/CR/LF in values
 //! (all 400), and more than 400 headers or a head over 512 KiB (431), answered by hyper
-//! without a body. Tighter limits are checked here — at most [`MAX_HEADERS`] headers of at most
+//! without a body and made problem+json on the wire ([`crate::wire_errors`]). Tighter limits are checked here — at most [`MAX_HEADERS`] headers of at most
 //! [`MAX_HEADERS_TOTAL`] bytes — so that a request over them is told why in problem+json; hyper's
 //! looser ones only stop a head too big to hold. When a request
 //! carries both `Content-Length` and `Transfer-Encoding`, hyper frames it by the latter, drops

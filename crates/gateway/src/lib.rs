@@ -18,6 +18,7 @@ pub mod reload;
 pub mod rescue;
 pub mod routes;
 pub mod tls;
+pub mod wire_errors;
 
 use flotilla::telemetry::edge::{EdgeSpan, Outcome};
 use std::convert::Infallible;
@@ -408,8 +409,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own limits sit above the edge's (100 headers, 32 KiB), so that a head over
-    // those reaches `edge::check_request` and is refused in problem+json; beyond these hyper
-    // answers a bare 431 itself.
+    // those reaches `edge::check_request` and is refused with its reason; beyond these hyper
+    // answers 431 itself, made problem+json on the wire (`wire_errors`).
     builder.http1().max_headers(400).max_buf_size(512 * 1024);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -434,6 +435,7 @@ pub async fn serve(
                     let result = match acceptor {
                         None => {
                             let service = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
+                            let stream = wire_errors::ProblemAnswers::new(stream);
                             watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
                         }
                         Some(acceptor) => {
@@ -452,6 +454,7 @@ pub async fn serve(
                                 req.extensions_mut().insert(Secure);
                                 gateway.clone().handle(req, peer)
                             });
+                            let stream = wire_errors::ProblemAnswers::new(stream);
                             watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
                         }
                     };
