@@ -38,7 +38,7 @@ pub enum TelemetryError {
         path: &'static str,
     },
     /// The id given is not a whole trace id.
-    #[error("`{given}` is not a trace id: give all 32 hex digits (`flotilla traces` lists them)")]
+    #[error("`{given}` is not a trace id: give its 32 hex digits, or the first 8 or more (as the logs show them; `flotilla traces` lists them)")]
     BadTraceId {
         /// What was given.
         given: String,
@@ -60,11 +60,12 @@ pub struct TelemetryClient {
     token: Option<String>,
 }
 
-/// `given` as a trace id the API takes: 32 hex digits, lowercased (so it is also safe in a
-/// URL path).
+/// `given` as a trace id the API takes: 32 hex digits, or the first 8 or more of them (the
+/// control plane finds the one trace they start), lowercased (so it is also safe in a URL
+/// path).
 pub fn trace_id(given: &str) -> Result<String, TelemetryError> {
     let id = given.trim().to_ascii_lowercase();
-    if id.len() != TRACE_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !(8..=TRACE_ID_LEN).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TelemetryError::BadTraceId {
             given: given.to_owned(),
         });
@@ -143,12 +144,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trace_ids_are_32_hex_digits() {
+    fn trace_ids_are_32_hex_digits_or_their_first_8_or_more() {
         assert_eq!(
             trace_id(" 4BF92F3577B34DA6A3CE929D0E0E4736 ").unwrap(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
-        assert!(matches!(trace_id("4bf92f35"), Err(TelemetryError::BadTraceId { .. })));
+        assert_eq!(trace_id("4BF92F35").unwrap(), "4bf92f35");
+        assert!(matches!(trace_id("4bf92f3"), Err(TelemetryError::BadTraceId { .. })));
         assert!(trace_id("../../v1/registry/instances00000").is_err());
     }
 

@@ -51,6 +51,9 @@ pub fn routes() -> Router<Arc<ControlState>> {
 fn problem(err: TraceError) -> Problem {
     match err {
         TraceError::Invalid { field, reason } => Problem::invalid_field(field, reason),
+        TraceError::Ambiguous(_) => {
+            Problem::new(409, "ambiguous-trace-id", "Ambiguous trace id").with_detail(err.to_string())
+        }
         TraceError::Database(_) | TraceError::Corrupt(_) | TraceError::Config(_) => {
             tracing::error!(error = %err, "trace store failed");
             Problem::internal()

@@ -79,6 +79,9 @@ pub enum TraceError {
     /// The configuration cannot be used.
     #[error("trace store config: {0}")]
     Config(String),
+    /// A shortened trace id names more than one stored trace.
+    #[error("`{0}` is the start of more than one stored trace id; give more of it")]
+    Ambiguous(String),
     /// A stored row could not be read back (the file was changed by something else).
     #[error("trace store: stored span unreadable: {0}")]
     Corrupt(String),
@@ -396,9 +399,14 @@ impl TraceStore {
         Ok(stored)
     }
 
-    /// Every stored span of a trace, earliest first; `None` when none is stored.
+    /// Every stored span of a trace, earliest first; `None` when none is stored. The id may
+    /// be shortened to its first 8 or more hex digits, as logs and the CLI show it, when only
+    /// one stored trace starts with them.
     pub async fn trace(&self, trace_id: &str) -> Result<Option<Trace>, TraceError> {
-        let trace_id = normalize_trace_id(trace_id)?;
+        let trace_id = match self.complete(trace_id).await? {
+            Some(trace_id) => trace_id,
+            None => return Ok(None),
+        };
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, end_ns, span_id"
         ))
@@ -410,6 +418,33 @@ impl TraceStore {
         }
         let spans = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Trace { trace_id, spans }))
+    }
+
+    /// The whole id a full or shortened (8 to 31 hex digits) one names; `None` when no
+    /// stored trace starts with it.
+    async fn complete(&self, text: &str) -> Result<Option<String>, TraceError> {
+        if text.len() == 32 {
+            return normalize_trace_id(text).map(Some);
+        }
+        if !(8..32).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(
+                "trace_id",
+                format!("`{text}` is neither 32 hex digits nor the first 8 or more of them"),
+            ));
+        }
+        let prefix = text.to_ascii_lowercase();
+        let (low, high) = (format!("{prefix:0<32}"), format!("{prefix:f<32}"));
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT trace_id FROM spans WHERE trace_id BETWEEN ? AND ? LIMIT 2")
+                .bind(&low)
+                .bind(&high)
+                .fetch_all(&self.reader)
+                .await?;
+        match ids.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one.clone())),
+            _ => Err(TraceError::Ambiguous(prefix)),
+        }
     }
 
     /// The newest traces that match, newest (by their earliest span's start) first. A trace

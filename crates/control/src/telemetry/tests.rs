@@ -498,6 +498,42 @@ async fn a_trace_comes_ordered_by_start_and_bad_or_unknown_ids_are_problems() {
     assert_eq!(problem["type"], "urn:flotilla:problem:not-found");
 }
 
+#[tokio::test]
+async fn a_trace_is_found_by_the_first_eight_hex_digits_the_logs_show() {
+    let (app, state) = app().await;
+    let (one, two) = (
+        "abcdef01".to_owned() + &"0".repeat(23) + "1",
+        "abcdef01".to_owned() + &"0".repeat(23) + "2",
+    );
+    let other = "1234567800000000000000000000000a";
+    for (i, id) in [&one, &two, &other.to_owned()].into_iter().enumerate() {
+        let mut span = sp(1, i as u8 + 1, "gateway", SpanKind::Server).at(0, 5);
+        span.trace_id = id.clone();
+        state.traces.insert(&[span]).await.unwrap();
+    }
+    let (status, trace) = get(&app, "/v1/traces/12345678").await;
+    assert_eq!(status, StatusCode::OK, "{trace}");
+    assert_eq!(trace["trace_id"], other);
+    let (status, trace) = get(&app, "/v1/traces/12345678000").await;
+    assert_eq!((status, trace["trace_id"].as_str()), (StatusCode::OK, Some(other)));
+    // Two traces start with it: more digits are needed, and the answer says so.
+    let (status, problem) = get(&app, "/v1/traces/ABCDEF01").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("more than one"),
+        "{problem}"
+    );
+    let (status, trace) = get(&app, &format!("/v1/traces/{}", &two[..32])).await;
+    assert_eq!(
+        (status, trace["trace_id"].as_str()),
+        (StatusCode::OK, Some(two.as_str()))
+    );
+    let (status, _) = get(&app, "/v1/traces/ffffffff").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get(&app, "/v1/traces/abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 /// Three traces: A (oldest, 100 ms, gateway → orders), B (500 ms, gateway → payments, which
 /// failed), C (newest, 10 ms, catalog alone, its root not stored).
 async fn three_traces() -> (Router, Arc<ControlState>) {
