@@ -220,3 +220,115 @@ fn scale_grows_and_shrinks_a_running_service() {
         "the socket goes with the supervisor"
     );
 }
+
+/// Every command finds a system on other ports from its data dir alone (`up` records where it
+/// runs in `up.json`), `trace` takes the 8 hex digits the logs show, a command against nothing
+/// says in one line what it tried, a second `up` on the same data dir is refused by name, a
+/// closed pipe ends a command quietly, and `up.json` goes with the system.
+#[test]
+fn commands_find_the_running_system_from_its_data_dir_alone() {
+    let mut system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let data_dir = system.data_dir();
+    let bare = |args: &[&str]| {
+        std::process::Command::new(support::flotilla())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("FLOTILLA_CONTROL_ADDR")
+            .env_remove("FLOTILLA_DATA_DIR")
+            .output()
+            .unwrap()
+    };
+    // Something to trace: a request through the gateway that asks to be sampled.
+    let trace_id = "5eed0f1a7ace5a11ed0c0ffee0ddba11";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let (status, _) = http_request(
+        system.gateway,
+        "GET",
+        "/api/v1/products/1",
+        &[("traceparent", &traceparent)],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    loop {
+        let out = bare(&["trace", &trace_id[..8], "--output", "json"]);
+        if out.status.success() {
+            let trace: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(trace["trace_id"], trace_id);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the trace was never found by its first 8 digits: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for args in [
+        vec!["status"],
+        vec!["config", "list"],
+        vec!["config", "applied"],
+        vec!["events", "topics"],
+        vec!["traces"],
+        vec!["trace", &trace_id[..8]],
+        vec!["deps"],
+        vec!["chaos", "clear"],
+        vec!["logs"],
+        vec!["scale", "catalog", "1"],
+    ] {
+        let out = bare(&args);
+        assert!(
+            out.status.success(),
+            "`flotilla {}` without an address: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = String::from_utf8(bare(&["status"]).stdout).unwrap();
+    assert!(status.contains("catalog"), "{status}");
+
+    // Nothing answers where a flag points: one line, naming the address and where it came from.
+    let nowhere = support::free_addr().to_string();
+    let out = bare(&["status", "--control-addr", &nowhere]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&nowhere) && said.contains("--control-addr"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+
+    // A second `up` on this data dir, on other ports, is refused by name.
+    let second = std::process::Command::new(support::flotilla())
+        .current_dir(system.dir.path())
+        .args(["up", "--gateway-addr", &support::free_addr().to_string()])
+        .args(["--control-addr", &support::free_addr().to_string()])
+        .env_remove("FLOTILLA_CONTROL_ADDR")
+        .env_remove("FLOTILLA_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("already runs on"), "{said}");
+
+    // A reader that goes away: the command stops quietly, as `head` expects.
+    let mut piped = std::process::Command::new(support::flotilla())
+        .args(["status", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let out = piped.wait_with_output().unwrap();
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "the status a shell gives a tool stopped by SIGPIPE"
+    );
+
+    assert!(data_dir.join("up.json").exists());
+    system.interrupt(Duration::from_secs(30));
+    assert!(!data_dir.join("up.json").exists(), "up.json goes with the system");
+}

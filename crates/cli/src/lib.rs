@@ -7,6 +7,7 @@ pub mod events_command;
 pub mod local_time;
 pub mod logs;
 pub mod manifest;
+pub mod running;
 pub mod status;
 pub mod style;
 pub mod supervisor;

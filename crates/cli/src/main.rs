@@ -16,7 +16,7 @@ use flotilla_cli::chaos::schedule::{DurationRange, Schedule};
 use flotilla_cli::local_time::LocalTime;
 use flotilla_cli::logs::level::Level;
 use flotilla_cli::supervisor::{self, UpOptions};
-use flotilla_cli::{status, style, token, traces};
+use flotilla_cli::{running, status, style, token, traces};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -72,9 +72,9 @@ enum Command {
     /// Inject faults into a running `flotilla up`: kill or pause a process, delay or fail a
     /// share of a service's requests; once, or on a schedule (docs/chaos.md).
     Chaos {
-        /// The control plane's address (fault rules, the registry, fault spans).
-        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
-        control_addr: String,
+        /// The control plane's address, unless given the running system's (fault rules, the registry, fault spans).
+        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR")]
+        control_addr: Option<String>,
         /// The data dir of the running system (its supervisor's socket, the token).
         #[arg(long, global = true, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
@@ -86,9 +86,9 @@ enum Command {
     },
     /// Read and change the central configuration; see which instance runs which revision.
     Config {
-        /// The control plane's address.
-        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
-        control_addr: String,
+        /// The control plane's address (unless given: the running system's, from the data dir).
+        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR")]
+        control_addr: Option<String>,
         /// The data dir holding the token (writes and reading secrets need it).
         #[arg(long, global = true, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
@@ -100,9 +100,9 @@ enum Command {
     },
     /// Look into the event log: topics and groups, a topic's events, replaying dead letters.
     Events {
-        /// The control plane's address.
-        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
-        control_addr: String,
+        /// The control plane's address (unless given: the running system's, from the data dir).
+        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR")]
+        control_addr: Option<String>,
         /// The data dir holding the token.
         #[arg(long, global = true, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
@@ -162,7 +162,7 @@ enum Command {
     },
     /// One trace drawn as a waterfall: every span, under its parent, on the trace's timeline.
     Trace {
-        /// The trace id (32 hex digits, as `flotilla traces` lists them).
+        /// The trace id: 32 hex digits, or the first 8 or more (as the logs show them).
         id: String,
         #[command(flatten)]
         control: ControlArgs,
@@ -253,9 +253,10 @@ enum Command {
 /// How a command that asks the control plane reaches it, and how it answers.
 #[derive(Args, Clone)]
 struct ControlArgs {
-    /// The control plane's address.
-    #[arg(long, env = "FLOTILLA_CONTROL_ADDR", default_value = "127.0.0.1:7070")]
-    control_addr: String,
+    /// The control plane's address (unless given: the one the `up` running in the data dir
+    /// recorded, else 127.0.0.1:7070).
+    #[arg(long, env = "FLOTILLA_CONTROL_ADDR")]
+    control_addr: Option<String>,
     /// The data dir holding the token.
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
     data_dir: PathBuf,
@@ -265,9 +266,14 @@ struct ControlArgs {
 }
 
 impl ControlArgs {
+    /// The control plane these flags, or the running system, point at.
+    fn control(&self) -> running::Found {
+        running::control(self.control_addr.clone(), &self.data_dir)
+    }
+
     fn client(&self) -> traces::TelemetryClient {
         let token = token::read(&self.data_dir).ok().flatten();
-        traces::TelemetryClient::new(&self.control_addr, token)
+        traces::TelemetryClient::new(&self.control().addr, token)
     }
 
     fn json(&self) -> bool {
@@ -562,7 +568,27 @@ async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
     }
 }
 
+/// Output piped into a reader that stops early (`flotilla traces | head`) ends the command
+/// quietly, with the status a shell gives a tool SIGPIPE stopped (141), as Unix tools do:
+/// Rust ignores SIGPIPE, so the write fails and `println!` would panic instead.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_on_closed_pipe();
     // Whatever this process writes (databases, keys, logs) is its owner's only, whatever the
     // umask; the processes `up` starts inherit it.
     flotilla::data_dir::restrict_new_files();
@@ -681,11 +707,13 @@ async fn run(cli: Cli) -> Result<()> {
                     output,
                 },
         } => {
+            let found = running::control(control_addr, &data_dir);
+            let control_addr = found.addr.clone();
             let token = token::read(&data_dir).ok().flatten();
             let client = RegistryClient::new(&control_addr, token.clone());
-            let list = status::fetch(&client).await.with_context(|| {
-                format!("asking the control plane at {control_addr} (is `flotilla up` running? --control-addr)")
-            })?;
+            let list = status::fetch(&client)
+                .await
+                .with_context(|| format!("asking the control plane at {found}"))?;
             let faults = status::faults(&data_dir, &flotilla::config::ConfigClient::new(&control_addr, token)).await;
             match output {
                 Output::Json => println!(
@@ -733,6 +761,7 @@ async fn run(cli: Cli) -> Result<()> {
             action,
         } => {
             use flotilla_cli::chaos::{self, ChaosOptions, Fault};
+            let control_addr = running::control(control_addr, &data_dir).addr;
             let mut options = ChaosOptions {
                 data_dir,
                 control_addr,
@@ -790,6 +819,7 @@ async fn run(cli: Cli) -> Result<()> {
             action,
         } => {
             use flotilla_cli::config_command as config;
+            let control_addr = running::control(control_addr, &data_dir).addr;
             let token = token::read(&data_dir).ok().flatten();
             let json = matches!(output, Output::Json);
             let target = |k: KeyArgs| config::Target {
@@ -842,6 +872,7 @@ async fn run(cli: Cli) -> Result<()> {
             action,
         } => {
             use flotilla_cli::events_command as events;
+            let control_addr = running::control(control_addr, &data_dir).addr;
             let token = token::read(&data_dir).ok().flatten();
             let client = match backend {
                 Some(url) => flotilla::events::EventsClient::connect(&url, token)

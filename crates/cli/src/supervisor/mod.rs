@@ -55,6 +55,18 @@ pub enum UpError {
     /// The manifest is missing or wrong.
     #[error(transparent)]
     Manifest(#[from] FileError),
+    /// Another `up` runs on this data dir.
+    #[error("a `flotilla up` (pid {pid}) already runs on {data_dir}: its control plane at {control}, its gateway at {gateway}; stop it first, or give another --data-dir")]
+    InUse {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// The supervisor running there.
+        pid: u32,
+        /// Its control plane.
+        control: String,
+        /// Its gateway.
+        gateway: String,
+    },
     /// A `--scale` override is wrong.
     #[error("{0}")]
     Scale(String),
@@ -176,6 +188,22 @@ fn child_env(
     common
 }
 
+/// `up.json` in the data dir for as long as this value lives: gone however `up` ends.
+struct Recorded(PathBuf);
+
+impl Recorded {
+    fn new(data_dir: &Path, running: &crate::running::Running) -> std::io::Result<Self> {
+        crate::running::record(data_dir, running)?;
+        Ok(Self(data_dir.to_path_buf()))
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        crate::running::forget(&self.0);
+    }
+}
+
 /// A loopback address with a port free now (the control plane binds it a moment later).
 fn free_loopback_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
@@ -199,6 +227,14 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         source,
     };
     let data_dir = flotilla::data_dir::ensure_private(&options.data_dir)?;
+    if let Some(running) = crate::running::read(&data_dir) {
+        return Err(UpError::InUse {
+            data_dir,
+            pid: running.pid,
+            control: running.control,
+            gateway: running.gateway,
+        });
+    }
     // Files an earlier version left readable by others are closed before anything starts.
     let sealed = flotilla::data_dir::seal(&data_dir)?;
     let token = crate::token::ensure(&data_dir).map_err(data_err)?;
@@ -288,6 +324,16 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         ));
     }
     output.say(&format!("control plane ready in {} ms", started.elapsed().as_millis()));
+    // From here on every command finds this system from the data dir alone.
+    let _recorded = Recorded::new(
+        &data_dir,
+        &crate::running::Running {
+            pid: std::process::id(),
+            control: options.control_addr.to_string(),
+            gateway: options.gateway_addr.to_string(),
+        },
+    )
+    .map_err(data_err)?;
 
     // 2. The gateway and every service instance.
     let total: u32 = manifest.services.iter().map(|s| s.instances).sum();
