@@ -289,6 +289,11 @@ fn commands_find_the_running_system_from_its_data_dir_alone() {
     }
     let status = String::from_utf8(bare(&["status"]).stdout).unwrap();
     assert!(status.contains("catalog"), "{status}");
+    // Tokens name the gateway as clients reach it, not a host written into the code.
+    let (status, discovery) = http_get(system.gateway, "/.well-known/openid-configuration").unwrap();
+    assert_eq!(status, 200, "{discovery}");
+    let issuer = format!("\"issuer\":\"http://localhost:{}\"", system.gateway.port());
+    assert!(discovery.contains(&issuer), "{discovery}");
 
     // Nothing answers where a flag points: one line, naming the address and where it came from.
     let nowhere = support::free_addr().to_string();

@@ -45,4 +45,7 @@ pub mod env {
     /// Where a service under mTLS serves its health checks and `/metrics` (`127.0.0.1:0`
     /// unless set; a pod's probes need a reachable address).
     pub const ADMIN_LISTEN: &str = "FLOTILLA_ADMIN_LISTEN";
+    /// The gateway's public URL, as clients reach it (`https://shop.example.com`): the `iss`
+    /// of the tokens issued behind it and the base of the links it hands out.
+    pub const PUBLIC_URL: &str = "FLOTILLA_PUBLIC_URL";
 }

@@ -62,6 +62,7 @@ struct RawGateway {
     routes: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +106,9 @@ pub struct GatewayEntry {
     pub routes: Option<PathBuf>,
     /// TLS certificate chain and key (PEM), resolved against the manifest's directory.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The URL clients reach the gateway at, when it is not its listen address (a proxy or a
+    /// load balancer in front): tokens' issuer and the links handed out.
+    pub public_url: Option<String>,
 }
 
 /// One service's entry.
@@ -212,8 +216,29 @@ impl Manifest {
                 return Err(file.error_at(v.span(), "gateway: `tls_cert` and `tls_key` go together"))
             }
         };
+        let public_url = match &raw.gateway.public_url {
+            Some(url) => {
+                let text = url.get_ref().trim_end_matches('/');
+                let parsed: Option<http::Uri> = text.parse().ok();
+                let fine = parsed.as_ref().is_some_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.path() == "/"
+                });
+                if !fine {
+                    return Err(file.error_at(
+                        url.span(),
+                        format!(
+                            "gateway.public_url: `{}` is not an http(s) URL with a host and no path",
+                            url.get_ref()
+                        ),
+                    ));
+                }
+                Some(text.to_owned())
+            }
+            None => None,
+        };
         let gateway = GatewayEntry {
             tls,
+            public_url,
             program: resolver.program(
                 raw.gateway.command.as_ref(),
                 raw.gateway.args,

@@ -72,7 +72,8 @@ pub struct ServiceClient {
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
-            issuer: "http://localhost:8080".into(),
+            // Tokens name the URL clients reach the gateway at.
+            issuer: flotilla::auth::public_url(),
             audience: "shop".into(),
             access_token_seconds: 900,
             refresh_token_seconds: 30 * 24 * 3600,

@@ -115,3 +115,19 @@ fn events_names_a_nats_server_or_is_left_out() {
     assert_eq!(err.line, Some(2), "{err}");
     assert!(err.message.contains("events"), "{err}");
 }
+
+#[test]
+fn the_public_url_is_an_http_url_with_a_host_and_no_path() {
+    let m = parse("[gateway]\npublic_url = \"https://shop.example.com/\"\n").unwrap();
+    assert_eq!(m.gateway.public_url.as_deref(), Some("https://shop.example.com"));
+    assert_eq!(parse("[services.catalog]\n").unwrap().gateway.public_url, None);
+    for bad in [
+        "shop.example.com",
+        "ftp://shop.example.com",
+        "https://shop.example.com/api",
+    ] {
+        let err = parse(&format!("[gateway]\n\npublic_url = \"{bad}\"\n")).unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert!(err.message.contains("gateway.public_url"), "{err}");
+    }
+}

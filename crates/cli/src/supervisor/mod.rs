@@ -204,6 +204,20 @@ impl Drop for Recorded {
     }
 }
 
+/// The URL clients reach the gateway at: the manifest's `public_url`, else its listen
+/// address, named `localhost` when it listens on loopback or every interface.
+fn public_url(configured: Option<&str>, gateway: SocketAddr, tls: bool) -> String {
+    if let Some(url) = configured {
+        return url.to_owned();
+    }
+    let scheme = if tls { "https" } else { "http" };
+    if gateway.ip().is_loopback() || gateway.ip().is_unspecified() {
+        format!("{scheme}://localhost:{}", gateway.port())
+    } else {
+        format!("{scheme}://{gateway}")
+    }
+}
+
 /// A loopback address with a port free now (the control plane binds it a moment later).
 fn free_loopback_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
@@ -263,13 +277,21 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         true => Some(free_loopback_port().map_err(data_err)?),
         false => None,
     };
-    let common = child_env(
+    let mut common = child_env(
         options.control_addr,
         control_tls,
         &token,
         &data_dir,
         manifest.events.as_deref(),
     );
+    common.push((
+        env::PUBLIC_URL.into(),
+        public_url(
+            manifest.gateway.public_url.as_deref(),
+            options.gateway_addr,
+            manifest.gateway.tls.is_some(),
+        ),
+    ));
     let credentials = flotilla_control::acl::Keyring::new(&token);
     // A read-only credential for Prometheus' service discovery and scrapes (`credentials_file`).
     flotilla::data_dir::replace_private(
@@ -555,5 +577,17 @@ mod tests {
         assert_eq!(get(env::CONTROL_ADDR), Some("127.0.0.1:7070"));
         assert_eq!(get(env::EVENTS), Some("nats://x:4222"));
         assert_eq!(get(env::TOKEN), Some("t"));
+    }
+
+    #[test]
+    fn the_public_url_is_the_manifests_or_the_gateways_address() {
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert_eq!(public_url(None, at("127.0.0.1:18080"), false), "http://localhost:18080");
+        assert_eq!(public_url(None, at("0.0.0.0:8443"), true), "https://localhost:8443");
+        assert_eq!(public_url(None, at("10.1.2.3:80"), false), "http://10.1.2.3:80");
+        assert_eq!(
+            public_url(Some("https://shop.example.com"), at("127.0.0.1:8080"), false),
+            "https://shop.example.com"
+        );
     }
 }

@@ -81,6 +81,8 @@ fn default_api_key_header() -> String {
 #[serde(deny_unknown_fields)]
 struct AuthConfig {
     jwks: String,
+    /// Unset: the system's public URL (`FLOTILLA_PUBLIC_URL`), which identity names as `iss`.
+    #[serde(default = "flotilla::auth::public_url")]
     issuer: String,
     audiences: Vec<String>,
     #[serde(default = "default_algorithms")]

@@ -149,11 +149,26 @@ pub struct TrustedIssuer {
     pub jwks: String,
 }
 
+/// The URL clients reach the system at — the gateway's public URL (`FLOTILLA_PUBLIC_URL`,
+/// which `up` sets from the manifest's `[gateway] public_url` or the gateway's address) — and
+/// so the issuer of the tokens identity issues behind it. `http://localhost:8080` when unset.
+pub fn public_url() -> String {
+    public_url_from(std::env::var(flotilla_api::env::PUBLIC_URL).ok().as_deref())
+}
+
+/// [`public_url`] from a given value of the variable.
+pub fn public_url_from(value: Option<&str>) -> String {
+    match value.map(|v| v.trim().trim_end_matches('/')) {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => url.to_owned(),
+        _ => "http://localhost:8080".to_owned(),
+    }
+}
+
 impl Default for TrustedIssuer {
-    /// The shop's identity service behind the gateway at `localhost:8080`.
+    /// The identity service behind the gateway at [`public_url`], audience `shop`.
     fn default() -> Self {
         Self {
-            issuer: "http://localhost:8080".into(),
+            issuer: public_url(),
             audience: "shop".into(),
             jwks: "service://identity/oauth2/jwks".into(),
         }

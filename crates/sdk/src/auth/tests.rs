@@ -266,3 +266,18 @@ fn a_refused_token_is_told_generically_and_the_reason_stays_in_the_log() {
     let missing = AuthError::Missing.to_problem();
     assert_eq!(missing.status, 401);
 }
+
+#[test]
+fn the_public_url_names_the_issuer_and_falls_back_to_localhost() {
+    use super::public_url_from;
+    assert_eq!(
+        public_url_from(Some("https://shop.example.com/")),
+        "https://shop.example.com"
+    );
+    assert_eq!(
+        public_url_from(Some("http://localhost:18080")),
+        "http://localhost:18080"
+    );
+    assert_eq!(public_url_from(None), "http://localhost:8080");
+    assert_eq!(public_url_from(Some("shop.example.com")), "http://localhost:8080");
+}
