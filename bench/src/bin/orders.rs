@@ -119,8 +119,8 @@ async fn watch(events: EventsClient, settled: Settled) {
         let offsets: Vec<u64> = deliveries.iter().map(|d| d.offset).collect();
         if let Ok(mut settled) = settled.lock() {
             for delivery in &deliveries {
-                let confirmed = delivery.event.kind == flotilla::api::orders::CONFIRMED;
-                if confirmed || delivery.event.kind == flotilla::api::orders::CANCELLED {
+                let confirmed = delivery.event.kind == flotilla_shop_contracts::orders::CONFIRMED;
+                if confirmed || delivery.event.kind == flotilla_shop_contracts::orders::CANCELLED {
                     if let Some(order) = &delivery.event.subject {
                         settled.entry(order.clone()).or_insert((now, confirmed));
                     }

@@ -7,7 +7,6 @@ pub mod config;
 pub mod events;
 pub mod faults;
 pub mod identity;
-pub mod orders;
 pub mod problem;
 pub mod registry;
 pub mod telemetry;

@@ -23,3 +23,12 @@ pub mod telemetry;
 
 pub use flotilla_api as api;
 pub use flotilla_api::Problem;
+
+// The crates a service is written with, at the versions the SDK is built on, so that a service
+// depends on `flotilla` alone and never on a second copy of any of them.
+pub use axum;
+pub use serde;
+pub use serde_json;
+pub use sqlx;
+pub use tokio;
+pub use tracing;

@@ -1,8 +1,8 @@
 //! Notifications: what a customer is told about their orders, one per order and kind (the
 //! table's unique index makes a second write of the same one a no-op), listed newest first.
 
-use flotilla::api::orders::{Money, OrderEventData};
 use flotilla::store::Store;
+use flotilla_shop_contracts::orders::{Money, OrderEventData};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
@@ -185,7 +185,7 @@ pub fn money(money: &Money) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla::api::orders::OrderLine;
+    use flotilla_shop_contracts::orders::OrderLine;
 
     fn order(reason: &str) -> OrderEventData {
         let line = |quantity| OrderLine {

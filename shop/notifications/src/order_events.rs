@@ -4,9 +4,9 @@
 //! repeat that passes the inbox (a replayed dead letter has a new event id) from telling the
 //! customer twice. Other event types are acknowledged and ignored.
 
-use flotilla::api::orders::{self, OrderEventData};
 use flotilla::events::{Consumer, Delivery, EventsClient};
 use flotilla::store::{now_ms, Store};
+use flotilla_shop_contracts::orders::{self, OrderEventData};
 use sqlx::{Any, AnyConnection, Transaction};
 
 use crate::notifications::{self, Kind};

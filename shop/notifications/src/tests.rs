@@ -1,12 +1,12 @@
 use axum::http::StatusCode;
 use axum::Router;
-use flotilla::api::orders::{self, Money, OrderEventData, OrderLine};
 use flotilla::auth::test_util::shop_issuer;
 use flotilla::auth::TrustedIssuer;
 use flotilla::events::{CloudEvent, Consumer, Delivery, EventsClient};
 use flotilla::http::test_util::call;
 use flotilla::store::test_util::TestDatabase;
 use flotilla::store::Store;
+use flotilla_shop_contracts::orders::{self, Money, OrderEventData, OrderLine};
 use serde_json::{json, Value};
 
 async fn app() -> (Router, Store, TestDatabase) {

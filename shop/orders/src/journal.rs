@@ -4,7 +4,7 @@
 
 use flotilla::events::{CloudEvent, Outbox};
 use flotilla::store::{now_ms, Store};
-use flotilla_api::orders as contract;
+use flotilla_shop_contracts::orders as contract;
 use sqlx::{Any, Row, Transaction};
 
 use crate::order::{Money, Order, OrderEvent, OrderLine, Recorded, Status};

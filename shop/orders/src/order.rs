@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use flotilla_api::orders::{Money, OrderLine};
+pub use flotilla_shop_contracts::orders::{Money, OrderLine};
 
 /// Where an order is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

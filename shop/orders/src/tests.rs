@@ -394,7 +394,7 @@ async fn an_order_goes_through_every_step_is_confirmed_and_told_to_the_others() 
     loop {
         let published: Vec<String> = world
             .events
-            .read(flotilla::api::orders::TOPIC, 0, 100)
+            .read(flotilla_shop_contracts::orders::TOPIC, 0, 100)
             .await
             .unwrap_or_default()
             .into_iter()
@@ -404,7 +404,10 @@ async fn an_order_goes_through_every_step_is_confirmed_and_told_to_the_others() 
         if published.len() >= 2 {
             assert_eq!(
                 published,
-                [flotilla::api::orders::PLACED, flotilla::api::orders::CONFIRMED]
+                [
+                    flotilla_shop_contracts::orders::PLACED,
+                    flotilla_shop_contracts::orders::CONFIRMED
+                ]
             );
             break;
         }
@@ -708,12 +711,14 @@ async fn the_journal_appends_without_folding_and_folds_only_when_the_facts_are_m
     let confirmed: Vec<Value> = envelopes
         .iter()
         .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter(|e| e["type"] == flotilla::api::orders::CONFIRMED)
+        .filter(|e| e["type"] == flotilla_shop_contracts::orders::CONFIRMED)
         .map(|e| e["data"].clone())
         .collect();
     assert_eq!(confirmed.len(), 2, "{envelopes:?}");
     assert!(
-        !envelopes.iter().any(|e| e.contains(flotilla::api::orders::CANCELLED)),
+        !envelopes
+            .iter()
+            .any(|e| e.contains(flotilla_shop_contracts::orders::CANCELLED)),
         "{envelopes:?}"
     );
     for data in &confirmed {

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla::api::orders::{self, OrderEventData};
 use flotilla::config::LiveConfig;
 use flotilla::events::{Consumer, Delivery, EventsClient};
 use flotilla::store::{now_ms, Store};
 use flotilla::telemetry::metrics::{self, Kind, MetricDoc};
+use flotilla_shop_contracts::orders::{self, OrderEventData};
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::Notify;

@@ -363,7 +363,7 @@ async fn an_order_has_one_payment_whatever_key_its_authorizations_carry() {
 
 /// An order event as orders publishes it, for the reconciliation's consumer.
 fn order_event(kind: &str, order_id: &str) -> flotilla::events::Delivery {
-    use flotilla::api::orders::{self, Money, OrderEventData};
+    use flotilla_shop_contracts::orders::{self, Money, OrderEventData};
     let data = OrderEventData {
         order_id: order_id.into(),
         user_id: "u-1".into(),
@@ -411,7 +411,7 @@ async fn state(store: &Store, id: &str) -> String {
 
 #[tokio::test]
 async fn the_sweep_voids_authorizations_no_live_order_stands_behind_and_nothing_else() {
-    use flotilla::api::orders::{CANCELLED, CONFIRMED, PLACED};
+    use flotilla_shop_contracts::orders::{CANCELLED, CONFIRMED, PLACED};
     let config = PaymentsConfig {
         reconcile_grace_ms: 0,
         ..PaymentsConfig::default()
@@ -522,7 +522,7 @@ async fn the_sweep_voids_authorizations_no_live_order_stands_behind_and_nothing_
 
 #[tokio::test]
 async fn the_sweep_leaves_an_authorization_to_the_sagas_compensation_during_its_grace() {
-    use flotilla::api::orders::CANCELLED;
+    use flotilla_shop_contracts::orders::CANCELLED;
     let config = PaymentsConfig {
         reconcile_grace_ms: 60_000,
         ..PaymentsConfig::default()

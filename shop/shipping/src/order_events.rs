@@ -4,9 +4,9 @@
 //! is handled in the inbox's transaction, so a redelivery has no second effect; other event
 //! types are acknowledged and ignored.
 
-use flotilla::api::orders::{self, OrderEventData};
 use flotilla::events::{Consumer, Delivery, EventsClient};
 use flotilla::store::{now_ms, Store};
+use flotilla_shop_contracts::orders::{self, OrderEventData};
 use sqlx::{Any, AnyConnection, Transaction};
 
 use crate::shipments::{self, OrderCancel, Release};

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::CloudEvent;
+use flotilla_api::events::CloudEvent;
 
 /// The topic order events are published on.
 pub const TOPIC: &str = "orders";
