@@ -50,6 +50,13 @@ pub struct IssuedCertificate {
     pub not_after_ms: i64,
 }
 
+impl IssuedCertificate {
+    /// When it stops being valid.
+    pub fn not_after(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(self.not_after_ms).unwrap_or(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -357,23 +357,14 @@ pub async fn serve_with_tls(
 
 /// The control plane's own certificate, from its own CA without a round trip.
 fn issue_own(authority: &ca::Authority) -> Result<(ca::Issued, Vec<u8>), ca::CaError> {
-    let signing = |e: rcgen::Error| ca::CaError::Signing(e.to_string());
-    let key = rcgen::KeyPair::generate().map_err(signing)?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .and_then(|params| params.serialize_request(&key))
-        .and_then(|request| request.pem())
-        .map_err(signing)?;
+    let (key, csr) = flotilla::mtls::key_and_csr().map_err(|e| ca::CaError::Signing(e.to_string()))?;
     let issued = authority.issue(flotilla_api::identity::CONTROL_SERVICE, &csr, ca::LEAF_LIFETIME)?;
-    Ok((issued, key.serialize_der()))
-}
-
-fn not_after(issued: &ca::Issued) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(issued.not_after_ms).unwrap_or(0))
+    Ok((issued, key))
 }
 
 fn own_workload(authority: &ca::Authority) -> Result<flotilla::mtls::Workload, String> {
     let (issued, key) = issue_own(authority).map_err(|e| e.to_string())?;
-    flotilla::mtls::Workload::new(&issued.certificate, key, &issued.ca, not_after(&issued)).map_err(|e| e.to_string())
+    flotilla::mtls::Workload::new(&issued.certificate, key, &issued.ca, issued.not_after()).map_err(|e| e.to_string())
 }
 
 /// Renews the control plane's own certificate at two thirds of its life.
@@ -388,7 +379,7 @@ async fn renew_own(authority: &ca::Authority, workload: flotilla::mtls::Workload
             .map_err(|e| e.to_string())
             .and_then(|(issued, key)| {
                 workload
-                    .renew(&issued.certificate, key, &issued.ca, not_after(&issued))
+                    .renew(&issued.certificate, key, &issued.ca, issued.not_after())
                     .map_err(|e| e.to_string())
             });
         if let Err(err) = renewed {

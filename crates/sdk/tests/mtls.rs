@@ -22,14 +22,7 @@ const TOKEN: &str = "operator-token";
 
 /// A control plane with its mTLS listener; (plain, tls) addresses.
 async fn control() -> (SocketAddr, SocketAddr) {
-    let storage = flotilla_control::Storage {
-        config: flotilla_control::ConfigStore::in_memory().await.unwrap(),
-        events: flotilla_control::EventLog::in_memory(Default::default()).await.unwrap(),
-        traces: flotilla_control::TraceStore::in_memory(Default::default())
-            .await
-            .unwrap(),
-        authority: flotilla_control::ca::Authority::ephemeral().unwrap(),
-    };
+    let storage = flotilla_control::Storage::in_memory().await.unwrap();
     let (plain, tls) = (
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),

@@ -16,8 +16,8 @@ pub use config::CatalogConfig;
 /// The service's name in the registry.
 pub const SERVICE: &str = "catalog";
 
-/// The services that may call this one over mTLS: the gateway (the storefront) and orders (prices at checkout). The key `callers` in
-/// its config scope replaces the list live.
+/// The services that may call this one over mTLS: the gateway (the storefront) and orders (prices
+/// at checkout). The key `callers` in its config scope replaces the list live.
 pub const CALLERS: &[&str] = &["gateway", "orders"];
 
 /// The catalog's schema migrations.

@@ -24,8 +24,9 @@ pub use config::IdentityConfig;
 /// The service's name in the registry.
 pub const SERVICE: &str = "identity";
 
-/// The services that may call this one over mTLS: the gateway (sign-in), orders (its client-credentials token) and every service that checks tokens (the key set). The key `callers` in
-/// its config scope replaces the list live.
+/// The services that may call this one over mTLS: the gateway (sign-in), orders (its client-
+/// credentials token) and every service that checks tokens (the key set). The key `callers` in its
+/// config scope replaces the list live.
 pub const CALLERS: &[&str] = &[
     "gateway",
     "orders",

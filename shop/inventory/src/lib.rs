@@ -14,8 +14,8 @@ pub use api::{router, RESERVE_SCOPE};
 /// The service's name in the registry.
 pub const SERVICE: &str = "inventory";
 
-/// The services that may call this one over mTLS: the gateway (admins) and orders (reservations). The key `callers` in
-/// its config scope replaces the list live.
+/// The services that may call this one over mTLS: the gateway (admins) and orders (reservations).
+/// The key `callers` in its config scope replaces the list live.
 pub const CALLERS: &[&str] = &["gateway", "orders"];
 
 /// Inventory's schema migrations.

@@ -15,8 +15,8 @@ pub use order_events::{on_order_event, spawn_order_events, OrderEventError};
 /// The service's name in the registry (and its consumer group on topic `orders`).
 pub const SERVICE: &str = "notifications";
 
-/// The services that may call this one over mTLS: the gateway only. The key `callers` in
-/// its config scope replaces the list live.
+/// The services that may call this one over mTLS: the gateway only. The key `callers` in its config
+/// scope replaces the list live.
 pub const CALLERS: &[&str] = &["gateway"];
 
 /// Notifications' schema migrations.

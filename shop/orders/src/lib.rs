@@ -29,8 +29,8 @@ pub use config::OrdersConfig;
 /// The service's name in the registry.
 pub const SERVICE: &str = "orders";
 
-/// The services that may call this one over mTLS: the gateway only. The key `callers` in
-/// its config scope replaces the list live.
+/// The services that may call this one over mTLS: the gateway only. The key `callers` in its config
+/// scope replaces the list live.
 pub const CALLERS: &[&str] = &["gateway"];
 
 /// The scopes orders' own token asks for: reserve stock, charge, create shipments.

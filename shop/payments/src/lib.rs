@@ -20,8 +20,9 @@ pub use reconcile::spawn as spawn_reconciliation;
 /// The service's name in the registry.
 pub const SERVICE: &str = "payments";
 
-/// The services that may call this one over mTLS: the gateway (customers reading their payments) and orders (authorize, capture, void). The key `callers` in
-/// its config scope replaces the list live.
+/// The services that may call this one over mTLS: the gateway (customers reading their payments)
+/// and orders (authorize, capture, void). The key `callers` in its config scope replaces the list
+/// live.
 pub const CALLERS: &[&str] = &["gateway", "orders"];
 
 /// Payments' schema migrations.

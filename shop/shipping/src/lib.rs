@@ -22,8 +22,9 @@ pub use order_events::{on_order_event, spawn_order_events, OrderEventError};
 /// The service's name in the registry.
 pub const SERVICE: &str = "shipping";
 
-/// The services that may call this one over mTLS: the gateway (customers reading their shipments) and orders (shipments for confirmed orders). The key `callers` in
-/// its config scope replaces the list live.
+/// The services that may call this one over mTLS: the gateway (customers reading their shipments)
+/// and orders (shipments for confirmed orders). The key `callers` in its config scope replaces the
+/// list live.
 pub const CALLERS: &[&str] = &["gateway", "orders"];
 
 /// Shipping's schema migrations.

@@ -2,7 +2,7 @@
 //! each time (it never leaves the process), a CSR, and the instance's own credential to say
 //! which service it speaks for.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use flotilla_api::identity::{CertificateRequest, IssuedCertificate, CONTROL_SERVICE};
 use http::Method;
@@ -28,11 +28,7 @@ pub struct Enrollment {
 impl Enrollment {
     async fn issue(&self, client: &HttpClient) -> Result<(IssuedCertificate, Vec<u8>), MtlsError> {
         let issue = |e: &dyn std::fmt::Display| MtlsError::Issue(e.to_string());
-        let key = rcgen::KeyPair::generate().map_err(|e| issue(&e))?;
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .and_then(|params| params.serialize_request(&key))
-            .and_then(|request| request.pem())
-            .map_err(|e| issue(&e))?;
+        let (key, csr) = key_and_csr()?;
         let request = CertificateRequest {
             csr,
             service: self.service.clone(),
@@ -44,12 +40,20 @@ impl Enrollment {
             .await
             .map_err(|e| issue(&e))?
             .body;
-        Ok((issued, key.serialize_der()))
+        Ok((issued, key))
     }
 }
 
-fn not_after(issued: &IssuedCertificate) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(issued.not_after_ms).unwrap_or(0))
+/// A fresh key (PKCS#8 DER, ECDSA P-256; it never leaves the process) and a certificate
+/// signing request for it (PEM) that names nothing: the CA names the holder by its credential.
+pub fn key_and_csr() -> Result<(Vec<u8>, String), MtlsError> {
+    let failed = |e: rcgen::Error| MtlsError::Issue(format!("making a key and its CSR: {e}"));
+    let key = rcgen::KeyPair::generate().map_err(failed)?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|params| params.serialize_request(&key))
+        .and_then(|request| request.pem())
+        .map_err(failed)?;
+    Ok((key.serialize_der(), csr))
 }
 
 /// The instance's first certificate: the control plane is checked against the CA file
@@ -58,7 +62,7 @@ pub async fn enroll(enrollment: &Enrollment) -> Result<Workload, MtlsError> {
     let config = super::bootstrap_client_config(&enrollment.ca_pem, CONTROL_SERVICE)?;
     let client = HttpClient::with_tls(config, Duration::from_secs(5));
     let (issued, key) = enrollment.issue(&client).await?;
-    let workload = Workload::new(&issued.certificate, key, &issued.ca, not_after(&issued))?;
+    let workload = Workload::new(&issued.certificate, key, &issued.ca, issued.not_after())?;
     tracing::info!(service = %workload.service(), spiffe_id = %issued.spiffe_id, "workload certificate issued");
     Ok(workload)
 }
@@ -77,7 +81,7 @@ pub async fn keep_renewed(workload: Workload, enrollment: Enrollment) {
             .unwrap_or(Duration::ZERO);
         tokio::time::sleep(wait).await;
         let renewed = match enrollment.issue(&client).await {
-            Ok((issued, key)) => workload.renew(&issued.certificate, key, &issued.ca, not_after(&issued)),
+            Ok((issued, key)) => workload.renew(&issued.certificate, key, &issued.ca, issued.not_after()),
             Err(err) => Err(err),
         };
         match renewed {

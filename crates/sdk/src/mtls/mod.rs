@@ -27,7 +27,7 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-pub use self::enroll::{enroll, enroll_from_env, keep_renewed, Enrollment};
+pub use self::enroll::{enroll, enroll_from_env, keep_renewed, key_and_csr, Enrollment};
 pub use self::verify::service_of;
 use self::verify::{CalleeVerifier, CallerVerifier, CurrentKey};
 
