@@ -241,6 +241,21 @@ fn commands_find_the_running_system_from_its_data_dir_alone() {
             .unwrap()
     };
     // Something to trace: a request through the gateway that asks to be sampled.
+    // An edited routes file, with a route the seeded table does not have.
+    let routes = system.dir.path().join("routes-edited.toml");
+    let shipped = std::fs::read_to_string(support::repo_root().join("routes.toml")).unwrap();
+    std::fs::write(
+        &routes,
+        format!("{shipped}\n[[routes]]\nname = \"catalog-preview\"\nprefix = \"/catalog-preview\"\nstrip_prefix = true\nservice = \"catalog\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        http_get(system.gateway, "/catalog-preview/api/v1/products/1")
+            .unwrap()
+            .0,
+        404,
+        "not routed before the file is applied"
+    );
     let trace_id = "5eed0f1a7ace5a11ed0c0ffee0ddba11";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let (status, _) = http_request(
@@ -278,6 +293,7 @@ fn commands_find_the_running_system_from_its_data_dir_alone() {
         vec!["chaos", "clear"],
         vec!["logs"],
         vec!["scale", "catalog", "1"],
+        vec!["routes", "apply", routes.to_str().unwrap()],
     ] {
         let out = bare(&args);
         assert!(
@@ -289,6 +305,15 @@ fn commands_find_the_running_system_from_its_data_dir_alone() {
     }
     let status = String::from_utf8(bare(&["status"]).stdout).unwrap();
     assert!(status.contains("catalog"), "{status}");
+    // The edited routes file is what the gateway follows now (`up` only seeds a new data dir).
+    let started = Instant::now();
+    while http_get(system.gateway, "/catalog-preview/api/v1/products/1").map_or(true, |(s, _)| s != 200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the applied route never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Tokens name the gateway as clients reach it, not a host written into the code.
     let (status, discovery) = http_get(system.gateway, "/.well-known/openid-configuration").unwrap();
     assert_eq!(status, 200, "{discovery}");

@@ -84,6 +84,17 @@ enum Command {
         #[command(subcommand)]
         action: ChaosAction,
     },
+    /// The gateway's routes: make a routes file the ones the running gateway follows again.
+    Routes {
+        /// The control plane's address (unless given: the running system's, from the data dir).
+        #[arg(long, global = true, env = "FLOTILLA_CONTROL_ADDR")]
+        control_addr: Option<String>,
+        /// The data dir holding the token.
+        #[arg(long, global = true, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: RoutesAction,
+    },
     /// Read and change the central configuration; see which instance runs which revision.
     Config {
         /// The control plane's address (unless given: the running system's, from the data dir).
@@ -292,6 +303,21 @@ struct KeyArgs {
     /// The profile (`default`, `dev`, `prod`, …).
     #[arg(long, env = "FLOTILLA_PROFILE", default_value = "default")]
     profile: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutesAction {
+    /// Check a routes file and write it to the config store (`gateway/routes`) as a new
+    /// revision: every gateway follows it within a moment. `up` seeds only a new data dir; this
+    /// is how an edited `routes.toml` reaches a running system.
+    Apply {
+        /// The routes file.
+        #[arg(default_value = "routes.toml")]
+        file: PathBuf,
+        /// Write only over this revision (optimistic concurrency).
+        #[arg(long)]
+        expect: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -811,6 +837,30 @@ async fn run(cli: Cli) -> Result<()> {
                 duration: repeat.duration,
             });
             chaos::run(&options, &fault, &mut out, runtime::shutdown_signal()).await?;
+        }
+        Command::Routes {
+            control_addr,
+            data_dir,
+            action: RoutesAction::Apply { file, expect },
+        } => {
+            use flotilla::api::config::{ConfigKey, DEFAULT_PROFILE, GATEWAY_SCOPE, ROUTES_KEY};
+            // Checked whole, with file and line, before anything is written.
+            let routes = flotilla_gateway::routes::RouteTable::file_to_json(&flotilla::config::TomlFile::read(&file)?)?;
+            let count = routes.as_array().map_or(0, Vec::len);
+            let target = flotilla_cli::config_command::Target {
+                control_addr: running::control(control_addr, &data_dir).addr,
+                token: token::read(&data_dir).ok().flatten(),
+                key: ConfigKey::new(GATEWAY_SCOPE, DEFAULT_PROFILE, ROUTES_KEY),
+            };
+            flotilla_cli::config_command::set(
+                &target,
+                routes,
+                false,
+                expect,
+                Some(format!("applied from {}", file.display())),
+            )
+            .await?;
+            println!("{count} routes from {} are the gateway's now", file.display());
         }
         Command::Config {
             control_addr,

@@ -146,7 +146,7 @@ async fn seed(control: &str, token: &str, routes: serde_json::Value, file: &Path
         Err(ConfigClientError::Conflict(_)) => {
             let current = client.get(&key).await.map(|e| e.revision).unwrap_or(0);
             Ok(format!(
-                "gateway routes: the config store's (revision {current}); {} seeds only a new data dir — change them with `flotilla config edit routes --scope gateway`",
+                "gateway routes: the config store's (revision {current}); {} seeds only a new data dir — apply an edited file with `flotilla routes apply`",
                 file.display()
             ))
         }
