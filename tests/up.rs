@@ -362,3 +362,39 @@ fn commands_find_the_running_system_from_its_data_dir_alone() {
     system.interrupt(Duration::from_secs(30));
     assert!(!data_dir.join("up.json").exists(), "up.json goes with the system");
 }
+
+/// `flotilla restart catalog` under 200 requests a second through the gateway: the one
+/// instance is replaced by one that registered first, the old one drains, and no request
+/// fails.
+#[test]
+fn restart_replaces_every_instance_without_a_failed_request() {
+    let mut system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let before = catalog_instances(&system.status());
+    assert_eq!(before.len(), 1, "{before:?}");
+    let load = support::load::Load::start(system.gateway, 200, vec![(http::Method::GET, "/api/v1/products/1")]);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = std::process::Command::new(support::flotilla())
+        .args(["restart", "catalog", "--data-dir"])
+        .arg(system.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("catalog-1 → catalog-2"), "{said}");
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    assert!(report.samples.len() > 300, "the load ran: {}", report.samples.len());
+    assert!(
+        report.failures().is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failures().len(),
+        report.samples.len(),
+        report.failures().iter().take(5).collect::<Vec<_>>()
+    );
+    let after = catalog_instances(&system.status());
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after[0].1, before[0].1, "a new process serves");
+    assert!(!alive(before[0].1), "the old one exited");
+    system.interrupt(Duration::from_secs(30));
+}

@@ -69,6 +69,15 @@ enum Command {
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
     },
+    /// Replace a service's instances one at a time, each only once its replacement is ready:
+    /// new code or config at start, without a failed request.
+    Restart {
+        /// The service.
+        service: String,
+        /// The data dir of the running system.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+    },
     /// Inject faults into a running `flotilla up`: kill or pause a process, delay or fail a
     /// share of a service's requests; once, or on a schedule (docs/chaos.md).
     Chaos {
@@ -779,6 +788,33 @@ async fn run(cli: Cli) -> Result<()> {
                 line.push_str(&format!("; drained and stopped {}", list("stopped")));
             }
             println!("{line}");
+        }
+        Command::Restart { service, data_dir } => {
+            let started = std::time::Instant::now();
+            let restarted = supervisor::control::restart(&data_dir, &service).await?;
+            let pairs: Vec<String> = restarted["replaced"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .map(|pair| {
+                            format!(
+                                "{} → {}",
+                                pair[0].as_str().unwrap_or("?"),
+                                pair[1].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "{service}: {} in {:.1}s, each old instance drained once its replacement was ready",
+                if pairs.is_empty() {
+                    "no instances to replace".to_owned()
+                } else {
+                    pairs.join(", ")
+                },
+                started.elapsed().as_secs_f64()
+            );
         }
         Command::Chaos {
             control_addr,

@@ -38,6 +38,7 @@ fn router(fleet: Arc<Fleet>, chaos: Arc<Chaos>) -> Router {
         Router::new()
             .route("/v1/services", get(services))
             .route("/v1/services/{name}", put(put_scale))
+            .route("/v1/services/{name}/restart", axum::routing::post(post_restart))
             .with_state(fleet)
             .merge(super::chaos::routes(chaos)),
     )
@@ -45,6 +46,17 @@ fn router(fleet: Arc<Fleet>, chaos: Arc<Chaos>) -> Router {
 
 async fn services(State(fleet): State<Arc<Fleet>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "services": fleet.counts().await }))
+}
+
+async fn post_restart(
+    State(fleet): State<Arc<Fleet>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<super::fleet::Restarted>, Problem> {
+    match fleet.restart(&name).await {
+        Ok(restarted) => Ok(Json(restarted)),
+        Err(reason) if reason.starts_with("no service") => Err(Problem::not_found(reason)),
+        Err(reason) => Err(Problem::new(409, "restart-stopped", "Restart stopped").with_detail(reason)),
+    }
 }
 
 async fn put_scale(
@@ -143,6 +155,18 @@ pub async fn scale(data_dir: &Path, service: &str, instances: u32) -> Result<ser
         http::Method::PUT,
         &format!("/v1/services/{service}"),
         Some(&body),
+    )
+    .await
+}
+
+/// Asks the supervisor running in `data_dir` to replace a service's instances one at a time.
+/// The answer lists `replaced`: `[old, new]` instance names in order.
+pub async fn restart(data_dir: &Path, service: &str) -> Result<serde_json::Value, SupervisorError> {
+    request::<(), _>(
+        data_dir,
+        http::Method::POST,
+        &format!("/v1/services/{service}/restart"),
+        None,
     )
     .await
 }

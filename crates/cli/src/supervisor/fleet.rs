@@ -41,6 +41,18 @@ pub(super) struct Fleet {
     groups: Mutex<BTreeMap<String, Group>>,
     /// Every process being supervised, by name; a process leaves before it is stopped.
     processes: std::sync::Mutex<BTreeMap<String, ProcessRef>>,
+    /// Where a restart waits for a replacement to register (set once the control plane runs).
+    registry: std::sync::OnceLock<flotilla::discovery::RegistryClient>,
+}
+
+/// How long a replacement instance may take to register before a restart gives up on it.
+const REPLACEMENT_READY: Duration = Duration::from_secs(30);
+
+/// What a restart did: each old instance and the one that replaced it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Restarted {
+    /// `(old, new)` instance names, in the order they were replaced.
+    pub(crate) replaced: Vec<(String, String)>,
 }
 
 /// What a scaling did.
@@ -70,7 +82,13 @@ impl Fleet {
             credentials,
             groups: Mutex::new(BTreeMap::new()),
             processes: std::sync::Mutex::new(BTreeMap::new()),
+            registry: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The registry restarts wait on for replacements to be ready.
+    pub(super) fn watch_registry(&self, registry: flotilla::discovery::RegistryClient) {
+        let _ = self.registry.set(registry);
     }
 
     /// The spec of one process; an instance of `service` gets that service's credential in
@@ -168,7 +186,7 @@ impl Fleet {
             ..Scaled::default()
         };
         while group.instances.len() < instances as usize {
-            let name = format!("{service}-{}", group.instances.len() + 1);
+            let name = free_name(service, &group.instances);
             let spec = self.spec(
                 &name,
                 Some(service),
@@ -193,6 +211,57 @@ impl Fleet {
         Ok(scaled)
     }
 
+    /// Replaces a service's instances one at a time without a moment with fewer ready than
+    /// before: a replacement starts beside each instance, and only once it has registered
+    /// (which it does when ready) does the old one deregister, drain and exit. A replacement
+    /// that does not register in time is stopped and the old one kept.
+    pub(super) async fn restart(&self, service: &str) -> Result<Restarted, String> {
+        let registry = self
+            .registry
+            .get()
+            .ok_or_else(|| "the control plane is not running yet".to_owned())?;
+        let mut groups = self.groups.lock().await;
+        let Some(group) = groups.get_mut(service) else {
+            let known: Vec<&str> = groups.keys().map(String::as_str).collect();
+            return Err(format!(
+                "no service `{service}` (the manifest has: {})",
+                known.join(", ")
+            ));
+        };
+        let old: Vec<String> = group.instances.iter().map(|i| i.name.clone()).collect();
+        let mut restarted = Restarted::default();
+        for leaving in old {
+            let name = free_name(service, &group.instances);
+            let spec = self.spec(
+                &name,
+                Some(service),
+                group.slot,
+                &group.program,
+                &[],
+                SERVICE_STOP_GRACE,
+            );
+            group.instances.push(self.start(service, spec));
+            if !registered(registry, &name, REPLACEMENT_READY).await {
+                if let Some(at) = group.instances.iter().position(|i| i.name == name) {
+                    let failed = group.instances.remove(at);
+                    self.stop(vec![failed]).await;
+                }
+                return Err(format!(
+                    "{name} did not register within {REPLACEMENT_READY:?} (see logs/{name}.log); {leaving} kept, {} replaced before it",
+                    restarted.replaced.len()
+                ));
+            }
+            if let Some(at) = group.instances.iter().position(|i| i.name == leaving) {
+                let old = group.instances.remove(at);
+                // Deregisters, drains what it is serving, then exits.
+                self.stop(vec![old]).await;
+            }
+            self.output.say(&format!("restart: {leaving} replaced by {name}"));
+            restarted.replaced.push((leaving, name));
+        }
+        Ok(restarted)
+    }
+
     /// Instance counts by service.
     pub(super) async fn counts(&self) -> BTreeMap<String, Vec<String>> {
         self.groups
@@ -214,4 +283,33 @@ impl Fleet {
             .collect();
         self.stop(all).await;
     }
+}
+
+/// The lowest `service-N` no instance is named now: names stay short however often instances
+/// come and go.
+fn free_name(service: &str, instances: &[Supervised]) -> String {
+    (1..)
+        .map(|n| format!("{service}-{n}"))
+        .find(|name| instances.iter().all(|i| &i.name != name))
+        .unwrap_or_else(|| format!("{service}-x"))
+}
+
+/// Whether the instance the supervisor named `name` registers within `timeout`.
+async fn registered(registry: &flotilla::discovery::RegistryClient, name: &str, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(list) = registry.instances(None, None, Duration::ZERO).await {
+            let found = list.instances.iter().any(|i| {
+                i.metadata
+                    .get(flotilla_api::registry::meta::SUPERVISOR_NAME)
+                    .map(String::as_str)
+                    == Some(name)
+            });
+            if found {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

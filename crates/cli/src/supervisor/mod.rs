@@ -423,6 +423,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
 
     // 3. Wait for each to register, showing progress, then the banner.
     let registry = RegistryClient::with_http(http.clone(), &options.control_addr.to_string(), Some(token.clone()));
+    fleet.watch_registry(registry.clone());
     let mut expected: BTreeSet<String> = fleet.counts().await.into_values().flatten().collect();
     expected.insert("gateway".into());
     let ready = tokio::select! {
