@@ -73,6 +73,17 @@ struct RawService {
     instances: Option<Spanned<i64>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
+    oauth_client: Option<RawOauthClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOauthClient {
+    provider: Spanned<String>,
+    #[serde(default)]
+    scope: String,
 }
 
 /// How to start one kind of process.
@@ -120,6 +131,23 @@ pub struct ServiceEntry {
     pub program: Program,
     /// How many instances to run.
     pub instances: u32,
+    /// Config keys of its own scope that hold a random secret `up` makes once (32 bytes,
+    /// base64), such as the key identity seals its signing keys with.
+    pub secrets: Vec<String>,
+    /// The OAuth client the service calls others with, which `up` registers once.
+    pub oauth_client: Option<OauthClient>,
+}
+
+/// An OAuth 2.0 client a service needs (client credentials): `up` makes a random secret and
+/// writes it where the provider checks it (`<provider>/clients`, an array of
+/// `{"id", "secret", "scope"}`) and where the service reads it (`<service>/client`,
+/// `{"id", "secret"}`), both config secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OauthClient {
+    /// The service that issues its tokens (`identity`).
+    pub provider: String,
+    /// The scopes it may ask for, space-separated.
+    pub scope: String,
 }
 
 /// A checked manifest.
@@ -250,6 +278,7 @@ impl Manifest {
         };
 
         let mut services = Vec::new();
+        let raw_names: std::collections::BTreeSet<String> = raw.services.keys().map(|n| n.get_ref().clone()).collect();
         for (name, service) in raw.services {
             flotilla_api::registry::validate_service_name(name.get_ref())
                 .map_err(|reason| file.error_at(name.span(), format!("services.{}: {reason}", name.get_ref())))?;
@@ -275,10 +304,36 @@ impl Manifest {
                 service.env,
                 &format!("{key}.command"),
             )?;
+            let mut secrets = Vec::new();
+            for secret in &service.secrets {
+                flotilla_api::config::validate_key(secret.get_ref())
+                    .map_err(|reason| file.error_at(secret.span(), format!("{key}.secrets: {reason}")))?;
+                secrets.push(secret.get_ref().clone());
+            }
+            let oauth_client = match service.oauth_client {
+                Some(client) => {
+                    if !raw_names.contains(client.provider.get_ref()) {
+                        return Err(file.error_at(
+                            client.provider.span(),
+                            format!(
+                                "{key}.oauth_client.provider: `{}` is not a service of this manifest",
+                                client.provider.get_ref()
+                            ),
+                        ));
+                    }
+                    Some(OauthClient {
+                        provider: client.provider.into_inner(),
+                        scope: client.scope,
+                    })
+                }
+                None => None,
+            };
             services.push(ServiceEntry {
                 name: name.into_inner(),
                 program,
                 instances,
+                secrets,
+                oauth_client,
             });
         }
         Ok(Self {

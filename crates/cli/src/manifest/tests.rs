@@ -131,3 +131,40 @@ fn the_public_url_is_an_http_url_with_a_host_and_no_path() {
         assert!(err.message.contains("gateway.public_url"), "{err}");
     }
 }
+
+#[test]
+fn services_declare_the_secrets_and_oauth_clients_up_makes_for_them() {
+    let m = parse(
+        "[services.identity]\nsecrets = [\"seal_key\"]\n\n[services.orders]\noauth_client = { provider = \"identity\", scope = \"a.b c.d\" }\n",
+    )
+    .unwrap();
+    let identity = m.services.iter().find(|s| s.name == "identity").unwrap();
+    assert_eq!(identity.secrets, ["seal_key"]);
+    let orders = m.services.iter().find(|s| s.name == "orders").unwrap();
+    assert_eq!(
+        orders.oauth_client,
+        Some(OauthClient {
+            provider: "identity".into(),
+            scope: "a.b c.d".into()
+        })
+    );
+    let err = parse("[services.orders]\n\noauth_client = { provider = \"idp\" }\n").unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+    assert!(err.message.contains("`idp` is not a service"), "{err}");
+    let err = parse("[services.identity]\nsecrets = [\"no/slash\"]\n").unwrap_err();
+    assert_eq!(err.line, Some(2), "{err}");
+}
+
+#[test]
+fn the_shipped_manifest_gives_orders_the_scopes_it_asks_for() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../flotilla.toml");
+    let m = Manifest::parse(&TomlFile::read(&path).unwrap(), Path::new("/usr/bin/flotilla-self")).unwrap();
+    let orders = m.services.iter().find(|s| s.name == flotilla_orders::SERVICE).unwrap();
+    assert_eq!(orders.oauth_client.as_ref().unwrap().scope, flotilla_orders::SCOPES);
+    let identity = m
+        .services
+        .iter()
+        .find(|s| s.name == flotilla_identity::SERVICE)
+        .unwrap();
+    assert_eq!(identity.secrets, ["seal_key"]);
+}

@@ -4,11 +4,11 @@
 //! then the control plane. On request it kills or pauses a process (`flotilla chaos`).
 
 pub mod chaos;
-mod clients;
 pub mod control;
 mod fleet;
 mod output;
 mod process;
+mod seeds;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -375,23 +375,24 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
             }
         }
     }
-    if manifest.services.iter().any(|s| s.name == flotilla_identity::SERVICE) {
-        match clients::seed_seal_key(&options.control_addr.to_string(), &token).await {
-            Ok(Some(line)) => output.say(&line),
-            Ok(None) => {}
-            Err(err) => {
-                stop_all(&output, &fleet, vec![], control).await;
-                return Err(err);
-            }
+    // What each service declared it needs, made once for a new data dir.
+    let control_at = options.control_addr.to_string();
+    for service in &manifest.services {
+        let mut made = Vec::new();
+        for key in &service.secrets {
+            made.push(seeds::secret(&control_at, &token, &service.name, key).await);
         }
-    }
-    if manifest.services.iter().any(|s| s.name == flotilla_orders::SERVICE) {
-        match clients::seed(&options.control_addr.to_string(), &token).await {
-            Ok(Some(line)) => output.say(&line),
-            Ok(None) => {}
-            Err(err) => {
-                stop_all(&output, &fleet, vec![], control).await;
-                return Err(err);
+        if let Some(wanted) = &service.oauth_client {
+            made.push(seeds::oauth_client(&control_at, &token, &service.name, wanted).await);
+        }
+        for said in made {
+            match said {
+                Ok(Some(line)) => output.say(&line),
+                Ok(None) => {}
+                Err(err) => {
+                    stop_all(&output, &fleet, vec![], control).await;
+                    return Err(err);
+                }
             }
         }
     }
