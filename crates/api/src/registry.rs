@@ -147,6 +147,12 @@ impl Instance {
     pub fn pid(&self) -> Option<u32> {
         self.metadata.get(meta::PID).and_then(|p| p.parse().ok())
     }
+
+    /// Whether it serves only mutual TLS (metadata `tls = mtls`): callers use `https` and
+    /// present their workload certificate.
+    pub fn serves_mtls(&self) -> bool {
+        self.metadata.get(meta::TLS).map(String::as_str) == Some(meta::TLS_MUTUAL)
+    }
 }
 
 /// A list of instances at a registry revision: the answer to a (blocking) query.

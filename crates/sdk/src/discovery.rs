@@ -306,7 +306,6 @@ async fn watch_loop(client: RegistryClient, view: Arc<ArcSwap<Snapshot>>, tx: wa
 
 /// An instance's base URL: `https://` when it serves mTLS (metadata `tls = mtls`).
 pub fn instance_url(instance: &Instance) -> String {
-    use flotilla_api::registry::meta;
-    let mutual = instance.metadata.get(meta::TLS).map(String::as_str) == Some(meta::TLS_MUTUAL);
-    format!("{}://{}", if mutual { "https" } else { "http" }, instance.address)
+    let scheme = if instance.serves_mtls() { "https" } else { "http" };
+    format!("{scheme}://{}", instance.address)
 }

@@ -173,29 +173,14 @@ impl Fleet {
             return Err(format!("at most {MAX_INSTANCES} instances per service"));
         }
         let mut groups = self.groups.lock().await;
-        let Some(group) = groups.get_mut(service) else {
-            let known: Vec<&str> = groups.keys().map(String::as_str).collect();
-            return Err(format!(
-                "no service `{service}` (the manifest has: {})",
-                known.join(", ")
-            ));
-        };
+        let group = group_of(&mut groups, service)?;
         let mut scaled = Scaled {
             from: group.instances.len(),
             to: instances as usize,
             ..Scaled::default()
         };
         while group.instances.len() < instances as usize {
-            let name = free_name(service, &group.instances);
-            let spec = self.spec(
-                &name,
-                Some(service),
-                group.slot,
-                &group.program,
-                &[],
-                SERVICE_STOP_GRACE,
-            );
-            group.instances.push(self.start(service, spec));
+            let name = self.start_instance(service, group);
             scaled.started.push(name);
         }
         let mut leaving = Vec::new();
@@ -221,26 +206,11 @@ impl Fleet {
             .get()
             .ok_or_else(|| "the control plane is not running yet".to_owned())?;
         let mut groups = self.groups.lock().await;
-        let Some(group) = groups.get_mut(service) else {
-            let known: Vec<&str> = groups.keys().map(String::as_str).collect();
-            return Err(format!(
-                "no service `{service}` (the manifest has: {})",
-                known.join(", ")
-            ));
-        };
+        let group = group_of(&mut groups, service)?;
         let old: Vec<String> = group.instances.iter().map(|i| i.name.clone()).collect();
         let mut restarted = Restarted::default();
         for leaving in old {
-            let name = free_name(service, &group.instances);
-            let spec = self.spec(
-                &name,
-                Some(service),
-                group.slot,
-                &group.program,
-                &[],
-                SERVICE_STOP_GRACE,
-            );
-            group.instances.push(self.start(service, spec));
+            let name = self.start_instance(service, group);
             if !registered(registry, &name, REPLACEMENT_READY).await {
                 if let Some(at) = group.instances.iter().position(|i| i.name == name) {
                     let failed = group.instances.remove(at);
@@ -260,6 +230,21 @@ impl Fleet {
             restarted.replaced.push((leaving, name));
         }
         Ok(restarted)
+    }
+
+    /// Starts one more instance of `service` under the lowest free name; its name.
+    fn start_instance(&self, service: &str, group: &mut Group) -> String {
+        let name = free_name(service, &group.instances);
+        let spec = self.spec(
+            &name,
+            Some(service),
+            group.slot,
+            &group.program,
+            &[],
+            SERVICE_STOP_GRACE,
+        );
+        group.instances.push(self.start(service, spec));
+        name
     }
 
     /// Instance counts by service.
@@ -283,6 +268,14 @@ impl Fleet {
             .collect();
         self.stop(all).await;
     }
+}
+
+/// The group of `service`, or an error naming the services there are.
+fn group_of<'a>(groups: &'a mut BTreeMap<String, Group>, service: &str) -> Result<&'a mut Group, String> {
+    let known: Vec<String> = groups.keys().cloned().collect();
+    groups
+        .get_mut(service)
+        .ok_or_else(|| format!("no service `{service}` (the manifest has: {})", known.join(", ")))
 }
 
 /// The lowest `service-N` no instance is named now: names stay short however often instances

@@ -274,10 +274,7 @@ fn the_public_url_names_the_issuer_and_falls_back_to_localhost() {
         public_url_from(Some("https://shop.example.com/")),
         "https://shop.example.com"
     );
-    assert_eq!(
-        public_url_from(Some("http://localhost:18080")),
-        "http://localhost:18080"
-    );
+    assert_eq!(public_url_from(Some("http://shop.internal")), "http://shop.internal");
     assert_eq!(public_url_from(None), "http://localhost:8080");
     assert_eq!(public_url_from(Some("shop.example.com")), "http://localhost:8080");
 }

@@ -27,10 +27,13 @@ impl Endpoint {
     /// The endpoint of a registry instance; `None` if its address is unusable.
     pub fn from_instance(instance: &Instance) -> Option<Self> {
         let authority: Authority = instance.address.parse().ok()?;
-        let mutual = instance.metadata.get(meta::TLS).map(String::as_str) == Some(meta::TLS_MUTUAL);
         Some(Self {
             id: instance.address.clone(),
-            scheme: if mutual { Scheme::HTTPS } else { Scheme::HTTP },
+            scheme: if instance.serves_mtls() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
             authority,
             base_path: String::new(),
             weight: instance

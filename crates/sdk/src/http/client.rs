@@ -155,13 +155,7 @@ impl HttpClient {
     /// A plain-HTTP client over the given connector (tests and simulators pass their own).
     pub fn with_connector(connector: HttpConnector, timeout: Duration) -> Self {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                tokio_rustls::rustls::ClientConfig::builder_with_provider(crate::mtls::provider())
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default versions")
-                    .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
+            .with_tls_config(crate::mtls::untrusting_client_config())
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);

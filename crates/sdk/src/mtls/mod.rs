@@ -64,6 +64,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// What a handshake needs now: the instance's certificate and key, and the CA to check peers
 /// against. Swapped whole on renewal.
 struct Material {
+    /// The service the certificate names.
+    service: String,
     key: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     /// Chains checked against `roots`; a certificate required.
@@ -94,19 +96,8 @@ impl Material {
             what: "the certificate",
             reason: "no certificate in it".into(),
         })?;
-        verify::service_of(leaf).ok_or(MtlsError::NoIdentity)?;
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots
-                .add(ca.map_err(pem("the CA certificate"))?)
-                .map_err(|e| MtlsError::Tls(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(MtlsError::Pem {
-                what: "the CA certificate",
-                reason: "no certificate in it".into(),
-            });
-        }
+        let service = verify::service_of(leaf).ok_or(MtlsError::NoIdentity)?;
+        let roots = roots(ca_pem)?;
         let provider = provider();
         let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| MtlsError::Tls(e.to_string()))?;
         let roots = Arc::new(roots);
@@ -117,6 +108,7 @@ impl Material {
             .build()
             .map_err(|e| MtlsError::Tls(e.to_string()))?;
         Ok(Self {
+            service,
             key: Arc::new(key),
             roots,
             required,
@@ -153,10 +145,9 @@ impl Workload {
     /// (PEM); the service is the one the certificate names.
     pub fn new(cert_pem: &str, key_pkcs8: Vec<u8>, ca_pem: &str, not_after: SystemTime) -> Result<Self, MtlsError> {
         let material = Material::new(cert_pem, PrivateKeyDer::Pkcs8(key_pkcs8.into()), ca_pem, not_after)?;
-        let service = verify::service_of(&material.key.cert[0]).ok_or(MtlsError::NoIdentity)?;
         Ok(Self {
             inner: Arc::new(WorkloadInner {
-                service,
+                service: material.service.clone(),
                 material: ArcSwap::from_pointee(material),
                 renewals: AtomicU64::new(0),
             }),
@@ -173,7 +164,7 @@ impl Workload {
         not_after: SystemTime,
     ) -> Result<(), MtlsError> {
         let material = Material::new(cert_pem, PrivateKeyDer::Pkcs8(key_pkcs8.into()), ca_pem, not_after)?;
-        if verify::service_of(&material.key.cert[0]).as_deref() != Some(self.service()) {
+        if material.service != self.service() {
             return Err(MtlsError::NoIdentity);
         }
         self.inner.material.store(Arc::new(material));
@@ -226,9 +217,7 @@ impl Workload {
     /// peer whose certificate names `callee` (any service of the trust domain when `None`:
     /// addresses that came from the registry, which only that service may register in).
     pub fn client_config(&self, callee: Option<&str>) -> ClientConfig {
-        ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&tokio_rustls::rustls::version::TLS13])
-            .expect("ring supports TLS 1.3")
+        client_builder()
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(CalleeVerifier::new(
                 Trust::Workload(self.clone()),
@@ -258,6 +247,17 @@ impl Trust {
 /// A client configuration for an instance that has no certificate yet: it checks that the
 /// server is `callee` under the CA in `ca_pem`, and presents nothing.
 pub fn bootstrap_client_config(ca_pem: &str, callee: &str) -> Result<ClientConfig, MtlsError> {
+    Ok(client_builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CalleeVerifier::new(
+            Trust::Roots(Arc::new(roots(ca_pem)?)),
+            Some(callee.to_owned()),
+        )))
+        .with_no_client_auth())
+}
+
+/// The CA certificates of `ca_pem`, at least one.
+fn roots(ca_pem: &str) -> Result<RootCertStore, MtlsError> {
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let ca = ca.map_err(|e| MtlsError::Pem {
@@ -272,15 +272,22 @@ pub fn bootstrap_client_config(ca_pem: &str, callee: &str) -> Result<ClientConfi
             reason: "no certificate in it".into(),
         });
     }
-    Ok(ClientConfig::builder_with_provider(provider())
+    Ok(roots)
+}
+
+/// Every Flotilla client configuration starts here: ring, TLS 1.3 only.
+fn client_builder() -> tokio_rustls::rustls::ConfigBuilder<ClientConfig, tokio_rustls::rustls::WantsVerifier> {
+    ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&tokio_rustls::rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CalleeVerifier::new(
-            Trust::Roots(Arc::new(roots)),
-            Some(callee.to_owned()),
-        )))
-        .with_no_client_auth())
+}
+
+/// A client configuration that trusts nothing: `https://` fails its handshake. For a
+/// process without a workload identity, whose clients speak plain HTTP.
+pub fn untrusting_client_config() -> ClientConfig {
+    client_builder()
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
 }
 
 /// Which services may call a server: checked in every handshake, changed live.
@@ -384,11 +391,7 @@ pub fn connector(
 ) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
     let config = match workload {
         Some(workload) => workload.client_config(callee),
-        None => ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&tokio_rustls::rustls::version::TLS13])
-            .expect("ring supports TLS 1.3")
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth(),
+        None => untrusting_client_config(),
     };
     connector_with(config, connect_timeout, http2)
 }
