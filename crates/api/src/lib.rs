@@ -47,4 +47,7 @@ pub mod env {
     /// The gateway's public URL, as clients reach it (`https://shop.example.com`): the `iss`
     /// of the tokens issued behind it and the base of the links it hands out.
     pub const PUBLIC_URL: &str = "FLOTILLA_PUBLIC_URL";
+    /// Where a process listens when no flag says (`ip:port`); services take a free loopback
+    /// port without it, as they are found through the registry.
+    pub const LISTEN: &str = "FLOTILLA_LISTEN";
 }

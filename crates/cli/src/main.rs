@@ -4,20 +4,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use flotilla::discovery::{Discovery, RegistryClient};
-use flotilla::runtime::{self, Registrar, Service, ServiceEnv};
-use flotilla_api::registry::meta;
+use flotilla::app::bind;
+use flotilla::discovery::RegistryClient;
+use flotilla::runtime;
 use flotilla_cli::chaos::schedule::{DurationRange, Schedule};
 use flotilla_cli::local_time::LocalTime;
 use flotilla_cli::logs::level::Level;
 use flotilla_cli::supervisor::{self, UpOptions};
 use flotilla_cli::{running, status, style, token, traces};
-use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(
@@ -262,8 +260,8 @@ enum Command {
     /// Run one of the reference shop's services.
     Service {
         /// Which service.
-        #[arg(value_enum)]
-        name: ShopService,
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(SERVICES.iter().map(|e| e.name)))]
+        name: String,
         /// Where to listen (default: a free port on 127.0.0.1).
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -552,31 +550,16 @@ enum LogsOutput {
     Json,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ShopService {
-    Catalog,
-    Identity,
-    Inventory,
-    Notifications,
-    Orders,
-    Payments,
-    Shipping,
-}
-
-impl ShopService {
-    /// The service's name, as registered.
-    fn service(self) -> &'static str {
-        match self {
-            ShopService::Catalog => flotilla_catalog::SERVICE,
-            ShopService::Identity => flotilla_identity::SERVICE,
-            ShopService::Inventory => flotilla_inventory::SERVICE,
-            ShopService::Notifications => flotilla_notifications::SERVICE,
-            ShopService::Orders => flotilla_orders::SERVICE,
-            ShopService::Payments => flotilla_payments::SERVICE,
-            ShopService::Shipping => flotilla_shipping::SERVICE,
-        }
-    }
-}
+/// The built-in services `flotilla service NAME` runs: one line each.
+const SERVICES: &[flotilla::app::Entry] = &[
+    flotilla::app::entry::<flotilla_catalog::Catalog>(),
+    flotilla::app::entry::<flotilla_identity::IdentityApp>(),
+    flotilla::app::entry::<flotilla_inventory::Inventory>(),
+    flotilla::app::entry::<flotilla_notifications::Notifications>(),
+    flotilla::app::entry::<flotilla_orders::OrdersApp>(),
+    flotilla::app::entry::<flotilla_payments::Payments>(),
+    flotilla::app::entry::<flotilla_shipping::Shipping>(),
+];
 
 fn parse_range(text: &str) -> Result<DurationRange, String> {
     text.parse()
@@ -588,19 +571,6 @@ fn parse_scale(text: &str) -> Result<(String, u32), String> {
         .ok_or_else(|| format!("`{text}` should look like SERVICE=COUNT, e.g. catalog=3"))?;
     let n = n.parse().map_err(|_| format!("`{n}` in `{text}` is not a count"))?;
     Ok((name.to_owned(), n))
-}
-
-async fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener> {
-    match TcpListener::bind(addr).await {
-        Ok(listener) => Ok(listener),
-        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
-            bail!(
-                "port {} is already in use ({addr}); choose another with {flag}",
-                addr.port()
-            )
-        }
-        Err(err) => Err(err).with_context(|| format!("cannot listen on {addr} ({flag})")),
-    }
 }
 
 /// Output piped into a reader that stops early (`flotilla traces | head`) ends the command
@@ -655,61 +625,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// A shop service's live configuration: defaults, `<SERVICE>_*` environment variables, then
-/// the control plane's store when there is one (waiting up to a second for its first answer,
-/// so an instance starts on the fleet's configuration rather than switching to it).
-async fn live_config<T>(
-    service: &str,
-    env: &ServiceEnv,
-    validate: fn(&T) -> Result<(), String>,
-) -> Result<flotilla::config::LiveConfig<T>>
-where
-    T: serde::Serialize + serde::de::DeserializeOwned + Default + Send + Sync + 'static,
-{
-    let client = env
-        .control_addr
-        .as_deref()
-        .map(|addr| flotilla::config::ConfigClient::new(addr, env.token.clone()));
-    let live = flotilla::config::ConfigLoader::<T>::new(service)
-        .validate(validate)
-        // Follows the store for the life of the process.
-        .start(client, std::future::pending::<()>())
-        .with_context(|| format!("{service}'s configuration"))?;
-    live.ready(Duration::from_secs(1)).await;
-    Ok(live)
-}
-
-/// The process's workload certificate, when the supervisor set mTLS up (`FLOTILLA_CA_FILE`):
-/// taken before anything else, so every client and listener made after speaks mTLS.
-async fn workload_identity(env: &ServiceEnv) -> Result<Option<flotilla::mtls::Workload>> {
-    flotilla::mtls::enroll_from_env(env.control_addr.as_deref(), env.token.as_deref())
-        .await
-        .with_context(|| {
-            format!(
-                "taking this instance's workload certificate from the control plane at {}",
-                env.control_addr.as_deref().unwrap_or("(none)")
-            )
-        })
-}
-
-/// Says, once logging is up, which identity the process speaks mTLS with.
-fn announce(identity: Option<&flotilla::mtls::Workload>) {
-    if let Some(workload) = identity {
-        let not_after = humantime::format_rfc3339_seconds(workload.not_after());
-        tracing::info!(service = %workload.service(), %not_after, "workload certificate issued: mTLS with every Flotilla peer");
-    }
-}
-
-/// The event log (or JetStream) the service at `env` publishes to and consumes from.
-async fn events_client(env: &ServiceEnv) -> Result<flotilla::events::EventsClient> {
-    flotilla::events::EventsClient::for_service(env).await.with_context(|| {
-        format!(
-            "connecting to the events backend ({})",
-            env.events.as_deref().unwrap_or("the control plane's log")
-        )
-    })
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -1078,47 +993,24 @@ async fn run(cli: Cli) -> Result<()> {
             ttl,
             tls_listen,
         } => {
-            // The control plane logs but exports no spans: it is where spans go, and tracing
-            // its own span intake would feed itself.
-            let _telemetry = flotilla::telemetry::init(flotilla::telemetry::TelemetryConfig {
-                endpoint: None,
-                ..flotilla::telemetry::TelemetryConfig::from_env("control", &ServiceEnv::from_env())
-            });
-            let registry = flotilla_control::RegistryConfig { heartbeat, ttl };
-            registry
-                .validate()
-                .map_err(anyhow::Error::msg)
-                .context("--heartbeat/--ttl")?;
-            let data_dir = flotilla::data_dir::ensure_private(&data_dir)?;
             let token = match std::env::var(flotilla_api::env::TOKEN) {
                 Ok(token) if !token.is_empty() => token,
-                _ => token::ensure(&data_dir).with_context(|| format!("token in {}", data_dir.display()))?,
+                _ => {
+                    flotilla::data_dir::ensure_private(&data_dir)?;
+                    token::ensure(&data_dir).with_context(|| format!("token in {}", data_dir.display()))?
+                }
             };
-            let listener = bind(listen, "--listen").await?;
-            let (marker, unclean) = flotilla_control::RunMarker::acquire(&data_dir)
-                .with_context(|| format!("writing the run marker in {}", data_dir.display()))?;
-            let warm_up = if unclean { ttl } else { Duration::ZERO };
-            if unclean {
-                tracing::warn!(
-                    ?warm_up,
-                    "the previous control plane did not stop cleanly; warming up while its instances re-register"
-                );
-            }
-            let config = flotilla_control::ControlConfig {
-                registry,
-                token,
-                warm_up,
-            };
-            let storage = flotilla_control::Storage::open(&data_dir, Default::default())
-                .await
-                .with_context(|| format!("opening the control plane's storage in {}", data_dir.display()))?;
+            let listener = bind(Some(listen), "--listen").await?;
             let tls_listener = match tls_listen {
-                Some(addr) => Some(bind(addr, "--tls-listen").await?),
+                Some(addr) => Some(bind(Some(addr), "--tls-listen").await?),
                 None => None,
             };
-            flotilla_control::serve_with_tls(listener, tls_listener, config, storage, runtime::shutdown_signal())
-                .await?;
-            drop(marker);
+            let options = flotilla_control::process::Options {
+                data_dir,
+                registry: flotilla_control::RegistryConfig { heartbeat, ttl },
+                token,
+            };
+            flotilla_control::process::run(listener, tls_listener, options, runtime::shutdown_signal()).await?;
         }
         Command::Gateway {
             listen,
@@ -1130,272 +1022,24 @@ async fn run(cli: Cli) -> Result<()> {
             tls_key,
             ..
         } => {
-            let env = ServiceEnv::from_env();
-            let identity = workload_identity(&env).await?;
-            let mut telemetry = flotilla::telemetry::TelemetryConfig::from_env("gateway", &env);
-            // Requests enter here: the tail rule keeps the failed and slow ones.
-            telemetry.sampling = telemetry.sampling.with_tail_from_env();
-            let _telemetry = flotilla::telemetry::init(telemetry);
-            announce(identity.as_ref());
-            let tls_files = match (tls_cert, tls_key) {
-                (Some(cert), Some(key)) => Some(flotilla_gateway::tls::TlsFiles { cert, key }),
-                _ => None,
-            };
-            let tls = match &tls_files {
-                Some(files) => Some(flotilla_gateway::tls::Tls::load(files).context("--tls-cert/--tls-key")?),
-                None => None,
-            };
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let discovery = control_addr.as_deref().map(|addr| {
-                Discovery::spawn(RegistryClient::new(addr, env.token.clone()), async move {
-                    let _ = stop_rx.await;
-                })
-            });
-            let upstreams = flotilla_gateway::routes::Upstreams::new(discovery.clone(), env.zone.clone());
-            // From a file: it must be right at start. From the store: the table it holds.
-            let table = match &routes {
-                Some(routes) => {
-                    let specs = flotilla_gateway::routes::RouteTable::load(routes)?;
-                    flotilla_gateway::routes::RouteTable::build(specs, &upstreams)
-                        .with_context(|| routes.display().to_string())?
-                }
-                None => flotilla_gateway::routes::RouteTable::new(Vec::new()),
-            };
-            let listener = bind(listen, "--listen").await?;
-            let addr = listener.local_addr()?;
-            let admin_listener = bind(admin_listen, "--admin-listen").await?;
-            let admin_addr = admin_listener.local_addr()?;
-            if let (Some(tls), Some(files)) = (&tls, tls_files) {
-                tokio::spawn(tls.clone().watch(files, Duration::from_secs(1), std::future::pending()));
-            }
-            let config = flotilla_gateway::GatewayConfig {
-                tls,
+            let listener = bind(Some(listen), "--listen").await?;
+            let admin = bind(Some(admin_listen), "--admin-listen").await?;
+            let options = flotilla_gateway::process::Options {
+                routes,
+                control_addr,
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| flotilla_gateway::tls::TlsFiles { cert, key }),
                 trusted_proxies,
-                ..Default::default()
             };
-            let gateway = flotilla_gateway::Gateway::new(table, discovery, config);
-            tokio::spawn(flotilla_gateway::serve_admin(
-                admin_listener,
-                gateway.clone(),
-                std::future::pending(),
-            ));
-            let (stop_reload, reload_stopped) = tokio::sync::oneshot::channel::<()>();
-            let source = match (&routes, control_addr.as_deref()) {
-                (Some(routes), _) => {
-                    tokio::spawn(flotilla_gateway::reload::watch(
-                        gateway.clone(),
-                        routes.clone(),
-                        upstreams,
-                        Duration::from_secs(1),
-                        async move {
-                            let _ = reload_stopped.await;
-                        },
-                    ));
-                    (routes.display().to_string(), None)
-                }
-                (None, Some(control)) => {
-                    let client = flotilla::config::ConfigClient::new(control, env.token.clone());
-                    let live = flotilla_gateway::reload::follow_store(
-                        gateway.clone(),
-                        client,
-                        upstreams,
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .context("the gateway's routes from the config store")?;
-                    ("the config store (gateway/routes)".to_owned(), Some(live))
-                }
-                (None, None) => bail!("give the gateway --routes FILE or --control-addr ADDR"),
-            };
-            let registrar = control_addr.as_deref().map(|control| {
-                let client = RegistryClient::new(control, env.token.clone());
-                let metadata = [
-                    (meta::METRICS_PATH.to_owned(), "/-/metrics".to_owned()),
-                    (meta::METRICS_ADDRESS.to_owned(), admin_addr.to_string()),
-                ]
-                .into();
-                let registration = runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, metadata);
-                if let Some(live) = &source.1 {
-                    live.attach(&registration.instance_id);
-                }
-                Registrar::spawn(client, registration)
-            });
-            tracing::info!(%addr, admin = %admin_addr, routes = %source.0, standalone = registrar.is_none(), "gateway listening");
-            let shutdown = async move {
-                runtime::shutdown_signal().await;
-                if let Some(registrar) = registrar {
-                    registrar.deregister().await;
-                }
-            };
-            flotilla_gateway::serve(listener, Arc::clone(&gateway), shutdown).await?;
-            let _ = stop_tx.send(());
-            let _ = stop_reload.send(());
+            flotilla_gateway::process::run(listener, admin, options, runtime::shutdown_signal()).await?;
         }
         Command::Service { name, listen } => {
-            let env = ServiceEnv::from_env();
-            // First: the telemetry exporter and every client made after speak mTLS with it.
-            let identity = workload_identity(&env).await?;
-            let _telemetry =
-                flotilla::telemetry::init(flotilla::telemetry::TelemetryConfig::from_env(name.service(), &env));
-            announce(identity.as_ref());
-            match name {
-                ShopService::Catalog => {
-                    let store = flotilla_catalog::open_store(&env)
-                        .await
-                        .context("opening the catalog's database")?;
-                    let listener = Service::bind(listen).await.context("binding the catalog's listener")?;
-                    let context = runtime::Context::new(&env, Default::default());
-                    let config = live_config::<flotilla_catalog::CatalogConfig>(
-                        flotilla_catalog::SERVICE,
-                        &env,
-                        flotilla_catalog::CatalogConfig::validate,
-                    )
-                    .await?;
-                    Service::new(flotilla_catalog::SERVICE, env!("CARGO_PKG_VERSION"))
-                        .callers(flotilla_catalog::CALLERS.iter().copied())
-                        .env(env)
-                        .context(context.clone())
-                        .config(&config)
-                        .router({
-                            let admin = config.current().tokens.verifier(context.discovery(), &[], &["admin"]);
-                            flotilla_catalog::router(store, config, admin)
-                        })
-                        .run(listener, runtime::shutdown_signal())
-                        .await?;
-                }
-                ShopService::Inventory => {
-                    let store = flotilla_inventory::open_store(&env)
-                        .await
-                        .context("opening inventory's database")?;
-                    let listener = Service::bind(listen).await.context("binding inventory's listener")?;
-                    let context = runtime::Context::new(&env, Default::default());
-                    let tokens = flotilla::auth::TrustedIssuer::default().verifier(context.discovery(), &[], &[]);
-                    Service::new(flotilla_inventory::SERVICE, env!("CARGO_PKG_VERSION"))
-                        .callers(flotilla_inventory::CALLERS.iter().copied())
-                        .env(env)
-                        .context(context)
-                        .router(flotilla_inventory::router(store, tokens))
-                        .run(listener, runtime::shutdown_signal())
-                        .await?;
-                }
-                ShopService::Payments => {
-                    let store = flotilla_payments::open_store(&env)
-                        .await
-                        .context("opening payments' database")?;
-                    let listener = Service::bind(listen).await.context("binding payments' listener")?;
-                    let context = runtime::Context::new(&env, Default::default());
-                    let config = live_config::<flotilla_payments::PaymentsConfig>(
-                        flotilla_payments::SERVICE,
-                        &env,
-                        flotilla_payments::PaymentsConfig::validate,
-                    )
-                    .await?;
-                    let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
-                    flotilla_payments::spawn_reconciliation(store.clone(), config.clone(), events_client(&env).await?);
-                    Service::new(flotilla_payments::SERVICE, env!("CARGO_PKG_VERSION"))
-                        .callers(flotilla_payments::CALLERS.iter().copied())
-                        .env(env)
-                        .context(context)
-                        .config(&config)
-                        .router(flotilla_payments::router(store, config, tokens))
-                        .run(listener, runtime::shutdown_signal())
-                        .await?;
-                }
-                ShopService::Shipping => {
-                    let store = flotilla_shipping::open_store(&env)
-                        .await
-                        .context("opening shipping's database")?;
-                    let listener = Service::bind(listen).await.context("binding shipping's listener")?;
-                    let context = runtime::Context::new(&env, Default::default());
-                    let config = live_config::<flotilla_shipping::ShippingConfig>(
-                        flotilla_shipping::SERVICE,
-                        &env,
-                        flotilla_shipping::ShippingConfig::validate,
-                    )
-                    .await?;
-                    let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
-                    flotilla_shipping::spawn_ticker(store.clone(), config.clone());
-                    flotilla_shipping::spawn_order_events(store.clone(), events_client(&env).await?);
-                    Service::new(flotilla_shipping::SERVICE, env!("CARGO_PKG_VERSION"))
-                        .callers(flotilla_shipping::CALLERS.iter().copied())
-                        .env(env)
-                        .context(context)
-                        .config(&config)
-                        .router(flotilla_shipping::router(store, tokens))
-                        .run(listener, runtime::shutdown_signal())
-                        .await?;
-                }
-                ShopService::Orders => {
-                    let store = flotilla_orders::open_store(&env)
-                        .await
-                        .context("opening orders' database")?;
-                    let listener = Service::bind(listen).await.context("binding orders' listener")?;
-                    let context = runtime::Context::new(&env, Default::default());
-                    let config = live_config::<flotilla_orders::OrdersConfig>(
-                        flotilla_orders::SERVICE,
-                        &env,
-                        flotilla_orders::OrdersConfig::validate,
-                    )
-                    .await?;
-                    if config.current().client.secret.is_empty() {
-                        tracing::warn!(
-                            "orders has no client secret (orders/default/client): its saga waits until one is set"
-                        );
-                    }
-                    let tokens = config.current().tokens.verifier(context.discovery(), &[], &[]);
-                    let downstream = flotilla_orders::downstream(&context, &config.current());
-                    let orders =
-                        flotilla_orders::start(store, downstream, events_client(&env).await?, config.clone(), tokens)
-                            .await
-                            .context("starting orders' saga and outbox")?;
-                    Service::new(flotilla_orders::SERVICE, env!("CARGO_PKG_VERSION"))
-                        .callers(flotilla_orders::CALLERS.iter().copied())
-                        .env(env)
-                        .context(context)
-                        .config(&config)
-                        .router(flotilla_orders::router(orders))
-                        .run(listener, runtime::shutdown_signal())
-                        .await?;
-                }
-                ShopService::Notifications => {
-                    let store = flotilla_notifications::open_store(&env)
-                        .await
-                        .context("opening notifications' database")?;
-                    let listener = Service::bind(listen).await.context("binding notifications' listener")?;
-                    let context = runtime::Context::new(&env, Default::default());
-                    let tokens = flotilla::auth::TrustedIssuer::default().verifier(context.discovery(), &[], &[]);
-                    flotilla_notifications::spawn_order_events(store.clone(), events_client(&env).await?);
-                    Service::new(flotilla_notifications::SERVICE, env!("CARGO_PKG_VERSION"))
-                        .callers(flotilla_notifications::CALLERS.iter().copied())
-                        .env(env)
-                        .context(context)
-                        .router(flotilla_notifications::router(store, tokens))
-                        .run(listener, runtime::shutdown_signal())
-                        .await?;
-                }
-                ShopService::Identity => {
-                    let store = flotilla_identity::open_store(&env)
-                        .await
-                        .context("opening identity's database")?;
-                    let listener = Service::bind(listen).await.context("binding identity's listener")?;
-                    let config = live_config::<flotilla_identity::IdentityConfig>(
-                        flotilla_identity::SERVICE,
-                        &env,
-                        flotilla_identity::IdentityConfig::validate,
-                    )
-                    .await?;
-                    let identity = flotilla_identity::Identity::start(store, config.clone())
-                        .await
-                        .context("loading identity's signing keys")?;
-                    Service::new(flotilla_identity::SERVICE, env!("CARGO_PKG_VERSION"))
-                        .callers(flotilla_identity::CALLERS.iter().copied())
-                        .env(env)
-                        .config(&config)
-                        .router(flotilla_identity::router(identity))
-                        .run(listener, runtime::shutdown_signal())
-                        .await?;
-                }
-            }
+            let entry = SERVICES
+                .iter()
+                .find(|entry| entry.name == name)
+                .with_context(|| format!("no built-in service `{name}`"))?;
+            entry.run(bind(listen, "--listen").await?).await?;
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ pub mod api;
 pub mod ca;
 pub mod config;
 pub mod events;
+pub mod process;
 pub mod registry;
 pub mod telemetry;
 
@@ -294,34 +295,31 @@ pub async fn serve_with_tls(
         None => None,
     };
     let state = Arc::new(state);
-    // Each background task runs until the control plane begins to close.
+    // Background work stops together when the control plane begins to close; the servers end
+    // by `closing` (which also ends blocking queries) so they can drain.
+    let tasks = flotilla::app::Tasks::new();
     let until_closing = |mut closing: watch::Receiver<bool>| async move {
         let _ = closing.wait_for(|c| *c).await;
     };
-    let retention = tokio::spawn({
-        let (state, closing) = (state.clone(), until_closing(closing_rx.clone()));
-        async move { state.events.run_retention(closing).await }
+    tasks.spawn("event retention", {
+        let (state, stopped) = (state.clone(), tasks.stopped());
+        async move { state.events.run_retention(stopped).await }
     });
-    let expiry = tokio::spawn({
-        let (state, closing) = (state.clone(), until_closing(closing_rx.clone()));
-        async move { state.registry.run_expiry(closing).await }
+    tasks.spawn("lease expiry", {
+        let (state, stopped) = (state.clone(), tasks.stopped());
+        async move { state.registry.run_expiry(stopped).await }
     });
-    let pruning = tokio::spawn({
-        let (state, closing) = (state.clone(), until_closing(closing_rx.clone()));
-        async move { state.traces.run_pruning(closing).await }
+    tasks.spawn("trace pruning", {
+        let (state, stopped) = (state.clone(), tasks.stopped());
+        async move { state.traces.run_pruning(stopped).await }
     });
     tracing::info!(%addr, "control plane listening");
     let tls_server = match (tls_listener, workload) {
         (Some(tls_listener), Some(workload)) => {
             tracing::info!(addr = %tls_listener.local_addr()?, "control plane listening for workloads (mTLS)");
-            tokio::spawn({
-                let (state, workload, closing) = (state.clone(), workload.clone(), until_closing(closing_rx.clone()));
-                async move {
-                    tokio::select! {
-                        _ = renew_own(&state.authority, workload) => {}
-                        _ = closing => {}
-                    }
-                }
+            tasks.spawn("own certificate renewal", {
+                let (state, workload) = (state.clone(), workload.clone());
+                async move { renew_own(&state.authority, workload).await }
             });
             let config = workload.server_config(flotilla::mtls::Callers::anyone());
             Some(tokio::spawn(flotilla::http::serve(
@@ -342,9 +340,7 @@ pub async fn serve_with_tls(
     shutdown.await;
     tracing::info!("control plane shutting down");
     let _ = closing_tx.send(true);
-    let _ = expiry.await;
-    let _ = retention.await;
-    let _ = pruning.await;
+    tasks.stop(Duration::from_secs(2)).await;
     if let Some(tls_server) = tls_server {
         let _ = tokio::time::timeout(Duration::from_secs(2), tls_server).await;
     }

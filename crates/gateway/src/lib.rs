@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod openapi;
 pub mod policy;
+pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod rescue;

@@ -45,6 +45,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The migrations folder could not be read.
+    #[error("reading the migrations in {dir}: {source}")]
+    Migrations {
+        /// The folder.
+        dir: String,
+        /// Why.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
     /// A migration failed.
     #[error("migrating {url}: {source}")]
     Migrate {
@@ -84,6 +93,16 @@ impl Store {
             "sqlite://{}?mode=rwc",
             dir.join(format!("{service}.db")).display()
         ))
+    }
+
+    /// [`Store::open`] with the migrations read from `dir` now (`0001_init.sql`, …, sqlx's
+    /// naming), for a service that does not embed them at build time.
+    pub async fn open_dir(url: &str, dir: &Path) -> Result<Self, StoreError> {
+        let migrator = Migrator::new(dir).await.map_err(|source| StoreError::Migrations {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        Self::open(url, &migrator).await
     }
 
     /// Connects and runs the migrations.
@@ -298,5 +317,38 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[tokio::test]
+    async fn a_store_migrates_from_a_folder_read_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let migrations = dir.path().join("migrations");
+        std::fs::create_dir(&migrations).unwrap();
+        std::fs::write(
+            migrations.join("0001_reviews.sql"),
+            "CREATE TABLE reviews (id TEXT PRIMARY KEY, stars INTEGER NOT NULL);",
+        )
+        .unwrap();
+        std::fs::write(
+            migrations.join("0002_text.sql"),
+            "ALTER TABLE reviews ADD COLUMN body TEXT;",
+        )
+        .unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("reviews.db").display());
+        let store = Store::open_dir(&url, &migrations).await.unwrap();
+        sqlx::query("INSERT INTO reviews (id, stars, body) VALUES ('r1', 5, 'good')")
+            .execute(store.pool())
+            .await
+            .expect("both migrations ran, in order");
+        // Opening again runs nothing twice.
+        Store::open_dir(&url, &migrations).await.unwrap();
+        let missing = Store::open_dir(&url, &dir.path().join("nowhere"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("reading the migrations in") && missing.contains("nowhere"),
+            "{missing}"
+        );
     }
 }

@@ -25,10 +25,10 @@ impl Default for CatalogConfig {
     }
 }
 
-impl CatalogConfig {
+impl flotilla::app::Settings for CatalogConfig {
     /// A configuration the catalog can serve with: pages of 1 to 1,000, the default within
     /// the maximum.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if !(1..=1000).contains(&self.max_page_size) {
             return Err(format!("max_page_size must be 1 to 1000, not {}", self.max_page_size));
         }

@@ -52,6 +52,22 @@ pub async fn open(url: &str) -> Result<Store, StoreError> {
     Ok(store)
 }
 
+/// The catalog as a Flotilla app: `flotilla service catalog`.
+pub struct Catalog;
+
+impl flotilla::app::App for Catalog {
+    const NAME: &'static str = SERVICE;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CALLERS: &'static [&'static str] = CALLERS;
+    type Config = CatalogConfig;
+
+    async fn start(setup: &flotilla::app::Setup<CatalogConfig>) -> Result<axum::Router, flotilla::app::AppError> {
+        let store = open_store(setup.env()).await?;
+        let admin = setup.verifier(&setup.config().current().tokens, &[], &["admin"]);
+        Ok(router(store, setup.config().clone(), admin))
+    }
+}
+
 /// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
 pub fn openapi_document() -> serde_json::Value {
     openapi::document()

@@ -90,9 +90,9 @@ impl Default for IdentityConfig {
     }
 }
 
-impl IdentityConfig {
+impl flotilla::app::Settings for IdentityConfig {
     /// A configuration identity can run with.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if !(self.issuer.starts_with("http://") || self.issuer.starts_with("https://")) {
             return Err(format!("issuer must be an http(s) URL, not `{}`", self.issuer));
         }

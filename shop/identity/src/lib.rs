@@ -161,5 +161,23 @@ pub fn openapi_document() -> serde_json::Value {
     openapi::document()
 }
 
+/// Identity as a Flotilla app: `flotilla service identity`.
+pub struct IdentityApp;
+
+impl flotilla::app::App for IdentityApp {
+    const NAME: &'static str = SERVICE;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CALLERS: &'static [&'static str] = CALLERS;
+    type Config = IdentityConfig;
+
+    async fn start(setup: &flotilla::app::Setup<IdentityConfig>) -> Result<axum::Router, flotilla::app::AppError> {
+        let store = open_store(setup.env()).await?;
+        let identity = Identity::start(store, setup.config().clone())
+            .await
+            .map_err(|e| flotilla::app::AppError::start("loading identity's signing keys", e))?;
+        Ok(router(identity))
+    }
+}
+
 #[cfg(test)]
 mod tests;

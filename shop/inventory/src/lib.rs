@@ -45,6 +45,22 @@ pub async fn open(url: &str) -> Result<Store, StoreError> {
     Ok(store)
 }
 
+/// Inventory as a Flotilla app: `flotilla service inventory`.
+pub struct Inventory;
+
+impl flotilla::app::App for Inventory {
+    const NAME: &'static str = SERVICE;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CALLERS: &'static [&'static str] = CALLERS;
+    type Config = flotilla::app::NoConfig;
+
+    async fn start(setup: &flotilla::app::Setup<Self::Config>) -> Result<axum::Router, flotilla::app::AppError> {
+        let store = open_store(setup.env()).await?;
+        let tokens = setup.verifier(&flotilla::auth::TrustedIssuer::default(), &[], &[]);
+        Ok(router(store, tokens))
+    }
+}
+
 /// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
 pub fn openapi_document() -> serde_json::Value {
     openapi::document()

@@ -32,6 +32,23 @@ pub async fn open_url(url: &str) -> Result<Store, StoreError> {
     flotilla::events::open(url, &MIGRATOR).await
 }
 
+/// Notifications as a Flotilla app: `flotilla service notifications`.
+pub struct Notifications;
+
+impl flotilla::app::App for Notifications {
+    const NAME: &'static str = SERVICE;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CALLERS: &'static [&'static str] = CALLERS;
+    type Config = flotilla::app::NoConfig;
+
+    async fn start(setup: &flotilla::app::Setup<Self::Config>) -> Result<axum::Router, flotilla::app::AppError> {
+        let store = open_store(setup.env()).await?;
+        let tokens = setup.verifier(&flotilla::auth::TrustedIssuer::default(), &[], &[]);
+        spawn_order_events(setup.tasks(), store.clone(), setup.events().await?);
+        Ok(router(store, tokens))
+    }
+}
+
 /// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
 pub fn openapi_document() -> serde_json::Value {
     openapi::document()

@@ -36,9 +36,9 @@ pub enum OrderEventError {
 }
 
 /// Consumes order events for the life of the process.
-pub fn spawn_order_events(store: Store, events: EventsClient) {
+pub fn spawn_order_events(tasks: &flotilla::app::Tasks, store: Store, events: EventsClient) {
     let consumer = Consumer::new(store, events, orders::TOPIC, crate::SERVICE);
-    tokio::spawn(consumer.run(on_order_event));
+    tasks.spawn("order events", consumer.run(on_order_event));
 }
 
 /// Handles one order event inside the inbox's transaction `tx` (give it to

@@ -60,9 +60,9 @@ impl Default for OrdersConfig {
     }
 }
 
-impl OrdersConfig {
+impl flotilla::app::Settings for OrdersConfig {
     /// A configuration orders can run with.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.client.id.is_empty() {
             return Err("client.id must not be empty".into());
         }

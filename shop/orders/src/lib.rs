@@ -63,8 +63,9 @@ pub fn downstream(context: &Context, config: &OrdersConfig) -> downstream::Downs
 }
 
 /// Everything orders runs: the handlers' state, with the saga runner and the outbox relay
-/// spawned on the current runtime.
+/// spawned on `tasks`.
 pub async fn start(
+    tasks: &flotilla::app::Tasks,
     store: Store,
     downstream: downstream::Downstream,
     events: EventsClient,
@@ -79,8 +80,8 @@ pub async fn start(
     // Saga progress and relay bookkeeping are redone safely after a crash: no fsync each.
     let sagas = SagaStore::prepare(store.relaxed()).await?;
     let runner = SagaRunner::new(saga::definition(downstream.clone(), journal.clone()), sagas);
-    tokio::spawn(Relay::new(store.relaxed(), events, outbox).run());
-    tokio::spawn(runner.clone().run(Duration::from_millis(200)));
+    tasks.spawn("outbox relay", Relay::new(store.relaxed(), events, outbox).run());
+    tasks.spawn("saga runner", runner.clone().run(Duration::from_millis(200)));
     Ok(Orders {
         journal,
         runner,
@@ -88,6 +89,28 @@ pub async fn start(
         config,
         tokens,
     })
+}
+
+/// Orders as a Flotilla app: `flotilla service orders`.
+pub struct OrdersApp;
+
+impl flotilla::app::App for OrdersApp {
+    const NAME: &'static str = SERVICE;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CALLERS: &'static [&'static str] = CALLERS;
+    type Config = OrdersConfig;
+
+    async fn start(setup: &flotilla::app::Setup<OrdersConfig>) -> Result<axum::Router, flotilla::app::AppError> {
+        let store = open_store(setup.env()).await?;
+        let config = setup.config().clone();
+        if config.current().client.secret.is_empty() {
+            tracing::warn!("orders has no client secret (orders/default/client): its saga waits until one is set");
+        }
+        let tokens = setup.verifier(&config.current().tokens, &[], &[]);
+        let downstream = downstream(setup.context(), &config.current());
+        let orders = start(setup.tasks(), store, downstream, setup.events().await?, config, tokens).await?;
+        Ok(router(orders))
+    }
 }
 
 /// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.

@@ -237,6 +237,7 @@ impl World {
         let store = Store::open(&db.url, &crate::MIGRATOR).await.unwrap();
         dbs.push(db);
         let orders = crate::start(
+            &flotilla::app::Tasks::new(),
             store,
             downstream,
             events.clone(),

@@ -36,9 +36,9 @@ impl Default for PaymentsConfig {
     }
 }
 
-impl PaymentsConfig {
+impl flotilla::app::Settings for PaymentsConfig {
     /// A configuration payments can run with.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.provider_failure_rate) {
             return Err(format!(
                 "provider_failure_rate must be 0 to 1, not {}",

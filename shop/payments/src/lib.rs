@@ -33,6 +33,24 @@ pub async fn open_store(env: &ServiceEnv) -> Result<Store, StoreError> {
     flotilla::events::open(&Store::url_for(SERVICE, &env.data_dir)?, &MIGRATOR).await
 }
 
+/// Payments as a Flotilla app: `flotilla service payments`.
+pub struct Payments;
+
+impl flotilla::app::App for Payments {
+    const NAME: &'static str = SERVICE;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CALLERS: &'static [&'static str] = CALLERS;
+    type Config = PaymentsConfig;
+
+    async fn start(setup: &flotilla::app::Setup<PaymentsConfig>) -> Result<axum::Router, flotilla::app::AppError> {
+        let store = open_store(setup.env()).await?;
+        let config = setup.config().clone();
+        let tokens = setup.verifier(&config.current().tokens, &[], &[]);
+        spawn_reconciliation(setup.tasks(), store.clone(), config.clone(), setup.events().await?);
+        Ok(router(store, config, tokens))
+    }
+}
+
 /// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
 pub fn openapi_document() -> serde_json::Value {
     openapi::document()

@@ -150,20 +150,23 @@ pub async fn on_order_event(
 
 /// Consumes order events and sweeps for the life of the process: after each batch of order
 /// outcomes (once their grace is over) and at least every `reconcile_every_ms`.
-pub fn spawn(store: Store, config: LiveConfig<PaymentsConfig>, events: EventsClient) {
+pub fn spawn(tasks: &flotilla::app::Tasks, store: Store, config: LiveConfig<PaymentsConfig>, events: EventsClient) {
     metrics::declare(METRICS);
     let wake = Arc::new(Notify::new());
     let consumer = Consumer::new(store.clone(), events, orders::TOPIC, crate::SERVICE);
     let woken = wake.clone();
-    tokio::spawn(consumer.run(move |delivery, tx| {
-        let woken = woken.clone();
-        async move {
-            let handled = on_order_event(delivery, tx).await;
-            woken.notify_one();
-            handled
-        }
-    }));
-    tokio::spawn(async move {
+    tasks.spawn(
+        "order events",
+        consumer.run(move |delivery, tx| {
+            let woken = woken.clone();
+            async move {
+                let handled = on_order_event(delivery, tx).await;
+                woken.notify_one();
+                handled
+            }
+        }),
+    );
+    tasks.spawn("reconciliation sweep", async move {
         loop {
             let current = config.current();
             let every = Duration::from_millis(current.reconcile_every_ms.max(100));

@@ -28,9 +28,9 @@ impl Default for ShippingConfig {
     }
 }
 
-impl ShippingConfig {
+impl flotilla::app::Settings for ShippingConfig {
     /// A configuration shipping can run with.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         for (name, value) in [
             ("pack_seconds", self.pack_seconds),
             ("ship_seconds", self.ship_seconds),
@@ -42,7 +42,9 @@ impl ShippingConfig {
         }
         Ok(())
     }
+}
 
+impl ShippingConfig {
     /// How long a shipment stays in `status` before the next step (none after delivered or
     /// cancelled).
     pub fn step_after(&self, status: super::shipments::Status) -> Option<u64> {

@@ -41,8 +41,8 @@ pub async fn open_url(url: &str) -> Result<Store, StoreError> {
 }
 
 /// Moves shipments along their timeline once a second, for the life of the process.
-pub fn spawn_ticker(store: Store, config: LiveConfig<ShippingConfig>) {
-    tokio::spawn(async move {
+pub fn spawn_ticker(tasks: &flotilla::app::Tasks, store: Store, config: LiveConfig<ShippingConfig>) {
+    tasks.spawn("shipment ticker", async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
@@ -56,6 +56,25 @@ pub fn spawn_ticker(store: Store, config: LiveConfig<ShippingConfig>) {
             }
         }
     });
+}
+
+/// Shipping as a Flotilla app: `flotilla service shipping`.
+pub struct Shipping;
+
+impl flotilla::app::App for Shipping {
+    const NAME: &'static str = SERVICE;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const CALLERS: &'static [&'static str] = CALLERS;
+    type Config = ShippingConfig;
+
+    async fn start(setup: &flotilla::app::Setup<ShippingConfig>) -> Result<axum::Router, flotilla::app::AppError> {
+        let store = open_store(setup.env()).await?;
+        let config = setup.config().clone();
+        let tokens = setup.verifier(&config.current().tokens, &[], &[]);
+        spawn_ticker(setup.tasks(), store.clone(), config);
+        spawn_order_events(setup.tasks(), store.clone(), setup.events().await?);
+        Ok(router(store, tokens))
+    }
 }
 
 /// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
