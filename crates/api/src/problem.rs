@@ -10,6 +10,7 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 /// `type` is a stable URN (`urn:flotilla:problem:<slug>`) that clients may match on;
 /// `title` is the same for every occurrence of a type, `detail` says what happened this time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI naming the kind of problem.
     #[serde(rename = "type")]
@@ -31,6 +32,7 @@ pub struct Problem {
 
 /// One bad input named in a problem document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InvalidParam {
     /// The field, query parameter or header at fault.
     pub name: String,

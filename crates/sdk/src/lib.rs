@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod events;
 pub mod http;
 pub mod mtls;
+pub mod openapi;
 pub mod resilience;
 pub mod runtime;
 pub mod saga;
@@ -33,3 +34,6 @@ pub use serde_json;
 pub use sqlx;
 pub use tokio;
 pub use tracing;
+// Derives (`ToSchema`, `OpenApi`, `#[utoipa::path]`) expand to `utoipa::…`: a service brings
+// this name into scope with `use flotilla::utoipa;` and needs no dependency of its own.
+pub use utoipa;
