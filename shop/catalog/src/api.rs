@@ -9,6 +9,7 @@ use flotilla::auth::{Caller, Verifier};
 use flotilla::config::LiveConfig;
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
+use flotilla::utoipa::{self, IntoParams, OpenApi, ToSchema};
 use flotilla::Problem;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -30,16 +31,18 @@ impl FromRef<AppState> for Verifier {
 }
 
 /// A price in integer minor units (cents), never a float.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Price {
     /// Amount in minor units (1999 = 19.99).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub amount_minor: i64,
     /// ISO 4217 currency code.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
 }
 
 /// A product as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Product {
     /// Its id.
     pub id: i64,
@@ -54,14 +57,15 @@ pub struct Product {
     /// Price.
     pub price: Price,
     /// Image URL.
+    #[schema(format = "uri")]
     pub image_url: String,
 }
 
-/// One page of a list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Page<T> {
-    /// The items on this page.
-    pub items: Vec<T>,
+/// One page of products.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProductPage {
+    /// The products on this page.
+    pub items: Vec<Product>,
     /// 1-based page number.
     pub page: u32,
     /// Page size.
@@ -70,32 +74,43 @@ pub struct Page<T> {
     pub total: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// 1-based page number (default 1).
+    #[param(minimum = 1)]
     page: Option<u32>,
+    /// Page size (default and most: the service's config).
+    #[param(minimum = 1)]
     per_page: Option<u32>,
-    /// Full-text search over name, description and category.
+    /// Full-text search over name, description and category (words, prefix-matched).
     q: Option<String>,
     /// Only this category.
+    #[param(pattern = "^[a-z0-9-]{1,40}$")]
     category: Option<String>,
 }
 
 /// What an admin sends to create or replace a product.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
     /// Stock keeping unit: upper-case letters, digits and '-', 1 to 32.
+    #[schema(pattern = "^[A-Z0-9-]{1,32}$")]
     pub sku: String,
     /// Display name, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Description, at most 4000 characters.
     #[serde(default)]
+    #[schema(max_length = 4000)]
     pub description: String,
     /// Category slug.
+    #[schema(pattern = "^[a-z0-9-]{1,40}$")]
     pub category: String,
     /// Price.
     pub price: Price,
     /// Image URL (http or https).
+    #[schema(format = "uri", max_length = 2048)]
     pub image_url: String,
 }
 
@@ -179,14 +194,15 @@ pub fn router(store: Store, config: LiveConfig<CatalogConfig>, admin: Verifier) 
             "/api/v1/products/{id}",
             get(get_product).put(replace_product).delete(delete_product),
         )
-        .route("/openapi.json", get(openapi))
+        .merge(flotilla::openapi::route(crate::openapi_document()))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(AppState { store, config, admin })
 }
 
-async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
-}
+/// The routes above as the OpenAPI document tells them.
+#[derive(OpenApi)]
+#[openapi(paths(list_products, create_product, get_product, replace_product, delete_product))]
+pub(crate) struct Api;
 
 fn internal(err: sqlx::Error) -> Problem {
     tracing::error!(error = %err, "catalog database error");
@@ -210,10 +226,17 @@ fn product(row: &sqlx::any::AnyRow) -> Result<Product, sqlx::Error> {
 
 const COLUMNS: &str = "id, sku, name, description, category, price_minor, currency, image_url";
 
+/// A page of products, optionally searched and filtered.
+#[utoipa::path(get, path = "/api/v1/products", operation_id = "listProducts", params(ListQuery),
+    responses(
+        (status = 200, description = "A page", body = ProductPage),
+        (status = 400, description = "A bad page, page size, category or search",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_products(
     State(AppState { store, config, .. }): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Page<Product>>, Problem> {
+) -> Result<Json<ProductPage>, Problem> {
     let page = q.page.unwrap_or(1);
     if page == 0 {
         return Err(Problem::invalid_field("page", "pages count from 1"));
@@ -269,7 +292,7 @@ async fn list_products(
         .await
         .map_err(internal)?;
     let items = rows.iter().map(product).collect::<Result<_, _>>().map_err(internal)?;
-    Ok(Json(Page {
+    Ok(Json(ProductPage {
         items,
         page,
         per_page,
@@ -277,6 +300,14 @@ async fn list_products(
     }))
 }
 
+/// One product.
+#[utoipa::path(get, path = "/api/v1/products/{id}", operation_id = "getProduct",
+    params(("id" = i64, Path, minimum = 1, description = "The product's id")),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 400, description = "Not a product id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_product(
     State(AppState { store, .. }): State<AppState>,
     Path(id): Path<String>,
@@ -304,6 +335,20 @@ fn write_error(err: sqlx::Error) -> Problem {
     }
 }
 
+/// Create a product (admin).
+#[utoipa::path(post, path = "/api/v1/products", operation_id = "createProduct", security(("bearer" = [])),
+    request_body = ProductInput,
+    responses(
+        (status = 201, description = "Created", body = Product,
+            headers(("Location" = String, description = "The new product's path"))),
+        (status = 400, description = "A field is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another product has this sku",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many products created at once; try again",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn create_product(
     State(AppState { store, .. }): State<AppState>,
     who: Caller,
@@ -361,6 +406,19 @@ fn product_id(id: &str) -> Result<i64, Problem> {
         .map_err(|_| Problem::invalid_field("id", format!("`{id}` is not a product id (a positive integer)")))
 }
 
+/// Replace a product (admin).
+#[utoipa::path(put, path = "/api/v1/products/{id}", operation_id = "replaceProduct", security(("bearer" = [])),
+    params(("id" = i64, Path, minimum = 1, description = "The product's id")), request_body = ProductInput,
+    responses(
+        (status = 200, description = "Replaced", body = Product),
+        (status = 400, description = "Not a product id, or a field is malformed",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another product has this sku",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn replace_product(
     State(AppState { store, .. }): State<AppState>,
     who: Caller,
@@ -391,6 +449,16 @@ async fn replace_product(
     Ok(Json(input.into_product(id)))
 }
 
+/// Delete a product (admin).
+#[utoipa::path(delete, path = "/api/v1/products/{id}", operation_id = "deleteProduct", security(("bearer" = [])),
+    params(("id" = i64, Path, minimum = 1, description = "The product's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a product id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn delete_product(
     State(AppState { store, .. }): State<AppState>,
     who: Caller,

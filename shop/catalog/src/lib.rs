@@ -3,14 +3,13 @@
 
 mod api;
 pub mod config;
-mod openapi;
 mod search;
 mod seed;
 
 use flotilla::runtime::ServiceEnv;
 use flotilla::store::{Store, StoreError};
 
-pub use api::{router, Page, Price, Product, ProductInput};
+pub use api::{router, Price, Product, ProductInput, ProductPage};
 pub use config::CatalogConfig;
 
 /// The service's name in the registry.
@@ -68,7 +67,12 @@ impl flotilla::app::App for Catalog {
     }
 }
 
-/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+/// The service's OpenAPI document, made from its handlers and types (served at `/openapi.json`;
+/// the contract tests read it too).
 pub fn openapi_document() -> serde_json::Value {
-    openapi::document()
+    flotilla::openapi::document::<api::Api>(
+        SERVICE,
+        env!("CARGO_PKG_VERSION"),
+        "Products, categories and full-text search.",
+    )
 }
