@@ -5,6 +5,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use flotilla::store::{now_ms, Store};
+use flotilla::utoipa::{self, ToSchema};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -14,7 +15,7 @@ pub const CUSTOMER: &str = "customer";
 pub const ADMIN: &str = "admin";
 
 /// An account as the API shows it (never its password hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Account {
     /// Its id, the `sub` of its tokens.
     pub id: String,
@@ -23,6 +24,7 @@ pub struct Account {
     /// Its display name.
     pub name: String,
     /// Its roles.
+    #[schema(schema_with = roles)]
     pub roles: Vec<String>,
     /// When it was made, ms since the Unix epoch.
     pub created_ms: i64,
@@ -50,15 +52,26 @@ pub enum AccountError {
     Hashing(String),
 }
 
+/// The roles an account may hold, for the OpenAPI document.
+fn roles() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(crate::api::one_of(&[CUSTOMER, ADMIN], "A role."))
+        .description(Some("Its roles."))
+        .build()
+}
+
 /// What sign-up takes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
     /// Email.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// Password: 10 to 128 characters.
+    #[schema(min_length = 10, max_length = 128)]
     pub password: String,
     /// Display name: 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 

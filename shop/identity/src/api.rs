@@ -13,10 +13,13 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use flotilla::auth::Identity as Caller;
 use flotilla::http::Json;
+use flotilla::utoipa::{self, OpenApi, ToSchema};
 use flotilla::Problem;
+use serde::Serialize;
 
-use crate::accounts::{self, AccountError, SignUp, CUSTOMER};
-use crate::tokens::{Issuer, OAuthError, TokenRequest};
+use crate::accounts::{self, Account, AccountError, SignUp, CUSTOMER};
+use crate::keys::Jwks;
+use crate::tokens::{Issuer, OAuthError, TokenRequest, TokenResponse, GRANT_TYPES};
 use crate::Identity;
 
 /// Request bodies larger than this are refused (413).
@@ -31,9 +34,23 @@ pub fn router(identity: Arc<Identity>) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/api/v1/me", get(me))
         .route("/api/v1/admin/signing-keys", post(rotate))
-        .route("/openapi.json", get(openapi))
+        .merge(flotilla::openapi::route(crate::openapi_document()))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(identity)
+}
+
+/// The routes above as the OpenAPI document tells them.
+#[derive(OpenApi)]
+#[openapi(paths(sign_up, token, jwks, discovery, me, rotate))]
+pub(crate) struct Api;
+
+/// A string that is one of `values`, for the OpenAPI document (`#[schema(schema_with = …)]`).
+pub(crate) fn one_of(values: &[&str], description: &str) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .description(Some(description))
+        .build()
 }
 
 fn internal(err: impl std::fmt::Display) -> Problem {
@@ -41,9 +58,35 @@ fn internal(err: impl std::fmt::Display) -> Problem {
     Problem::internal()
 }
 
-/// Sign-up answers `202 Accepted` alike whether the address was new or taken (or looks like a
-/// taken one), and takes as long: which addresses have accounts is not told. The account's
-/// owner finds out by signing in.
+/// What sign-up answers, alike whether the address was new or taken.
+#[derive(Serialize, ToSchema)]
+struct SignUpAccepted {
+    /// Always `accepted`.
+    #[schema(schema_with = accepted)]
+    status: &'static str,
+    /// The address as it is kept (normalized).
+    email: String,
+    /// What to do next.
+    detail: &'static str,
+}
+
+fn accepted() -> utoipa::openapi::Object {
+    one_of(&["accepted"], "Always `accepted`.")
+}
+
+/// Create a customer account.
+///
+/// Answered `202 Accepted` alike whether the address was new or already has an account (or
+/// looks like one that has), and as slowly: which addresses have accounts is not told. The
+/// account's owner finds out by signing in.
+#[utoipa::path(post, path = "/api/v1/accounts", operation_id = "signUp", request_body = SignUp,
+    responses(
+        (status = 202, description = "Accepted", body = SignUpAccepted,
+            headers(("Location" = String, description = "Where to sign in: the token endpoint"))),
+        (status = 400, description = "A field is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn sign_up(State(identity): State<Arc<Identity>>, Json(body): Json<SignUp>) -> Result<Response, Problem> {
     let email = accounts::normalize_email(&body.email);
     match accounts::create(&identity.store, body, &[CUSTOMER]).await {
@@ -55,17 +98,28 @@ async fn sign_up(State(identity): State<Arc<Identity>>, Json(body): Json<SignUp>
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, HeaderValue::from_static("/oauth2/token"))],
-        Json(serde_json::json!({
-            "status": "accepted",
-            "email": email,
-            "detail": "if this address had no account, it has one now: sign in with it",
-        })),
+        Json(SignUpAccepted {
+            status: "accepted",
+            email,
+            detail: "if this address had no account, it has one now: sign in with it",
+        }),
     )
         .into_response())
 }
 
-/// An OAuth error as problem+json that also carries RFC 6749's `error` and
-/// `error_description` members, so OAuth clients and problem-aware clients both read it.
+/// A refused token request: a problem document that also carries RFC 6749's `error` and
+/// `error_description` (§5.2), so OAuth clients and problem-aware clients both read it.
+#[derive(Serialize, ToSchema)]
+struct OAuthProblem {
+    #[serde(flatten)]
+    problem: Problem,
+    /// The RFC 6749 error code (`invalid_grant`, `invalid_client`, …).
+    error: &'static str,
+    /// What went wrong.
+    error_description: String,
+}
+
+/// An OAuth error as an [`OAuthProblem`].
 fn oauth_error(err: OAuthError) -> Response {
     let (status, slug, title) = match &err {
         OAuthError::InvalidClient(_) => (401, "invalid-client", "Invalid client"),
@@ -73,10 +127,11 @@ fn oauth_error(err: OAuthError) -> Response {
         OAuthError::Server => (500, "internal", "Internal error"),
         _ => (400, "oauth-error", "Token request refused"),
     };
-    let mut problem =
-        serde_json::to_value(Problem::new(status, slug, title).with_detail(err.to_string())).unwrap_or_default();
-    problem["error"] = err.code().into();
-    problem["error_description"] = err.to_string().into();
+    let problem = OAuthProblem {
+        problem: Problem::new(status, slug, title).with_detail(err.to_string()),
+        error: err.code(),
+        error_description: err.to_string(),
+    };
     let mut response = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
         [
@@ -86,7 +141,7 @@ fn oauth_error(err: OAuthError) -> Response {
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        problem.to_string(),
+        serde_json::to_string(&problem).unwrap_or_default(),
     )
         .into_response();
     match err {
@@ -140,6 +195,22 @@ fn client_ip(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "direct".into())
 }
 
+/// OAuth 2.0 token endpoint (RFC 6749).
+///
+/// Client credentials come in HTTP Basic or in the form.
+#[utoipa::path(post, path = "/oauth2/token", operation_id = "token",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Tokens", body = TokenResponse),
+        (status = 400, description = "The request or its grant was refused",
+            body = OAuthProblem, content_type = "application/problem+json"),
+        (status = 401, description = "The client is unknown or its authentication failed",
+            body = OAuthProblem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Basic realm=\"identity\"`"))),
+        (status = 429, description = "Too many failed logins",
+            body = OAuthProblem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until another login is tried"))),
+    ))]
 async fn token(State(identity): State<Arc<Identity>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let form = headers
         .get(header::CONTENT_TYPE)
@@ -178,6 +249,9 @@ async fn token(State(identity): State<Arc<Identity>>, headers: HeaderMap, body: 
     }
 }
 
+/// The public signing keys (RFC 7517).
+#[utoipa::path(get, path = "/oauth2/jwks", operation_id = "jwks",
+    responses((status = 200, description = "A JWK set", body = Jwks)))]
 async fn jwks(State(identity): State<Arc<Identity>>) -> Response {
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"))],
@@ -186,21 +260,66 @@ async fn jwks(State(identity): State<Arc<Identity>>) -> Response {
         .into_response()
 }
 
-async fn discovery(State(identity): State<Arc<Identity>>) -> Json<serde_json::Value> {
+/// OpenID Connect provider metadata (OpenID Connect Discovery 1.0, §3).
+#[derive(Serialize, ToSchema)]
+struct ProviderMetadata {
+    /// The issuer its tokens name (`iss`).
+    #[schema(format = "uri")]
+    issuer: String,
+    /// The token endpoint.
+    #[schema(format = "uri")]
+    token_endpoint: String,
+    /// The JWKS.
+    #[schema(format = "uri")]
+    jwks_uri: String,
+    /// The signed-in account (`/api/v1/me`).
+    #[schema(format = "uri")]
+    userinfo_endpoint: String,
+    /// The grants the token endpoint serves.
+    grant_types_supported: &'static [&'static str],
+    /// How clients authenticate at the token endpoint.
+    token_endpoint_auth_methods_supported: &'static [&'static str],
+    /// Always `token`.
+    response_types_supported: &'static [&'static str],
+    /// Always `public`.
+    subject_types_supported: &'static [&'static str],
+    /// Always `EdDSA`.
+    id_token_signing_alg_values_supported: &'static [&'static str],
+    /// The scopes the shop client may ask for.
+    scopes_supported: &'static [&'static str],
+    /// The claims its tokens carry.
+    claims_supported: &'static [&'static str],
+}
+
+/// OpenID Connect discovery.
+#[utoipa::path(get, path = "/.well-known/openid-configuration", operation_id = "discovery",
+    responses((status = 200, description = "Provider metadata", body = ProviderMetadata)))]
+async fn discovery(State(identity): State<Arc<Identity>>) -> Json<ProviderMetadata> {
     let issuer = identity.config.current().issuer.trim_end_matches('/').to_owned();
-    Json(serde_json::json!({
-        "issuer": issuer,
-        "token_endpoint": format!("{issuer}/oauth2/token"),
-        "jwks_uri": format!("{issuer}/oauth2/jwks"),
-        "userinfo_endpoint": format!("{issuer}/api/v1/me"),
-        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["EdDSA"],
-        "scopes_supported": crate::tokens::SHOP_SCOPES,
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope", "roles", "client_id"],
-    }))
+    Json(ProviderMetadata {
+        token_endpoint: format!("{issuer}/oauth2/token"),
+        jwks_uri: format!("{issuer}/oauth2/jwks"),
+        userinfo_endpoint: format!("{issuer}/api/v1/me"),
+        issuer,
+        grant_types_supported: GRANT_TYPES,
+        token_endpoint_auth_methods_supported: &["none", "client_secret_basic", "client_secret_post"],
+        response_types_supported: &["token"],
+        subject_types_supported: &["public"],
+        id_token_signing_alg_values_supported: &["EdDSA"],
+        scopes_supported: crate::tokens::SHOP_SCOPES,
+        claims_supported: &[
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "scope",
+            "roles",
+            "client_id",
+        ],
+    })
 }
 
 async fn caller(identity: &Identity, headers: &HeaderMap, admin: bool) -> Result<Caller, Problem> {
@@ -211,6 +330,14 @@ async fn caller(identity: &Identity, headers: &HeaderMap, admin: bool) -> Result
     Ok(caller)
 }
 
+/// The caller's account.
+#[utoipa::path(get, path = "/api/v1/me", operation_id = "me", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account", body = Account),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The token's account does not exist (any more)",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn me(State(identity): State<Arc<Identity>>, headers: HeaderMap) -> Result<Response, Problem> {
     let caller = caller(&identity, &headers, false).await?;
     let account = accounts::by_id(&identity.store, &caller.subject)
@@ -220,14 +347,27 @@ async fn me(State(identity): State<Arc<Identity>>, headers: HeaderMap) -> Result
     Ok(Json(account).into_response())
 }
 
+/// The new signing key's id.
+#[derive(Serialize, ToSchema)]
+struct NewKey {
+    /// The key's id, in the JWKS and in the header of every token it signs.
+    kid: String,
+}
+
+/// Rotate the signing key now (admin).
+///
+/// The old key stays published until the tokens it signed have expired.
+#[utoipa::path(post, path = "/api/v1/admin/signing-keys", operation_id = "rotateSigningKey",
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The new key's id", body = NewKey),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn rotate(State(identity): State<Arc<Identity>>, headers: HeaderMap) -> Result<Response, Problem> {
     caller(&identity, &headers, true).await?;
     let lifetime = Duration::from_secs(identity.config.current().access_token_seconds);
     let kid = identity.keys.rotate(lifetime).await.map_err(internal)?;
     identity.publish();
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "kid": kid }))).into_response())
-}
-
-async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
+    Ok((StatusCode::CREATED, Json(NewKey { kid })).into_response())
 }

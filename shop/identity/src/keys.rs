@@ -14,6 +14,8 @@ use base64::Engine;
 use flotilla::auth::signing::{SigningError, SigningKey};
 use flotilla::seal::Sealer;
 use flotilla::store::{now_ms, Store};
+use flotilla::utoipa::{self, ToSchema};
+use serde::Serialize;
 use sqlx::Row;
 
 /// Why the keys could not be had.
@@ -63,12 +65,20 @@ fn context(kid: &str) -> String {
     format!("identity/signing-key/{kid}")
 }
 
+/// A JSON Web Key Set (RFC 7517): the public keys that tokens are checked against.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Jwks {
+    /// The keys: Ed25519 (`kty` `OKP`, `alg` `EdDSA`), each named by its `kid`.
+    #[schema(value_type = Vec<Object>)]
+    pub keys: Vec<serde_json::Value>,
+}
+
 /// What is in force: the key that signs, and the published set.
 pub struct Keys {
     /// Signs new tokens.
     pub signing: Arc<SigningKey>,
-    /// The JWKS document.
-    pub jwks: serde_json::Value,
+    /// The published set.
+    pub jwks: Jwks,
     /// When the signing key was made, ms since the epoch.
     pub signing_since_ms: i64,
 }
@@ -193,7 +203,7 @@ async fn read(store: &Store, sealer: &Sealer, token_lifetime: Duration) -> Resul
     }
     Ok(signing.map(|(signing, since)| Keys {
         signing,
-        jwks: serde_json::json!({ "keys": published }),
+        jwks: Jwks { keys: published },
         signing_since_ms: since,
     }))
 }

@@ -6,7 +6,6 @@ pub mod accounts;
 mod api;
 pub mod config;
 pub mod keys;
-mod openapi;
 pub mod throttle;
 pub mod tokens;
 
@@ -60,8 +59,10 @@ pub struct Identity {
     jwks: JwksCache,
 }
 
-fn jwk_set(value: &serde_json::Value) -> jsonwebtoken::jwk::JwkSet {
-    serde_json::from_value(value.clone()).unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() })
+fn jwk_set(jwks: &keys::Jwks) -> jsonwebtoken::jwk::JwkSet {
+    serde_json::to_value(jwks)
+        .and_then(serde_json::from_value)
+        .unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() })
 }
 
 impl Identity {
@@ -156,9 +157,14 @@ impl Identity {
     }
 }
 
-/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+/// The service's OpenAPI document, made from its handlers and types (served at `/openapi.json`;
+/// the contract tests read it too).
 pub fn openapi_document() -> serde_json::Value {
-    openapi::document()
+    flotilla::openapi::document::<api::Api>(
+        SERVICE,
+        env!("CARGO_PKG_VERSION"),
+        "Accounts, the OAuth 2.0 token endpoint, the JWKS and OpenID Connect discovery.",
+    )
 }
 
 /// Identity as a Flotilla app: `flotilla service identity`.

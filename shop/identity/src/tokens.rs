@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use flotilla::store::{now_ms, Store};
+use flotilla::utoipa::{self, ToSchema};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,36 +25,57 @@ pub const SHOP_WEB: &str = "shop-web";
 /// Scopes the shop client may ask for; `shop` when it asks for none.
 pub const SHOP_SCOPES: &[&str] = &["openid", "profile", "shop"];
 
+/// The grants the token endpoint serves.
+pub const GRANT_TYPES: &[&str] = &["password", "refresh_token", "client_credentials"];
+
+fn grant_type() -> utoipa::openapi::Object {
+    crate::api::one_of(GRANT_TYPES, "The grant.")
+}
+
+fn bearer() -> utoipa::openapi::Object {
+    crate::api::one_of(&["Bearer"], "Always `Bearer`.")
+}
+
 /// A token request's form (every grant's parameters; each grant reads its own).
-#[derive(Debug, Default, Deserialize)]
+// A form has no nulls (a parameter is there or not), hence `nullable = false`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct TokenRequest {
-    /// `password`, `refresh_token` or `client_credentials`.
+    /// The grant.
+    #[schema(schema_with = grant_type, required = true)]
     pub grant_type: Option<String>,
     /// The client (or in HTTP Basic).
+    #[schema(nullable = false)]
     pub client_id: Option<String>,
     /// A confidential client's secret (or in HTTP Basic).
+    #[schema(nullable = false)]
     pub client_secret: Option<String>,
     /// `password` grant: the email.
+    #[schema(nullable = false)]
     pub username: Option<String>,
     /// `password` grant: the password.
+    #[schema(nullable = false)]
     pub password: Option<String>,
     /// Space-separated scopes asked for.
+    #[schema(nullable = false)]
     pub scope: Option<String>,
     /// `refresh_token` grant: the token.
+    #[schema(nullable = false)]
     pub refresh_token: Option<String>,
 }
 
 /// A successful answer (RFC 6749 §5.1).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenResponse {
     /// The JWT.
     pub access_token: String,
     /// Always `Bearer`.
+    #[schema(schema_with = bearer)]
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
     /// The next refresh token (not for `client_credentials`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub refresh_token: Option<String>,
     /// The scopes granted.
     pub scope: String,
