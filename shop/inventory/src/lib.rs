@@ -3,7 +3,6 @@
 //! reservations.
 
 mod api;
-mod openapi;
 pub mod stock;
 
 use flotilla::runtime::ServiceEnv;
@@ -61,9 +60,14 @@ impl flotilla::app::App for Inventory {
     }
 }
 
-/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+/// The service's OpenAPI document, made from its handlers and types (served at `/openapi.json`;
+/// the contract tests read it too).
 pub fn openapi_document() -> serde_json::Value {
-    openapi::document()
+    flotilla::openapi::document::<api::Api>(
+        SERVICE,
+        env!("CARGO_PKG_VERSION"),
+        "Stock per product and reservations by order: idempotent by order id, never oversold.",
+    )
 }
 
 #[cfg(test)]

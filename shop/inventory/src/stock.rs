@@ -5,11 +5,12 @@
 //! locks order racing reservations); the table's checks refuse an oversell even so.
 
 use flotilla::store::{now_ms, Store};
+use flotilla::utoipa::{self, ToSchema};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 /// One product's stock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Stock {
     /// The product.
     pub product_id: i64,
@@ -22,18 +23,21 @@ pub struct Stock {
 }
 
 /// One line of a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Line {
     /// The product.
+    #[schema(minimum = 1)]
     pub product_id: i64,
     /// Units.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub quantity: i64,
 }
 
 /// Where a reservation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = ReservationState)]
 pub enum State {
     /// Units are held.
     Reserved,
@@ -68,7 +72,7 @@ impl State {
 }
 
 /// An order's reservation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Reservation {
     /// The order.
     pub order_id: String,
