@@ -3,7 +3,6 @@
 
 mod api;
 pub mod notifications;
-mod openapi;
 mod order_events;
 
 use flotilla::runtime::ServiceEnv;
@@ -49,9 +48,15 @@ impl flotilla::app::App for Notifications {
     }
 }
 
-/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+/// The service's OpenAPI document, made from its handlers and types (served at `/openapi.json`;
+/// the contract tests read it too).
 pub fn openapi_document() -> serde_json::Value {
-    openapi::document()
+    flotilla::openapi::document::<api::Api>(
+        SERVICE,
+        env!("CARGO_PKG_VERSION"),
+        "What customers are told about their orders, from the order events (topic `orders`): one \
+         notification per order confirmed or cancelled.",
+    )
 }
 
 #[cfg(test)]

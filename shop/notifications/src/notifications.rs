@@ -2,12 +2,14 @@
 //! table's unique index makes a second write of the same one a no-op), listed newest first.
 
 use flotilla::store::Store;
+use flotilla::utoipa::{self, ToSchema};
 use flotilla_shop_contracts::orders::{Money, OrderEventData};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
 /// What a notification is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = NotificationKind)]
 pub enum Kind {
     /// The order is confirmed.
     #[serde(rename = "order.confirmed")]
@@ -36,7 +38,7 @@ impl Kind {
 }
 
 /// One thing a customer was told.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Notification {
     /// Its id.
     pub id: String,

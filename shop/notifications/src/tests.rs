@@ -237,6 +237,14 @@ async fn listing_needs_a_token_and_a_sane_limit_and_the_document_names_every_rou
         (StatusCode::OK, Some("notifications"))
     );
     assert_eq!(doc, crate::openapi_document());
+    let limit = &doc["paths"]["/api/v1/notifications"]["get"]["parameters"][0]["schema"];
+    assert_eq!(
+        (limit["maximum"].as_u64(), limit["default"].as_u64()),
+        (
+            Some(u64::from(crate::api::MAX_LIMIT)),
+            Some(u64::from(crate::api::DEFAULT_LIMIT))
+        )
+    );
     for (path, method) in [("/api/v1/notifications", "get"), ("/openapi.json", "get")] {
         assert!(
             doc["paths"][path][method].is_object(),
