@@ -11,11 +11,12 @@ use axum::Router;
 use flotilla::auth::{Caller, Verifier};
 use flotilla::http::{Json, Query};
 use flotilla::store::Store;
+use flotilla::utoipa::{self, IntoParams, OpenApi, ToSchema};
 use flotilla::Problem;
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::shipments::{self, Address, ShippingError};
+use crate::shipments::{self, Address, Shipment, ShippingError};
 
 /// The scope a service needs to create and cancel shipments.
 pub const CREATE_SCOPE: &str = "shipping.create";
@@ -41,10 +42,15 @@ pub fn router(store: Store, tokens: Verifier) -> Router {
         .route("/api/v1/shipments", post(create).get(for_order))
         .route("/api/v1/shipments/{id}", get(one))
         .route("/api/v1/shipments/{id}/cancel", post(cancel))
-        .route("/openapi.json", get(openapi))
+        .merge(flotilla::openapi::route(crate::openapi_document()))
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(AppState { store, tokens })
 }
+
+/// The routes above as the OpenAPI document tells them.
+#[derive(OpenApi)]
+#[openapi(paths(create, for_order, one, cancel))]
+pub(crate) struct Api;
 
 fn problem(err: ShippingError) -> Problem {
     match err {
@@ -63,20 +69,46 @@ fn problem(err: ShippingError) -> Problem {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// What orders sends to ship an order.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Create {
+struct CreateShipment {
+    /// The order: 1 to 64 printable characters.
+    #[schema(max_length = 64)]
     order_id: String,
+    /// Where to.
     address: Address,
     /// Wait for the order's confirmation (a `shop.order.confirmed` event) before the timeline
     /// starts.
     #[serde(default)]
+    #[schema(default = false)]
     hold: bool,
     /// The account the order belongs to: the only customer who may read the shipment.
+    #[schema(max_length = 128)]
     customer: String,
 }
 
-async fn create(State(state): State<AppState>, who: Caller, Json(body): Json<Create>) -> Result<Response, Problem> {
+/// Ship an order (idempotent by order_id).
+///
+/// The order's shipment is made, or the one it has is answered (200; whether it is held is the
+/// first call's say).
+#[utoipa::path(post, path = "/api/v1/shipments", operation_id = "createShipment",
+    security(("bearer" = [])), request_body = CreateShipment,
+    responses(
+        (status = 201, description = "The shipment, new", body = Shipment),
+        (status = 200, description = "The order's shipment, made before", body = Shipment),
+        (status = 400, description = "A field is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Neither the `shipping.create` scope nor an admin",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order's shipment goes to another address or customer",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn create(
+    State(state): State<AppState>,
+    who: Caller,
+    Json(body): Json<CreateShipment>,
+) -> Result<Response, Problem> {
     who.require(Some(CREATE_SCOPE))?;
     let (shipment, created) = shipments::create(&state.store, &body.order_id, body.address, body.hold, &body.customer)
         .instrument(state.store.span("create shipment"))
@@ -86,13 +118,26 @@ async fn create(State(state): State<AppState>, who: Caller, Json(body): Json<Cre
     Ok((status, Json(shipment)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ByOrder {
+    /// The order.
     order_id: String,
 }
 
-/// An order's shipment, as a list. A customer sees only their own: an order without one of
-/// theirs is 404, the same whether it has someone else's shipment or none.
+/// An order's shipment, as a list.
+///
+/// A customer sees only their own: an order without one of theirs is 404, the same whether it
+/// has someone else's shipment or none.
+#[utoipa::path(get, path = "/api/v1/shipments", operation_id = "shipmentsOfOrder",
+    security(("bearer" = [])), params(ByOrder),
+    responses(
+        (status = 200, description = "The order's shipments", body = [Shipment]),
+        (status = 400, description = "No order_id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The order has no shipment the caller may see",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn for_order(State(state): State<AppState>, who: Caller, Query(q): Query<ByOrder>) -> Result<Response, Problem> {
     let found = shipments::by_order(&state.store, &q.order_id).await.map_err(problem)?;
     let found = who.own_only(
@@ -104,6 +149,15 @@ async fn for_order(State(state): State<AppState>, who: Caller, Query(q): Query<B
     Ok(Json(found).into_response())
 }
 
+/// One shipment.
+#[utoipa::path(get, path = "/api/v1/shipments/{id}", operation_id = "getShipment",
+    security(("bearer" = [])), params(("id" = String, Path, description = "The shipment")),
+    responses(
+        (status = 200, description = "The shipment", body = Shipment),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No shipment the caller may see",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn one(State(state): State<AppState>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
     let shipment = shipments::get(&state.store, &id).await.map_err(problem)?;
     who.owns(
@@ -114,13 +168,22 @@ async fn one(State(state): State<AppState>, who: Caller, Path(id): Path<String>)
     Ok(Json(shipment).into_response())
 }
 
-/// Cancels a shipment that has not left; the compensation of creating it (orders' saga).
-/// Cancelling again answers the cancelled shipment; one shipped or delivered is `409`.
+/// Cancel a shipment that has not left (idempotent; 409 once shipped or delivered).
+///
+/// The compensation of creating it (orders' saga). Cancelling again answers the cancelled
+/// shipment.
+#[utoipa::path(post, path = "/api/v1/shipments/{id}/cancel", operation_id = "cancelShipment",
+    security(("bearer" = [])), params(("id" = String, Path, description = "The shipment")),
+    responses(
+        (status = 200, description = "The cancelled shipment", body = Shipment),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Neither the `shipping.create` scope nor an admin",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such shipment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The shipment has left",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn cancel(State(state): State<AppState>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
     who.require(Some(CREATE_SCOPE))?;
     Ok(Json(shipments::cancel(&state.store, &id).await.map_err(problem)?).into_response())
-}
-
-async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
 }

@@ -5,7 +5,6 @@
 
 mod api;
 pub mod config;
-mod openapi;
 mod order_events;
 pub mod shipments;
 
@@ -77,9 +76,17 @@ impl flotilla::app::App for Shipping {
     }
 }
 
-/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+/// The service's OpenAPI document, made from its handlers and types (served at `/openapi.json`;
+/// the contract tests read it too).
 pub fn openapi_document() -> serde_json::Value {
-    openapi::document()
+    flotilla::openapi::document::<api::Api>(
+        SERVICE,
+        env!("CARGO_PKG_VERSION"),
+        "Shipments, one per order, with a timeline: created → packed → shipped → delivered, or \
+         cancelled before it leaves. A shipment created on hold starts when its order is confirmed \
+         (event `shop.order.confirmed` on topic `orders`); an order's cancellation \
+         (`shop.order.cancelled`) cancels its shipment.",
+    )
 }
 
 #[cfg(test)]

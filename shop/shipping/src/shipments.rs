@@ -8,14 +8,16 @@
 //! same conditional `UPDATE`s keep a cancel and a tick racing each other from both winning.
 
 use flotilla::store::{now_ms, Store};
+use flotilla::utoipa::{self, ToSchema};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
 use crate::config::ShippingConfig;
 
 /// Where a shipment is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = ShipmentStatus)]
 pub enum Status {
     /// Accepted.
     Created,
@@ -61,26 +63,33 @@ impl Status {
 }
 
 /// Where to ship.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient's name.
+    #[schema(max_length = 100)]
     pub name: String,
     /// Street and number.
+    #[schema(max_length = 200)]
     pub line1: String,
     /// More.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub line2: String,
     /// City.
+    #[schema(max_length = 100)]
     pub city: String,
     /// Postal code.
+    #[schema(max_length = 20)]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2 country code.
+    #[schema(pattern = "^[A-Z]{2}$")]
     pub country: String,
 }
 
 /// One step of the timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = ShipmentEvent)]
 pub struct Event {
     /// The status reached.
     pub status: Status,
@@ -89,7 +98,7 @@ pub struct Event {
 }
 
 /// A shipment with its timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Shipment {
     /// Its id.
     pub id: String,
@@ -101,11 +110,13 @@ pub struct Shipment {
     pub status: Status,
     /// Waiting for its order to be confirmed: the timeline does not advance until then.
     #[serde(default)]
+    #[schema(required = true)]
     pub held: bool,
     /// Every step so far, oldest first.
     pub timeline: Vec<Event>,
     /// Whose it is: the customer's account id (none on shipments from before owners were kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub customer: Option<String>,
 }
 
