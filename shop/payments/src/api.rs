@@ -13,13 +13,14 @@ use flotilla::auth::{Caller, Verifier};
 use flotilla::config::LiveConfig;
 use flotilla::http::{idempotency, Json, Query};
 use flotilla::store::Store;
+use flotilla::utoipa::{self, IntoParams, IntoResponses, OpenApi, ToSchema};
 use flotilla::Problem;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::config::PaymentsConfig;
-use crate::payments::{self, Money, Outcome, PaymentError};
-use crate::reconcile;
+use crate::payments::{self, Money, Outcome, Payment, PaymentError};
+use crate::reconcile::{self, Standing};
 
 /// The scope a service needs to authorize, capture, void and refund.
 pub const CHARGE_SCOPE: &str = "payments.charge";
@@ -49,9 +50,23 @@ pub fn router(store: Store, config: LiveConfig<PaymentsConfig>, tokens: Verifier
         .route("/api/v1/payments/{id}/capture", post(capture))
         .route("/api/v1/payments/{id}/void", post(void))
         .route("/api/v1/payments/{id}/refund", post(refund))
-        .route("/openapi.json", get(openapi))
+        .merge(flotilla::openapi::route(crate::openapi_document()))
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(AppState { store, config, tokens })
+}
+
+/// The routes above as the OpenAPI document tells them.
+#[derive(OpenApi)]
+#[openapi(paths(authorize, list, reconciliation, one, capture, void, refund))]
+pub(crate) struct Api;
+
+/// A string that is one of `values`, for the OpenAPI document (`#[schema(schema_with = …)]`).
+pub(crate) fn one_of(values: &[&str], description: &str) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .description(Some(description))
+        .build()
 }
 
 fn problem(err: PaymentError) -> Problem {
@@ -99,20 +114,72 @@ fn answer(result: Result<Outcome, PaymentError>, created: bool) -> idempotency::
     }
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
+/// How a write (authorize, capture, void, refund) may be refused, for the OpenAPI document.
+#[derive(IntoResponses)]
+#[expect(dead_code, reason = "described in the document; the handlers answer `Problem`s")]
+enum WriteRefusal {
+    /// A field is malformed, or no Idempotency-Key.
+    #[response(status = 400, content_type = "application/problem+json")]
+    Invalid(Problem),
+    /// No valid token.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// The provider declined the payment.
+    #[response(status = 402, content_type = "application/problem+json")]
+    Declined(Problem),
+    /// Neither the `payments.charge` scope nor an admin.
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(Problem),
+    /// No such payment.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// The payment is in another state, the order's payment is for another amount, or a request
+    /// with this key is in progress.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+    /// The Idempotency-Key was used for another request.
+    #[response(status = 422, content_type = "application/problem+json")]
+    KeyReused(Problem),
+    /// The provider did not answer; retry with the same Idempotency-Key.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
+/// What orders sends to authorize an order's total.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Authorize {
+struct AuthorizeRequest {
+    /// The order: 1 to 64 printable characters.
+    #[schema(max_length = 64)]
     order_id: String,
+    /// What to authorize.
     amount: Money,
     /// The account the order belongs to: the only customer who may read the payment.
+    #[schema(max_length = 128)]
     customer: String,
 }
 
+/// Authorize an order's total.
+///
+/// One payment per order: 201 with a new authorization, or 200 with the order's payment when it
+/// has one (409 if that one is for another amount).
+#[utoipa::path(post, path = "/api/v1/payments", operation_id = "authorize",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = String, Header, max_length = 255,
+            description = "The same key with the same request gets the first answer again")
+    ),
+    request_body = AuthorizeRequest,
+    responses(
+        (status = 201, description = "The payment, authorized now", body = Payment),
+        (status = 200, description = "The order's payment, authorized before", body = Payment),
+        WriteRefusal,
+    ))]
 async fn authorize(
     State(state): State<AppState>,
     who: Caller,
     headers: HeaderMap,
-    Json(body): Json<Authorize>,
+    Json(body): Json<AuthorizeRequest>,
 ) -> Result<Response, Problem> {
     who.require(Some(CHARGE_SCOPE))?;
     let key = idempotency::key(&headers, who.subject())?;
@@ -163,6 +230,18 @@ async fn change(
     .await)
 }
 
+/// Capture an authorized payment.
+#[utoipa::path(post, path = "/api/v1/payments/{id}/capture", operation_id = "capture",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The payment"),
+        ("Idempotency-Key" = String, Header, max_length = 255,
+            description = "The same key with the same request gets the first answer again")
+    ),
+    responses(
+        (status = 200, description = "The payment", body = Payment),
+        WriteRefusal,
+    ))]
 async fn capture(
     State(state): State<AppState>,
     who: Caller,
@@ -173,6 +252,18 @@ async fn capture(
     change(state, who, headers, id, "capture", None).await
 }
 
+/// Void an authorized payment.
+#[utoipa::path(post, path = "/api/v1/payments/{id}/void", operation_id = "void",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The payment"),
+        ("Idempotency-Key" = String, Header, max_length = 255,
+            description = "The same key with the same request gets the first answer again")
+    ),
+    responses(
+        (status = 200, description = "The payment", body = Payment),
+        WriteRefusal,
+    ))]
 async fn void(
     State(state): State<AppState>,
     who: Caller,
@@ -183,12 +274,30 @@ async fn void(
     change(state, who, headers, id, "void", None).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// How much to refund.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Refund {
+    /// Minor units, at most what is left to refund (none: all of it).
+    #[schema(minimum = 1)]
     amount_minor: Option<i64>,
 }
 
+/// Refund part or the rest of a captured payment.
+///
+/// With no body, the rest is refunded.
+#[utoipa::path(post, path = "/api/v1/payments/{id}/refund", operation_id = "refund",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The payment"),
+        ("Idempotency-Key" = String, Header, max_length = 255,
+            description = "The same key with the same request gets the first answer again")
+    ),
+    request_body(content = Option<Refund>, description = "How much (none: the rest)"),
+    responses(
+        (status = 200, description = "The payment", body = Payment),
+        WriteRefusal,
+    ))]
 async fn refund(
     State(state): State<AppState>,
     who: Caller,
@@ -197,22 +306,36 @@ async fn refund(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     who.require(Some(CHARGE_SCOPE))?;
-    // The body is optional: none refunds the rest.
-    let refund: Refund = if body.iter().all(u8::is_ascii_whitespace) {
-        Refund::default()
+    // The body is optional: none (or `null`) refunds the rest.
+    let refund: Option<Refund> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
     } else {
         serde_json::from_slice(&body).map_err(|e| Problem::invalid_field("body", e.to_string()))?
     };
+    let refund = refund.unwrap_or_default();
     change(state, who, headers, id, "refund", refund.amount_minor).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// The order.
     order_id: String,
 }
 
-/// An order's payments. A customer sees only their own: an order with none of theirs is 404,
-/// the same whether it has someone else's payments or none at all.
+/// An order's payments.
+///
+/// A customer sees only their own: an order with none of theirs is 404, the same whether it has
+/// someone else's payments or none at all.
+#[utoipa::path(get, path = "/api/v1/payments", operation_id = "listPayments",
+    security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, description = "The order's payments", body = [Payment]),
+        (status = 400, description = "No order_id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The order has no payment the caller may see",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list(State(state): State<AppState>, who: Caller, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
     let found = payments::for_order(&state.store, &q.order_id).await.map_err(problem)?;
     let found = who.own_only(
@@ -224,27 +347,50 @@ async fn list(State(state): State<AppState>, who: Caller, Query(q): Query<ListQu
     Ok(Json(found).into_response())
 }
 
+/// One payment.
+#[utoipa::path(get, path = "/api/v1/payments/{id}", operation_id = "getPayment",
+    security(("bearer" = [])), params(("id" = String, Path, description = "The payment")),
+    responses(
+        (status = 200, description = "The payment", body = Payment),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No payment the caller may see",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn one(State(state): State<AppState>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
     let payment = payments::get(&state.store, &id).await.map_err(problem)?;
     who.owns(payment.customer.as_deref(), READ_SCOPE, format_args!("payment `{id}`"))?;
     Ok(Json(payment).into_response())
 }
 
-/// Authorizations no live order stands behind (its order cancelled, or confirmed on another
-/// payment), which the sweep voids, and how many it voided since the process started: the
-/// invariant a chaos run checks is `standing` empty once the system has settled.
+/// What stands, and how many the sweep voided.
+#[derive(Serialize, ToSchema)]
+struct Reconciliation {
+    /// Authorizations no live order stands behind (the sweep voids them); empty once the
+    /// system has settled.
+    standing: Vec<Standing>,
+    /// Authorizations the sweep voided since the process started.
+    voided_since_start: u64,
+}
+
+/// Authorizations no live order stands behind (the sweep voids them), for administrators.
+///
+/// Their order was cancelled, or confirmed on another payment. The invariant a chaos run checks
+/// is `standing` empty once the system has settled.
+#[utoipa::path(get, path = "/api/v1/payments/reconciliation", operation_id = "reconciliation",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What stands, and how many the sweep voided", body = Reconciliation),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn reconciliation(State(state): State<AppState>, who: Caller) -> Result<Response, Problem> {
     who.require(None)?;
     let standing = reconcile::standing(&state.store, 0)
         .await
         .map_err(|e| problem(e.into()))?;
-    Ok(Json(serde_json::json!({
-        "standing": standing,
-        "voided_since_start": reconcile::voided_since_start(),
-    }))
+    Ok(Json(Reconciliation {
+        standing,
+        voided_since_start: reconcile::voided_since_start(),
+    })
     .into_response())
-}
-
-async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
 }

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use flotilla::store::{now_ms, Store};
+use flotilla::utoipa::{self, ToSchema};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, AnyConnection, Row, Transaction};
@@ -15,17 +16,19 @@ use sqlx::{Any, AnyConnection, Row, Transaction};
 use crate::config::PaymentsConfig;
 
 /// Money in integer minor units.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Money {
     /// Amount in minor units (1999 = 19.99).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub amount_minor: i64,
     /// ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
 }
 
 /// A payment as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Payment {
     /// Its id.
     pub id: String,
@@ -34,6 +37,7 @@ pub struct Payment {
     /// What was authorized.
     pub amount: Money,
     /// `authorized`, `captured`, `voided`, `refunded` or `declined`.
+    #[schema(schema_with = state)]
     pub state: String,
     /// How much of it was refunded.
     pub refunded_minor: i64,
@@ -43,7 +47,15 @@ pub struct Payment {
     pub created_ms: i64,
     /// Whose it is: the customer's account id (none on payments from before owners were kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub customer: Option<String>,
+}
+
+fn state() -> utoipa::openapi::Object {
+    crate::api::one_of(
+        &["authorized", "captured", "voided", "refunded", "declined"],
+        "Where the payment stands.",
+    )
 }
 
 /// Why an operation did not go through.

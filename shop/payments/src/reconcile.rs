@@ -14,6 +14,7 @@ use flotilla::config::LiveConfig;
 use flotilla::events::{Consumer, Delivery, EventsClient};
 use flotilla::store::{now_ms, Store};
 use flotilla::telemetry::metrics::{self, Kind, MetricDoc};
+use flotilla::utoipa::{self, ToSchema};
 use flotilla_shop_contracts::orders::{self, OrderEventData};
 use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
@@ -41,13 +42,14 @@ pub fn voided_since_start() -> u64 {
 }
 
 /// An authorization no live order stands behind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Standing {
     /// The payment.
     pub payment_id: String,
     /// Its order.
     pub order_id: String,
     /// What became of the order: `cancelled`, or `confirmed` (on another payment).
+    #[schema(schema_with = order_outcome)]
     pub order_outcome: String,
     /// What is held on the customer's card, in minor units.
     pub amount_minor: i64,
@@ -55,6 +57,13 @@ pub struct Standing {
     pub currency: String,
     /// When the order's outcome was learned, ms since the epoch.
     pub outcome_ms: i64,
+}
+
+fn order_outcome() -> utoipa::openapi::Object {
+    crate::api::one_of(
+        &["confirmed", "cancelled"],
+        "What became of the order: `cancelled`, or `confirmed` (on another payment).",
+    )
 }
 
 /// Authorizations whose order ended at least `grace_ms` ago without them: cancelled, or
