@@ -13,14 +13,16 @@ use axum::Router;
 use flotilla::auth::{Caller, Verifier};
 use flotilla::config::LiveConfig;
 use flotilla::http::{idempotency, Json, Query};
-use flotilla::saga::SagaRunner;
+use flotilla::saga::{SagaRecord, SagaRunner, Transition};
+use flotilla::utoipa::{self, IntoParams, OpenApi, ToSchema};
 use flotilla::Problem;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::OrdersConfig;
 use crate::downstream::{Downstream, PriceError};
-use crate::journal::Journal;
-use crate::order::{Money, Order, OrderEvent, OrderLine, PlaceOrder, Status};
+use crate::journal::{Journal, Summary};
+use crate::openapi::{Saga, SagaTransition};
+use crate::order::{Money, Order, OrderEvent, OrderLine, PlaceOrder, Recorded, Status};
 use crate::saga::{OrderSaga, KIND};
 
 /// What the handlers share.
@@ -55,16 +57,38 @@ pub fn router(orders: Orders) -> Router {
         .route("/api/v1/orders/read-model/rebuild", post(rebuild))
         .route("/api/v1/orders/{id}", get(one))
         .route("/api/v1/orders/{id}/saga", get(saga))
-        .route("/openapi.json", get(openapi))
+        .merge(flotilla::openapi::route(crate::openapi_document()))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(orders)
 }
+
+/// The routes above as the OpenAPI document tells them.
+#[derive(OpenApi)]
+#[openapi(paths(place, list, sagas, rebuild, one, saga))]
+pub(crate) struct Api;
 
 fn internal(err: sqlx::Error) -> Problem {
     tracing::error!(error = %err, "orders database error");
     Problem::internal()
 }
 
+/// Place an order: accepted at once (202); the saga confirms or cancels it.
+#[utoipa::path(post, path = "/api/v1/orders", operation_id = "placeOrder", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 255,
+        description = "A retry with the same key and body gets the same order")),
+    request_body = PlaceOrder,
+    responses(
+        (status = 202, description = "Accepted", body = Accepted),
+        (status = 400, description = "A field is malformed, or a product is unknown or priced in another currency",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this key is in progress",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The Idempotency-Key was used for another request",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The order could not be priced; retry with the same Idempotency-Key",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn place(
     State(orders): State<Orders>,
     who: Caller,
@@ -87,6 +111,28 @@ async fn place(
         }
     }
     Ok(accept(&orders, who.subject(), body, keyed.as_ref()).await)
+}
+
+/// What placing an order answers at once.
+#[derive(Serialize, ToSchema)]
+struct Accepted {
+    /// The order's id.
+    id: String,
+    /// `PENDING`: the saga is working on it.
+    status: Status,
+    /// What it costs.
+    #[schema(value_type = crate::openapi::Money)]
+    total: Money,
+    /// Where to follow it.
+    links: Links,
+}
+
+/// Where to follow an order.
+#[derive(Serialize, ToSchema)]
+struct Links {
+    /// The order (`GET`).
+    #[serde(rename = "self")]
+    me: String,
 }
 
 /// A request's `Idempotency-Key` (scoped to its caller) and what identifies the request.
@@ -191,12 +237,15 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder, keyed: Option<
         payment_id: None,
         shipment_id: None,
     };
-    let answer = serde_json::json!({
-        "id": id,
-        "status": Status::Pending,
-        "total": total,
-        "links": {"self": format!("/api/v1/orders/{id}")},
-    });
+    let answer = serde_json::to_value(Accepted {
+        id: id.clone(),
+        status: Status::Pending,
+        total: total.clone(),
+        links: Links {
+            me: format!("/api/v1/orders/{id}"),
+        },
+    })
+    .unwrap_or_default();
     let placed = OrderEvent::Placed {
         user_id: user_id.to_owned(),
         lines,
@@ -244,13 +293,50 @@ async fn visible(orders: &Orders, who: &Caller, id: &str) -> Result<(Order, Vec<
     Ok((order, events))
 }
 
-async fn one(State(orders): State<Orders>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
-    let (order, events) = visible(&orders, &who, &id).await?;
-    let mut body = serde_json::to_value(&order).map_err(|_| Problem::internal())?;
-    body["history"] = serde_json::to_value(&events).map_err(|_| Problem::internal())?;
-    Ok(Json(body).into_response())
+/// An order with the events it is folded from.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Order)]
+struct OrderWithHistory {
+    #[serde(flatten)]
+    order: Order,
+    /// Its events, oldest first.
+    history: Vec<Recorded>,
 }
 
+/// One order, folded from its events, with its history.
+#[utoipa::path(get, path = "/api/v1/orders/{id}", operation_id = "getOrder", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order")),
+    responses(
+        (status = 200, description = "The order", body = OrderWithHistory),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No order the caller may see",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn one(State(orders): State<Orders>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
+    let (order, history) = visible(&orders, &who, &id).await?;
+    Ok(Json(OrderWithHistory { order, history }).into_response())
+}
+
+/// An order's saga instance with its transitions.
+#[derive(Serialize, ToSchema)]
+struct SagaWithHistory {
+    /// The instance.
+    #[schema(value_type = Saga)]
+    saga: SagaRecord,
+    /// Its transitions, oldest first.
+    #[schema(value_type = Vec<SagaTransition>)]
+    history: Vec<Transition>,
+}
+
+/// The order's saga instance and its transitions.
+#[utoipa::path(get, path = "/api/v1/orders/{id}/saga", operation_id = "getOrderSaga", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order")),
+    responses(
+        (status = 200, description = "The saga", body = SagaWithHistory),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No order the caller may see, or it has no saga",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn saga(State(orders): State<Orders>, who: Caller, Path(id): Path<String>) -> Result<Response, Problem> {
     visible(&orders, &who, &id).await?;
     let store = orders.runner.store();
@@ -260,13 +346,18 @@ async fn saga(State(orders): State<Orders>, who: Caller, Path(id): Path<String>)
         .map_err(internal)?
         .ok_or_else(|| Problem::not_found(format!("no saga for order `{id}`")))?;
     let history = store.history(&id).await.map_err(internal)?;
-    Ok(Json(serde_json::json!({"saga": record, "history": history})).into_response())
+    Ok(Json(SagaWithHistory { saga: record, history }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only orders where this is.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
+    /// How many at most.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
 }
 
@@ -278,6 +369,15 @@ fn limit(asked: Option<i64>) -> Result<i64, Problem> {
     }
 }
 
+/// The caller's orders, newest first (read model).
+#[utoipa::path(get, path = "/api/v1/orders", operation_id = "listOrders", security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Orders", body = [Summary]),
+        (status = 400, description = "A bad status or limit",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list(State(orders): State<Orders>, who: Caller, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
     let status = match q.status.as_deref() {
         None => None,
@@ -294,12 +394,24 @@ async fn list(State(orders): State<Orders>, who: Caller, Query(q): Query<ListQue
     Ok(Json(found).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SagaQuery {
+    /// How many at most.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<i64>,
 }
 
+/// Saga instances, newest first (admin).
+#[utoipa::path(get, path = "/api/v1/orders/sagas", operation_id = "listSagas", security(("bearer" = [])),
+    params(SagaQuery),
+    responses(
+        (status = 200, description = "Sagas", body = [Saga]),
+        (status = 400, description = "A bad limit", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn sagas(State(orders): State<Orders>, who: Caller, Query(q): Query<SagaQuery>) -> Result<Response, Problem> {
     who.require(None)?;
     let found = orders
@@ -311,15 +423,28 @@ async fn sagas(State(orders): State<Orders>, who: Caller, Query(q): Query<SagaQu
     Ok(Json(found).into_response())
 }
 
+/// How a rebuild of the read model went.
+#[derive(Serialize, ToSchema)]
+struct Rebuilt {
+    /// Orders folded again.
+    orders: u64,
+    /// How long it took.
+    took_ms: u64,
+}
+
+/// Fold the read model again from every event (admin).
+#[utoipa::path(post, path = "/api/v1/orders/read-model/rebuild", operation_id = "rebuildReadModel",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rebuilt", body = Rebuilt),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn rebuild(State(orders): State<Orders>, who: Caller) -> Result<Response, Problem> {
     who.require(None)?;
     let started = std::time::Instant::now();
     let count = orders.journal.rebuild().await.map_err(internal)?;
     let took_ms = started.elapsed().as_millis() as u64;
     tracing::info!(orders = count, took_ms, by = %who.subject(), "read model rebuilt from the events");
-    Ok(Json(serde_json::json!({"orders": count, "took_ms": took_ms})).into_response())
-}
-
-async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
+    Ok(Json(Rebuilt { orders: count, took_ms }).into_response())
 }

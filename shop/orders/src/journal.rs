@@ -4,6 +4,7 @@
 
 use flotilla::events::{CloudEvent, Outbox};
 use flotilla::store::{now_ms, Store};
+use flotilla::utoipa::{self, ToSchema};
 use flotilla_shop_contracts::orders as contract;
 use sqlx::{Any, Row, Transaction};
 
@@ -21,7 +22,8 @@ pub struct Journal {
 }
 
 /// A row of the read model.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, ToSchema)]
+#[schema(as = OrderSummary)]
 pub struct Summary {
     /// The order.
     pub id: String,
@@ -30,6 +32,7 @@ pub struct Summary {
     /// How many items.
     pub items: i64,
     /// Its total.
+    #[schema(value_type = crate::openapi::Money)]
     pub total: contract::Money,
     /// When it was placed.
     pub created_ms: i64,

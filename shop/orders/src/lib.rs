@@ -113,9 +113,14 @@ impl flotilla::app::App for OrdersApp {
     }
 }
 
-/// The service's OpenAPI document (also served at `/openapi.json`), for contract tests.
+/// The service's OpenAPI document, made from its handlers and types (served at `/openapi.json`;
+/// the contract tests read it too).
 pub fn openapi_document() -> serde_json::Value {
-    openapi::document()
+    flotilla::openapi::document::<api::Api>(
+        SERVICE,
+        env!("CARGO_PKG_VERSION"),
+        "Event-sourced orders placed through a saga across inventory, payments and shipping.",
+    )
 }
 
 #[cfg(test)]

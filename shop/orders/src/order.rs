@@ -2,13 +2,18 @@
 //! API shows of one order — its status, its lines, its history — is computed from them, so
 //! the read model can always be rebuilt and nothing is ever updated in place.
 
+use flotilla::utoipa::{self, ToSchema};
 use serde::{Deserialize, Serialize};
 
 pub use flotilla_shop_contracts::orders::{Money, OrderLine};
 
+// `Money` and `OrderLine` come from the shop's contracts, which derive no schema: fields of
+// those types name their mirrors in `crate::openapi` (`value_type`).
+
 /// Where an order is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = OrderStatus)]
 pub enum Status {
     /// Accepted; the saga is working on it.
     Pending,
@@ -50,26 +55,32 @@ impl Status {
 }
 
 /// Where to ship.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient's name.
+    #[schema(max_length = 100)]
     pub name: String,
     /// Street and number.
+    #[schema(max_length = 200)]
     pub line1: String,
     /// More.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schema(max_length = 200)]
     pub line2: String,
     /// City.
+    #[schema(max_length = 100)]
     pub city: String,
     /// Postal code.
+    #[schema(max_length = 20)]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2 country code.
+    #[schema(pattern = "^[A-Z]{2}$")]
     pub country: String,
 }
 
 /// Something that happened to an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OrderEvent {
     /// A customer placed it; prices as the catalog had them then.
@@ -77,8 +88,10 @@ pub enum OrderEvent {
         /// The customer (token subject).
         user_id: String,
         /// What, at which price.
+        #[schema(value_type = Vec<crate::openapi::OrderLine>)]
         lines: Vec<OrderLine>,
         /// The sum of the lines.
+        #[schema(value_type = crate::openapi::Money)]
         total: Money,
         /// Where to.
         shipping_address: Address,
@@ -146,7 +159,7 @@ impl OrderEvent {
 }
 
 /// An event as recorded: its place in the order's stream and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Recorded {
     /// 1, 2, … within the order.
     pub seq: i64,
@@ -157,8 +170,9 @@ pub struct Recorded {
     pub event: OrderEvent,
 }
 
-/// An order, as its events say.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An order, as its events say (the API adds their history: `Order`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = OrderWithoutHistory)]
 pub struct Order {
     /// Its id.
     pub id: String,
@@ -167,19 +181,24 @@ pub struct Order {
     /// Where it is.
     pub status: Status,
     /// What.
+    #[schema(value_type = Vec<crate::openapi::OrderLine>)]
     pub lines: Vec<OrderLine>,
     /// The sum of the lines.
+    #[schema(value_type = crate::openapi::Money)]
     pub total: Money,
     /// Where to.
     pub shipping_address: Address,
     /// The payment, once authorized.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub payment_id: Option<String>,
     /// The shipment, once created.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub shipment_id: Option<String>,
     /// Why it was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub cancel_reason: Option<String>,
     /// How many events it has.
     pub version: i64,
@@ -249,22 +268,25 @@ impl Order {
 }
 
 /// What a customer sends to place an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
-    /// Products and quantities.
+    /// Products and quantities (at most the service's `max_lines`).
+    #[schema(min_items = 1, max_items = 500)]
     pub lines: Vec<LineRequest>,
     /// Where to ship.
     pub shipping_address: Address,
 }
 
 /// One line as asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineRequest {
     /// The catalog's product id.
+    #[schema(minimum = 1)]
     pub product_id: i64,
-    /// How many (1 to 100).
+    /// How many (1 to the service's `max_quantity`).
+    #[schema(minimum = 1, maximum = 10_000)]
     pub quantity: i64,
 }
 
