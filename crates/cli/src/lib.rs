@@ -8,6 +8,7 @@ pub mod local_time;
 pub mod logs;
 pub mod manifest;
 pub mod running;
+pub mod scaffold;
 pub mod status;
 pub mod style;
 pub mod supervisor;

@@ -16,6 +16,7 @@
 //! args = ["service", "catalog"]
 //! instances = 1
 //! env = { RUST_LOG = "info" }
+//! calls = ["inventory"]             # let it call inventory over mTLS (an operator's grant)
 //! ```
 
 use std::collections::BTreeMap;
@@ -76,6 +77,8 @@ struct RawService {
     #[serde(default)]
     secrets: Vec<Spanned<String>>,
     oauth_client: Option<RawOauthClient>,
+    #[serde(default)]
+    calls: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +139,9 @@ pub struct ServiceEntry {
     pub secrets: Vec<String>,
     /// The OAuth client the service calls others with, which `up` registers once.
     pub oauth_client: Option<OauthClient>,
+    /// The services it calls beyond what they allow by themselves: each callee lets it in
+    /// over mTLS (`up` writes the callee's `granted_callers`), as an operator's grant.
+    pub calls: Vec<String>,
 }
 
 /// An OAuth 2.0 client a service needs (client credentials): `up` makes a random secret and
@@ -328,12 +334,23 @@ impl Manifest {
                 }
                 None => None,
             };
+            let mut calls = Vec::new();
+            for callee in &service.calls {
+                if !raw_names.contains(callee.get_ref()) {
+                    return Err(file.error_at(
+                        callee.span(),
+                        format!("{key}.calls: `{}` is not a service of this manifest", callee.get_ref()),
+                    ));
+                }
+                calls.push(callee.get_ref().clone());
+            }
             services.push(ServiceEntry {
                 name: name.into_inner(),
                 program,
                 instances,
                 secrets,
                 oauth_client,
+                calls,
             });
         }
         Ok(Self {

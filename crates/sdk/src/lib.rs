@@ -34,6 +34,7 @@ pub use serde_json;
 pub use sqlx;
 pub use tokio;
 pub use tracing;
+pub use uuid;
 // Derives (`ToSchema`, `OpenApi`, `#[utoipa::path]`) expand to `utoipa::…`: a service brings
 // this name into scope with `use flotilla::utoipa;` and needs no dependency of its own.
 pub use utoipa;

@@ -23,18 +23,11 @@ pub use config::IdentityConfig;
 /// The service's name in the registry.
 pub const SERVICE: &str = "identity";
 
-/// The services that may call this one over mTLS: the gateway (sign-in), orders (its client-
-/// credentials token) and every service that checks tokens (the key set). The key `callers` in its
-/// config scope replaces the list live.
-pub const CALLERS: &[&str] = &[
-    "gateway",
-    "orders",
-    "catalog",
-    "inventory",
-    "payments",
-    "shipping",
-    "notifications",
-];
+/// The services that may call this one over mTLS: every workload of the system — the gateway
+/// (sign-in), services with a client-credentials token (orders), and every service that checks
+/// tokens, which needs the key set (a new one included). The key `callers` in its config scope
+/// replaces the list live.
+pub const CALLERS: &[&str] = &[flotilla::mtls::ANY_SERVICE];
 
 /// Identity's schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -168,3 +168,17 @@ fn the_shipped_manifest_gives_orders_the_scopes_it_asks_for() {
         .unwrap();
     assert_eq!(identity.secrets, ["seal_key"]);
 }
+
+#[test]
+fn a_service_may_be_granted_calls_to_services_of_the_manifest_only() {
+    let m = parse("[services.catalog]\n\n[services.reviews]\ncalls = [\"catalog\"]\n").unwrap();
+    let reviews = m.services.iter().find(|s| s.name == "reviews").unwrap();
+    assert_eq!(reviews.calls, ["catalog"]);
+    let err = parse("[services.reviews]\n\ncalls = [\"catalgo\"]\n").unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+    assert!(
+        err.message
+            .contains("services.reviews.calls: `catalgo` is not a service"),
+        "{err}"
+    );
+}

@@ -167,6 +167,21 @@ impl Fleet {
         );
     }
 
+    /// Stops a service's instances (each drains first) and forgets the service.
+    pub(super) async fn remove(&self, service: &str) -> Result<Scaled, String> {
+        let scaled = self.scale(service, 0).await?;
+        self.groups.lock().await.remove(service);
+        Ok(scaled)
+    }
+
+    /// How a service's instances start from now on; running ones keep their program until
+    /// replaced ([`Fleet::restart`]).
+    pub(super) async fn set_program(&self, service: &str, program: Program) -> Result<(), String> {
+        let mut groups = self.groups.lock().await;
+        group_of(&mut groups, service)?.program = program;
+        Ok(())
+    }
+
     /// Sets a service's instance count.
     pub(super) async fn scale(&self, service: &str, instances: u32) -> Result<Scaled, String> {
         if instances > MAX_INSTANCES {

@@ -6,6 +6,7 @@
 pub mod chaos;
 pub mod control;
 mod fleet;
+mod follow;
 mod output;
 mod process;
 mod seeds;
@@ -226,6 +227,8 @@ fn free_loopback_port() -> std::io::Result<SocketAddr> {
 /// Runs the system until `shutdown` resolves, then stops it in order.
 pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), UpError> {
     let mut manifest = Manifest::load(&options.manifest, &options.self_exe)?;
+    // What the file says, without `--scale`: the follower applies the file's own changes.
+    let as_written = manifest.clone();
     // Checked before anything starts, so a mistake is reported by file and line.
     let seed_routes = match &manifest.gateway.routes {
         Some(path) => Some(flotilla_gateway::routes::RouteTable::file_to_json(
@@ -396,6 +399,11 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
             }
         }
     }
+    // Services let in by others because the manifest's `calls` grant it.
+    if let Err(err) = follow::grant_callers(&control_at, &token, &manifest).await {
+        stop_all(&output, &fleet, vec![], control).await;
+        return Err(err);
+    }
     let mut gateway_env = vec![("FLOTILLA_LISTEN".into(), options.gateway_addr.to_string())];
     if let Some((cert, key)) = &manifest.gateway.tls {
         gateway_env.push(("FLOTILLA_TLS_CERT".into(), cert.display().to_string()));
@@ -445,7 +453,25 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         output.color(),
     ));
 
+    // 4. Follow flotilla.toml and the routes file until stopped.
+    let (stop_following, following_stopped) = tokio::sync::oneshot::channel::<()>();
+    let follower = follow::Follower {
+        manifest: as_written,
+        self_exe: options.self_exe.clone(),
+        fleet: fleet.clone(),
+        output: output.clone(),
+        control: control_at.clone(),
+        token: token.clone(),
+    };
+    let following = tokio::spawn(follower.run(async move {
+        let _ = following_stopped.await;
+    }));
     shutdown.await;
+    // Nothing starts while the system stops: a change half applied is cut short, as
+    // everything is stopped next anyway.
+    let _ = stop_following.send(());
+    following.abort();
+    let _ = following.await;
     stop_all(&output, &fleet, gateway, control).await;
     let _ = std::fs::remove_file(control::socket_path(&data_dir));
     Ok(())

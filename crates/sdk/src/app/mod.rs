@@ -335,12 +335,15 @@ async fn live_config<C: Settings>(
     Ok(live)
 }
 
+/// A service run to its end, boxed so that a table can hold services of different types.
+type Running = Pin<Box<dyn Future<Output = Result<(), AppError>> + Send>>;
+
 /// One service a binary can run, by name: what a table of built-in services holds.
 #[derive(Clone, Copy)]
 pub struct Entry {
     /// The service's name.
     pub name: &'static str,
-    run: fn(TcpListener) -> Pin<Box<dyn Future<Output = Result<(), AppError>> + Send>>,
+    run: fn(TcpListener) -> Running,
 }
 
 impl std::fmt::Debug for Entry {
@@ -359,7 +362,7 @@ pub const fn entry<A: App>() -> Entry {
     }
 }
 
-fn run_until_signal<A: App>(listener: TcpListener) -> Pin<Box<dyn Future<Output = Result<(), AppError>> + Send>> {
+fn run_until_signal<A: App>(listener: TcpListener) -> Running {
     Box::pin(run::<A>(listener, runtime::shutdown_signal()))
 }
 

@@ -76,9 +76,17 @@ async fn an_app_serves_its_routes_and_its_tasks_stop_with_it() {
     let listener = bind(None, "--listen").await.unwrap();
     let port = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(run::<Hello>(listener, async move {
-        let _ = stopped.await;
-    }));
+    // `run` without its process-wide parts (certificate, telemetry: global to the test binary).
+    let tasks = Tasks::new();
+    let app_tasks = tasks.clone();
+    let running = tokio::spawn(async move {
+        let served = serve::<Hello>(ServiceEnv::default(), listener, &app_tasks, async move {
+            let _ = stopped.await;
+        })
+        .await;
+        app_tasks.stop(TASKS_STOP_WITHIN).await;
+        served
+    });
     // Bound before the app starts: the first request waits in the backlog, never refused.
     let answer = get_text(port, "/hello").await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

@@ -310,6 +310,10 @@ impl std::fmt::Debug for Callers {
     }
 }
 
+/// On a list of callers: every workload of this system's CA (a certificate is still required),
+/// for a service every other one needs, such as the issuer of the tokens they all check.
+pub const ANY_SERVICE: &str = "*";
+
 impl Callers {
     /// Only these services may call.
     pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(services: I) -> Self {
@@ -338,7 +342,7 @@ impl Callers {
     /// Whether `service` may call.
     pub fn allows(&self, service: &str) -> bool {
         match &**self.allowed.load() {
-            Allowed::Services(services) => services.contains(service),
+            Allowed::Services(services) => services.contains(service) || services.contains(ANY_SERVICE),
             Allowed::Anyone => true,
         }
     }

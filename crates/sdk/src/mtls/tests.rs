@@ -182,3 +182,19 @@ fn a_renewal_must_keep_the_service() {
     assert!(orders.renew(&cert.pem(), key.serialize_der(), &ca.pem, later).is_err());
     assert_eq!(orders.renewals(), 0);
 }
+
+#[tokio::test]
+async fn any_service_lets_in_every_workload_of_the_ca_and_nobody_else() {
+    let ca = Ca::new();
+    let url = server(&ca.workload("identity"), Callers::only([ANY_SERVICE])).await;
+    let reviews = ca.workload("reviews");
+    assert_eq!(
+        call(reviews.client_config(Some("identity")), &url).await.unwrap(),
+        "reviews"
+    );
+    // Still a certificate, and one of this CA.
+    let anonymous = bootstrap_client_config(&ca.pem, "identity").unwrap();
+    assert!(call(anonymous, &url).await.is_err());
+    let stranger = Ca::new().workload("reviews");
+    assert!(call(stranger.client_config(Some("identity")), &url).await.is_err());
+}

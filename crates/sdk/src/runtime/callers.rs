@@ -1,27 +1,39 @@
 //! Which services may call this one over mTLS: the service's own list (what its code says it
-//! serves), replaced live by the key `callers` in its config scope. Checked in the handshake.
+//! serves), replaced live by the key `callers` in its config scope, plus those an operator
+//! granted (`granted_callers`, which `up` writes from the manifest's `calls`). Checked in the
+//! handshake.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigClient, ConfigLoader};
 use crate::mtls::Callers;
 
-/// The part of a service's configuration the allow list reads: only the key `callers`.
+/// The part of a service's configuration the allow list reads: the keys `callers` and
+/// `granted_callers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CallerConfig {
     /// The services that may call; unset, the service's own default.
     pub callers: Option<Vec<String>>,
+    /// Services let in beside them: granted by an operator (the manifest's `calls`), so a new
+    /// service can call an existing one without that one's code or list changing.
+    pub granted_callers: Option<Vec<String>>,
 }
 
 impl CallerConfig {
     /// Names must be service names: a typo would lock a caller out without a word.
     pub fn validate(&self) -> Result<(), String> {
-        for name in self.callers.iter().flatten() {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        for name in self
+            .callers
+            .iter()
+            .flatten()
+            .chain(self.granted_callers.iter().flatten())
+        {
+            if name != crate::mtls::ANY_SERVICE
+                && (name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
             {
                 return Err(format!("callers: `{name}` is not a service name"));
             }
@@ -55,7 +67,9 @@ pub(crate) fn follow(
         let mut changes = live.watch();
         let follow = async {
             loop {
-                let wanted = live.current().callers.clone().unwrap_or_else(|| default.clone());
+                let current = live.current();
+                let mut wanted = current.callers.clone().unwrap_or_else(|| default.clone());
+                wanted.extend(current.granted_callers.iter().flatten().cloned());
                 let mut shown = callers.services();
                 shown.sort();
                 let mut sorted = wanted.clone();

@@ -1,0 +1,285 @@
+//! `up` follows its files while it runs, the dev loop without a restart: an edited
+//! `flotilla.toml` is applied (services added, removed, rescaled, their command, arguments or
+//! environment changed → instances replaced one at a time, each old one kept until its
+//! successor is ready), and an edited routes file becomes the gateway's routes. A file that
+//! does not parse or check is refused with its file and line, and the running system is kept;
+//! it is tried again until it loads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flotilla::api::config::{ConfigKey, DEFAULT_PROFILE, GATEWAY_SCOPE, ROUTES_KEY};
+use flotilla::config::{ConfigClient, ConfigClientError, TomlFile, Write};
+
+use super::fleet::Fleet;
+use super::output::Output;
+use super::{seeds, UpError};
+use crate::manifest::{Manifest, ServiceEntry};
+
+/// How often the files are looked at.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// What a file looked like when last read: a change of either is a change of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp(Option<(SystemTime, u64)>);
+
+impl Stamp {
+    fn of(path: &Path) -> Self {
+        Self(
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len()))),
+        )
+    }
+}
+
+/// The running system as the follower changes it.
+pub(super) struct Follower {
+    pub(super) manifest: Manifest,
+    pub(super) self_exe: PathBuf,
+    pub(super) fleet: Arc<Fleet>,
+    pub(super) output: Arc<Output>,
+    pub(super) control: String,
+    pub(super) token: String,
+}
+
+impl Follower {
+    /// Follows the manifest and its routes file until `shutdown`.
+    pub(super) async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let path = self.manifest.path.clone();
+        let mut manifest_seen = Stamp::of(&path);
+        let mut routes_seen = self.manifest.gateway.routes.as_deref().map(Stamp::of);
+        // The last refusal said, so a file left broken is not reported every second.
+        let mut refused: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(EVERY) => {}
+            }
+            let now = Stamp::of(&path);
+            if now != manifest_seen || refused.is_some() {
+                manifest_seen = now;
+                match Manifest::load(&path, &self.self_exe) {
+                    Ok(next) => {
+                        if refused.take().is_some() || next != self.manifest {
+                            // Another routes file is read afresh; the same one keeps its stamp,
+                            // so an edit made with the manifest's is applied below.
+                            if next.gateway.routes != self.manifest.gateway.routes {
+                                routes_seen = None;
+                            }
+                            self.apply(next).await;
+                        }
+                    }
+                    Err(err) => {
+                        let said = format!("{err}; the running system is kept");
+                        if refused.as_deref() != Some(said.as_str()) {
+                            self.output.say(&said);
+                            refused = Some(said);
+                        }
+                    }
+                }
+            }
+            if let Some(routes) = self.manifest.gateway.routes.clone() {
+                let now = Some(Stamp::of(&routes));
+                if now != routes_seen {
+                    routes_seen = now;
+                    let said = apply_routes(&self.control, &self.token, &routes).await;
+                    self.output.say(&said);
+                }
+            }
+        }
+    }
+
+    /// Makes the running system what `next` says, service by service.
+    async fn apply(&mut self, next: Manifest) {
+        let name = file_name(&next.path);
+        let before = std::mem::replace(&mut self.manifest, next);
+        let after = &self.manifest;
+        if before.control != after.control || before.gateway != after.gateway || before.events != after.events {
+            self.output.say(&format!(
+                "{name}: changes to [control], [gateway] and `events` take effect at the next `flotilla up`"
+            ));
+        }
+        for gone in before.services.iter().filter(|s| find(after, &s.name).is_none()) {
+            match self.fleet.remove(&gone.name).await {
+                Ok(scaled) => self.output.say(&format!(
+                    "{name}: removed {} (drained and stopped {})",
+                    gone.name,
+                    list(&scaled.stopped)
+                )),
+                Err(reason) => self.output.say(&format!("{name}: removing {}: {reason}", gone.name)),
+            }
+        }
+        let mut slot = before.services.len() + 2;
+        for service in &after.services {
+            match find(&before, &service.name) {
+                None => {
+                    slot += 1;
+                    self.add(service, slot, &name).await;
+                }
+                Some(old) => self.change(old, service, &name).await,
+            }
+        }
+        if let Err(err) = grant_callers(&self.control, &self.token, after).await {
+            self.output.say(&format!("{name}: granting `calls`: {err}"));
+        }
+    }
+
+    async fn add(&self, service: &ServiceEntry, slot: usize, name: &str) {
+        for said in seeds_for(&self.control, &self.token, service).await {
+            self.output.say(&said);
+        }
+        // Granted before the service's first instance calls anyone.
+        if let Err(err) = grant_callers(&self.control, &self.token, &self.manifest).await {
+            self.output.say(&format!("{name}: granting `calls`: {err}"));
+        }
+        self.fleet.add(&service.name, service.program.clone(), slot).await;
+        match self.fleet.scale(&service.name, service.instances).await {
+            Ok(scaled) => self.output.say(&format!(
+                "{name}: added {} — started {} (they take traffic once registered)",
+                service.name,
+                list(&scaled.started)
+            )),
+            Err(reason) => self.output.say(&format!("{name}: adding {}: {reason}", service.name)),
+        }
+    }
+
+    async fn change(&self, old: &ServiceEntry, new: &ServiceEntry, name: &str) {
+        if old.secrets != new.secrets || old.oauth_client != new.oauth_client {
+            for said in seeds_for(&self.control, &self.token, new).await {
+                self.output.say(&said);
+            }
+        }
+        if old.program != new.program {
+            if let Err(reason) = self.fleet.set_program(&new.name, new.program.clone()).await {
+                self.output.say(&format!("{name}: {}: {reason}", new.name));
+                return;
+            }
+            match self.fleet.restart(&new.name).await {
+                Ok(restarted) if restarted.replaced.is_empty() => {}
+                Ok(restarted) => self.output.say(&format!(
+                    "{name}: {}'s command or environment changed — replaced {} instance{}, each once its successor was ready",
+                    new.name,
+                    restarted.replaced.len(),
+                    if restarted.replaced.len() == 1 { "" } else { "s" }
+                )),
+                Err(reason) => self.output.say(&format!("{name}: restarting {}: {reason}", new.name)),
+            }
+        }
+        if old.instances != new.instances {
+            match self.fleet.scale(&new.name, new.instances).await {
+                Ok(scaled) => self.output.say(&format!(
+                    "{name}: {} {} → {} instances",
+                    new.name, scaled.from, scaled.to
+                )),
+                Err(reason) => self.output.say(&format!("{name}: scaling {}: {reason}", new.name)),
+            }
+        }
+    }
+}
+
+fn find<'a>(manifest: &'a Manifest, service: &str) -> Option<&'a ServiceEntry> {
+    manifest.services.iter().find(|s| s.name == service)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// What a service declared it needs, made unless it exists; each line says what was made.
+pub(super) async fn seeds_for(control: &str, token: &str, service: &ServiceEntry) -> Vec<String> {
+    let mut said = Vec::new();
+    let mut made = Vec::new();
+    for key in &service.secrets {
+        made.push(seeds::secret(control, token, &service.name, key).await);
+    }
+    if let Some(wanted) = &service.oauth_client {
+        made.push(seeds::oauth_client(control, token, &service.name, wanted).await);
+    }
+    for result in made {
+        match result {
+            Ok(Some(line)) => said.push(line),
+            Ok(None) => {}
+            Err(err) => said.push(format!("{}: {err}", service.name)),
+        }
+    }
+    said
+}
+
+/// Writes each service's `granted_callers` (the services whose `calls` name it) where it
+/// differs from the store's: the callee lets them in over mTLS from its next handshake.
+pub(super) async fn grant_callers(control: &str, token: &str, manifest: &Manifest) -> Result<(), UpError> {
+    let client = ConfigClient::new(control, Some(token.to_owned()));
+    for callee in &manifest.services {
+        let mut granted: Vec<String> = manifest
+            .services
+            .iter()
+            .filter(|caller| caller.calls.contains(&callee.name))
+            .map(|caller| caller.name.clone())
+            .collect();
+        granted.sort();
+        let key = ConfigKey::new(&callee.name, DEFAULT_PROFILE, "granted_callers");
+        let current = match client.get(&key).await {
+            Ok(entry) if !entry.deleted => Some(entry.value),
+            Ok(_) | Err(ConfigClientError::NotFound(_)) => None,
+            Err(err) => return Err(UpError::Seed(err.to_string())),
+        };
+        let wanted = serde_json::json!(granted);
+        let write = Write {
+            expect: None,
+            author: Some("flotilla up".into()),
+            comment: Some("the manifest's `calls`".into()),
+        };
+        let written = match (current, granted.is_empty()) {
+            (None, true) => continue,
+            (Some(_), true) => client.delete(&key, write).await,
+            (Some(value), false) if value == wanted => continue,
+            (_, false) => client.set(&key, wanted, false, write).await,
+        };
+        written.map_err(|e| UpError::Seed(format!("{}/default/granted_callers: {e}", callee.name)))?;
+    }
+    Ok(())
+}
+
+/// Checks the routes file and makes it the gateway's routes (a new revision of
+/// `gateway/routes`); says what happened.
+pub(super) async fn apply_routes(control: &str, token: &str, path: &Path) -> String {
+    let name = file_name(path);
+    let routes = match TomlFile::read(path).and_then(|file| flotilla_gateway::routes::RouteTable::file_to_json(&file)) {
+        Ok(routes) => routes,
+        Err(err) => return format!("{err}; the gateway keeps its routes"),
+    };
+    let count = routes.as_array().map_or(0, Vec::len);
+    let client = ConfigClient::new(control, Some(token.to_owned()));
+    let key = ConfigKey::new(GATEWAY_SCOPE, DEFAULT_PROFILE, ROUTES_KEY);
+    if client
+        .get(&key)
+        .await
+        .is_ok_and(|entry| !entry.deleted && entry.value == routes)
+    {
+        return format!("{name}: unchanged for the gateway");
+    }
+    let write = Write {
+        expect: None,
+        author: Some("flotilla up".into()),
+        comment: Some(format!("{name} changed")),
+    };
+    match client.set(&key, routes, false, write).await {
+        Ok(entry) => format!(
+            "{name}: {count} routes are the gateway's now (revision {})",
+            entry.revision
+        ),
+        Err(err) => format!("{name}: writing the gateway's routes: {err}; it keeps its routes"),
+    }
+}
