@@ -39,6 +39,23 @@ fn resolve<'a>(document: &'a Value, mut schema: &'a Value) -> &'a Value {
     schema
 }
 
+/// The schema of property `name` of `schema` (after references), also when it comes from one
+/// of an `allOf`'s parts (how a flattened Rust type is written).
+fn property<'a>(document: &'a Value, schema: &'a Value, name: &str, depth: u8) -> Option<&'a Value> {
+    let schema = resolve(document, schema);
+    if let Some(found) = schema.get("properties").and_then(|p| p.get(name)) {
+        return Some(found);
+    }
+    if depth > 4 {
+        return None;
+    }
+    schema
+        .get("allOf")?
+        .as_array()?
+        .iter()
+        .find_map(|part| property(document, part, name, depth + 1))
+}
+
 /// Whether a schema (after references) has the dotted `field` (`keys[].kid`).
 fn has_field(document: &Value, schema: &Value, field: &str) -> bool {
     let mut schema = resolve(document, schema);
@@ -47,7 +64,7 @@ fn has_field(document: &Value, schema: &Value, field: &str) -> bool {
             Some(name) => (name, true),
             None => (part, false),
         };
-        match schema.pointer(&format!("/properties/{name}")) {
+        match property(document, schema, name, 0) {
             Some(next) => schema = resolve(document, next),
             None => return false,
         }
@@ -108,7 +125,7 @@ pub fn check(expectation: &Expectation, document: &Value) -> Result<(), Vec<Stri
             Some(schema) => {
                 let schema = resolve(document, schema);
                 for field in e.sends {
-                    if schema.pointer(&format!("/properties/{field}")).is_none() {
+                    if property(document, schema, field, 0).is_none() {
                         broken.push(format!(
                             "{at}: {} sends `{field}`, which the provider does not take",
                             e.consumer
@@ -186,5 +203,18 @@ mod tests {
             ..expect(200, &[], &[])
         };
         assert!(check(&gone, &document()).unwrap_err()[0].contains("does not have it"));
+    }
+
+    #[test]
+    fn fields_of_a_flattened_type_are_found_in_its_all_of_parts() {
+        let mut doc = document();
+        doc["components"]["schemas"]["Payment"] = json!({"allOf": [
+            {"$ref": "#/components/schemas/Recorded"},
+            {"type": "object", "properties": {"state": {"type": "string"}}}]});
+        doc["components"]["schemas"]["Recorded"] = json!({"type": "object", "properties": {
+            "lines": {"type": "array", "items": {"$ref": "#/components/schemas/Line"}}}});
+        assert!(check(&expect(200, &["amount"], &["state", "lines[].sku"]), &doc).is_ok());
+        let broken = check(&expect(200, &["amount"], &["price"]), &doc).unwrap_err();
+        assert_eq!(broken.len(), 1, "{broken:?}");
     }
 }
