@@ -40,6 +40,18 @@ use tokio::net::TcpListener;
 /// How long background tasks get to end once the server has drained.
 const TASKS_STOP_WITHIN: Duration = Duration::from_secs(3);
 
+/// What [`App::start`] answers: the service's routes, or why it cannot start.
+pub type Started = Result<Router, AppError>;
+
+/// The `migrations` folder beside the calling crate's `Cargo.toml`, for
+/// [`Setup::store_from`]: `setup.store_from(flotilla::migrations!())`.
+#[macro_export]
+macro_rules! migrations {
+    () => {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")
+    };
+}
+
 /// A service: its name and callers, its configuration type, and how it starts.
 pub trait App: Send + Sized + 'static {
     /// Its name in the registry, in routes (`service = "…"`), in config scopes and in its
@@ -55,7 +67,7 @@ pub trait App: Send + Sized + 'static {
 
     /// Builds the routes: open the store, make clients, spawn background work on
     /// `setup.tasks()`. Runs once, before the instance listens or registers.
-    fn start(setup: &Setup<Self::Config>) -> impl Future<Output = Result<Router, AppError>> + Send;
+    fn start(setup: &Setup<Self::Config>) -> impl Future<Output = Started> + Send;
 }
 
 /// A configuration a service runs on: serialisable (its defaults are the key list, so an

@@ -1,14 +1,15 @@
 //! `/api/v1/{{name}}`: entries a signed-in user writes about a subject another service owns.
 //! Every handler takes a verified [`Caller`]: no token, no answer (401 problem+json).
 
-use flotilla::auth::{Caller, Verifier};
+use flotilla::app::Setup;
+use flotilla::auth::{Caller, TrustedIssuer, Verifier};
 use flotilla::axum::extract::{FromRef, Path, State};
 use flotilla::axum::http::StatusCode;
 use flotilla::axum::routing::get;
 use flotilla::axum::Router;
-use flotilla::resilience::CallError;
 use flotilla::config::LiveConfig;
 use flotilla::http::Json;
+use flotilla::resilience::CallError;
 use flotilla::runtime::Context;
 use flotilla::serde::{Deserialize, Serialize};
 use flotilla::sqlx::Row;
@@ -69,10 +70,17 @@ pub struct NewEntry {
 #[openapi(paths(list, add, one), components(schemas(Entry, NewEntry, Problem)))]
 struct Api;
 
-/// The routes, with the OpenAPI document made from the handlers below at `/openapi.json`.
-pub fn router(state: AppState) -> Router {
+/// The routes, with the OpenAPI document made from the handlers below at `/openapi.json`; every
+/// caller's token checked against the system's issuer.
+pub fn router(store: Store, setup: &Setup<Config>) -> Router {
+    let state = AppState {
+        store,
+        tokens: setup.verifier(&TrustedIssuer::default(), &[], &[]),
+        config: setup.config().clone(),
+        context: setup.context().clone(),
+    };
     let document = flotilla::openapi::document::<Api>(
-        crate::SERVICE,
+        env!("CARGO_PKG_NAME"),
         env!("CARGO_PKG_VERSION"),
         "Entries signed-in users write about subjects another service owns.",
     );
@@ -126,8 +134,10 @@ async fn add(
                     .with_param("subject", reason));
             }
             Err(err) => {
-                return Err(Problem::new(503, "dependency-unavailable", "A service this one needs is unavailable")
-                    .with_detail(format!("asking {}: {err}", config.subject_service)));
+                return Err(
+                    Problem::new(503, "dependency-unavailable", "A service this one needs is unavailable")
+                        .with_detail(format!("asking {}: {err}", config.subject_service)),
+                );
             }
         }
     }
@@ -178,7 +188,10 @@ fn check(input: &NewEntry, config: &Config) -> Result<(), Problem> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !subject_ok {
-        return Err(Problem::invalid_field("subject", "1 to 64 letters, digits, `.`, `_` or `-`"));
+        return Err(Problem::invalid_field(
+            "subject",
+            "1 to 64 letters, digits, `.`, `_` or `-`",
+        ));
     }
     let length = input.text.trim().chars().count();
     if length == 0 || length > config.max_text {

@@ -27,7 +27,9 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 
 #[test]
 fn serves_health_and_its_document_and_refuses_an_anonymous_caller() {
-    let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     let data = std::env::temp_dir().join(format!("{{name}}-test-{}", std::process::id()));
     let child = Command::new(env!("CARGO_BIN_EXE_{{name}}"))
         .args(["--listen", &addr.to_string()])
@@ -51,5 +53,8 @@ fn serves_health_and_its_document_and_refuses_an_anonymous_caller() {
     assert!(document.contains("\"/api/v1/{{name}}\""), "{document}");
     let anonymous = get(addr, "/api/v1/{{name}}").expect("an answer");
     assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
-    assert!(anonymous.to_ascii_lowercase().contains("application/problem+json"), "{anonymous}");
+    assert!(
+        anonymous.to_ascii_lowercase().contains("application/problem+json"),
+        "{anonymous}"
+    );
 }
