@@ -338,6 +338,9 @@ enum NewWhat {
         /// Only write the files: no build, no manifest entry, no route.
         #[arg(long)]
         no_build: bool,
+        /// The data dir of a running `up`, whose gateway is waited on until the service answers.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
     },
 }
 
@@ -663,6 +666,7 @@ fn new_service(
     manifest: PathBuf,
     sdk: Option<String>,
     no_build: bool,
+    data_dir: &std::path::Path,
 ) -> Result<()> {
     use flotilla_cli::scaffold::{self, NewService, Sdk};
     let started = std::time::Instant::now();
@@ -708,10 +712,22 @@ fn new_service(
     match registered_in {
         Some(manifest) => {
             let changed = scaffold::register(&manifest, &name, &executable, &made.calls)?;
-            println!(
-                "{name}: added to {}; a running `flotilla up` starts it and routes /api/v1/{name} to it within a second",
-                changed.join(" and ")
-            );
+            println!("{name}: added to {}", changed.join(" and "));
+            match running::read(data_dir) {
+                Some(system) => match scaffold::wait_for_answer(&system.gateway, &name, Duration::from_secs(60)) {
+                    Some(after) => println!(
+                        "{name}: the running system serves it at http://{}/api/v1/{name} ({:.1}s after it was added; {:.1}s in all)",
+                        system.gateway,
+                        after.as_secs_f64(),
+                        started.elapsed().as_secs_f64()
+                    ),
+                    None => anyhow::bail!(
+                        "{name} was added, but the gateway at {} did not route /api/v1/{name} to it within 60 s; see `flotilla logs {name}`",
+                        system.gateway
+                    ),
+                },
+                None => println!("{name}: `flotilla up` starts it with the rest of the system"),
+            }
         }
         None => println!(
             "{name}: run it with `{}` (no {} to add it to)",
@@ -752,8 +768,9 @@ async fn run(cli: Cli) -> Result<()> {
                     manifest,
                     sdk,
                     no_build,
+                    data_dir,
                 },
-        } => new_service(name, path, manifest, sdk, no_build)?,
+        } => new_service(name, path, manifest, sdk, no_build, &data_dir)?,
         Command::Status {
             control:
                 ControlArgs {

@@ -386,6 +386,32 @@ pub fn register(
     Ok(changed)
 }
 
+/// Waits until the gateway at `gateway` (`host:port`) answers `/api/v1/NAME` from the service
+/// itself (not 404 for want of a route, nor 502–504 for want of an instance); how long that
+/// took, or `None` after `within`.
+pub fn wait_for_answer(gateway: &str, name: &str, within: std::time::Duration) -> Option<std::time::Duration> {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        let status = std::net::TcpStream::connect(gateway).ok().and_then(|mut stream| {
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+            write!(
+                stream,
+                "GET /api/v1/{name} HTTP/1.1\r\nhost: {gateway}\r\nconnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).ok()?;
+            std::str::from_utf8(&head[9..12]).ok()?.parse::<u16>().ok()
+        });
+        if status.is_some_and(|s| !matches!(s, 404 | 502..=504)) {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
 fn append(path: &Path, text: &str, more: &str) -> Result<(), ScaffoldError> {
     let mut whole = text.to_owned();
     if !whole.ends_with('\n') {

@@ -1,5 +1,7 @@
 //! `/api/v1/{{name}}`: entries a signed-in user writes about a subject another service owns.
-//! Every handler takes a verified [`Caller`]: no token, no answer (401 problem+json).
+//! Every handler takes a verified [`Caller`]: no token, no answer (401 problem+json). Each
+//! entry kept is published on the topic `{{name}}` through an outbox, in the entry's own
+//! transaction.
 
 use flotilla::app::Setup;
 use flotilla::auth::{Caller, TrustedIssuer, Verifier};
@@ -8,6 +10,7 @@ use flotilla::axum::http::StatusCode;
 use flotilla::axum::routing::get;
 use flotilla::axum::Router;
 use flotilla::config::LiveConfig;
+use flotilla::events::{CloudEvent, Outbox, Relay};
 use flotilla::http::Json;
 use flotilla::resilience::CallError;
 use flotilla::runtime::Context;
@@ -30,7 +33,12 @@ pub struct AppState {
     pub config: LiveConfig<Config>,
     /// Calls to other services.
     pub context: Context,
+    /// Where events wait, in the entry's transaction, until the relay sends them.
+    pub outbox: Outbox,
 }
+
+/// The topic entries are published on.
+pub const TOPIC: &str = "{{name}}";
 
 impl FromRef<AppState> for Verifier {
     fn from_ref(state: &AppState) -> Verifier {
@@ -71,24 +79,30 @@ pub struct NewEntry {
 struct Api;
 
 /// The routes, with the OpenAPI document made from the handlers below at `/openapi.json`; every
-/// caller's token checked against the system's issuer.
-pub fn router(store: Store, setup: &Setup<Config>) -> Router {
+/// caller's token checked against the system's issuer; the outbox relayed to the events backend
+/// by a background task.
+pub async fn router(store: Store, setup: &Setup<Config>) -> flotilla::app::Started {
+    flotilla::events::prepare(&store).await?;
+    let outbox = Outbox::new();
+    let relay = Relay::new(store.clone(), setup.events().await?, outbox.clone());
+    setup.tasks().spawn("outbox relay", relay.run());
     let state = AppState {
         store,
         tokens: setup.verifier(&TrustedIssuer::default(), &[], &[]),
         config: setup.config().clone(),
         context: setup.context().clone(),
+        outbox,
     };
     let document = flotilla::openapi::document::<Api>(
         env!("CARGO_PKG_NAME"),
         env!("CARGO_PKG_VERSION"),
         "Entries signed-in users write about subjects another service owns.",
     );
-    Router::new()
+    Ok(Router::new()
         .route("/api/v1/{{name}}", get(list).post(add))
         .route("/api/v1/{{name}}/{id}", get(one))
         .merge(flotilla::openapi::route(document))
-        .with_state(state)
+        .with_state(state))
 }
 
 /// The caller's own entries, newest first.
@@ -148,15 +162,27 @@ async fn add(
         text: input.text,
         created_ms: now_ms(),
     };
+    // The entry and its event in one transaction: neither is kept without the other.
+    let mut tx = state.store.begin_write().await.map_err(internal)?;
     flotilla::sqlx::query("INSERT INTO entries (id, owner, subject, text, created_ms) VALUES ($1, $2, $3, $4, $5)")
         .bind(&entry.id)
         .bind(&entry.owner)
         .bind(&entry.subject)
         .bind(&entry.text)
         .bind(entry.created_ms)
-        .execute(state.store.pool())
+        .execute(&mut *tx)
         .await
         .map_err(internal)?;
+    let data = flotilla::serde_json::to_value(&entry).map_err(|_| Problem::internal())?;
+    let event = CloudEvent::new(
+        concat!("/", env!("CARGO_PKG_NAME")),
+        "{{name}}.entry-added",
+        format!("entry/{}", entry.id),
+        data,
+    );
+    state.outbox.add(&mut tx, TOPIC, &event).await.map_err(internal)?;
+    tx.commit().await.map_err(internal)?;
+    state.outbox.committed();
     Ok((StatusCode::CREATED, Json(entry)))
 }
 

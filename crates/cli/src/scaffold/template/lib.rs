@@ -14,6 +14,6 @@ impl flotilla::app::App for {{Type}} {
 
     async fn start(setup: &flotilla::app::Setup<config::Config>) -> flotilla::app::Started {
         let store = setup.store_from(flotilla::migrations!()).await?;
-        Ok(api::router(store, setup))
+        api::router(store, setup).await
     }
 }
