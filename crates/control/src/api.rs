@@ -85,6 +85,8 @@ impl FromRequestParts<Arc<ControlState>> for Principal {
                 Some(_) => {}
                 // Before it has a certificate, an instance may only ask for one.
                 None if peer.tls && parts.uri.path() == CERTIFICATES => {}
+                // A service the operator declared plain (written without the SDK).
+                None if !peer.tls && state.plain_allowed(service) => {}
                 None if peer.tls || state.workloads_over_tls => {
                     return Err(forbidden(
                         "a service's credential is taken only over mTLS with its certificate (the control plane's TLS listener); the plain listener is the operator's",

@@ -86,6 +86,9 @@ pub struct ControlState {
     warm_at: tokio::time::Instant,
 }
 
+/// The config key (scope `control`) listing the services that speak plain HTTP.
+pub const PLAIN_SERVICES_KEY: &str = "plain_services";
+
 impl ControlState {
     /// State for a control plane over an opened config store; `closing` turns true when it
     /// begins to shut down, which ends every blocking query at once.
@@ -118,6 +121,21 @@ impl ControlState {
     pub fn workloads_over_tls(mut self) -> Self {
         self.workloads_over_tls = true;
         self
+    }
+
+    /// Whether `service` may speak over the plain listener though workloads use mTLS: a
+    /// service written without the SDK (no certificate of its own, as a Python one), which
+    /// the operator declared plain (`control/default/plain_services`, written by `up` from the
+    /// manifest's `mtls = false`). Its credential still speaks only for it.
+    pub fn plain_allowed(&self, service: &str) -> bool {
+        let key =
+            flotilla_api::config::ConfigKey::new("control", flotilla_api::config::DEFAULT_PROFILE, PLAIN_SERVICES_KEY);
+        self.config
+            .get(&key, config::Reveal::Masked)
+            .ok()
+            .filter(|entry| !entry.deleted)
+            .and_then(|entry| entry.value.as_array().cloned())
+            .is_some_and(|list| list.iter().any(|name| name.as_str() == Some(service)))
     }
 
     /// The address to scrape this control plane at: its listen address, with an unspecified

@@ -174,4 +174,28 @@ async fn the_control_plane_takes_a_service_credential_only_with_a_matching_certi
         .await
         .unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(403), "{err}");
+    // Unless the operator declared the service plain (one written without the SDK): then its
+    // credential is taken there, and still speaks only for it.
+    let config = flotilla::config::ConfigClient::new(&plain.to_string(), Some(TOKEN.to_owned()));
+    let key = flotilla::api::config::ConfigKey::new("control", "default", flotilla_control::PLAIN_SERVICES_KEY);
+    config
+        .set(&key, serde_json::json!(["payments"]), false, Default::default())
+        .await
+        .unwrap();
+    let send_plain = |body: serde_json::Value| {
+        let (client, url, credential) = (
+            plain_client.clone(),
+            format!("http://{plain}/v1/registry/instances"),
+            credential.clone(),
+        );
+        async move {
+            client
+                .send::<_, serde_json::Value>(http::Method::POST, &url, Some(&credential), Some(&body), None)
+                .await
+        }
+    };
+    send_plain(registration.clone()).await.unwrap();
+    let as_orders = serde_json::json!({"service": "orders", "instance_id": "p1", "address": "127.0.0.1:9"});
+    let err = send_plain(as_orders).await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(403), "{err}");
 }
