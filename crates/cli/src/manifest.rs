@@ -17,6 +17,7 @@
 //! instances = 1
 //! env = { RUST_LOG = "info" }
 //! calls = ["inventory"]             # let it call inventory over mTLS (an operator's grant)
+//! mtls = false                      # a program without the SDK: plain HTTP (examples/python)
 //! ```
 
 use std::collections::BTreeMap;
@@ -79,6 +80,7 @@ struct RawService {
     oauth_client: Option<RawOauthClient>,
     #[serde(default)]
     calls: Vec<Spanned<String>>,
+    mtls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +144,9 @@ pub struct ServiceEntry {
     /// The services it calls beyond what they allow by themselves: each callee lets it in
     /// over mTLS (`up` writes the callee's `granted_callers`), as an operator's grant.
     pub calls: Vec<String>,
+    /// Whether it speaks mTLS (the default under `up`); `false` for a program written without
+    /// the SDK, which gets the control plane's plain address and is declared plain to it.
+    pub mtls: bool,
 }
 
 /// An OAuth 2.0 client a service needs (client credentials): `up` makes a random secret and
@@ -351,6 +356,7 @@ impl Manifest {
                 secrets,
                 oauth_client,
                 calls,
+                mtls: service.mtls.unwrap_or(true),
             });
         }
         Ok(Self {

@@ -181,4 +181,7 @@ fn a_service_may_be_granted_calls_to_services_of_the_manifest_only() {
             .contains("services.reviews.calls: `catalgo` is not a service"),
         "{err}"
     );
+    assert!(reviews.mtls, "mTLS unless told");
+    let m = parse("[services.hello]\nmtls = false\n").unwrap();
+    assert!(!m.services[0].mtls, "a program without the SDK is declared plain");
 }

@@ -15,7 +15,7 @@ use flotilla::config::{ConfigClient, ConfigClientError, TomlFile, Write};
 use super::fleet::Fleet;
 use super::output::Output;
 use super::{seeds, UpError};
-use crate::manifest::{Manifest, ServiceEntry};
+use crate::manifest::{Manifest, Program, ServiceEntry};
 
 /// How often the files are looked at.
 const EVERY: Duration = Duration::from_secs(1);
@@ -42,6 +42,22 @@ pub(super) struct Follower {
     pub(super) output: Arc<Output>,
     pub(super) control: String,
     pub(super) token: String,
+    /// What a plain service is told the control plane is (its plain listener).
+    pub(super) plain_control: String,
+}
+
+/// How `service`'s instances start: its program, and for a plain one (`mtls = false`) the
+/// control plane's plain address and no CA file, so it neither enrolls nor is sent to the
+/// mTLS listener.
+pub(super) fn program_for(service: &ServiceEntry, plain_control: &str) -> Program {
+    let mut program = service.program.clone();
+    if !service.mtls {
+        program
+            .env
+            .insert(flotilla_api::env::CONTROL_ADDR.into(), plain_control.to_owned());
+        program.env.insert(flotilla_api::env::CA_FILE.into(), String::new());
+    }
+    program
 }
 
 impl Follower {
@@ -135,7 +151,9 @@ impl Follower {
         if let Err(err) = grant_callers(&self.control, &self.token, &self.manifest).await {
             self.output.say(&format!("{name}: granting `calls`: {err}"));
         }
-        self.fleet.add(&service.name, service.program.clone(), slot).await;
+        self.fleet
+            .add(&service.name, program_for(service, &self.plain_control), slot)
+            .await;
         match self.fleet.scale(&service.name, service.instances).await {
             Ok(scaled) => self.output.say(&format!(
                 "{name}: added {} — started {} (they take traffic once registered)",
@@ -152,8 +170,9 @@ impl Follower {
                 self.output.say(&said);
             }
         }
-        if old.program != new.program {
-            if let Err(reason) = self.fleet.set_program(&new.name, new.program.clone()).await {
+        if old.program != new.program || old.mtls != new.mtls {
+            let program = program_for(new, &self.plain_control);
+            if let Err(reason) = self.fleet.set_program(&new.name, program).await {
                 self.output.say(&format!("{name}: {}: {reason}", new.name));
                 return;
             }
@@ -217,39 +236,55 @@ pub(super) async fn seeds_for(control: &str, token: &str, service: &ServiceEntry
     said
 }
 
-/// Writes each service's `granted_callers` (the services whose `calls` name it) where it
-/// differs from the store's: the callee lets them in over mTLS from its next handshake.
+/// Writes what the manifest grants where it differs from the store: each service's
+/// `granted_callers` (the services whose `calls` name it: the callee lets them in over mTLS from
+/// its next handshake), and the control plane's `plain_services` (those with `mtls = false`).
 pub(super) async fn grant_callers(control: &str, token: &str, manifest: &Manifest) -> Result<(), UpError> {
     let client = ConfigClient::new(control, Some(token.to_owned()));
+    let plain: Vec<String> = manifest
+        .services
+        .iter()
+        .filter(|s| !s.mtls)
+        .map(|s| s.name.clone())
+        .collect();
+    let key = ConfigKey::new("control", DEFAULT_PROFILE, flotilla_control::PLAIN_SERVICES_KEY);
+    write_list(&client, &key, plain, "the manifest's `mtls = false`").await?;
     for callee in &manifest.services {
-        let mut granted: Vec<String> = manifest
+        let granted: Vec<String> = manifest
             .services
             .iter()
             .filter(|caller| caller.calls.contains(&callee.name))
             .map(|caller| caller.name.clone())
             .collect();
-        granted.sort();
         let key = ConfigKey::new(&callee.name, DEFAULT_PROFILE, "granted_callers");
-        let current = match client.get(&key).await {
-            Ok(entry) if !entry.deleted => Some(entry.value),
-            Ok(_) | Err(ConfigClientError::NotFound(_)) => None,
-            Err(err) => return Err(UpError::Seed(err.to_string())),
-        };
-        let wanted = serde_json::json!(granted);
-        let write = Write {
-            expect: None,
-            author: Some("flotilla up".into()),
-            comment: Some("the manifest's `calls`".into()),
-        };
-        let written = match (current, granted.is_empty()) {
-            (None, true) => continue,
-            (Some(_), true) => client.delete(&key, write).await,
-            (Some(value), false) if value == wanted => continue,
-            (_, false) => client.set(&key, wanted, false, write).await,
-        };
-        written.map_err(|e| UpError::Seed(format!("{}/default/granted_callers: {e}", callee.name)))?;
+        write_list(&client, &key, granted, "the manifest's `calls`").await?;
     }
     Ok(())
+}
+
+/// Makes `key` the sorted `list` (deleted when empty) unless it is already.
+async fn write_list(client: &ConfigClient, key: &ConfigKey, mut list: Vec<String>, why: &str) -> Result<(), UpError> {
+    list.sort();
+    let current = match client.get(key).await {
+        Ok(entry) if !entry.deleted => Some(entry.value),
+        Ok(_) | Err(ConfigClientError::NotFound(_)) => None,
+        Err(err) => return Err(UpError::Seed(err.to_string())),
+    };
+    let wanted = serde_json::json!(list);
+    let write = Write {
+        expect: None,
+        author: Some("flotilla up".into()),
+        comment: Some(why.to_owned()),
+    };
+    let written = match (current, list.is_empty()) {
+        (None, true) => return Ok(()),
+        (Some(_), true) => client.delete(key, write).await,
+        (Some(value), false) if value == wanted => return Ok(()),
+        (_, false) => client.set(key, wanted, false, write).await,
+    };
+    written
+        .map(|_| ())
+        .map_err(|e| UpError::Seed(format!("{}/{}/{}: {e}", key.scope, key.profile, key.key)))
 }
 
 /// Checks the routes file and makes it the gateway's routes (a new revision of

@@ -421,7 +421,8 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         ),
     )];
     for (index, service) in manifest.services.iter().enumerate() {
-        fleet.add(&service.name, service.program.clone(), index + 2).await;
+        let program = follow::program_for(service, &options.control_addr.to_string());
+        fleet.add(&service.name, program, index + 2).await;
         if let Err(reason) = fleet.scale(&service.name, service.instances).await {
             output.say(&format!("{}: {reason}", service.name));
         }
@@ -462,6 +463,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         output: output.clone(),
         control: control_at.clone(),
         token: token.clone(),
+        plain_control: options.control_addr.to_string(),
     };
     let following = tokio::spawn(follower.run(async move {
         let _ = following_stopped.await;
