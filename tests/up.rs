@@ -398,3 +398,54 @@ fn restart_replaces_every_instance_without_a_failed_request() {
     assert!(!alive(before[0].1), "the old one exited");
     system.interrupt(Duration::from_secs(30));
 }
+
+#[test]
+fn an_edited_manifest_rescales_and_replaces_instances_while_up_runs() {
+    let system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let manifest = system.dir.path().join("flotilla.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let catalog = "[services.catalog]\ncommand = \"flotilla\"\nargs = [\"service\", \"catalog\"]\ninstances = 1\nenv = { RUST_LOG = \"info\" }\n";
+    assert!(text.contains(catalog), "the shipped manifest's catalog entry: {text}");
+
+    // Two instances instead of one.
+    let two = catalog.replace("instances = 1", "instances = 2");
+    std::fs::write(&manifest, text.replace(catalog, &two)).unwrap();
+    system.wait_for_line("catalog 1 → 2 instances", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while catalog_instances(&system.status()).len() < 2 {
+        assert!(Instant::now() < deadline, "a second catalog registered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Its environment changed: both replaced one at a time, serving throughout.
+    let before: Vec<u32> = catalog_instances(&system.status())
+        .iter()
+        .map(|(_, pid)| *pid)
+        .collect();
+    let load = support::load::Load::start(system.gateway, 100, vec![(http::Method::GET, "/api/v1/products/1")]);
+    let changed = two.replace("RUST_LOG = \"info\"", "RUST_LOG = \"info\", CATALOG_PAGE_SIZE = \"15\"");
+    std::fs::write(&manifest, text.replace(catalog, &changed)).unwrap();
+    system.wait_for_line(
+        "catalog's command or environment changed — replaced 2 instances",
+        Duration::from_secs(60),
+    );
+    let report = load.stop();
+    assert!(
+        report.failures().is_empty(),
+        "{} requests failed during the replacement",
+        report.failures().len()
+    );
+    let after: Vec<u32> = catalog_instances(&system.status())
+        .iter()
+        .map(|(_, pid)| *pid)
+        .collect();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.iter().all(|pid| !before.contains(pid)),
+        "new processes: {before:?} → {after:?}"
+    );
+    let (_, page) = http_get(system.gateway, "/api/v1/products").unwrap();
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(page["per_page"], 15, "the new environment is in force: {page}");
+}
