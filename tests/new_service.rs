@@ -14,35 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{flotilla, http_get, http_request, json_of};
-
-/// A command of the system's CLI run in its directory, with no address flag: it finds the
-/// running system from the data dir.
-fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(flotilla())
-        .current_dir(dir)
-        .args(args)
-        .env_remove("FLOTILLA_CONTROL_ADDR")
-        .env_remove("FLOTILLA_DATA_DIR")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn wait_until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use support::{cli_in as cli, flotilla, http_get, http_request, json_of, wait_until};
 
 #[test]
 fn a_scaffolded_service_joins_a_running_system_is_called_traced_and_removed() {

@@ -62,3 +62,35 @@ pub fn customer(system: &System, email: &str) -> String {
     assert_eq!(status, 200, "{tokens}");
     tokens["access_token"].as_str().unwrap().to_owned()
 }
+
+/// Polls `check` every 200 ms until it gives a value.
+///
+/// # Panics
+/// After `within`, naming `what` was awaited.
+pub fn wait_until<T>(what: &str, within: std::time::Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A command of the system's CLI run in `dir` with no address flag, as a user runs it beside
+/// a running `up`: it finds the system through the data dir. (Succeeded, stdout, stderr.)
+pub fn cli_in(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(flotilla())
+        .current_dir(dir)
+        .args(args)
+        .env_remove("FLOTILLA_CONTROL_ADDR")
+        .env_remove("FLOTILLA_DATA_DIR")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
