@@ -88,6 +88,7 @@ pub fn validate_key(key: &str) -> Result<(), String> {
 
 /// One revision of one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigEntry {
     /// `application` or a service name.
     pub scope: String,
@@ -114,6 +115,7 @@ pub struct ConfigEntry {
 
 /// A write: `PUT /v1/config/{scope}/{profile}/{key}`. Compare-and-set through `If-Match`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConfigWrite {
     /// The new value.
@@ -131,6 +133,7 @@ pub struct ConfigWrite {
 
 /// `POST .../rollback`: a new revision carrying an old one's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rollback {
     /// The revision whose value comes back.
@@ -145,6 +148,7 @@ pub struct Rollback {
 
 /// What changed at one place of a JSON document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Change {
     /// JSON Pointer (RFC 6901) to the place; empty for the whole document.
     pub path: String,
@@ -160,6 +164,7 @@ pub struct Change {
 
 /// The kind of a [`Change`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeOp {
     /// Present after, not before.
@@ -172,6 +177,7 @@ pub enum ChangeOp {
 
 /// `GET .../diff?from=A&to=B`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigDiff {
     /// The older revision.
     pub from: ConfigEntry,
@@ -183,6 +189,7 @@ pub struct ConfigDiff {
 
 /// Where a resolved key's value came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Source {
     /// Scope of the layer.
     pub scope: String,
@@ -195,6 +202,7 @@ pub struct Source {
 /// `GET /v1/config/resolve/{service}?profile=P`: every key a service sees, its layers merged
 /// (application < application+profile < service < service+profile; objects merge key by key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resolved {
     /// The newest write (deletions included) to any of the service's layers, 0 if none: what
     /// the document is "at", and the index a blocking query waits to pass.
@@ -215,6 +223,7 @@ pub struct Resolved {
 
 /// Whether an instance took a revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ApplyStatus {
     /// Running on it.
@@ -225,6 +234,7 @@ pub enum ApplyStatus {
 
 /// `PUT /v1/config/applied/{instance_id}`: what an instance did with a revision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ApplyReport {
     /// The instance's service.
@@ -244,6 +254,7 @@ pub struct ApplyReport {
 
 /// One instance's latest report, as the control plane shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceConfig {
     /// The instance.
     pub instance_id: String,

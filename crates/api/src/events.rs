@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// An event, as CloudEvents 1.0 shapes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CloudEvent {
     /// `1.0`.
     #[serde(default = "spec_version")]
@@ -106,6 +107,7 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
 
 /// What an append did with one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Appended {
     /// The event's id.
     pub id: String,
@@ -117,6 +119,7 @@ pub struct Appended {
 
 /// One event handed to a consumer group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// Its offset; ack it by this.
     pub offset: u64,
@@ -128,6 +131,7 @@ pub struct Delivery {
 
 /// `POST /v1/events/{topic}/ack`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Ack {
     /// The consumer group.
@@ -138,6 +142,7 @@ pub struct Ack {
 
 /// `POST /v1/events/{topic}/nack`: a handler failed; redeliver (or dead-letter) it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Nack {
     /// The consumer group.
@@ -150,6 +155,7 @@ pub struct Nack {
 
 /// A topic as the log shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopicInfo {
     /// The topic.
     pub topic: String,
@@ -163,6 +169,7 @@ pub struct TopicInfo {
 
 /// A consumer group's progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupInfo {
     /// The group.
     pub group: String,

@@ -25,6 +25,7 @@ pub fn service_of(spiffe_id: &str) -> Option<&str> {
 
 /// `POST /v1/identity/certificates`: an instance's request for a certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CertificateRequest {
     /// A PKCS#10 request (PEM) for the instance's own key.
@@ -39,6 +40,7 @@ pub struct CertificateRequest {
 
 /// A certificate the CA issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IssuedCertificate {
     /// The certificate (PEM).
     pub certificate: String,

@@ -29,6 +29,7 @@ pub mod meta {
 
 /// What an instance tells the registry about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     /// The service this instance belongs to (`catalog`).
@@ -95,6 +96,7 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
 
 /// The registry's answer to a registration: how often to heartbeat and when the lease lapses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lease {
     /// Send a heartbeat this often, in milliseconds.
     pub heartbeat_ms: u64,
@@ -104,6 +106,7 @@ pub struct Lease {
 
 /// How the registry sees an instance's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Heartbeats arrive on time.
@@ -123,6 +126,7 @@ impl std::fmt::Display for Health {
 
 /// A registered instance as the registry reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Instance {
     /// The service it belongs to.
     pub service: String,
@@ -157,6 +161,7 @@ impl Instance {
 
 /// A list of instances at a registry revision: the answer to a (blocking) query.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceList {
     /// The registry revision this list reflects; pass it back as `index` to wait for a change.
     pub index: u64,
@@ -171,6 +176,7 @@ pub struct InstanceList {
 
 /// One service and how many of its instances are registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceSummary {
     /// The service name.
     pub name: String,

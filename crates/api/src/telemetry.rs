@@ -26,6 +26,7 @@ pub const LOG_FORMAT_ENV: &str = "FLOTILLA_LOG_FORMAT";
 
 /// What a span stands for, as OTLP's `SpanKind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SpanKind {
     /// Work inside a process (a saga step).
@@ -43,6 +44,7 @@ pub enum SpanKind {
 
 /// A span's outcome, as OTLP's `Status.code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SpanStatus {
     /// Not set by the instrumentation.
@@ -56,6 +58,7 @@ pub enum SpanStatus {
 
 /// One span as stored: the fields a trace view needs, with attribute values as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Span {
     /// 32 lowercase hex digits.
     pub trace_id: String,
@@ -103,6 +106,7 @@ impl Span {
 
 /// A timed event inside a span.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpanEvent {
     /// What happened.
     pub name: String,
@@ -115,6 +119,7 @@ pub struct SpanEvent {
 
 /// A link to another span.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpanLink {
     /// The linked span's trace.
     pub trace_id: String,
@@ -124,6 +129,7 @@ pub struct SpanLink {
 
 /// `GET /v1/traces/{trace_id}`: every stored span of one trace, ordered by start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Trace {
     /// The trace.
     pub trace_id: String,
@@ -133,6 +139,7 @@ pub struct Trace {
 
 /// One line of `GET /v1/traces`: a trace at a glance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TraceSummary {
     /// The trace.
     pub trace_id: String,
@@ -176,6 +183,7 @@ pub struct TraceQuery {
 
 /// The answer to a [`TraceQuery`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TraceList {
     /// Newest first.
     pub traces: Vec<TraceSummary>,
@@ -183,6 +191,7 @@ pub struct TraceList {
 
 /// How a dependency was observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DependencyKind {
     /// A request: a server span whose parent is in another service, or a client span naming
@@ -194,6 +203,7 @@ pub enum DependencyKind {
 
 /// One edge of the service dependency graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Dependency {
     /// Who called (or emitted).
     pub caller: String,
@@ -216,6 +226,7 @@ pub struct Dependency {
 /// `GET /v1/dependencies?lookback_seconds=`: the graph derived from the spans stored in the
 /// window (default one hour).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DependencyGraph {
     /// Every service with a span in the window, and every `peer.service` an edge names (a
     /// callee without spans of its own is still a node), sorted.
@@ -226,6 +237,7 @@ pub struct DependencyGraph {
 
 /// One target group of Prometheus HTTP service discovery (`GET /v1/sd/prometheus`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScrapeTargetGroup {
     /// `host:port` of each instance to scrape.
     pub targets: Vec<String>,

@@ -29,6 +29,12 @@ pub const BEARER: &str = "bearer";
 /// `D`'s document as served: titled by the service, its version and description, with the
 /// bearer (JWT) scheme and the document's own path, in OpenAPI 3.1 JSON.
 pub fn document<D: utoipa::OpenApi>(service: &str, version: &str, description: &str) -> Value {
+    document_at::<D>(PATH, service, version, description)
+}
+
+/// [`document`], served at `path` instead of [`PATH`] (the control plane's API lives under
+/// `/v1`, so its document does too).
+pub fn document_at<D: utoipa::OpenApi>(path: &str, service: &str, version: &str, description: &str) -> Value {
     let mut doc = D::openapi();
     doc.info.title = service.to_owned();
     doc.info.version = version.to_owned();
@@ -60,7 +66,7 @@ pub fn document<D: utoipa::OpenApi>(service: &str, version: &str, description: &
         .response("200", answer)
         .build();
     doc.paths.paths.insert(
-        PATH.to_owned(),
+        path.to_owned(),
         PathItem::new(utoipa::openapi::HttpMethod::Get, operation),
     );
     serde_json::to_value(&doc).unwrap_or(Value::Null)
@@ -68,9 +74,14 @@ pub fn document<D: utoipa::OpenApi>(service: &str, version: &str, description: &
 
 /// `GET /openapi.json` answering `document`.
 pub fn route<S: Clone + Send + Sync + 'static>(document: Value) -> Router<S> {
+    route_at(PATH, document)
+}
+
+/// `GET <path>` answering `document` (made by [`document_at`] with the same path).
+pub fn route_at<S: Clone + Send + Sync + 'static>(path: &str, document: Value) -> Router<S> {
     let document = std::sync::Arc::new(document);
     Router::new().route(
-        PATH,
+        path,
         get(move || {
             let document = document.clone();
             async move { crate::http::Json((*document).clone()) }
@@ -128,5 +139,12 @@ mod tests {
         assert!(doc["components"]["schemas"]["Problem"]["properties"]["type"].is_object());
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
         assert!(doc["paths"][PATH]["get"].is_object());
+    }
+
+    #[test]
+    fn a_document_may_name_its_own_path() {
+        let doc = document_at::<Api>("/v1/openapi.json", "control", "1.0.0", "The control plane.");
+        assert!(doc["paths"]["/v1/openapi.json"]["get"].is_object());
+        assert!(doc["paths"].get(PATH).is_none());
     }
 }
