@@ -1,5 +1,6 @@
 //! The control plane's HTTP API, under `/v1`. Deny by default: every request but the health
-//! checks carries a credential, and [`crate::acl`] says what its principal may do.
+//! checks and the OpenAPI document carries a credential, and [`crate::acl`] says what its
+//! principal may do. Each handler tells [`openapi`] what it takes and answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use flotilla::http::{with_problem_fallbacks, Json, Query};
-use flotilla_api::{Problem, Registration, INDEX_HEADER};
-use serde::Deserialize;
+use flotilla::utoipa::{self, IntoParams, ToSchema};
+use flotilla_api::{InstanceList, Lease, Problem, Registration, ServiceSummary, INDEX_HEADER};
+use serde::{Deserialize, Serialize};
+
+pub mod openapi;
 
 pub use crate::acl::Principal;
 use crate::registry::{Registered, Registry, RegistryError};
@@ -29,14 +33,10 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// The whole API as an axum router.
 pub fn router(state: Arc<ControlState>) -> Router {
     let api = Router::new()
-        .route(
-            "/health/live",
-            get(|| async { Json(serde_json::json!({"status": "live"})) }),
-        )
-        .route(
-            "/health/ready",
-            get(|| async { Json(serde_json::json!({"status": "ready"})) }),
-        )
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        // A public contract, like the health checks: no credential asked.
+        .merge(flotilla::openapi::route_at(openapi::PATH, openapi::document()))
         .route("/v1/registry/instances", post(register).get(list_instances))
         .route("/v1/registry/instances/{id}", axum::routing::delete(deregister))
         .route("/v1/registry/instances/{id}/heartbeat", put(heartbeat))
@@ -51,7 +51,8 @@ pub fn router(state: Arc<ControlState>) -> Router {
     with_problem_fallbacks(api)
 }
 
-/// A request's principal: a credential is needed for everything but the health checks.
+/// A request's principal: a credential is needed for everything but the health checks and
+/// the OpenAPI document (which take no `Principal`).
 impl FromRequestParts<Arc<ControlState>> for Principal {
     type Rejection = Response;
 
@@ -132,6 +133,28 @@ fn unauthorized(detail: &str) -> Response {
     response
 }
 
+/// A health check's answer.
+#[derive(Debug, Serialize, ToSchema)]
+struct HealthStatus {
+    /// `live` or `ready`.
+    #[schema(example = "live")]
+    status: &'static str,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health/live", operation_id = "live", tag = "health",
+    responses((status = 200, description = "Live", body = HealthStatus)))]
+async fn live() -> Json<HealthStatus> {
+    Json(HealthStatus { status: "live" })
+}
+
+/// The control plane answers requests.
+#[utoipa::path(get, path = "/health/ready", operation_id = "ready", tag = "health",
+    responses((status = 200, description = "Ready", body = HealthStatus)))]
+async fn ready() -> Json<HealthStatus> {
+    Json(HealthStatus { status: "ready" })
+}
+
 fn problem(err: RegistryError) -> Problem {
     match err {
         RegistryError::UnknownInstance(id) => Problem::not_found(format!("no instance `{id}` is registered")),
@@ -139,6 +162,17 @@ fn problem(err: RegistryError) -> Problem {
     }
 }
 
+/// Registers an instance, or renews the lease of one already registered.
+#[utoipa::path(post, path = "/v1/registry/instances", operation_id = "register", tag = "registry",
+    security(("bearer" = [])), request_body = Registration,
+    responses(
+        (status = 201, description = "Registered: a new lease", body = Lease),
+        (status = 200, description = "Already registered: the lease renewed", body = Lease),
+        (status = 400, description = "A field is invalid (named in `invalid-params`); unknown fields are refused",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential does not speak for the registration's service",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn register(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -170,6 +204,18 @@ fn own_instance(state: &ControlState, who: &Principal, id: &str) -> Result<(), P
     }
 }
 
+/// Renews an instance's lease.
+#[utoipa::path(put, path = "/v1/registry/instances/{id}/heartbeat", operation_id = "heartbeat", tag = "registry",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The instance's id")),
+    responses(
+        (status = 200, description = "The renewed lease", body = Lease),
+        (status = 403, description = "The instance is of a service the credential does not speak for",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404,
+            description = "The registry does not know the instance (a restarted control plane): register again",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn heartbeat(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -180,6 +226,17 @@ async fn heartbeat(
     Ok(Json(lease).into_response())
 }
 
+/// Removes an instance from the registry.
+#[utoipa::path(delete, path = "/v1/registry/instances/{id}", operation_id = "deregister", tag = "registry",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The instance's id")),
+    responses(
+        (status = 204, description = "Deregistered"),
+        (status = 403, description = "The instance is of a service the credential does not speak for",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such instance is registered",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn deregister(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -192,13 +249,15 @@ async fn deregister(
 }
 
 /// Query parameters of a (blocking) list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only this service.
     service: Option<String>,
     /// Block until the revision passes this index.
     index: Option<u64>,
     /// How long to block (`500ms`, `30s`); at most 5 minutes.
+    #[param(example = "30s")]
     wait: Option<String>,
 }
 
@@ -246,6 +305,16 @@ async fn list(
     Ok(response)
 }
 
+/// Every registered instance, or a service's; with `index`, a blocking query that answers when
+/// the registry's revision passes it (or `wait` elapses).
+#[utoipa::path(get, path = "/v1/registry/instances", operation_id = "listInstances", tag = "registry",
+    security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, description = "The instances at a registry revision", body = InstanceList,
+            headers(("x-flotilla-index" = u64, description = "The registry revision the list reflects"))),
+        (status = 400, description = "A bad service name or `wait`",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_instances(
     _who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -254,6 +323,21 @@ async fn list_instances(
     list(&state, q.service.as_deref(), q.index, q.wait.as_deref()).await
 }
 
+/// The instances of one service; with `index`, a blocking query.
+#[utoipa::path(get, path = "/v1/registry/services/{name}", operation_id = "listServiceInstances", tag = "registry",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("index" = Option<u64>, Query, description = "Block until the revision passes this index"),
+        ("wait" = Option<String>, Query, description = "How long to block (`500ms`, `30s`); at most 5 minutes",
+            example = "30s"),
+    ),
+    responses(
+        (status = 200, description = "The service's instances at a registry revision", body = InstanceList,
+            headers(("x-flotilla-index" = u64, description = "The registry revision the list reflects"))),
+        (status = 400, description = "A bad service name or `wait`",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list_service(
     _who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -263,11 +347,19 @@ async fn list_service(
     list(&state, Some(&name), q.index, q.wait.as_deref()).await
 }
 
+/// Every service with instances, and how many of them pass.
+#[utoipa::path(get, path = "/v1/registry/services", operation_id = "listServices", tag = "registry",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The services", body = [ServiceSummary])))]
 async fn list_services(_who: Principal, State(state): State<Arc<ControlState>>) -> impl IntoResponse {
     Json(state.registry.services())
 }
 
 /// `GET /v1/identity/ca`: the CA's certificate, which every instance verifies peers against.
+#[utoipa::path(get, path = "/v1/identity/ca", operation_id = "caCertificate", tag = "identity",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The CA's certificate (PEM)", body = String,
+        content_type = "application/x-pem-file")))]
 async fn authority(_who: Principal, State(state): State<Arc<ControlState>>) -> Response {
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file"))],
@@ -278,6 +370,19 @@ async fn authority(_who: Principal, State(state): State<Arc<ControlState>>) -> R
 
 /// `POST /v1/identity/certificates`: a day-long (or, asked, shorter) certificate for the key of the request, naming
 /// the service the credential speaks for (`spiffe://flotilla/<service>`) and nothing else.
+#[utoipa::path(post, path = "/v1/identity/certificates", operation_id = "issueCertificate", tag = "identity",
+    security(("bearer" = [])), request_body = flotilla_api::identity::CertificateRequest,
+    responses(
+        (status = 201, description = "A certificate for the request's key, naming only `spiffe://flotilla/<service>`",
+            body = flotilla_api::identity::IssuedCertificate),
+        (status = 400,
+            description = "The CSR is not a valid request, `lifetime_seconds` is 0, or the operator named no service",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential may not have a certificate for that service",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Signing failed",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn certificate(
     who: Principal,
     State(state): State<Arc<ControlState>>,

@@ -11,7 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use flotilla::http::{Json, Query};
-use flotilla_api::config::{diff, ApplyReport, ConfigDiff, ConfigKey, ConfigWrite, Rollback, DEFAULT_PROFILE};
+use flotilla::utoipa::{self, IntoParams};
+use flotilla_api::config::{
+    diff, ApplyReport, ConfigDiff, ConfigEntry, ConfigKey, ConfigWrite, InstanceConfig, Resolved, Rollback,
+    DEFAULT_PROFILE,
+};
 use flotilla_api::{Problem, INDEX_HEADER};
 use serde::Deserialize;
 
@@ -122,12 +126,23 @@ fn with_etag(entry: &flotilla_api::config::ConfigEntry, status: StatusCode) -> R
     (status, [etag(entry.revision)], Json(entry)).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this scope (a service must name its own).
     scope: Option<String>,
+    /// Only this profile.
     profile: Option<String>,
 }
 
+/// Every key with a value, secrets masked.
+#[utoipa::path(get, path = "/v1/config", operation_id = "listConfig", tag = "config",
+    security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, description = "Every key with a value, secrets masked", body = [ConfigEntry]),
+        (status = 403, description = "A service lists only its own scope (`?scope=`)",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -139,11 +154,30 @@ async fn list(
     Ok(Json(state.config.list(q.scope.as_deref(), q.profile.as_deref())).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReadQuery {
+    /// An older revision of the key instead of its current value.
     revision: Option<u64>,
 }
 
+/// A key's value (or one of its revisions); secrets shown only to who may see them.
+#[utoipa::path(get, path = "/v1/config/{scope}/{profile}/{key}", operation_id = "readConfig", tag = "config",
+    security(("bearer" = [])),
+    params(("scope" = String, Path, description = "`application` or a service name"),
+        ("profile" = String, Path, description = "`default`, `dev`, `prod`, …"),
+        ("key" = String, Path, description = "The key (`page_size`)"),
+        ReadQuery),
+    responses(
+        (status = 200, description = "The entry", body = ConfigEntry, headers(("ETag" = String,
+            description = "The entry's revision, quoted (`\"14\"`): send it back as `If-Match`"))),
+        (status = 400, description = "A bad scope, profile or key",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential may not read this scope",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The key has no value (or no such revision)",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn read(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -160,6 +194,31 @@ async fn read(
     Ok(with_etag(&entry, StatusCode::OK))
 }
 
+/// Sets a key's value: a new revision (the operator's).
+#[utoipa::path(put, path = "/v1/config/{scope}/{profile}/{key}", operation_id = "writeConfig", tag = "config",
+    security(("bearer" = [])), request_body = ConfigWrite,
+    params(("scope" = String, Path, description = "`application` or a service name"),
+        ("profile" = String, Path, description = "`default`, `dev`, `prod`, …"),
+        ("key" = String, Path, description = "The key (`page_size`)"),
+        ("If-Match" = Option<String>, Header, nullable = false,
+            description = "Compare-and-set: write only if the key is at this revision (the ETag read, `\"42\"`)"),
+        ("If-None-Match" = Option<String>, Header, nullable = false,
+            description = "`*`: write only if the key has no value"),
+        ("x-flotilla-author" = Option<String>, Header, nullable = false,
+            description = "Who writes, when the body does not say"),
+    ),
+    responses(
+        (status = 200, description = "The new entry", body = ConfigEntry, headers(("ETag" = String,
+            description = "The entry's revision, quoted (`\"14\"`): send it back as `If-Match`"))),
+        (status = 400, description = "A bad scope, profile, key, value, author, comment or condition",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only the operator writes config",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 412,
+            description = "The key moved on from the `If-Match` revision (or has a value, with \
+                `If-None-Match: *`): the detail names its current revision",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn write(
     _auth: Authorized,
     State(state): State<Arc<ControlState>>,
@@ -177,11 +236,38 @@ async fn write(
     Ok(with_etag(&entry, StatusCode::OK))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeleteQuery {
+    /// Why.
     comment: Option<String>,
 }
 
+/// Deletes a key's value: a tombstone revision, so its history keeps what it was (the
+/// operator's).
+#[utoipa::path(delete, path = "/v1/config/{scope}/{profile}/{key}", operation_id = "deleteConfig", tag = "config",
+    security(("bearer" = [])),
+    params(("scope" = String, Path, description = "`application` or a service name"),
+        ("profile" = String, Path, description = "`default`, `dev`, `prod`, …"),
+        ("key" = String, Path, description = "The key (`page_size`)"),
+        DeleteQuery,
+        ("If-Match" = Option<String>, Header, nullable = false,
+            description = "Compare-and-set: write only if the key is at this revision (the ETag read, `\"42\"`)"),
+        ("x-flotilla-author" = Option<String>, Header, nullable = false, description = "Who deletes"),
+    ),
+    responses(
+        (status = 200, description = "The tombstone entry (`deleted: true`, `value: null`)", body = ConfigEntry,
+            headers(("ETag" = String,
+            description = "The entry's revision, quoted (`\"14\"`): send it back as `If-Match`"))),
+        (status = 400, description = "A bad scope, profile, key, comment or condition",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only the operator writes config",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The key has no value",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The key moved on from the `If-Match` revision",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn remove(
     _auth: Authorized,
     State(state): State<Arc<ControlState>>,
@@ -198,11 +284,30 @@ async fn remove(
     Ok(with_etag(&entry, StatusCode::OK))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// At most this many (default 100, at most 1000).
     limit: Option<u32>,
 }
 
+/// A key's revisions, newest first.
+#[utoipa::path(get, path = "/v1/config/{scope}/{profile}/{key}/history", operation_id = "configHistory",
+    tag = "config",
+    security(("bearer" = [])),
+    params(("scope" = String, Path, description = "`application` or a service name"),
+        ("profile" = String, Path, description = "`default`, `dev`, `prod`, …"),
+        ("key" = String, Path, description = "The key (`page_size`)"),
+        HistoryQuery),
+    responses(
+        (status = 200, description = "Entries, newest first", body = [ConfigEntry]),
+        (status = 400, description = "A bad scope, profile or key",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential may not read this scope",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The key was never written",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn history(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -216,12 +321,31 @@ async fn history(
     Ok(Json(entries).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DiffQuery {
+    /// The older revision.
     from: u64,
+    /// The newer revision (default: the newest).
     to: Option<u64>,
 }
 
+/// What changed between two revisions of a key.
+#[utoipa::path(get, path = "/v1/config/{scope}/{profile}/{key}/diff", operation_id = "diffConfig", tag = "config",
+    security(("bearer" = [])),
+    params(("scope" = String, Path, description = "`application` or a service name"),
+        ("profile" = String, Path, description = "`default`, `dev`, `prod`, …"),
+        ("key" = String, Path, description = "The key (`page_size`)"),
+        DiffQuery),
+    responses(
+        (status = 200, description = "Both entries and every change, with RFC 6901 pointers", body = ConfigDiff),
+        (status = 400, description = "A bad scope, profile, key or revision",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential may not read this scope",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such revision",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn diff_revisions(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -243,6 +367,30 @@ async fn diff_revisions(
     Ok(Json(ConfigDiff { from, to, changes }).into_response())
 }
 
+/// A new revision carrying an older one's value (the operator's).
+#[utoipa::path(post, path = "/v1/config/{scope}/{profile}/{key}/rollback", operation_id = "rollbackConfig",
+    tag = "config",
+    security(("bearer" = [])), request_body = Rollback,
+    params(("scope" = String, Path, description = "`application` or a service name"),
+        ("profile" = String, Path, description = "`default`, `dev`, `prod`, …"),
+        ("key" = String, Path, description = "The key (`page_size`)"),
+        ("If-Match" = Option<String>, Header, nullable = false,
+            description = "Compare-and-set: write only if the key is at this revision (the ETag read, `\"42\"`)"),
+        ("x-flotilla-author" = Option<String>, Header, nullable = false,
+            description = "Who rolls back, when the body does not say"),
+    ),
+    responses(
+        (status = 200, description = "The new entry", body = ConfigEntry, headers(("ETag" = String,
+            description = "The entry's revision, quoted (`\"14\"`): send it back as `If-Match`"))),
+        (status = 400, description = "A bad scope, profile, key, author, comment or condition",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only the operator writes config",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such revision",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The key moved on from the `If-Match` revision",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn rollback(
     _auth: Authorized,
     State(state): State<Arc<ControlState>>,
@@ -260,15 +408,31 @@ async fn rollback(
     Ok(with_etag(&entry, StatusCode::OK))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ResolveQuery {
+    /// The instance's profile (default `default`).
     profile: Option<String>,
+    /// Block until the document's revision passes this index.
     index: Option<u64>,
+    /// How long to block (`500ms`, `30s`; default 30 s, at most 5 minutes).
+    #[param(example = "30s")]
     wait: Option<String>,
 }
 
 /// A service's document: `application` and its own scope merged; a service reads only its
-/// own (with the secrets of both).
+/// own (with the secrets of both). With `index`, a blocking query on the service's layers.
+#[utoipa::path(get, path = "/v1/config/resolve/{service}", operation_id = "resolveConfig", tag = "config",
+    security(("bearer" = [])),
+    params(("service" = String, Path, description = "The service"), ResolveQuery),
+    responses(
+        (status = 200, description = "The merged document", body = Resolved, headers(("x-flotilla-index" = u64,
+            description = "The document's revision (`revision`): pass it back as `index` to wait for a change"))),
+        (status = 400, description = "A bad service, profile or `wait`",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A service resolves only its own document",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn resolve(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -292,6 +456,18 @@ async fn resolve(
     Ok(([(HeaderName::from_static(INDEX_HEADER), index)], Json(resolved)).into_response())
 }
 
+/// What an instance did with a revision: applied it, or refused it and runs on its last
+/// good one.
+#[utoipa::path(put, path = "/v1/config/applied/{instance_id}", operation_id = "reportApplied", tag = "config",
+    security(("bearer" = [])), request_body = ApplyReport,
+    params(("instance_id" = String, Path, description = "The reporting instance")),
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 400, description = "A bad instance id or error (at most 4096 characters)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential does not speak for the report's service",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn report(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -314,13 +490,29 @@ async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AppliedQuery {
+    /// Only this service's instances.
     service: Option<String>,
+    /// Block until a report newer than this index arrives.
     index: Option<u64>,
+    /// How long to block (`500ms`, `30s`; default 30 s, at most 5 minutes).
+    #[param(example = "30s")]
     wait: Option<String>,
 }
 
+/// Each live instance's latest report; with `index`, a blocking query.
+#[utoipa::path(get, path = "/v1/config/applied", operation_id = "listApplied", tag = "config",
+    security(("bearer" = [])), params(AppliedQuery),
+    responses(
+        (status = 200, description = "The reports", body = [InstanceConfig], headers(("x-flotilla-index" = u64,
+            description = "The reports' revision: pass it back as `index` to wait for a new one"))),
+        (status = 400, description = "A bad `wait`",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only the operator and readers see what every instance applied",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn applied(
     who: Principal,
     State(state): State<Arc<ControlState>>,

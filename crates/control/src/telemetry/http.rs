@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use flotilla::http::{Json, Query};
-use flotilla_api::telemetry::{ScrapeTargetGroup, TraceQuery};
+use flotilla::utoipa::{self, IntoParams};
+use flotilla_api::telemetry::{DependencyGraph, ScrapeTargetGroup, Trace, TraceList, TraceQuery};
 use flotilla_api::Problem;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -105,6 +106,27 @@ fn malformed(detail: String) -> Problem {
 
 /// `POST /v1/traces`: an OTLP/HTTP export. Answered in the request's encoding, after the
 /// spans are stored; spans that were malformed are counted in `partial_success`.
+#[utoipa::path(post, path = "/v1/traces", operation_id = "exportTraces", tag = "telemetry",
+    security(("bearer" = [])),
+    request_body(
+        description = "An OTLP `ExportTraceServiceRequest` (OTLP/HTTP), uncompressed: protobuf or its JSON mapping",
+        content(("application/x-protobuf"), ("application/json"))),
+    responses(
+        (status = 200,
+            description = "An OTLP `ExportTraceServiceResponse` in the request's encoding; rejected spans are \
+                counted in `partial_success` (`{}` in JSON when none were)",
+            content(("application/x-protobuf"), ("application/json"))),
+        (status = 400, description = "The body is not an `ExportTraceServiceRequest`",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A read-only credential sends no spans",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 8 MiB: send smaller batches",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/x-protobuf` or `application/json`, or compressed",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The spans could not be stored: send them again (OTLP exporters retry)",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn export(who: Principal, State(state): State<Arc<ControlState>>, request: Request) -> Response {
     if !who.may_export() {
         return forbidden("a read-only credential sends no spans").into_response();
@@ -172,7 +194,6 @@ fn answer(encoding: Encoding, ingested: &Ingested) -> Response {
         .into_response()
 }
 
-/// `GET /v1/traces/{trace_id}`.
 /// Refuses a service: what the system observed (span attributes hold order and payment ids)
 /// is for the operator and readers.
 fn observer(who: &Principal) -> Result<(), Problem> {
@@ -185,6 +206,21 @@ fn observer(who: &Principal) -> Result<(), Problem> {
     }
 }
 
+/// `GET /v1/traces/{trace_id}`: every stored span of one trace.
+#[utoipa::path(get, path = "/v1/traces/{trace_id}", operation_id = "getTrace", tag = "telemetry",
+    security(("bearer" = [])),
+    params(("trace_id" = String, Path, description = "32 hex digits, or the first 8 or more of them")),
+    responses(
+        (status = 200, description = "The trace, its spans earliest first", body = Trace),
+        (status = 400, description = "Not a trace id",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only the operator and readers read traces",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No span of the trace is stored (never received, or pruned)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The shortened id names more than one trace",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn trace(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -201,17 +237,32 @@ async fn trace(
 
 /// The query of `GET /v1/traces`; an unknown parameter is refused rather than ignored, so a
 /// misspelt filter does not quietly match everything.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
+    /// A service with a span in the trace.
     service: Option<String>,
+    /// An operation (span name) in the trace.
     operation: Option<String>,
+    /// Only traces at least this long.
     min_duration_ms: Option<u64>,
+    /// Only traces with an error span.
     errors: Option<bool>,
+    /// At most this many (default 20, at most 1000).
     limit: Option<u32>,
 }
 
 /// `GET /v1/traces?service=&operation=&min_duration_ms=&errors=&limit=`.
+#[utoipa::path(get, path = "/v1/traces", operation_id = "listTraces", tag = "telemetry",
+    security(("bearer" = [])), params(ListParams),
+    responses(
+        (status = 200, description = "The newest matching traces, newest first", body = TraceList),
+        (status = 400, description = "A bad or unknown parameter",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only the operator and readers read traces",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn list(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -228,13 +279,25 @@ async fn list(
     Ok(Json(state.traces.list(&query).await.map_err(problem)?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DependencyParams {
+    /// The window of spans the graph is derived from (default one hour).
+    #[param(minimum = 1)]
     lookback_seconds: Option<u64>,
 }
 
 /// `GET /v1/dependencies?lookback_seconds=`.
+#[utoipa::path(get, path = "/v1/dependencies", operation_id = "dependencies", tag = "telemetry",
+    security(("bearer" = [])), params(DependencyParams),
+    responses(
+        (status = 200, description = "The service dependency graph", body = DependencyGraph),
+        (status = 400, description = "A bad or unknown parameter",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Only the operator and readers read dependencies",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn dependencies(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -252,6 +315,13 @@ async fn dependencies(
 /// `GET /v1/sd/prometheus`: Prometheus HTTP service discovery. One target group per
 /// registered instance (its address, and labels `service`, `instance` and
 /// `__metrics_path__`), and one for the control plane itself when it knows its address.
+#[utoipa::path(get, path = "/v1/sd/prometheus", operation_id = "prometheusTargets", tag = "telemetry",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus HTTP service discovery's target groups", body = [ScrapeTargetGroup]),
+        (status = 403, description = "Only the operator and readers read service discovery",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn service_discovery(
     who: Principal,
     State(state): State<Arc<ControlState>>,
@@ -297,7 +367,15 @@ pub fn scrape_targets(state: &ControlState) -> Vec<ScrapeTargetGroup> {
     groups
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: the control plane's own metrics, in Prometheus' text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "telemetry",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
+            content_type = "text/plain; version=0.0.4"),
+        (status = 403, description = "Only the operator and readers read metrics",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn render_metrics(who: Principal, State(state): State<Arc<ControlState>>) -> Result<impl IntoResponse, Problem> {
     observer(&who)?;
     let store_bytes = match state.traces.size_bytes().await {
