@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use flotilla::api::config::{ConfigKey, DEFAULT_PROFILE, GATEWAY_SCOPE, ROUTES_KEY};
 use flotilla::config::{ConfigClient, ConfigClientError, TomlFile, Write};
@@ -20,17 +20,15 @@ use crate::manifest::{Manifest, Program, ServiceEntry};
 /// How often the files are looked at.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// What a file looked like when last read: a change of either is a change of the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp(Option<(SystemTime, u64)>);
+/// A file's bytes when last looked at (`None`: unreadable). Compared whole: a small file,
+/// read once a second, and no edit is missed for keeping its size within its mtime's tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Seen(Option<Vec<u8>>);
 
-impl Stamp {
-    fn of(path: &Path) -> Self {
-        Self(
-            std::fs::metadata(path)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len()))),
-        )
+impl Seen {
+    /// The file as it is now.
+    pub(super) fn of(path: &Path) -> Self {
+        Self(std::fs::read(path).ok())
     }
 }
 
@@ -44,6 +42,10 @@ pub(super) struct Follower {
     pub(super) token: String,
     /// What a plain service is told the control plane is (its plain listener).
     pub(super) plain_control: String,
+    /// The manifest as `up` read it, so an edit made before the follower starts still counts.
+    pub(super) manifest_seen: Seen,
+    /// The routes file as `up` read it.
+    pub(super) routes_seen: Option<Seen>,
 }
 
 /// How `service`'s instances start: its program, and for a plain one (`mtls = false`) the
@@ -65,8 +67,8 @@ impl Follower {
     pub(super) async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let path = self.manifest.path.clone();
-        let mut manifest_seen = Stamp::of(&path);
-        let mut routes_seen = self.manifest.gateway.routes.as_deref().map(Stamp::of);
+        let mut manifest_seen = std::mem::replace(&mut self.manifest_seen, Seen(None));
+        let mut routes_seen = self.routes_seen.take();
         // The last refusal said, so a file left broken is not reported every second.
         let mut refused: Option<String> = None;
         loop {
@@ -74,7 +76,7 @@ impl Follower {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(EVERY) => {}
             }
-            let now = Stamp::of(&path);
+            let now = Seen::of(&path);
             if now != manifest_seen || refused.is_some() {
                 manifest_seen = now;
                 match Manifest::load(&path, &self.self_exe) {
@@ -98,7 +100,7 @@ impl Follower {
                 }
             }
             if let Some(routes) = self.manifest.gateway.routes.clone() {
-                let now = Some(Stamp::of(&routes));
+                let now = Some(Seen::of(&routes));
                 if now != routes_seen {
                     routes_seen = now;
                     let said = apply_routes(&self.control, &self.token, &routes).await;

@@ -226,7 +226,10 @@ fn free_loopback_port() -> std::io::Result<SocketAddr> {
 
 /// Runs the system until `shutdown` resolves, then stops it in order.
 pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Result<(), UpError> {
+    // The files as read now: an edit from here on is the follower's to apply.
+    let manifest_seen = follow::Seen::of(&options.manifest);
     let mut manifest = Manifest::load(&options.manifest, &options.self_exe)?;
+    let routes_seen = manifest.gateway.routes.as_deref().map(follow::Seen::of);
     // What the file says, without `--scale`: the follower applies the file's own changes.
     let as_written = manifest.clone();
     // Checked before anything starts, so a mistake is reported by file and line.
@@ -464,6 +467,8 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         control: control_at.clone(),
         token: token.clone(),
         plain_control: options.control_addr.to_string(),
+        manifest_seen,
+        routes_seen,
     };
     let following = tokio::spawn(follower.run(async move {
         let _ = following_stopped.await;
