@@ -89,3 +89,51 @@ fn every_published_document_is_whole() {
         }
     }
 }
+
+/// Orders' statement of what it relies on in inventory's gRPC API, checked against the
+/// compiled `.proto`: the method exists, unary, with the messages orders sends and reads, and
+/// every field at the number and type orders encodes and decodes — a renumbered or retyped
+/// field would be read as garbage, silently, at run time.
+#[test]
+fn orders_gets_what_it_relies_on_from_inventorys_grpc_api() {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(flotilla_shop_contracts::DESCRIPTORS).unwrap();
+    let (method_path, fields) = flotilla_orders::downstream::AVAILABILITY_CONTRACT;
+    let (service_path, method_name) = method_path.trim_start_matches('/').split_once('/').unwrap();
+    let (package, service_name) = service_path.rsplit_once('.').unwrap();
+    let file = set
+        .file
+        .iter()
+        .find(|f| f.package() == package)
+        .unwrap_or_else(|| panic!("no .proto has package {package}"));
+    let service = file.service.iter().find(|s| s.name() == service_name).unwrap();
+    let method = service
+        .method
+        .iter()
+        .find(|m| m.name() == method_name)
+        .unwrap_or_else(|| panic!("{service_name} has no {method_name}"));
+    assert!(
+        !method.client_streaming() && !method.server_streaming(),
+        "unary, as orders calls it"
+    );
+    assert_eq!(method.input_type(), format!(".{package}.AvailabilityRequest"));
+    assert_eq!(method.output_type(), format!(".{package}.AvailabilityReply"));
+    let mut broken = Vec::new();
+    for (message, field, number, kind) in fields {
+        let found = file
+            .message_type
+            .iter()
+            .find(|m| m.name() == *message)
+            .and_then(|m| m.field.iter().find(|f| f.name() == *field));
+        match found {
+            None => broken.push(format!("{message}.{field} is gone")),
+            Some(f) if f.number() != *number || f.r#type().as_str_name() != *kind => broken.push(format!(
+                "{message}.{field}: orders relies on #{number} {kind}, the .proto says #{} {}",
+                f.number(),
+                f.r#type().as_str_name()
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(broken.is_empty(), "{broken:#?}");
+}

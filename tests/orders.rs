@@ -409,3 +409,51 @@ fn on_nats_a_broker_outage_during_orders_loses_no_event_and_the_outboxes_drain_w
     assert!(String::from_utf8_lossy(&topics.stdout).contains("\"orders\""));
     system.interrupt(Duration::from_secs(30));
 }
+
+#[test]
+fn an_order_inventory_cannot_fill_is_refused_at_once_over_grpc_and_inventory_away_refuses_nothing() {
+    let system = System::start_with_env(
+        std::path::Path::new(support::flotilla()),
+        &support::repo_root(),
+        &[],
+        &[("OTEL_TRACES_SAMPLER_ARG", "1"), ("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    );
+    system.wait_for_line("Flotilla is up", Duration::from_secs(60));
+    let token = customer(&system, "grpc@example.com");
+    // Product 1 has 57 units in the demo stock: orders asks inventory over gRPC (HTTP/2 over
+    // mTLS, through its resilient stack) and refuses at once, naming the product.
+    let (status, refused) = place(&system, &token, "too-many", 1, 99).unwrap();
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["type"], "urn:flotilla:problem:out-of-stock", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("product 1 has 57 units available, 99 asked for"),
+        "{refused}"
+    );
+    place_until_accepted(&system, &token, "two", 1, 2);
+    // The call in the trace: orders' gRPC client span, inventory's server span under it.
+    let home = system.dir.path().to_path_buf();
+    support::wait_until("the availability call in a trace", Duration::from_secs(15), || {
+        let (ok, listed, _) = support::cli_in(&home, &["traces", "--service", "inventory", "--output", "json"]);
+        let listed: Value = serde_json::from_str(&listed).ok().filter(|_| ok)?;
+        listed["traces"].as_array()?.iter().find_map(|summary| {
+            let id = summary["trace_id"].as_str()?;
+            let (ok, trace, _) = support::cli_in(&home, &["trace", id, "--output", "json"]);
+            let trace: Value = serde_json::from_str(&trace).ok().filter(|_| ok)?;
+            let spans = trace["spans"].as_array()?;
+            let call = spans.iter().find(|s| {
+                s["service"] == "orders" && s["name"] == "flotilla.shop.inventory.v1.Inventory/GetAvailability"
+            })?;
+            spans
+                .iter()
+                .any(|s| s["service"] == "inventory" && s["parent_span_id"] == call["span_id"])
+                .then_some(())
+        })
+    });
+    // Inventory away: nothing is refused for want of an answer; the saga decides later.
+    scale(&system, "inventory", 0);
+    let (status, accepted) = place(&system, &token, "while-away", 1, 2).unwrap();
+    assert_eq!(status, 202, "{accepted}");
+}

@@ -13,6 +13,7 @@ pub mod contract;
 pub mod data_dir;
 pub mod discovery;
 pub mod events;
+pub mod grpc;
 pub mod http;
 pub mod mtls;
 pub mod openapi;

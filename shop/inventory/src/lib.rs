@@ -3,6 +3,7 @@
 //! reservations.
 
 mod api;
+pub mod grpc;
 pub mod stock;
 
 use flotilla::runtime::ServiceEnv;
@@ -56,7 +57,8 @@ impl flotilla::app::App for Inventory {
     async fn start(setup: &flotilla::app::Setup<Self::Config>) -> Result<axum::Router, flotilla::app::AppError> {
         let store = open_store(setup.env()).await?;
         let tokens = setup.verifier(&flotilla::auth::TrustedIssuer::default(), &[], &[]);
-        Ok(router(store, tokens))
+        let stock = grpc::server(store.clone(), tokens.clone());
+        Ok(flotilla::grpc::route(router(store, tokens), stock))
     }
 }
 

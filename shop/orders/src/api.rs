@@ -82,7 +82,7 @@ fn internal(err: sqlx::Error) -> Problem {
         (status = 400, description = "A field is malformed, or a product is unknown or priced in another currency",
             body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A request with this key is in progress",
+        (status = 409, description = "A request with this key is in progress, or inventory cannot fill a line now (`out-of-stock`)",
             body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The Idempotency-Key was used for another request",
             body = Problem, content_type = "application/problem+json"),
@@ -98,6 +98,17 @@ async fn place(
     let config = orders.config.current();
     body.validate(config.max_lines, config.max_quantity)
         .map_err(|e| Problem::invalid_field(e.field, e.reason))?;
+    // Refused at once what inventory says it cannot fill (over gRPC); the saga still reserves.
+    let lines: Vec<(i64, i64)> = body.lines.iter().map(|l| (l.product_id, l.quantity)).collect();
+    if let Some(short) = orders.downstream.short(&lines).await.first() {
+        let reason = format!(
+            "product {} has {} units available, {} asked for",
+            short.product_id, short.available, short.wanted
+        );
+        return Err(Problem::new(409, "out-of-stock", "Out of stock")
+            .with_detail(reason.clone())
+            .with_param("lines", reason));
+    }
     let keyed = match headers.contains_key("idempotency-key") {
         true => Some(Keyed {
             key: idempotency::key(&headers, who.subject())?,

@@ -17,6 +17,9 @@ use flotilla::saga::StepError;
 use http::{header, Method, Request, StatusCode};
 use serde_json::Value;
 
+use flotilla::grpc::GrpcChannel;
+use flotilla_shop_contracts::inventory_v1::{self, inventory_client::InventoryClient, AvailabilityRequest};
+
 use crate::order::Money;
 
 /// The clients orders calls with.
@@ -28,6 +31,33 @@ pub struct Downstream {
     shipping: ServiceClient,
     credentials: Arc<ClientCredentials>,
     prices: Arc<Mutex<HashMap<i64, (Product, Instant)>>>,
+    /// Inventory over gRPC, asked before an order is accepted (none: not asked).
+    availability: Option<InventoryClient<GrpcChannel>>,
+}
+
+/// What orders relies on in inventory's gRPC API, beside the call that relies on it: the method
+/// (`/package.Service/Method`) and each field it sends or reads as (message, field, number,
+/// type). `tests/contracts.rs` checks them against the compiled `.proto`.
+pub const AVAILABILITY_CONTRACT: (&str, &[(&str, &str, i32, &str)]) = (
+    inventory_v1::GET_AVAILABILITY,
+    &[
+        ("AvailabilityRequest", "product_ids", 1, "TYPE_INT64"),
+        ("AvailabilityReply", "items", 1, "TYPE_MESSAGE"),
+        ("Availability", "product_id", 1, "TYPE_INT64"),
+        ("Availability", "available", 2, "TYPE_INT64"),
+        ("Availability", "known", 3, "TYPE_BOOL"),
+    ],
+);
+
+/// A line inventory cannot fill now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Short {
+    /// The product.
+    pub product_id: i64,
+    /// Units asked for.
+    pub wanted: i64,
+    /// Units that may be reserved now.
+    pub available: i64,
 }
 
 /// What orders keeps of a product: its name and price.
@@ -233,7 +263,59 @@ impl Downstream {
             shipping,
             credentials,
             prices: Arc::default(),
+            availability: None,
         }
+    }
+
+    /// Asks inventory over gRPC, before an order is accepted, whether its lines can be had.
+    pub fn with_availability(mut self, channel: GrpcChannel) -> Self {
+        let channel = channel.retry_safe([inventory_v1::GET_AVAILABILITY]);
+        self.availability = Some(InventoryClient::new(channel));
+        self
+    }
+
+    /// The lines inventory says it cannot fill now (`GetAvailability`, with orders' own
+    /// token). Only a fast refusal: when inventory cannot be asked, or keeps no stock for a
+    /// product, nothing is short here and the saga's reservation decides, so an order is never
+    /// refused because inventory is away.
+    pub async fn short(&self, lines: &[(i64, i64)]) -> Vec<Short> {
+        let Some(client) = &self.availability else {
+            return Vec::new();
+        };
+        let token = match self.credentials.token().await {
+            Ok(token) => token,
+            Err(err) => {
+                tracing::debug!(error = %err, "no token for the availability check; the saga decides");
+                return Vec::new();
+            }
+        };
+        let mut request = tonic::Request::new(AvailabilityRequest {
+            product_ids: lines.iter().map(|(product, _)| *product).collect(),
+        });
+        match format!("Bearer {token}").parse() {
+            Ok(value) => {
+                request.metadata_mut().insert("authorization", value);
+            }
+            Err(_) => return Vec::new(),
+        }
+        let reply = match client.clone().get_availability(request).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                tracing::info!(code = ?status.code(), message = status.message(), "inventory's availability unknown; the saga decides");
+                return Vec::new();
+            }
+        };
+        lines
+            .iter()
+            .filter_map(|(product_id, wanted)| {
+                let item = reply.items.iter().find(|i| i.product_id == *product_id && i.known)?;
+                (item.available < *wanted).then_some(Short {
+                    product_id: *product_id,
+                    wanted: *wanted,
+                    available: item.available,
+                })
+            })
+            .collect()
     }
 
     /// A product's name and price, from a short-lived cache or the catalog.

@@ -107,7 +107,8 @@ impl flotilla::app::App for OrdersApp {
             tracing::warn!("orders has no client secret (orders/default/client): its saga waits until one is set");
         }
         let tokens = setup.verifier(&config.current().tokens, &[], &[]);
-        let downstream = downstream(setup.context(), &config.current());
+        let downstream =
+            downstream(setup.context(), &config.current()).with_availability(setup.context().grpc("inventory"));
         let orders = start(setup.tasks(), store, downstream, setup.events().await?, config, tokens).await?;
         Ok(router(orders))
     }

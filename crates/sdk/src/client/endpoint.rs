@@ -209,7 +209,7 @@ impl EndpointService {
         Box::pin(async move {
             match tokio::time::timeout(per_try, send).await {
                 Ok(Ok(response)) => {
-                    if response.status().is_server_error() {
+                    if crate::resilience::server_failure(response.status(), response.headers()) {
                         pick.failure(Failure::Other);
                     } else {
                         pick.success();

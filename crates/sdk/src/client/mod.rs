@@ -13,6 +13,7 @@
 mod body;
 mod config;
 mod endpoint;
+pub mod grpc;
 mod propagate;
 mod target;
 
@@ -30,6 +31,7 @@ use tracing::Instrument;
 pub use body::RequestBody;
 pub use config::ClientConfig;
 pub use endpoint::{pool, pool_for, pool_h2, EndpointService, Pool};
+pub use grpc::GrpcChannel;
 pub use propagate::{Propagated, PROPAGATED_HEADERS};
 pub use target::Target;
 

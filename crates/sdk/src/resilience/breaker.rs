@@ -629,7 +629,7 @@ where
         Box::pin(async move {
             let result = call.await;
             let failed = match &result {
-                Ok(response) => response.status().is_server_error(),
+                Ok(response) => super::server_failure(response.status(), response.headers()),
                 Err(err) => !matches!(err.origin(), super::Origin::Internal),
             };
             if let Some(permit) = pending.permit.take() {

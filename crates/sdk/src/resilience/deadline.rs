@@ -38,8 +38,14 @@ impl Deadline {
 
     /// Reads the header; a missing or malformed one means no deadline.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let ms: u64 = headers.get(&DEADLINE_HEADER)?.to_str().ok()?.trim().parse().ok()?;
-        Some(Deadline::after(Duration::from_millis(ms)))
+        match headers.get(&DEADLINE_HEADER) {
+            Some(value) => {
+                let ms: u64 = value.to_str().ok()?.trim().parse().ok()?;
+                Some(Deadline::after(Duration::from_millis(ms)))
+            }
+            // A gRPC client that is not Flotilla's says it its own way.
+            None => grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?).map(Deadline::after),
+        }
     }
 
     /// Writes the time left into the header.
@@ -66,6 +72,25 @@ impl Deadline {
         let mine = Deadline::after(own);
         Deadline::current().map_or(mine, |outer| outer.min(mine))
     }
+}
+
+/// gRPC's `grpc-timeout`: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -99,6 +124,24 @@ mod tests {
         let mut bad = HeaderMap::new();
         bad.insert(DEADLINE_HEADER.clone(), HeaderValue::from_static("soon"));
         assert!(Deadline::from_headers(&bad).is_none());
+    }
+
+    #[test]
+    fn a_grpc_timeout_is_a_deadline_too() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", HeaderValue::from_static("1500m"));
+        let left = Deadline::from_headers(&headers).unwrap().remaining();
+        assert!(
+            left > Duration::from_millis(1400) && left <= Duration::from_millis(1500),
+            "{left:?}"
+        );
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("123456789m"), None, "at most 8 digits");
+        assert_eq!(grpc_timeout("5x"), None);
+        assert_eq!(grpc_timeout("m"), None);
+        // Flotilla's own header wins.
+        headers.insert("x-flotilla-deadline-ms", HeaderValue::from_static("100"));
+        assert!(Deadline::from_headers(&headers).unwrap().remaining() <= Duration::from_millis(100));
     }
 }
 

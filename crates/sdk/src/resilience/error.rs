@@ -190,6 +190,26 @@ pub fn retryable_status(status: StatusCode) -> bool {
     )
 }
 
+/// The status of a gRPC answer carried in its headers (Trailers-Only: an error before any
+/// message, as a unary call's errors are), if it is one.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
+    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Whether an answer failed on the server's side, so the breaker and outlier ejection count it:
+/// a 5xx, or a gRPC status the server (not the request) is to blame for — UNKNOWN 2,
+/// DEADLINE_EXCEEDED 4, INTERNAL 13, UNAVAILABLE 14, DATA_LOSS 15. A caller's own fault
+/// (INVALID_ARGUMENT, NOT_FOUND, …) says nothing about the instance's health.
+pub fn server_failure(status: StatusCode, headers: &http::HeaderMap) -> bool {
+    status.is_server_error() || grpc_status(headers).is_some_and(|code| matches!(code, 2 | 4 | 13 | 14 | 15))
+}
+
+/// Whether an answer may be asked of another instance, when the request may be repeated:
+/// 502/503/504, or gRPC UNAVAILABLE (14).
+pub fn retryable_answer(status: StatusCode, headers: &http::HeaderMap) -> bool {
+    retryable_status(status) || grpc_status(headers) == Some(14)
+}
+
 /// Methods that RFC 9110 §9.2.2 calls idempotent: repeating them has no further effect.
 pub fn idempotent(method: &http::Method) -> bool {
     use http::Method;

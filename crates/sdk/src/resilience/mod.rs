@@ -28,7 +28,9 @@ pub use breaker::{
 pub use budget::{BudgetConfig, RetryBudget};
 pub use bulkhead::{Bulkhead, BulkheadLayer, BulkheadService};
 pub use deadline::{Deadline, DeadlineLayer, DeadlineService, DEADLINE_HEADER};
-pub use error::{idempotent, retryable_status, BoxError, CallError, Origin};
+pub use error::{
+    grpc_status, idempotent, retryable_answer, retryable_status, server_failure, BoxError, CallError, Origin,
+};
 pub use retry::{Attempts, RetryLayer, RetryNonIdempotent, RetryPolicy, RetryService};
 
 use std::future::Future;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tower::ServiceExt;
 
-use super::{idempotent, replay_request, retryable_status, Backoff, CallError, CallFuture, Replay, RetryBudget};
+use super::{idempotent, replay_request, retryable_answer, Backoff, CallError, CallFuture, Replay, RetryBudget};
 
 /// The endpoints a call has tried, in order. The endpoint service reads it to avoid them and
 /// appends each pick; the gateway logs it.
@@ -139,7 +139,7 @@ where
                     inner.ready().await?.call(request).await
                 };
                 let retry = match &result {
-                    Ok(response) => idempotent && retryable_status(response.status()),
+                    Ok(response) => idempotent && retryable_answer(response.status(), response.headers()),
                     Err(err) => err.retryable(idempotent),
                 };
                 if !retry {

@@ -440,6 +440,7 @@ async fn serve_in_scope(
     use axum::response::IntoResponse;
     let propagated = Propagated::capture(request.headers());
     let deadline = Deadline::from_headers(request.headers());
+    let grpc = is_grpc(request.headers());
     // A fault stands in for a slow or failing handler: its delay counts against the
     // caller's deadline like any other work.
     let handler = async move {
@@ -457,12 +458,40 @@ async fn serve_in_scope(
             let work = deadline.scope(propagated.scope(handler));
             match tokio::time::timeout_at(deadline.0, work).await {
                 Ok(response) => response,
+                // A gRPC caller reads the status in the headers: DEADLINE_EXCEEDED, which it
+                // does not retry (a 504 would read as UNAVAILABLE, which it may).
+                Err(_) if grpc => grpc_deadline_exceeded(),
                 Err(_) => Problem::new(504, "deadline-exceeded", "Deadline exceeded")
                     .with_detail("the caller's deadline passed before the answer was ready")
                     .into_response(),
             }
         }
     }
+}
+
+/// Whether a request is gRPC (`application/grpc`, `application/grpc+proto`, …).
+fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A gRPC Trailers-Only answer: DEADLINE_EXCEEDED (4).
+fn grpc_deadline_exceeded() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/grpc"),
+            (axum::http::HeaderName::from_static("grpc-status"), "4"),
+            (
+                axum::http::HeaderName::from_static("grpc-message"),
+                "the caller's deadline passed before the answer was ready",
+            ),
+        ],
+        (),
+    )
+        .into_response()
 }
 
 /// What a service's handlers use to reach other services: discovery and one resilient
@@ -477,6 +506,8 @@ struct ContextInner {
     pool: Pool,
     config: ClientConfig,
     clients: std::sync::Mutex<BTreeMap<String, ServiceClient>>,
+    /// gRPC channels, on stacks of their own over HTTP/2.
+    grpc: std::sync::Mutex<BTreeMap<String, crate::grpc::GrpcChannel>>,
 }
 
 impl Context {
@@ -501,6 +532,7 @@ impl Context {
                 pool: pool(),
                 config,
                 clients: std::sync::Mutex::new(BTreeMap::new()),
+                grpc: std::sync::Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -531,6 +563,30 @@ impl Context {
         let client = ServiceClient::new(stack);
         clients.insert(service.to_owned(), client.clone());
         client
+    }
+
+    /// The gRPC channel to `service`: a generated client's transport
+    /// (`InventoryClient::new(ctx.grpc("inventory"))`). Its own stack over HTTP/2 (h2c, or
+    /// ALPN `h2` under mTLS), so its breaker and balancer judge its calls alone.
+    pub fn grpc(&self, service: &str) -> crate::grpc::GrpcChannel {
+        let mut channels = self.inner.grpc.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(service) {
+            return channel.clone();
+        }
+        let discovery = self.inner.discovery.clone().unwrap_or_else(|| {
+            Discovery::fixed(flotilla_api::InstanceList {
+                index: 1,
+                ..Default::default()
+            })
+        });
+        let config = ClientConfig {
+            http2: true,
+            ..self.inner.config.clone()
+        };
+        let pool = crate::client::pool_for(crate::mtls::installed().map(|_| service), true);
+        let channel = crate::grpc::GrpcChannel::new(Stack::new(Target::service(service, discovery), &config, pool));
+        channels.insert(service.to_owned(), channel.clone());
+        channel
     }
 
     /// Prometheus text: discovery freshness and each upstream's breaker.
@@ -778,6 +834,28 @@ mod tests {
             Duration::from_millis(250),
             "no work past the deadline"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_caller_past_its_deadline_gets_deadline_exceeded_not_a_504() {
+        let request = Request::post("/slow")
+            .header("content-type", "application/grpc")
+            .header("grpc-timeout", "250m")
+            .body(Body::empty())
+            .unwrap();
+        let app = Router::new()
+            .route(
+                "/slow",
+                axum::routing::post(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "done"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(Faults::default(), request_scope));
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200, "gRPC carries its status in the headers");
+        assert_eq!(response.headers()["grpc-status"], "4");
+        assert_eq!(response.headers()["content-type"], "application/grpc");
     }
 
     #[tokio::test(start_paused = true)]

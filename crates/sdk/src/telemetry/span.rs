@@ -43,6 +43,33 @@ pub fn server(method: &http::Method, route: &str, path: &str, headers: &http::He
     span
 }
 
+/// A gRPC call's client span, named as OpenTelemetry's RPC conventions say
+/// (`package.Service/Method`), with `rpc.system = grpc` and the status code once known.
+pub fn grpc_client(service: &str, path: &str) -> Span {
+    let method = path.trim_start_matches('/');
+    tracing::info_span!(
+        "client",
+        otel.name = %method,
+        otel.kind = "client",
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+        peer.service = service,
+        rpc.system = "grpc",
+        rpc.method = %method,
+        rpc.grpc.status_code = Empty,
+        http.response.status_code = Empty,
+    )
+}
+
+/// Records a gRPC call's status code on its span; a status the server is to blame for marks it
+/// an error.
+pub fn record_grpc_status(span: &Span, code: i32) {
+    span.record("rpc.grpc.status_code", code);
+    if matches!(code, 2 | 4 | 13 | 14 | 15) {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// A call to another service (`peer.service`), child of the current span.
 pub fn client(service: &str, method: &http::Method, path: &str) -> Span {
     tracing::info_span!(
