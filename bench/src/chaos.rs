@@ -115,6 +115,8 @@ struct Placed {
     id: Option<String>,
     /// Tries until accepted (or given up).
     tries: u32,
+    /// Refused at once, for good: inventory said (over gRPC) it cannot fill the order now.
+    refused: bool,
 }
 
 /// A fault the run made.
@@ -148,6 +150,9 @@ pub struct Report {
     pub orders: usize,
     /// Orders accepted (202), after the clients' retries.
     pub accepted: usize,
+    /// Orders refused at once because inventory cannot fill them now (409 `out-of-stock`: a
+    /// final answer, not a failure; the thin product runs out).
+    pub refused_at_once: usize,
     /// POSTs sent, retries included.
     pub tries: usize,
     /// Tries that did not get a 202, by status and problem type.
@@ -238,8 +243,12 @@ impl Report {
             }
         ));
         out.push_str(&format!(
+            "| refused at once (out of stock, asked of inventory over gRPC) | {} |\n",
+            self.refused_at_once
+        ));
+        out.push_str(&format!(
             "| failed orders after retries | {} |\n",
-            self.orders - self.accepted
+            self.orders - self.accepted - self.refused_at_once
         ));
         let outcomes: Vec<String> = self.outcomes.iter().map(|(s, n)| format!("{n} {s}")).collect();
         out.push_str(&format!("| outcomes | {} |\n", outcomes.join(", ")));
@@ -473,6 +482,11 @@ async fn place(
                 order.id = Some(id);
                 return (order, failed);
             }
+            // A final answer: another try would be refused the same way.
+            Err((kind, _)) if kind == "409 out-of-stock" => {
+                order.refused = true;
+                return (order, failed);
+            }
             Err((kind, retry_after)) => {
                 failed.push((kind, epoch_ms()));
                 if Instant::now() >= give_up {
@@ -518,6 +532,7 @@ async fn load(system: &System, options: &Options, customer: &str) -> (Vec<Placed
             first_try_ms: 0,
             id: None,
             tries: 0,
+            refused: false,
         };
         let give_up = Instant::now() + Duration::from_secs(120);
         running.spawn(place(client.clone(), uri.clone(), customer.clone(), order, give_up));
@@ -1203,6 +1218,7 @@ pub fn run(system: &System, options: &Options) -> Report {
     let mut report = Report {
         orders: placed.len(),
         accepted: placed.iter().filter(|p| p.id.is_some()).count(),
+        refused_at_once: placed.iter().filter(|p| p.refused).count(),
         tries: placed.iter().map(|p| p.tries as usize).sum(),
         faults,
         restarts: system.output().lines().filter(|l| l.contains("restarting in")).count(),
