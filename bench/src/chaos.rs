@@ -1136,7 +1136,10 @@ async fn checks(
         let refused_at_once = placed.iter().filter(|p| p.refused).count();
         let missing: Vec<&&str> = every
             .iter()
-            .filter(|k| !kinds.contains(**k) && !(**k == "out of stock" && refused_at_once > 0))
+            .filter(|k| {
+                let covered = kinds.contains(**k) || (**k == "out of stock" && refused_at_once > 0);
+                !covered
+            })
             .collect();
         out.push(check(
             "every compensation ran (a cancellation or refusal at every step)",
