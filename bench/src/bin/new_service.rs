@@ -65,8 +65,11 @@ fn add(system: &System, work: &Path, name: &'static str, target: &Path, binary: 
         let start = head.rfind(|c: char| !(c.is_ascii_digit() || c == '.'))? + 1;
         head[start..].parse().ok()
     };
-    let to_answer = number_before("after it was added")
-        .unwrap_or_else(|| fail(&format!("flotilla new service {name} did not say when it answered:\n{said}")));
+    let to_answer = number_before("after it was added").unwrap_or_else(|| {
+        fail(&format!(
+            "flotilla new service {name} did not say when it answered:\n{said}"
+        ))
+    });
     // Still answering through the gateway now.
     match http_get(system.gateway, &format!("/api/v1/{name}")) {
         Ok((401, _)) => {}
