@@ -218,24 +218,17 @@ fn list(names: &[String]) -> String {
     }
 }
 
-/// What a service declared it needs, made unless it exists; each line says what was made.
+/// What a service declared it needs, made unless it exists; each line says what was made, or
+/// why it could not be (the running system is kept either way).
 pub(super) async fn seeds_for(control: &str, token: &str, service: &ServiceEntry) -> Vec<String> {
-    let mut said = Vec::new();
-    let mut made = Vec::new();
-    for key in &service.secrets {
-        made.push(seeds::secret(control, token, &service.name, key).await);
-    }
-    if let Some(wanted) = &service.oauth_client {
-        made.push(seeds::oauth_client(control, token, &service.name, wanted).await);
-    }
-    for result in made {
-        match result {
-            Ok(Some(line)) => said.push(line),
-            Ok(None) => {}
-            Err(err) => said.push(format!("{}: {err}", service.name)),
-        }
-    }
-    said
+    seeds::declared(control, token, service)
+        .await
+        .into_iter()
+        .filter_map(|result| match result {
+            Ok(line) => line,
+            Err(err) => Some(format!("{}: {err}", service.name)),
+        })
+        .collect()
 }
 
 /// Writes what the manifest grants where it differs from the store: each service's

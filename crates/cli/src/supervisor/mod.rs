@@ -384,14 +384,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     // What each service declared it needs, made once for a new data dir.
     let control_at = options.control_addr.to_string();
     for service in &manifest.services {
-        let mut made = Vec::new();
-        for key in &service.secrets {
-            made.push(seeds::secret(&control_at, &token, &service.name, key).await);
-        }
-        if let Some(wanted) = &service.oauth_client {
-            made.push(seeds::oauth_client(&control_at, &token, &service.name, wanted).await);
-        }
-        for said in made {
+        for said in seeds::declared(&control_at, &token, service).await {
             match said {
                 Ok(Some(line)) => output.say(&line),
                 Ok(None) => {}

@@ -10,7 +10,7 @@ use flotilla::config::{ConfigClient, ConfigClientError, Write};
 use rand::Rng;
 
 use super::UpError;
-use crate::manifest::OauthClient;
+use crate::manifest::{OauthClient, ServiceEntry};
 
 fn write(comment: String, expect: Option<u64>) -> Write {
     Write {
@@ -27,6 +27,23 @@ async fn exists(client: &ConfigClient, key: &ConfigKey) -> Result<bool, UpError>
         Err(ConfigClientError::NotFound(_)) => Ok(false),
         Err(err) => Err(UpError::Seed(err.to_string())),
     }
+}
+
+/// Everything `service` declared it needs (its `secrets`, its `oauth_client`), each made
+/// unless it exists: for each, the line saying what was made, or why it could not be.
+pub(super) async fn declared(
+    control: &str,
+    token: &str,
+    service: &ServiceEntry,
+) -> Vec<Result<Option<String>, UpError>> {
+    let mut made = Vec::new();
+    for key in &service.secrets {
+        made.push(secret(control, token, &service.name, key).await);
+    }
+    if let Some(wanted) = &service.oauth_client {
+        made.push(oauth_client(control, token, &service.name, wanted).await);
+    }
+    made
 }
 
 /// Makes `<service>/<key>` a random secret (32 bytes, base64) unless it has a value; says

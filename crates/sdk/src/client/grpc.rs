@@ -55,7 +55,7 @@ impl GrpcChannel {
     }
 
     async fn send(self, request: Request<tonic::body::Body>) -> Result<Response<Incoming>, tonic::Status> {
-        use crate::telemetry::{metrics, span};
+        use crate::telemetry::span;
         let (mut parts, body) = request.into_parts();
         let message: Bytes = Limited::new(body, MAX_REQUEST)
             .collect()
@@ -92,8 +92,7 @@ impl GrpcChannel {
                 err.kind().to_owned()
             }
         };
-        metrics::add(metrics::HTTP_CLIENT_REQUESTS, &[&upstream, "POST", &outcome], 1.0);
-        metrics::observe(metrics::HTTP_CLIENT_DURATION, &[&upstream, "POST"], started.elapsed());
+        super::count_call(&upstream, "POST", &outcome, started);
         result.map_err(status_of)
     }
 }

@@ -127,6 +127,14 @@ impl Service<Request<RequestBody>> for Stack {
     }
 }
 
+/// Counts one call in the client's RED series: by upstream, method and outcome (a status, a
+/// gRPC code, or the error's kind), and its duration.
+pub(crate) fn count_call(upstream: &str, method: &str, outcome: &str, started: std::time::Instant) {
+    use crate::telemetry::metrics;
+    metrics::add(metrics::HTTP_CLIENT_REQUESTS, &[upstream, method, outcome], 1.0);
+    metrics::observe(metrics::HTTP_CLIENT_DURATION, &[upstream, method], started.elapsed());
+}
+
 /// A client for one service, with typed JSON helpers. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ServiceClient {
@@ -148,7 +156,7 @@ impl ServiceClient {
     /// request being served (`Authorization`, `traceparent`, ...) travel on, unless set here.
     /// The call runs in a client span whose context is the `traceparent` sent on.
     pub async fn send(&self, mut request: Request<Bytes>) -> Result<Response<Bytes>, CallError> {
-        use crate::telemetry::{metrics, span};
+        use crate::telemetry::span;
         let call = span::client(self.stack.target.name(), request.method(), request.uri().path());
         crate::telemetry::propagation::inject(&call, request.headers_mut());
         Propagated::apply(request.headers_mut());
@@ -166,16 +174,7 @@ impl ServiceClient {
                 err.kind().to_owned()
             }
         };
-        metrics::add(
-            metrics::HTTP_CLIENT_REQUESTS,
-            &[upstream, method.as_str(), &outcome],
-            1.0,
-        );
-        metrics::observe(
-            metrics::HTTP_CLIENT_DURATION,
-            &[upstream, method.as_str()],
-            started.elapsed(),
-        );
+        count_call(upstream, method.as_str(), &outcome, started);
         result
     }
 

@@ -196,12 +196,17 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
     headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Whether an answer failed on the server's side, so the breaker and outlier ejection count it:
-/// a 5xx, or a gRPC status the server (not the request) is to blame for — UNKNOWN 2,
+/// Whether a gRPC status is the server's fault (not the request's): UNKNOWN 2,
 /// DEADLINE_EXCEEDED 4, INTERNAL 13, UNAVAILABLE 14, DATA_LOSS 15. A caller's own fault
 /// (INVALID_ARGUMENT, NOT_FOUND, …) says nothing about the instance's health.
+pub fn grpc_server_failure(code: i32) -> bool {
+    matches!(code, 2 | 4 | 13 | 14 | 15)
+}
+
+/// Whether an answer failed on the server's side, so the breaker and outlier ejection count it:
+/// a 5xx, or a gRPC status [`grpc_server_failure`] blames on the server.
 pub fn server_failure(status: StatusCode, headers: &http::HeaderMap) -> bool {
-    status.is_server_error() || grpc_status(headers).is_some_and(|code| matches!(code, 2 | 4 | 13 | 14 | 15))
+    status.is_server_error() || grpc_status(headers).is_some_and(grpc_server_failure)
 }
 
 /// Whether an answer may be asked of another instance, when the request may be repeated:

@@ -548,12 +548,7 @@ impl Context {
         if let Some(client) = clients.get(service) {
             return client.clone();
         }
-        let discovery = self.inner.discovery.clone().unwrap_or_else(|| {
-            Discovery::fixed(flotilla_api::InstanceList {
-                index: 1,
-                ..Default::default()
-            })
-        });
+        let discovery = self.discovery_or_none();
         // Under mTLS each service gets a pool that checks the peer is that service.
         let pool = match crate::mtls::installed() {
             Some(_) => crate::client::pool_for(Some(service), self.inner.config.http2),
@@ -565,6 +560,17 @@ impl Context {
         client
     }
 
+    /// The registry view, or, without a control plane, a view of no instances (a call then
+    /// fails as "no instance" rather than the context refusing to make a client).
+    fn discovery_or_none(&self) -> Discovery {
+        self.inner.discovery.clone().unwrap_or_else(|| {
+            Discovery::fixed(flotilla_api::InstanceList {
+                index: 1,
+                ..Default::default()
+            })
+        })
+    }
+
     /// The gRPC channel to `service`: a generated client's transport
     /// (`InventoryClient::new(ctx.grpc("inventory"))`). Its own stack over HTTP/2 (h2c, or
     /// ALPN `h2` under mTLS), so its breaker and balancer judge its calls alone.
@@ -573,12 +579,7 @@ impl Context {
         if let Some(channel) = channels.get(service) {
             return channel.clone();
         }
-        let discovery = self.inner.discovery.clone().unwrap_or_else(|| {
-            Discovery::fixed(flotilla_api::InstanceList {
-                index: 1,
-                ..Default::default()
-            })
-        });
+        let discovery = self.discovery_or_none();
         let config = ClientConfig {
             http2: true,
             ..self.inner.config.clone()

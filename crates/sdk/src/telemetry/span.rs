@@ -65,7 +65,7 @@ pub fn grpc_client(service: &str, path: &str) -> Span {
 /// an error.
 pub fn record_grpc_status(span: &Span, code: i32) {
     span.record("rpc.grpc.status_code", code);
-    if matches!(code, 2 | 4 | 13 | 14 | 15) {
+    if crate::resilience::grpc_server_failure(code) {
         span.record("otel.status_code", "ERROR");
     }
 }
