@@ -172,6 +172,10 @@ pub struct InstanceList {
     /// keeps it until warming ends, as Eureka's servers wait before serving an empty registry.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warming: bool,
+    /// True while the control plane's store has no quorum: the list is what the replica last
+    /// watched (Consul's stale read), and may miss changes no one could write meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 /// One service and how many of its instances are registered.

@@ -48,7 +48,19 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .merge(crate::events::http::routes())
         .merge(crate::telemetry::http::routes())
         .with_state(state);
-    with_problem_fallbacks(api)
+    with_problem_fallbacks(api).layer(axum::middleware::map_response(retry_after_unavailable))
+}
+
+/// A 503 says when to try again: the store lost quorum, and any replica answers the same until
+/// it is back.
+async fn retry_after_unavailable(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE && !response.headers().contains_key(axum::http::header::RETRY_AFTER) {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(crate::store::RETRY_AFTER_SECONDS),
+        );
+    }
+    response
 }
 
 /// A request's principal: a credential is needed for everything but the health checks and
@@ -136,7 +148,8 @@ fn unauthorized(detail: &str) -> Response {
 /// A health check's answer.
 #[derive(Debug, Serialize, ToSchema)]
 struct HealthStatus {
-    /// `live` or `ready`.
+    /// `live`; `ready`, `degraded` (the store lost quorum: reads are served from the
+    /// watched cache, writes refused) or `syncing` (not caught up with the store yet).
     #[schema(example = "live")]
     status: &'static str,
 }
@@ -148,17 +161,27 @@ async fn live() -> Json<HealthStatus> {
     Json(HealthStatus { status: "live" })
 }
 
-/// The control plane answers requests.
+/// The control plane answers requests: once its view has caught up with the store. A replica
+/// whose store lost quorum stays ready (`degraded`): every replica shares the store, and
+/// failing them all at once would take away the reads they still serve.
 #[utoipa::path(get, path = "/health/ready", operation_id = "ready", tag = "health",
-    responses((status = 200, description = "Ready", body = HealthStatus)))]
-async fn ready() -> Json<HealthStatus> {
-    Json(HealthStatus { status: "ready" })
+    responses(
+        (status = 200, description = "Ready, or degraded", body = HealthStatus),
+        (status = 503, description = "Still catching up with the store", body = HealthStatus),
+    ))]
+async fn ready(State(state): State<Arc<ControlState>>) -> Response {
+    if !state.synced() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(HealthStatus { status: "syncing" })).into_response();
+    }
+    let status = if state.store_health().quorum { "ready" } else { "degraded" };
+    Json(HealthStatus { status }).into_response()
 }
 
 fn problem(err: RegistryError) -> Problem {
     match err {
         RegistryError::UnknownInstance(id) => Problem::not_found(format!("no instance `{id}` is registered")),
         RegistryError::Invalid { field, reason } => Problem::invalid_field(field, reason),
+        RegistryError::Unavailable(reason) => crate::store::unavailable(reason),
     }
 }
 
@@ -184,7 +207,7 @@ async fn register(
             "this credential may not register instances of `{service}`"
         )));
     }
-    match state.registry.register(registration).map_err(problem)? {
+    match state.registry.register(registration).await.map_err(problem)? {
         Registered::Created(lease) => {
             tracing::info!(%service, instance = %id, "instance registered");
             Ok((StatusCode::CREATED, Json(lease)).into_response())
@@ -222,7 +245,7 @@ async fn heartbeat(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     own_instance(&state, &who, &id)?;
-    let lease = state.registry.heartbeat(&id).map_err(problem)?;
+    let lease = state.registry.heartbeat(&id).await.map_err(problem)?;
     Ok(Json(lease).into_response())
 }
 
@@ -243,7 +266,7 @@ async fn deregister(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     own_instance(&state, &who, &id)?;
-    let gone = state.registry.deregister(&id).map_err(problem)?;
+    let gone = state.registry.deregister(&id).await.map_err(problem)?;
     tracing::info!(service = %gone.service, instance = %id, "instance deregistered");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod process;
 pub mod registry;
+pub mod store;
 pub mod telemetry;
 
 use std::future::Future;
@@ -73,6 +74,8 @@ pub struct ControlState {
     pub traces: TraceStore,
     /// The certificate authority of workload identity.
     pub authority: ca::Authority,
+    /// The NATS store the registry and config live in, when not embedded.
+    pub nats: Option<store::Nats>,
     keyring: acl::Keyring,
     /// Where this control plane listens, when it knows: Prometheus service discovery lists it
     /// among the targets to scrape.
@@ -98,7 +101,10 @@ impl ControlState {
             .map_or(1, |d| d.as_millis() as u64);
         Self {
             warm_at: tokio::time::Instant::now() + config.warm_up,
-            registry: Registry::starting_at(config.registry, start),
+            registry: storage
+                .registry
+                .unwrap_or_else(|| Registry::starting_at(config.registry, start)),
+            nats: storage.nats,
             config: storage.config,
             events: storage.events,
             traces: storage.traces,
@@ -165,6 +171,19 @@ impl ControlState {
         self.warm_at.saturating_duration_since(tokio::time::Instant::now())
     }
 
+    /// The store's health: whether it takes writes, and since when.
+    pub fn store_health(&self) -> store::StoreHealth {
+        match &self.nats {
+            Some(nats) => nats.health().borrow().clone(),
+            None => store::StoreHealth::embedded(),
+        }
+    }
+
+    /// Whether the registry and config have caught up with the store (at once when embedded).
+    pub fn synced(&self) -> bool {
+        self.registry.synced() && self.config.synced()
+    }
+
     /// Who a presented credential names, if it is one of this control plane's.
     pub fn identify(&self, presented: &str) -> Option<acl::Principal> {
         self.keyring.identify(presented)
@@ -218,7 +237,8 @@ pub(crate) async fn sqlite_with(
     Ok(pool)
 }
 
-/// What the control plane keeps on disk: the config store, the event log and the trace store.
+/// What the control plane keeps: the config store, the event log and the trace store, in its
+/// data dir or (the registry and config) on NATS.
 pub struct Storage {
     /// The config store.
     pub config: ConfigStore,
@@ -228,6 +248,11 @@ pub struct Storage {
     pub traces: TraceStore,
     /// The certificate authority of workload identity.
     pub authority: ca::Authority,
+    /// The registry, when its leases live in a store; else the control plane keeps them in
+    /// memory.
+    pub registry: Option<Registry>,
+    /// The NATS store, when there is one.
+    pub nats: Option<store::Nats>,
 }
 
 /// How the stores that keep data by policy behave: the event log's groups and retention, the
@@ -255,6 +280,9 @@ pub enum StorageError {
     /// The certificate authority.
     #[error(transparent)]
     Authority(#[from] ca::CaError),
+    /// The NATS store.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 impl Storage {
@@ -266,6 +294,30 @@ impl Storage {
             events: EventLog::open(data_dir, config.events).await?,
             traces: TraceStore::open(data_dir, config.traces).await?,
             authority: ca::Authority::load_or_create(data_dir)?,
+            registry: None,
+            nats: None,
+        })
+    }
+
+    /// The registry and config on the NATS cluster `spec`; the keys (the CA's, the config
+    /// sealing key) from `keys_dir`, where a cluster's Secret is mounted — they never reach
+    /// NATS. The event log and traces stay in `data_dir` for now.
+    pub async fn on_nats(
+        spec: &store::NatsSpec,
+        keys_dir: &std::path::Path,
+        data_dir: &std::path::Path,
+        registry: RegistryConfig,
+        config: StorageConfig,
+    ) -> Result<Self, StorageError> {
+        let nats = store::Nats::connect(spec).await?;
+        let sealer = config::Sealer::from_file(&keys_dir.join("config.key")).map_err(config::ConfigError::from)?;
+        Ok(Self {
+            registry: Some(Registry::on_nats(registry, &nats, registry::Preservation::default()).await?),
+            config: ConfigStore::on_nats(&nats, sealer).await?,
+            events: EventLog::open(data_dir, config.events).await?,
+            traces: TraceStore::open(data_dir, config.traces).await?,
+            authority: ca::Authority::load_or_create(keys_dir)?,
+            nats: Some(nats),
         })
     }
 
@@ -276,6 +328,8 @@ impl Storage {
             events: EventLog::in_memory(LogConfig::default()).await?,
             traces: TraceStore::in_memory(TraceStoreConfig::default()).await?,
             authority: ca::Authority::ephemeral()?,
+            registry: None,
+            nats: None,
         })
     }
 }
@@ -327,6 +381,19 @@ pub async fn serve_with_tls(
         let (state, stopped) = (state.clone(), tasks.stopped());
         async move { state.registry.run_expiry(stopped).await }
     });
+    tasks.spawn("config follow", {
+        let (state, stopped) = (state.clone(), tasks.stopped());
+        async move { state.config.run_follow(stopped).await }
+    });
+    if let Some(nats) = state.nats.clone() {
+        tasks.spawn("store health", {
+            let stopped = tasks.stopped();
+            async move {
+                let stream = format!("KV_{}", registry::nats::BUCKET);
+                nats.run_health_checks(&stream, stopped).await
+            }
+        });
+    }
     tasks.spawn("trace pruning", {
         let (state, stopped) = (state.clone(), tasks.stopped());
         async move { state.traces.run_pruning(stopped).await }

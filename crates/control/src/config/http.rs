@@ -49,7 +49,8 @@ fn problem(err: ConfigError) -> Problem {
         ConfigError::Conflict { .. } => Problem::new(412, "revision-conflict", "Revision conflict").with_detail(
             format!("{err}: read it again, and write with `If-Match: \"<revision>\"` of what you read"),
         ),
-        ConfigError::Database(_) | ConfigError::Secret(_) => {
+        ConfigError::Store(crate::store::StoreError::Unavailable(reason)) => crate::store::unavailable(reason),
+        ConfigError::Database(_) | ConfigError::Secret(_) | ConfigError::Store(_) => {
             tracing::error!(error = %err, "config store failed");
             Problem::internal()
         }
@@ -486,7 +487,7 @@ async fn report(
     if report.error.as_ref().is_some_and(|e| e.len() > 4096) {
         return Err(Problem::invalid_field("error", "at most 4096 characters"));
     }
-    state.config.report(&instance_id, report);
+    state.config.report(&instance_id, report).await.map_err(problem)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,6 +7,7 @@
 //! resolving a service's document never touches the disk; history and diffs read it.
 
 pub mod http;
+pub(crate) mod nats;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,6 +62,9 @@ pub enum ConfigError {
     /// A secret could not be opened.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The store (NATS) cannot take the write now.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A write's conditions and provenance.
@@ -96,9 +100,20 @@ pub enum Reveal {
     Masked,
 }
 
+/// Where revisions are kept.
+enum Backend {
+    /// A SQLite file (or memory) of this process.
+    Sqlite(SqlitePool),
+    /// A NATS JetStream stream every replica follows.
+    Nats(nats::Revisions),
+}
+
 /// The config store. Share it behind an `Arc`; every method takes `&self`.
+///
+/// Revisions are kept in SQLite (one process) or in a NATS stream (any number of replicas,
+/// each following the stream into its cache): the same operations, the same tests.
 pub struct ConfigStore {
-    pool: SqlitePool,
+    backend: Backend,
     sealer: Sealer,
     /// Latest row of every key ever written (tombstones included).
     current: Mutex<BTreeMap<ConfigKey, StoredRow>>,
@@ -153,6 +168,41 @@ impl ConfigStore {
         Self::with(pool, Sealer::from_file(&data_dir.join("config.key"))?).await
     }
 
+    /// A store on NATS JetStream, secrets sealed with `sealer` (whose key never reaches
+    /// NATS). Its cache is filled by [`ConfigStore::run_follow`].
+    pub async fn on_nats(store: &crate::store::Nats, sealer: Sealer) -> Result<Self, ConfigError> {
+        let revisions = nats::Revisions::open(store).await?;
+        Ok(Self::empty(Backend::Nats(revisions), sealer, 0))
+    }
+
+    fn empty(backend: Backend, sealer: Sealer, top: u64) -> Self {
+        Self {
+            backend,
+            sealer,
+            current: Mutex::new(BTreeMap::new()),
+            writing: tokio::sync::Mutex::new(()),
+            revision: watch::Sender::new(top),
+            applied: Mutex::new(BTreeMap::new()),
+            applied_changes: watch::Sender::new(0),
+        }
+    }
+
+    /// Whether the cache has caught up with the store (at once for SQLite).
+    pub fn synced(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => true,
+            Backend::Nats(revisions) => revisions.synced(),
+        }
+    }
+
+    /// Keeps the cache true to the store until `shutdown` (on NATS; SQLite needs nothing).
+    pub async fn run_follow(&self, shutdown: impl std::future::Future<Output = ()>) {
+        match &self.backend {
+            Backend::Sqlite(_) => shutdown.await,
+            Backend::Nats(revisions) => nats::follow(self, revisions, shutdown).await,
+        }
+    }
+
     /// A store that lives in memory, for tests.
     pub async fn in_memory() -> Result<Self, ConfigError> {
         Self::with(crate::sqlite(None, SCHEMA).await?, Sealer::ephemeral()).await
@@ -172,15 +222,9 @@ impl ConfigStore {
             top = top.max(row.revision);
             current.insert(row.key.clone(), row);
         }
-        Ok(Self {
-            pool,
-            sealer,
-            current: Mutex::new(current),
-            writing: tokio::sync::Mutex::new(()),
-            revision: watch::Sender::new(top),
-            applied: Mutex::new(BTreeMap::new()),
-            applied_changes: watch::Sender::new(0),
-        })
+        let store = Self::empty(Backend::Sqlite(pool), sealer, top);
+        *lock(&store.current) = current;
+        Ok(store)
     }
 
     /// The newest revision in the store (0 when empty).
@@ -300,10 +344,15 @@ impl ConfigStore {
         options: WriteOptions,
     ) -> Result<ConfigEntry, ConfigError> {
         let _writing = self.writing.lock().await;
-        let current = lock(&self.current)
-            .get(key)
-            .filter(|r| r.stored.is_some())
-            .map_or(0, |r| r.revision);
+        if let Backend::Nats(revisions) = &self.backend {
+            // A compare-and-set is checked against everything the store holds now.
+            if options.expect.is_some() {
+                revisions.caught_up().await?;
+            }
+        }
+        let (current, last) = lock(&self.current).get(key).map_or((0, 0), |r| {
+            (if r.stored.is_some() { r.revision } else { 0 }, r.revision)
+        });
         if let Some(expected) = options.expect {
             if expected != current {
                 return Err(ConfigError::Conflict {
@@ -319,42 +368,75 @@ impl ConfigStore {
         } else {
             options.author
         };
-        let done = sqlx::query(
-            "INSERT INTO config_revisions (scope, profile, key, value, secret, time_ms, author, comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key.scope)
-        .bind(&key.profile)
-        .bind(&key.key)
-        .bind(&stored)
-        .bind(secret)
-        .bind(time_ms as i64)
-        .bind(&author)
-        .bind(&options.comment)
-        .execute(&self.pool)
-        .await?;
-        let row = StoredRow {
+        let mut row = StoredRow {
             key: key.clone(),
-            revision: done.last_insert_rowid() as u64,
+            revision: 0,
             stored,
             secret,
             time_ms,
             author,
             comment: options.comment,
         };
-        lock(&self.current).insert(key.clone(), row.clone());
-        self.revision.send_replace(row.revision);
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let done = sqlx::query(
+                    "INSERT INTO config_revisions (scope, profile, key, value, secret, time_ms, author, comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&key.scope)
+                .bind(&key.profile)
+                .bind(&key.key)
+                .bind(&row.stored)
+                .bind(secret)
+                .bind(time_ms as i64)
+                .bind(&row.author)
+                .bind(&row.comment)
+                .execute(pool)
+                .await?;
+                row.revision = done.last_insert_rowid() as u64;
+                lock(&self.current).insert(key.clone(), row.clone());
+                self.revision.send_replace(row.revision);
+            }
+            Backend::Nats(revisions) => {
+                // The server checks the key's last revision, so two replicas cannot both win.
+                let condition = options.expect.map(|_| last);
+                match revisions.append(&row, condition).await? {
+                    Some(revision) => row.revision = revision,
+                    None => {
+                        revisions.caught_up().await?;
+                        let current = lock(&self.current)
+                            .get(key)
+                            .filter(|r| r.stored.is_some())
+                            .map_or(0, |r| r.revision);
+                        return Err(ConfigError::Conflict {
+                            key: key.clone(),
+                            expected: options.expect.unwrap_or(0),
+                            current,
+                        });
+                    }
+                }
+            }
+        }
         tracing::info!(key = %key, revision = row.revision, secret, author = %row.author, deleted = row.stored.is_none(), "config written");
         self.entry(&row, Reveal::Masked)
     }
 
     async fn row_at(&self, key: &ConfigKey, revision: u64) -> Result<StoredRow, ConfigError> {
+        let pool = match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Nats(revisions) => {
+                return revisions.row_at(key, revision).ok_or_else(|| ConfigError::NoSuchRevision {
+                    key: key.clone(),
+                    revision,
+                })
+            }
+        };
         let row =
             sqlx::query("SELECT * FROM config_revisions WHERE revision = ? AND scope = ? AND profile = ? AND key = ?")
                 .bind(revision as i64)
                 .bind(&key.scope)
                 .bind(&key.profile)
                 .bind(&key.key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(pool)
                 .await?
                 .ok_or_else(|| ConfigError::NoSuchRevision {
                     key: key.clone(),
@@ -373,19 +455,25 @@ impl ConfigStore {
     /// Every revision of a key, newest first, at most `limit`.
     pub async fn history(&self, key: &ConfigKey, limit: u32, reveal: Reveal) -> Result<Vec<ConfigEntry>, ConfigError> {
         Self::check(key)?;
-        let rows = sqlx::query(
-            "SELECT * FROM config_revisions WHERE scope = ? AND profile = ? AND key = ? ORDER BY revision DESC LIMIT ?",
-        )
-        .bind(&key.scope)
-        .bind(&key.profile)
-        .bind(&key.key)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = match &self.backend {
+            Backend::Sqlite(pool) => sqlx::query(
+                "SELECT * FROM config_revisions WHERE scope = ? AND profile = ? AND key = ? ORDER BY revision DESC LIMIT ?",
+            )
+            .bind(&key.scope)
+            .bind(&key.profile)
+            .bind(&key.key)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(row_from)
+            .collect::<Result<Vec<_>, _>>()?,
+            Backend::Nats(revisions) => revisions.history(key, limit),
+        };
         if rows.is_empty() {
             return Err(ConfigError::NotFound(key.clone()));
         }
-        rows.iter().map(|r| self.entry(&row_from(r)?, reveal)).collect()
+        rows.iter().map(|r| self.entry(r, reveal)).collect()
     }
 
     /// The layers a service's instance reads, lowest first.
@@ -480,12 +568,34 @@ impl ConfigStore {
     }
 
     /// Records what an instance did with a revision.
-    pub fn report(&self, instance_id: &str, report: ApplyReport) {
+    pub async fn report(&self, instance_id: &str, report: ApplyReport) -> Result<(), ConfigError> {
         if report.error.is_some() {
             tracing::warn!(instance = %instance_id, revision = report.revision, running = report.running, error = report.error.as_deref().unwrap_or(""), "an instance refused a config revision");
         }
-        lock(&self.applied).insert(instance_id.to_owned(), report);
-        self.applied_changes.send_modify(|n| *n += 1);
+        match &self.backend {
+            Backend::Sqlite(_) => {
+                self.take_report(instance_id, Some(report), None);
+                Ok(())
+            }
+            // The bucket's watch brings it into every replica's reports.
+            Backend::Nats(revisions) => revisions.report(instance_id, &report).await,
+        }
+    }
+
+    /// Takes a report (or its removal) into the reports; the index moves to the store's
+    /// sequence when it has one, else by one.
+    fn take_report(&self, instance_id: &str, report: Option<ApplyReport>, seq: Option<u64>) {
+        let mut applied = lock(&self.applied);
+        match report {
+            Some(report) => {
+                applied.insert(instance_id.to_owned(), report);
+            }
+            None => {
+                applied.remove(instance_id);
+            }
+        }
+        drop(applied);
+        self.applied_changes.send_modify(|n| *n = seq.unwrap_or(*n + 1).max(*n));
     }
 
     /// The latest report of every instance `live` accepts, with the index of the reports'

@@ -159,6 +159,8 @@ async fn app_over(traces: TraceStore) -> (Router, Arc<ControlState>) {
         events: EventLog::in_memory(Default::default()).await.unwrap(),
         traces,
         authority: crate::ca::Authority::ephemeral().unwrap(),
+        registry: None,
+        nats: None,
     };
     let state = Arc::new(ControlState::new(config, storage, rx).listening_on("0.0.0.0:47070".parse().unwrap()));
     (crate::api::router(state.clone()), state)
@@ -909,6 +911,7 @@ async fn service_discovery_lists_registered_instances_and_the_control_plane() {
     state
         .registry
         .register(registration("catalog", "catalog-1-abcd", "127.0.0.1:40001"))
+        .await
         .unwrap();
     let (status, groups) = get(&app, "/v1/sd/prometheus").await;
     assert_eq!(status, StatusCode::OK);
@@ -935,7 +938,7 @@ async fn service_discovery_lists_registered_instances_and_the_control_plane() {
         ]
     );
 
-    state.registry.deregister("catalog-1-abcd").unwrap();
+    state.registry.deregister("catalog-1-abcd").await.unwrap();
     let (_, groups) = get(&app, "/v1/sd/prometheus").await;
     let groups: Vec<ScrapeTargetGroup> = serde_json::from_value(groups).unwrap();
     assert_eq!(groups.len(), 1);
@@ -948,10 +951,12 @@ async fn metrics_show_instances_and_span_counters_with_help_and_type() {
     state
         .registry
         .register(registration("catalog", "catalog-1", "127.0.0.1:40001"))
+        .await
         .unwrap();
     state
         .registry
         .register(registration("catalog", "catalog-2", "127.0.0.1:40002"))
+        .await
         .unwrap();
     let mut bad = otlp_span(1, 2, "bad");
     bad.span_id = vec![1; 4];
