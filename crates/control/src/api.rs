@@ -54,7 +54,9 @@ pub fn router(state: Arc<ControlState>) -> Router {
 /// A 503 says when to try again: the store lost quorum, and any replica answers the same until
 /// it is back.
 async fn retry_after_unavailable(mut response: Response) -> Response {
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE && !response.headers().contains_key(axum::http::header::RETRY_AFTER) {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(axum::http::header::RETRY_AFTER)
+    {
         response.headers_mut().insert(
             axum::http::header::RETRY_AFTER,
             HeaderValue::from(crate::store::RETRY_AFTER_SECONDS),
@@ -171,9 +173,17 @@ async fn live() -> Json<HealthStatus> {
     ))]
 async fn ready(State(state): State<Arc<ControlState>>) -> Response {
     if !state.synced() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(HealthStatus { status: "syncing" })).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthStatus { status: "syncing" }),
+        )
+            .into_response();
     }
-    let status = if state.store_health().quorum { "ready" } else { "degraded" };
+    let status = if state.store_health().quorum {
+        "ready"
+    } else {
+        "degraded"
+    };
     Json(HealthStatus { status }).into_response()
 }
 

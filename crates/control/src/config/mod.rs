@@ -424,10 +424,12 @@ impl ConfigStore {
         let pool = match &self.backend {
             Backend::Sqlite(pool) => pool,
             Backend::Nats(revisions) => {
-                return revisions.row_at(key, revision).ok_or_else(|| ConfigError::NoSuchRevision {
-                    key: key.clone(),
-                    revision,
-                })
+                return revisions
+                    .row_at(key, revision)
+                    .ok_or_else(|| ConfigError::NoSuchRevision {
+                        key: key.clone(),
+                        revision,
+                    })
             }
         };
         let row =
@@ -543,7 +545,9 @@ impl ConfigStore {
     }
 
     /// A blocking resolve: waits until a write touches one of the service's layers after
-    /// `index`, or `wait` passes. An index from the future (the store was reset) answers at once.
+    /// `index`, or `wait` passes. In SQLite an index from the future (the store was reset)
+    /// answers at once; on NATS it is another replica's, further along the same stream, and is
+    /// waited for like any other, so a watcher that moves keeps its place.
     pub async fn resolve_after(
         &self,
         service: &str,
@@ -557,7 +561,8 @@ impl ConfigStore {
         loop {
             let resolved = self.resolve(service, profile, reveal)?;
             let store = *changes.borrow_and_update();
-            if resolved.revision > index || index > store {
+            let reset = index > store && matches!(self.backend, Backend::Sqlite(_));
+            if resolved.revision > index || reset {
                 return Ok(resolved);
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {

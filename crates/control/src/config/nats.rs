@@ -69,7 +69,7 @@ fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn subject(key: &ConfigKey) -> String {
+pub(super) fn subject(key: &ConfigKey) -> String {
     format!("{SUBJECT_PREFIX}.{}.{}.{}", key.scope, key.profile, hex(&key.key))
 }
 
@@ -141,7 +141,11 @@ impl Revisions {
 
     /// Waits until the follower has applied everything the stream holds now.
     pub(super) async fn caught_up(&self) -> Result<(), ConfigError> {
-        let info = self.stream.get_info().await.map_err(|e| self.store.failed("reading the config stream", e))?;
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| self.store.failed("reading the config stream", e))?;
         self.caught_up_to(info.state.last_sequence).await
     }
 
@@ -159,7 +163,8 @@ impl Revisions {
             comment: row.comment.clone(),
         };
         // Our own wire type always serializes.
-        let mut message = PublishMessage::build().payload(Bytes::from(serde_json::to_vec(&revision).unwrap_or_default()));
+        let mut message =
+            PublishMessage::build().payload(Bytes::from(serde_json::to_vec(&revision).unwrap_or_default()));
         if let Some(last) = last {
             message = message.expected_last_subject_sequence(last);
         }
@@ -207,7 +212,11 @@ impl Revisions {
 
 /// Follows the stream into the store's cache and the applied bucket into its reports, until
 /// `shutdown`; watches again (from where it was) after an error.
-pub(super) async fn follow(store: &ConfigStore, revisions: &Revisions, shutdown: impl std::future::Future<Output = ()>) {
+pub(super) async fn follow(
+    store: &ConfigStore,
+    revisions: &Revisions,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let revisions_followed = follow_revisions(store, revisions);
     let reports_followed = follow_reports(store, revisions);
@@ -301,7 +310,9 @@ async fn follow_reports(store: &ConfigStore, revisions: &Revisions) {
         };
         while let Some(entry) = watch.next().await {
             let Ok(entry) = entry else { break };
-            let Some(id) = crate::registry::nats::id_of(&entry.key) else { continue };
+            let Some(id) = crate::registry::nats::id_of(&entry.key) else {
+                continue;
+            };
             let report = match entry.operation {
                 Operation::Put => serde_json::from_slice::<ApplyReport>(&entry.value).ok(),
                 Operation::Delete | Operation::Purge => None,
@@ -314,7 +325,10 @@ async fn follow_reports(store: &ConfigStore, revisions: &Revisions) {
 impl ConfigStore {
     /// Takes a followed revision into the cache and the history.
     fn take_in(&self, revisions: &Revisions, row: StoredRow) {
-        lock(&revisions.history).entry(row.key.clone()).or_default().push(row.clone());
+        lock(&revisions.history)
+            .entry(row.key.clone())
+            .or_default()
+            .push(row.clone());
         let revision = row.revision;
         lock(&self.current).insert(row.key.clone(), row);
         self.revision.send_if_modified(|r| {

@@ -433,7 +433,11 @@ impl Registry {
 
     /// Instances held past their expiry by self-preservation.
     pub fn held(&self) -> usize {
-        self.lock().instances.values().filter(|e| e.held_until.is_some()).count()
+        self.lock()
+            .instances
+            .values()
+            .filter(|e| e.held_until.is_some())
+            .count()
     }
 
     /// Instances, of one service or all, at the current revision.

@@ -103,7 +103,12 @@ impl Leases {
         format!("$KV.{BUCKET}.{}", key_of(instance_id))
     }
 
-    async fn publish(&self, what: &str, subject: String, message: PublishMessage) -> Result<Result<u64, ()>, StoreError> {
+    async fn publish(
+        &self,
+        what: &str,
+        subject: String,
+        message: PublishMessage,
+    ) -> Result<Result<u64, ()>, StoreError> {
         let sent = self.store.jetstream.send_publish(subject, message).await;
         let ack = match sent {
             Ok(ack) => ack.await,
@@ -203,12 +208,19 @@ pub(crate) async fn open_bucket(store: &Nats, config: kv::Config) -> Result<kv::
     loop {
         let opened = match store.jetstream.get_key_value(config.bucket.clone()).await {
             Ok(kv) => Ok(kv),
-            Err(_) => store.jetstream.create_key_value(config.clone()).await.map_err(|e| e.to_string()),
+            Err(_) => store
+                .jetstream
+                .create_key_value(config.clone())
+                .await
+                .map_err(|e| e.to_string()),
         };
         match opened {
             Ok(kv) => return Ok(kv),
             Err(e) if Instant::now() >= deadline => {
-                return Err(StoreError::Unavailable(format!("opening bucket {}: {e}", config.bucket)))
+                return Err(StoreError::Unavailable(format!(
+                    "opening bucket {}: {e}",
+                    config.bucket
+                )))
             }
             Err(e) => {
                 tracing::debug!(bucket = %config.bucket, error = %e, "bucket not open yet; trying again");
@@ -346,14 +358,19 @@ impl Registry {
         if entry.held_until.is_some() {
             return;
         }
-        state.recent_expiries.retain(|at| now.saturating_duration_since(*at) < ttl);
+        state
+            .recent_expiries
+            .retain(|at| now.saturating_duration_since(*at) < ttl);
         state.recent_expiries.push_back(now);
         let expired = state.recent_expiries.len();
         let population = state.instances.len().max(1);
         let mass = expired >= 2 && expired as f64 > self.preservation.share * population as f64;
         let outage = self.store_recovering(ttl);
         if mass || outage {
-            if state.preserving_since.is_none_or(|since| now.saturating_duration_since(since) > ttl * 2) {
+            if state
+                .preserving_since
+                .is_none_or(|since| now.saturating_duration_since(since) > ttl * 2)
+            {
                 tracing::warn!(
                     expired,
                     instances = population,

@@ -218,7 +218,9 @@ mod on_both_stores {
 
         async fn nats() -> Self {
             let store = testing::nats(1).await;
-            let registry = Registry::on_nats(CONFIG, &store.nats, Preservation::default()).await.unwrap();
+            let registry = Registry::on_nats(CONFIG, &store.nats, Preservation::default())
+                .await
+                .unwrap();
             let (registry, stop) = follow(registry);
             assert!(registry.wait_synced(Duration::from_secs(10)).await);
             Self {
@@ -261,10 +263,16 @@ mod on_both_stores {
 
     async fn only_changes_move_the_index(f: Fixture) {
         let r = &f.registry;
-        assert!(matches!(r.register(reg("catalog", "a")).await.unwrap(), Registered::Created(_)));
+        assert!(matches!(
+            r.register(reg("catalog", "a")).await.unwrap(),
+            Registered::Created(_)
+        ));
         let index = r.revision();
         assert_eq!(r.list(None).instances.len(), 1);
-        assert!(matches!(r.register(reg("catalog", "a")).await.unwrap(), Registered::Renewed(_)));
+        assert!(matches!(
+            r.register(reg("catalog", "a")).await.unwrap(),
+            Registered::Renewed(_)
+        ));
         r.heartbeat("a").await.unwrap();
         assert_eq!(r.revision(), index, "renewals are not changes");
         let mut moved = reg("catalog", "a");
@@ -277,7 +285,10 @@ mod on_both_stores {
         assert!(r.revision() > after_move);
         assert!(r.list(None).instances.is_empty());
         assert_eq!(r.heartbeat("a").await, Err(RegistryError::UnknownInstance("a".into())));
-        assert_eq!(r.deregister("a").await.err(), Some(RegistryError::UnknownInstance("a".into())));
+        assert_eq!(
+            r.deregister("a").await.err(),
+            Some(RegistryError::UnknownInstance("a".into()))
+        );
     }
 
     async fn a_blocking_query_wakes_on_a_change_and_times_out_without_one(f: Fixture) {
@@ -292,7 +303,10 @@ mod on_both_stores {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         r.register(reg("catalog", "a")).await.unwrap();
-        let list = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        let list = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(list.instances.len(), 1);
         assert!(list.index > index);
     }
@@ -321,7 +335,10 @@ mod on_both_stores {
         assert_eq!(ids, ["kept"]);
         assert!(registered.elapsed() >= CONFIG.ttl, "not before its ttl");
         assert!(list.index > index);
-        assert_eq!(r.heartbeat("dropped").await, Err(RegistryError::UnknownInstance("dropped".into())));
+        assert_eq!(
+            r.heartbeat("dropped").await,
+            Err(RegistryError::UnknownInstance("dropped".into()))
+        );
     }
 
     async fn heartbeats_keep_a_lease_past_its_ttl(f: Fixture) {
@@ -370,7 +387,10 @@ mod on_both_stores {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiter.is_finished(), "nothing changed yet");
         f.registry.register(reg("orders", "b")).await.unwrap();
-        let list = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        let list = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(list.instances.len(), 2);
         // A heartbeat through the other replica renews the lease the first one wrote.
         other.heartbeat("a").await.unwrap();
@@ -422,7 +442,10 @@ mod on_both_stores {
             if ids == want {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "held leases were not released: {ids:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "held leases were not released: {ids:?}"
+            );
             tokio::time::sleep(CONFIG.heartbeat).await;
         }
         assert_eq!(r.held(), 0);

@@ -271,7 +271,10 @@ impl Nats {
                     health.recovered_ms = Some(health.since_ms);
                     tracing::info!(servers = ?self.spec.servers, "the store has quorum again: writes are taken");
                 } else {
-                    tracing::warn!(error = error.as_deref().unwrap_or(""), "the store lost quorum: reads are served from the watched cache, writes refused");
+                    tracing::warn!(
+                        error = error.as_deref().unwrap_or(""),
+                        "the store lost quorum: reads are served from the watched cache, writes refused"
+                    );
                 }
             }
             health.quorum = quorum;
@@ -311,9 +314,19 @@ impl Nats {
     pub(crate) fn failed(&self, what: &str, err: impl std::fmt::Display) -> StoreError {
         let text = format!("{what}: {err}");
         let lowered = text.to_ascii_lowercase();
-        let unavailable = ["timed out", "timeout", "no responders", "not available", "no leader", "unavailable", "disconnected", "connection", "broken pipe"]
-            .iter()
-            .any(|needle| lowered.contains(needle));
+        let unavailable = [
+            "timed out",
+            "timeout",
+            "no responders",
+            "not available",
+            "no leader",
+            "unavailable",
+            "disconnected",
+            "connection",
+            "broken pipe",
+        ]
+        .iter()
+        .any(|needle| lowered.contains(needle));
         if unavailable {
             self.observe(Err(&text));
             StoreError::Unavailable(text)
@@ -343,7 +356,11 @@ mod tests {
         assert_eq!(
             "nats://h1:4222,h2:4222,nats://h3:4223".parse::<StoreSpec>().unwrap(),
             StoreSpec::Nats(NatsSpec {
-                servers: vec!["nats://h1:4222".into(), "nats://h2:4222".into(), "nats://h3:4223".into()],
+                servers: vec![
+                    "nats://h1:4222".into(),
+                    "nats://h2:4222".into(),
+                    "nats://h3:4223".into()
+                ],
                 replicas: 3,
             })
         );
@@ -355,7 +372,13 @@ mod tests {
             panic!("not nats");
         };
         assert_eq!(r.replicas, 1);
-        for bad in ["redis://h:1", "nats://h", "nats://h:port", "nats://a:1?replicas=9", "nats://a:1?x=1"] {
+        for bad in [
+            "redis://h:1",
+            "nats://h",
+            "nats://h:port",
+            "nats://a:1?replicas=9",
+            "nats://a:1?x=1",
+        ] {
             let err = bad.parse::<StoreSpec>().unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }
