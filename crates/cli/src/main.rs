@@ -229,6 +229,11 @@ enum Command {
         /// plane's own CA); given, services' credentials are refused on `--listen`.
         #[arg(long, env = "FLOTILLA_TLS_LISTEN")]
         tls_listen: Option<SocketAddr>,
+        /// Where state lives: `embedded` (the data dir) or a NATS JetStream cluster,
+        /// `nats://h1:4222,h2:4222,h3:4222[?replicas=N]`, shared by any number of replicas
+        /// (the data dir then holds only the keys, which must be the same on every replica).
+        #[arg(long, env = "FLOTILLA_STORE", default_value = "embedded")]
+        store: flotilla_control::store::StoreSpec,
     },
     /// Run the gateway: with a control plane, or standalone from a routes file.
     Gateway {
@@ -1114,6 +1119,7 @@ async fn run(cli: Cli) -> Result<()> {
             heartbeat,
             ttl,
             tls_listen,
+            store,
         } => {
             let token = match std::env::var(flotilla_api::env::TOKEN) {
                 Ok(token) if !token.is_empty() => token,
@@ -1131,6 +1137,7 @@ async fn run(cli: Cli) -> Result<()> {
                 data_dir,
                 registry: flotilla_control::RegistryConfig { heartbeat, ttl },
                 token,
+                store,
             };
             flotilla_control::process::run(listener, tls_listener, options, runtime::shutdown_signal()).await?;
         }

@@ -301,7 +301,7 @@ impl Storage {
 
     /// The registry and config on the NATS cluster `spec`; the keys (the CA's, the config
     /// sealing key) from `keys_dir`, where a cluster's Secret is mounted — they never reach
-    /// NATS. The event log and traces stay in `data_dir` for now.
+    /// NATS. The event log on NATS JetStream streams; traces in `data_dir` for now.
     pub async fn on_nats(
         spec: &store::NatsSpec,
         keys_dir: &std::path::Path,
@@ -314,7 +314,7 @@ impl Storage {
         Ok(Self {
             registry: Some(Registry::on_nats(registry, &nats, registry::Preservation::default()).await?),
             config: ConfigStore::on_nats(&nats, sealer).await?,
-            events: EventLog::open(data_dir, config.events).await?,
+            events: EventLog::on_nats(&spec.servers, config.events).await?,
             traces: TraceStore::open(data_dir, config.traces).await?,
             authority: ca::Authority::load_or_create(keys_dir)?,
             nats: Some(nats),

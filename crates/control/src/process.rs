@@ -1,5 +1,5 @@
 //! The control plane as a process: logging, its private data dir, the run marker (an unclean
-//! stop warms the registry up for one TTL), its storage, then [`crate::serve_with_tls`]. The
+//! stop warms the registry up for one TTL; embedded only), its storage (the data dir, or NATS), then [`crate::serve_with_tls`]. The
 //! binary binds and calls [`run`].
 
 use std::future::Future;
@@ -19,6 +19,9 @@ pub struct Options {
     pub registry: RegistryConfig,
     /// The operator's token: every credential derives from it.
     pub token: String,
+    /// Where state lives: the data dir (embedded) or a NATS JetStream cluster, in which case
+    /// the data dir holds only the keys (the CA's, the config sealing key) and traces.
+    pub store: crate::store::StoreSpec,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -70,10 +73,18 @@ pub async fn run(
     options.registry.validate().map_err(RunError::Registry)?;
     let data_dir = flotilla::data_dir::ensure_private(&options.data_dir)?;
     let dir = data_dir.display().to_string();
-    let (marker, unclean) = RunMarker::acquire(&data_dir).map_err(|source| RunError::Marker {
-        dir: dir.clone(),
-        source,
-    })?;
+    let embedded = options.store == crate::store::StoreSpec::Embedded;
+    // On a shared store the leases outlive any replica: there is nothing to warm up.
+    let (marker, unclean) = match embedded {
+        true => {
+            let (marker, unclean) = RunMarker::acquire(&data_dir).map_err(|source| RunError::Marker {
+                dir: dir.clone(),
+                source,
+            })?;
+            (Some(marker), unclean)
+        }
+        false => (None, false),
+    };
     let warm_up = if unclean { options.registry.ttl } else { Duration::ZERO };
     if unclean {
         tracing::warn!(
@@ -86,9 +97,14 @@ pub async fn run(
         token: options.token,
         warm_up,
     };
-    let storage = Storage::open(&data_dir, Default::default())
-        .await
-        .map_err(|source| RunError::Storage { dir, source })?;
+    let storage = match &options.store {
+        crate::store::StoreSpec::Embedded => Storage::open(&data_dir, Default::default()).await,
+        crate::store::StoreSpec::Nats(spec) => {
+            tracing::info!(servers = ?spec.servers, replicas = spec.replicas, "keeping state in NATS JetStream");
+            Storage::on_nats(spec, &data_dir, &data_dir, options.registry, Default::default()).await
+        }
+    }
+    .map_err(|source| RunError::Storage { dir, source })?;
     crate::serve_with_tls(listener, tls_listener, config, storage, shutdown)
         .await
         .map_err(RunError::Serve)?;

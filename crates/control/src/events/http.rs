@@ -31,6 +31,7 @@ fn problem(err: LogError) -> Problem {
     match err {
         LogError::Invalid { field, reason } => Problem::invalid_field(field, reason),
         LogError::NotFound(what) => Problem::not_found(what),
+        LogError::Unavailable(reason) => crate::store::unavailable(reason),
         LogError::Database(e) => {
             tracing::error!(error = %e, "event log failed");
             Problem::internal()

@@ -7,6 +7,10 @@
 //! FULL`); a group's progress (what is in flight, what was acked) is not (`NORMAL`), since
 //! losing the last of it in a crash only redelivers events, which consumers' inboxes absorb.
 //! Appends wake every waiting fetch.
+//!
+//! In cluster mode the log is NATS JetStream instead, through the SDK's backend (the one
+//! services publish and consume through): the same API, the same semantics, every replica
+//! serving it.
 
 pub mod http;
 
@@ -58,6 +62,9 @@ pub enum LogError {
     /// The database failed.
     #[error("event log: {0}")]
     Database(#[from] sqlx::Error),
+    /// NATS JetStream did not answer (or refused).
+    #[error("event log: {0}")]
+    Unavailable(String),
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS topics (topic TEXT PRIMARY KEY, next_offset INTEGER NOT NULL);
@@ -94,21 +101,21 @@ pub fn dead_letter_topic(topic: &str) -> String {
 }
 
 /// The event log. Share it behind an `Arc`.
-pub struct EventLog {
+pub struct SqliteLog {
     pool: SqlitePool,
     config: LogConfig,
     appended: watch::Sender<u64>,
 }
 
-impl std::fmt::Debug for EventLog {
+impl std::fmt::Debug for SqliteLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLog")
+        f.debug_struct("SqliteLog")
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-impl EventLog {
+impl SqliteLog {
     /// The log in `data_dir/events.db`.
     pub async fn open(data_dir: &Path, config: LogConfig) -> Result<Self, LogError> {
         Ok(Self::with(
@@ -533,6 +540,141 @@ impl EventLog {
                 Ok(dropped) => tracing::info!(dropped, "event retention"),
                 Err(err) => tracing::error!(error = %err, "event retention failed"),
             }
+        }
+    }
+}
+
+/// The event log the control plane serves: its own SQLite file, or NATS JetStream.
+#[derive(Debug)]
+pub enum EventLog {
+    /// SQLite in the data dir (one process).
+    Sqlite(SqliteLog),
+    /// NATS JetStream streams (every replica; services may also speak to them directly).
+    Nats(flotilla::events::EventsClient),
+}
+
+fn from_nats(err: flotilla::events::EventsError) -> LogError {
+    use flotilla::events::EventsError;
+    match err {
+        EventsError::Invalid { field, reason } => LogError::Invalid { field, reason },
+        EventsError::NotFound(what) => LogError::NotFound(what),
+        other => LogError::Unavailable(other.to_string()),
+    }
+}
+
+impl EventLog {
+    /// The log in `data_dir/events.db`.
+    pub async fn open(data_dir: &Path, config: LogConfig) -> Result<Self, LogError> {
+        SqliteLog::open(data_dir, config).await.map(Self::Sqlite)
+    }
+
+    /// A log in memory, for tests.
+    pub async fn in_memory(config: LogConfig) -> Result<Self, LogError> {
+        SqliteLog::in_memory(config).await.map(Self::Sqlite)
+    }
+
+    /// The log on the NATS cluster `servers` (R3 on three or more), with the same groups and
+    /// retention as the SQLite log.
+    pub async fn on_nats(servers: &[String], config: LogConfig) -> Result<Self, LogError> {
+        let nats = flotilla::events::NatsConfig {
+            ack_wait: config.ack_timeout,
+            max_deliveries: config.max_deliveries,
+            retention: config.retention,
+            max_events_per_topic: i64::try_from(config.max_events_per_topic).unwrap_or(i64::MAX),
+            request_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        flotilla::events::EventsClient::nats(&servers.join(","), None, nats)
+            .await
+            .map(Self::Nats)
+            .map_err(from_nats)
+    }
+
+    /// Appends events to a topic, in order; an event whose id the topic already holds is not
+    /// added again (its first offset is answered, marked duplicate). Durable when it returns.
+    pub async fn append(&self, topic: &str, events: &[CloudEvent]) -> Result<Vec<Appended>, LogError> {
+        match self {
+            Self::Sqlite(log) => log.append(topic, events).await,
+            Self::Nats(nats) => nats.append(topic, events).await.map_err(from_nats),
+        }
+    }
+
+    /// Hands a group its next events (due redeliveries first), waiting up to `wait` for some.
+    pub async fn fetch(&self, topic: &str, group: &str, max: u32, wait: Duration) -> Result<Vec<Delivery>, LogError> {
+        match self {
+            Self::Sqlite(log) => log.fetch(topic, group, max, wait).await,
+            Self::Nats(nats) => nats.fetch(topic, group, max, wait).await.map_err(from_nats),
+        }
+    }
+
+    /// The group is done with these offsets; how many were in flight.
+    pub async fn ack(&self, topic: &str, group: &str, offsets: &[u64]) -> Result<u64, LogError> {
+        match self {
+            Self::Sqlite(log) => log.ack(topic, group, offsets).await,
+            Self::Nats(nats) => nats
+                .ack(topic, group, offsets)
+                .await
+                .map(|()| offsets.len() as u64)
+                .map_err(from_nats),
+        }
+    }
+
+    /// A handler failed on this event: it is due again (or dead-lettered on its last delivery).
+    pub async fn nack(&self, topic: &str, group: &str, offset: u64, reason: &str) -> Result<(), LogError> {
+        match self {
+            Self::Sqlite(log) => log.nack(topic, group, offset, reason).await,
+            Self::Nats(nats) => nats.nack(topic, group, offset, reason).await.map_err(from_nats),
+        }
+    }
+
+    /// Events of a topic from an offset, without a group (inspection).
+    pub async fn read(&self, topic: &str, from: u64, limit: u32) -> Result<Vec<Delivery>, LogError> {
+        match self {
+            Self::Sqlite(log) => log.read(topic, from, limit).await,
+            Self::Nats(nats) => nats.read(topic, from, limit).await.map_err(from_nats),
+        }
+    }
+
+    /// Appends a dead letter back to its topic as a new event; where it went.
+    pub async fn replay(&self, dead_letter_topic_name: &str, offset: u64) -> Result<(String, Appended), LogError> {
+        match self {
+            Self::Sqlite(log) => log.replay(dead_letter_topic_name, offset).await,
+            Self::Nats(nats) => {
+                let went = nats.replay(dead_letter_topic_name, offset).await.map_err(from_nats)?;
+                let field = |name: &str| went.get(name).cloned().unwrap_or_default();
+                Ok((
+                    field("topic").as_str().unwrap_or_default().to_owned(),
+                    Appended {
+                        id: field("id").as_str().unwrap_or_default().to_owned(),
+                        offset: field("offset").as_u64().unwrap_or_default(),
+                        duplicate: false,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Every topic with its count and each group's progress.
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, LogError> {
+        match self {
+            Self::Sqlite(log) => log.topics().await,
+            Self::Nats(nats) => nats.topics().await.map_err(from_nats),
+        }
+    }
+
+    /// Drops what retention says to (NATS streams enforce their own limits).
+    pub async fn enforce_retention(&self) -> Result<u64, LogError> {
+        match self {
+            Self::Sqlite(log) => log.enforce_retention().await,
+            Self::Nats(_) => Ok(0),
+        }
+    }
+
+    /// Enforces retention every minute until `shutdown` (SQLite; NATS keeps its own limits).
+    pub async fn run_retention(&self, shutdown: impl std::future::Future<Output = ()>) {
+        match self {
+            Self::Sqlite(log) => log.run_retention(shutdown).await,
+            Self::Nats(_) => shutdown.await,
         }
     }
 }

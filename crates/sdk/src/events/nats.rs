@@ -122,6 +122,9 @@ pub struct NatsConfig {
     pub nack_delay: Duration,
     /// How long a JetStream request or a publish acknowledgement may take.
     pub request_timeout: Duration,
+    /// Copies of every stream; `None`: one per server named in the URL, at most three (a
+    /// cluster named by all its nodes keeps R3, so losing a node loses no event).
+    pub replicas: Option<usize>,
 }
 
 impl Default for NatsConfig {
@@ -134,6 +137,7 @@ impl Default for NatsConfig {
             max_events_per_topic: 1_000_000,
             nack_delay: Duration::ZERO,
             request_timeout: Duration::from_secs(5),
+            replicas: None,
         }
     }
 }
@@ -214,7 +218,25 @@ struct InFlight {
 }
 
 /// The JetStream side of [`super::EventsClient`].
+/// The servers of a URL that may name several: `nats://h1:4222,h2:4222` (each part may carry
+/// its own scheme).
+pub fn servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            if part.contains("://") {
+                part.to_owned()
+            } else {
+                format!("nats://{part}")
+            }
+        })
+        .collect()
+}
+
 pub(crate) struct NatsBackend {
+    /// Copies of every stream made.
+    replicas: usize,
     js: jetstream::Context,
     config: NatsConfig,
     /// Streams known to exist.
@@ -255,12 +277,15 @@ impl NatsBackend {
         if let Some(token) = token {
             options = options.token(token);
         }
-        let client = options.connect(url).await.map_err(failed("connecting"))?;
+        let servers = servers(url);
+        let replicas = config.replicas.unwrap_or(servers.len().clamp(1, 3));
+        let client = options.connect(servers.as_slice()).await.map_err(failed("connecting"))?;
         let js = jetstream::context::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client);
         Ok(Self {
             js,
+            replicas,
             config,
             streams: Mutex::new(HashSet::new()),
             consumers: Mutex::new(HashMap::new()),
@@ -287,6 +312,7 @@ impl NatsBackend {
             max_age: self.config.retention,
             max_messages_per_subject: self.config.max_events_per_topic,
             allow_direct: true,
+            num_replicas: self.replicas,
             ..Default::default()
         };
         self.js
