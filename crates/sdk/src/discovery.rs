@@ -42,7 +42,11 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// A client for the control plane at `control_addr` (`host:port` or an `http://` URL).
     pub fn new(control_addr: &str, token: Option<String>) -> Self {
-        Self::with_http(HttpClient::for_control(Duration::from_secs(5)), control_addr, token)
+        Self::with_http(
+            HttpClient::for_control(Duration::from_secs(5)).failing_over(control_addr),
+            control_addr,
+            token,
+        )
     }
 
     /// A client over a given HTTP client.

@@ -8,7 +8,7 @@ mod serve;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-pub use client::{chain, HttpClient, HttpError, JsonResponse};
+pub use client::{chain, HttpClient, HttpError, JsonResponse, Replicas};
 pub use extract::{Json, Query};
 pub use serve::serve;
 
@@ -20,8 +20,11 @@ use flotilla_api::Problem;
 /// gateway drops a client's own value.
 pub static CLIENT_ADDRESS: axum::http::HeaderName = axum::http::HeaderName::from_static("x-flotilla-client-address");
 
-/// The base URL of a control plane given as `host:port` or as an `http(s)://` URL.
+/// The base URL of a control plane given as `host:port` or as an `http(s)://` URL; of a list
+/// of replicas (`h1:7070,h2:7070`), the first one's (an [`HttpClient::failing_over`]
+/// sends what is written against it to the replica in use).
 pub fn base_url(addr: &str) -> String {
+    let addr = addr.split(',').map(str::trim).find(|a| !a.is_empty()).unwrap_or(addr);
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.trim_end_matches('/').to_owned()
     } else {

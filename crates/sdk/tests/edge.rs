@@ -87,6 +87,7 @@ async fn unsampled_requests_cost_no_span_unless_they_fail_or_are_slow() {
         endpoint: Some(Endpoint {
             url: format!("http://{addr}/v1/traces"),
             headers: Vec::new(),
+            replicas: Vec::new(),
         }),
         sampling: Sampling {
             ratio: 0.0,

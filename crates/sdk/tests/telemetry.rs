@@ -112,6 +112,7 @@ async fn a_request_its_call_its_database_work_and_its_event_make_one_trace() {
         endpoint: Some(Endpoint {
             url: format!("http://{collector}/v1/traces"),
             headers: vec![("authorization".into(), "Bearer sesame".into())],
+            replicas: Vec::new(),
         }),
         sampling: Sampling { ratio: 0.0, tail: None },
         format: LogFormat::Json,

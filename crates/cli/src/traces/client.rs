@@ -77,7 +77,11 @@ impl TelemetryClient {
     /// A client of the control plane at `control_addr` (`host:port` or a URL), presenting
     /// `token` when there is one.
     pub fn new(control_addr: &str, token: Option<String>) -> Self {
-        Self::with_http(HttpClient::new(Duration::from_secs(10)), control_addr, token)
+        Self::with_http(
+            HttpClient::new(Duration::from_secs(10)).failing_over(control_addr),
+            control_addr,
+            token,
+        )
     }
 
     /// Like [`TelemetryClient::new`], over a given HTTP client.

@@ -68,7 +68,7 @@ impl ConfigClient {
     pub fn new(control_addr: &str, token: Option<String>) -> Self {
         let base = crate::http::base_url(control_addr);
         Self {
-            http: HttpClient::for_control(Duration::from_secs(5)),
+            http: HttpClient::for_control(Duration::from_secs(5)).failing_over(control_addr),
             base,
             token,
         }

@@ -19,7 +19,7 @@ pub(super) struct LogBackend {
 impl LogBackend {
     pub(super) fn new(control_addr: &str, token: Option<String>) -> Self {
         Self {
-            http: HttpClient::for_control(Duration::from_secs(5)),
+            http: HttpClient::for_control(Duration::from_secs(5)).failing_over(control_addr),
             base: crate::http::base_url(control_addr),
             token,
         }

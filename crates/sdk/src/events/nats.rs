@@ -279,7 +279,10 @@ impl NatsBackend {
         }
         let servers = servers(url);
         let replicas = config.replicas.unwrap_or(servers.len().clamp(1, 3));
-        let client = options.connect(servers.as_slice()).await.map_err(failed("connecting"))?;
+        let client = options
+            .connect(servers.as_slice())
+            .await
+            .map_err(failed("connecting"))?;
         let js = jetstream::context::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client);

@@ -111,6 +111,89 @@ pub struct JsonResponse<T> {
 pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
+    /// The control plane's replicas, when this client speaks to one: a request to the first
+    /// one's base URL goes to the one in use, and moves on when it does not answer.
+    replicas: Option<Replicas>,
+}
+
+/// The replicas of a control plane, given as a list (`h1:7070,h2:7070`, or URLs) or as one
+/// DNS name that resolves to several addresses. The one in use is shared by every clone, so a
+/// client that moved stays moved.
+#[derive(Clone, Debug)]
+pub struct Replicas {
+    bases: std::sync::Arc<[String]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Replicas {
+    /// The replicas of `addrs`, each `host:port` or an `http(s)://` URL, comma-separated.
+    pub fn parse(addrs: &str) -> Self {
+        let bases: Vec<String> = addrs
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(super::base_url)
+            .collect();
+        Self {
+            bases: bases.into(),
+            current: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }
+    }
+
+    /// The base URL requests are written against (the first replica's).
+    pub fn primary(&self) -> &str {
+        self.bases.first().map_or("", String::as_str)
+    }
+
+    /// The base URL of the replica in use.
+    pub fn current(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len().max(1);
+        self.bases.get(i).map_or("", String::as_str)
+    }
+
+    /// Every replica, the one in use first.
+    fn in_order(&self) -> Vec<(usize, String)> {
+        let n = self.bases.len();
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        (0..n)
+            .map(|k| ((start + k) % n, self.bases[(start + k) % n].clone()))
+            .collect()
+    }
+
+    /// The addresses one named replica resolves to, as base URLs (a headless Service's name
+    /// resolves to every pod): tried when the name itself did not answer.
+    async fn resolved(base: &str) -> Vec<String> {
+        let Ok(uri) = base.parse::<Uri>() else {
+            return Vec::new();
+        };
+        let (Some(host), Some(scheme)) = (uri.host().map(str::to_owned), uri.scheme_str().map(str::to_owned)) else {
+            return Vec::new();
+        };
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            return Vec::new();
+        }
+        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let found = tokio::net::lookup_host(format!("{host}:{port}")).await;
+        let addrs: Vec<String> = match found {
+            Ok(addrs) => addrs.map(|a| format!("{scheme}://{a}")).collect(),
+            Err(_) => Vec::new(),
+        };
+        addrs
+    }
+}
+
+/// Whether a failed request may be sent again to another replica: always when it never left
+/// (the connection was refused), else only when sending it twice does no harm.
+fn may_retry(method: &Method, err: &HttpError) -> bool {
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    );
+    match err {
+        HttpError::Transport { cause, .. } => cause.is_connect() || idempotent,
+        HttpError::Timeout { .. } => idempotent,
+        _ => false,
+    }
 }
 
 impl Default for HttpClient {
@@ -166,7 +249,25 @@ impl HttpClient {
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Self { inner, timeout }
+        Self {
+            inner,
+            timeout,
+            replicas: None,
+        }
+    }
+
+    /// This client, sending what is written against the first of the replicas `control_addr`
+    /// names to the one in use, and on a refused connection or a timeout to the next (a
+    /// blocking query keeps its index: it is the store's, the same on every replica). Nothing
+    /// above notices.
+    pub fn failing_over(mut self, control_addr: &str) -> Self {
+        self.replicas = Some(Replicas::parse(control_addr));
+        self
+    }
+
+    /// The control plane's replicas this client moves between, if any.
+    pub fn replicas(&self) -> Option<&Replicas> {
+        self.replicas.as_ref()
     }
 
     /// Sends a request with an optional JSON body and bearer token; decodes a JSON answer.
@@ -202,6 +303,64 @@ impl HttpClient {
 
     /// Like [`HttpClient::send_raw`], with extra request headers (`If-Match`, …).
     pub async fn send_with_headers<B: Serialize>(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(header::HeaderName, String)],
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, HeaderMap, Uri, Bytes), HttpError> {
+        let Some((replicas, path)) = self
+            .replicas
+            .as_ref()
+            .and_then(|r| uri.strip_prefix(r.primary()).map(|path| (r, path)))
+        else {
+            return self.send_once(method, uri, token, headers, body, timeout).await;
+        };
+        let mut candidates = replicas.in_order();
+        let mut expanded = false;
+        let mut failed = None;
+        let mut k = 0;
+        while let Some((i, base)) = candidates.get(k).cloned() {
+            k += 1;
+            match self
+                .send_once(method.clone(), &format!("{base}{path}"), token, headers, body, timeout)
+                .await
+            {
+                Err(err) if may_retry(&method, &err) => {
+                    tracing::debug!(replica = %base, error = %err, "control plane replica did not answer; trying another");
+                    // One name that resolves to several addresses: each of them is a replica.
+                    if !expanded && replicas.bases.len() == 1 {
+                        expanded = true;
+                        candidates.extend(Replicas::resolved(&base).await.into_iter().map(|b| (i, b)));
+                    }
+                    failed = Some(err);
+                }
+                Err(err) => {
+                    if matches!(err, HttpError::Transport { .. } | HttpError::Timeout { .. }) {
+                        // Not sent again (it may have been taken), but the next one goes elsewhere.
+                        let _ = replicas.current.compare_exchange(
+                            i,
+                            i + 1,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                    return Err(err);
+                }
+                Ok(answer) => {
+                    if replicas.current.swap(i, std::sync::atomic::Ordering::Relaxed) != i {
+                        tracing::info!(replica = %base, "control plane: moved to another replica");
+                    }
+                    return Ok(answer);
+                }
+            }
+        }
+        Err(failed.unwrap_or(HttpError::InvalidUri { uri: uri.to_owned() }))
+    }
+
+    async fn send_once<B: Serialize>(
         &self,
         method: Method,
         uri: &str,
@@ -275,5 +434,83 @@ impl HttpClient {
     /// GET and decode JSON.
     pub async fn get_json<T: DeserializeOwned>(&self, uri: &str, token: Option<&str>) -> Result<T, HttpError> {
         Ok(self.send::<(), T>(Method::GET, uri, token, None, None).await?.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server answering `GET /who` with its name, and `POST /who` likewise.
+    async fn replica(name: &'static str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/who",
+            axum::routing::get(move || async move { axum::Json(name) }).post(move || async move { axum::Json(name) }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr, task)
+    }
+
+    async fn refused() -> std::net::SocketAddr {
+        // Bound and dropped: nothing listens there now.
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_replica_gives_way_to_the_next_and_the_client_stays_moved() {
+        let dead = refused().await;
+        let (b, _b) = replica("b").await;
+        let http = HttpClient::new(Duration::from_secs(2)).failing_over(&format!("{dead},{b}"));
+        let primary = http.replicas().unwrap().primary().to_owned();
+        assert_eq!(primary, format!("http://{dead}"));
+        let who: String = http.get_json(&format!("{primary}/who"), None).await.unwrap();
+        assert_eq!(who, "b");
+        assert_eq!(http.replicas().unwrap().current(), format!("http://{b}"));
+        // A write whose connection was refused never left: it goes to the next one too.
+        let posted: String = http
+            .send::<(), String>(Method::POST, &format!("{primary}/who"), None, None, None)
+            .await
+            .unwrap()
+            .body;
+        assert_eq!(posted, "b");
+        // A URL that is not the control plane's is sent as it is.
+        let (c, _c) = replica("c").await;
+        let direct: String = http.get_json(&format!("http://{c}/who"), None).await.unwrap();
+        assert_eq!(direct, "c");
+    }
+
+    #[tokio::test]
+    async fn when_the_replica_in_use_dies_the_next_request_goes_to_another() {
+        let (a, a_task) = replica("a").await;
+        let (b, _b) = replica("b").await;
+        let http = HttpClient::new(Duration::from_secs(2)).failing_over(&format!("{a},{b}"));
+        let url = format!("http://{a}/who");
+        assert_eq!(http.get_json::<String>(&url, None).await.unwrap(), "a");
+        a_task.abort();
+        let _ = a_task.await;
+        // The pooled connection may linger a moment; every answer still comes from a replica.
+        for _ in 0..5 {
+            let who: String = http.get_json(&url, None).await.unwrap();
+            assert_eq!(who, "b");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_replica_refusing_is_the_last_error() {
+        let (x, y) = (refused().await, refused().await);
+        let http = HttpClient::new(Duration::from_secs(2)).failing_over(&format!("{x},{y}"));
+        let err = http
+            .get_json::<String>(&format!("http://{x}/who"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HttpError::Transport { .. }), "{err}");
     }
 }

@@ -60,7 +60,7 @@ pub fn key_and_csr() -> Result<(Vec<u8>, String), MtlsError> {
 /// (it must present `spiffe://flotilla/control`), the instance presents nothing yet.
 pub async fn enroll(enrollment: &Enrollment) -> Result<Workload, MtlsError> {
     let config = super::bootstrap_client_config(&enrollment.ca_pem, CONTROL_SERVICE)?;
-    let client = HttpClient::with_tls(config, Duration::from_secs(5));
+    let client = HttpClient::with_tls(config, Duration::from_secs(5)).failing_over(&enrollment.control);
     let (issued, key) = enrollment.issue(&client).await?;
     let workload = Workload::new(&issued.certificate, key, &issued.ca, issued.not_after())?;
     tracing::info!(service = %workload.service(), spiffe_id = %issued.spiffe_id, "workload certificate issued");
@@ -72,7 +72,8 @@ pub async fn enroll(enrollment: &Enrollment) -> Result<Workload, MtlsError> {
 /// force is still valid. Handshakes from then on take the new certificate; connections
 /// already open keep theirs.
 pub async fn keep_renewed(workload: Workload, enrollment: Enrollment) {
-    let client = HttpClient::with_tls(workload.client_config(Some(CONTROL_SERVICE)), Duration::from_secs(5));
+    let client = HttpClient::with_tls(workload.client_config(Some(CONTROL_SERVICE)), Duration::from_secs(5))
+        .failing_over(&enrollment.control);
     let mut backoff = Duration::from_secs(1);
     loop {
         let wait = workload

@@ -32,6 +32,9 @@ pub struct Endpoint {
     pub url: String,
     /// Headers sent with every export (`authorization` for the control plane).
     pub headers: Vec<(String, String)>,
+    /// The same endpoint on the control plane's other replicas, tried in turn when the one in
+    /// use does not answer.
+    pub replicas: Vec<String>,
 }
 
 /// Parses `OTEL_EXPORTER_OTLP_HEADERS` (`k=v,k2=v2`, values percent-decoded); pairs without
@@ -50,6 +53,12 @@ pub(crate) fn parse_headers(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Why one post failed: the endpoint was not reached (another replica may be), or it answered.
+enum PostError {
+    Unreachable(String),
+    Refused(String),
+}
+
 /// Sends span batches as OTLP/HTTP protobuf.
 #[derive(Debug)]
 pub struct OtlpExporter {
@@ -57,6 +66,8 @@ pub struct OtlpExporter {
     resource: ResourceAttributesWithSchema,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Which of `url` and `replicas` is in use.
+    current: std::sync::atomic::AtomicUsize,
 }
 
 impl OtlpExporter {
@@ -73,6 +84,7 @@ impl OtlpExporter {
             resource: ResourceAttributesWithSchema::from(resource),
             client,
             runtime,
+            current: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -84,11 +96,35 @@ impl OtlpExporter {
         request.encode_to_vec()
     }
 
+    /// Posts to the endpoint in use; one that refuses the connection gives way to the next
+    /// replica's.
     async fn post(&self, body: Vec<u8>) -> Result<(), String> {
-        let mut request = Request::post(self.endpoint.url.as_str())
+        let urls: Vec<&str> = std::iter::once(self.endpoint.url.as_str())
+            .chain(self.endpoint.replicas.iter().map(String::as_str))
+            .collect();
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = Err(PostError::Unreachable("no endpoint".into()));
+        for k in 0..urls.len() {
+            let i = (start + k) % urls.len();
+            last = self.post_to(urls[i], body.clone()).await;
+            match &last {
+                Err(PostError::Unreachable(_)) => continue,
+                _ => {
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        last.map_err(|e| match e {
+            PostError::Unreachable(text) | PostError::Refused(text) => text,
+        })
+    }
+
+    async fn post_to(&self, url: &str, body: Vec<u8>) -> Result<(), PostError> {
+        let mut request = Request::post(url)
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("{}: {e}", self.endpoint.url))?;
+            .map_err(|e| PostError::Refused(format!("{url}: {e}")))?;
         for (name, value) in &self.endpoint.headers {
             if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
                 request.headers_mut().insert(name, value);
@@ -98,7 +134,7 @@ impl OtlpExporter {
             .client
             .request(request)
             .await
-            .map_err(|e| format!("{}: {}", self.endpoint.url, crate::http::chain(&e)))?;
+            .map_err(|e| PostError::Unreachable(format!("{url}: {}", crate::http::chain(&e))))?;
         let status = response.status();
         // Read the body so the connection goes back to the pool.
         let body = response
@@ -110,11 +146,10 @@ impl OtlpExporter {
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!(
-                "{} answered {status}: {}",
-                self.endpoint.url,
+            Err(PostError::Refused(format!(
+                "{url} answered {status}: {}",
                 String::from_utf8_lossy(&body[..body.len().min(300)])
-            ))
+            )))
         }
     }
 }

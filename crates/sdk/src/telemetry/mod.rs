@@ -84,11 +84,16 @@ impl TelemetryConfig {
         let endpoint = if var(otel_env::TRACES_EXPORTER).is_some_and(|v| v == "none") {
             None
         } else if let Some(url) = var(otel_env::TRACES_ENDPOINT) {
-            Some(Endpoint { url, headers })
+            Some(Endpoint {
+                url,
+                headers,
+                replicas: Vec::new(),
+            })
         } else if let Some(base) = var(otel_env::ENDPOINT) {
             Some(Endpoint {
                 url: format!("{}/v1/traces", base.trim_end_matches('/')),
                 headers,
+                replicas: Vec::new(),
             })
         } else {
             env.control_addr.as_ref().map(|control| {
@@ -96,9 +101,14 @@ impl TelemetryConfig {
                 if let Some(token) = &env.token {
                     headers.push(("authorization".into(), format!("Bearer {token}")));
                 }
+                let mut urls = control
+                    .split(',')
+                    .filter(|a| !a.trim().is_empty())
+                    .map(|a| format!("{}/v1/traces", crate::http::base_url(a)));
                 Endpoint {
-                    url: format!("{}/v1/traces", crate::http::base_url(control)),
+                    url: urls.next().unwrap_or_default(),
                     headers,
+                    replicas: urls.collect(),
                 }
             })
         };

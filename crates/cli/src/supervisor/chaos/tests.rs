@@ -93,6 +93,8 @@ async fn control_plane() -> std::net::SocketAddr {
             .await
             .unwrap(),
         authority: flotilla_control::ca::Authority::ephemeral().unwrap(),
+        registry: None,
+        nats: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
