@@ -35,6 +35,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
     let api = Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/v1/control", get(replica_status))
         // A public contract, like the health checks: no credential asked.
         .merge(flotilla::openapi::route_at(openapi::PATH, openapi::document()))
         .route("/v1/registry/instances", post(register).get(list_instances))
@@ -235,6 +236,57 @@ fn own_instance(state: &ControlState, who: &Principal, id: &str) -> Result<(), P
         ))),
         _ => Ok(()),
     }
+}
+
+/// One replica's view of itself and its store: what `flotilla status` shows per replica.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplicaStatus {
+    /// Where this replica listens (the operator's listener).
+    pub listen: Option<String>,
+    /// `ready`, `degraded` or `syncing`, as readiness says.
+    pub status: &'static str,
+    /// The store: its kind, quorum, servers and copies.
+    pub store: crate::store::StoreHealth,
+    /// The registry's index (the store's sequence on NATS).
+    pub registry_index: u64,
+    /// Instances this replica lists.
+    pub instances: usize,
+    /// Leases held past their expiry by self-preservation.
+    pub held: usize,
+    /// The config store's newest revision.
+    pub config_revision: u64,
+}
+
+/// This replica and its store, for the operator and readers.
+#[utoipa::path(get, path = "/v1/control", operation_id = "replicaStatus", tag = "health",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "This replica's view", body = ReplicaStatus),
+        (status = 403, description = "Only the operator and readers see it",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn replica_status(
+    who: Principal,
+    State(state): State<Arc<ControlState>>,
+) -> Result<Json<ReplicaStatus>, Problem> {
+    if !who.may_observe() {
+        return Err(forbidden("only the operator and readers see a replica's status"));
+    }
+    let store = state.store_health();
+    let status = match (state.synced(), store.quorum) {
+        (false, _) => "syncing",
+        (true, false) => "degraded",
+        (true, true) => "ready",
+    };
+    Ok(Json(ReplicaStatus {
+        listen: state.scrape_address().map(|a| a.to_string()),
+        status,
+        store,
+        registry_index: state.registry.revision(),
+        instances: state.registry.list(None).instances.len(),
+        held: state.registry.held(),
+        config_revision: state.config.revision(),
+    }))
 }
 
 /// Renews an instance's lease.

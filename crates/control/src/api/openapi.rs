@@ -18,6 +18,7 @@ pub const PATH: &str = "/v1/openapi.json";
     paths(
         super::live,
         super::ready,
+        super::replica_status,
         super::register,
         super::heartbeat,
         super::deregister,
@@ -52,7 +53,7 @@ pub const PATH: &str = "/v1/openapi.json";
     ),
     modifiers(&Credentialed),
     tags(
-        (name = "health", description = "Liveness and readiness, without a credential."),
+        (name = "health", description = "Liveness and readiness, without a credential; a replica's view of its store."),
         (name = "registry", description = "Registration, leases and heartbeats, and (blocking) instance lists."),
         (name = "config", description = "Versioned config: reads, compare-and-set writes, a service's \
             resolved document, and what instances applied."),

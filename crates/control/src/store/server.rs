@@ -87,7 +87,8 @@ pub struct Node {
     pub client_port: u16,
     /// Where the other nodes route to it.
     pub cluster_port: u16,
-    config: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -113,57 +114,99 @@ pub struct LocalCluster {
     pub nodes: Vec<Node>,
 }
 
-impl LocalCluster {
-    /// Writes each node's config under `dir` and starts `size` nodes of `binary`.
-    pub fn start(binary: &Path, dir: &Path, size: usize) -> Result<Self, ServerError> {
-        let io = |node: &str| {
-            let node = node.to_owned();
-            move |source| ServerError::Start {
-                node: node.clone(),
-                source,
-            }
+/// Picks free ports for `size` nodes and writes each node's config under `dir` (its store in
+/// `dir/<name>`, routes to the others): a cluster ready to be started, by [`LocalCluster`] or
+/// by a supervisor that restarts what crashes.
+pub fn plan(dir: &Path, size: usize) -> Result<Vec<Node>, ServerError> {
+    let io = |node: &str| {
+        let node = node.to_owned();
+        move |source| ServerError::Start {
+            node: node.clone(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("cluster"))?;
+    let mut nodes = Vec::new();
+    for i in 1..=size {
+        let name = format!("n{i}");
+        nodes.push(Node {
+            client_port: free_port().map_err(io(&name))?,
+            cluster_port: free_port().map_err(io(&name))?,
+            config: dir.join(format!("{name}.conf")),
+            log: dir.join(format!("{name}.log")),
+            name,
+            child: None,
+        });
+    }
+    for node in &nodes {
+        let routes: Vec<String> = nodes
+            .iter()
+            .filter(|other| other.name != node.name)
+            .map(|other| format!("\"nats-route://127.0.0.1:{}\"", other.cluster_port))
+            .collect();
+        let store = dir.join(&node.name);
+        let cluster = if size > 1 {
+            format!(
+                "cluster {{\n  name: flotilla\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                node.cluster_port,
+                routes.join(", ")
+            )
+        } else {
+            String::new()
         };
-        std::fs::create_dir_all(dir).map_err(io("cluster"))?;
-        let mut nodes = Vec::new();
-        for i in 1..=size {
-            let name = format!("n{i}");
-            nodes.push(Node {
-                client_port: free_port().map_err(io(&name))?,
-                cluster_port: free_port().map_err(io(&name))?,
-                config: dir.join(format!("{name}.conf")),
-                log: dir.join(format!("{name}.log")),
-                name,
-                child: None,
-            });
-        }
-        for node in &nodes {
-            let routes: Vec<String> = nodes
-                .iter()
-                .filter(|other| other.name != node.name)
-                .map(|other| format!("\"nats-route://127.0.0.1:{}\"", other.cluster_port))
-                .collect();
-            let store = dir.join(&node.name);
-            let cluster = if size > 1 {
-                format!(
-                    "cluster {{\n  name: flotilla\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
-                    node.cluster_port,
-                    routes.join(", ")
-                )
-            } else {
-                String::new()
+        let text = format!(
+            "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n{cluster}",
+            name = node.name,
+            port = node.client_port,
+            store = store.display(),
+        );
+        std::fs::write(&node.config, text).map_err(io(&node.name))?;
+    }
+    Ok(nodes)
+}
+
+/// The store URL of nodes: `nats://127.0.0.1:p1,127.0.0.1:p2,…`.
+pub fn store_url(nodes: &[Node]) -> String {
+    let hosts: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.client_port)).collect();
+    format!("nats://{}", hosts.join(","))
+}
+
+/// Waits until JetStream answers through each of `urls` (a meta leader is elected).
+pub async fn wait_ready(urls: &[String], timeout: Duration) -> Result<(), ServerError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for url in urls {
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ServerError::NotReady(timeout, url.clone()));
+            }
+            let ready = async {
+                let client = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_millis(500))
+                    .connect(url.as_str())
+                    .await
+                    .ok()?;
+                let js = async_nats::jetstream::new(client);
+                tokio::time::timeout(Duration::from_secs(1), js.query_account())
+                    .await
+                    .ok()?
+                    .ok()
             };
-            let text = format!(
-                "server_name: {name}\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n{cluster}",
-                name = node.name,
-                port = node.client_port,
-                store = store.display(),
-            );
-            std::fs::write(&node.config, text).map_err(io(&node.name))?;
+            if ready.await.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    Ok(())
+}
+
+impl LocalCluster {
+    /// Writes each node's config under `dir` ([`plan`]) and starts `size` nodes of `binary`.
+    pub fn start(binary: &Path, dir: &Path, size: usize) -> Result<Self, ServerError> {
         let mut cluster = Self {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
-            nodes,
+            nodes: plan(dir, size)?,
         };
         for i in 0..size {
             cluster.start_node(i)?;
@@ -225,12 +268,7 @@ impl LocalCluster {
 
     /// Every node's client URL, as a `--store` value: `nats://127.0.0.1:p1,127.0.0.1:p2,…`.
     pub fn store_url(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.client_port))
-            .collect();
-        format!("nats://{}", hosts.join(","))
+        store_url(&self.nodes)
     }
 
     /// Every node's client URL.
@@ -240,36 +278,14 @@ impl LocalCluster {
 
     /// Waits until JetStream answers through every running node (a meta leader is elected).
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), ServerError> {
-        let deadline = tokio::time::Instant::now() + timeout;
         let urls: Vec<String> = self
             .nodes
             .iter_mut()
             .filter_map(|n| n.running().then(|| n.url()))
             .collect();
-        for url in urls {
-            loop {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ServerError::NotReady(timeout, self.dir.display().to_string()));
-                }
-                let ready = async {
-                    let client = async_nats::ConnectOptions::new()
-                        .connection_timeout(Duration::from_millis(500))
-                        .connect(url.as_str())
-                        .await
-                        .ok()?;
-                    let js = async_nats::jetstream::new(client);
-                    tokio::time::timeout(Duration::from_secs(1), js.query_account())
-                        .await
-                        .ok()?
-                        .ok()
-                };
-                if ready.await.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Ok(())
+        wait_ready(&urls, timeout)
+            .await
+            .map_err(|_| ServerError::NotReady(timeout, self.dir.display().to_string()))
     }
 }
 
