@@ -51,6 +51,15 @@ enum Command {
         /// measure what mTLS costs; never in production).
         #[arg(long)]
         no_mtls: bool,
+        /// Rehearse cluster mode on this machine: a 3-node NATS JetStream cluster (a
+        /// nats-server ≥ 2.11 found on PATH or named by FLOTILLA_NATS_SERVER), 3 control-plane
+        /// replicas keeping their state in it, the services on PostgreSQL (a database each,
+        /// made if missing) and their events on JetStream.
+        #[arg(long)]
+        cluster: bool,
+        /// The PostgreSQL server `--cluster` makes the services' databases on.
+        #[arg(long, env = "FLOTILLA_POSTGRES", default_value = supervisor::cluster::DEFAULT_POSTGRES)]
+        postgres: String,
     },
     /// Make something new: `flotilla new service NAME`.
     New {
@@ -752,8 +761,11 @@ async fn run(cli: Cli) -> Result<()> {
             control_addr,
             scale,
             no_mtls,
+            cluster,
+            postgres,
         } => {
             let options = UpOptions {
+                cluster: cluster.then_some(postgres),
                 manifest,
                 data_dir,
                 gateway_addr,
@@ -791,18 +803,21 @@ async fn run(cli: Cli) -> Result<()> {
             let list = status::fetch(&client)
                 .await
                 .with_context(|| format!("asking the control plane at {found}"))?;
+            let replicas = status::replicas(&control_addr, token.as_deref()).await;
             let faults = status::faults(&data_dir, &flotilla::config::ConfigClient::new(&control_addr, token)).await;
             match output {
                 Output::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&status::Report {
                         list: &list,
+                        replicas: &replicas,
                         faults: &faults
                     })?
                 ),
                 Output::Table => print!(
-                    "{}{}",
+                    "{}{}{}",
                     status::table(&control_addr, &list),
+                    status::replicas_table(&replicas),
                     status::faults_table(&faults, &LocalTime::system())
                 ),
             }

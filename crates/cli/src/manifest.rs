@@ -7,6 +7,7 @@
 //! [control]
 //! heartbeat = "1s"
 //! ttl = "3s"
+//! store = "nats://h1:4222,h2:4222,h3:4222"  # optional: state on NATS JetStream (cluster mode)
 //!
 //! [gateway]
 //! routes = "routes.toml"
@@ -15,7 +16,7 @@
 //! command = "flotilla"              # "flotilla" is this very binary
 //! args = ["service", "catalog"]
 //! instances = 1
-//! env = { RUST_LOG = "info" }
+//! env = { RUST_LOG = "info", DATABASE_URL = "postgres://db/catalog" }  # default: SQLite in the data dir
 //! calls = ["inventory"]             # let it call inventory over mTLS (an operator's grant)
 //! mtls = false                      # a program without the SDK: plain HTTP (examples/python)
 //! ```
@@ -52,6 +53,7 @@ struct RawControl {
     env: BTreeMap<String, String>,
     heartbeat: Option<Spanned<String>>,
     ttl: Option<Spanned<String>>,
+    store: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +113,8 @@ pub struct ControlEntry {
     pub heartbeat: Duration,
     /// Lease TTL.
     pub ttl: Duration,
+    /// Where it keeps its state: `embedded` (its data dir) or a NATS JetStream cluster.
+    pub store: flotilla_control::store::StoreSpec,
 }
 
 /// The gateway's entry.
@@ -213,6 +217,15 @@ impl Manifest {
                 "control.heartbeat",
             )?,
             ttl: duration(file, raw.control.ttl.as_ref(), Duration::from_secs(3), "control.ttl")?,
+            store: match &raw.control.store {
+                Some(text) => text
+                    .get_ref()
+                    .parse()
+                    .map_err(|e: flotilla_control::store::StoreError| {
+                        file.error_at(text.span(), format!("control.store: {e}"))
+                    })?,
+                None => flotilla_control::store::StoreSpec::Embedded,
+            },
         };
         if control.ttl < control.heartbeat * 2 {
             let span = raw.control.ttl.as_ref().map(Spanned::span);

@@ -29,14 +29,122 @@ pub struct Faults {
     pub rules: BTreeMap<String, Vec<FaultRule>>,
 }
 
-/// What `flotilla status --output json` prints: the registry's list, and the faults.
+/// What `flotilla status --output json` prints: the registry's list, the control plane's
+/// replicas, and the faults.
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {
     /// The registry's instances.
     #[serde(flatten)]
     pub list: &'a InstanceList,
+    /// Each control-plane replica's view of itself and its store.
+    pub replicas: &'a [Replica],
     /// The faults in force.
     pub faults: &'a Faults,
+}
+
+/// One control-plane replica as `flotilla status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replica {
+    /// Its (operator's) address.
+    pub address: String,
+    /// What it says of itself (`GET /v1/control`), or why it did not answer.
+    #[serde(flatten)]
+    pub answer: ReplicaAnswer,
+}
+
+/// A replica's answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ReplicaAnswer {
+    /// Its status document.
+    Status(serde_json::Value),
+    /// It did not answer.
+    Unreachable {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Asks every replica in `control` (a comma-separated list) for its status, each directly.
+pub async fn replicas(control: &str, token: Option<&str>) -> Vec<Replica> {
+    let http = flotilla::http::HttpClient::new(Duration::from_secs(2));
+    let mut out = Vec::new();
+    for address in control.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let url = format!("{}/v1/control", flotilla::http::base_url(address));
+        let answer = match http.get_json::<serde_json::Value>(&url, token).await {
+            Ok(status) => ReplicaAnswer::Status(status),
+            Err(err) => ReplicaAnswer::Unreachable { error: err.to_string() },
+        };
+        out.push(Replica {
+            address: address.to_owned(),
+            answer,
+        });
+    }
+    out
+}
+
+/// The replicas as a table, when there is more than one or their store is not embedded
+/// (a single embedded control plane is already named on the first line).
+pub fn replicas_table(replicas: &[Replica]) -> String {
+    let embedded_alone = replicas.len() == 1
+        && matches!(&replicas[0].answer, ReplicaAnswer::Status(s) if s["store"]["kind"] == "embedded");
+    if replicas.is_empty() || embedded_alone {
+        return String::new();
+    }
+    let mut rows = vec![[
+        "REPLICA".to_owned(),
+        "STATUS".to_owned(),
+        "STORE".to_owned(),
+        "QUORUM".to_owned(),
+        "VIA".to_owned(),
+        "INDEX".to_owned(),
+        "HELD".to_owned(),
+    ]];
+    for replica in replicas {
+        rows.push(match &replica.answer {
+            ReplicaAnswer::Status(s) => [
+                replica.address.clone(),
+                s["status"].as_str().unwrap_or("?").to_owned(),
+                format!(
+                    "{} ×{}",
+                    s["store"]["kind"].as_str().unwrap_or("?"),
+                    s["store"]["replicas"].as_u64().unwrap_or(1)
+                ),
+                if s["store"]["quorum"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "NO"
+                }
+                .to_owned(),
+                s["store"]["connected_to"].as_str().unwrap_or("-").to_owned(),
+                s["registry_index"].as_u64().map_or("-".into(), |i| i.to_string()),
+                s["held"].as_u64().map_or("-".into(), |i| i.to_string()),
+            ],
+            ReplicaAnswer::Unreachable { .. } => [
+                replica.address.clone(),
+                "unreachable".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        });
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::from("\n");
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}", w = *w))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
 }
 
 fn now_ms() -> u64 {
@@ -240,6 +348,7 @@ mod tests {
         );
         let list = InstanceList::default();
         let json = serde_json::to_value(Report {
+            replicas: &[],
             list: &list,
             faults: &faults,
         })
@@ -247,5 +356,41 @@ mod tests {
         assert_eq!(json["instances"], serde_json::json!([]));
         assert_eq!(json["faults"]["rules"]["catalog"][0]["delay_ms"], 300);
         assert_eq!(json["faults"]["paused"][0]["kind"], "pause");
+    }
+
+    #[test]
+    fn replicas_are_listed_with_their_store_and_an_unreachable_one_says_so() {
+        let up = |address: &str, quorum: bool| Replica {
+            address: address.into(),
+            answer: ReplicaAnswer::Status(serde_json::json!({
+                "status": if quorum { "ready" } else { "degraded" },
+                "store": {"kind": "nats", "replicas": 3, "quorum": quorum, "connected_to": "127.0.0.1:4222"},
+                "registry_index": 41, "held": 0,
+            })),
+        };
+        let table = replicas_table(&[
+            up("127.0.0.1:7070", true),
+            up("127.0.0.1:7071", false),
+            Replica {
+                address: "127.0.0.1:7072".into(),
+                answer: ReplicaAnswer::Unreachable {
+                    error: "refused".into(),
+                },
+            },
+        ]);
+        let lines: Vec<&str> = table.lines().filter(|l| !l.is_empty()).collect();
+        assert!(lines[0].starts_with("REPLICA"), "{table}");
+        assert!(
+            lines[1].contains("ready") && lines[1].contains("nats ×3") && lines[1].contains("yes"),
+            "{table}"
+        );
+        assert!(lines[2].contains("degraded") && lines[2].contains("NO"), "{table}");
+        assert!(lines[3].contains("unreachable"), "{table}");
+        // One embedded control plane adds nothing: the first line names it.
+        let alone = Replica {
+            address: "127.0.0.1:7070".into(),
+            answer: ReplicaAnswer::Status(serde_json::json!({"store": {"kind": "embedded"}})),
+        };
+        assert_eq!(replicas_table(&[alone]), "");
     }
 }

@@ -185,3 +185,17 @@ fn a_service_may_be_granted_calls_to_services_of_the_manifest_only() {
     let m = parse("[services.hello]\nmtls = false\n").unwrap();
     assert!(!m.services[0].mtls, "a program without the SDK is declared plain");
 }
+
+#[test]
+fn the_control_planes_store_is_embedded_or_a_nats_cluster_named_by_line_when_wrong() {
+    use flotilla_control::store::StoreSpec;
+    assert_eq!(parse("[control]\n").unwrap().control.store, StoreSpec::Embedded);
+    let m = parse("[control]\nstore = \"nats://127.0.0.1:4222,127.0.0.1:4223,127.0.0.1:4224\"\n").unwrap();
+    let StoreSpec::Nats(spec) = m.control.store else {
+        panic!("not nats")
+    };
+    assert_eq!((spec.servers.len(), spec.replicas), (3, 3));
+    let err = parse("[control]\nttl = \"3s\"\nstore = \"redis://h:6379\"\n").unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+    assert!(err.message.contains("control.store"), "{err}");
+}

@@ -121,6 +121,7 @@ impl Fleet {
             env,
             slot,
             stop_grace: grace,
+            quiet: false,
         }
     }
 

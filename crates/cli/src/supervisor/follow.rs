@@ -42,6 +42,8 @@ pub(super) struct Follower {
     pub(super) token: String,
     /// What a plain service is told the control plane is (its plain listener).
     pub(super) plain_control: String,
+    /// In cluster mode, the PostgreSQL server every service gets a database on.
+    pub(super) postgres: Option<String>,
     /// The manifest as `up` read it, so an edit made before the follower starts still counts.
     pub(super) manifest_seen: Seen,
     /// The routes file as `up` read it.
@@ -79,7 +81,18 @@ impl Follower {
             let now = Seen::of(&path);
             if now != manifest_seen || refused.is_some() {
                 manifest_seen = now;
-                match Manifest::load(&path, &self.self_exe) {
+                let loaded = match Manifest::load(&path, &self.self_exe) {
+                    Ok(mut next) => match &self.postgres {
+                        // A service added in cluster mode gets its database like the others.
+                        Some(postgres) => super::cluster::assign_databases(&mut next, postgres)
+                            .await
+                            .map(|_| next)
+                            .map_err(|e| e.to_string()),
+                        None => Ok(next),
+                    },
+                    Err(err) => Err(err.to_string()),
+                };
+                match loaded {
                     Ok(next) => {
                         if refused.take().is_some() || next != self.manifest {
                             // Another routes file is read afresh; the same one keeps its stamp,

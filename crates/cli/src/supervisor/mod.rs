@@ -4,6 +4,7 @@
 //! then the control plane. On request it kills or pauses a process (`flotilla chaos`).
 
 pub mod chaos;
+pub mod cluster;
 pub mod control;
 mod fleet;
 mod follow;
@@ -48,6 +49,9 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// mTLS between the processes, each with a certificate from the control plane's CA.
     pub mtls: bool,
+    /// Cluster mode rehearsed on this machine (`--cluster`): the PostgreSQL server the
+    /// services' databases are made on. `None`: one control plane on its data dir.
+    pub cluster: Option<String>,
 }
 
 /// Why `up` could not run the system.
@@ -110,6 +114,9 @@ pub enum UpError {
     /// The routes could not be put into the config store.
     #[error("seeding the gateway's routes into the config store: {0}")]
     Seed(String),
+    /// Cluster mode could not be set up (no nats-server new enough, PostgreSQL away, …).
+    #[error("--cluster: {0}")]
+    Cluster(String),
 }
 
 fn check_port(addr: SocketAddr, flag: &'static str) -> Result<(), UpError> {
@@ -155,20 +162,24 @@ async fn seed(control: &str, token: &str, routes: serde_json::Value, file: &Path
     }
 }
 
-/// The environment every supervised process gets: how to reach the control plane (its mTLS
-/// listener and the CA to check it with, when there is one), the token, the data dir, the
-/// events backend, and the log format.
+/// The environment every supervised process gets: how to reach the control plane (every
+/// replica's mTLS listener and the CA to check them with, when there is one), the token, the
+/// data dir, the events backend, and the log format.
 fn child_env(
-    control: SocketAddr,
-    mtls: Option<SocketAddr>,
+    replicas: &[cluster::Replica],
     token: &str,
     data_dir: &Path,
     events: Option<&str>,
 ) -> Vec<(String, String)> {
-    let control = match mtls {
-        Some(tls) => format!("https://{tls}"),
-        None => control.to_string(),
-    };
+    let mtls = replicas.iter().any(|r| r.tls.is_some());
+    let control = replicas
+        .iter()
+        .map(|r| match r.tls {
+            Some(tls) => format!("https://{tls}"),
+            None => r.listen.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     let mut common = vec![
         (env::CONTROL_ADDR.into(), control),
         (env::TOKEN.into(), token.to_owned()),
@@ -178,7 +189,7 @@ fn child_env(
         // and the terminal still shows them drawn for people (see `Output::line`).
         (flotilla_api::telemetry::LOG_FORMAT_ENV.into(), "json".into()),
     ];
-    if mtls.is_some() {
+    if mtls {
         // Written by the control plane when it first starts: its CA's certificate.
         common.push((env::CA_FILE.into(), data_dir.join("ca.pem").display().to_string()));
     }
@@ -217,11 +228,6 @@ fn public_url(configured: Option<&str>, gateway: SocketAddr, tls: bool) -> Strin
     } else {
         format!("{scheme}://{gateway}")
     }
-}
-
-/// A loopback address with a port free now (the control plane binds it a moment later).
-fn free_loopback_port() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 /// Runs the system until `shutdown` resolves, then stops it in order.
@@ -277,19 +283,34 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     let started = Instant::now();
     tokio::pin!(shutdown);
 
-    // The control plane's mTLS listener, for the processes it supervises: a free loopback
-    // port (the plain one stays the operator's, for the CLI).
-    let control_tls = match options.mtls {
-        true => Some(free_loopback_port().map_err(data_err)?),
-        false => None,
+    // Cluster mode: the NATS nodes' ports and configs, and every service's database, before
+    // anything starts.
+    let plan = match &options.cluster {
+        Some(postgres) => {
+            let plan = cluster::Plan::new(&data_dir, postgres)?;
+            let made = cluster::assign_databases(&mut manifest, &plan.postgres).await?;
+            if !made.is_empty() {
+                output.say(&format!(
+                    "made PostgreSQL databases {} on {}",
+                    made.join(", "),
+                    plan.postgres
+                ));
+            }
+            Some(plan)
+        }
+        None => None,
     };
-    let mut common = child_env(
-        options.control_addr,
-        control_tls,
-        &token,
-        &data_dir,
-        manifest.events.as_deref(),
-    );
+    // The control plane's replicas (one unless `--cluster`), each with an mTLS listener for
+    // the processes it supervises on a free loopback port (the plain one stays the
+    // operator's, for the CLI).
+    let count = if plan.is_some() { cluster::REPLICAS } else { 1 };
+    let replicas = cluster::replicas(options.control_addr, count, options.mtls).map_err(data_err)?;
+    let events = match (&manifest.events, &plan) {
+        (Some(events), _) => Some(events.clone()),
+        (None, Some(plan)) => Some(plan.events_url()),
+        (None, None) => None,
+    };
+    let mut common = child_env(&replicas, &token, &data_dir, events.as_deref());
     common.push((
         env::PUBLIC_URL.into(),
         public_url(
@@ -307,57 +328,129 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     .map_err(data_err)?;
     let fleet = Arc::new(Fleet::new(output.clone(), common, credentials));
 
-    // 1. The control plane, alone, until it answers.
-    output.say(&format!(
-        "starting the control plane on http://{}",
-        options.control_addr
-    ));
-    let mut control_env = vec![
-        ("FLOTILLA_LISTEN".into(), options.control_addr.to_string()),
-        (
-            "FLOTILLA_HEARTBEAT".into(),
-            format!("{}ms", manifest.control.heartbeat.as_millis()),
-        ),
-        ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
-    ];
-    if let Some(tls) = control_tls {
-        control_env.push(("FLOTILLA_TLS_LISTEN".into(), tls.to_string()));
-    }
-    let control = vec![fleet.start(
-        "control",
-        fleet.spec(
-            "control",
-            None,
-            0,
-            &manifest.control.program,
-            &control_env,
-            Duration::from_millis(1000),
-        ),
-    )];
-    let http = HttpClient::new(Duration::from_secs(1));
-    let ready_url = format!("http://{}/health/ready", options.control_addr);
-    let control_timeout = Duration::from_secs(15);
-    let waited = tokio::select! {
-        ready = wait_for_control(&http, &ready_url, control_timeout) => ready,
-        _ = &mut shutdown => {
-            stop_all(&output, &fleet, vec![], control).await;
-            return Ok(());
+    // 0. In cluster mode, the NATS cluster the control plane keeps its state in.
+    let mut nats = Vec::new();
+    if let Some(plan) = &plan {
+        output.say(&format!(
+            "starting a {}-node NATS JetStream cluster ({}) on {}",
+            plan.nodes.len(),
+            plan.binary.display(),
+            plan.urls().join(", ")
+        ));
+        for i in 0..plan.nodes.len() {
+            let name = format!("nats-{}", i + 1);
+            let mut spec = fleet.spec(&name, None, 0, &plan.node_program(i), &[], Duration::from_millis(3000));
+            spec.quiet = true;
+            nats.push(fleet.start("nats", spec));
         }
-    };
-    if !waited {
-        stop_all(&output, &fleet, vec![], control).await;
-        return Err(UpError::ControlNotReady(
-            control_timeout,
-            data_dir.join("logs/control.log"),
+        let waited = tokio::select! {
+            waited = cluster::wait_for_nats(plan, Duration::from_secs(30)) => waited,
+            _ = &mut shutdown => {
+                stop_all(&output, &fleet, vec![], nats).await;
+                return Ok(());
+            }
+        };
+        if let Err(err) = waited {
+            stop_all(&output, &fleet, vec![], nats).await;
+            return Err(err);
+        }
+        output.say(&format!(
+            "NATS JetStream cluster ready in {} ms",
+            started.elapsed().as_millis()
         ));
     }
+
+    // 1. The control plane, alone, until it answers: in cluster mode the first replica (which
+    // makes the keys the others read), then the others.
+    let store = match &plan {
+        Some(plan) => Some(plan.store_url()),
+        None => match &manifest.control.store {
+            flotilla_control::store::StoreSpec::Embedded => None,
+            flotilla_control::store::StoreSpec::Nats(spec) => Some(format!(
+                "nats://{}?replicas={}",
+                spec.servers
+                    .iter()
+                    .map(|s| s.trim_start_matches("nats://"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                spec.replicas
+            )),
+        },
+    };
+    let http = HttpClient::new(Duration::from_secs(1));
+    let control_timeout = Duration::from_secs(30);
+    let mut control = nats;
+    for batch in [&replicas[..1], &replicas[1..]] {
+        if batch.is_empty() {
+            continue;
+        }
+        let mut names = Vec::new();
+        for replica in batch {
+            let n = replicas.iter().position(|r| r.listen == replica.listen).unwrap_or(0) + 1;
+            let name = if replicas.len() == 1 {
+                "control".to_owned()
+            } else {
+                format!("control-{n}")
+            };
+            output.say(&format!("starting {name} on http://{}", replica.listen));
+            let mut control_env = vec![
+                ("FLOTILLA_LISTEN".into(), replica.listen.to_string()),
+                (
+                    "FLOTILLA_HEARTBEAT".into(),
+                    format!("{}ms", manifest.control.heartbeat.as_millis()),
+                ),
+                ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
+            ];
+            if let Some(tls) = replica.tls {
+                control_env.push(("FLOTILLA_TLS_LISTEN".into(), tls.to_string()));
+            }
+            if let Some(store) = &store {
+                control_env.push(("FLOTILLA_STORE".into(), store.clone()));
+            }
+            control.push(fleet.start(
+                "control",
+                fleet.spec(
+                    &name,
+                    None,
+                    0,
+                    &manifest.control.program,
+                    &control_env,
+                    Duration::from_millis(1000),
+                ),
+            ));
+            names.push((name, replica.listen));
+        }
+        for (name, listen) in names {
+            let ready_url = format!("http://{listen}/health/ready");
+            let waited = tokio::select! {
+                ready = wait_for_control(&http, &ready_url, control_timeout) => ready,
+                _ = &mut shutdown => {
+                    stop_all(&output, &fleet, vec![], control).await;
+                    return Ok(());
+                }
+            };
+            if !waited {
+                stop_all(&output, &fleet, vec![], control).await;
+                return Err(UpError::ControlNotReady(
+                    control_timeout,
+                    data_dir.join(format!("logs/{name}.log")),
+                ));
+            }
+        }
+    }
     output.say(&format!("control plane ready in {} ms", started.elapsed().as_millis()));
+    // The operator's address of every replica: what the CLI and `up` itself speak to.
+    let control_at = replicas
+        .iter()
+        .map(|r| r.listen.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     // From here on every command finds this system from the data dir alone.
     let _recorded = Recorded::new(
         &data_dir,
         &crate::running::Running {
             pid: std::process::id(),
-            control: options.control_addr.to_string(),
+            control: control_at.clone(),
             gateway: options.gateway_addr.to_string(),
         },
     )
@@ -372,7 +465,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     ));
     // The gateway follows its routes in the config store; the routes file seeds a new store.
     if let (Some(routes), Some(path)) = (seed_routes, &manifest.gateway.routes) {
-        let said = seed(&options.control_addr.to_string(), &token, routes, path).await;
+        let said = seed(&control_at, &token, routes, path).await;
         match said {
             Ok(line) => output.say(&line),
             Err(err) => {
@@ -382,7 +475,6 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
     }
     // What each service declared it needs, made once for a new data dir.
-    let control_at = options.control_addr.to_string();
     for service in &manifest.services {
         for said in seeds::declared(&control_at, &token, service).await {
             match said {
@@ -417,18 +509,18 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         ),
     )];
     for (index, service) in manifest.services.iter().enumerate() {
-        let program = follow::program_for(service, &options.control_addr.to_string());
+        let program = follow::program_for(service, &control_at);
         fleet.add(&service.name, program, index + 2).await;
         if let Err(reason) = fleet.scale(&service.name, service.instances).await {
             output.say(&format!("{}: {reason}", service.name));
         }
     }
-    let exporter = crate::chaos::span::SpanExporter::new(&options.control_addr.to_string(), Some(token.clone()));
+    let exporter = crate::chaos::span::SpanExporter::new(&control_at, Some(token.clone()));
     let chaos = chaos::Chaos::new(fleet.clone(), output.clone(), Some(exporter));
     let _api = control::spawn(&data_dir, fleet.clone(), chaos).map_err(data_err)?;
 
     // 3. Wait for each to register, showing progress, then the banner.
-    let registry = RegistryClient::with_http(http.clone(), &options.control_addr.to_string(), Some(token.clone()));
+    let registry = RegistryClient::with_http(http.clone().failing_over(&control_at), &control_at, Some(token.clone()));
     fleet.watch_registry(registry.clone());
     let mut expected: BTreeSet<String> = fleet.counts().await.into_values().flatten().collect();
     expected.insert("gateway".into());
@@ -443,6 +535,8 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     output.block(&banner(
         &options,
         &data_dir,
+        &control_at,
+        plan.as_ref(),
         service_ready,
         total as usize,
         ready.contains("gateway"),
@@ -459,7 +553,8 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         output: output.clone(),
         control: control_at.clone(),
         token: token.clone(),
-        plain_control: options.control_addr.to_string(),
+        plain_control: control_at.clone(),
+        postgres: plan.as_ref().map(|p| p.postgres.clone()),
         manifest_seen,
         routes_seen,
     };
@@ -535,9 +630,12 @@ async fn wait_for_instances(
     seen.into_keys().collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn banner(
     options: &UpOptions,
     data_dir: &Path,
+    control: &str,
+    plan: Option<&cluster::Plan>,
     ready: usize,
     total: usize,
     gateway: bool,
@@ -559,7 +657,18 @@ fn banner(
             took.as_secs_f64()
         ),
         format!("    gateway         http://{}{gateway_state}", options.gateway_addr),
-        format!("    control plane   http://{}", options.control_addr),
+        match plan {
+            None => format!("    control plane   http://{}", options.control_addr),
+            Some(plan) => format!(
+                "    control plane   {} replicas ({}) on NATS JetStream, {} nodes ({})\n    databases       PostgreSQL {} (one per service)\n    events          NATS JetStream (R{})",
+                cluster::REPLICAS,
+                control.split(',').map(|a| format!("http://{a}")).collect::<Vec<_>>().join(" "),
+                plan.nodes.len(),
+                plan.urls().join(" "),
+                plan.postgres,
+                cluster::NODES.min(3),
+            ),
+        },
         if options.mtls {
             format!(
                 "    mTLS            every process, certificates from {}",
@@ -581,12 +690,14 @@ fn banner(
     .join("\n")
 }
 
-/// Stops services first (they deregister and drain), then the gateway, then the control plane.
+/// Stops services first (they deregister and drain), then the gateway, then the control plane,
+/// then (in cluster mode) the NATS nodes it keeps its state in.
 async fn stop_all(output: &Output, fleet: &Fleet, gateway: Vec<Supervised>, control: Vec<Supervised>) {
     let started = Instant::now();
     output.say("stopping: services, then the gateway, then the control plane");
     fleet.stop_all().await;
-    for tier in [gateway, control] {
+    let (store, control): (Vec<_>, Vec<_>) = control.into_iter().partition(|p| p.name.starts_with("nats-"));
+    for tier in [gateway, control, store] {
         fleet.stop(tier).await;
     }
     output.say(&format!("stopped in {} ms", started.elapsed().as_millis()));
@@ -599,7 +710,11 @@ mod tests {
     #[test]
     fn children_are_asked_for_json_logs() {
         let addr: SocketAddr = "127.0.0.1:7070".parse().unwrap();
-        let env = child_env(addr, None, "t", Path::new("/data"), Some("nats://x:4222"));
+        let replicas = [cluster::Replica {
+            listen: addr,
+            tls: None,
+        }];
+        let env = child_env(&replicas, "t", Path::new("/data"), Some("nats://x:4222"));
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
         assert_eq!(get(flotilla_api::telemetry::LOG_FORMAT_ENV), Some("json"));
         assert_eq!(get(env::CONTROL_ADDR), Some("127.0.0.1:7070"));

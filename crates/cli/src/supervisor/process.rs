@@ -39,6 +39,16 @@ pub(super) struct ProcessSpec {
     pub(super) slot: usize,
     /// How long it gets between SIGTERM and SIGKILL.
     pub(super) stop_grace: Duration,
+    /// Only its warnings and errors reach the terminal (a NATS node's chatter does not); its
+    /// file gets every line.
+    pub(super) quiet: bool,
+}
+
+/// Whether a quiet process's line is worth the terminal: a NATS server's warning, error or
+/// fatal line, but not its routine retries of a route to a peer that is starting.
+fn worth_showing(line: &str) -> bool {
+    ["[WRN]", "[ERR]", "[FTL]"].iter().any(|level| line.contains(level))
+        && !line.contains("Error trying to connect to route")
 }
 
 /// The pid of a supervised process's current run: set on each (re)spawn, 0 while none runs
@@ -120,6 +130,7 @@ fn pump(
     reader: impl AsyncRead + Unpin + Send + 'static,
     name: String,
     slot: usize,
+    quiet: bool,
     output: Arc<Output>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -133,7 +144,9 @@ fn pump(
                 Ok(_) => {
                     let line = String::from_utf8_lossy(&buf);
                     let line = line.trim_end_matches(['\n', '\r']);
-                    output.line(&name, slot, line);
+                    if !quiet || worth_showing(line) {
+                        output.line(&name, slot, line);
+                    }
                     if let Some(file) = &file {
                         let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
                         let _ = std::io::Write::write_all(&mut *f, line.as_bytes());
@@ -171,11 +184,11 @@ async fn supervise(spec: ProcessSpec, output: Arc<Output>, mut stop: watch::Rece
             child
                 .stdout
                 .take()
-                .map(|r| pump(r, spec.name.clone(), spec.slot, output.clone())),
+                .map(|r| pump(r, spec.name.clone(), spec.slot, spec.quiet, output.clone())),
             child
                 .stderr
                 .take()
-                .map(|r| pump(r, spec.name.clone(), spec.slot, output.clone())),
+                .map(|r| pump(r, spec.name.clone(), spec.slot, spec.quiet, output.clone())),
         ]
         .into_iter()
         .flatten()
