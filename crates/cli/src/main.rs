@@ -60,6 +60,10 @@ enum Command {
         /// The PostgreSQL server `--cluster` makes the services' databases on.
         #[arg(long, env = "FLOTILLA_POSTGRES", default_value = supervisor::cluster::DEFAULT_POSTGRES)]
         postgres: String,
+        /// What `--cluster`'s database names start with (`<prefix>_<service>`), so two systems
+        /// share a PostgreSQL server without sharing data.
+        #[arg(long, env = "FLOTILLA_DATABASE_PREFIX", default_value = "flotilla", value_parser = parse_prefix)]
+        database_prefix: String,
     },
     /// Make something new: `flotilla new service NAME`.
     New {
@@ -611,6 +615,10 @@ fn parse_range(text: &str) -> Result<DurationRange, String> {
     text.parse()
 }
 
+fn parse_prefix(text: &str) -> Result<String, String> {
+    supervisor::cluster::valid_prefix(text).map(|()| text.to_owned())
+}
+
 fn parse_scale(text: &str) -> Result<(String, u32), String> {
     let (name, n) = text
         .split_once('=')
@@ -763,9 +771,13 @@ async fn run(cli: Cli) -> Result<()> {
             no_mtls,
             cluster,
             postgres,
+            database_prefix,
         } => {
             let options = UpOptions {
-                cluster: cluster.then_some(postgres),
+                cluster: cluster.then_some(supervisor::cluster::ClusterOptions {
+                    postgres,
+                    database_prefix,
+                }),
                 manifest,
                 data_dir,
                 gateway_addr,

@@ -40,17 +40,29 @@ pub(super) struct Plan {
     pub(super) nodes: Vec<server::Node>,
     /// Where the services' databases are made.
     pub(super) postgres: String,
+    /// What their names start with (`flotilla`: `flotilla_catalog`, …).
+    pub(super) prefix: String,
+}
+
+/// What `--cluster` was told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// The PostgreSQL server the services' databases are made on.
+    pub postgres: String,
+    /// What the databases' names start with: two systems on one server keep apart.
+    pub database_prefix: String,
 }
 
 impl Plan {
     /// Finds a `nats-server` ≥ 2.11 and writes the nodes' configs under `data_dir/nats`.
-    pub(super) fn new(data_dir: &Path, postgres: &str) -> Result<Self, UpError> {
+    pub(super) fn new(data_dir: &Path, options: &ClusterOptions) -> Result<Self, UpError> {
         let binary = server::find().map_err(|e| UpError::Cluster(e.to_string()))?;
         let nodes = server::plan(&data_dir.join("nats"), NODES).map_err(|e| UpError::Cluster(e.to_string()))?;
         Ok(Self {
             binary,
             nodes,
-            postgres: postgres.trim_end_matches('/').to_owned(),
+            postgres: options.postgres.trim_end_matches('/').to_owned(),
+            prefix: options.database_prefix.clone(),
         })
     }
 
@@ -97,21 +109,42 @@ pub(super) fn replicas(first: SocketAddr, count: usize, mtls: bool) -> std::io::
         .collect()
 }
 
-/// A service's database name: `flotilla_<service>` (`-` written `_`).
-pub(super) fn database_name(service: &str) -> String {
-    format!("flotilla_{}", service.replace('-', "_"))
+/// A service's database name: `<prefix>_<service>` (`-` written `_`).
+pub(super) fn database_name(prefix: &str, service: &str) -> String {
+    format!("{prefix}_{}", service.replace('-', "_"))
+}
+
+/// Whether a database-name prefix is one `--database-prefix` takes: lowercase letters, digits
+/// and `_`, starting with a letter, short enough for PostgreSQL's 63 bytes with a service name.
+pub fn valid_prefix(prefix: &str) -> Result<(), String> {
+    let ok = (1..=24).contains(&prefix.len())
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{prefix}` is not a database-name prefix (lowercase letters, digits and `_`, starting with a letter, at most 24)"
+        ))
+    }
 }
 
 /// Gives every service without a `DATABASE_URL` of its own a database of its own on
 /// `postgres`, made if missing. A service's instances share it; its migrations run once
 /// (sqlx holds an advisory lock while it migrates).
-pub(super) async fn assign_databases(manifest: &mut Manifest, postgres: &str) -> Result<Vec<String>, UpError> {
+pub(super) async fn assign_databases(
+    manifest: &mut Manifest,
+    postgres: &str,
+    prefix: &str,
+) -> Result<Vec<String>, UpError> {
     let mut made = Vec::new();
     let wanted: Vec<String> = manifest
         .services
         .iter()
         .filter(|s| !s.program.env.contains_key("DATABASE_URL"))
-        .map(|s| database_name(&s.name))
+        .map(|s| database_name(prefix, &s.name))
         .collect();
     if !wanted.is_empty() {
         let admin = format!("{postgres}/postgres");
@@ -145,7 +178,7 @@ pub(super) async fn assign_databases(manifest: &mut Manifest, postgres: &str) ->
         if !service.program.env.contains_key("DATABASE_URL") {
             service.program.env.insert(
                 "DATABASE_URL".into(),
-                format!("{postgres}/{}", database_name(&service.name)),
+                format!("{postgres}/{}", database_name(prefix, &service.name)),
             );
         }
     }
@@ -165,8 +198,12 @@ mod tests {
 
     #[test]
     fn each_service_gets_a_database_named_after_it() {
-        assert_eq!(database_name("catalog"), "flotilla_catalog");
-        assert_eq!(database_name("order-history"), "flotilla_order_history");
+        assert_eq!(database_name("flotilla", "catalog"), "flotilla_catalog");
+        assert_eq!(database_name("t1", "order-history"), "t1_order_history");
+        assert!(valid_prefix("flotilla_test_1").is_ok());
+        for bad in ["", "1x", "Caps", "a-b", "a;drop", &"x".repeat(25)] {
+            assert!(valid_prefix(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub(super) struct Follower {
     pub(super) token: String,
     /// What a plain service is told the control plane is (its plain listener).
     pub(super) plain_control: String,
-    /// In cluster mode, the PostgreSQL server every service gets a database on.
-    pub(super) postgres: Option<String>,
+    /// In cluster mode, the PostgreSQL server every service gets a database on, and the
+    /// databases' prefix.
+    pub(super) postgres: Option<(String, String)>,
     /// The manifest as `up` read it, so an edit made before the follower starts still counts.
     pub(super) manifest_seen: Seen,
     /// The routes file as `up` read it.
@@ -84,7 +85,7 @@ impl Follower {
                 let loaded = match Manifest::load(&path, &self.self_exe) {
                     Ok(mut next) => match &self.postgres {
                         // A service added in cluster mode gets its database like the others.
-                        Some(postgres) => super::cluster::assign_databases(&mut next, postgres)
+                        Some((postgres, prefix)) => super::cluster::assign_databases(&mut next, postgres, prefix)
                             .await
                             .map(|_| next)
                             .map_err(|e| e.to_string()),

@@ -49,9 +49,9 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// mTLS between the processes, each with a certificate from the control plane's CA.
     pub mtls: bool,
-    /// Cluster mode rehearsed on this machine (`--cluster`): the PostgreSQL server the
-    /// services' databases are made on. `None`: one control plane on its data dir.
-    pub cluster: Option<String>,
+    /// Cluster mode rehearsed on this machine (`--cluster`): where the services' databases
+    /// are made. `None`: one control plane on its data dir.
+    pub cluster: Option<cluster::ClusterOptions>,
 }
 
 /// Why `up` could not run the system.
@@ -286,9 +286,9 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     // Cluster mode: the NATS nodes' ports and configs, and every service's database, before
     // anything starts.
     let plan = match &options.cluster {
-        Some(postgres) => {
-            let plan = cluster::Plan::new(&data_dir, postgres)?;
-            let made = cluster::assign_databases(&mut manifest, &plan.postgres).await?;
+        Some(options) => {
+            let plan = cluster::Plan::new(&data_dir, options)?;
+            let made = cluster::assign_databases(&mut manifest, &plan.postgres, &plan.prefix).await?;
             if !made.is_empty() {
                 output.say(&format!(
                     "made PostgreSQL databases {} on {}",
@@ -554,7 +554,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         control: control_at.clone(),
         token: token.clone(),
         plain_control: control_at.clone(),
-        postgres: plan.as_ref().map(|p| p.postgres.clone()),
+        postgres: plan.as_ref().map(|p| (p.postgres.clone(), p.prefix.clone())),
         manifest_seen,
         routes_seen,
     };
