@@ -247,6 +247,10 @@ enum Command {
         /// (the data dir then holds only the keys, which must be the same on every replica).
         #[arg(long, env = "FLOTILLA_STORE", default_value = "embedded")]
         store: flotilla_control::store::StoreSpec,
+        /// Where spans are kept: a PostgreSQL URL (`postgres://…/traces`), which every replica
+        /// shares in cluster mode; without it, `telemetry.db` in the data dir.
+        #[arg(long, env = "FLOTILLA_TRACES")]
+        traces: Option<String>,
     },
     /// Run the gateway: with a control plane, or standalone from a routes file.
     Gateway {
@@ -1147,6 +1151,7 @@ async fn run(cli: Cli) -> Result<()> {
             ttl,
             tls_listen,
             store,
+            traces,
         } => {
             let token = match std::env::var(flotilla_api::env::TOKEN) {
                 Ok(token) if !token.is_empty() => token,
@@ -1165,6 +1170,7 @@ async fn run(cli: Cli) -> Result<()> {
                 registry: flotilla_control::RegistryConfig { heartbeat, ttl },
                 token,
                 store,
+                traces,
             };
             flotilla_control::process::run(listener, tls_listener, options, runtime::shutdown_signal()).await?;
         }

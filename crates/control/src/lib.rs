@@ -301,11 +301,12 @@ impl Storage {
 
     /// The registry and config on the NATS cluster `spec`; the keys (the CA's, the config
     /// sealing key) from `keys_dir`, where a cluster's Secret is mounted — they never reach
-    /// NATS. The event log on NATS JetStream streams; traces in `data_dir` for now.
+    /// NATS. The event log on NATS JetStream streams; traces in the PostgreSQL database
+    /// `traces` names (shared by every replica), else in `data_dir` (this replica's own).
     pub async fn on_nats(
         spec: &store::NatsSpec,
         keys_dir: &std::path::Path,
-        data_dir: &std::path::Path,
+        traces: Option<&str>,
         registry: RegistryConfig,
         config: StorageConfig,
     ) -> Result<Self, StorageError> {
@@ -315,7 +316,10 @@ impl Storage {
             registry: Some(Registry::on_nats(registry, &nats, registry::Preservation::default()).await?),
             config: ConfigStore::on_nats(&nats, sealer).await?,
             events: EventLog::on_nats(&spec.servers, config.events).await?,
-            traces: TraceStore::open(data_dir, config.traces).await?,
+            traces: match traces {
+                Some(url) => TraceStore::on_postgres(url, config.traces).await?,
+                None => TraceStore::open(keys_dir, config.traces).await?,
+            },
             authority: ca::Authority::load_or_create(keys_dir)?,
             nats: Some(nats),
         })
@@ -388,10 +392,8 @@ pub async fn serve_with_tls(
     if let Some(nats) = state.nats.clone() {
         tasks.spawn("store health", {
             let stopped = tasks.stopped();
-            async move {
-                let stream = format!("KV_{}", registry::nats::BUCKET);
-                nats.run_health_checks(&stream, stopped).await
-            }
+            let replica = format!("{addr}-{}", std::process::id());
+            async move { nats.run_health_checks(&replica, stopped).await }
         });
     }
     tasks.spawn("trace pruning", {

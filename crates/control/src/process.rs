@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::{ControlConfig, RegistryConfig, RunMarker, Storage, StorageError};
+use crate::{ControlConfig, RegistryConfig, RunMarker, Storage, StorageError, TraceStore};
 
 /// How the control-plane process runs.
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct Options {
     /// Where state lives: the data dir (embedded) or a NATS JetStream cluster, in which case
     /// the data dir holds only the keys (the CA's, the config sealing key) and traces.
     pub store: crate::store::StoreSpec,
+    /// Where spans are kept: a PostgreSQL URL (every replica's), else the data dir.
+    pub traces: Option<String>,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -98,10 +100,25 @@ pub async fn run(
         warm_up,
     };
     let storage = match &options.store {
-        crate::store::StoreSpec::Embedded => Storage::open(&data_dir, Default::default()).await,
+        crate::store::StoreSpec::Embedded => match &options.traces {
+            None => Storage::open(&data_dir, Default::default()).await,
+            Some(url) => match TraceStore::on_postgres(url, Default::default()).await {
+                Ok(traces) => Storage::open(&data_dir, Default::default())
+                    .await
+                    .map(|storage| Storage { traces, ..storage }),
+                Err(e) => Err(e.into()),
+            },
+        },
         crate::store::StoreSpec::Nats(spec) => {
             tracing::info!(servers = ?spec.servers, replicas = spec.replicas, "keeping state in NATS JetStream");
-            Storage::on_nats(spec, &data_dir, &data_dir, options.registry, Default::default()).await
+            Storage::on_nats(
+                spec,
+                &data_dir,
+                options.traces.as_deref(),
+                options.registry,
+                Default::default(),
+            )
+            .await
         }
     }
     .map_err(|source| RunError::Storage { dir, source })?;

@@ -351,4 +351,60 @@ mod tests {
             "{missing}"
         );
     }
+
+    /// Replicas of a service start together on one PostgreSQL database: its migrations run
+    /// once (sqlx holds an advisory lock while it migrates), and every replica opens.
+    #[tokio::test]
+    async fn replicas_starting_together_on_postgres_migrate_once() {
+        use sqlx::Connection;
+        let server = std::env::var("FLOTILLA_TEST_POSTGRES")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("flotilla_test_migrate_once_{}", std::process::id());
+        let admin = format!("{server}/postgres");
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (the test needs it): {e}"));
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Neither statement may run twice: a second run would fail.
+        std::fs::write(
+            dir.path().join("0001_orders.sql"),
+            "CREATE TABLE orders (id TEXT PRIMARY KEY);",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("0002_seed.sql"),
+            "INSERT INTO orders (id) VALUES ('first');",
+        )
+        .unwrap();
+        let url = format!("{server}/{name}");
+        let opened = futures_util::future::join_all((0..6).map(|_| Store::open_dir(&url, dir.path()))).await;
+        for store in &opened {
+            assert!(store.is_ok(), "{:?}", store.as_ref().err());
+        }
+        let store = opened.into_iter().next().unwrap().unwrap();
+        let seeded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!((seeded, applied), (1, 2));
+        store.pool().close().await;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
 }

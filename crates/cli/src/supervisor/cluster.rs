@@ -131,6 +131,41 @@ pub fn valid_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
+/// Makes the databases `names` on `postgres` where missing; returns those it made.
+async fn ensure_databases(postgres: &str, names: &[String]) -> Result<Vec<String>, UpError> {
+    let mut made = Vec::new();
+    if names.is_empty() {
+        return Ok(made);
+    }
+    let admin = format!("{postgres}/postgres");
+    let failed = |e: sqlx::Error| UpError::Cluster(format!("PostgreSQL at {postgres}: {e}"));
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin))
+        .await
+        .map_err(|_| UpError::Cluster(format!("PostgreSQL at {postgres} did not answer within 5 s")))?
+        .map_err(failed)?;
+    for name in names {
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(failed)?;
+        if exists.is_none() {
+            // The name is ours (a checked prefix and service name): safe to quote.
+            match sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut conn)
+                .await
+            {
+                Ok(_) => made.push(name.clone()),
+                // Another `up` made it meanwhile.
+                Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+    }
+    let _ = conn.close().await;
+    Ok(made)
+}
+
 /// Gives every service without a `DATABASE_URL` of its own a database of its own on
 /// `postgres`, made if missing. A service's instances share it; its migrations run once
 /// (sqlx holds an advisory lock while it migrates).
@@ -139,41 +174,13 @@ pub(super) async fn assign_databases(
     postgres: &str,
     prefix: &str,
 ) -> Result<Vec<String>, UpError> {
-    let mut made = Vec::new();
     let wanted: Vec<String> = manifest
         .services
         .iter()
         .filter(|s| !s.program.env.contains_key("DATABASE_URL"))
         .map(|s| database_name(prefix, &s.name))
         .collect();
-    if !wanted.is_empty() {
-        let admin = format!("{postgres}/postgres");
-        let failed = |e: sqlx::Error| UpError::Cluster(format!("PostgreSQL at {postgres}: {e}"));
-        let mut conn = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin))
-            .await
-            .map_err(|_| UpError::Cluster(format!("PostgreSQL at {postgres} did not answer within 5 s")))?
-            .map_err(failed)?;
-        for name in &wanted {
-            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-                .bind(name)
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(failed)?;
-            if exists.is_none() {
-                // The name is ours (`flotilla_` and a checked service name): safe to quote.
-                match sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-                    .execute(&mut conn)
-                    .await
-                {
-                    Ok(_) => made.push(name.clone()),
-                    // Another `up` made it meanwhile.
-                    Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => {}
-                    Err(e) => return Err(failed(e)),
-                }
-            }
-        }
-        let _ = conn.close().await;
-    }
+    let made = ensure_databases(postgres, &wanted).await?;
     for service in &mut manifest.services {
         if !service.program.env.contains_key("DATABASE_URL") {
             service.program.env.insert(
@@ -183,6 +190,14 @@ pub(super) async fn assign_databases(
         }
     }
     Ok(made)
+}
+
+/// The database every control-plane replica keeps spans in (`<prefix>_traces`), made if
+/// missing; its URL.
+pub(super) async fn traces_database(plan: &Plan) -> Result<String, UpError> {
+    let name = database_name(&plan.prefix, "traces");
+    ensure_databases(&plan.postgres, std::slice::from_ref(&name)).await?;
+    Ok(format!("{}/{name}", plan.postgres))
 }
 
 /// Waits until JetStream answers through every node.

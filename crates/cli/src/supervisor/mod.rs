@@ -377,6 +377,11 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
             )),
         },
     };
+    // In cluster mode the replicas share one trace store, on PostgreSQL.
+    let traces = match &plan {
+        Some(plan) => Some(cluster::traces_database(plan).await?),
+        None => None,
+    };
     let http = HttpClient::new(Duration::from_secs(1));
     let control_timeout = Duration::from_secs(30);
     let mut control = nats;
@@ -406,6 +411,9 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
             }
             if let Some(store) = &store {
                 control_env.push(("FLOTILLA_STORE".into(), store.clone()));
+            }
+            if let Some(traces) = &traces {
+                control_env.push(("FLOTILLA_TRACES".into(), traces.clone()));
             }
             control.push(fleet.start(
                 "control",
@@ -660,7 +668,7 @@ fn banner(
         match plan {
             None => format!("    control plane   http://{}", options.control_addr),
             Some(plan) => format!(
-                "    control plane   {} replicas ({}) on NATS JetStream, {} nodes ({})\n    databases       PostgreSQL {} (one per service)\n    events          NATS JetStream (R{})",
+                "    control plane   {} replicas ({}) on NATS JetStream, {} nodes ({})\n    databases       PostgreSQL {} (one per service, and the traces)\n    events          NATS JetStream (R{})",
                 cluster::REPLICAS,
                 control.split(',').map(|a| format!("http://{a}")).collect::<Vec<_>>().join(" "),
                 plan.nodes.len(),

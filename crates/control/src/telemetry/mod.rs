@@ -14,6 +14,10 @@
 //! start) are pruned in batches by [`TraceStore::run_pruning`], every half minute and as soon
 //! as an insert takes the store over its count. Freed pages are reused, so the file stops
 //! growing at the size of `max_spans` spans.
+//!
+//! In cluster mode the spans live in PostgreSQL instead ([`TraceStore::on_postgres`]), shared
+//! by every replica: the same queries (placeholders and the row id written in PostgreSQL's
+//! words by [`Dialect`]), the same bounds, the same tests.
 
 pub mod http;
 pub mod metrics;
@@ -28,8 +32,8 @@ use flotilla_api::telemetry::{
     Dependency, DependencyGraph, DependencyKind, Span, SpanKind, SpanStatus, Trace, TraceList, TraceQuery, TraceSummary,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use sqlx::sqlite::{SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::SqliteSynchronous;
+use sqlx::{PgPool, Row, SqlitePool};
 use tokio::sync::Notify;
 
 /// The bounds of the trace store.
@@ -239,12 +243,159 @@ struct Counters {
     spans: AtomicU64,
 }
 
+/// Where the spans are.
+enum Db {
+    /// A SQLite file (or memory) of this process.
+    Sqlite {
+        /// The one connection that writes.
+        writer: SqlitePool,
+        /// Connections for queries (the writer itself for an in-memory store).
+        reader: SqlitePool,
+    },
+    /// A PostgreSQL database every replica shares.
+    Postgres(PgPool),
+}
+
+/// How the two databases spell what the queries need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// A row's physical id, which breaks ties and names rows to delete.
+    fn row_id(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => "ctid",
+        }
+    }
+
+    /// The larger of two values (SQLite's scalar `MAX`).
+    fn greatest(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "MAX",
+            Dialect::Postgres => "GREATEST",
+        }
+    }
+
+    /// A column compared without its index (SQLite's unary `+`; PostgreSQL plans it well).
+    fn unindexed(self, column: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("+{column}"),
+            Dialect::Postgres => column.to_owned(),
+        }
+    }
+
+    /// The query with its placeholders as the database takes them: `?` (and `?N`) stay for
+    /// SQLite; PostgreSQL's are numbered, `$1`, `$2`, …
+    fn sql(self, text: &str) -> String {
+        if self == Dialect::Sqlite {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut next = 0;
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '?' {
+                out.push(c);
+                continue;
+            }
+            out.push('$');
+            if chars.peek().is_some_and(char::is_ascii_digit) {
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    out.push(d);
+                }
+            } else {
+                next += 1;
+                out.push_str(&next.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// Runs `$body` with `$pool` the pool that reads, whichever database it is.
+macro_rules! reading {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite { reader: $pool, .. } => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` the pool that writes, whichever database it is.
+macro_rules! writing {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite { writer: $pool, .. } => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The PostgreSQL schema: the SQLite one's table and indexes in PostgreSQL's types.
+const PG_SCHEMA: &str = "SELECT pg_advisory_xact_lock(hashtext('flotilla trace store schema'));
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    service TEXT NOT NULL,
+    instance TEXT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    start_ns BIGINT NOT NULL,
+    end_ns BIGINT NOT NULL,
+    duration_ns BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    status_message TEXT,
+    peer_service TEXT,
+    attributes TEXT NOT NULL,
+    events TEXT NOT NULL,
+    links TEXT NOT NULL,
+    PRIMARY KEY (trace_id, span_id)
+);
+CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id, start_ns, end_ns);
+CREATE INDEX IF NOT EXISTS spans_by_start ON spans (start_ns);
+CREATE INDEX IF NOT EXISTS spans_by_service ON spans (service, trace_id);
+CREATE INDEX IF NOT EXISTS spans_by_name ON spans (name, trace_id);
+CREATE INDEX IF NOT EXISTS spans_by_kind ON spans (kind, start_ns);
+CREATE INDEX IF NOT EXISTS spans_with_errors ON spans (trace_id) WHERE status = 'error';";
+
+/// A stored span from its row, of either database.
+macro_rules! span_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        (|| -> Result<Span, TraceError> {
+            let json = |column: &str| -> Result<String, TraceError> { Ok(row.try_get::<String, _>(column)?) };
+            let corrupt = |column: &str, e: serde_json::Error| TraceError::Corrupt(format!("{column}: {e}"));
+            let attributes: BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(&json("attributes")?).map_err(|e| corrupt("attributes", e))?;
+            Ok(Span {
+                trace_id: row.try_get("trace_id")?,
+                span_id: row.try_get("span_id")?,
+                parent_span_id: row.try_get("parent_span_id")?,
+                service: row.try_get("service")?,
+                instance: row.try_get("instance")?,
+                name: row.try_get("name")?,
+                kind: parse_kind(&row.try_get::<String, _>("kind")?)?,
+                start_unix_nano: row.try_get::<i64, _>("start_ns")?.max(0) as u64,
+                end_unix_nano: row.try_get::<i64, _>("end_ns")?.max(0) as u64,
+                status: parse_status(&row.try_get::<String, _>("status")?)?,
+                status_message: row.try_get("status_message")?,
+                attributes,
+                events: serde_json::from_str(&json("events")?).map_err(|e| corrupt("events", e))?,
+                links: serde_json::from_str(&json("links")?).map_err(|e| corrupt("links", e))?,
+            })
+        })()
+    }};
+}
+
 /// The trace store. Share it behind an `Arc`; all methods take `&self`.
 pub struct TraceStore {
-    /// The one connection that writes.
-    writer: SqlitePool,
-    /// Connections for queries (the writer itself for an in-memory store).
-    reader: SqlitePool,
+    db: Db,
     config: TraceStoreConfig,
     counters: Counters,
     /// Told when an insert takes the store over `max_spans`.
@@ -268,27 +419,54 @@ impl TraceStore {
         let writer = crate::sqlite_with(Some(&file), SCHEMA, SqliteSynchronous::Normal, 1).await?;
         // Two readers: the machine's cores, not the number of dashboards, bound useful queries.
         let reader = crate::sqlite_with(Some(&file), "", SqliteSynchronous::Normal, 2).await?;
-        Self::with(writer, reader, config).await
+        Self::with(Db::Sqlite { writer, reader }, config).await
     }
 
     /// A store in memory, for tests.
     pub async fn in_memory(config: TraceStoreConfig) -> Result<Self, TraceError> {
         config.validate().map_err(TraceError::Config)?;
         let pool = crate::sqlite(None, SCHEMA).await?;
-        Self::with(pool.clone(), pool, config).await
+        Self::with(
+            Db::Sqlite {
+                writer: pool.clone(),
+                reader: pool,
+            },
+            config,
+        )
+        .await
     }
 
-    async fn with(writer: SqlitePool, reader: SqlitePool, config: TraceStoreConfig) -> Result<Self, TraceError> {
+    /// The store in the PostgreSQL database at `url` (`postgres://…`), which every replica of
+    /// a cluster shares; its table is made if missing (one replica at a time).
+    pub async fn on_postgres(url: &str, config: TraceStoreConfig) -> Result<Self, TraceError> {
+        config.validate().map_err(TraceError::Config)?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(PG_SCHEMA).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Self::with(Db::Postgres(pool), config).await
+    }
+
+    async fn with(db: Db, config: TraceStoreConfig) -> Result<Self, TraceError> {
         let store = Self {
-            writer,
-            reader,
+            db,
             config,
             counters: Counters::default(),
             over_bound: Notify::new(),
         };
-        let mut conn = store.writer.acquire().await?;
-        store.refresh_count(&mut conn).await?;
+        store.refresh_count().await?;
         Ok(store)
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self.db {
+            Db::Sqlite { .. } => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
     }
 
     /// The bounds it keeps.
@@ -311,15 +489,24 @@ impl TraceStore {
     /// The database's size in bytes (pages in use and free, the write-ahead log's committed
     /// pages included).
     pub async fn size_bytes(&self) -> Result<u64, TraceError> {
-        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&self.reader).await?;
-        let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&self.reader).await?;
-        Ok((pages.max(0) as u64).saturating_mul(size.max(0) as u64))
+        match &self.db {
+            Db::Sqlite { reader, .. } => {
+                let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(reader).await?;
+                let size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(reader).await?;
+                Ok((pages.max(0) as u64).saturating_mul(size.max(0) as u64))
+            }
+            Db::Postgres(pool) => {
+                let size: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('spans')::BIGINT")
+                    .fetch_one(pool)
+                    .await?;
+                Ok(size.max(0) as u64)
+            }
+        }
     }
 
-    async fn refresh_count(&self, conn: &mut sqlx::SqliteConnection) -> Result<u64, TraceError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spans")
-            .fetch_one(&mut *conn)
-            .await?;
+    async fn refresh_count(&self) -> Result<u64, TraceError> {
+        let count: i64 =
+            writing!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM spans").fetch_one(pool).await?);
         let count = count.max(0) as u64;
         self.counters.spans.store(count, Ordering::Relaxed);
         Ok(count)
@@ -347,53 +534,93 @@ impl TraceStore {
         if spans.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.writer.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        for chunk in spans.chunks(INSERT_CHUNK) {
-            let marks = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql = format!(
-                "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_span_id, service, instance, name, kind, start_ns, end_ns, duration_ns, status, status_message, peer_service, attributes, events, links) VALUES {marks}"
-            );
-            let mut insert = sqlx::query(&sql);
-            for span in chunk {
-                let peer_service = span
-                    .attributes
-                    .get("peer.service")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned);
-                let json = |what: &'static str, v: Result<String, serde_json::Error>| {
-                    v.map_err(|e| invalid(what, e.to_string()))
-                };
-                insert = insert
-                    .bind(&span.trace_id)
-                    .bind(&span.span_id)
-                    .bind(&span.parent_span_id)
-                    .bind(&span.service)
-                    .bind(&span.instance)
-                    .bind(&span.name)
-                    .bind(kind_str(span.kind))
-                    .bind(i64::try_from(span.start_unix_nano).unwrap_or(i64::MAX))
-                    .bind(i64::try_from(span.end_unix_nano).unwrap_or(i64::MAX))
-                    .bind(i64::try_from(span.duration_nanos()).unwrap_or(i64::MAX))
-                    .bind(status_str(span.status))
-                    .bind(&span.status_message)
-                    .bind(peer_service)
-                    .bind(json("attributes", serde_json::to_string(&span.attributes))?)
-                    .bind(json("events", serde_json::to_string(&span.events))?)
-                    .bind(json("links", serde_json::to_string(&span.links))?);
+        let dialect = self.dialect();
+        // PostgreSQL refuses to touch a row twice in one statement: a span sent twice in one
+        // request is kept once (its last copy), as SQLite's replace does.
+        let mut unique: Vec<&Span> = Vec::with_capacity(spans.len());
+        let mut seen = std::collections::HashSet::new();
+        for span in spans.iter().rev() {
+            if seen.insert((&span.trace_id, &span.span_id)) {
+                unique.push(span);
             }
-            insert.execute(&mut *tx).await?;
         }
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM spans")
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        // Still holding the writer: no prune can slip between the count and its recording.
-        self.counters.spans.store(count.max(0) as u64, Ordering::Relaxed);
-        drop(conn);
+        unique.reverse();
+        let upsert = match dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " ON CONFLICT (trace_id, span_id) DO UPDATE SET parent_span_id = EXCLUDED.parent_span_id, service = EXCLUDED.service, instance = EXCLUDED.instance, name = EXCLUDED.name, kind = EXCLUDED.kind, start_ns = EXCLUDED.start_ns, end_ns = EXCLUDED.end_ns, duration_ns = EXCLUDED.duration_ns, status = EXCLUDED.status, status_message = EXCLUDED.status_message, peer_service = EXCLUDED.peer_service, attributes = EXCLUDED.attributes, events = EXCLUDED.events, links = EXCLUDED.links RETURNING (xmax = 0) AS inserted",
+        };
+        let verb = match dialect {
+            Dialect::Sqlite => "INSERT OR REPLACE",
+            Dialect::Postgres => "INSERT",
+        };
+        let (count, inserted): (Option<i64>, u64) = writing!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            // Rows new to the store (not replacing a copy), as PostgreSQL tells.
+            let mut inserted = 0u64;
+            for chunk in unique.chunks(INSERT_CHUNK) {
+                let marks = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                let sql = dialect.sql(&format!(
+                    "{verb} INTO spans (trace_id, span_id, parent_span_id, service, instance, name, kind, start_ns, end_ns, duration_ns, status, status_message, peer_service, attributes, events, links) VALUES {marks}{upsert}"
+                ));
+                let mut insert = sqlx::query(&sql);
+                for span in chunk {
+                    let peer_service = span
+                        .attributes
+                        .get("peer.service")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned);
+                    let json = |what: &'static str, v: Result<String, serde_json::Error>| {
+                        v.map_err(|e| invalid(what, e.to_string()))
+                    };
+                    insert = insert
+                        .bind(&span.trace_id)
+                        .bind(&span.span_id)
+                        .bind(&span.parent_span_id)
+                        .bind(&span.service)
+                        .bind(&span.instance)
+                        .bind(&span.name)
+                        .bind(kind_str(span.kind))
+                        .bind(i64::try_from(span.start_unix_nano).unwrap_or(i64::MAX))
+                        .bind(i64::try_from(span.end_unix_nano).unwrap_or(i64::MAX))
+                        .bind(i64::try_from(span.duration_nanos()).unwrap_or(i64::MAX))
+                        .bind(status_str(span.status))
+                        .bind(&span.status_message)
+                        .bind(peer_service)
+                        .bind(json("attributes", serde_json::to_string(&span.attributes))?)
+                        .bind(json("events", serde_json::to_string(&span.events))?)
+                        .bind(json("links", serde_json::to_string(&span.links))?);
+                }
+                match dialect {
+                    Dialect::Sqlite => {
+                        insert.execute(&mut *tx).await?;
+                    }
+                    Dialect::Postgres => {
+                        for row in insert.fetch_all(&mut *tx).await? {
+                            inserted += u64::from(row.try_get::<bool, _>("inserted")?);
+                        }
+                    }
+                }
+            }
+            // SQLite counts in the same transaction, on the one writer, so no prune slips
+            // between the count and its recording. PostgreSQL would scan the table for it:
+            // there the count is kept by the inserts and set right by each prune.
+            let count = match dialect {
+                Dialect::Sqlite => Some(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM spans").fetch_one(&mut *tx).await?),
+                Dialect::Postgres => None,
+            };
+            tx.commit().await?;
+            (count, inserted)
+        });
+        let count = match count {
+            Some(count) => {
+                self.counters.spans.store(count.max(0) as u64, Ordering::Relaxed);
+                count.max(0) as u64
+            }
+            None => self.counters.spans.fetch_add(inserted, Ordering::Relaxed) + inserted,
+        };
         let stored = spans.len() as u64;
         self.counters.stored.fetch_add(stored, Ordering::Relaxed);
-        if count.max(0) as u64 > self.config.max_spans {
+        if count > self.config.max_spans {
             self.over_bound.notify_one();
         }
         Ok(stored)
@@ -407,16 +634,16 @@ impl TraceStore {
             Some(trace_id) => trace_id,
             None => return Ok(None),
         };
-        let rows = sqlx::query(&format!(
+        let sql = self.dialect().sql(&format!(
             "SELECT {COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns, end_ns, span_id"
-        ))
-        .bind(&trace_id)
-        .fetch_all(&self.reader)
-        .await?;
-        if rows.is_empty() {
+        ));
+        let spans: Vec<Span> = reading!(&self.db, pool => {
+            let rows = sqlx::query(&sql).bind(&trace_id).fetch_all(pool).await?;
+            rows.iter().map(|row| span_from_row!(row)).collect::<Result<Vec<_>, TraceError>>()?
+        });
+        if spans.is_empty() {
             return Ok(None);
         }
-        let spans = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Trace { trace_id, spans }))
     }
 
@@ -434,12 +661,11 @@ impl TraceStore {
         }
         let prefix = text.to_ascii_lowercase();
         let (low, high) = (format!("{prefix:0<32}"), format!("{prefix:f<32}"));
+        let sql = self
+            .dialect()
+            .sql("SELECT DISTINCT trace_id FROM spans WHERE trace_id BETWEEN ? AND ? LIMIT 2");
         let ids: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT trace_id FROM spans WHERE trace_id BETWEEN ? AND ? LIMIT 2")
-                .bind(&low)
-                .bind(&high)
-                .fetch_all(&self.reader)
-                .await?;
+            reading!(&self.db, pool => sqlx::query_scalar(&sql).bind(&low).bind(&high).fetch_all(pool).await?);
         match ids.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(one.clone())),
@@ -463,8 +689,10 @@ impl TraceStore {
         }
         // Each trace is found at its earliest span (ties broken as the index orders them), so
         // walking spans newest first meets traces newest first, and the limit ends the walk.
-        let mut sql = String::from(
-            "SELECT s.trace_id FROM spans s WHERE s.rowid = (SELECT x.rowid FROM spans x WHERE x.trace_id = s.trace_id ORDER BY x.start_ns, x.end_ns, x.rowid LIMIT 1)",
+        let dialect = self.dialect();
+        let mut sql = format!(
+            "SELECT s.trace_id FROM spans s WHERE s.{id} = (SELECT x.{id} FROM spans x WHERE x.trace_id = s.trace_id ORDER BY x.start_ns, x.end_ns, x.{id} LIMIT 1)",
+            id = dialect.row_id()
         );
         let mut texts: Vec<&str> = Vec::new();
         match (query.service.as_deref(), query.operation.as_deref()) {
@@ -492,14 +720,17 @@ impl TraceStore {
             sql.push_str(" AND (SELECT MAX(x.end_ns) FROM spans x WHERE x.trace_id = s.trace_id) - s.start_ns >= ?");
         }
         sql.push_str(" ORDER BY s.start_ns DESC, s.trace_id DESC LIMIT ?");
-        let mut select = sqlx::query_scalar::<_, String>(&sql);
-        for text in texts {
-            select = select.bind(text);
-        }
-        if let Some(min) = min_duration {
-            select = select.bind(min);
-        }
-        let ids = select.bind(i64::from(limit)).fetch_all(&self.reader).await?;
+        let sql = dialect.sql(&sql);
+        let ids: Vec<String> = reading!(&self.db, pool => {
+            let mut select = sqlx::query_scalar::<_, String>(&sql);
+            for text in &texts {
+                select = select.bind(*text);
+            }
+            if let Some(min) = min_duration {
+                select = select.bind(min);
+            }
+            select.bind(i64::from(limit)).fetch_all(pool).await?
+        });
         let summaries = self.summaries(&ids).await?;
         Ok(TraceList {
             traces: ids.iter().filter_map(|id| summaries.get(id).cloned()).collect(),
@@ -518,21 +749,32 @@ impl TraceStore {
         let mut acc: HashMap<String, Acc> = HashMap::new();
         for chunk in ids.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
-            let sql = format!(
+            let sql = self.dialect().sql(&format!(
                 "SELECT trace_id, service, name, parent_span_id IS NOT NULL AS child, start_ns, end_ns, status = 'error' AS failed FROM spans WHERE trace_id IN ({marks})"
-            );
-            let mut select = sqlx::query(&sql);
-            for id in chunk {
-                select = select.bind(id);
-            }
-            for row in select.fetch_all(&self.reader).await? {
-                let trace_id: String = row.try_get("trace_id")?;
-                let service: String = row.try_get("service")?;
-                let name: String = row.try_get("name")?;
-                let child: bool = row.try_get("child")?;
-                let start = row.try_get::<i64, _>("start_ns")?.max(0) as u64;
-                let end = row.try_get::<i64, _>("end_ns")?.max(0) as u64;
-                let failed: bool = row.try_get("failed")?;
+            ));
+            type Fields = (String, String, String, bool, i64, i64, bool);
+            let rows: Vec<Fields> = reading!(&self.db, pool => {
+                let mut select = sqlx::query(&sql);
+                for id in chunk {
+                    select = select.bind(id);
+                }
+                let mut rows = Vec::new();
+                for row in select.fetch_all(pool).await? {
+                    rows.push((
+                        row.try_get("trace_id")?,
+                        row.try_get("service")?,
+                        row.try_get("name")?,
+                        row.try_get("child")?,
+                        row.try_get("start_ns")?,
+                        row.try_get("end_ns")?,
+                        row.try_get("failed")?,
+                    ));
+                }
+                rows
+            });
+            for (trace_id, service, name, child, start, end, failed) in rows {
+                let start = start.max(0) as u64;
+                let end = end.max(0) as u64;
                 let a = acc.entry(trace_id.clone()).or_insert_with(|| Acc {
                     summary: TraceSummary {
                         trace_id,
@@ -590,7 +832,8 @@ impl TraceStore {
     /// of the window, rather than by trace.)
     pub(crate) async fn dependencies_at(&self, now: i64, lookback: Duration) -> Result<DependencyGraph, TraceError> {
         let since = now.saturating_sub(nanos(lookback));
-        let rows = sqlx::query(
+        let dialect = self.dialect();
+        let sql = dialect.sql(&format!(
             "WITH edges AS (
                 SELECT p.service AS caller, s.service AS callee, 'http' AS kind, s.duration_ns AS d, s.status = 'error' AS failed
                 FROM spans s JOIN spans p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
@@ -599,7 +842,7 @@ impl TraceStore {
                 SELECT s.service, s.peer_service, 'http', s.duration_ns, s.status = 'error'
                 FROM spans s
                 WHERE s.kind = 'client' AND s.start_ns >= ?1 AND s.peer_service IS NOT NULL AND s.peer_service <> s.service
-                  AND NOT EXISTS (SELECT 1 FROM spans c WHERE c.trace_id = s.trace_id AND c.parent_span_id = s.span_id AND +c.kind = 'server')
+                  AND NOT EXISTS (SELECT 1 FROM spans c WHERE c.trace_id = s.trace_id AND c.parent_span_id = s.span_id AND {unindexed_kind} = 'server')
               UNION ALL
                 SELECT p.service, s.service, 'event', s.duration_ns, s.status = 'error'
                 FROM spans s JOIN spans p ON p.trace_id = s.trace_id AND p.span_id = s.parent_span_id
@@ -611,25 +854,37 @@ impl TraceStore {
                        COUNT(*) OVER (PARTITION BY caller, callee, kind) AS n
                 FROM edges
             )
-            SELECT caller, callee, kind, MAX(n) AS calls, SUM(failed) AS errors,
-                   MIN(CASE WHEN rank = MAX((n * 50 + 99) / 100, 1) THEN d END) AS p50,
-                   MIN(CASE WHEN rank = MAX((n * 99 + 99) / 100, 1) THEN d END) AS p99
+            SELECT caller, callee, kind, MAX(n) AS calls, SUM(CASE WHEN failed THEN 1 ELSE 0 END) AS errors,
+                   MIN(CASE WHEN rank = {greatest}((n * 50 + 99) / 100, 1) THEN d END) AS p50,
+                   MIN(CASE WHEN rank = {greatest}((n * 99 + 99) / 100, 1) THEN d END) AS p99
             FROM ranked GROUP BY caller, callee, kind ORDER BY caller, callee, kind",
-        )
-        .bind(since)
-        .fetch_all(&self.reader)
-        .await?;
+            unindexed_kind = dialect.unindexed("c.kind"),
+            greatest = dialect.greatest(),
+        ));
+        type Edge = (String, String, String, i64, i64, Option<i64>, Option<i64>);
+        let rows: Vec<Edge> = reading!(&self.db, pool => {
+            let mut rows = Vec::new();
+            for row in sqlx::query(&sql).bind(since).fetch_all(pool).await? {
+                rows.push((
+                    row.try_get("caller")?,
+                    row.try_get("callee")?,
+                    row.try_get("kind")?,
+                    row.try_get("calls")?,
+                    row.try_get("errors")?,
+                    row.try_get("p50")?,
+                    row.try_get("p99")?,
+                ));
+            }
+            rows
+        });
         let mut edges = Vec::with_capacity(rows.len());
-        for row in rows {
-            let kind: String = row.try_get("kind")?;
-            let calls = row.try_get::<i64, _>("calls")?.max(0) as u64;
-            let errors = row.try_get::<i64, _>("errors")?.max(0) as u64;
-            let ms = |column: &str| -> Result<f64, TraceError> {
-                Ok(row.try_get::<Option<i64>, _>(column)?.unwrap_or(0) as f64 / 1e6)
-            };
+        for (caller, callee, kind, calls, errors, p50, p99) in rows {
+            let calls = calls.max(0) as u64;
+            let errors = errors.max(0) as u64;
+            let ms = |value: Option<i64>| value.unwrap_or(0) as f64 / 1e6;
             edges.push(Dependency {
-                caller: row.try_get("caller")?,
-                callee: row.try_get("callee")?,
+                caller,
+                callee,
                 kind: if kind == "event" {
                     DependencyKind::Event
                 } else {
@@ -638,15 +893,13 @@ impl TraceStore {
                 calls,
                 errors,
                 error_rate: if calls == 0 { 0.0 } else { errors as f64 / calls as f64 },
-                p50_ms: ms("p50")?,
-                p99_ms: ms("p99")?,
+                p50_ms: ms(p50),
+                p99_ms: ms(p99),
             });
         }
+        let sql = dialect.sql("SELECT DISTINCT service FROM spans WHERE start_ns >= ?");
         let mut services: BTreeSet<String> =
-            sqlx::query_scalar("SELECT DISTINCT service FROM spans WHERE start_ns >= ?")
-                .bind(since)
-                .fetch_all(&self.reader)
-                .await?
+            reading!(&self.db, pool => sqlx::query_scalar::<_, String>(&sql).bind(since).fetch_all(pool).await?)
                 .into_iter()
                 .collect();
         // A `peer.service` with no spans of its own is still a node of the graph.
@@ -669,31 +922,25 @@ impl TraceStore {
         let cutoff = now.saturating_sub(nanos(self.config.max_age));
         let max = i64::try_from(self.config.max_spans).unwrap_or(i64::MAX);
         let mut pruned = 0;
+        let dialect = self.dialect();
+        let by_age = dialect.sql(&format!(
+            "DELETE FROM spans WHERE {id} IN (SELECT {id} FROM spans WHERE start_ns < ? ORDER BY start_ns LIMIT ?)",
+            id = dialect.row_id()
+        ));
+        let by_count = dialect.sql(&format!(
+            "DELETE FROM spans WHERE {id} IN (SELECT {id} FROM spans ORDER BY start_ns LIMIT ?)",
+            id = dialect.row_id()
+        ));
         loop {
-            let mut conn = self.writer.acquire().await?;
             // Old spans first; then, if still too many, the oldest of the rest.
-            let mut gone = sqlx::query(
-                "DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans WHERE start_ns < ? ORDER BY start_ns LIMIT ?)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_BATCH)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+            let mut gone = writing!(&self.db, pool => sqlx::query(&by_age).bind(cutoff).bind(PRUNE_BATCH).execute(pool).await?.rows_affected());
             if gone == 0 {
-                let excess = (self.refresh_count(&mut conn).await? as i64).saturating_sub(max);
+                let excess = (self.refresh_count().await? as i64).saturating_sub(max);
                 if excess > 0 {
-                    gone = sqlx::query(
-                        "DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans ORDER BY start_ns LIMIT ?)",
-                    )
-                    .bind(excess.min(PRUNE_BATCH))
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
+                    gone = writing!(&self.db, pool => sqlx::query(&by_count).bind(excess.min(PRUNE_BATCH)).execute(pool).await?.rows_affected());
                 }
             }
-            self.refresh_count(&mut conn).await?;
-            drop(conn);
+            self.refresh_count().await?;
             pruned += gone;
             self.counters.pruned.fetch_add(gone, Ordering::Relaxed);
             if gone == 0 {
@@ -722,29 +969,6 @@ impl TraceStore {
             }
         }
     }
-}
-
-fn span_from_row(row: &SqliteRow) -> Result<Span, TraceError> {
-    let json = |column: &str| -> Result<String, TraceError> { Ok(row.try_get::<String, _>(column)?) };
-    let corrupt = |column: &str, e: serde_json::Error| TraceError::Corrupt(format!("{column}: {e}"));
-    let attributes: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(&json("attributes")?).map_err(|e| corrupt("attributes", e))?;
-    Ok(Span {
-        trace_id: row.try_get("trace_id")?,
-        span_id: row.try_get("span_id")?,
-        parent_span_id: row.try_get("parent_span_id")?,
-        service: row.try_get("service")?,
-        instance: row.try_get("instance")?,
-        name: row.try_get("name")?,
-        kind: parse_kind(&row.try_get::<String, _>("kind")?)?,
-        start_unix_nano: row.try_get::<i64, _>("start_ns")?.max(0) as u64,
-        end_unix_nano: row.try_get::<i64, _>("end_ns")?.max(0) as u64,
-        status: parse_status(&row.try_get::<String, _>("status")?)?,
-        status_message: row.try_get("status_message")?,
-        attributes,
-        events: serde_json::from_str(&json("events")?).map_err(|e| corrupt("events", e))?,
-        links: serde_json::from_str(&json("links")?).map_err(|e| corrupt("links", e))?,
-    })
 }
 
 #[cfg(test)]

@@ -145,6 +145,63 @@ async fn store() -> TraceStore {
     TraceStore::in_memory(TraceStoreConfig::default()).await.unwrap()
 }
 
+/// Which database a test's spans are in: the suite runs on both.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+type Guard = Option<crate::store::test_postgres::TestPostgres>;
+
+impl Backend {
+    /// A store with `config`, and on PostgreSQL the database dropped with the guard.
+    async fn open(self, config: TraceStoreConfig) -> (TraceStore, Guard) {
+        match self {
+            Backend::Sqlite => (TraceStore::in_memory(config).await.unwrap(), None),
+            Backend::Postgres => {
+                let db = crate::store::test_postgres::TestPostgres::create("traces").await;
+                (TraceStore::on_postgres(&db.url, config).await.unwrap(), Some(db))
+            }
+        }
+    }
+
+    /// The control plane's router over such a store.
+    async fn app(self) -> (Router, Arc<ControlState>, Guard) {
+        let (store, guard) = self.open(TraceStoreConfig::default()).await;
+        let (app, state) = app_over(store).await;
+        (app, state, guard)
+    }
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+        mod on_postgres {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+    };
+}
+
+on_both_databases!(
+    a_protobuf_export_is_stored_and_answered_in_protobuf,
+    an_otlp_json_export_is_stored_and_answered_in_json,
+    malformed_spans_are_counted_in_partial_success_and_the_rest_are_kept,
+    a_span_sent_again_replaces_its_copy,
+    a_trace_comes_ordered_by_start_and_bad_or_unknown_ids_are_problems,
+    a_trace_is_found_by_the_first_eight_hex_digits_the_logs_show,
+    trace_lists_are_newest_first_and_filtered,
+    bad_list_parameters_are_named,
+    the_dependency_graph_has_http_edges_from_parents_and_peer_services_and_event_edges,
+    dependency_error_rate_and_percentiles_come_from_the_callee_spans,
+    the_dependency_endpoint_checks_its_window,
+    pruning_keeps_at_most_max_spans_the_newest,
+    pruning_drops_spans_older_than_max_age,
+    the_pruning_task_acts_as_soon_as_an_insert_passes_the_bound
+);
+
 // ---- calling the router ----
 
 async fn app_over(traces: TraceStore) -> (Router, Arc<ControlState>) {
@@ -206,9 +263,8 @@ async fn post_proto(app: &Router, request: &ExportTraceServiceRequest) -> Export
 
 // ---- ingest ----
 
-#[tokio::test]
-async fn a_protobuf_export_is_stored_and_answered_in_protobuf() {
-    let (app, _) = app().await;
+async fn a_protobuf_export_is_stored_and_answered_in_protobuf(backend: Backend) {
+    let (app, _, _db) = backend.app().await;
     let mut otlp = otlp_span(1, 2, "GET /api/v1/orders/{id}");
     otlp.parent_span_id = span_bytes(1);
     otlp.attributes = vec![
@@ -330,9 +386,8 @@ const SPEC_EXAMPLE: &str = r#"{
   }]
 }"#;
 
-#[tokio::test]
-async fn an_otlp_json_export_is_stored_and_answered_in_json() {
-    let (app, _) = app().await;
+async fn an_otlp_json_export_is_stored_and_answered_in_json(backend: Backend) {
+    let (app, _, _db) = backend.app().await;
     let (status, headers, body) = send(&app, export("application/json", SPEC_EXAMPLE, Some(TOKEN))).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers["content-type"], "application/json");
@@ -356,9 +411,8 @@ async fn an_otlp_json_export_is_stored_and_answered_in_json() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn malformed_spans_are_counted_in_partial_success_and_the_rest_are_kept() {
-    let (app, state) = app().await;
+async fn malformed_spans_are_counted_in_partial_success_and_the_rest_are_kept(backend: Backend) {
+    let (app, state, _db) = backend.app().await;
     let mut short = otlp_span(1, 3, "short trace id");
     short.trace_id = vec![1; 8];
     let mut backwards = otlp_span(1, 4, "ends before it starts");
@@ -451,9 +505,8 @@ async fn exports_without_the_token_in_another_type_or_malformed_are_refused() {
     assert_eq!(state.traces.stats().spans, 0, "nothing was stored");
 }
 
-#[tokio::test]
-async fn a_span_sent_again_replaces_its_copy() {
-    let store = store().await;
+async fn a_span_sent_again_replaces_its_copy(backend: Backend) {
+    let (store, _db) = backend.open(TraceStoreConfig::default()).await;
     store
         .ingest(request(Some("orders"), None, vec![otlp_span(1, 1, "first")]))
         .await
@@ -470,9 +523,8 @@ async fn a_span_sent_again_replaces_its_copy() {
 
 // ---- queries ----
 
-#[tokio::test]
-async fn a_trace_comes_ordered_by_start_and_bad_or_unknown_ids_are_problems() {
-    let (app, state) = app().await;
+async fn a_trace_comes_ordered_by_start_and_bad_or_unknown_ids_are_problems(backend: Backend) {
+    let (app, state, _db) = backend.app().await;
     state
         .traces
         .insert(&[
@@ -500,9 +552,8 @@ async fn a_trace_comes_ordered_by_start_and_bad_or_unknown_ids_are_problems() {
     assert_eq!(problem["type"], "urn:flotilla:problem:not-found");
 }
 
-#[tokio::test]
-async fn a_trace_is_found_by_the_first_eight_hex_digits_the_logs_show() {
-    let (app, state) = app().await;
+async fn a_trace_is_found_by_the_first_eight_hex_digits_the_logs_show(backend: Backend) {
+    let (app, state, _db) = backend.app().await;
     let (one, two) = (
         "abcdef01".to_owned() + &"0".repeat(23) + "1",
         "abcdef01".to_owned() + &"0".repeat(23) + "2",
@@ -538,8 +589,8 @@ async fn a_trace_is_found_by_the_first_eight_hex_digits_the_logs_show() {
 
 /// Three traces: A (oldest, 100 ms, gateway → orders), B (500 ms, gateway → payments, which
 /// failed), C (newest, 10 ms, catalog alone, its root not stored).
-async fn three_traces() -> (Router, Arc<ControlState>) {
-    let (app, state) = app().await;
+async fn three_traces(backend: Backend) -> (Router, Arc<ControlState>, Guard) {
+    let (app, state, guard) = backend.app().await;
     state
         .traces
         .insert(&[
@@ -567,7 +618,7 @@ async fn three_traces() -> (Router, Arc<ControlState>) {
         ])
         .await
         .unwrap();
-    (app, state)
+    (app, state, guard)
 }
 
 async fn listed(app: &Router, query: &str) -> Vec<String> {
@@ -581,9 +632,8 @@ async fn listed(app: &Router, query: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn trace_lists_are_newest_first_and_filtered() {
-    let (app, _) = three_traces().await;
+async fn trace_lists_are_newest_first_and_filtered(backend: Backend) {
+    let (app, _, _db) = three_traces(backend).await;
     let (a, b, c) = (trace_hex(1), trace_hex(2), trace_hex(3));
     assert_eq!(listed(&app, "").await, vec![c.clone(), b.clone(), a.clone()]);
     assert_eq!(listed(&app, "?limit=2").await, vec![c.clone(), b.clone()]);
@@ -623,9 +673,8 @@ async fn trace_lists_are_newest_first_and_filtered() {
     assert_eq!(list["traces"][0]["duration_nanos"], 10 * MS);
 }
 
-#[tokio::test]
-async fn bad_list_parameters_are_named() {
-    let (app, _) = three_traces().await;
+async fn bad_list_parameters_are_named(backend: Backend) {
+    let (app, _, _db) = three_traces(backend).await;
     for (query, parameter) in [
         ("limit=0", "limit"),
         ("limit=1001", "limit"),
@@ -644,9 +693,8 @@ async fn bad_list_parameters_are_named() {
 
 // ---- dependencies ----
 
-#[tokio::test]
-async fn the_dependency_graph_has_http_edges_from_parents_and_peer_services_and_event_edges() {
-    let store = store().await;
+async fn the_dependency_graph_has_http_edges_from_parents_and_peer_services_and_event_edges(backend: Backend) {
+    let (store, _db) = backend.open(TraceStoreConfig::default()).await;
     let mut old_call = sp(2, 1, "gateway", SpanKind::Client).peer("catalog");
     old_call.start_unix_nano = BASE - 1_000_000 * MS;
     old_call.end_unix_nano = old_call.start_unix_nano + MS;
@@ -707,9 +755,8 @@ async fn the_dependency_graph_has_http_edges_from_parents_and_peer_services_and_
     assert!(all.edges.iter().any(|e| e.caller == "gateway" && e.callee == "catalog"));
 }
 
-#[tokio::test]
-async fn dependency_error_rate_and_percentiles_come_from_the_callee_spans() {
-    let store = store().await;
+async fn dependency_error_rate_and_percentiles_come_from_the_callee_spans(backend: Backend) {
+    let (store, _db) = backend.open(TraceStoreConfig::default()).await;
     // 100 calls gateway → orders lasting 1..=100 ms; every 10th failed.
     let mut spans = Vec::new();
     for n in 1..=100u8 {
@@ -747,9 +794,8 @@ async fn dependency_error_rate_and_percentiles_come_from_the_callee_spans() {
     assert_eq!((edge.p50_ms, edge.p99_ms), (20.0, 30.0));
 }
 
-#[tokio::test]
-async fn the_dependency_endpoint_checks_its_window() {
-    let (app, state) = app().await;
+async fn the_dependency_endpoint_checks_its_window(backend: Backend) {
+    let (app, state, _db) = backend.app().await;
     let now = now_nanos() as u64;
     let mut client = sp(1, 1, "gateway", SpanKind::Client).peer("orders");
     client.start_unix_nano = now - 1000 * MS;
@@ -769,14 +815,13 @@ async fn the_dependency_endpoint_checks_its_window() {
 
 // ---- bounds and durability ----
 
-#[tokio::test]
-async fn pruning_keeps_at_most_max_spans_the_newest() {
-    let store = TraceStore::in_memory(TraceStoreConfig {
-        max_spans: 5,
-        ..TraceStoreConfig::default()
-    })
-    .await
-    .unwrap();
+async fn pruning_keeps_at_most_max_spans_the_newest(backend: Backend) {
+    let (store, _db) = backend
+        .open(TraceStoreConfig {
+            max_spans: 5,
+            ..TraceStoreConfig::default()
+        })
+        .await;
     let spans: Vec<_> = (1..=8u8)
         .map(|n| sp(n, 1, "orders", SpanKind::Server).at(u64::from(n) * 10, 1))
         .collect();
@@ -791,14 +836,13 @@ async fn pruning_keeps_at_most_max_spans_the_newest() {
     assert_eq!(store.prune_at(BASE as i64).await.unwrap(), 0, "within bounds");
 }
 
-#[tokio::test]
-async fn pruning_drops_spans_older_than_max_age() {
-    let store = TraceStore::in_memory(TraceStoreConfig {
-        max_age: Duration::from_secs(3600),
-        ..TraceStoreConfig::default()
-    })
-    .await
-    .unwrap();
+async fn pruning_drops_spans_older_than_max_age(backend: Backend) {
+    let (store, _db) = backend
+        .open(TraceStoreConfig {
+            max_age: Duration::from_secs(3600),
+            ..TraceStoreConfig::default()
+        })
+        .await;
     let hour = 3_600_000;
     store
         .insert(&[
@@ -816,16 +860,14 @@ async fn pruning_drops_spans_older_than_max_age() {
     assert!(store.trace(&trace_hex(3)).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn the_pruning_task_acts_as_soon_as_an_insert_passes_the_bound() {
-    let store = Arc::new(
-        TraceStore::in_memory(TraceStoreConfig {
+async fn the_pruning_task_acts_as_soon_as_an_insert_passes_the_bound(backend: Backend) {
+    let (store, _db) = backend
+        .open(TraceStoreConfig {
             max_spans: 3,
             ..TraceStoreConfig::default()
         })
-        .await
-        .unwrap(),
-    );
+        .await;
+    let store = Arc::new(store);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn({
         let store = store.clone();
