@@ -94,24 +94,7 @@ impl Drop for Cluster {
                 }));
             }
         }
-        for service in [
-            "catalog",
-            "identity",
-            "inventory",
-            "notifications",
-            "orders",
-            "payments",
-            "shipping",
-            "traces",
-        ] {
-            let _ = std::process::Command::new("psql")
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q", "-c"])
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS {}_{service} WITH (FORCE)",
-                    self.prefix
-                ))
-                .output();
-        }
+        flotilla_bench::system::drop_cluster_databases(&self.prefix);
     }
 }
 

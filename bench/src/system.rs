@@ -248,6 +248,26 @@ impl System {
     }
 }
 
+/// Drops the PostgreSQL databases `flotilla up --cluster --database-prefix <prefix>` made on
+/// the machine's server for the shipped manifest: one per service, and the traces.
+pub fn drop_cluster_databases(prefix: &str) {
+    for name in [
+        "catalog",
+        "identity",
+        "inventory",
+        "notifications",
+        "orders",
+        "payments",
+        "shipping",
+        "traces",
+    ] {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-q", "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {prefix}_{name} WITH (FORCE)"))
+            .output();
+    }
+}
+
 impl Drop for System {
     fn drop(&mut self) {
         for pid in descendants(self.child.id()) {

@@ -5,7 +5,10 @@
 //! in; the processes share this machine's clock), and the time until the bench saw every
 //! report through a blocking query (an upper bound that includes the reports' own trip).
 //!
-//! Usage: config [--instances N] [--changes C]   (run through `bench/config`, which builds it)
+//! With `--cluster`, the same through `flotilla up --cluster`: three control-plane replicas on
+//! a 3-node NATS JetStream cluster, each instance watching the replica it was given first.
+//!
+//! Usage: config [--instances N] [--changes C] [--cluster]   (run through `bench/config`)
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,14 +31,19 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 fn main() {
     let mut instances = 20u32;
     let mut changes = 100u32;
+    let mut cluster = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--cluster" {
+            cluster = true;
+            continue;
+        }
         let value = args.next().and_then(|v| v.parse().ok());
         match (arg.as_str(), value) {
             ("--instances", Some(v)) => instances = v,
             ("--changes", Some(v)) => changes = v,
             _ => {
-                eprintln!("usage: config [--instances N] [--changes C]");
+                eprintln!("usage: config [--instances N] [--changes C] [--cluster]");
                 std::process::exit(2);
             }
         }
@@ -44,12 +52,29 @@ fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let scale = format!("catalog={instances}");
     eprintln!("… starting {instances} catalog instances");
-    let mut system = System::start(&binary, &repo, &["--scale", &scale]);
-    system.wait_for_line("Flotilla is up", Duration::from_secs(120));
+    let prefix = format!("benchconfig{}", std::process::id());
+    let mut system = if cluster {
+        let nats = flotilla_control::store::server::find_or_install().unwrap_or_else(|e| panic!("{e}"));
+        System::start_with_env(
+            &binary,
+            &repo,
+            &["--scale", &scale, "--cluster", "--database-prefix", &prefix],
+            &[("FLOTILLA_NATS_SERVER", nats.to_str().unwrap_or("nats-server"))],
+        )
+    } else {
+        System::start(&binary, &repo, &["--scale", &scale])
+    };
+    system.wait_for_line("Flotilla is up", Duration::from_secs(180));
     let token = std::fs::read_to_string(system.data_dir().join("token"))
         .map(|t| t.trim().to_owned())
         .ok();
-    let client = ConfigClient::new(&system.control.to_string(), token);
+    let running: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(system.data_dir().join("up.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let control = running["control"]
+        .as_str()
+        .map_or_else(|| system.control.to_string(), str::to_owned);
+    let client = ConfigClient::new(&control, token);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,7 +142,10 @@ fn main() {
         }
         (applied_ms, observed_ms)
     });
-    system.interrupt(Duration::from_secs(30));
+    system.interrupt(Duration::from_secs(60));
+    if cluster {
+        flotilla_bench::system::drop_cluster_databases(&prefix);
+    }
 
     let row = |name: &str, mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
@@ -128,7 +156,12 @@ fn main() {
             v.last().copied().unwrap_or(0.0)
         );
     };
-    println!("\nconfig: {instances} catalog instances, {changes} changes to catalog/page_size, one after another\n");
+    let store = if cluster {
+        "3 control-plane replicas on a 3-node NATS JetStream cluster"
+    } else {
+        "the embedded store"
+    };
+    println!("\nconfig: {instances} catalog instances, {changes} changes to catalog/page_size, one after another, {store}\n");
     println!("| from `set` to … | p50 | p99 | max |");
     println!("|---|---:|---:|---:|");
     row(&format!("the last of {instances} instances applied it"), applied_ms);
