@@ -52,7 +52,10 @@ fn registration(id: &str) -> Registration {
 async fn expiry_to_notice(registry: Arc<Registry>, probes: usize) -> Vec<f64> {
     let keepers: Vec<String> = (0..100).map(|i| format!("keeper-{i}")).collect();
     for id in &keepers {
-        registry.register(registration(id)).await.unwrap_or_else(|e| panic!("register: {e}"));
+        registry
+            .register(registration(id))
+            .await
+            .unwrap_or_else(|e| panic!("register: {e}"));
     }
     let keeping = tokio::spawn({
         let (registry, keepers) = (registry.clone(), keepers.clone());
@@ -88,9 +91,15 @@ async fn expiry_to_notice(registry: Arc<Registry>, probes: usize) -> Vec<f64> {
     let mut renewed = HashMap::new();
     for n in 0..probes {
         let id = format!("probe-{n}");
-        registry.register(registration(&id)).await.unwrap_or_else(|e| panic!("register: {e}"));
+        registry
+            .register(registration(&id))
+            .await
+            .unwrap_or_else(|e| panic!("register: {e}"));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        registry.heartbeat(&id).await.unwrap_or_else(|e| panic!("heartbeat: {e}"));
+        registry
+            .heartbeat(&id)
+            .await
+            .unwrap_or_else(|e| panic!("heartbeat: {e}"));
         renewed.insert(id, Instant::now());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -146,7 +155,11 @@ fn cli(system: &System, args: &[&str]) {
         .env_remove("FLOTILLA_DATA_DIR")
         .output()
         .unwrap_or_else(|e| panic!("flotilla {args:?}: {e}"));
-    assert!(out.status.success(), "flotilla {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "flotilla {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn main() {
@@ -235,11 +248,22 @@ fn main() {
         discovery
     });
     let faults: [(&str, &[&[&str]], Duration); 3] = [
-        ("kill -9 a control-plane replica", &[&["chaos", "kill", "control-1"]], Duration::from_secs(6)),
-        ("kill -9 a NATS node", &[&["chaos", "kill", "nats-1"]], Duration::from_secs(8)),
+        (
+            "kill -9 a control-plane replica",
+            &[&["chaos", "kill", "control-1"]],
+            Duration::from_secs(6),
+        ),
+        (
+            "kill -9 a NATS node",
+            &[&["chaos", "kill", "nats-1"]],
+            Duration::from_secs(8),
+        ),
         (
             "stop 2 of 3 NATS nodes for 20 s",
-            &[&["chaos", "pause", "nats-2", "--for", "20s"], &["chaos", "pause", "nats-3", "--for", "20s"]],
+            &[
+                &["chaos", "pause", "nats-2", "--for", "20s"],
+                &["chaos", "pause", "nats-3", "--for", "20s"],
+            ],
             Duration::from_secs(26),
         ),
     ];
@@ -255,13 +279,7 @@ fn main() {
         let rest = span.saturating_sub(whole);
         std::thread::sleep(rest);
         let report = load.stop();
-        rows.push((
-            *label,
-            report.samples.len(),
-            report.failures().len(),
-            taken,
-            whole,
-        ));
+        rows.push((*label, report.samples.len(), report.failures().len(), taken, whole));
         // Let the system settle (a killed process is restarted) before the next fault.
         std::thread::sleep(Duration::from_secs(5));
     }
@@ -277,7 +295,10 @@ fn main() {
     );
     println!("| registry | p50 | p99 | max | beyond the TTL (p99) |");
     println!("|---|---:|---:|---:|---:|");
-    for (name, v) in [("in memory (embedded)", &memory), ("NATS JetStream, 3 nodes, R3", &nats)] {
+    for (name, v) in [
+        ("in memory (embedded)", &memory),
+        ("NATS JetStream, 3 nodes, R3", &nats),
+    ] {
         println!(
             "| {name} | {} | {} | {} | {:.0} ms |",
             ms(v, 0.5),

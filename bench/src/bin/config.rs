@@ -161,7 +161,9 @@ fn main() {
     } else {
         "the embedded store"
     };
-    println!("\nconfig: {instances} catalog instances, {changes} changes to catalog/page_size, one after another, {store}\n");
+    println!(
+        "\nconfig: {instances} catalog instances, {changes} changes to catalog/page_size, one after another, {store}\n"
+    );
     println!("| from `set` to … | p50 | p99 | max |");
     println!("|---|---:|---:|---:|");
     row(&format!("the last of {instances} instances applied it"), applied_ms);

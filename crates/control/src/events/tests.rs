@@ -176,3 +176,54 @@ async fn retention_keeps_at_most_the_configured_count() {
     let left = log.read("orders", 0, 10).await.unwrap();
     assert_eq!(left.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![1, 2]);
 }
+
+/// The control plane's log in cluster mode is the SDK's JetStream backend: the same calls, the
+/// same semantics (offsets are stream sequences there: increasing, not consecutive).
+#[tokio::test]
+async fn on_nats_the_log_hands_out_redelivers_dead_letters_and_replays() {
+    let store = crate::store::testing::nats(1).await;
+    let log = EventLog::on_nats(&store.cluster.urls(), quick()).await.unwrap();
+    let first = log
+        .append("orders", &[event("e1", "a"), event("e2", "b")])
+        .await
+        .unwrap();
+    assert!(first[1].offset > first[0].offset);
+    let again = log.append("orders", &[event("e1", "a")]).await.unwrap();
+    assert_eq!((again[0].offset, again[0].duplicate), (first[0].offset, true));
+    let handed = log.fetch("orders", "g", 10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(handed.len(), 2);
+    assert_eq!(log.ack("orders", "g", &[first[1].offset]).await.unwrap(), 1);
+    // e1 is nacked on every delivery: after max_deliveries it is a dead letter, with why.
+    let e1 = first[0].offset;
+    log.nack("orders", "g", e1, "handler: payments unreachable")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        for delivery in log.fetch("orders", "g", 10, Duration::from_millis(300)).await.unwrap() {
+            log.nack("orders", "g", delivery.offset, "handler: payments unreachable")
+                .await
+                .unwrap();
+        }
+        if !log.read("orders.dead-letter", 0, 10).await.unwrap().is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never dead-lettered");
+    }
+    let dead = log.read("orders.dead-letter", 0, 10).await.unwrap();
+    assert_eq!(dead[0].event.id, "e1");
+    assert!(dead[0]
+        .event
+        .deadletterreason
+        .as_deref()
+        .is_some_and(|r| r.contains("payments unreachable")));
+    let (topic, replayed) = log.replay("orders.dead-letter", dead[0].offset).await.unwrap();
+    assert_eq!(topic, "orders");
+    assert!(replayed.offset > first[1].offset && !replayed.duplicate);
+    let topics = log.topics().await.unwrap();
+    assert!(topics.iter().any(|t| t.topic == "orders"), "{topics:?}");
+    assert!(matches!(
+        log.append("Orders", &[event("x", "y")]).await,
+        Err(LogError::Invalid { field: "topic", .. })
+    ));
+}
