@@ -559,8 +559,10 @@ impl ConfigStore {
         let mut changes = self.revision.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let resolved = self.resolve(service, profile, reveal)?;
+            // The revision is marked seen before the cache is read: a write taken in between
+            // wakes the wait below rather than slipping past it.
             let store = *changes.borrow_and_update();
+            let resolved = self.resolve(service, profile, reveal)?;
             let reset = index > store && matches!(self.backend, Backend::Sqlite(_));
             if resolved.revision > index || reset {
                 return Ok(resolved);
