@@ -80,6 +80,15 @@ impl Cluster {
         out
     }
 
+    /// 200 requests a second through the gateway, reads of the catalog.
+    fn load(&self) -> support::load::Load {
+        support::load::Load::start(
+            self.system().gateway,
+            200,
+            vec![(http::Method::GET, "/api/v1/products/1")],
+        )
+    }
+
     fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.cli(&["status", "--output", "json"])).unwrap()
     }
@@ -98,6 +107,13 @@ impl Drop for Cluster {
     }
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Writes a counter into one key as fast as answers come, through every replica (the
 /// client moves on when one does not answer); keeps what was acknowledged.
 struct ConfigWrites {
@@ -114,10 +130,7 @@ impl ConfigWrites {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = runtime();
             runtime.block_on(async move {
                 let client = ConfigClient::new(&control, Some(token));
                 let (mut acked, mut refused) = (Vec::new(), Vec::new());
@@ -148,10 +161,7 @@ impl ConfigWrites {
 
 /// Every acknowledged write is in `replica`'s history of the key, with its value.
 fn every_write_on(replica: &str, token: &str, acked: &[(u64, i64)]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let history = runtime
         .block_on(ConfigClient::new(replica, Some(token.to_owned())).history(&counter_key(), 100_000))
         .unwrap();
@@ -170,10 +180,7 @@ fn fewest_instances_while(cluster: &Cluster, during: impl FnOnce()) -> usize {
     let stop = Arc::new(AtomicBool::new(false));
     let (flag, replicas, token) = (stop.clone(), cluster.replicas().join(","), cluster.token());
     let watcher = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let registry = flotilla::discovery::RegistryClient::new(&replicas, Some(token));
         let mut fewest = usize::MAX;
         while !flag.load(Ordering::SeqCst) {
@@ -187,17 +194,6 @@ fn fewest_instances_while(cluster: &Cluster, during: impl FnOnce()) -> usize {
     during();
     stop.store(true, Ordering::SeqCst);
     watcher.join().unwrap()
-}
-
-fn no_failures(report: &support::load::Report) {
-    assert!(report.samples.len() > 300, "the load ran: {}", report.samples.len());
-    assert!(
-        report.failures().is_empty(),
-        "{} of {} requests failed: {:?}",
-        report.failures().len(),
-        report.samples.len(),
-        report.failures().iter().take(5).collect::<Vec<_>>()
-    );
 }
 
 #[test]
@@ -216,11 +212,7 @@ fn a_control_plane_replica_killed_under_load_fails_no_request_and_loses_no_ackno
     let table = cluster.cli(&["status"]);
     assert!(table.contains("REPLICA") && table.contains("nats ×3"), "{table}");
 
-    let load = support::load::Load::start(
-        cluster.system().gateway,
-        200,
-        vec![(http::Method::GET, "/api/v1/products/1")],
-    );
+    let load = cluster.load();
     let writes = ConfigWrites::start(replicas.join(","), token.clone());
     std::thread::sleep(Duration::from_secs(2));
     // The first replica is the one every process and the writer speak to first.
@@ -228,7 +220,7 @@ fn a_control_plane_replica_killed_under_load_fails_no_request_and_loses_no_ackno
     std::thread::sleep(Duration::from_secs(4));
     let (acked, refused) = writes.stop();
     let report = load.stop();
-    no_failures(&report);
+    support::assert_no_failures(&report);
     assert!(
         acked.len() > 50,
         "writes went on: {} acknowledged, refused: {refused:?}",
@@ -271,11 +263,7 @@ fn a_nats_node_killed_under_load_loses_no_request_revision_or_event_and_the_flee
     let cluster = Cluster::start();
     let (replicas, token) = (cluster.replicas(), cluster.token());
     let instances_before = cluster.status()["instances"].as_array().unwrap().len();
-    let load = support::load::Load::start(
-        cluster.system().gateway,
-        200,
-        vec![(http::Method::GET, "/api/v1/products/1")],
-    );
+    let load = cluster.load();
     let writes = ConfigWrites::start(replicas.join(","), token.clone());
     // Events published through the control plane (NATS JetStream behind it), each until it
     // is acknowledged, as an outbox relay does.
@@ -283,10 +271,7 @@ fn a_nats_node_killed_under_load_loses_no_request_revision_or_event_and_the_flee
     let events = std::thread::spawn({
         let (flag, control, token) = (events_stop.clone(), replicas.join(","), token.clone());
         move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = runtime();
             runtime.block_on(async move {
                 let client = EventsClient::connect(&control, Some(token)).await.unwrap();
                 let mut acked = Vec::new();
@@ -334,7 +319,7 @@ fn a_nats_node_killed_under_load_loses_no_request_revision_or_event_and_the_flee
     let acked_events = events.join().unwrap();
     let (acked, refused) = writes.stop();
     let report = load.stop();
-    no_failures(&report);
+    support::assert_no_failures(&report);
     assert!(
         acked.len() > 50,
         "writes went on: {} acknowledged, refused {refused:?}",
@@ -344,10 +329,7 @@ fn a_nats_node_killed_under_load_loses_no_request_revision_or_event_and_the_flee
         every_write_on(replica, &token, &acked);
     }
     // Every acknowledged event is in the topic exactly once.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let read = runtime.block_on(async {
         let client = EventsClient::connect(&replicas.join(","), Some(token.clone()))
             .await
@@ -382,11 +364,7 @@ fn two_nats_nodes_stopped_for_20s_leave_reads_served_writes_refused_and_no_mass_
     let cluster = Cluster::start();
     let (replicas, token) = (cluster.replicas(), cluster.token());
     let instances_before = cluster.status()["instances"].as_array().unwrap().len();
-    let load = support::load::Load::start(
-        cluster.system().gateway,
-        200,
-        vec![(http::Method::GET, "/api/v1/products/1")],
-    );
+    let load = cluster.load();
     let mut whole_after = Duration::ZERO;
     let fewest = fewest_instances_while(&cluster, || {
         std::thread::sleep(Duration::from_secs(1));
@@ -429,7 +407,7 @@ fn two_nats_nodes_stopped_for_20s_leave_reads_served_writes_refused_and_no_mass_
         whole_after = resumed.elapsed();
     });
     let report = load.stop();
-    no_failures(&report);
+    support::assert_no_failures(&report);
     assert_eq!(
         fewest, instances_before,
         "no instance was expired while the store was away or as it came back"
@@ -442,10 +420,7 @@ fn two_nats_nodes_stopped_for_20s_leave_reads_served_writes_refused_and_no_mass_
         eprintln!("{held}");
     }
     // Writes are taken again.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     runtime
         .block_on(ConfigClient::new(&replicas.join(","), Some(token)).set(
             &counter_key(),

@@ -63,6 +63,21 @@ pub fn customer(system: &System, email: &str) -> String {
     tokens["access_token"].as_str().unwrap().to_owned()
 }
 
+/// The load ran (more than 300 requests) and not one of them failed.
+///
+/// # Panics
+/// Naming how many failed, with the first few.
+pub fn assert_no_failures(report: &load::Report) {
+    assert!(report.samples.len() > 300, "the load ran: {}", report.samples.len());
+    assert!(
+        report.failures().is_empty(),
+        "{} of {} requests failed: {:?}",
+        report.failures().len(),
+        report.samples.len(),
+        report.failures().iter().take(5).collect::<Vec<_>>()
+    );
+}
+
 /// Polls `check` every 200 ms until it gives a value.
 ///
 /// # Panics

@@ -22,11 +22,7 @@ const TOKEN: &str = "test-token";
 async fn start_control(addr: SocketAddr, store: ConfigStore) -> oneshot::Sender<()> {
     let storage = flotilla_control::Storage {
         config: store,
-        events: flotilla_control::EventLog::in_memory(Default::default()).await.unwrap(),
-        traces: flotilla_control::TraceStore::in_memory(Default::default())
-            .await
-            .unwrap(),
-        authority: flotilla_control::ca::Authority::ephemeral().unwrap(),
+        ..flotilla_control::Storage::in_memory().await.unwrap()
     };
     let listener = TcpListener::bind(addr).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

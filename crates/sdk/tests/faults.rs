@@ -23,14 +23,7 @@ use tokio::net::TcpListener;
 const TOKEN: &str = "test-token";
 
 async fn control() -> SocketAddr {
-    let storage = flotilla_control::Storage {
-        config: flotilla_control::ConfigStore::in_memory().await.unwrap(),
-        events: flotilla_control::EventLog::in_memory(Default::default()).await.unwrap(),
-        traces: flotilla_control::TraceStore::in_memory(Default::default())
-            .await
-            .unwrap(),
-        authority: flotilla_control::ca::Authority::ephemeral().unwrap(),
-    };
+    let storage = flotilla_control::Storage::in_memory().await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = ControlConfig {

@@ -242,6 +242,16 @@ mod on_both_stores {
         }
     }
 
+    /// Heartbeats `id` on time until aborted.
+    fn keep_alive(r: Arc<Registry>, id: &'static str) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CONFIG.heartbeat).await;
+                r.heartbeat(id).await.unwrap();
+            }
+        })
+    }
+
     macro_rules! suite {
         ($($name:ident),* $(,)?) => {
             mod embedded {
@@ -317,15 +327,7 @@ mod on_both_stores {
         r.register(reg("catalog", "dropped")).await.unwrap();
         let registered = tokio::time::Instant::now();
         let index = r.revision();
-        let keeper = tokio::spawn({
-            let r = r.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(CONFIG.heartbeat).await;
-                    r.heartbeat("kept").await.unwrap();
-                }
-            }
-        });
+        let keeper = keep_alive(r.clone(), "kept");
         let mut list = r.list_after(None, index, Duration::from_secs(10)).await;
         while list.instances.len() == 2 && registered.elapsed() < Duration::from_secs(10) {
             list = r.list_after(None, list.index, Duration::from_secs(10)).await;
@@ -404,15 +406,7 @@ mod on_both_stores {
         for id in ["k", "d1", "d2", "d3"] {
             r.register(reg("catalog", id)).await.unwrap();
         }
-        let keeper = tokio::spawn({
-            let r = r.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(CONFIG.heartbeat).await;
-                    let _ = r.heartbeat("k").await;
-                }
-            }
-        });
+        let keeper = keep_alive(r.clone(), "k");
         // Three of four stop heartbeating at once: after the first goes, the rest are held.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while r.held() == 0 {

@@ -121,8 +121,11 @@ const INSERT_CHUNK: usize = 100;
 /// (`spans_by_start`), the list's filters (`spans_by_service`, `spans_by_name`,
 /// `spans_with_errors`), and the dependency graph's windowed scan by kind (`spans_by_kind`);
 /// the primary key finds a span's parent. A span's own duration has a column but no index: no
-/// query filters on it (a trace's duration spans several spans).
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spans (
+/// query filters on it (a trace's duration spans several spans). One text for both databases
+/// (`BIGINT` is an integer to SQLite).
+macro_rules! spans_schema {
+    () => {
+        "CREATE TABLE IF NOT EXISTS spans (
     trace_id TEXT NOT NULL,
     span_id TEXT NOT NULL,
     parent_span_id TEXT,
@@ -130,9 +133,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spans (
     instance TEXT,
     name TEXT NOT NULL,
     kind TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
-    duration_ns INTEGER NOT NULL,
+    start_ns BIGINT NOT NULL,
+    end_ns BIGINT NOT NULL,
+    duration_ns BIGINT NOT NULL,
     status TEXT NOT NULL,
     status_message TEXT,
     peer_service TEXT,
@@ -146,7 +149,18 @@ CREATE INDEX IF NOT EXISTS spans_by_start ON spans (start_ns);
 CREATE INDEX IF NOT EXISTS spans_by_service ON spans (service, trace_id);
 CREATE INDEX IF NOT EXISTS spans_by_name ON spans (name, trace_id);
 CREATE INDEX IF NOT EXISTS spans_by_kind ON spans (kind, start_ns);
-CREATE INDEX IF NOT EXISTS spans_with_errors ON spans (trace_id) WHERE status = 'error';";
+CREATE INDEX IF NOT EXISTS spans_with_errors ON spans (trace_id) WHERE status = 'error';"
+    };
+}
+
+const SCHEMA: &str = spans_schema!();
+
+/// The same on PostgreSQL, made by one replica at a time (replicas starting together would
+/// race on the catalog otherwise).
+const PG_SCHEMA: &str = concat!(
+    "SELECT pg_advisory_xact_lock(hashtext('flotilla trace store schema'));\n",
+    spans_schema!()
+);
 
 const COLUMNS: &str = "trace_id, span_id, parent_span_id, service, instance, name, kind, start_ns, end_ns, status, status_message, attributes, events, links";
 
@@ -335,34 +349,6 @@ macro_rules! writing {
         }
     };
 }
-
-/// The PostgreSQL schema: the SQLite one's table and indexes in PostgreSQL's types.
-const PG_SCHEMA: &str = "SELECT pg_advisory_xact_lock(hashtext('flotilla trace store schema'));
-CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL,
-    span_id TEXT NOT NULL,
-    parent_span_id TEXT,
-    service TEXT NOT NULL,
-    instance TEXT,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    start_ns BIGINT NOT NULL,
-    end_ns BIGINT NOT NULL,
-    duration_ns BIGINT NOT NULL,
-    status TEXT NOT NULL,
-    status_message TEXT,
-    peer_service TEXT,
-    attributes TEXT NOT NULL,
-    events TEXT NOT NULL,
-    links TEXT NOT NULL,
-    PRIMARY KEY (trace_id, span_id)
-);
-CREATE INDEX IF NOT EXISTS spans_by_trace ON spans (trace_id, start_ns, end_ns);
-CREATE INDEX IF NOT EXISTS spans_by_start ON spans (start_ns);
-CREATE INDEX IF NOT EXISTS spans_by_service ON spans (service, trace_id);
-CREATE INDEX IF NOT EXISTS spans_by_name ON spans (name, trace_id);
-CREATE INDEX IF NOT EXISTS spans_by_kind ON spans (kind, start_ns);
-CREATE INDEX IF NOT EXISTS spans_with_errors ON spans (trace_id) WHERE status = 'error';";
 
 /// A stored span from its row, of either database.
 macro_rules! span_from_row {

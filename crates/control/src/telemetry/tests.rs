@@ -212,12 +212,8 @@ async fn app_over(traces: TraceStore) -> (Router, Arc<ControlState>) {
         warm_up: Duration::ZERO,
     };
     let storage = Storage {
-        config: ConfigStore::in_memory().await.unwrap(),
-        events: EventLog::in_memory(Default::default()).await.unwrap(),
         traces,
-        authority: crate::ca::Authority::ephemeral().unwrap(),
-        registry: None,
-        nats: None,
+        ..Storage::in_memory().await.unwrap()
     };
     let state = Arc::new(ControlState::new(config, storage, rx).listening_on("0.0.0.0:47070".parse().unwrap()));
     (crate::api::router(state.clone()), state)

@@ -86,16 +86,7 @@ const TOKEN: &str = "test-token";
 
 /// A control plane on a free port, to receive the fault spans.
 async fn control_plane() -> std::net::SocketAddr {
-    let storage = flotilla_control::Storage {
-        config: flotilla_control::ConfigStore::in_memory().await.unwrap(),
-        events: flotilla_control::EventLog::in_memory(Default::default()).await.unwrap(),
-        traces: flotilla_control::TraceStore::in_memory(Default::default())
-            .await
-            .unwrap(),
-        authority: flotilla_control::ca::Authority::ephemeral().unwrap(),
-        registry: None,
-        nats: None,
-    };
+    let storage = flotilla_control::Storage::in_memory().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = flotilla_control::ControlConfig {
