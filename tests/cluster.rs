@@ -121,8 +121,9 @@ struct ConfigWrites {
     thread: std::thread::JoinHandle<(Vec<(u64, i64)>, Vec<String>)>,
 }
 
+/// A key of a scope no running service reads: the writes load the store, not the fleet.
 fn counter_key() -> ConfigKey {
-    ConfigKey::new("application", "default", "cluster_test_counter")
+    ConfigKey::new("cluster-test", "default", "counter")
 }
 
 impl ConfigWrites {
@@ -394,6 +395,10 @@ fn two_nats_nodes_stopped_for_20s_leave_reads_served_writes_refused_and_no_mass_
                 .iter()
                 .all(|r| r["status"] != "ready"),
             "every replica says it is degraded: {status}"
+        );
+        assert_eq!(
+            status["stale"], true,
+            "the list is the replica's view, marked stale: {status}"
         );
         // After the pause the fleet is whole again: every instance passing.
         let left = Duration::from_secs(20).saturating_sub(paused.elapsed());

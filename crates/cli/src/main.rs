@@ -251,6 +251,10 @@ enum Command {
         /// shares in cluster mode; without it, `telemetry.db` in the data dir.
         #[arg(long, env = "FLOTILLA_TRACES")]
         traces: Option<String>,
+        /// On NATS: when more than this share of the instances' leases run out within one TTL,
+        /// hold them a further TTL (Eureka's self-preservation); 0 to 1.
+        #[arg(long, env = "FLOTILLA_SELF_PRESERVATION", default_value = "0.5", value_parser = parse_share)]
+        self_preservation: f64,
     },
     /// Run the gateway: with a control plane, or standalone from a routes file.
     Gateway {
@@ -617,6 +621,13 @@ const SERVICES: &[flotilla::app::Entry] = &[
 
 fn parse_range(text: &str) -> Result<DurationRange, String> {
     text.parse()
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|share| (0.0..=1.0).contains(share))
+        .ok_or_else(|| format!("`{text}` is not a share from 0 to 1"))
 }
 
 fn parse_prefix(text: &str) -> Result<String, String> {
@@ -1152,6 +1163,7 @@ async fn run(cli: Cli) -> Result<()> {
             tls_listen,
             store,
             traces,
+            self_preservation,
         } => {
             let token = match std::env::var(flotilla_api::env::TOKEN) {
                 Ok(token) if !token.is_empty() => token,
@@ -1171,6 +1183,9 @@ async fn run(cli: Cli) -> Result<()> {
                 token,
                 store,
                 traces,
+                preservation: flotilla_control::registry::Preservation {
+                    share: self_preservation,
+                },
             };
             flotilla_control::process::run(listener, tls_listener, options, runtime::shutdown_signal()).await?;
         }

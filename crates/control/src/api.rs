@@ -48,9 +48,31 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .merge(crate::config::http::routes())
         .merge(crate::events::http::routes())
         .merge(crate::telemetry::http::routes())
-        .with_state(state);
-    with_problem_fallbacks(api).layer(axum::middleware::map_response(retry_after_unavailable))
+        .with_state(state.clone());
+    with_problem_fallbacks(api)
+        .layer(axum::middleware::map_response(retry_after_unavailable))
+        .layer(axum::middleware::from_fn_with_state(state, mark_stale))
 }
+
+/// While the store has no quorum every answer says it comes from the replica's watched view
+/// (`x-flotilla-stale: true`, Consul's `X-Consul-KnownLeader: false`): still right as of the
+/// last change the replica saw, but nothing newer can have been written.
+async fn mark_stale(
+    State(state): State<Arc<ControlState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if !state.has_quorum() {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(STALE_HEADER), HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Set on every answer of a replica whose store has no quorum.
+pub const STALE_HEADER: &str = "x-flotilla-stale";
 
 /// A 503 says when to try again: the store lost quorum, and any replica answers the same until
 /// it is back.

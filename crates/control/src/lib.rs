@@ -179,6 +179,11 @@ impl ControlState {
         }
     }
 
+    /// Whether the store takes writes now (always, when embedded).
+    pub fn has_quorum(&self) -> bool {
+        self.nats.as_ref().is_none_or(store::Nats::has_quorum)
+    }
+
     /// Whether the registry and config have caught up with the store (at once when embedded).
     pub fn synced(&self) -> bool {
         self.registry.synced() && self.config.synced()
@@ -308,12 +313,13 @@ impl Storage {
         keys_dir: &std::path::Path,
         traces: Option<&str>,
         registry: RegistryConfig,
+        preservation: registry::Preservation,
         config: StorageConfig,
     ) -> Result<Self, StorageError> {
         let nats = store::Nats::connect(spec).await?;
         let sealer = config::Sealer::from_file(&keys_dir.join("config.key")).map_err(config::ConfigError::from)?;
         Ok(Self {
-            registry: Some(Registry::on_nats(registry, &nats, registry::Preservation::default()).await?),
+            registry: Some(Registry::on_nats(registry, &nats, preservation).await?),
             config: ConfigStore::on_nats(&nats, sealer).await?,
             events: EventLog::on_nats(&spec.servers, config.events).await?,
             traces: match traces {

@@ -24,6 +24,9 @@ pub struct Options {
     pub store: crate::store::StoreSpec,
     /// Where spans are kept: a PostgreSQL URL (every replica's), else the data dir.
     pub traces: Option<String>,
+    /// On NATS: hold expiring leases when more than this share of the instances expire within
+    /// one TTL (Eureka's self-preservation).
+    pub preservation: crate::registry::Preservation,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -116,6 +119,7 @@ pub async fn run(
                 &data_dir,
                 options.traces.as_deref(),
                 options.registry,
+                options.preservation,
                 Default::default(),
             )
             .await

@@ -504,6 +504,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_name_is_every_address_it_resolves_to() {
+        let (b, _b) = replica("b").await;
+        let addresses = Replicas::resolved(&format!("http://localhost:{}", b.port())).await;
+        assert!(
+            addresses.contains(&format!("http://127.0.0.1:{}", b.port())),
+            "{addresses:?}"
+        );
+        // An address is itself: nothing to resolve.
+        assert!(Replicas::resolved(&format!("http://{b}")).await.is_empty());
+        // Given as a name, a replica that answers on one of its addresses is reached.
+        let http = HttpClient::new(Duration::from_secs(2)).failing_over(&format!("localhost:{}", b.port()));
+        let who: String = http
+            .get_json(&format!("http://localhost:{}/who", b.port()), None)
+            .await
+            .unwrap();
+        assert_eq!(who, "b");
+    }
+
+    #[tokio::test]
     async fn every_replica_refusing_is_the_last_error() {
         let (x, y) = (refused().await, refused().await);
         let http = HttpClient::new(Duration::from_secs(2)).failing_over(&format!("{x},{y}"));
