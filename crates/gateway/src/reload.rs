@@ -93,7 +93,7 @@ pub async fn follow_store(
         .start(Some(client), std::future::pending())?;
     live.ready(first_wait).await;
     let mut changes = live.watch();
-    let apply = move |applied: &flotilla::config::Applied<GatewayDocument>| match table_from(
+    let rebuild = move |applied: &flotilla::config::Applied<GatewayDocument>| match table_from(
         &applied.value,
         applied.revision,
         &upstreams,
@@ -108,6 +108,20 @@ pub async fn follow_store(
             );
         }
         Err(err) => tracing::error!(error = %err, "routes cannot be built; keeping the routes in force"),
+    };
+    // A revision of another key of the gateway's layers (`application`'s, say) leaves the
+    // routes as they are: the table in force, its breakers and pools, is kept.
+    let mut in_force: Option<Arc<GatewayDocument>> = None;
+    let mut apply = move |applied: &flotilla::config::Applied<GatewayDocument>| {
+        if in_force.as_ref() == Some(&applied.value) {
+            tracing::debug!(
+                revision = applied.revision,
+                "a config revision that leaves the routes as they are"
+            );
+            return;
+        }
+        in_force = Some(Arc::clone(&applied.value));
+        rebuild(applied)
     };
     let first = changes.borrow_and_update().clone();
     if first.revision == 0 {
