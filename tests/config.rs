@@ -76,6 +76,34 @@ fn the_gateway_follows_a_route_changed_in_the_store_without_a_failed_request() {
     }
     eprintln!("new route served {:?} after `config set` returned", set_at.elapsed());
 
+    // A revision of another key of the gateway's layers leaves its table alone: applied, but
+    // no route table built again (its breakers and pools are kept).
+    let tables = || system.output().matches("routes from the config store in force").count();
+    let before = tables();
+    let out = system.cli(&["config", "set", "greeting", "\"hello\"", "--scope", "application"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let revision = config_json(&system, &["get", "greeting", "--scope", "application"])["revision"]
+        .as_u64()
+        .unwrap();
+    support::wait_until(
+        "the gateway applied the unrelated revision",
+        Duration::from_secs(5),
+        || {
+            let applied = config_json(&system, &["applied", "--service", "gateway"]);
+            applied
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["revision"] == revision && g["status"] == "applied")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        tables(),
+        before,
+        "the route table was built again for a revision that left it as it was"
+    );
+
     // A revision the gateway cannot build (the CLI would refuse it, so straight to the API).
     let token = std::fs::read_to_string(system.data_dir().join("token")).unwrap();
     let broken = serde_json::json!({"value": [{"prefix": "/", "service": "catalog", "balance": "bogus"}]});
