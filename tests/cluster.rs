@@ -118,8 +118,11 @@ fn runtime() -> tokio::runtime::Runtime {
 /// client moves on when one does not answer); keeps what was acknowledged.
 struct ConfigWrites {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(Vec<(u64, i64)>, Vec<String>)>,
+    thread: std::thread::JoinHandle<Written>,
 }
+
+/// The (revision, value) of every acknowledged write, and why the others were refused.
+type Written = (Vec<(u64, i64)>, Vec<String>);
 
 /// A key of a scope no running service reads: the writes load the store, not the fleet.
 fn counter_key() -> ConfigKey {
@@ -154,7 +157,7 @@ impl ConfigWrites {
         Self { stop, thread }
     }
 
-    fn stop(self) -> (Vec<(u64, i64)>, Vec<String>) {
+    fn stop(self) -> Written {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().unwrap()
     }

@@ -105,7 +105,7 @@ enum Backend {
     /// A SQLite file (or memory) of this process.
     Sqlite(SqlitePool),
     /// A NATS JetStream stream every replica follows.
-    Nats(nats::Revisions),
+    Nats(Box<nats::Revisions>),
 }
 
 /// The config store. Share it behind an `Arc`; every method takes `&self`.
@@ -172,7 +172,7 @@ impl ConfigStore {
     /// NATS). Its cache is filled by [`ConfigStore::run_follow`].
     pub async fn on_nats(store: &crate::store::Nats, sealer: Sealer) -> Result<Self, ConfigError> {
         let revisions = nats::Revisions::open(store).await?;
-        Ok(Self::empty(Backend::Nats(revisions), sealer, 0))
+        Ok(Self::empty(Backend::Nats(Box::new(revisions)), sealer, 0))
     }
 
     fn empty(backend: Backend, sealer: Sealer, top: u64) -> Self {

@@ -117,7 +117,7 @@ enum Backend {
     /// In this process: leases expire by its own timer.
     Memory,
     /// In a replicated NATS key-value bucket, fed back by a watch.
-    Nats(nats::Leases),
+    Nats(Box<nats::Leases>),
 }
 
 /// The registry. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -174,7 +174,12 @@ impl Registry {
         preservation: Preservation,
     ) -> Result<Self, StoreError> {
         let leases = nats::Leases::open(store, config.ttl).await?;
-        Ok(Self::with_backend(config, 0, Backend::Nats(leases), preservation))
+        Ok(Self::with_backend(
+            config,
+            0,
+            Backend::Nats(Box::new(leases)),
+            preservation,
+        ))
     }
 
     fn with_backend(config: RegistryConfig, revision: u64, backend: Backend, preservation: Preservation) -> Self {

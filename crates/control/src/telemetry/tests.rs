@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::*;
-use crate::{ConfigStore, ControlConfig, ControlState, EventLog, RegistryConfig, Storage};
+use crate::{ControlConfig, ControlState, RegistryConfig, Storage};
 
 const TOKEN: &str = "trace-token";
 /// A fixed "now" for the tests that need one (2023-11-14), in nanoseconds.
