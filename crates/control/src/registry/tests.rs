@@ -135,29 +135,6 @@ async fn heartbeat_does_not_wake_watchers_but_changes_do() {
     assert!(r.deregister("a").await.is_err());
 }
 
-#[tokio::test]
-async fn services_are_counted_and_lists_filtered() {
-    let r = registry();
-    r.register(reg("catalog", "c1")).await.unwrap();
-    r.register(reg("catalog", "c2")).await.unwrap();
-    r.register(reg("orders", "o1")).await.unwrap();
-    let services = r.services();
-    assert_eq!(services.len(), 2);
-    assert_eq!((services[0].name.as_str(), services[0].instances), ("catalog", 2));
-    assert_eq!(r.list(Some("orders")).instances.len(), 1);
-}
-
-#[tokio::test]
-async fn invalid_registration_names_the_field() {
-    let r = registry();
-    let mut bad = reg("catalog", "a");
-    bad.address = "nowhere".into();
-    match r.register(bad).await {
-        Err(RegistryError::Invalid { field, .. }) => assert_eq!(field, "address"),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 #[test]
 fn config_needs_room_for_a_missed_heartbeat() {
     let c = RegistryConfig {

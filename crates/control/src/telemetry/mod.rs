@@ -521,16 +521,21 @@ impl TraceStore {
             return Ok(0);
         }
         let dialect = self.dialect();
-        // PostgreSQL refuses to touch a row twice in one statement: a span sent twice in one
-        // request is kept once (its last copy), as SQLite's replace does.
-        let mut unique: Vec<&Span> = Vec::with_capacity(spans.len());
-        let mut seen = std::collections::HashSet::new();
-        for span in spans.iter().rev() {
-            if seen.insert((&span.trace_id, &span.span_id)) {
-                unique.push(span);
+        // PostgreSQL refuses to touch a row twice in one statement: there a span sent twice in
+        // one request is kept once (its last copy), as SQLite's replace does by itself.
+        let unique: Vec<&Span> = match dialect {
+            Dialect::Sqlite => spans.iter().collect(),
+            Dialect::Postgres => {
+                let mut seen = std::collections::HashSet::new();
+                let mut last: Vec<&Span> = spans
+                    .iter()
+                    .rev()
+                    .filter(|span| seen.insert((&span.trace_id, &span.span_id)))
+                    .collect();
+                last.reverse();
+                last
             }
-        }
-        unique.reverse();
+        };
         let upsert = match dialect {
             Dialect::Sqlite => "",
             Dialect::Postgres => " ON CONFLICT (trace_id, span_id) DO UPDATE SET parent_span_id = EXCLUDED.parent_span_id, service = EXCLUDED.service, instance = EXCLUDED.instance, name = EXCLUDED.name, kind = EXCLUDED.kind, start_ns = EXCLUDED.start_ns, end_ns = EXCLUDED.end_ns, duration_ns = EXCLUDED.duration_ns, status = EXCLUDED.status, status_message = EXCLUDED.status_message, peer_service = EXCLUDED.peer_service, attributes = EXCLUDED.attributes, events = EXCLUDED.events, links = EXCLUDED.links RETURNING (xmax = 0) AS inserted",
@@ -738,25 +743,14 @@ impl TraceStore {
             let sql = self.dialect().sql(&format!(
                 "SELECT trace_id, service, name, parent_span_id IS NOT NULL AS child, start_ns, end_ns, status = 'error' AS failed FROM spans WHERE trace_id IN ({marks})"
             ));
+            // Columns by position: trace_id, service, name, child, start_ns, end_ns, failed.
             type Fields = (String, String, String, bool, i64, i64, bool);
             let rows: Vec<Fields> = reading!(&self.db, pool => {
-                let mut select = sqlx::query(&sql);
+                let mut select = sqlx::query_as::<_, Fields>(&sql);
                 for id in chunk {
                     select = select.bind(id);
                 }
-                let mut rows = Vec::new();
-                for row in select.fetch_all(pool).await? {
-                    rows.push((
-                        row.try_get("trace_id")?,
-                        row.try_get("service")?,
-                        row.try_get("name")?,
-                        row.try_get("child")?,
-                        row.try_get("start_ns")?,
-                        row.try_get("end_ns")?,
-                        row.try_get("failed")?,
-                    ));
-                }
-                rows
+                select.fetch_all(pool).await?
             });
             for (trace_id, service, name, child, start, end, failed) in rows {
                 let start = start.max(0) as u64;
@@ -848,21 +842,9 @@ impl TraceStore {
             greatest = dialect.greatest(),
         ));
         type Edge = (String, String, String, i64, i64, Option<i64>, Option<i64>);
-        let rows: Vec<Edge> = reading!(&self.db, pool => {
-            let mut rows = Vec::new();
-            for row in sqlx::query(&sql).bind(since).fetch_all(pool).await? {
-                rows.push((
-                    row.try_get("caller")?,
-                    row.try_get("callee")?,
-                    row.try_get("kind")?,
-                    row.try_get("calls")?,
-                    row.try_get("errors")?,
-                    row.try_get("p50")?,
-                    row.try_get("p99")?,
-                ));
-            }
-            rows
-        });
+        // Columns by position: caller, callee, kind, calls, errors, p50, p99.
+        let rows: Vec<Edge> =
+            reading!(&self.db, pool => sqlx::query_as::<_, Edge>(&sql).bind(since).fetch_all(pool).await?);
         let mut edges = Vec::with_capacity(rows.len());
         for (caller, callee, kind, calls, errors, p50, p99) in rows {
             let calls = calls.max(0) as u64;
