@@ -50,4 +50,8 @@ pub mod env {
     /// Where a process listens when no flag says (`ip:port`); services take a free loopback
     /// port without it, as they are found through the registry.
     pub const LISTEN: &str = "FLOTILLA_LISTEN";
+    /// The host (or `host:port`) others reach this process at, registered in place of the
+    /// listener's own address: a pod listens on `0.0.0.0` and is reached at its pod IP
+    /// (Consul's `advertise_addr`, Eureka's `ip-address`).
+    pub const ADVERTISE: &str = "FLOTILLA_ADVERTISE";
 }

@@ -262,12 +262,15 @@ pub struct Storage {
 
 /// How the stores that keep data by policy behave: the event log's groups and retention, the
 /// trace store's bounds. `Default` is what `flotilla control` runs with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StorageConfig {
     /// Consumer groups and retention of the event log.
     pub events: LogConfig,
     /// Bounds of the trace store.
     pub traces: TraceStoreConfig,
+    /// Where the keys are (`ca.key`, `ca.pem`, `config.key`) when not in the data dir: a
+    /// mounted Secret, so every replica and every restart signs and seals with the same ones.
+    pub keys_dir: Option<std::path::PathBuf>,
 }
 
 /// Why the control plane's storage could not be opened.
@@ -293,29 +296,33 @@ pub enum StorageError {
 impl Storage {
     /// All of it, in the data dir (`control.db`, `config.key`, `events.db`, `telemetry.db`,
     /// `ca.key`, `ca.pem`).
+    /// The keys come from `config.keys_dir` when given.
     pub async fn open(data_dir: &std::path::Path, config: StorageConfig) -> Result<Self, StorageError> {
+        let keys_dir = config.keys_dir.as_deref().unwrap_or(data_dir);
         Ok(Self {
-            config: ConfigStore::open(data_dir).await?,
+            config: ConfigStore::open_with_keys(data_dir, keys_dir).await?,
             events: EventLog::open(data_dir, config.events).await?,
             traces: TraceStore::open(data_dir, config.traces).await?,
-            authority: ca::Authority::load_or_create(data_dir)?,
+            authority: ca::Authority::load_or_create(keys_dir)?,
             registry: None,
             nats: None,
         })
     }
 
     /// The registry and config on the NATS cluster `spec`; the keys (the CA's, the config
-    /// sealing key) from `keys_dir`, where a cluster's Secret is mounted — they never reach
-    /// NATS. The event log on NATS JetStream streams; traces in the PostgreSQL database
-    /// `traces` names (shared by every replica), else in `data_dir` (this replica's own).
+    /// sealing key) from `config.keys_dir` (else `data_dir`), where a cluster's Secret is
+    /// mounted — they never reach NATS. The event log on NATS JetStream streams; traces in the
+    /// PostgreSQL database `traces` names (shared by every replica), else in `data_dir` (this
+    /// replica's own).
     pub async fn on_nats(
         spec: &store::NatsSpec,
-        keys_dir: &std::path::Path,
+        data_dir: &std::path::Path,
         traces: Option<&str>,
         registry: RegistryConfig,
         preservation: registry::Preservation,
         config: StorageConfig,
     ) -> Result<Self, StorageError> {
+        let keys_dir = config.keys_dir.as_deref().unwrap_or(data_dir);
         let nats = store::Nats::connect(spec).await?;
         let sealer = config::Sealer::from_file(&keys_dir.join("config.key")).map_err(config::ConfigError::from)?;
         Ok(Self {
@@ -324,7 +331,7 @@ impl Storage {
             events: EventLog::on_nats(&spec.servers, config.events).await?,
             traces: match traces {
                 Some(url) => TraceStore::on_postgres(url, config.traces).await?,
-                None => TraceStore::open(keys_dir, config.traces).await?,
+                None => TraceStore::open(data_dir, config.traces).await?,
             },
             authority: ca::Authority::load_or_create(keys_dir)?,
             nats: Some(nats),

@@ -27,6 +27,8 @@ pub struct Options {
     /// On NATS: hold expiring leases when more than this share of the instances expire within
     /// one TTL (Eureka's self-preservation).
     pub preservation: crate::registry::Preservation,
+    /// Where the keys are (`ca.key`, `ca.pem`, `config.key`) when not in the data dir.
+    pub keys_dir: Option<PathBuf>,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -102,11 +104,15 @@ pub async fn run(
         token: options.token,
         warm_up,
     };
+    let storage_config = crate::StorageConfig {
+        keys_dir: options.keys_dir.clone(),
+        ..Default::default()
+    };
     let storage = match &options.store {
         crate::store::StoreSpec::Embedded => match &options.traces {
-            None => Storage::open(&data_dir, Default::default()).await,
+            None => Storage::open(&data_dir, storage_config).await,
             Some(url) => match TraceStore::on_postgres(url, Default::default()).await {
-                Ok(traces) => Storage::open(&data_dir, Default::default())
+                Ok(traces) => Storage::open(&data_dir, storage_config)
                     .await
                     .map(|storage| Storage { traces, ..storage }),
                 Err(e) => Err(e.into()),
@@ -120,7 +126,7 @@ pub async fn run(
                 options.traces.as_deref(),
                 options.registry,
                 options.preservation,
-                Default::default(),
+                storage_config,
             )
             .await
         }

@@ -253,6 +253,11 @@ impl Gateway {
             ));
         }
         match path {
+            // `/health/*` as every other Flotilla process names them, for probes.
+            "/health/ready" | "/health/live" => {
+                let path = path.replacen("/health/", "/-/", 1);
+                self.admin(method, &path, whole)
+            }
             "/-/ready" if self.is_ready() && !whole => {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
             }

@@ -155,7 +155,7 @@ async fn serve(
         let client = RegistryClient::new(control, env.token.clone());
         let metadata = [
             (meta::METRICS_PATH.to_owned(), "/-/metrics".to_owned()),
-            (meta::METRICS_ADDRESS.to_owned(), admin_addr.to_string()),
+            (meta::METRICS_ADDRESS.to_owned(), env.advertised_host(admin_addr)),
         ]
         .into();
         let registration = runtime::registration("gateway", env!("CARGO_PKG_VERSION"), addr, &env, metadata);

@@ -160,12 +160,18 @@ impl ConfigStore {
     /// The store in `data_dir/control.db`, its secrets key in `data_dir/config.key`. Every
     /// write is synced before it is acknowledged (WAL, `synchronous = FULL`).
     pub async fn open(data_dir: &Path) -> Result<Self, ConfigError> {
+        Self::open_with_keys(data_dir, data_dir).await
+    }
+
+    /// The store in `data_dir/control.db`, its secrets key in `keys_dir/config.key` (where a
+    /// Secret is mounted, read-only, on Kubernetes).
+    pub async fn open_with_keys(data_dir: &Path, keys_dir: &Path) -> Result<Self, ConfigError> {
         std::fs::create_dir_all(data_dir).map_err(|source| SecretError::KeyFile {
             path: data_dir.display().to_string(),
             source,
         })?;
         let pool = crate::sqlite(Some(&data_dir.join("control.db")), SCHEMA).await?;
-        Self::with(pool, Sealer::from_file(&data_dir.join("config.key"))?).await
+        Self::with(pool, Sealer::from_file(&keys_dir.join("config.key"))?).await
     }
 
     /// A store on NATS JetStream, secrets sealed with `sealer` (whose key never reaches

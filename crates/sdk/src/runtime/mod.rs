@@ -46,11 +46,13 @@ pub struct ServiceEnv {
     pub zone: Option<String>,
     /// Where events go: a `nats://` URL selects NATS JetStream; none, the control plane's log.
     pub events: Option<String>,
+    /// The host (or `host:port`) registered in place of the listener's address.
+    pub advertise: Option<String>,
 }
 
 impl ServiceEnv {
     /// Reads `FLOTILLA_CONTROL_ADDR`, `FLOTILLA_TOKEN`, `FLOTILLA_DATA_DIR`, `FLOTILLA_INSTANCE`,
-    /// `FLOTILLA_ZONE` and `FLOTILLA_EVENTS`.
+    /// `FLOTILLA_ZONE`, `FLOTILLA_EVENTS` and `FLOTILLA_ADVERTISE`.
     pub fn from_env() -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Self {
@@ -62,6 +64,41 @@ impl ServiceEnv {
             instance_name: var(env::INSTANCE),
             zone: var(env::ZONE),
             events: var(env::EVENTS),
+            advertise: var(env::ADVERTISE),
+        }
+    }
+
+    /// The address others reach a second listener on `addr` at (an admin port): the
+    /// advertised host, the listener's own port.
+    pub fn advertised_host(&self, addr: SocketAddr) -> String {
+        match self.advertise.as_deref() {
+            Some(given) => Self {
+                advertise: Some(host_of(given).to_owned()),
+                ..Self::default()
+            }
+            .advertised(addr),
+            None => addr.to_string(),
+        }
+    }
+
+    /// The address others reach a listener on `addr` at: `addr` itself, unless
+    /// `FLOTILLA_ADVERTISE` names a host (the listener's port kept) or a `host:port`.
+    pub fn advertised(&self, addr: SocketAddr) -> String {
+        match self.advertise.as_deref().map(str::trim) {
+            None | Some("") => addr.to_string(),
+            Some(given) => {
+                if given.parse::<SocketAddr>().is_ok() {
+                    return given.to_owned();
+                }
+                match given.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, addr.port()).to_string(),
+                    // A name: `host:port` when it ends in a port, else the name with ours.
+                    Err(_) => match given.rsplit_once(':') {
+                        Some((_, port)) if port.parse::<u16>().is_ok() => given.to_owned(),
+                        _ => format!("{given}:{}", addr.port()),
+                    },
+                }
+            }
         }
     }
 }
@@ -269,7 +306,7 @@ impl Service {
             .map_err(RuntimeError::Listener)?;
             let admin_addr = admin.local_addr().map_err(RuntimeError::Listener)?;
             self.metadata
-                .insert(meta::METRICS_ADDRESS.to_owned(), admin_addr.to_string());
+                .insert(meta::METRICS_ADDRESS.to_owned(), self.env.advertised_host(admin_addr));
             self.metadata.insert(meta::TLS.to_owned(), meta::TLS_MUTUAL.to_owned());
             let admin_app = with_problem_fallbacks(health_routes(health.clone()));
             tokio::spawn(crate::http::serve(admin, admin_app, None, drained.clone()));
@@ -306,6 +343,17 @@ impl Service {
         }
         tracing::info!(service = %self.name, "stopped");
         Ok(())
+    }
+}
+
+/// The host of an advertised `host[:port]` (a bare IPv6 address is a host).
+pub fn host_of(advertise: &str) -> &str {
+    if advertise.parse::<std::net::IpAddr>().is_ok() {
+        return advertise;
+    }
+    match advertise.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host.trim_start_matches('[').trim_end_matches(']'),
+        _ => advertise,
     }
 }
 
@@ -688,7 +736,7 @@ pub fn registration(
     Registration {
         service: service.to_owned(),
         instance_id: format!("{stem}-{}", &suffix[..8]),
-        address: addr.to_string(),
+        address: env.advertised(addr),
         version: version.to_owned(),
         metadata,
     }
@@ -794,6 +842,28 @@ pub async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_advertised_address_replaces_an_unspecified_listener() {
+        let at = |advertise: Option<&str>| ServiceEnv {
+            advertise: advertise.map(str::to_owned),
+            ..ServiceEnv::default()
+        };
+        let addr: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        let admin: SocketAddr = "0.0.0.0:9000".parse().unwrap();
+        assert_eq!(at(None).advertised(addr), "0.0.0.0:8000");
+        assert_eq!(at(Some("10.1.2.3")).advertised(addr), "10.1.2.3:8000");
+        assert_eq!(at(Some("10.1.2.3:18000")).advertised(addr), "10.1.2.3:18000");
+        assert_eq!(at(Some("catalog-0.catalog")).advertised(addr), "catalog-0.catalog:8000");
+        assert_eq!(
+            at(Some("catalog-0.catalog:81")).advertised(addr),
+            "catalog-0.catalog:81"
+        );
+        assert_eq!(at(Some("fd00::7")).advertised(addr), "[fd00::7]:8000");
+        assert_eq!(at(Some("10.1.2.3:18000")).advertised_host(admin), "10.1.2.3:9000");
+        assert_eq!(at(Some("[fd00::7]:81")).advertised_host(admin), "[fd00::7]:9000");
+        assert_eq!(at(None).advertised_host(admin), "0.0.0.0:9000");
+    }
+
     use std::time::Duration;
 
     use axum::body::Body;
