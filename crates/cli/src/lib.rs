@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod config_command;
 pub mod events_command;
+pub mod kube;
 pub mod local_time;
 pub mod logs;
 pub mod manifest;

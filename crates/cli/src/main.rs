@@ -224,6 +224,29 @@ enum Command {
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
     },
+    /// Kubernetes: `init` writes what a deployment needs and must not check in (keys, token,
+    /// credentials, database URLs) as a kustomization the overlays include.
+    Kube {
+        #[command(subcommand)]
+        action: KubeAction,
+    },
+    /// Put into a control plane what the manifest declares, as `up` does for a new data dir:
+    /// the routes file as the gateway's routes, each service's secrets and OAuth client, the
+    /// callers its `calls` grant. What exists is kept, so it can run again (a Kubernetes Job).
+    Seed {
+        /// The system manifest (its routes file beside it).
+        #[arg(long, env = "FLOTILLA_MANIFEST", default_value = "flotilla.toml")]
+        manifest: PathBuf,
+        /// The control plane's operator address (unless given: the running `up`'s).
+        #[arg(long, env = "FLOTILLA_CONTROL_ADDR")]
+        control_addr: Option<String>,
+        /// The data dir holding the operator's token, when `FLOTILLA_TOKEN` does not give it.
+        #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+        data_dir: PathBuf,
+        /// How long to wait for the control plane to be ready.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
     /// Run the control plane (the registry and the config store).
     Control {
         /// Where to listen.
@@ -255,6 +278,10 @@ enum Command {
         /// hold them a further TTL (Eureka's self-preservation); 0 to 1.
         #[arg(long, env = "FLOTILLA_SELF_PRESERVATION", default_value = "0.5", value_parser = parse_share)]
         self_preservation: f64,
+        /// Where the keys are read from (`ca.key`, `ca.pem`, `config.key`) instead of the data
+        /// dir: a mounted Secret every replica shares (`flotilla kube secrets` makes one).
+        #[arg(long, env = "FLOTILLA_KEYS_DIR")]
+        keys_dir: Option<PathBuf>,
     },
     /// Run the gateway: with a control plane, or standalone from a routes file.
     Gateway {
@@ -296,6 +323,25 @@ enum Command {
         /// Where to listen (default: a free port on 127.0.0.1).
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+}
+
+/// What `flotilla kube` does.
+#[derive(Subcommand)]
+enum KubeAction {
+    /// Write (or complete) the generated kustomization: keys kept, credentials and the
+    /// manifest copy refreshed.
+    Init {
+        /// Where to write.
+        #[arg(long, default_value = "deploy/kubernetes/generated")]
+        out: PathBuf,
+        /// The system manifest.
+        #[arg(long, default_value = "flotilla.toml")]
+        manifest: PathBuf,
+        /// The PostgreSQL server of the `cluster` overlay (`postgres://user:password@host:5432`);
+        /// the demo StatefulSet's unless given.
+        #[arg(long)]
+        postgres: Option<String>,
     },
 }
 
@@ -1133,6 +1179,64 @@ async fn run(cli: Cli) -> Result<()> {
                 print!("{}", traces::deps::draw(&graph, lookback, style::stdout_wants_color()));
             }
         }
+        Command::Kube {
+            action:
+                KubeAction::Init {
+                    out,
+                    manifest,
+                    postgres,
+                },
+        } => {
+            let manifest = flotilla_cli::manifest::Manifest::load(
+                &manifest,
+                &std::env::current_exe().context("finding this program's path")?,
+            )?;
+            for line in flotilla_cli::kube::init(&flotilla_cli::kube::Init {
+                out,
+                manifest,
+                postgres,
+            })? {
+                println!("{line}");
+            }
+        }
+        Command::Seed {
+            manifest,
+            control_addr,
+            data_dir,
+            wait,
+        } => {
+            let manifest = flotilla_cli::manifest::Manifest::load(
+                &manifest,
+                &std::env::current_exe().context("finding this program's path")?,
+            )?;
+            let token = match std::env::var(flotilla_api::env::TOKEN) {
+                Ok(token) if !token.is_empty() => token,
+                _ => token::read(&data_dir)
+                    .with_context(|| format!("reading the operator's token in {}", data_dir.display()))?
+                    .with_context(|| format!("no FLOTILLA_TOKEN and no token in {}", data_dir.display()))?,
+            };
+            let control = running::control(control_addr, &data_dir).addr;
+            let http = flotilla::http::HttpClient::new(Duration::from_secs(2)).failing_over(&control);
+            let ready_url = format!("{}/health/ready", flotilla::http::base_url(&control));
+            let started = std::time::Instant::now();
+            loop {
+                let ready = http
+                    .send_raw::<()>(http::Method::GET, &ready_url, None, None, None)
+                    .await;
+                if ready.is_ok() {
+                    break;
+                }
+                anyhow::ensure!(
+                    started.elapsed() < wait,
+                    "the control plane at {control} was not ready within {wait:?}"
+                );
+                eprintln!("waiting for the control plane at {control}…");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            for line in supervisor::seeds::everything(&control, &token, &manifest).await? {
+                println!("{line}");
+            }
+        }
         Command::Credential {
             service,
             instance,
@@ -1164,6 +1268,7 @@ async fn run(cli: Cli) -> Result<()> {
             store,
             traces,
             self_preservation,
+            keys_dir,
         } => {
             let token = match std::env::var(flotilla_api::env::TOKEN) {
                 Ok(token) if !token.is_empty() => token,
@@ -1186,6 +1291,7 @@ async fn run(cli: Cli) -> Result<()> {
                 preservation: flotilla_control::registry::Preservation {
                     share: self_preservation,
                 },
+                keys_dir,
             };
             flotilla_control::process::run(listener, tls_listener, options, runtime::shutdown_signal()).await?;
         }

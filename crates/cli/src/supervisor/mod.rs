@@ -10,7 +10,7 @@ mod fleet;
 mod follow;
 mod output;
 mod process;
-mod seeds;
+pub mod seeds;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

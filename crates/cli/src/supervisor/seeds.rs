@@ -10,7 +10,36 @@ use flotilla::config::{ConfigClient, ConfigClientError, Write};
 use rand::Rng;
 
 use super::UpError;
-use crate::manifest::{OauthClient, ServiceEntry};
+use crate::manifest::{Manifest, OauthClient, ServiceEntry};
+
+/// What `up` puts into a new store before anything starts, for a system `up` does not run
+/// (a Kubernetes Job, `flotilla seed`): the routes file as the gateway's routes (unless the
+/// store has routes), what each service declared (unless it exists), and the callers the
+/// manifest's `calls` grant. Safe to repeat; returns what it did, line by line.
+pub async fn everything(control: &str, token: &str, manifest: &Manifest) -> Result<Vec<String>, UpError> {
+    let mut said = Vec::new();
+    if let Some(path) = &manifest.gateway.routes {
+        let routes = flotilla_gateway::routes::RouteTable::file_to_json(&flotilla::config::TomlFile::read(path)?)?;
+        said.push(super::seed(control, token, routes, path).await?);
+    }
+    for service in &manifest.services {
+        for made in declared(control, token, service).await {
+            said.extend(made?);
+        }
+    }
+    super::follow::grant_callers(control, token, manifest).await?;
+    said.push(format!(
+        "callers granted by the manifest's `calls`: {}",
+        manifest
+            .services
+            .iter()
+            .filter(|s| !s.calls.is_empty())
+            .map(|s| format!("{} → {}", s.name, s.calls.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    Ok(said)
+}
 
 fn write(comment: String, expect: Option<u64>) -> Write {
     Write {
