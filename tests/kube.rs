@@ -394,11 +394,11 @@ fn the_single_overlay_runs_the_shop_from_sign_up_to_a_confirmed_order() {
     assert!(!logs.contains("0.0.0.0:8000\",\"registered"), "{logs}");
 }
 
-/// The rehearsal is a test that can fail: a wrong probe path, an unknown flag and a missing
-/// variable each make it fail, naming what is wrong.
+/// The rehearsal is a test that can fail: a wrong probe path, an unknown flag, a port the
+/// process does not listen on and a missing variable each make it fail, naming what is wrong.
 #[test]
-fn the_rehearsal_fails_a_wrong_probe_path_an_unknown_flag_and_a_missing_variable() {
-    let cases: [(&str, fn(&mut Rendered)); 3] = [
+fn the_rehearsal_fails_a_wrong_probe_path_an_unknown_flag_a_wrong_port_and_a_missing_variable() {
+    let cases: [(&str, fn(&mut Rendered)); 4] = [
         ("probe path", |r| {
             let container = &mut r.get_mut("Deployment", "catalog")["spec"]["template"]["spec"]["containers"][0];
             container["readinessProbe"]["httpGet"]["path"] = json!("/healthz");
@@ -409,6 +409,12 @@ fn the_rehearsal_fails_a_wrong_probe_path_an_unknown_flag_and_a_missing_variable
                 .as_array_mut()
                 .unwrap()
                 .push(json!("--drain-timeout=5s"));
+        }),
+        ("wrong port", |r| {
+            // The probes and the port list say 9100; the process still listens where its
+            // variable says (9000).
+            let container = &mut r.get_mut("Deployment", "payments")["spec"]["template"]["spec"]["containers"][0];
+            container["ports"][1]["containerPort"] = json!(9100);
         }),
         ("missing variable", |r| {
             // Without it the admin listener takes a loopback port of its own: the declared
@@ -448,8 +454,13 @@ fn the_rehearsal_fails_a_wrong_probe_path_an_unknown_flag_and_a_missing_variable
         failures[1]
     );
     assert!(
-        failures[2].contains("inventory") && failures[2].contains("on port 9000"),
+        failures[2].contains("payments") && failures[2].contains("on port 9100"),
         "{}",
         failures[2]
+    );
+    assert!(
+        failures[3].contains("inventory") && failures[3].contains("on port 9000"),
+        "{}",
+        failures[3]
     );
 }

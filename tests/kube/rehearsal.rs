@@ -297,6 +297,13 @@ impl Rehearsal {
                 text = replace_address(&text, &format!("{host}:{declared}"), &format!("127.0.0.1:{local}"));
             }
         }
+        // A port the container does not declare: in a pod it would be bound but unreachable;
+        // here it gets a free port nobody looks at (never the machine's fixed ones).
+        while let Some(at) = text.find("0.0.0.0:") {
+            let digits = text[at + 8..].chars().take_while(char::is_ascii_digit).count();
+            let free = free_addr().port();
+            text.replace_range(at..at + 8 + digits, &format!("127.0.0.1:{free}"));
+        }
         for (name, ports) in &self.services {
             for (port, (target, local)) in ports {
                 let pod_name = &self.pods[*target].name;
