@@ -19,6 +19,8 @@
 //! env = { RUST_LOG = "info", DATABASE_URL = "postgres://db/catalog" }  # default: SQLite in the data dir
 //! calls = ["inventory"]             # let it call inventory over mTLS (an operator's grant)
 //! mtls = false                      # a program without the SDK: plain HTTP (examples/python)
+//! resources = { cpu = "100m", memory = "64Mi" }  # an instance's request (Kubernetes quantities)
+//! autoscale = { min = 1, max = 4, target_cpu = 70 }  # HPA-style, applied by `up` itself
 //! ```
 
 use std::collections::BTreeMap;
@@ -83,6 +85,48 @@ struct RawService {
     #[serde(default)]
     calls: Vec<Spanned<String>>,
     mtls: Option<bool>,
+    resources: Option<RawResources>,
+    autoscale: Option<Spanned<RawAutoscale>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    cpu: Option<Spanned<RawQuantity>>,
+    memory: Option<Spanned<RawQuantity>>,
+    cpu_limit: Option<Spanned<RawQuantity>>,
+    memory_limit: Option<Spanned<RawQuantity>>,
+}
+
+/// A quantity as written: Kubernetes' syntax in a string (`"250m"`, `"64Mi"`), or a bare
+/// number (`cpu = 1`), as YAML allows.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawQuantity {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+}
+
+impl RawQuantity {
+    fn text(&self) -> String {
+        match self {
+            RawQuantity::Text(text) => text.clone(),
+            RawQuantity::Integer(n) => n.to_string(),
+            RawQuantity::Float(f) => f.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAutoscale {
+    min: Option<Spanned<i64>>,
+    max: Spanned<i64>,
+    target_cpu: Option<Spanned<i64>>,
+    target_inflight: Option<Spanned<f64>>,
+    scale_down_window: Option<Spanned<String>>,
+    period: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,7 +195,78 @@ pub struct ServiceEntry {
     /// Whether it speaks mTLS (the default under `up`); `false` for a program written without
     /// the SDK, which gets the control plane's plain address and is declared plain to it.
     pub mtls: bool,
+    /// What one instance asks for: the base of CPU utilization under `up`, and the pod's
+    /// `resources` on Kubernetes.
+    pub resources: Resources,
+    /// How `up` (and a Kubernetes HPA, with the same numbers) scales it; `None`: a fixed
+    /// count, `instances`.
+    pub autoscale: Option<Autoscale>,
 }
+
+/// An instance's CPU and memory request and optional limits, as Kubernetes takes them: the
+/// autoscaler's utilization is CPU used over the CPU request, as the HPA's is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// The CPU request, in millicores (`"250m"` is 250, `"1"` is 1000).
+    pub cpu_millis: u64,
+    /// The memory request, in bytes.
+    pub memory_bytes: u64,
+    /// The CPU limit, in millicores, when one is set.
+    pub cpu_limit_millis: Option<u64>,
+    /// The memory limit, in bytes, when one is set.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+impl Default for Resources {
+    /// 100m and 64Mi: a small service's request, when the manifest names none.
+    fn default() -> Self {
+        Self {
+            cpu_millis: DEFAULT_CPU_MILLIS,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            cpu_limit_millis: None,
+            memory_limit_bytes: None,
+        }
+    }
+}
+
+/// The CPU request of an instance whose entry names none (100m).
+pub const DEFAULT_CPU_MILLIS: u64 = 100;
+/// The memory request of an instance whose entry names none (64Mi).
+pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
+
+/// A service's autoscaling: the numbers of a Kubernetes `HorizontalPodAutoscaler`
+/// (`autoscaling/v2`), which `up` applies itself with the HPA's algorithm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Autoscale {
+    /// The fewest instances (`minReplicas`), at least 1.
+    pub min: u32,
+    /// The most instances (`maxReplicas`), at most [`MAX_INSTANCES`].
+    pub max: u32,
+    /// Average CPU use as a percentage of the CPU request (`averageUtilization`).
+    pub target_cpu: Option<u32>,
+    /// Average in-flight requests per instance (a `Pods` metric's `averageValue`, on
+    /// `flotilla_http_server_active_requests`).
+    pub target_inflight: Option<f64>,
+    /// A scale-down goes only as low as the highest recommendation within this window
+    /// (`behavior.scaleDown.stabilizationWindowSeconds`), so a dip does not drop instances
+    /// that a moment later are needed again.
+    pub scale_down_window: Duration,
+    /// How often `up` measures and decides (the HPA controller's sync period, which on
+    /// Kubernetes is the cluster's, not the object's).
+    pub period: Duration,
+}
+
+// `target_inflight` is finite and above zero once parsed: never NaN, so equality is total.
+impl Eq for Autoscale {}
+
+/// The HPA's default scale-down stabilization window.
+pub const DEFAULT_SCALE_DOWN_WINDOW: Duration = Duration::from_secs(300);
+/// The HPA controller's default sync period.
+pub const DEFAULT_AUTOSCALE_PERIOD: Duration = Duration::from_secs(15);
+/// The HPA's largest stabilization window.
+const MAX_SCALE_DOWN_WINDOW: Duration = Duration::from_secs(3600);
+/// Below this the CPU clock's 10 ms ticks are too coarse to measure a small request by.
+const MIN_AUTOSCALE_PERIOD: Duration = Duration::from_secs(1);
 
 /// An OAuth 2.0 client a service needs (client credentials): `up` makes a random secret and
 /// writes it where the provider checks it (`<provider>/clients`, an array of
@@ -307,7 +422,7 @@ impl Manifest {
             flotilla_api::registry::validate_service_name(name.get_ref())
                 .map_err(|reason| file.error_at(name.span(), format!("services.{}: {reason}", name.get_ref())))?;
             let key = format!("services.{}", name.get_ref());
-            let instances = match &service.instances {
+            let mut instances = match &service.instances {
                 None => 1,
                 Some(n) if (0..=i64::from(MAX_INSTANCES)).contains(n.get_ref()) => *n.get_ref() as u32,
                 Some(n) => {
@@ -362,6 +477,18 @@ impl Manifest {
                 }
                 calls.push(callee.get_ref().clone());
             }
+            let resources = match &service.resources {
+                Some(raw) => resources(file, raw, &key)?,
+                None => Resources::default(),
+            };
+            let autoscale = match &service.autoscale {
+                Some(raw) => Some(autoscale(file, raw, &key)?),
+                None => None,
+            };
+            if let Some(autoscale) = &autoscale {
+                // `instances` is where an autoscaled service starts.
+                instances = instances.clamp(autoscale.min, autoscale.max);
+            }
             services.push(ServiceEntry {
                 name: name.into_inner(),
                 program,
@@ -370,6 +497,8 @@ impl Manifest {
                 oauth_client,
                 calls,
                 mtls: service.mtls.unwrap_or(true),
+                resources,
+                autoscale,
             });
         }
         Ok(Self {
@@ -490,6 +619,275 @@ fn duration(
             )),
         },
     }
+}
+
+/// `resources`: requests (defaulted) and limits, each a Kubernetes quantity; a limit below its
+/// request is refused, as the API server would.
+fn resources(file: &TomlFile, raw: &RawResources, key: &str) -> Result<Resources, FileError> {
+    let cpu = |value: &Option<Spanned<RawQuantity>>, name: &str| match value {
+        Some(text) => parse_cpu(&text.get_ref().text())
+            .map(Some)
+            .map_err(|e| file.error_at(text.span(), format!("{key}.resources.{name}: {e}"))),
+        None => Ok(None),
+    };
+    let memory = |value: &Option<Spanned<RawQuantity>>, name: &str| match value {
+        Some(text) => parse_memory(&text.get_ref().text())
+            .map(Some)
+            .map_err(|e| file.error_at(text.span(), format!("{key}.resources.{name}: {e}"))),
+        None => Ok(None),
+    };
+    let resources = Resources {
+        cpu_millis: cpu(&raw.cpu, "cpu")?.unwrap_or(DEFAULT_CPU_MILLIS),
+        memory_bytes: memory(&raw.memory, "memory")?.unwrap_or(DEFAULT_MEMORY_BYTES),
+        cpu_limit_millis: cpu(&raw.cpu_limit, "cpu_limit")?,
+        memory_limit_bytes: memory(&raw.memory_limit, "memory_limit")?,
+    };
+    if let (Some(limit), Some(span)) = (resources.cpu_limit_millis, raw.cpu_limit.as_ref().map(Spanned::span)) {
+        if limit < resources.cpu_millis {
+            return Err(file.error_at(
+                span,
+                format!(
+                    "{key}.resources.cpu_limit: {} is below the request, {}",
+                    cpu_quantity(limit),
+                    cpu_quantity(resources.cpu_millis)
+                ),
+            ));
+        }
+    }
+    if let (Some(limit), Some(span)) = (
+        resources.memory_limit_bytes,
+        raw.memory_limit.as_ref().map(Spanned::span),
+    ) {
+        if limit < resources.memory_bytes {
+            return Err(file.error_at(
+                span,
+                format!(
+                    "{key}.resources.memory_limit: {} is below the request, {}",
+                    memory_quantity(limit),
+                    memory_quantity(resources.memory_bytes)
+                ),
+            ));
+        }
+    }
+    Ok(resources)
+}
+
+/// `autoscale`: the HPA's bounds (1 ≤ min ≤ max ≤ [`MAX_INSTANCES`]), at least one target,
+/// the scale-down window (0 to 1 h, as the HPA takes it) and the period.
+fn autoscale(file: &TomlFile, raw: &Spanned<RawAutoscale>, key: &str) -> Result<Autoscale, FileError> {
+    let key = format!("{key}.autoscale");
+    let value = raw.get_ref();
+    let min = match &value.min {
+        None => 1,
+        Some(n) if (1..=i64::from(MAX_INSTANCES)).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            return Err(file.error_at(
+                n.span(),
+                format!("{key}.min: {} is out of range (1 to {MAX_INSTANCES})", n.get_ref()),
+            ))
+        }
+    };
+    let max = match *value.max.get_ref() {
+        n if (i64::from(min)..=i64::from(MAX_INSTANCES)).contains(&n) => n as u32,
+        n => {
+            return Err(file.error_at(
+                value.max.span(),
+                format!("{key}.max: {n} is out of range ({min}, the min, to {MAX_INSTANCES})"),
+            ))
+        }
+    };
+    let target_cpu = match &value.target_cpu {
+        None => None,
+        Some(n) if (1..=1000).contains(n.get_ref()) => Some(*n.get_ref() as u32),
+        Some(n) => {
+            return Err(file.error_at(
+                n.span(),
+                format!(
+                    "{key}.target_cpu: {} is out of range (1 to 1000, percent of the CPU request)",
+                    n.get_ref()
+                ),
+            ))
+        }
+    };
+    let target_inflight = match &value.target_inflight {
+        None => None,
+        Some(n) if n.get_ref().is_finite() && *n.get_ref() > 0.0 => Some(*n.get_ref()),
+        Some(n) => {
+            return Err(file.error_at(
+                n.span(),
+                format!(
+                    "{key}.target_inflight: {} is not a number of requests above zero",
+                    n.get_ref()
+                ),
+            ))
+        }
+    };
+    if target_cpu.is_none() && target_inflight.is_none() {
+        return Err(file.error_at(
+            raw.span(),
+            format!("{key}: needs a target, `target_cpu` (percent of the CPU request) or `target_inflight` (requests per instance)"),
+        ));
+    }
+    let scale_down_window = match &value.scale_down_window {
+        None => DEFAULT_SCALE_DOWN_WINDOW,
+        Some(text) => match humantime::parse_duration(text.get_ref()) {
+            Ok(d) if d <= MAX_SCALE_DOWN_WINDOW => d,
+            Ok(_) => {
+                return Err(file.error_at(
+                    text.span(),
+                    format!("{key}.scale_down_window: at most 1h, as the HPA takes it"),
+                ))
+            }
+            Err(e) => {
+                return Err(file.error_at(
+                    text.span(),
+                    format!(
+                        "{key}.scale_down_window: `{}` is not a duration like `300s` ({e})",
+                        text.get_ref()
+                    ),
+                ))
+            }
+        },
+    };
+    let period = duration(
+        file,
+        value.period.as_ref(),
+        DEFAULT_AUTOSCALE_PERIOD,
+        &format!("{key}.period"),
+    )?;
+    if period < MIN_AUTOSCALE_PERIOD {
+        let span = value.period.as_ref().map(Spanned::span).unwrap_or_else(|| raw.span());
+        return Err(file.error_at(
+            span,
+            format!("{key}.period: at least 1s, or CPU is measured too coarsely"),
+        ));
+    }
+    Ok(Autoscale {
+        min,
+        max,
+        target_cpu,
+        target_inflight,
+        scale_down_window,
+        period,
+    })
+}
+
+/// Why a Kubernetes quantity was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    /// It is not a number with an optional suffix.
+    #[error("`{0}` is not a quantity like {1}")]
+    Syntax(String, &'static str),
+    /// Its suffix is not one Kubernetes knows for this resource.
+    #[error("`{0}`: unknown suffix `{1}` (use {2})")]
+    Suffix(String, String, &'static str),
+    /// It is zero, or finer than the unit (1m of CPU, 1 byte).
+    #[error("`{0}` is {1}")]
+    Precision(String, &'static str),
+    /// It does not fit.
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+}
+
+const CPU_EXAMPLES: &str = "\"250m\", \"0.5\" or \"1\"";
+const MEMORY_EXAMPLES: &str = "\"64Mi\", \"1Gi\" or \"500M\"";
+
+/// A CPU quantity (`"250m"`, `"0.5"`, `"2"`) in millicores, above zero.
+pub fn parse_cpu(text: &str) -> Result<u64, QuantityError> {
+    let (number, suffix) = split_quantity(text, CPU_EXAMPLES)?;
+    // CPU takes the decimal suffixes; `m` is the usual one.
+    let scale: (u128, u128) = match suffix {
+        "m" => (1, 1),
+        "" => (1000, 1),
+        "k" => (1_000_000, 1),
+        other => {
+            return Err(QuantityError::Suffix(
+                text.to_owned(),
+                other.to_owned(),
+                "`m` for millicores, or none for cores",
+            ))
+        }
+    };
+    scaled(text, number, scale, "finer than 1m, or zero")
+}
+
+/// A memory quantity (`"64Mi"`, `"1Gi"`, `"500M"`, `"1048576"`) in bytes, above zero.
+pub fn parse_memory(text: &str) -> Result<u64, QuantityError> {
+    let (number, suffix) = split_quantity(text, MEMORY_EXAMPLES)?;
+    let scale: u128 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        other => {
+            return Err(QuantityError::Suffix(
+                text.to_owned(),
+                other.to_owned(),
+                "Ki, Mi, Gi, Ti, Pi, Ei, or k, M, G, T, P, E",
+            ))
+        }
+    };
+    scaled(text, number, (scale, 1), "a fraction of a byte, or zero")
+}
+
+/// `"1.5Gi"` → (`"1.5"`, `"Gi"`); the number has digits, at most one `.`, and no sign.
+fn split_quantity<'a>(text: &'a str, examples: &'static str) -> Result<(&'a str, &'a str), QuantityError> {
+    let trimmed = text.trim();
+    let at = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, suffix) = trimmed.split_at(at);
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    if digits == 0 || number.matches('.').count() > 1 || number.starts_with('.') || number.ends_with('.') {
+        return Err(QuantityError::Syntax(text.to_owned(), examples));
+    }
+    Ok((number, suffix))
+}
+
+/// `number × scale.0 / scale.1` as a whole, positive count of units; exact (no floats).
+fn scaled(text: &str, number: &str, scale: (u128, u128), fine: &'static str) -> Result<u64, QuantityError> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let too_large = || QuantityError::TooLarge(text.to_owned());
+    let digits: u128 = format!("{whole}{fraction}").parse().map_err(|_| too_large())?;
+    let divisor = 10u128
+        .checked_pow(u32::try_from(fraction.len()).map_err(|_| too_large())?)
+        .and_then(|d| d.checked_mul(scale.1))
+        .ok_or_else(too_large)?;
+    let numerator = digits.checked_mul(scale.0).ok_or_else(too_large)?;
+    if numerator == 0 || numerator % divisor != 0 {
+        return Err(QuantityError::Precision(text.to_owned(), fine));
+    }
+    u64::try_from(numerator / divisor).map_err(|_| too_large())
+}
+
+/// Millicores as Kubernetes writes them: `"250m"`, or whole cores as `"2"`.
+pub fn cpu_quantity(millis: u64) -> String {
+    if millis % 1000 == 0 {
+        (millis / 1000).to_string()
+    } else {
+        format!("{millis}m")
+    }
+}
+
+/// Bytes as Kubernetes writes them: the largest binary suffix that divides them (`"64Mi"`),
+/// else plain bytes.
+pub fn memory_quantity(bytes: u64) -> String {
+    for (suffix, shift) in [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        let unit = 1u64 << shift;
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
 }
 
 #[cfg(test)]

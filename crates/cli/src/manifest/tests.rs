@@ -199,3 +199,217 @@ fn the_control_planes_store_is_embedded_or_a_nats_cluster_named_by_line_when_wro
     assert_eq!(err.line, Some(3), "{err}");
     assert!(err.message.contains("control.store"), "{err}");
 }
+
+#[test]
+fn resources_are_kubernetes_quantities_with_defaults() {
+    let m = parse("[services.catalog]\n").unwrap();
+    assert_eq!(m.services[0].resources, Resources::default());
+    assert_eq!(m.services[0].resources.cpu_millis, 100);
+    assert_eq!(m.services[0].resources.memory_bytes, 64 * 1024 * 1024);
+    assert_eq!(m.services[0].autoscale, None);
+
+    let m = parse(
+        "[services.catalog]\nresources = { cpu = \"250m\", memory = \"1Gi\", cpu_limit = \"0.5\", memory_limit = \"1.5Gi\" }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        m.services[0].resources,
+        Resources {
+            cpu_millis: 250,
+            memory_bytes: 1 << 30,
+            cpu_limit_millis: Some(500),
+            memory_limit_bytes: Some(3 << 29),
+        }
+    );
+    // A bare number is cores (or bytes), as in YAML.
+    let m = parse("[services.catalog]\nresources = { cpu = 2 }\n").unwrap();
+    assert_eq!(m.services[0].resources.cpu_millis, 2000);
+    assert_eq!(m.services[0].resources.memory_bytes, DEFAULT_MEMORY_BYTES);
+}
+
+#[test]
+fn quantities_parse_exactly_and_print_as_kubernetes_does() {
+    for (text, millis) in [
+        ("250m", 250),
+        ("0.5", 500),
+        ("1", 1000),
+        ("1.25", 1250),
+        ("20m", 20),
+        ("2000m", 2000),
+    ] {
+        assert_eq!(parse_cpu(text), Ok(millis), "{text}");
+    }
+    for (text, bytes) in [
+        ("64Mi", 64u64 << 20),
+        ("1Gi", 1 << 30),
+        ("500M", 500_000_000),
+        ("128974848", 128_974_848),
+        ("1k", 1000),
+        ("0.5Ki", 512),
+    ] {
+        assert_eq!(parse_memory(text), Ok(bytes), "{text}");
+    }
+    for bad in [
+        "", "m", "-1", "1.2.3", ".5", "0", "0m", "0.0001", "1Mi", "12 cores", "1e3",
+    ] {
+        assert!(parse_cpu(bad).is_err(), "{bad}");
+    }
+    for bad in ["", "Mi", "64MB", "0", "0.5", "1.5m", "99999999999Ei"] {
+        assert!(parse_memory(bad).is_err(), "{bad}");
+    }
+    assert_eq!(cpu_quantity(250), "250m");
+    assert_eq!(cpu_quantity(2000), "2");
+    assert_eq!(memory_quantity(64 << 20), "64Mi");
+    assert_eq!(memory_quantity(3 << 29), "1536Mi");
+    assert_eq!(memory_quantity(500_000_000), "500000000");
+}
+
+#[test]
+fn bad_quantities_name_the_line_and_key() {
+    let err = parse("[services.catalog]\ninstances = 1\nresources = { cpu = \"lots\" }\n").unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+    assert!(err.message.contains("services.catalog.resources.cpu"), "{err}");
+    assert!(err.message.contains("`lots` is not a quantity"), "{err}");
+
+    let err = parse("[services.catalog]\n\nresources = { memory = \"64MB\" }\n").unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+    assert!(
+        err.message.contains("resources.memory: `64MB`: unknown suffix `MB`"),
+        "{err}"
+    );
+
+    let err = parse("[services.catalog]\nresources = { cpu = \"500m\", cpu_limit = \"250m\" }\n").unwrap_err();
+    assert_eq!(err.line, Some(2), "{err}");
+    assert!(
+        err.message.contains("cpu_limit: 250m is below the request, 500m"),
+        "{err}"
+    );
+
+    let err = parse("[services.catalog]\nresources = { cpus = \"1\" }\n").unwrap_err();
+    assert_eq!(err.line, Some(2), "{err}");
+    assert!(err.message.contains("cpus"), "{err}");
+}
+
+#[test]
+fn autoscale_takes_the_hpas_numbers_and_defaults() {
+    let m = parse("[services.catalog]\ninstances = 2\nautoscale = { min = 1, max = 4, target_cpu = 70 }\n").unwrap();
+    let service = &m.services[0];
+    assert_eq!(
+        service.autoscale,
+        Some(Autoscale {
+            min: 1,
+            max: 4,
+            target_cpu: Some(70),
+            target_inflight: None,
+            scale_down_window: Duration::from_secs(300),
+            period: Duration::from_secs(15),
+        })
+    );
+    assert_eq!(service.instances, 2, "the starting count");
+
+    let m = parse(
+        "[services.catalog]\ninstances = 9\nautoscale = { min = 2, max = 3, target_inflight = 4, scale_down_window = \"20s\", period = \"3s\" }\n",
+    )
+    .unwrap();
+    let service = &m.services[0];
+    let autoscale = service.autoscale.unwrap();
+    assert_eq!(autoscale.target_inflight, Some(4.0));
+    assert_eq!(autoscale.target_cpu, None);
+    assert_eq!(autoscale.scale_down_window, Duration::from_secs(20));
+    assert_eq!(autoscale.period, Duration::from_secs(3));
+    assert_eq!(service.instances, 3, "clamped into min..=max");
+    let m =
+        parse("[services.catalog]\nautoscale = { min = 2, max = 3, target_cpu = 50, scale_down_window = \"0s\" }\n")
+            .unwrap();
+    assert_eq!(m.services[0].instances, 2, "clamped up to min");
+    assert_eq!(m.services[0].autoscale.unwrap().scale_down_window, Duration::ZERO);
+}
+
+#[test]
+fn bad_autoscale_bounds_and_targets_name_the_line() {
+    let cases = [
+        (
+            "autoscale = { min = 0, max = 4, target_cpu = 70 }",
+            "autoscale.min: 0 is out of range",
+        ),
+        (
+            "autoscale = { min = 3, max = 2, target_cpu = 70 }",
+            "autoscale.max: 2 is out of range (3, the min",
+        ),
+        (
+            "autoscale = { max = 65, target_cpu = 70 }",
+            "autoscale.max: 65 is out of range",
+        ),
+        (
+            "autoscale = { max = 4, target_cpu = 0 }",
+            "autoscale.target_cpu: 0 is out of range",
+        ),
+        (
+            "autoscale = { max = 4, target_cpu = 1001 }",
+            "autoscale.target_cpu: 1001",
+        ),
+        (
+            "autoscale = { max = 4, target_inflight = 0 }",
+            "autoscale.target_inflight: 0 is not",
+        ),
+        ("autoscale = { max = 4 }", "autoscale: needs a target"),
+        (
+            "autoscale = { max = 4, target_cpu = 70, period = \"soon\" }",
+            "autoscale.period: `soon`",
+        ),
+        (
+            "autoscale = { max = 4, target_cpu = 70, period = \"500ms\" }",
+            "autoscale.period: at least 1s",
+        ),
+        (
+            "autoscale = { max = 4, target_cpu = 70, scale_down_window = \"2h\" }",
+            "scale_down_window: at most 1h",
+        ),
+        // Unknown and missing keys are the parser's own errors, named and placed as well.
+        (
+            "autoscale = { max = 4, target_cpu = 70, target_memory = 80 }",
+            "unknown field `target_memory`",
+        ),
+        ("autoscale = { min = 1, target_cpu = 70 }", "missing field `max`"),
+    ];
+    for (line, wanted) in cases {
+        let err = parse(&format!("[services.catalog]\ninstances = 1\n{line}\n")).unwrap_err();
+        assert_eq!(err.line, Some(3), "{line}: {err}");
+        assert!(err.message.contains(wanted), "{line}: {err}");
+    }
+}
+
+#[test]
+fn the_shipped_manifest_requests_what_the_cluster_overlay_requests_and_its_autoscale_lines_parse() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../flotilla.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Read where it lies, so its routes file is found.
+    let parse = |text: &str| Manifest::parse(&TomlFile::from_text(&path, text), Path::new("/usr/bin/flotilla-self"));
+    let m = parse(&text).unwrap();
+    for service in &m.services {
+        assert_eq!(
+            service.resources,
+            Resources {
+                cpu_millis: 50,
+                memory_bytes: 48 << 20,
+                cpu_limit_millis: None,
+                memory_limit_bytes: Some(256 << 20),
+            },
+            "{}",
+            service.name
+        );
+        assert_eq!(service.autoscale, None, "{}: off under `up` as shipped", service.name);
+    }
+    // Uncommented, each is the cluster overlay's HPA.
+    let m = parse(&text.replace("# autoscale = ", "autoscale = ")).unwrap();
+    for service in &m.services {
+        let autoscale = service.autoscale.unwrap();
+        assert_eq!(
+            (autoscale.min, autoscale.max, autoscale.target_cpu),
+            (1, 4, Some(70)),
+            "{}",
+            service.name
+        );
+        assert_eq!(autoscale.scale_down_window, DEFAULT_SCALE_DOWN_WINDOW);
+    }
+}
