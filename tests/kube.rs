@@ -344,6 +344,9 @@ fn the_single_overlay_runs_the_shop_from_sign_up_to_a_confirmed_order() {
     let started = Instant::now();
     let rehearsal = rehearse(&rendered, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("every pod ready and the seed Job done in {:?}", started.elapsed());
+    // Started all at once, in no order: whoever is early waits for the control plane rather
+    // than crashing into the kubelet's back-off.
+    assert_eq!(rehearsal.restarted(), Vec::<(String, u32)>::new(), "{}", rehearsal.log("identity"));
     let gateway = rehearsal.service("gateway", 80).expect("the gateway Service's port 80");
 
     // The routes come from the store the seed Job filled; the catalog answers through them.
@@ -375,19 +378,20 @@ fn the_single_overlay_runs_the_shop_from_sign_up_to_a_confirmed_order() {
     );
     assert_eq!(status, 202, "{accepted}\n{}", rehearsal.log("orders"));
     let id = accepted["id"].as_str().unwrap().to_owned();
-    let order = support::wait_until("the order CONFIRMED", Duration::from_secs(60), || {
-        let (status, order) = json_of(
-            http_request(
-                gateway,
-                "GET",
-                &format!("/api/v1/orders/{id}"),
-                &[("Authorization", &auth)],
-                "",
-            )
-            .unwrap(),
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let order = loop {
+        let path = format!("/api/v1/orders/{id}");
+        let (status, order) = json_of(http_request(gateway, "GET", &path, &[("Authorization", &auth)], "").unwrap());
+        if status == 200 && order["status"] == "CONFIRMED" {
+            break order;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order is not CONFIRMED within 60 s: {order}\n{}",
+            rehearsal.log("orders")
         );
-        (status == 200 && order["status"] == "CONFIRMED").then_some(order)
-    });
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(order["status"], "CONFIRMED");
     // Registered at the address they advertise: the pod IP (here loopback) and the listener.
     let logs = rehearsal.log("catalog");

@@ -18,7 +18,40 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::render::{container_port, pod_spec, selects, Rendered};
-use super::support::{free_addr, http_get};
+use super::support::http_get;
+
+/// A loopback port that was free a moment ago, from below the kernel's ephemeral range
+/// (32768–60999), so no outgoing connection takes it before its process binds it; never one
+/// this test process handed out before.
+fn free_port() -> u16 {
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = 20_000 + (rand_u32() % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() as u32
+}
+
+/// How long after the pods the Jobs start.
+const JOB_DELAY: Duration = Duration::from_secs(3);
 
 /// The image whose entrypoint is the binary under test.
 const FLOTILLA_IMAGE: &str = "ghcr.io/flotilla-rs/flotilla";
@@ -92,13 +125,15 @@ impl Rehearsal {
             let mut ports = BTreeMap::new();
             for port in container["ports"].as_array().into_iter().flatten() {
                 let declared = port["containerPort"].as_u64().unwrap_or(0) as u16;
-                ports.insert(declared, free_addr().port());
+                ports.insert(declared, free_port());
             }
+            // Jobs last: the worst order for what they seed, which must wait, not crash.
+            let next_start = Instant::now() + if kind == "Job" { JOB_DELAY } else { Duration::ZERO };
             pods.push(Pod {
                 name: pod_name,
                 restart_on_failure_only: kind == "Job",
-                kind,
                 labels: workload["spec"]["template"]["metadata"]["labels"].clone(),
+                kind,
                 container: container.clone(),
                 ports,
                 dir,
@@ -107,7 +142,7 @@ impl Rehearsal {
                 env: Vec::new(),
                 child: None,
                 restarts: 0,
-                next_start: Instant::now(),
+                next_start,
                 succeeded: false,
                 started: false,
                 ready: false,
@@ -301,7 +336,7 @@ impl Rehearsal {
         // here it gets a free port nobody looks at (never the machine's fixed ones).
         while let Some(at) = text.find("0.0.0.0:") {
             let digits = text[at + 8..].chars().take_while(char::is_ascii_digit).count();
-            let free = free_addr().port();
+            let free = free_port();
             text.replace_range(at..at + 8 + digits, &format!("127.0.0.1:{free}"));
         }
         for (name, ports) in &self.services {
@@ -457,6 +492,15 @@ impl Rehearsal {
     pub fn service(&self, name: &str, port: u16) -> Option<SocketAddr> {
         let (_, local) = self.services.get(name)?.get(&port)?;
         Some(SocketAddr::from(([127, 0, 0, 1], *local)))
+    }
+
+    /// The pods that restarted, with how often: started together, none should have to.
+    pub fn restarted(&self) -> Vec<(String, u32)> {
+        self.pods
+            .iter()
+            .filter(|p| p.restarts > 0)
+            .map(|p| (p.name.clone(), p.restarts))
+            .collect()
     }
 
     /// A pod's log so far.

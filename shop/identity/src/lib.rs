@@ -160,6 +160,9 @@ pub fn openapi_document() -> serde_json::Value {
     )
 }
 
+/// How long a starting instance waits for its `seal_key` to be written before it gives up.
+const SEAL_KEY_WITHIN: Duration = Duration::from_secs(60);
+
 /// Identity as a Flotilla app: `flotilla service identity`.
 pub struct IdentityApp;
 
@@ -171,7 +174,14 @@ impl flotilla::app::App for IdentityApp {
 
     async fn start(setup: &flotilla::app::Setup<IdentityConfig>) -> Result<axum::Router, flotilla::app::AppError> {
         let store = open_store(setup.env()).await?;
-        let identity = Identity::start(store, setup.config().clone())
+        let config = setup.config();
+        let sealed = |c: &IdentityConfig| c.seal_key.is_some() || c.seal_key_file.is_some();
+        if !sealed(&config.current()) {
+            // Started beside what seeds the store (a Kubernetes Job): its key comes soon.
+            tracing::warn!("no seal_key yet (identity/default/seal_key): waiting for it to be set");
+            config.wait_for(SEAL_KEY_WITHIN, sealed).await;
+        }
+        let identity = Identity::start(store, config.clone())
             .await
             .map_err(|e| flotilla::app::AppError::start("loading identity's signing keys", e))?;
         Ok(router(identity))

@@ -94,6 +94,9 @@ pub async fn start(
 /// Orders as a Flotilla app: `flotilla service orders`.
 pub struct OrdersApp;
 
+/// How long a starting instance waits for its OAuth client to be written.
+const CLIENT_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl flotilla::app::App for OrdersApp {
     const NAME: &'static str = SERVICE;
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -104,7 +107,13 @@ impl flotilla::app::App for OrdersApp {
         let store = open_store(setup.env()).await?;
         let config = setup.config().clone();
         if config.current().client.secret.is_empty() {
-            tracing::warn!("orders has no client secret (orders/default/client): its saga waits until one is set");
+            // Started beside what seeds the store (a Kubernetes Job): its client comes soon.
+            tracing::warn!("orders has no client secret yet (orders/default/client): waiting for it to be set");
+            if !config.wait_for(CLIENT_WITHIN, |c| !c.client.secret.is_empty()).await {
+                tracing::error!(
+                    "still no client secret after {CLIENT_WITHIN:?}: orders runs, but its saga cannot call inventory, payments or shipping until it restarts with one"
+                );
+            }
         }
         let tokens = setup.verifier(&config.current().tokens, &[], &[]);
         let downstream =

@@ -280,6 +280,17 @@ impl<T> LiveConfig<T> {
         self.instance.send_replace(Some(instance_id.to_owned()));
     }
 
+    /// Waits until the configuration in force satisfies `wanted` (a secret something else
+    /// writes into the store — a seed Job, an operator — after this instance started), at
+    /// most `timeout`; whether it does. Services started together with what seeds them wait
+    /// here instead of failing and being restarted.
+    pub async fn wait_for(&self, timeout: Duration, wanted: impl Fn(&T) -> bool) -> bool {
+        let mut current = self.current.clone();
+        tokio::time::timeout(timeout, current.wait_for(|applied| wanted(&applied.value)))
+            .await
+            .is_ok_and(|found| found.is_ok())
+    }
+
     /// Waits until the first answer from the control plane has been applied or refused (at
     /// once without one), at most `timeout`.
     pub async fn ready(&self, timeout: Duration) {
@@ -428,6 +439,39 @@ fn mask_secrets(text: &str, resolved: &Resolved) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn wait_for_answers_once_the_configuration_has_what_is_wanted() {
+        let (applied, current) = watch::channel(Arc::new(Applied {
+            value: Arc::new(String::new()),
+            revision: 0,
+        }));
+        let config = LiveConfig {
+            current,
+            instance: Arc::new(watch::channel(None).0),
+            ready: watch::channel(true).1,
+        };
+        let late = Duration::from_millis(50);
+        assert!(
+            !config.wait_for(late, |v: &String| !v.is_empty()).await,
+            "not there: false after the wait"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            applied.send_replace(Arc::new(Applied {
+                value: Arc::new("seeded".to_owned()),
+                revision: 2,
+            }));
+            // Kept open a while, as a follower would be.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        assert!(
+            config
+                .wait_for(Duration::from_secs(5), |v: &String| !v.is_empty())
+                .await
+        );
+        assert_eq!(config.revision(), 2);
+    }
 
     #[test]
     fn refusals_never_carry_a_secret_value() {

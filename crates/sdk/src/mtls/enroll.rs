@@ -8,7 +8,12 @@ use flotilla_api::identity::{CertificateRequest, IssuedCertificate, CONTROL_SERV
 use http::Method;
 
 use super::{MtlsError, Workload};
-use crate::http::HttpClient;
+use crate::http::{HttpClient, HttpError};
+
+/// How long a starting process keeps asking a control plane it cannot reach for its first
+/// certificate: pods start together, and a control plane a few seconds late should cost a
+/// wait, not a crash and the kubelet's back-off.
+const FIRST_CERTIFICATE_WITHIN: Duration = Duration::from_secs(60);
 
 /// How an instance asks for its certificate.
 #[derive(Debug, Clone)]
@@ -38,7 +43,11 @@ impl Enrollment {
         let issued: IssuedCertificate = client
             .send(Method::POST, &url, self.token.as_deref(), Some(&request), None)
             .await
-            .map_err(|e| issue(&e))?
+            .map_err(|e| match &e {
+                HttpError::Transport { .. } | HttpError::Timeout { .. } => MtlsError::Unreachable(e.to_string()),
+                HttpError::Status { problem, .. } if problem.status == 503 => MtlsError::Unreachable(e.to_string()),
+                _ => issue(&e),
+            })?
             .body;
         Ok((issued, key))
     }
@@ -132,7 +141,18 @@ pub async fn enroll_from_env(control: Option<&str>, token: Option<&str>) -> Resu
         lifetime,
         service: None,
     };
-    let workload = enroll(&enrollment).await?;
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    let workload = loop {
+        match enroll(&enrollment).await {
+            Err(MtlsError::Unreachable(why)) if started.elapsed() < FIRST_CERTIFICATE_WITHIN => {
+                tracing::warn!(control = %enrollment.control, error = %why, retry_in = ?backoff, "the control plane is not answering yet; asking again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => break other?,
+        }
+    };
     super::install(workload.clone());
     tokio::spawn(keep_renewed(workload.clone(), enrollment));
     Ok(Some(workload))

@@ -51,6 +51,9 @@ pub enum MtlsError {
     /// The control plane did not issue a certificate.
     #[error("asking the control plane for a certificate: {0}")]
     Issue(String),
+    /// The control plane could not be reached (or is not ready): worth asking again.
+    #[error("asking the control plane for a certificate: {0}")]
+    Unreachable(String),
 }
 
 /// The crypto every Flotilla TLS configuration uses (ring, as the rest of the tree).
