@@ -1,7 +1,7 @@
 //! The supervisor's own API, on a Unix socket in the data dir (`supervisor.sock`): only
 //! someone who can read the data dir can scale the system or inject faults into it.
 //! `flotilla scale`, `flotilla chaos` and `flotilla status` speak it, through the client
-//! functions below.
+//! functions below; `GET /v1/autoscale` tells what the autoscaler measured and decided.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use flotilla_api::faults::{FaultList, FaultRecord, FaultRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::autoscale::{AutoscaleList, Autoscaler};
 use super::chaos::Chaos;
 use super::fleet::Fleet;
 
@@ -33,15 +34,24 @@ pub struct ScaleRequest {
     pub instances: u32,
 }
 
-fn router(fleet: Arc<Fleet>, chaos: Arc<Chaos>) -> Router {
+fn router(fleet: Arc<Fleet>, chaos: Arc<Chaos>, autoscaler: Arc<Autoscaler>) -> Router {
     with_problem_fallbacks(
         Router::new()
             .route("/v1/services", get(services))
             .route("/v1/services/{name}", put(put_scale))
             .route("/v1/services/{name}/restart", axum::routing::post(post_restart))
             .with_state(fleet)
-            .merge(super::chaos::routes(chaos)),
+            .merge(super::chaos::routes(chaos))
+            .merge(
+                Router::new()
+                    .route("/v1/autoscale", get(autoscale_state))
+                    .with_state(autoscaler),
+            ),
     )
+}
+
+async fn autoscale_state(State(autoscaler): State<Arc<Autoscaler>>) -> Json<AutoscaleList> {
+    Json(autoscaler.statuses())
 }
 
 async fn services(State(fleet): State<Arc<Fleet>>) -> Json<serde_json::Value> {
@@ -76,12 +86,13 @@ pub(super) fn spawn(
     data_dir: &Path,
     fleet: Arc<Fleet>,
     chaos: Arc<Chaos>,
+    autoscaler: Arc<Autoscaler>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(data_dir);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, router(fleet, chaos)).await;
+        let _ = axum::serve(listener, router(fleet, chaos, autoscaler)).await;
     }))
 }
 
@@ -169,6 +180,12 @@ pub async fn restart(data_dir: &Path, service: &str) -> Result<serde_json::Value
         None,
     )
     .await
+}
+
+/// What the autoscaler of the supervisor running in `data_dir` measured and decided, per
+/// autoscaled service.
+pub async fn autoscale(data_dir: &Path) -> Result<AutoscaleList, SupervisorError> {
+    request::<(), _>(data_dir, http::Method::GET, "/v1/autoscale", None).await
 }
 
 /// Asks the supervisor running in `data_dir` to kill or pause a process.

@@ -1,7 +1,8 @@
 //! `up` follows its files while it runs, the dev loop without a restart: an edited
 //! `flotilla.toml` is applied (services added, removed, rescaled, their command, arguments or
 //! environment changed → instances replaced one at a time, each old one kept until its
-//! successor is ready), and an edited routes file becomes the gateway's routes. A file that
+//! successor is ready, their `autoscale` or `resources` changed → the autoscaler's from its
+//! next evaluation), and an edited routes file becomes the gateway's routes. A file that
 //! does not parse or check is refused with its file and line, and the running system is kept;
 //! it is tried again until it loads.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use flotilla::api::config::{ConfigKey, DEFAULT_PROFILE, GATEWAY_SCOPE, ROUTES_KEY};
 use flotilla::config::{ConfigClient, ConfigClientError, TomlFile, Write};
 
+use super::autoscale::Autoscaler;
 use super::fleet::Fleet;
 use super::output::Output;
 use super::{seeds, UpError};
@@ -37,6 +39,8 @@ pub(super) struct Follower {
     pub(super) manifest: Manifest,
     pub(super) self_exe: PathBuf,
     pub(super) fleet: Arc<Fleet>,
+    /// Told the manifest's `autoscale` and `resources` after each change.
+    pub(super) autoscaler: Arc<Autoscaler>,
     pub(super) output: Arc<Output>,
     pub(super) control: String,
     pub(super) token: String,
@@ -134,6 +138,10 @@ impl Follower {
                 "{name}: changes to [control], [gateway] and `events` take effect at the next `flotilla up`"
             ));
         }
+        // First, so a service no longer autoscaled is not scaled while it gets its `instances`.
+        for line in self.autoscaler.configure(after) {
+            self.output.say(&format!("{name}: {line}"));
+        }
         for gone in before.services.iter().filter(|s| find(after, &s.name).is_none()) {
             match self.fleet.remove(&gone.name).await {
                 Ok(scaled) => self.output.say(&format!(
@@ -203,7 +211,11 @@ impl Follower {
                 Err(reason) => self.output.say(&format!("{name}: restarting {}: {reason}", new.name)),
             }
         }
-        if old.instances != new.instances {
+        // An autoscaled service's count is the autoscaler's (`instances` is where `up` starts
+        // it, and new bounds apply at its next evaluation); one no longer autoscaled runs
+        // `instances` again.
+        let fixed = new.autoscale.is_none();
+        if fixed && (old.instances != new.instances || old.autoscale.is_some()) {
             match self.fleet.scale(&new.name, new.instances).await {
                 Ok(scaled) => self.output.say(&format!(
                     "{name}: {} {} → {} instances",

@@ -1,8 +1,10 @@
 //! `flotilla up`: a small local orchestrator. It starts the control plane and waits until it
 //! is ready, then the gateway and every service instance; restarts what crashes; merges all
 //! logs; and on Ctrl-C stops services first (they deregister and drain), then the gateway,
-//! then the control plane. On request it kills or pauses a process (`flotilla chaos`).
+//! then the control plane. On request it kills or pauses a process (`flotilla chaos`), and it
+//! scales the services whose manifest entry asks for it (`autoscale`).
 
+pub mod autoscale;
 pub mod chaos;
 pub mod cluster;
 pub mod control;
@@ -525,11 +527,17 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     }
     let exporter = crate::chaos::span::SpanExporter::new(&control_at, Some(token.clone()));
     let chaos = chaos::Chaos::new(fleet.clone(), output.clone(), Some(exporter));
-    let _api = control::spawn(&data_dir, fleet.clone(), chaos).map_err(data_err)?;
-
-    // 3. Wait for each to register, showing progress, then the banner.
     let registry = RegistryClient::with_http(http.clone().failing_over(&control_at), &control_at, Some(token.clone()));
     fleet.watch_registry(registry.clone());
+    // Its state is on the socket from now; it starts deciding once the system is up.
+    let autoscaler = Arc::new(autoscale::Autoscaler::new(
+        fleet.clone(),
+        output.clone(),
+        registry.clone(),
+    ));
+    let _api = control::spawn(&data_dir, fleet.clone(), chaos, autoscaler.clone()).map_err(data_err)?;
+
+    // 3. Wait for each to register, showing progress, then the banner.
     let mut expected: BTreeSet<String> = fleet.counts().await.into_values().flatten().collect();
     expected.insert("gateway".into());
     let ready = tokio::select! {
@@ -552,12 +560,17 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
         output.color(),
     ));
 
-    // 4. Follow flotilla.toml and the routes file until stopped.
+    // 4. Autoscale the services that ask for it; follow flotilla.toml and the routes file
+    // until stopped.
+    for line in autoscaler.configure(&manifest) {
+        output.say(&line);
+    }
     let (stop_following, following_stopped) = tokio::sync::oneshot::channel::<()>();
     let follower = follow::Follower {
         manifest: as_written,
         self_exe: options.self_exe.clone(),
         fleet: fleet.clone(),
+        autoscaler: autoscaler.clone(),
         output: output.clone(),
         control: control_at.clone(),
         token: token.clone(),
@@ -575,6 +588,7 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
     let _ = stop_following.send(());
     following.abort();
     let _ = following.await;
+    autoscaler.stop().await;
     stop_all(&output, &fleet, gateway, control).await;
     let _ = std::fs::remove_file(control::socket_path(&data_dir));
     Ok(())

@@ -158,8 +158,14 @@ async fn kills_and_pauses_through_the_socket_restart_stop_and_continue_processes
     fleet.scale("sleeper", 2).await.unwrap();
     let control_addr = control_plane().await;
     let exporter = SpanExporter::new(&control_addr.to_string(), Some(TOKEN.into()));
-    let chaos = Chaos::new(fleet.clone(), output, Some(exporter));
-    let _api = control::spawn(dir.path(), fleet.clone(), chaos).unwrap();
+    let chaos = Chaos::new(fleet.clone(), output.clone(), Some(exporter));
+    let registry = flotilla::discovery::RegistryClient::new(&control_addr.to_string(), Some(TOKEN.into()));
+    let autoscaler = Arc::new(super::super::autoscale::Autoscaler::new(
+        fleet.clone(),
+        output,
+        registry,
+    ));
+    let _api = control::spawn(dir.path(), fleet.clone(), chaos, autoscaler).unwrap();
     wait_until("both running", Duration::from_secs(5), || {
         pid_of(&fleet, "sleeper-1").is_some() && pid_of(&fleet, "sleeper-2").is_some()
     })
