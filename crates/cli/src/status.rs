@@ -1,5 +1,6 @@
-//! `flotilla status`: the services and instances the control plane knows, and the faults
-//! `flotilla chaos` made that are in force, as a table or JSON.
+//! `flotilla status`: the services and instances the control plane knows, the faults
+//! `flotilla chaos` made that are in force, and what the autoscaler of `flotilla up` measured
+//! and decided, as a table or JSON.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +13,8 @@ use flotilla_api::{Instance, InstanceList};
 use serde::Serialize;
 
 use crate::local_time::LocalTime;
+use crate::manifest::cpu_quantity;
+use crate::supervisor::autoscale::AutoscaleStatus;
 
 /// Fetches the registry's view.
 pub async fn fetch(client: &RegistryClient) -> Result<InstanceList, flotilla::discovery::RegistryError> {
@@ -219,6 +222,95 @@ pub fn faults_table(faults: &Faults, time: &LocalTime) -> String {
     out
 }
 
+/// The autoscaled services of the supervisor running in `data_dir`: none without one, or when
+/// it cannot be asked (the instances matter more than how they are scaled).
+pub async fn autoscale(data_dir: &Path) -> Vec<AutoscaleStatus> {
+    if !crate::supervisor::control::socket_exists(data_dir) {
+        return Vec::new();
+    }
+    crate::supervisor::control::autoscale(data_dir)
+        .await
+        .map(|list| list.services)
+        .unwrap_or_default()
+}
+
+/// The autoscaled services as a table: instances now (→ desired), bounds, each metric against
+/// its target, and the last decision with its time and reason; empty when none is autoscaled.
+pub fn autoscale_table(services: &[AutoscaleStatus], time: &LocalTime) -> String {
+    if services.is_empty() {
+        return String::new();
+    }
+    let at = |ms: u64| {
+        jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX))
+            .map_or_else(|_| ms.to_string(), |t| time.clock(t))
+    };
+    let mut rows = vec![[
+        "SERVICE".to_owned(),
+        "INSTANCES".to_owned(),
+        "MIN-MAX".to_owned(),
+        "CPU/TARGET".to_owned(),
+        "IN-FLIGHT/TARGET".to_owned(),
+        "LAST DECISION".to_owned(),
+    ]];
+    for s in services {
+        let instances = if s.evaluated_ms.is_none() {
+            "?".to_owned()
+        } else if s.desired == s.instances {
+            s.instances.to_string()
+        } else {
+            format!("{} → {}", s.instances, s.desired)
+        };
+        let cpu = s.cpu.map_or_else(
+            || "-".to_owned(),
+            |m| {
+                format!(
+                    "{}/{:.0}% of {}",
+                    m.current.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}%")),
+                    m.target,
+                    cpu_quantity(s.cpu_request_millis)
+                )
+            },
+        );
+        let inflight = s.inflight.map_or_else(
+            || "-".to_owned(),
+            |m| {
+                format!(
+                    "{}/{}",
+                    m.current.map_or_else(|| "?".to_owned(), |c| format!("{c:.1}")),
+                    m.target
+                )
+            },
+        );
+        let decision = match (&s.last_decision, &s.note) {
+            (Some(d), _) => format!("{} {} → {} ({})", at(d.at_ms), d.from, d.to, d.reason),
+            (None, Some(note)) => note.clone(),
+            (None, None) => "none yet".to_owned(),
+        };
+        rows.push([
+            s.service.clone(),
+            instances,
+            format!("{}-{}", s.min, s.max),
+            cpu,
+            inflight,
+            decision,
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::from("\nAUTOSCALED (flotilla up, from the manifest's `autoscale`)\n");
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}", w = *w))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
 /// Formats milliseconds as a short uptime (`3s`, `4m 10s`, `2h 5m`, `3d 4h`).
 pub fn uptime(ms: u64) -> String {
     let s = ms / 1000;
@@ -356,6 +448,64 @@ mod tests {
         assert_eq!(json["instances"], serde_json::json!([]));
         assert_eq!(json["faults"]["rules"]["catalog"][0]["delay_ms"], 300);
         assert_eq!(json["faults"]["paused"][0]["kind"], "pause");
+    }
+
+    #[test]
+    fn autoscaled_services_show_their_count_bounds_metrics_and_last_decision() {
+        use crate::supervisor::autoscale::{Decision, MetricStatus};
+        assert_eq!(autoscale_table(&[], &LocalTime::utc()), "");
+        let catalog = AutoscaleStatus {
+            service: "catalog".into(),
+            instances: 3,
+            desired: 1,
+            recommendation: Some(1),
+            min: 1,
+            max: 3,
+            cpu_request_millis: 100,
+            cpu: Some(MetricStatus {
+                current: Some(4.2),
+                target: 50.0,
+            }),
+            inflight: None,
+            sampled: 3,
+            period_ms: 3000,
+            scale_down_window_ms: 20_000,
+            evaluated_ms: Some(1_796_076_062_000),
+            last_decision: Some(Decision {
+                at_ms: 1_796_076_062_000,
+                from: 3,
+                to: 1,
+                reason: "cpu 4% of 100m request, target 50%; the highest recommendation within the last 20s".into(),
+            }),
+            note: None,
+        };
+        let starting = AutoscaleStatus {
+            service: "orders".into(),
+            instances: 1,
+            desired: 1,
+            min: 1,
+            max: 4,
+            cpu_request_millis: 50,
+            inflight: Some(MetricStatus {
+                current: None,
+                target: 2.0,
+            }),
+            evaluated_ms: Some(1_796_076_062_000),
+            note: Some("no samples yet".into()),
+            ..AutoscaleStatus::default()
+        };
+        let table = autoscale_table(&[catalog, starting], &LocalTime::utc());
+        let lines: Vec<&str> = table.lines().filter(|l| !l.is_empty()).collect();
+        assert!(lines[0].starts_with("AUTOSCALED"), "{table}");
+        assert!(lines[1].starts_with("SERVICE  INSTANCES"), "{table}");
+        assert_eq!(
+            lines[2],
+            "catalog  3 → 1      1-3      4%/50% of 100m  -                 22:01:02.000 3 → 1 (cpu 4% of 100m request, target 50%; the highest recommendation within the last 20s)"
+        );
+        assert_eq!(
+            lines[3],
+            "orders   1          1-4      -               ?/2               no samples yet"
+        );
     }
 
     #[test]
