@@ -102,8 +102,19 @@ fn load_scales_the_catalog_out_and_its_end_back_in_without_a_failed_request() {
     assert!(decision.reason.contains("of 100m request, target 50%"), "{decision:?}");
     let cpu = state[0].cpu.unwrap();
     assert!(cpu.current.unwrap() > 50.0, "{cpu:?}");
-    let table = flotilla_cli::status::autoscale_table(&state, &flotilla_cli::local_time::LocalTime::utc());
-    assert!(table.contains("catalog") && table.contains("1-3"), "{table}");
+    // What an operator sees: `flotilla status` beside the running `up`.
+    let status = std::process::Command::new(support::flotilla())
+        .arg("status")
+        .arg("--data-dir")
+        .arg(system.data_dir())
+        .env_remove("FLOTILLA_CONTROL_ADDR")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table.contains("CPU/TARGET") && table.contains("1-3") && table.contains(" 1 → "),
+        "{table}"
+    );
 
     // About 35 s of load in all; the most instances it reached.
     let mut most = 0;

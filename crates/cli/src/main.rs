@@ -878,19 +878,22 @@ async fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("asking the control plane at {found}"))?;
             let replicas = status::replicas(&control_addr, token.as_deref()).await;
             let faults = status::faults(&data_dir, &flotilla::config::ConfigClient::new(&control_addr, token)).await;
+            let autoscale = status::autoscale(&data_dir).await;
             match output {
                 Output::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&status::Report {
                         list: &list,
                         replicas: &replicas,
-                        faults: &faults
+                        faults: &faults,
+                        autoscale: &autoscale,
                     })?
                 ),
                 Output::Table => print!(
-                    "{}{}{}",
+                    "{}{}{}{}",
                     status::table(&control_addr, &list),
                     status::replicas_table(&replicas),
+                    status::autoscale_table(&autoscale, &LocalTime::system()),
                     status::faults_table(&faults, &LocalTime::system())
                 ),
             }

@@ -43,6 +43,8 @@ pub struct Report<'a> {
     pub replicas: &'a [Replica],
     /// The faults in force.
     pub faults: &'a Faults,
+    /// The autoscaled services of the running `up`: counts, metrics, last decisions.
+    pub autoscale: &'a [AutoscaleStatus],
 }
 
 /// One control-plane replica as `flotilla status` shows it.
@@ -443,6 +445,7 @@ mod tests {
             replicas: &[],
             list: &list,
             faults: &faults,
+            autoscale: &[],
         })
         .unwrap();
         assert_eq!(json["instances"], serde_json::json!([]));
