@@ -300,6 +300,16 @@ fn autoscalers_and_requests_carry_the_manifests_numbers() {
                 "{service}: memory request"
             );
         }
+        if let Some(limit) = entry
+            .get("resources")
+            .and_then(|r| r.get("memory_limit"))
+            .and_then(|c| c.as_str())
+        {
+            assert_eq!(
+                container["resources"]["limits"]["memory"], limit,
+                "{service}: memory limit"
+            );
+        }
         let autoscale = autoscale_of
             .get(service)
             .unwrap_or_else(|| panic!("{service}: an autoscale line in flotilla.toml"));
