@@ -66,6 +66,7 @@ async fn watchers_follow_registration_deregistration_and_a_control_plane_restart
         instance_name: Some("echo-1".into()),
         zone: Some("eu-1a".into()),
         events: None,
+        advertise: None,
     };
     let listener = Service::bind(None).await.unwrap();
     let service_addr = listener.local_addr().unwrap();
