@@ -17,10 +17,26 @@ pub fn flotilla_beside_me(script: &str) -> std::path::PathBuf {
         })
 }
 
-/// A port that was free a moment ago.
+/// A loopback port that was free a moment ago, for a process to bind later: taken from below
+/// the kernel's ephemeral range (32768–60999), so no outgoing connection of the many a test
+/// run makes can take it in the meantime (a port from `bind(0)` could be, and was), and never
+/// one this process handed out before.
 pub fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr")
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let port = 20_000 + (hasher.finish() % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            given.push(port);
+            return listener.local_addr().expect("local addr");
+        }
+    }
 }
 
 /// Every process descended from `pid` (children, grandchildren, ...), from /proc.

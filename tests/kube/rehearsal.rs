@@ -18,36 +18,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::render::{container_port, pod_spec, selects, Rendered};
-use super::support::http_get;
+use super::support::{free_addr, http_get};
 
-/// A loopback port that was free a moment ago, from below the kernel's ephemeral range
-/// (32768–60999), so no outgoing connection takes it before its process binds it; never one
-/// this test process handed out before.
+/// A free loopback port (below the ephemeral range: see `free_addr`).
 fn free_port() -> u16 {
-    use std::sync::Mutex;
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = 20_000 + (rand_u32() % 12_000) as u16;
-        if given.contains(&port) {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish() as u32
+    free_addr().port()
 }
 
 /// How long after the pods the Jobs start.
