@@ -88,6 +88,47 @@ impl Keyring {
         plain(name).then(|| self.sign(&format!("read:{name}")))
     }
 
+    /// A dashboard session for `principal` until `expires` (Unix seconds): signed like a
+    /// credential but under a claim [`Keyring::identify`] never accepts, so a session cookie
+    /// is no bearer credential. Services have no sessions.
+    pub fn session(&self, principal: &Principal, expires: u64) -> Option<String> {
+        let who = match principal {
+            Principal::Operator => "operator".to_owned(),
+            Principal::Reader { name } => format!("read.{name}"),
+            Principal::Service { .. } => return None,
+        };
+        Some(self.sign(&format!("ui:{who}:{expires}")))
+    }
+
+    /// The principal of a session still valid at `now` (Unix seconds), if it is genuine.
+    pub fn session_of(&self, session: &str, now: u64) -> Option<Principal> {
+        let (claim, mac) = session.rsplit_once(':')?;
+        let mac = (0..mac.len())
+            .step_by(2)
+            .map(|i| mac.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()?;
+        hmac::verify(&self.key, claim.as_bytes(), &mac).ok()?;
+        let mut parts = claim.split(':');
+        let (Some("ui"), Some(who), Some(expires), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if expires.parse::<u64>().ok()? <= now {
+            return None;
+        }
+        match who.split_once('.') {
+            None if who == "operator" => Some(Principal::Operator),
+            Some(("read", name)) => Some(Principal::Reader { name: name.to_owned() }),
+            _ => None,
+        }
+    }
+
+    /// The token a session's forms carry (and its scripts send as `x-csrf-token`): a write
+    /// without it is refused, whatever cookie the browser sent along.
+    pub fn csrf(&self, session: &str) -> String {
+        hex(hmac::sign(&self.key, format!("csrf\0{session}").as_bytes()).as_ref())
+    }
+
     /// The principal a presented credential names, if it is genuine.
     pub fn identify(&self, presented: &str) -> Option<Principal> {
         let (a, b) = (self.operator.as_bytes(), presented.as_bytes());
@@ -191,6 +232,29 @@ impl Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_name_their_principal_until_they_expire_and_are_no_credentials() {
+        let ring = Keyring::new("operator-token");
+        let reader = Principal::Reader { name: "ana".into() };
+        let session = ring.session(&reader, 1_000).unwrap();
+        assert_eq!(ring.session_of(&session, 999), Some(reader));
+        assert_eq!(ring.session_of(&session, 1_000), None, "expired");
+        assert_eq!(ring.identify(&session), None, "a session is not a bearer credential");
+        let operator = ring.session(&Principal::Operator, 1_000).unwrap();
+        assert_eq!(ring.session_of(&operator, 5), Some(Principal::Operator));
+        // Another control plane's, or one edited by hand, is nothing.
+        assert_eq!(Keyring::new("other").session_of(&operator, 5), None);
+        assert_eq!(ring.session_of(&operator.replace("1000", "9999"), 5), None);
+        let service = Principal::Service {
+            service: "orders".into(),
+            instance: "orders-1".into(),
+        };
+        assert_eq!(ring.session(&service, 1_000), None, "services have no sessions");
+        // The CSRF token is the session's own.
+        assert_ne!(ring.csrf(&session), ring.csrf(&operator));
+        assert_eq!(ring.csrf(&session), ring.csrf(&session));
+    }
 
     #[test]
     fn credentials_name_their_principal_and_nothing_else_passes() {
