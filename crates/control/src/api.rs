@@ -48,6 +48,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .merge(crate::config::http::routes())
         .merge(crate::events::http::routes())
         .merge(crate::telemetry::http::routes())
+        .merge(crate::ui::routes())
         .with_state(state.clone());
     with_problem_fallbacks(api)
         .layer(axum::middleware::map_response(retry_after_unavailable))

@@ -11,6 +11,7 @@ pub mod process;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -192,6 +193,11 @@ impl ControlState {
     /// Who a presented credential names, if it is one of this control plane's.
     pub fn identify(&self, presented: &str) -> Option<acl::Principal> {
         self.keyring.identify(presented)
+    }
+
+    /// The keys credentials, dashboard sessions and their CSRF tokens are signed with.
+    pub(crate) fn keyring(&self) -> &acl::Keyring {
+        &self.keyring
     }
 }
 

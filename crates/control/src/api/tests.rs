@@ -764,8 +764,10 @@ async fn every_route_is_in_the_openapi_document_and_nothing_else() {
     ] {
         assert!(templates.iter().any(|t| t == known), "{known} in {templates:?}");
     }
-    // Routes the document leaves out on purpose, with why. None today.
+    // Routes the document leaves out on purpose, with why: the dashboard's pages (`/ui…`) are
+    // HTML for people behind a session, not the API.
     let exceptions: &[(&str, &str)] = &[];
+    let templates: Vec<String> = templates.into_iter().filter(|t| !t.starts_with("/ui")).collect();
 
     const METHODS: [&str; 5] = ["GET", "PUT", "POST", "DELETE", "PATCH"];
     let mut routed = std::collections::BTreeSet::new();

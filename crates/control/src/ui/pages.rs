@@ -1,0 +1,330 @@
+//! The views: the overview (every service, its instances and RED figures, the control
+//! plane's own health), the service map (the dependency graph as SVG) and a service's page
+//! (its instances).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use flotilla_api::telemetry::{Dependency, DependencyGraph};
+use flotilla_api::{Health, Instance};
+use maud::{html, Markup};
+
+use super::{page, Viewer};
+use crate::ControlState;
+
+/// How far back the figures look.
+const WINDOW: Duration = Duration::from_secs(300);
+
+/// One service's figures over [`WINDOW`], from the spans: what its callers saw of it.
+#[derive(Debug, Default, Clone)]
+struct Red {
+    calls: u64,
+    errors: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Red {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / WINDOW.as_secs_f64()
+    }
+
+    fn error_rate(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.calls as f64
+        }
+    }
+}
+
+/// Each callee's figures, summed over its incoming request edges (the slowest caller's p99:
+/// a bound, as percentiles do not add).
+fn red_by_service(graph: &DependencyGraph) -> BTreeMap<String, Red> {
+    let mut red: BTreeMap<String, Red> = BTreeMap::new();
+    for edge in graph.edges.iter().filter(|e| is_request(e)) {
+        let entry = red.entry(edge.callee.clone()).or_default();
+        let before = entry.calls;
+        entry.calls += edge.calls;
+        entry.errors += edge.errors;
+        // The median weighted by calls; the worst p99.
+        entry.p50_ms = if entry.calls == 0 {
+            0.0
+        } else {
+            (entry.p50_ms * before as f64 + edge.p50_ms * edge.calls as f64) / entry.calls as f64
+        };
+        entry.p99_ms = entry.p99_ms.max(edge.p99_ms);
+    }
+    red
+}
+
+fn is_request(edge: &Dependency) -> bool {
+    matches!(edge.kind, flotilla_api::telemetry::DependencyKind::Http)
+}
+
+async fn graph(state: &ControlState) -> DependencyGraph {
+    match state.traces.dependencies(WINDOW).await {
+        Ok(graph) => graph,
+        Err(err) => {
+            tracing::warn!(error = %err, "the dashboard could not read the dependency graph");
+            DependencyGraph::default()
+        }
+    }
+}
+
+/// How a set of instances is doing: `passing` when every one is, `failing` when none is.
+fn health_of(instances: &[&Instance]) -> &'static str {
+    let passing = instances.iter().filter(|i| i.health == Health::Passing).count();
+    match (passing, instances.len()) {
+        (_, 0) => "down",
+        (p, n) if p == n => "passing",
+        (0, _) => "failing",
+        _ => "degraded",
+    }
+}
+
+fn ms(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0} ms")
+    } else {
+        format!("{value:.1} ms")
+    }
+}
+
+fn ago(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// `GET /ui`: every service with its instances, versions, health and RED figures; the
+/// control plane's own state.
+pub(super) async fn overview(viewer: Viewer, State(state): State<Arc<ControlState>>) -> Response {
+    let list = state.registry.list(None);
+    let graph = graph(&state).await;
+    let red = red_by_service(&graph);
+    let mut by_service: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+    for instance in &list.instances {
+        by_service.entry(&instance.service).or_default().push(instance);
+    }
+    // Services seen in the spans but with no instance now are down, not forgotten.
+    let names: BTreeSet<&str> = by_service
+        .keys()
+        .copied()
+        .chain(
+            graph
+                .services
+                .iter()
+                .map(String::as_str)
+                .filter(|s| red.contains_key(*s)),
+        )
+        .collect();
+    let store = state.store_health();
+    let content = html! {
+        section aria-labelledby="services-h" {
+            h2 id="services-h" { "Services" }
+            div class="table-wrap" {
+                table class="services" {
+                    thead { tr {
+                        th scope="col" { "Service" }
+                        th scope="col" { "Health" }
+                        th scope="col" class="num" { "Instances" }
+                        th scope="col" { "Versions" }
+                        th scope="col" class="num" { "Requests/s" }
+                        th scope="col" class="num" { "Errors" }
+                        th scope="col" class="num" { "p50" }
+                        th scope="col" class="num" { "p99" }
+                    } }
+                    tbody {
+                        @for name in &names {
+                            @let instances = by_service.get(name).cloned().unwrap_or_default();
+                            @let health = health_of(&instances);
+                            @let figures = red.get(*name).cloned().unwrap_or_default();
+                            @let versions: BTreeSet<&str> = instances.iter().map(|i| i.version.as_str()).collect();
+                            tr data-service=(name) {
+                                th scope="row" { a href={"/ui/services/" (name)} { (name) } }
+                                td { span class={"badge " (health)} { (health) } }
+                                td class="num" {
+                                    (instances.iter().filter(|i| i.health == Health::Passing).count())
+                                    " / " (instances.len())
+                                }
+                                td { (versions.into_iter().collect::<Vec<_>>().join(", ")) }
+                                td class="num" { (format!("{:.2}", figures.rate())) }
+                                td class={"num" @if figures.errors > 0 { " bad" }} {
+                                    (format!("{:.1} %", figures.error_rate() * 100.0))
+                                }
+                                td class="num" { (ms(figures.p50_ms)) }
+                                td class="num" { (ms(figures.p99_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+            p class="hint" { "Figures over the last " (WINDOW.as_secs() / 60) " minutes, from the stored spans (sampled traces, every failed or slow one among them): what each service's callers saw." }
+        }
+        section aria-labelledby="control-h" {
+            h2 id="control-h" { "Control plane" }
+            dl class="facts" {
+                dt { "Store" } dd { (store.kind) @if store.quorum { " · " span class="badge passing" { "quorum" } } @else { " · " span class="badge failing" { "no quorum" } } }
+                dt { "Registry index" } dd { (list.index) @if list.stale { " (stale)" } @if list.warming { " (warming up)" } }
+                dt { "Instances" } dd { (list.instances.len()) }
+                dt { "Config revision" } dd { (state.config.revision()) }
+            }
+        }
+    };
+    page(&viewer, "/ui", "Overview", content)
+}
+
+/// `GET /ui/map`: the dependency graph, drawn: services in a circle, an arrow per edge with
+/// its rate, errors and p99, coloured by the callee's health; each service links to its page.
+pub(super) async fn map(viewer: Viewer, State(state): State<Arc<ControlState>>) -> Response {
+    let graph = graph(&state).await;
+    let list = state.registry.list(None);
+    let mut by_service: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+    for instance in &list.instances {
+        by_service.entry(&instance.service).or_default().push(instance);
+    }
+    let names: Vec<String> = graph
+        .services
+        .iter()
+        .cloned()
+        .chain(by_service.keys().map(|s| (*s).to_owned()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (width, height) = (960.0_f64, 640.0_f64);
+    let (cx, cy, radius) = (width / 2.0, height / 2.0, height / 2.0 - 80.0);
+    let at: BTreeMap<&str, (f64, f64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let angle = std::f64::consts::TAU * i as f64 / names.len().max(1) as f64 - std::f64::consts::FRAC_PI_2;
+            (name.as_str(), (cx + radius * angle.cos(), cy + radius * angle.sin()))
+        })
+        .collect();
+    let health = |name: &str| health_of(&by_service.get(name).cloned().unwrap_or_default());
+    let content = html! {
+        figure class="map" {
+            svg viewBox={"0 0 " (width) " " (height)} role="img" aria-labelledby="map-title" {
+                title id="map-title" { "Which service calls which in the last five minutes" }
+                defs {
+                    marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse" {
+                        path d="M 0 0 L 10 5 L 0 10 z" class="arrowhead" {}
+                    }
+                }
+                @for edge in &graph.edges {
+                    @if let (Some(&(x1, y1)), Some(&(x2, y2))) = (at.get(edge.caller.as_str()), at.get(edge.callee.as_str())) {
+                        @let (dx, dy) = (x2 - x1, y2 - y1);
+                        @let length = (dx * dx + dy * dy).sqrt().max(1.0);
+                        @let (ux, uy) = (dx / length, dy / length);
+                        @let (sx, sy, ex, ey) = (x1 + ux * 34.0, y1 + uy * 34.0, x2 - ux * 38.0, y2 - uy * 38.0);
+                        @let class = if edge.errors > 0 { "edge bad" } else if is_request(edge) { "edge" } else { "edge event" };
+                        g class=(class) data-edge={(edge.caller) "→" (edge.callee)} {
+                            line x1=(format!("{sx:.1}")) y1=(format!("{sy:.1}")) x2=(format!("{ex:.1}")) y2=(format!("{ey:.1}")) marker-end="url(#arrow)" {}
+                            text x=(format!("{:.1}", (sx + ex) / 2.0)) y=(format!("{:.1}", (sy + ey) / 2.0 - 4.0)) class="edge-label" {
+                                (format!("{:.2}/s", edge.calls as f64 / WINDOW.as_secs_f64()))
+                                @if edge.errors > 0 { " · " (format!("{:.0}% err", edge.error_rate * 100.0)) }
+                                " · p99 " (ms(edge.p99_ms))
+                            }
+                        }
+                    }
+                }
+                @for name in &names {
+                    @let (x, y) = at[name.as_str()];
+                    a href={"/ui/services/" (name)} class={"node " (health(name))} data-node=(name) {
+                        circle cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="32" {}
+                        text x=(format!("{x:.1}")) y=(format!("{:.1}", y + 52.0)) class="node-label" { (name) }
+                    }
+                }
+            }
+            figcaption {
+                "Solid arrows are requests, dashed ones events; red ones failed in the window. A node's colour is its instances' health."
+            }
+        }
+    };
+    page(&viewer, "/ui/map", "Service map", content)
+}
+
+/// `GET /ui/services/{name}`: its instances — address, version, pid, uptime, last heartbeat,
+/// health — and its callers and callees.
+pub(super) async fn service(
+    viewer: Viewer,
+    State(state): State<Arc<ControlState>>,
+    Path(name): Path<String>,
+) -> Response {
+    let list = state.registry.list(Some(&name));
+    let graph = graph(&state).await;
+    let instances: Vec<&Instance> = list.instances.iter().collect();
+    let health = health_of(&instances);
+    let callers: Vec<&Dependency> = graph.edges.iter().filter(|e| e.callee == name).collect();
+    let callees: Vec<&Dependency> = graph.edges.iter().filter(|e| e.caller == name).collect();
+    let content = html! {
+        p { "Health: " span class={"badge " (health)} data-health=(health) { (health) } }
+        section aria-labelledby="instances-h" {
+            h2 id="instances-h" { "Instances" }
+            @if instances.is_empty() {
+                p class="empty" { "No instance of " (name) " is registered." }
+            } @else {
+                div class="table-wrap" {
+                    table class="instances" {
+                        thead { tr {
+                            th scope="col" { "Instance" }
+                            th scope="col" { "Address" }
+                            th scope="col" { "Version" }
+                            th scope="col" class="num" { "pid" }
+                            th scope="col" class="num" { "Uptime" }
+                            th scope="col" class="num" { "Last heartbeat" }
+                            th scope="col" { "Health" }
+                        } }
+                        tbody {
+                            @for instance in &instances {
+                                @let health = if instance.health == Health::Passing { "passing" } else { "failing" };
+                                tr data-instance=(instance.instance_id) {
+                                    th scope="row" { (instance.instance_id) }
+                                    td { code { (instance.address) } }
+                                    td { (instance.version) }
+                                    td class="num" { (instance.pid().map(|p| p.to_string()).unwrap_or_default()) }
+                                    td class="num" { (ago(instance.uptime_ms)) }
+                                    td class="num" { (ago(instance.last_heartbeat_ms)) " ago" }
+                                    td { span class={"badge " (health)} { (health) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="deps-h" {
+            h2 id="deps-h" { "Calls" }
+            (edges("Called by", &callers, true))
+            (edges("Calls", &callees, false))
+        }
+    };
+    page(&viewer, "", &name, content)
+}
+
+fn edges(label: &str, edges: &[&Dependency], incoming: bool) -> Markup {
+    html! {
+        h3 { (label) }
+        @if edges.is_empty() {
+            p class="empty" { "Nothing in the last five minutes." }
+        } @else {
+            ul class="edges" {
+                @for edge in edges {
+                    @let other = if incoming { &edge.caller } else { &edge.callee };
+                    li {
+                        a href={"/ui/services/" (other)} { (other) }
+                        " — " (edge.calls) " calls, " (edge.errors) " failed, p99 " (ms(edge.p99_ms))
+                        @if !is_request(edge) { " (events)" }
+                    }
+                }
+            }
+        }
+    }
+}
