@@ -224,6 +224,15 @@ enum Command {
         #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
         data_dir: PathBuf,
     },
+    /// The dashboard: prints its URL (the control plane's `/ui`) and opens it in a browser when
+    /// there is one. Sign in with the operator's token or a read-only credential.
+    Dashboard {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Only print the URL.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Kubernetes: `init` writes what a deployment needs and must not check in (keys, token,
     /// credentials, database URLs) as a kustomization the overlays include.
     Kube {
@@ -742,6 +751,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Opens `url` in the desktop's browser when there is a desktop (a display, or macOS); says
+/// nothing when there is none, as on a server the URL printed is the answer.
+fn open_browser(url: &str) {
+    let desktop = std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let opener = if cfg!(target_os = "macos") {
+        Some("open")
+    } else if desktop {
+        Some("xdg-open")
+    } else {
+        None
+    };
+    if let Some(opener) = opener {
+        let opened = std::process::Command::new(opener)
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if opened.is_err() {
+            eprintln!("(could not run {opener}: open the URL above yourself)");
+        }
+    }
+}
+
 /// `flotilla new service`: scaffold, build, register; each step said with its time.
 fn new_service(
     name: String,
@@ -1180,6 +1212,19 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&graph)?);
             } else {
                 print!("{}", traces::deps::draw(&graph, lookback, style::stdout_wants_color()));
+            }
+        }
+        Command::Dashboard { control, no_open } => {
+            let found = control.control();
+            let base = flotilla::http::base_url(&found.addr);
+            let url = format!("{base}/ui");
+            println!("{url}");
+            println!(
+                "sign in with the operator's token ({}) or a read-only credential",
+                token::path(&control.data_dir).display()
+            );
+            if !no_open {
+                open_browser(&url);
             }
         }
         Command::Kube {

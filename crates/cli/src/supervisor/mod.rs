@@ -691,6 +691,11 @@ fn banner(
                 cluster::NODES.min(3),
             ),
         },
+        format!(
+            "    dashboard       http://{}/ui  (sign in with {})",
+            control.split(',').next().unwrap_or(control),
+            data_dir.join("token").display()
+        ),
         if options.mtls {
             format!(
                 "    mTLS            every process, certificates from {}",
