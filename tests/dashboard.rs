@@ -1,7 +1,8 @@
 //! The dashboard at `/ui`, against a real `flotilla up`: refused without a session (a page
 //! redirects to the sign-in form, the live stream and writes are refused), and — in a real
 //! Chromium driven by Playwright (`tests/ui/dashboard.py`) — signing in, the overview listing
-//! every shop service, the map after an order, a service's page, payments stopped and back
+//! every shop service, the map after an order, a service's page, the order's trace from it as
+//! a waterfall, payments stopped and back
 //! seen without a reload, a phone's width in the dark scheme, signing out; no console error.
 //! Each page's load time is reported (timing is for benchmarks, not for this test).
 //! Screenshots go to a temp dir, or to `docs/img` with `FLOTILLA_UPDATE_SCREENSHOTS=1`.

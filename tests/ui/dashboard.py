@@ -126,6 +126,22 @@ def main():
         timings["service"] = load_ms(page)
         page.screenshot(path=f"{args.screenshots}/service.png", full_page=True)
 
+        step("the order's trace from its service's page, as a waterfall")
+        page.goto(f"{ui}/services/orders")
+        page.click("text=Recent traces")
+        expect(page).to_have_url(re.compile(r"/ui/traces\?service=orders"))
+        first = page.locator("tr[data-trace] a").first
+        expect(first).to_be_visible(timeout=15000)
+        timings["traces"] = load_ms(page)
+        page.screenshot(path=f"{args.screenshots}/traces.png", full_page=True)
+        first.click()
+        expect(page.locator("h1")).to_contain_text("Trace ")
+        spans = page.locator("g[data-span]")
+        expect(spans.first).to_be_visible()
+        assert spans.count() >= 3, f"the order's trace has {spans.count()} spans"
+        timings["trace"] = load_ms(page)
+        page.screenshot(path=f"{args.screenshots}/trace.png", full_page=True)
+
         step("payments stopped: the overview and the map change without a reload")
         page.goto(ui)
         page.evaluate("() => { window.__notReloaded = true; }")

@@ -8,6 +8,7 @@
 mod assets;
 mod pages;
 mod session;
+mod traces;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub fn routes() -> Router<Arc<ControlState>> {
         .route("/ui/", get(|| async { Redirect::permanent(PATH) }))
         .route("/ui/map", get(pages::map))
         .route("/ui/services/{name}", get(pages::service))
+        .route("/ui/traces", get(traces::list))
+        .route("/ui/traces/{id}", get(traces::one))
         .route("/ui/live", get(live))
         .route("/ui/sign-in", get(session::form).post(session::sign_in))
         .route("/ui/sign-out", post(session::sign_out))
@@ -89,14 +92,23 @@ fn to_sign_in(parts: &Parts) -> Response {
 }
 
 /// The views, for the navigation bar: (path, label).
-const VIEWS: &[(&str, &str)] = &[("/ui", "Overview"), ("/ui/map", "Service map")];
+const VIEWS: &[(&str, &str)] = &[
+    ("/ui", "Overview"),
+    ("/ui/map", "Service map"),
+    ("/ui/traces", "Traces"),
+];
 
 /// A whole page (or only its `<main>`, for the script's refresh): the navigation, the title,
 /// the content. Every page has a stable URL, is readable without scripts, and follows the
 /// system's colour scheme (dark or light).
 pub(crate) fn page(viewer: &Viewer, current: &str, title: &str, content: Markup) -> Response {
+    page_with(viewer, current, title, content, true)
+}
+
+/// [`page`], saying whether the script may refresh it (not while a form on it is filled).
+pub(crate) fn page_with(viewer: &Viewer, current: &str, title: &str, content: Markup, live: bool) -> Response {
     let main = html! {
-        main id="main" data-title=(title) {
+        main id="main" data-title=(title) data-live=(if live { "on" } else { "off" }) {
             h1 { (title) }
             (content)
         }

@@ -265,7 +265,11 @@ pub(super) async fn service(
     let callers: Vec<&Dependency> = graph.edges.iter().filter(|e| e.callee == name).collect();
     let callees: Vec<&Dependency> = graph.edges.iter().filter(|e| e.caller == name).collect();
     let content = html! {
-        p { "Health: " span class={"badge " (health)} data-health=(health) { (health) } }
+        p {
+            "Health: " span class={"badge " (health)} data-health=(health) { (health) }
+            " · " a href={"/ui/traces?service=" (name)} { "Recent traces" }
+            " · " a href={"/ui/traces?service=" (name) "&errors=on"} { "Recent errors" }
+        }
         section aria-labelledby="instances-h" {
             h2 id="instances-h" { "Instances" }
             @if instances.is_empty() {
