@@ -21,6 +21,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sqlx::Row;
 
+use crate::shop::{json, password_token};
+
 use crate::procs::http_request;
 use crate::system::System;
 
@@ -299,13 +301,6 @@ fn fail(what: &str) -> ! {
     panic!("chaos: {what}")
 }
 
-fn json_answer(answer: std::io::Result<(u16, String)>) -> (u16, Value) {
-    match answer {
-        Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::Null)),
-        Err(err) => (0, json!({ "error": err.to_string() })),
-    }
-}
-
 fn cli(system: &System, args: &[&str]) -> String {
     let out = system.cli(args);
     if !out.status.success() {
@@ -316,22 +311,6 @@ fn cli(system: &System, args: &[&str]) -> String {
         ));
     }
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn password_token(system: &System, email: &str, password: &str) -> Option<String> {
-    let form = format!(
-        "grant_type=password&client_id=shop-web&username={}&password={}",
-        email.replace('@', "%40"),
-        password.replace(' ', "+")
-    );
-    let (status, tokens) = json_answer(http_request(
-        system.gateway,
-        "POST",
-        "/oauth2/token",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        &form,
-    ));
-    (status == 200).then(|| tokens["access_token"].as_str().unwrap_or_default().to_owned())
 }
 
 /// An administrator and a customer; stock deep for products 1–20 but the thin one; payments'
@@ -358,7 +337,7 @@ fn prepare(system: &System, options: &Options) -> (String, String) {
         .unwrap_or_else(|| fail("the administrator could not sign in"));
     for product in 1..=20 {
         let on_hand = if product == THIN { options.thin_stock } else { 1_000_000 };
-        let (status, body) = json_answer(http_request(
+        let (status, body) = json(http_request(
             system.gateway,
             "PUT",
             &format!("/api/v1/inventory/{product}"),
@@ -401,7 +380,7 @@ fn prepare(system: &System, options: &Options) -> (String, String) {
             ],
         );
     }
-    let (status, body) = json_answer(http_request(
+    let (status, body) = json(http_request(
         system.gateway,
         "POST",
         "/api/v1/accounts",
@@ -991,7 +970,7 @@ async fn checks(
         ),
     ));
     let standing = payments.iter().filter(|p| p.1 == "authorized").count();
-    let (status_code, report) = json_answer(http_request(
+    let (status_code, report) = json(http_request(
         system.gateway,
         "GET",
         "/api/v1/payments/reconciliation",

@@ -8,4 +8,5 @@ pub mod load;
 pub mod login_flood;
 pub mod mtls;
 pub mod procs;
+pub mod shop;
 pub mod system;

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flotilla::events::EventsClient;
 use flotilla_bench::procs::{cpu_seconds, descendants, http_request};
+use flotilla_bench::shop::token_form;
 use flotilla_bench::system::System;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -319,32 +320,6 @@ fn machine_busy(ticks: &[Tick]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Setting the shop up (as `bench/orders` does).
 
-fn json(answer: std::io::Result<(u16, String)>) -> (u16, serde_json::Value) {
-    match answer {
-        Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or_default()),
-        Err(err) => fail(&format!("request: {err}")),
-    }
-}
-
-fn token_form(email: &str, password: &str) -> String {
-    format!(
-        "grant_type=password&client_id=shop-web&username={}&password={}",
-        email.replace('@', "%40"),
-        password.replace(' ', "+")
-    )
-}
-
-fn password_token(system: &System, email: &str, password: &str) -> Option<String> {
-    let (status, tokens) = json(http_request(
-        system.gateway,
-        "POST",
-        "/oauth2/token",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        &token_form(email, password),
-    ));
-    (status == 200).then(|| tokens["access_token"].as_str().unwrap_or_default().to_owned())
-}
-
 /// Waits until the gateway serves the catalog and every service of the manifest has a
 /// passing instance.
 fn wait_ready(system: &System) {
@@ -370,52 +345,9 @@ fn wait_ready(system: &System) {
     }
 }
 
-/// An administrator, then deep stock for products 1–20, then a customer: the customer's token.
+/// The customer's token once the shop is stocked (as `bench/orders` does).
 fn prepare(system: &System) -> String {
-    let out = system.cli(&[
-        "config",
-        "set",
-        "admin",
-        r#"{"email":"root@example.com","password":"a long admin password"}"#,
-        "--scope",
-        "identity",
-        "--secret",
-    ]);
-    if !out.status.success() {
-        fail(&format!("config set admin: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let admin = (0..200)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            password_token(system, "root@example.com", "a long admin password")
-        })
-        .unwrap_or_else(|| fail("the administrator could not sign in"));
-    for product in 1..=20 {
-        let (status, body) = json(http_request(
-            system.gateway,
-            "PUT",
-            &format!("/api/v1/inventory/{product}"),
-            &[
-                ("Authorization", &format!("Bearer {admin}")),
-                ("Content-Type", "application/json"),
-            ],
-            r#"{"on_hand": 100000000}"#,
-        ));
-        if status != 200 {
-            fail(&format!("stocking product {product}: {status} {body}"));
-        }
-    }
-    let (status, body) = json(http_request(
-        system.gateway,
-        "POST",
-        "/api/v1/accounts",
-        &[("Content-Type", "application/json")],
-        r#"{"email":"bench@example.com","password":"correct horse battery","name":"Bench"}"#,
-    ));
-    if status != 202 {
-        fail(&format!("sign-up: {status} {body}"));
-    }
-    password_token(system, "bench@example.com", "correct horse battery").unwrap_or_else(|| fail("customer token"))
+    flotilla_bench::shop::stocked_customer(system).unwrap_or_else(|e| fail(&e))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla::events::EventsClient;
-use flotilla_bench::procs::{cpu_seconds, http_request};
+use flotilla_bench::procs::cpu_seconds;
 use flotilla_bench::system::System;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -34,75 +34,9 @@ fn fail(what: &str) -> ! {
     std::process::exit(1)
 }
 
-fn json(answer: std::io::Result<(u16, String)>) -> (u16, serde_json::Value) {
-    match answer {
-        Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or_default()),
-        Err(err) => fail(&format!("request: {err}")),
-    }
-}
-
-fn password_token(system: &System, email: &str, password: &str) -> Option<String> {
-    let form = format!(
-        "grant_type=password&client_id=shop-web&username={}&password={}",
-        email.replace('@', "%40"),
-        password.replace(' ', "+")
-    );
-    let (status, tokens) = json(http_request(
-        system.gateway,
-        "POST",
-        "/oauth2/token",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        &form,
-    ));
-    (status == 200).then(|| tokens["access_token"].as_str().unwrap_or_default().to_owned())
-}
-
-/// An administrator, then deep stock for products 1–20, then a customer: the customer's token.
+/// The customer's token once the shop is stocked.
 fn prepare(system: &System) -> String {
-    let out = system.cli(&[
-        "config",
-        "set",
-        "admin",
-        r#"{"email":"root@example.com","password":"a long admin password"}"#,
-        "--scope",
-        "identity",
-        "--secret",
-    ]);
-    if !out.status.success() {
-        fail(&format!("config set admin: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let admin = (0..200)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            password_token(system, "root@example.com", "a long admin password")
-        })
-        .unwrap_or_else(|| fail("the administrator could not sign in"));
-    for product in 1..=20 {
-        let (status, body) = json(http_request(
-            system.gateway,
-            "PUT",
-            &format!("/api/v1/inventory/{product}"),
-            &[
-                ("Authorization", &format!("Bearer {admin}")),
-                ("Content-Type", "application/json"),
-            ],
-            r#"{"on_hand": 100000000}"#,
-        ));
-        if status != 200 {
-            fail(&format!("stocking product {product}: {status} {body}"));
-        }
-    }
-    let (status, body) = json(http_request(
-        system.gateway,
-        "POST",
-        "/api/v1/accounts",
-        &[("Content-Type", "application/json")],
-        r#"{"email":"bench@example.com","password":"correct horse battery","name":"Bench"}"#,
-    ));
-    if status != 202 {
-        fail(&format!("sign-up: {status} {body}"));
-    }
-    password_token(system, "bench@example.com", "correct horse battery").unwrap_or_else(|| fail("customer token"))
+    flotilla_bench::shop::stocked_customer(system).unwrap_or_else(|e| fail(&e))
 }
 
 /// When each order was seen confirmed or cancelled, by id.
