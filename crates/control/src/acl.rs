@@ -74,6 +74,17 @@ impl Keyring {
         }
     }
 
+    /// The claim of a signed `<claim>:<hex mac>`, if the mac is this keyring's.
+    fn verified<'a>(&self, signed: &'a str) -> Option<&'a str> {
+        let (claim, mac) = signed.rsplit_once(':')?;
+        let mac = (0..mac.len())
+            .step_by(2)
+            .map(|i| mac.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()?;
+        hmac::verify(&self.key, claim.as_bytes(), &mac).ok()?;
+        Some(claim)
+    }
+
     fn sign(&self, claim: &str) -> String {
         format!("{claim}:{}", hex(hmac::sign(&self.key, claim.as_bytes()).as_ref()))
     }
@@ -102,12 +113,7 @@ impl Keyring {
 
     /// The principal of a session still valid at `now` (Unix seconds), if it is genuine.
     pub fn session_of(&self, session: &str, now: u64) -> Option<Principal> {
-        let (claim, mac) = session.rsplit_once(':')?;
-        let mac = (0..mac.len())
-            .step_by(2)
-            .map(|i| mac.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect::<Option<Vec<u8>>>()?;
-        hmac::verify(&self.key, claim.as_bytes(), &mac).ok()?;
+        let claim = self.verified(session)?;
         let mut parts = claim.split(':');
         let (Some("ui"), Some(who), Some(expires), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -131,16 +137,10 @@ impl Keyring {
 
     /// The principal a presented credential names, if it is genuine.
     pub fn identify(&self, presented: &str) -> Option<Principal> {
-        let (a, b) = (self.operator.as_bytes(), presented.as_bytes());
-        if a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
+        if same_secret(&self.operator, presented) {
             return Some(Principal::Operator);
         }
-        let (claim, mac) = presented.rsplit_once(':')?;
-        let mac = (0..mac.len())
-            .step_by(2)
-            .map(|i| mac.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect::<Option<Vec<u8>>>()?;
-        hmac::verify(&self.key, claim.as_bytes(), &mac).ok()?;
+        let claim = self.verified(presented)?;
         let mut parts = claim.split(':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("svc"), Some(service), Some(instance), None) => Some(Principal::Service {
@@ -151,6 +151,12 @@ impl Keyring {
             _ => None,
         }
     }
+}
+
+/// Whether two secrets are equal, in time that does not depend on where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether a topic or group name is a service's own: its name, or `<service>.<anything>`.

@@ -125,14 +125,8 @@ pub(crate) fn page_with(viewer: &Viewer, current: &str, title: &str, content: Ma
         (DOCTYPE)
         html lang="en" {
             head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="color-scheme" content="light dark";
+                (head_common(title))
                 meta name="csrf-token" content=(viewer.csrf);
-                // No icon to fetch (a 404 in the console otherwise).
-                link rel="icon" href="data:,";
-                title { (title) " · Flotilla" }
-                link rel="stylesheet" href="/ui/assets/ui.css";
                 script src="/ui/assets/ui.js" defer {}
             }
             body {
@@ -160,6 +154,19 @@ pub(crate) fn page_with(viewer: &Viewer, current: &str, title: &str, content: Ma
         }
     };
     no_store(Html(markup.into_string()).into_response())
+}
+
+/// What every page's `<head>` holds: encoding, viewport, colour schemes, title, stylesheet.
+pub(crate) fn head_common(title: &str) -> Markup {
+    html! {
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        meta name="color-scheme" content="light dark";
+        // No icon to fetch (a 404 in the console otherwise).
+        link rel="icon" href="data:,";
+        title { (title) " · Flotilla" }
+        link rel="stylesheet" href="/ui/assets/ui.css";
+    }
 }
 
 /// Pages show the system now: never from a cache.

@@ -60,14 +60,7 @@ pub(super) async fn form(Query(next): Query<Next>) -> Response {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="color-scheme" content="light dark";
-                title { "Sign in · Flotilla" }
-                link rel="icon" href="data:,";
-                link rel="stylesheet" href="/ui/assets/ui.css";
-            }
+            head { (super::head_common("Sign in")) }
             body class="sign-in" {
                 main id="main" {
                     h1 { "Flotilla" }
@@ -155,10 +148,7 @@ pub(super) fn csrf_ok(viewer: &Viewer, headers: &HeaderMap, body: &[u8]) -> bool
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| serde_urlencoded::from_bytes::<Csrf>(body).ok().and_then(|f| f.csrf));
-    presented.is_some_and(|token| {
-        let (a, b) = (token.as_bytes(), viewer.csrf.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    })
+    presented.is_some_and(|token| crate::acl::same_secret(&token, &viewer.csrf))
 }
 
 /// Ends the session (a write: it needs the CSRF token).
