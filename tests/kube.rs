@@ -338,35 +338,6 @@ fn autoscalers_and_requests_carry_the_manifests_numbers() {
     }
 }
 
-fn customer(gateway: std::net::SocketAddr, email: &str) -> String {
-    let body = json!({"email": email, "password": "correct horse battery", "name": "Ana"}).to_string();
-    let (status, answer) = http_request(
-        gateway,
-        "POST",
-        "/api/v1/accounts",
-        &[("Content-Type", "application/json")],
-        &body,
-    )
-    .unwrap();
-    assert_eq!(status, 202, "{answer}");
-    let form = format!(
-        "grant_type=password&client_id=shop-web&username={}&password=correct+horse+battery",
-        email.replace('@', "%40")
-    );
-    let (status, tokens) = json_of(
-        http_request(
-            gateway,
-            "POST",
-            "/oauth2/token",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            &form,
-        )
-        .unwrap(),
-    );
-    assert_eq!(status, 200, "{tokens}");
-    tokens["access_token"].as_str().unwrap().to_owned()
-}
-
 fn rehearse(rendered: &Rendered, within: Duration) -> Result<Rehearsal, rehearsal::Failed> {
     let mut rehearsal = Rehearsal::start(rendered, Path::new(support::flotilla()))?;
     rehearsal.wait_ready(within)?;
@@ -395,7 +366,7 @@ fn the_single_overlay_runs_the_shop_from_sign_up_to_a_confirmed_order() {
             .ok()
             .filter(|(s, _)| *s == 200)
     });
-    let token = customer(gateway, "ana@example.com");
+    let token = support::customer_at(gateway, "ana@example.com");
     let body = json!({
         "lines": [{"product_id": 1, "quantity": 1}],
         "shipping_address": {"name": "Ana Lima", "line1": "Hafenstraße 1", "city": "Hamburg", "postal_code": "20457", "country": "DE"}

@@ -20,11 +20,6 @@ use serde_json::Value;
 use super::render::{container_port, pod_spec, selects, Rendered};
 use super::support::{free_addr, http_get};
 
-/// A free loopback port (below the ephemeral range: see `free_addr`).
-fn free_port() -> u16 {
-    free_addr().port()
-}
-
 /// How long after the pods the Jobs start.
 const JOB_DELAY: Duration = Duration::from_secs(3);
 
@@ -100,7 +95,7 @@ impl Rehearsal {
             let mut ports = BTreeMap::new();
             for port in container["ports"].as_array().into_iter().flatten() {
                 let declared = port["containerPort"].as_u64().unwrap_or(0) as u16;
-                ports.insert(declared, free_port());
+                ports.insert(declared, free_addr().port());
             }
             // Jobs last: the worst order for what they seed, which must wait, not crash.
             let next_start = Instant::now() + if kind == "Job" { JOB_DELAY } else { Duration::ZERO };
@@ -311,7 +306,7 @@ impl Rehearsal {
         // here it gets a free port nobody looks at (never the machine's fixed ones).
         while let Some(at) = text.find("0.0.0.0:") {
             let digits = text[at + 8..].chars().take_while(char::is_ascii_digit).count();
-            let free = free_port();
+            let free = free_addr().port();
             text.replace_range(at..at + 8 + digits, &format!("127.0.0.1:{free}"));
         }
         for (name, ports) in &self.services {

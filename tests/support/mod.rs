@@ -35,9 +35,14 @@ pub fn json_of(answer: (u16, String)) -> (u16, Value) {
 
 /// Signs a customer up through the gateway and returns their access token.
 pub fn customer(system: &System, email: &str) -> String {
+    customer_at(system.gateway, email)
+}
+
+/// [`customer`], through the gateway at `gateway`.
+pub fn customer_at(gateway: std::net::SocketAddr, email: &str) -> String {
     let body = json!({"email": email, "password": "correct horse battery", "name": "Ana"}).to_string();
     let (status, answer) = http_request(
-        system.gateway,
+        gateway,
         "POST",
         "/api/v1/accounts",
         &[("Content-Type", "application/json")],
@@ -51,7 +56,7 @@ pub fn customer(system: &System, email: &str) -> String {
     );
     let (status, tokens) = json_of(
         http_request(
-            system.gateway,
+            gateway,
             "POST",
             "/oauth2/token",
             &[("Content-Type", "application/x-www-form-urlencoded")],
