@@ -34,6 +34,7 @@ use crate::discovery::{Discovery, RegistryClient};
 use crate::events::{EventsClient, EventsError};
 use crate::mtls::{MtlsError, Workload};
 use crate::runtime::{self, Context, RuntimeError, Service, ServiceEnv};
+use crate::saga::{Saga, SagaEndpoint, SagaRunner, SagaStore};
 use crate::store::{Store, StoreError};
 use tokio::net::TcpListener;
 
@@ -97,6 +98,8 @@ pub struct Setup<C> {
     context: Context,
     config: LiveConfig<C>,
     tasks: Tasks,
+    /// The saga kinds the instance serves to the control plane.
+    sagas: SagaEndpoint,
 }
 
 impl<C: Send + Sync + 'static> Setup<C> {
@@ -147,6 +150,27 @@ impl<C: Send + Sync + 'static> Setup<C> {
                     .unwrap_or_else(|| "the control plane's log".to_owned()),
                 source,
             })
+    }
+
+    /// A runner of `saga`'s instances in `store`, served to the control plane for the
+    /// dashboard (see [`Setup::serve_sagas`]). Spawn its `run` on [`Setup::tasks`].
+    pub fn saga_runner<S>(&self, saga: Saga<S>, store: SagaStore) -> SagaRunner<S>
+    where
+        S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let runner = SagaRunner::new(saga, store);
+        self.serve_sagas(&runner);
+        runner
+    }
+
+    /// Serves `runner`'s instances — where each is, its steps' history and errors, not its
+    /// state — at `/flotilla/sagas` to the control plane only, over mTLS
+    /// ([`crate::saga::endpoint`]); the registration names its kind, so the dashboard asks.
+    pub fn serve_sagas<S>(&self, runner: &SagaRunner<S>)
+    where
+        S: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        self.sagas.register(runner);
     }
 
     /// A verifier of `issuer`'s tokens that needs every one of `scopes` (and one of `roles`,
@@ -278,16 +302,26 @@ async fn serve<A: App>(
         context,
         config,
         tasks: tasks.clone(),
+        sagas: SagaEndpoint::default(),
     };
     let router = A::start(&setup).await?;
     let Setup {
-        env, context, config, ..
+        env,
+        context,
+        config,
+        sagas,
+        ..
     } = setup;
     let mut service = Service::new(A::NAME, A::VERSION)
         .callers(A::CALLERS.iter().copied())
         .env(env)
         .context(context)
         .router(router);
+    if !sagas.is_empty() {
+        service = service
+            .metadata(crate::saga::endpoint::METADATA_KEY, sagas.kinds().join(","))
+            .platform(sagas.router());
+    }
     if <A::Config as Settings>::LIVE {
         service = service.config(&config);
     }

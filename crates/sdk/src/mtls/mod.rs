@@ -297,6 +297,10 @@ pub fn untrusting_client_config() -> ClientConfig {
 #[derive(Clone)]
 pub struct Callers {
     allowed: Arc<ArcSwap<Allowed>>,
+    /// Services let through the handshake beside `allowed` for the platform's own routes
+    /// only (`/flotilla/…`: the control plane reading the sagas); the runtime keeps them off
+    /// the service's routes. Not changed by [`Callers::set`].
+    platform: Arc<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -324,7 +328,21 @@ impl Callers {
             allowed: Arc::new(ArcSwap::from_pointee(Allowed::Services(
                 services.into_iter().map(Into::into).collect(),
             ))),
+            platform: Arc::default(),
         }
+    }
+
+    /// These callers, and beside them `services` for the platform's routes only: admitted in
+    /// the handshake, fenced in at HTTP by the runtime.
+    pub fn admitting_platform<I: IntoIterator<Item = S>, S: Into<String>>(mut self, services: I) -> Self {
+        self.platform = Arc::new(services.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether the handshake lets `service` in: a caller of the service, or of its platform
+    /// routes.
+    pub fn admits(&self, service: &str) -> bool {
+        self.allows(service) || self.platform.contains(service)
     }
 
     /// Anyone may connect; a certificate presented is checked and its service told to the
@@ -332,6 +350,7 @@ impl Callers {
     pub fn anyone() -> Self {
         Self {
             allowed: Arc::new(ArcSwap::from_pointee(Allowed::Anyone)),
+            platform: Arc::default(),
         }
     }
 

@@ -101,7 +101,7 @@ impl ClientCertVerifier for CallerVerifier {
                 CertificateError::ApplicationVerificationFailure,
             ));
         };
-        if !self.callers.allows(&service) {
+        if !self.callers.admits(&service) {
             tracing::warn!(caller = %service, allowed = ?self.callers.services(), "refused a caller not on this service's allow list");
             return Err(Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,

@@ -4,6 +4,7 @@
 
 mod callers;
 pub mod faults;
+pub mod platform;
 
 pub use callers::CallerConfig;
 
@@ -148,6 +149,8 @@ pub struct Service {
     callers: Vec<String>,
     /// Where health checks and `/metrics` are served under mTLS (loopback unless told).
     admin: Option<SocketAddr>,
+    /// The platform's routes (`/flotilla/…`), served to the control plane only.
+    platform: Option<Router>,
 }
 
 /// Who may call a service over mTLS when it says nothing: the gateway, which makes it an API
@@ -188,7 +191,21 @@ impl Service {
             registered: Vec::new(),
             callers: DEFAULT_CALLERS.iter().map(|s| (*s).to_owned()).collect(),
             admin: None,
+            platform: None,
         }
+    }
+
+    /// Routes the platform reads this instance through, under [`platform::PATH_PREFIX`] (the
+    /// sagas it runs): the handshake then admits the control plane too, which reaches these
+    /// and nothing else, and they answer nobody else ([`platform`]). Each router given is
+    /// merged with those before.
+    pub fn platform(mut self, routes: Router) -> Self {
+        let routes = routes.layer(axum::middleware::from_fn(platform::only_platform));
+        self.platform = Some(match self.platform.take() {
+            Some(before) => before.merge(routes),
+            None => routes,
+        });
+        self
     }
 
     /// The services that may call this one over mTLS (the config key `callers` in its scope
@@ -276,8 +293,14 @@ impl Service {
         };
         let workload = crate::mtls::installed();
         let (_stop_callers, callers_stopped) = tokio::sync::oneshot::channel::<()>();
+        let platform_routes = self.platform.take();
+        let mut fenced = None;
         let tls = workload.map(|workload| {
-            let callers = crate::mtls::Callers::only(self.callers.clone());
+            let mut callers = crate::mtls::Callers::only(self.callers.clone());
+            if platform_routes.is_some() {
+                callers = callers.admitting_platform(platform::PLATFORM_CALLERS.iter().copied());
+                fenced = Some(callers.clone());
+            }
             if let Some(control) = &self.env.control_addr {
                 callers::follow(
                     &self.name,
@@ -312,7 +335,16 @@ impl Service {
             tokio::spawn(crate::http::serve(admin, admin_app, None, drained.clone()));
             tracing::info!(service = %self.name, admin = %admin_addr, "health checks and metrics on the admin listener");
         }
-        let app = app(std::mem::take(&mut self.router), faults, health.clone(), tls.is_none());
+        let mut app = app(
+            std::mem::take(&mut self.router),
+            faults,
+            health.clone(),
+            tls.is_none(),
+            platform_routes,
+        );
+        if let Some(callers) = fenced {
+            app = app.layer(axum::middleware::from_fn_with_state(callers, platform::fence));
+        }
         let server = tokio::spawn(crate::http::serve(listener, app, tls, drained));
         health.ready.store(true, Ordering::SeqCst);
         tracing::info!(service = %self.name, version = %self.version, %addr, "serving");
@@ -370,10 +402,19 @@ fn admin_from_env() -> Option<SocketAddr> {
 }
 
 /// The application's routes in the request scope, beside the runtime's own. Only the
-/// application's routes are in it: health checks and `/metrics` are never delayed or failed
-/// by a fault rule, nor counted as the application's requests.
-fn app(router: Router, faults: Faults, health: Arc<HealthState>, with_health: bool) -> Router {
-    let router = router.layer(axum::middleware::from_fn_with_state(faults, request_scope));
+/// application's routes are in it: health checks, `/metrics` and the platform's routes are
+/// never delayed or failed by a fault rule, nor counted as the application's requests.
+fn app(
+    router: Router,
+    faults: Faults,
+    health: Arc<HealthState>,
+    with_health: bool,
+    platform: Option<Router>,
+) -> Router {
+    let mut router = router.layer(axum::middleware::from_fn_with_state(faults, request_scope));
+    if let Some(platform) = platform {
+        router = router.merge(platform);
+    }
     if with_health {
         with_problem_fallbacks(router.merge(health_routes(health)))
     } else {
@@ -950,7 +991,7 @@ mod tests {
         let health = Arc::new(HealthState::default());
         health.ready.store(true, Ordering::SeqCst);
         let router = Router::new().route("/products", get(|| async { "ok" }));
-        app(router, Faults::fixed(rules), health, true)
+        app(router, Faults::fixed(rules), health, true, None)
     }
 
     fn rule(kind: flotilla_api::faults::FaultKind) -> flotilla_api::faults::FaultRule {

@@ -16,7 +16,11 @@
 //!
 //! Actions and compensations must be idempotent (a crash after a step's effect and before its
 //! record makes it run again): give downstream calls the saga id as their idempotency key.
+//!
+//! A service whose runners were made through its app's setup ([`crate::app::Setup::saga_runner`])
+//! serves them to the control plane for the dashboard, and to nobody else ([`endpoint`]).
 
+pub mod endpoint;
 mod store;
 
 use std::future::Future;
@@ -30,8 +34,9 @@ use tracing::Instrument;
 
 use crate::telemetry::{metrics, span};
 
+pub use endpoint::SagaEndpoint;
 use store::Change;
-pub use store::{SagaRecord, SagaStatus, SagaStore, Transition};
+pub use store::{SagaRecord, SagaState, SagaStatus, SagaStore, SagaSummary, StateCounts, Transition};
 
 /// Why a step did not complete.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -50,6 +50,170 @@ impl SagaStatus {
     }
 }
 
+/// Where an instance is, as an operator reads it: [`SagaStatus`] with a running instance that
+/// waits for a dependency told apart from one that is making progress.
+///
+/// * `running`: a step is running, or retrying a failure that counts against its attempts;
+/// * `waiting`: running, but its current step found a dependency away
+///   ([`super::StepError::Unavailable`]) and waits for it without giving up (`waits > 0`):
+///   an order while payments is down;
+/// * `compensating`: a step failed for good and the earlier ones are being undone;
+/// * `done`: every step succeeded (`completed`);
+/// * `failed`: it ended without succeeding — undone (`compensated`), or its state could not
+///   be read (`failed`, which needs a person; [`SagaSummary::status`] tells the two apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SagaState {
+    /// A step is running or retrying.
+    Running,
+    /// A step waits for a dependency that is away.
+    Waiting,
+    /// Earlier steps are being undone.
+    Compensating,
+    /// Every step succeeded.
+    Done,
+    /// It ended without succeeding.
+    Failed,
+}
+
+impl SagaState {
+    /// Every state, in the order an instance passes through them.
+    pub const ALL: [SagaState; 5] = [
+        SagaState::Running,
+        SagaState::Waiting,
+        SagaState::Compensating,
+        SagaState::Done,
+        SagaState::Failed,
+    ];
+
+    /// The state of an instance with this status that waited `waits` times on its current step.
+    pub fn of(status: SagaStatus, waits: u32) -> Self {
+        match status {
+            SagaStatus::Running if waits > 0 => SagaState::Waiting,
+            SagaStatus::Running => SagaState::Running,
+            SagaStatus::Compensating => SagaState::Compensating,
+            SagaStatus::Completed => SagaState::Done,
+            SagaStatus::Compensated | SagaStatus::Failed => SagaState::Failed,
+        }
+    }
+
+    /// Its name (`waiting`), as in URLs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Running => "running",
+            SagaState::Waiting => "waiting",
+            SagaState::Compensating => "compensating",
+            SagaState::Done => "done",
+            SagaState::Failed => "failed",
+        }
+    }
+
+    /// The state named `text`, if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// The rows of `flotilla_sagas` in this state, as an SQL condition (no parameters).
+    fn condition(self) -> &'static str {
+        match self {
+            SagaState::Running => "status = 'running' AND waits = 0",
+            SagaState::Waiting => "status = 'running' AND waits > 0",
+            SagaState::Compensating => "status = 'compensating'",
+            SagaState::Done => "status = 'completed'",
+            SagaState::Failed => "status IN ('compensated', 'failed')",
+        }
+    }
+}
+
+impl std::fmt::Display for SagaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many instances of a kind are in each [`SagaState`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StateCounts {
+    /// Running or retrying.
+    pub running: u64,
+    /// Waiting for a dependency.
+    pub waiting: u64,
+    /// Being undone.
+    pub compensating: u64,
+    /// Completed.
+    pub done: u64,
+    /// Undone, or unreadable.
+    pub failed: u64,
+}
+
+impl StateCounts {
+    /// The count of one state.
+    pub fn get(&self, state: SagaState) -> u64 {
+        match state {
+            SagaState::Running => self.running,
+            SagaState::Waiting => self.waiting,
+            SagaState::Compensating => self.compensating,
+            SagaState::Done => self.done,
+            SagaState::Failed => self.failed,
+        }
+    }
+
+    fn slot(&mut self, state: SagaState) -> &mut u64 {
+        match state {
+            SagaState::Running => &mut self.running,
+            SagaState::Waiting => &mut self.waiting,
+            SagaState::Compensating => &mut self.compensating,
+            SagaState::Done => &mut self.done,
+            SagaState::Failed => &mut self.failed,
+        }
+    }
+
+    /// Every instance counted.
+    pub fn total(&self) -> u64 {
+        SagaState::ALL.into_iter().map(|s| self.get(s)).sum()
+    }
+}
+
+/// An instance as an operator lists it: where it is, since when, and why it is stuck —
+/// without its state, which holds its owner's (users') data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaSummary {
+    /// Its id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Where it is, as an operator reads it.
+    pub state: SagaState,
+    /// Where it is, as stored.
+    pub status: SagaStatus,
+    /// The index of the step running, or (compensating) one past the last step to undo.
+    pub step: i64,
+    /// The name of the step it is at, when its definition is known (the endpoint fills it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub step_name: String,
+    /// Tries of the current step so far.
+    pub attempts: u32,
+    /// Times the current step waited for a dependency.
+    pub waits: u32,
+    /// The last failure.
+    #[serde(default)]
+    pub last_error: String,
+    /// Why it is being (or was) undone.
+    #[serde(default)]
+    pub reason: String,
+    /// Whether that was a refusal rather than an operational failure.
+    #[serde(default)]
+    pub refused: bool,
+    /// The W3C trace context of what started it.
+    #[serde(default)]
+    pub traceparent: String,
+    /// When it started, ms since the epoch.
+    pub created_ms: i64,
+    /// When it last changed, ms since the epoch.
+    pub updated_ms: i64,
+}
+
 /// An instance as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaRecord {
@@ -411,6 +575,63 @@ impl SagaStore {
         rows.iter().map(record).collect()
     }
 
+    /// How many instances of `kind` are in each state: one grouped scan of the kind's rows.
+    pub async fn counts(&self, kind: &str) -> Result<StateCounts, sqlx::Error> {
+        // Both engines: COUNT is BIGINT on PostgreSQL and an integer on SQLite; the SUM is cast
+        // so it decodes as one type on both.
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n, CAST(SUM(CASE WHEN waits > 0 THEN 1 ELSE 0 END) AS BIGINT) AS waiting \
+             FROM flotilla_sagas WHERE kind = $1 GROUP BY status",
+        )
+        .bind(kind)
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut counts = StateCounts::default();
+        for row in &rows {
+            let status: String = row.try_get("status")?;
+            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
+            let waiting = row.try_get::<Option<i64>, _>("waiting")?.unwrap_or(0).max(0) as u64;
+            match SagaStatus::parse(&status) {
+                SagaStatus::Running => {
+                    counts.waiting += waiting;
+                    counts.running += n.saturating_sub(waiting);
+                }
+                other => *counts.slot(SagaState::of(other, 0)) += n,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Up to `limit` instances of `kind` (in `state`, if given), the most recently changed
+    /// first, without their state.
+    pub async fn summaries(
+        &self,
+        kind: &str,
+        state: Option<SagaState>,
+        limit: i64,
+    ) -> Result<Vec<SagaSummary>, sqlx::Error> {
+        // The condition is one of five constants: nothing from the caller reaches the SQL text.
+        let condition = state.map_or("1 = 1", SagaState::condition);
+        let rows = sqlx::query(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM flotilla_sagas WHERE kind = $1 AND {condition} \
+             ORDER BY updated_ms DESC, id LIMIT $2"
+        ))
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter().map(summary).collect()
+    }
+
+    /// One instance, without its state.
+    pub async fn summary(&self, id: &str) -> Result<Option<SagaSummary>, sqlx::Error> {
+        let row = sqlx::query(&format!("SELECT {SUMMARY_COLUMNS} FROM flotilla_sagas WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.store.pool())
+            .await?;
+        row.map(|r| summary(&r)).transpose()
+    }
+
     /// An instance's history, oldest first.
     pub async fn history(&self, id: &str) -> Result<Vec<Transition>, sqlx::Error> {
         let rows =
@@ -436,6 +657,31 @@ fn lease_lost(id: &str) -> sqlx::Error {
     sqlx::Error::Protocol(format!(
         "saga `{id}` moved on while this runner held it: its lease ran out"
     ))
+}
+
+/// What [`summary`] reads.
+const SUMMARY_COLUMNS: &str =
+    "id, kind, status, step, attempts, waits, last_error, reason, refused, traceparent, created_ms, updated_ms";
+
+fn summary(row: &sqlx::any::AnyRow) -> Result<SagaSummary, sqlx::Error> {
+    let status = SagaStatus::parse(&row.try_get::<String, _>("status")?);
+    let waits = row.try_get::<i64, _>("waits")? as u32;
+    Ok(SagaSummary {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        state: SagaState::of(status, waits),
+        status,
+        step: row.try_get("step")?,
+        step_name: String::new(),
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        waits,
+        last_error: row.try_get("last_error")?,
+        reason: row.try_get("reason")?,
+        refused: row.try_get::<i64, _>("refused")? != 0,
+        traceparent: row.try_get("traceparent")?,
+        created_ms: row.try_get("created_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
 }
 
 fn record(row: &sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
