@@ -119,6 +119,8 @@ impl flotilla::app::App for OrdersApp {
         let downstream =
             downstream(setup.context(), &config.current()).with_availability(setup.context().grpc("inventory"));
         let orders = start(setup.tasks(), store, downstream, setup.events().await?, config, tokens).await?;
+        // The dashboard's view of the order sagas, read by the control plane over mTLS.
+        setup.serve_sagas(&orders.runner);
         Ok(router(orders))
     }
 }
