@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod process;
 pub mod registry;
+pub mod sagas;
 pub mod store;
 pub mod telemetry;
 pub mod ui;

@@ -7,6 +7,7 @@
 
 mod assets;
 mod pages;
+mod sagas;
 mod session;
 mod traces;
 
@@ -41,6 +42,8 @@ pub fn routes() -> Router<Arc<ControlState>> {
         .route("/ui/services/{name}", get(pages::service))
         .route("/ui/traces", get(traces::list))
         .route("/ui/traces/{id}", get(traces::one))
+        .route("/ui/sagas", get(sagas::list))
+        .route("/ui/sagas/{service}/{id}", get(sagas::one))
         .route("/ui/live", get(live))
         .route("/ui/sign-in", get(session::form).post(session::sign_in))
         .route("/ui/sign-out", post(session::sign_out))
@@ -96,6 +99,7 @@ const VIEWS: &[(&str, &str)] = &[
     ("/ui", "Overview"),
     ("/ui/map", "Service map"),
     ("/ui/traces", "Traces"),
+    ("/ui/sagas", "Sagas"),
 ];
 
 /// A whole page (or only its `<main>`, for the script's refresh): the navigation, the title,
