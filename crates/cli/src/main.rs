@@ -291,6 +291,10 @@ enum Command {
         /// dir: a mounted Secret every replica shares (`flotilla kube secrets` makes one).
         #[arg(long, env = "FLOTILLA_KEYS_DIR")]
         keys_dir: Option<PathBuf>,
+        /// Where the processes' log files are (`<name>.log`, JSON lines), shown in the
+        /// dashboard's Logs view; `flotilla up` passes its `<data-dir>/logs`.
+        #[arg(long, env = "FLOTILLA_LOGS_DIR")]
+        logs_dir: Option<PathBuf>,
     },
     /// Run the gateway: with a control plane, or standalone from a routes file.
     Gateway {
@@ -1317,6 +1321,7 @@ async fn run(cli: Cli) -> Result<()> {
             traces,
             self_preservation,
             keys_dir,
+            logs_dir,
         } => {
             let token = match std::env::var(flotilla_api::env::TOKEN) {
                 Ok(token) if !token.is_empty() => token,
@@ -1340,6 +1345,7 @@ async fn run(cli: Cli) -> Result<()> {
                     share: self_preservation,
                 },
                 keys_dir,
+                logs_dir,
             };
             flotilla_control::process::run(listener, tls_listener, options, runtime::shutdown_signal()).await?;
         }

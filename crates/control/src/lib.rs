@@ -89,6 +89,9 @@ pub struct ControlState {
     /// Until then the registry is warming up: instances of a previous run are still
     /// re-registering, so its lists may be incomplete.
     warm_at: tokio::time::Instant,
+    /// Where the supervised processes' log files are (`flotilla up`'s `<data-dir>/logs`), for
+    /// the dashboard's Logs view; none on Kubernetes, where processes log to their stdout.
+    logs_dir: Option<std::path::PathBuf>,
 }
 
 /// The config key (scope `control`) listing the services that speak plain HTTP.
@@ -115,7 +118,19 @@ impl ControlState {
             listen: None,
             workloads_over_tls: false,
             closing,
+            logs_dir: None,
         }
+    }
+
+    /// Records where the processes' log files are, so the dashboard can show them.
+    pub fn with_logs_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.logs_dir = dir;
+        self
+    }
+
+    /// Where the processes' log files are, when this control plane was told.
+    pub fn logs_dir(&self) -> Option<&std::path::Path> {
+        self.logs_dir.as_deref()
     }
 
     /// Records the address the control plane was bound to, so service discovery can offer
@@ -380,9 +395,25 @@ pub async fn serve_with_tls(
     storage: Storage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_logs(listener, tls_listener, config, storage, None, shutdown).await
+}
+
+/// [`serve_with_tls`], told where the processes' log files are (`flotilla up`'s
+/// `<data-dir>/logs`), which the dashboard's Logs view reads; without it the view says where
+/// logs go instead.
+pub async fn serve_with_logs(
+    listener: TcpListener,
+    tls_listener: Option<TcpListener>,
+    config: ControlConfig,
+    storage: Storage,
+    logs_dir: Option<std::path::PathBuf>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let (closing_tx, closing_rx) = watch::channel(false);
-    let mut state = ControlState::new(config, storage, closing_rx.clone()).listening_on(addr);
+    let mut state = ControlState::new(config, storage, closing_rx.clone())
+        .listening_on(addr)
+        .with_logs_dir(logs_dir);
     let workload = match &tls_listener {
         Some(_) => {
             state = state.workloads_over_tls();

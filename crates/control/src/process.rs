@@ -29,6 +29,9 @@ pub struct Options {
     pub preservation: crate::registry::Preservation,
     /// Where the keys are (`ca.key`, `ca.pem`, `config.key`) when not in the data dir.
     pub keys_dir: Option<PathBuf>,
+    /// Where the supervised processes' log files are (`flotilla up` passes its
+    /// `<data-dir>/logs`), for the dashboard's Logs view; none where processes log to stdout.
+    pub logs_dir: Option<PathBuf>,
 }
 
 /// Why the control plane could not start or stopped with an error.
@@ -132,7 +135,7 @@ pub async fn run(
         }
     }
     .map_err(|source| RunError::Storage { dir, source })?;
-    crate::serve_with_tls(listener, tls_listener, config, storage, shutdown)
+    crate::serve_with_logs(listener, tls_listener, config, storage, options.logs_dir, shutdown)
         .await
         .map_err(RunError::Serve)?;
     drop(marker);

@@ -407,6 +407,8 @@ pub async fn up(options: UpOptions, shutdown: impl Future<Output = ()>) -> Resul
                     format!("{}ms", manifest.control.heartbeat.as_millis()),
                 ),
                 ("FLOTILLA_TTL".into(), format!("{}ms", manifest.control.ttl.as_millis())),
+                // The dashboard's Logs view reads the files this supervisor writes.
+                ("FLOTILLA_LOGS_DIR".into(), data_dir.join("logs").display().to_string()),
             ];
             if let Some(tls) = replica.tls {
                 control_env.push(("FLOTILLA_TLS_LISTEN".into(), tls.to_string()));
