@@ -269,6 +269,7 @@ pub(super) async fn service(
             "Health: " span class={"badge " (health)} data-health=(health) { (health) }
             " · " a href={"/ui/traces?service=" (name)} { "Recent traces" }
             " · " a href={"/ui/traces?service=" (name) "&errors=on"} { "Recent errors" }
+            " · " a href={"/ui/logs?service=" (name)} { "Logs" }
         }
         section aria-labelledby="instances-h" {
             h2 id="instances-h" { "Instances" }

@@ -146,7 +146,8 @@ fn waterfall(trace: &Trace) -> Markup {
     let height = row * ordered.len() as f64 + 8.0;
     html! {
         p { "Started " (clock(start)) ", took " (ms(end - start)) ", " (trace.spans.len()) " spans. "
-            a href={"/ui/traces?service=" (ordered.first().map(|(s, _)| s.service.as_str()).unwrap_or(""))} { "More like it" } }
+            a href={"/ui/traces?service=" (ordered.first().map(|(s, _)| s.service.as_str()).unwrap_or(""))} { "More like it" }
+            " · " a href={"/ui/logs?trace=" (trace.trace_id)} { "Logs of this trace" } }
         figure class="waterfall" {
             svg viewBox={"0 0 " (label_width + bar_width) " " (height)} role="img" aria-label="The trace's spans on its timeline" {
                 @for (i, (span, depth)) in ordered.iter().enumerate() {
