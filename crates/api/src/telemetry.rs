@@ -159,9 +159,10 @@ pub struct TraceSummary {
     pub services: Vec<String>,
 }
 
-/// `GET /v1/traces?service=&operation=&min_duration_ms=&errors=&limit=`: the newest traces
-/// that match, newest first. A trace matches `service`/`operation` when any of its spans
-/// does; `min_duration_ms` and `errors` apply to the trace as a whole.
+/// `GET /v1/traces?service=&operation=&min_duration_ms=&errors=&since_ms=&until_ms=&limit=`:
+/// the newest traces that match, newest first. A trace matches `service`/`operation` when any
+/// of its spans does; `min_duration_ms`, `errors` and the time range apply to the trace as a
+/// whole (its start).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TraceQuery {
     /// A service with a span in the trace.
@@ -179,6 +180,12 @@ pub struct TraceQuery {
     /// At most this many (default 20, at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Only traces that started at or after this time (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// Only traces that started before this time (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
 }
 
 /// The answer to a [`TraceQuery`].

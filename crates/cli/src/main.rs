@@ -1187,6 +1187,8 @@ async fn run(cli: Cli) -> Result<()> {
                 min_duration_ms: min_duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                 errors,
                 limit,
+                since_ms: None,
+                until_ms: None,
             };
             let list = control.client().traces(&query).await?;
             if control.json() {

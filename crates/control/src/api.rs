@@ -48,9 +48,12 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .merge(crate::config::http::routes())
         .merge(crate::events::http::routes())
         .merge(crate::telemetry::http::routes())
-        .merge(crate::ui::routes())
         .with_state(state.clone());
+    // The dashboard answers people with HTML pages, its refusals included: outside the
+    // problem+json rewriting of the API's failed answers.
+    let ui = crate::ui::routes().with_state(state.clone());
     with_problem_fallbacks(api)
+        .merge(ui)
         .layer(axum::middleware::map_response(retry_after_unavailable))
         .layer(axum::middleware::from_fn_with_state(state, mark_stale))
 }

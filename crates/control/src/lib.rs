@@ -92,6 +92,10 @@ pub struct ControlState {
     /// Where the supervised processes' log files are (`flotilla up`'s `<data-dir>/logs`), for
     /// the dashboard's Logs view; none on Kubernetes, where processes log to their stdout.
     logs_dir: Option<std::path::PathBuf>,
+    /// The fleet's recent moves (joined, left, health), for the dashboard's overview.
+    pub(crate) changes: ui::Changes,
+    /// The instances' recent metrics, for the dashboard's RED figures.
+    pub(crate) samples: ui::Samples,
 }
 
 /// The config key (scope `control`) listing the services that speak plain HTTP.
@@ -119,6 +123,8 @@ impl ControlState {
             workloads_over_tls: false,
             closing,
             logs_dir: None,
+            changes: ui::Changes::default(),
+            samples: ui::Samples::default(),
         }
     }
 
@@ -435,6 +441,14 @@ pub async fn serve_with_logs(
     tasks.spawn("lease expiry", {
         let (state, stopped) = (state.clone(), tasks.stopped());
         async move { state.registry.run_expiry(stopped).await }
+    });
+    tasks.spawn("membership changes", {
+        let (state, stopped) = (state.clone(), tasks.stopped());
+        ui::watch_membership(state, stopped)
+    });
+    tasks.spawn("instance metrics", {
+        let (state, stopped) = (state.clone(), tasks.stopped());
+        ui::sample_metrics(state, stopped)
     });
     tasks.spawn("config follow", {
         let (state, stopped) = (state.clone(), tasks.stopped());

@@ -251,9 +251,13 @@ struct ListParams {
     errors: Option<bool>,
     /// At most this many (default 20, at most 1000).
     limit: Option<u32>,
+    /// Only traces that started at or after this time (ms since the Unix epoch).
+    since_ms: Option<u64>,
+    /// Only traces that started before this time (ms since the Unix epoch).
+    until_ms: Option<u64>,
 }
 
-/// `GET /v1/traces?service=&operation=&min_duration_ms=&errors=&limit=`.
+/// `GET /v1/traces?service=&operation=&min_duration_ms=&errors=&since_ms=&until_ms=&limit=`.
 #[utoipa::path(get, path = "/v1/traces", operation_id = "listTraces", tag = "telemetry",
     security(("bearer" = [])), params(ListParams),
     responses(
@@ -275,6 +279,8 @@ async fn list(
         min_duration_ms: q.min_duration_ms,
         errors: q.errors.unwrap_or(false),
         limit: q.limit,
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
     };
     Ok(Json(state.traces.list(&query).await.map_err(problem)?).into_response())
 }

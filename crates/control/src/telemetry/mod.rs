@@ -710,6 +710,14 @@ impl TraceStore {
         if min_duration.is_some() {
             sql.push_str(" AND (SELECT MAX(x.end_ns) FROM spans x WHERE x.trace_id = s.trace_id) - s.start_ns >= ?");
         }
+        let nanos = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let (since, until) = (query.since_ms.map(nanos), query.until_ms.map(nanos));
+        if since.is_some() {
+            sql.push_str(" AND s.start_ns >= ?");
+        }
+        if until.is_some() {
+            sql.push_str(" AND s.start_ns < ?");
+        }
         sql.push_str(" ORDER BY s.start_ns DESC, s.trace_id DESC LIMIT ?");
         let sql = dialect.sql(&sql);
         let ids: Vec<String> = reading!(&self.db, pool => {
@@ -719,6 +727,9 @@ impl TraceStore {
             }
             if let Some(min) = min_duration {
                 select = select.bind(min);
+            }
+            for bound in [since, until].into_iter().flatten() {
+                select = select.bind(bound);
             }
             select.bind(i64::from(limit)).fetch_all(pool).await?
         });

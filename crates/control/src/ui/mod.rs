@@ -6,6 +6,13 @@
 //! `/ui/live` say something changed.
 
 mod assets;
+mod changes;
+mod config;
+mod diff;
+mod events;
+mod gateway;
+mod logs;
+mod metrics;
 mod pages;
 mod sagas;
 mod session;
@@ -27,6 +34,9 @@ use maud::{html, Markup, DOCTYPE};
 use crate::acl::Principal;
 use crate::ControlState;
 
+pub use changes::{watch_membership, Changes};
+pub use metrics::{sample_metrics, Samples};
+
 /// Where the dashboard lives.
 pub const PATH: &str = "/ui";
 
@@ -42,6 +52,16 @@ pub fn routes() -> Router<Arc<ControlState>> {
         .route("/ui/services/{name}", get(pages::service))
         .route("/ui/traces", get(traces::list))
         .route("/ui/traces/{id}", get(traces::one))
+        .route("/ui/logs", get(logs::list))
+        .route("/ui/config", get(config::list).post(config::create))
+        .route(
+            "/ui/config/{scope}/{profile}/{key}",
+            get(config::key).post(config::write),
+        )
+        .route("/ui/config/{scope}/{profile}/{key}/rollback", post(config::rollback))
+        .route("/ui/events", get(events::list))
+        .route("/ui/events/{topic}", get(events::topic))
+        .route("/ui/events/{topic}/replay", post(events::replay))
         .route("/ui/sagas", get(sagas::list))
         .route("/ui/sagas/{service}/{id}", get(sagas::one))
         .route("/ui/live", get(live))
@@ -94,11 +114,39 @@ fn to_sign_in(parts: &Parts) -> Response {
     response
 }
 
+/// Refuses a write the session may not make: a read-only session (403, saying why), or a
+/// form without the session's CSRF token (403). `None` lets it through.
+pub(crate) fn refuse_write(viewer: &Viewer, headers: &HeaderMap, body: &[u8], what: &str) -> Option<Response> {
+    if !viewer.principal.is_operator() {
+        let content = html! {
+            p class="error" role="alert" {
+                "This session is read-only: it may not " (what) ". Sign in with the operator's token to do that."
+            }
+        };
+        let mut response = page(viewer, "", "Read-only", content);
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return Some(response);
+    }
+    if !session::csrf_ok(viewer, headers, body) {
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "the form's CSRF token is missing or wrong: load the page again",
+            )
+                .into_response(),
+        );
+    }
+    None
+}
+
 /// The views, for the navigation bar: (path, label).
 const VIEWS: &[(&str, &str)] = &[
     ("/ui", "Overview"),
     ("/ui/map", "Service map"),
     ("/ui/traces", "Traces"),
+    ("/ui/logs", "Logs"),
+    ("/ui/config", "Config"),
+    ("/ui/events", "Events"),
     ("/ui/sagas", "Sagas"),
 ];
 

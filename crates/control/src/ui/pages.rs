@@ -15,8 +15,10 @@ use maud::{html, Markup};
 use super::{page, Viewer};
 use crate::ControlState;
 
-/// How far back the figures look.
+/// How far back the figures from spans look.
 const WINDOW: Duration = Duration::from_secs(300);
+/// How far back the figures from the instances' metrics look.
+const METRICS_WINDOW: Duration = Duration::from_secs(60);
 
 /// One service's figures over [`WINDOW`], from the spans: what its callers saw of it.
 #[derive(Debug, Default, Clone)]
@@ -125,6 +127,25 @@ pub(super) async fn overview(viewer: Viewer, State(state): State<Arc<ControlStat
                 .filter(|s| red.contains_key(*s)),
         )
         .collect();
+    // Every request, from the instances' own counters over the last minute; the sampled
+    // spans for a service with no readings yet (or none of its own, like a job).
+    let measured = state.samples.red(METRICS_WINDOW);
+    let figures_of = |name: &str| -> (super::metrics::Red, &'static str) {
+        match measured.get(name) {
+            Some(red) if red.measured => (red.clone(), "metrics"),
+            _ => {
+                let spans = red.get(name).cloned().unwrap_or_default();
+                let red = super::metrics::Red {
+                    rate: spans.rate(),
+                    error_ratio: spans.error_rate(),
+                    p50_ms: spans.p50_ms,
+                    p99_ms: spans.p99_ms,
+                    measured: spans.calls > 0,
+                };
+                (red, "spans")
+            }
+        }
+    };
     let store = state.store_health();
     let content = html! {
         section aria-labelledby="services-h" {
@@ -145,9 +166,9 @@ pub(super) async fn overview(viewer: Viewer, State(state): State<Arc<ControlStat
                         @for name in &names {
                             @let instances = by_service.get(name).cloned().unwrap_or_default();
                             @let health = health_of(&instances);
-                            @let figures = red.get(*name).cloned().unwrap_or_default();
+                            @let (figures, source) = figures_of(name);
                             @let versions: BTreeSet<&str> = instances.iter().map(|i| i.version.as_str()).collect();
-                            tr data-service=(name) {
+                            tr data-service=(name) data-figures=(source) {
                                 th scope="row" { a href={"/ui/services/" (name)} { (name) } }
                                 td { span class={"badge " (health)} { (health) } }
                                 td class="num" {
@@ -155,9 +176,9 @@ pub(super) async fn overview(viewer: Viewer, State(state): State<Arc<ControlStat
                                     " / " (instances.len())
                                 }
                                 td { (versions.into_iter().collect::<Vec<_>>().join(", ")) }
-                                td class="num" { (format!("{:.2}", figures.rate())) }
-                                td class={"num" @if figures.errors > 0 { " bad" }} {
-                                    (format!("{:.1} %", figures.error_rate() * 100.0))
+                                td class="num" { (format!("{:.2}", figures.rate)) }
+                                td class={"num" @if figures.error_ratio > 0.0 { " bad" }} {
+                                    (format!("{:.1} %", figures.error_ratio * 100.0))
                                 }
                                 td class="num" { (ms(figures.p50_ms)) }
                                 td class="num" { (ms(figures.p99_ms)) }
@@ -166,8 +187,9 @@ pub(super) async fn overview(viewer: Viewer, State(state): State<Arc<ControlStat
                     }
                 }
             }
-            p class="hint" { "Figures over the last " (WINDOW.as_secs() / 60) " minutes, from the stored spans (sampled traces, every failed or slow one among them): what each service's callers saw." }
+            p class="hint" { "Requests, errors (5xx) and latency over the last minute from each instance's own metrics (every request), read every " (super::metrics::EVERY.as_secs()) " s; until a service has two readings, over the last " (WINDOW.as_secs() / 60) " minutes from the stored spans." }
         }
+        (recent_changes(&state).await)
         section aria-labelledby="control-h" {
             h2 id="control-h" { "Control plane" }
             dl class="facts" {
@@ -262,6 +284,10 @@ pub(super) async fn service(
     let graph = graph(&state).await;
     let instances: Vec<&Instance> = list.instances.iter().collect();
     let health = health_of(&instances);
+    // What each instance applied of its config, as it reported.
+    let (_, reports) = state.config.reports(|id| instances.iter().any(|i| i.instance_id == id));
+    let applied: BTreeMap<&str, &flotilla_api::config::ApplyReport> =
+        reports.iter().map(|r| (r.instance_id.as_str(), &r.report)).collect();
     let callers: Vec<&Dependency> = graph.edges.iter().filter(|e| e.callee == name).collect();
     let callees: Vec<&Dependency> = graph.edges.iter().filter(|e| e.caller == name).collect();
     let content = html! {
@@ -286,9 +312,11 @@ pub(super) async fn service(
                             th scope="col" class="num" { "Uptime" }
                             th scope="col" class="num" { "Last heartbeat" }
                             th scope="col" { "Health" }
+                            th scope="col" { "Config" }
                         } }
                         tbody {
                             @for instance in &instances {
+                                @let report = applied.get(instance.instance_id.as_str());
                                 @let health = if instance.health == Health::Passing { "passing" } else { "failing" };
                                 tr data-instance=(instance.instance_id) {
                                     th scope="row" { (instance.instance_id) }
@@ -298,6 +326,15 @@ pub(super) async fn service(
                                     td class="num" { (ago(instance.uptime_ms)) }
                                     td class="num" { (ago(instance.last_heartbeat_ms)) " ago" }
                                     td { span class={"badge " (health)} { (health) } }
+                                    td {
+                                        @match report {
+                                            None => span class="hint" { "not reported" },
+                                            Some(r) if r.status == flotilla_api::config::ApplyStatus::Refused => {
+                                                a href="/ui/config" class="bad" title=(r.error.as_deref().unwrap_or("")) { "runs " (r.running) ", refused " (r.revision) }
+                                            },
+                                            Some(r) => a href="/ui/config" { "revision " (r.running) },
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -305,6 +342,9 @@ pub(super) async fn service(
                 }
             }
         }
+        (red_over_time(&state, &name))
+        (super::traces::recent(&state, &name).await)
+        (super::gateway::routes_to(&state, &name).await)
         section aria-labelledby="deps-h" {
             h2 id="deps-h" { "Calls" }
             (edges("Called by", &callers, true))
@@ -328,6 +368,148 @@ fn edges(label: &str, edges: &[&Dependency], incoming: bool) -> Markup {
                         " — " (edge.calls) " calls, " (edge.errors) " failed, p99 " (ms(edge.p99_ms))
                         @if !is_request(edge) { " (events)" }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// One line of the overview's recent changes.
+struct Recent {
+    at_ms: u64,
+    kind: &'static str,
+    text: Markup,
+}
+
+/// Dead letters looked at per dead-letter topic.
+const DEAD_LETTERS_SHOWN: u64 = 3;
+
+/// The fleet's moves, the newest config revisions and the newest dead letters, newest first.
+async fn recent_changes(state: &ControlState) -> Markup {
+    use super::changes::Move;
+    let mut recent: Vec<Recent> = state
+        .changes
+        .newest(20)
+        .into_iter()
+        .map(|m| {
+            let (kind, verb) = match m.what {
+                Move::Joined => ("joined", "joined"),
+                Move::Left => ("left", "left"),
+                Move::Failing => ("failing", "began failing its health check"),
+                Move::Passing => ("passing", "passes its health check again"),
+            };
+            Recent {
+                at_ms: m.at_ms,
+                kind,
+                text: html! { a href={"/ui/services/" (m.service)} { (m.service) } " instance " code { (m.instance) } " " (verb) },
+            }
+        })
+        .collect();
+    let mut config = state.config.list(None, None);
+    config.sort_by_key(|e| std::cmp::Reverse(e.time_ms));
+    recent.extend(config.into_iter().take(10).map(|e| Recent {
+        at_ms: e.time_ms,
+        kind: "config",
+        text: html! {
+            "config " a href={"/ui/config/" (e.scope) "/" (e.profile) "/" (e.key)} { (e.scope) "/" (e.profile) "/" (e.key) }
+            " → revision " (e.revision) " by " (e.author)
+            @if !e.comment.is_empty() { " (" (e.comment) ")" }
+        },
+    }));
+    if let Ok(topics) = state.events.topics().await {
+        for topic in topics
+            .iter()
+            .filter(|t| t.topic.ends_with(".dead-letter") && t.events > 0)
+        {
+            let from = topic.next_offset.saturating_sub(DEAD_LETTERS_SHOWN);
+            let Ok(letters) = state.events.read(&topic.topic, from, DEAD_LETTERS_SHOWN as u32).await else {
+                continue;
+            };
+            recent.extend(letters.into_iter().map(|d| {
+                Recent {
+                    at_ms: d
+                        .event
+                        .time
+                        .as_deref()
+                        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                        .map_or(0, |t| t.as_millisecond().max(0) as u64),
+                    kind: "dead-letter",
+                    text: html! {
+                        "dead letter " a href={"/ui/events/" (topic.topic)} { (topic.topic) } " "
+                        code { (d.event.kind) }
+                        @if let Some(reason) = &d.event.deadletterreason { ": " span class="bad" { (reason) } }
+                    },
+                }
+            }));
+        }
+    }
+    recent.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
+    recent.truncate(15);
+    html! {
+        section aria-labelledby="recent-h" {
+            h2 id="recent-h" { "Recent changes" }
+            @if recent.is_empty() {
+                p class="empty" { "Nothing changed since this control plane started." }
+            } @else {
+                ol class="recent" {
+                    @for item in &recent {
+                        li data-kind=(item.kind) {
+                            time { (super::traces::clock(item.at_ms.saturating_mul(1_000_000))) }
+                            " " span class={"badge " (item.kind)} { (item.kind) } " " (item.text)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Steps of the service page's charts.
+const CHART_STEP: Duration = Duration::from_secs(15);
+
+/// Requests per second (bars, the failed share red) and p99 (a line) over the last five
+/// minutes, from the instances' metrics.
+fn red_over_time(state: &ControlState, service: &str) -> Markup {
+    let history = state.samples.history(service, CHART_STEP);
+    let (width, height, pad) = (720.0_f64, 140.0_f64, 24.0_f64);
+    let steps = (super::metrics::KEPT.as_secs() / CHART_STEP.as_secs()).max(1) as f64;
+    let bar = (width - 2.0 * pad) / steps;
+    let top_rate = history.iter().map(|(_, r)| r.rate).fold(0.0, f64::max).max(0.1);
+    let top_p99 = history.iter().map(|(_, r)| r.p99_ms).fold(0.0, f64::max).max(1.0);
+    let x_of = |ago: f64| width - pad - (ago / CHART_STEP.as_secs_f64() + 1.0) * bar;
+    let y_of = |value: f64, top: f64| height - pad - value / top * (height - 2.0 * pad);
+    // No requests in a step: no latency to draw there.
+    let line: Vec<String> = history
+        .iter()
+        .filter(|(_, r)| r.rate > 0.0)
+        .map(|(ago, r)| format!("{:.1},{:.1}", x_of(*ago) + bar / 2.0, y_of(r.p99_ms, top_p99)))
+        .collect();
+    html! {
+        section aria-labelledby="red-h" {
+            h2 id="red-h" { "Requests, errors and latency" }
+            @if history.is_empty() {
+                p class="empty" { "No metrics read from its instances yet (they are read every " (super::metrics::EVERY.as_secs()) " s)." }
+            } @else {
+                figure class="chart" {
+                    svg viewBox={"0 0 " (width) " " (height)} role="img" aria-labelledby="red-title" {
+                        title id="red-title" { "Requests per second and p99 latency over the last five minutes" }
+                        line class="axis" x1=(pad) y1=(height - pad) x2=(width - pad) y2=(height - pad) {}
+                        @for (ago, red) in &history {
+                            @let x = x_of(*ago);
+                            @let total = height - pad - y_of(red.rate, top_rate);
+                            @let failed = total * red.error_ratio;
+                            rect class="rate" x=(format!("{:.1}", x + 1.0)) y=(format!("{:.1}", height - pad - total)) width=(format!("{:.1}", (bar - 2.0).max(1.0))) height=(format!("{total:.1}")) {}
+                            @if failed > 0.0 {
+                                rect class="failed" x=(format!("{:.1}", x + 1.0)) y=(format!("{:.1}", height - pad - failed)) width=(format!("{:.1}", (bar - 2.0).max(1.0))) height=(format!("{failed:.1}")) {}
+                            }
+                        }
+                        polyline class="p99" points=(line.join(" ")) {}
+                        text class="chart-label" x=(pad) y="14" { (format!("{top_rate:.1}")) " req/s" }
+                        text class="chart-label p99-label" x=(width - pad) y="14" text-anchor="end" { "p99 up to " (ms(top_p99)) }
+                        text class="chart-label" x=(pad) y=(height - 6.0) { "5 min ago" }
+                        text class="chart-label" x=(width - pad) y=(height - 6.0) text-anchor="end" { "now" }
+                    }
+                    figcaption { "Bars: requests per second in each " (CHART_STEP.as_secs()) " s, the failed (5xx) share red. Line: p99 latency. From every instance's own counters." }
                 }
             }
         }

@@ -20,7 +20,17 @@ pub(super) struct Search {
     operation: Option<String>,
     min_duration_ms: Option<String>,
     errors: Option<String>,
+    within: Option<String>,
 }
+
+/// The time ranges the search offers: (value, label, seconds back).
+const WITHIN: &[(&str, &str, u64)] = &[
+    ("5m", "last 5 minutes", 300),
+    ("15m", "last 15 minutes", 900),
+    ("1h", "last hour", 3600),
+    ("6h", "last 6 hours", 6 * 3600),
+    ("24h", "last day", 24 * 3600),
+];
 
 impl Search {
     fn query(&self) -> TraceQuery {
@@ -31,7 +41,23 @@ impl Search {
             min_duration_ms: given(&self.min_duration_ms).and_then(|v| v.parse().ok()),
             errors: self.errors.is_some(),
             limit: Some(50),
+            since_ms: self.within_secs().map(|back| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                now.saturating_sub(back * 1000)
+            }),
+            until_ms: None,
         }
+    }
+
+    /// How far back the search looks; `None` for all that is stored.
+    fn within_secs(&self) -> Option<u64> {
+        let chosen = self.within.as_deref()?;
+        WITHIN
+            .iter()
+            .find(|(value, _, _)| *value == chosen)
+            .map(|(_, _, secs)| *secs)
     }
 }
 
@@ -44,10 +70,52 @@ fn ms(nanos: u64) -> String {
     }
 }
 
-fn clock(unix_nano: u64) -> String {
+pub(super) fn clock(unix_nano: u64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(unix_nano))
         .map(|t| t.strftime("%H:%M:%S%.3f").to_string())
         .unwrap_or_default()
+}
+
+/// A service's newest traces and newest failed ones, for its page.
+pub(super) async fn recent(state: &ControlState, service: &str) -> Markup {
+    let query = |errors| TraceQuery {
+        service: Some(service.to_owned()),
+        operation: None,
+        min_duration_ms: None,
+        errors,
+        limit: Some(5),
+        ..TraceQuery::default()
+    };
+    let (all, errors) = (query(false), query(true));
+    let (newest, failed) = tokio::join!(state.traces.list(&all), state.traces.list(&errors));
+    let rows = |title: &str,
+                id: &str,
+                found: Result<flotilla_api::telemetry::TraceList, crate::telemetry::TraceError>| {
+        html! {
+            h3 id=(id) { (title) }
+            @match found {
+                Err(err) => p class="error" { "The trace store could not be read: " (err) },
+                Ok(list) if list.traces.is_empty() => p class="empty" { "None stored." },
+                Ok(list) => ul class="recent-traces" {
+                    @for trace in &list.traces {
+                        li data-trace=(trace.trace_id) {
+                            a href={"/ui/traces/" (trace.trace_id)} { code { (&trace.trace_id[..8.min(trace.trace_id.len())]) } }
+                            " " (clock(trace.start_unix_nano)) " · " (trace.root_service) " " (trace.root_name)
+                            " · " (ms(trace.duration_nanos))
+                            @if trace.error_count > 0 { " · " span class="bad" { (trace.error_count) " failed" } }
+                        }
+                    }
+                },
+            }
+        }
+    };
+    html! {
+        section aria-labelledby="recent-traces-h" {
+            h2 id="recent-traces-h" { "Recent traces" }
+            (rows("Newest", "newest-h", newest))
+            (rows("Newest failed", "failed-h", failed))
+        }
+    }
 }
 
 /// `GET /ui/traces`: the search and the newest traces that match.
@@ -64,12 +132,22 @@ pub(super) async fn list(
             label { "Operation " input name="operation" value=(query.operation.clone().unwrap_or_default()); }
             label { "At least (ms) " input name="min_duration_ms" type="number" min="0" value=(query.min_duration_ms.map(|m| m.to_string()).unwrap_or_default()); }
             label { input name="errors" type="checkbox" checked[query.errors]; " failed only" }
+            label { "Started "
+                select name="within" {
+                    option value="" { "any time" }
+                    @for (value, label, _) in WITHIN {
+                        option value=(value) selected[search.within.as_deref() == Some(*value)] { (label) }
+                    }
+                }
+            }
             button type="submit" { "Search" }
         }
         @match found {
             Err(err) => p class="error" role="alert" { "The trace store could not be read: " (err) },
             Ok(list) if list.traces.is_empty() => p class="empty" { "No stored trace matches." },
-            Ok(list) => div class="table-wrap" {
+            Ok(list) => {
+                (scatter(&list.traces))
+                div class="table-wrap" {
                 table class="traces" {
                     thead { tr {
                         th scope="col" { "Trace" }
@@ -94,11 +172,58 @@ pub(super) async fn list(
                         }
                     }
                 }
+                }
             },
         }
     };
     // The search form is being filled: no live refresh under the user's typing.
     page_with(&viewer, "/ui/traces", "Traces", content, false)
+}
+
+/// The traces found as dots: when each started (across) and how long it took (up, on a
+/// logarithmic scale, so a slow outlier does not flatten the rest); failed ones red; each a
+/// link to its waterfall.
+fn scatter(traces: &[flotilla_api::telemetry::TraceSummary]) -> Markup {
+    let (width, height, pad) = (960.0_f64, 180.0_f64, 28.0_f64);
+    let first = traces.iter().map(|t| t.start_unix_nano).min().unwrap_or(0);
+    let last = traces.iter().map(|t| t.start_unix_nano).max().unwrap_or(first);
+    let span = (last - first).max(1) as f64;
+    let log = |nanos: u64| (nanos.max(1_000) as f64 / 1e6).log10();
+    let low = traces
+        .iter()
+        .map(|t| log(t.duration_nanos))
+        .fold(f64::INFINITY, f64::min);
+    let high = traces
+        .iter()
+        .map(|t| log(t.duration_nanos))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (low, high) = if high - low < 1.0 {
+        (low - 0.5, low + 0.5)
+    } else {
+        (low, high)
+    };
+    let x = |t: u64| pad + (t - first) as f64 / span * (width - 2.0 * pad);
+    let y = |d: u64| height - pad - (log(d) - low) / (high - low) * (height - 2.0 * pad);
+    html! {
+        figure class="scatter" {
+            svg viewBox={"0 0 " (width) " " (height)} role="img" aria-labelledby="scatter-title" {
+                title id="scatter-title" { "Each trace found: when it started and how long it took" }
+                line class="axis" x1=(pad) y1=(height - pad) x2=(width - pad) y2=(height - pad) {}
+                @for trace in traces {
+                    a href={"/ui/traces/" (trace.trace_id)} class={"dot" @if trace.error_count > 0 { " bad" }} data-dot=(trace.trace_id) {
+                        circle cx=(format!("{:.1}", x(trace.start_unix_nano))) cy=(format!("{:.1}", y(trace.duration_nanos))) r="5" {
+                            title { (trace.root_service) " " (trace.root_name) " — " (ms(trace.duration_nanos)) }
+                        }
+                    }
+                }
+                text class="chart-label" x=(pad) y="14" { (ms((10f64.powf(high) * 1e6) as u64)) }
+                text class="chart-label" x=(pad) y=(height - pad - 4.0) { (ms((10f64.powf(low) * 1e6) as u64)) }
+                text class="chart-label" x=(pad) y=(height - 8.0) { (clock(first)) }
+                text class="chart-label" x=(width - pad) y=(height - 8.0) text-anchor="end" { (clock(last)) }
+            }
+            figcaption { "Duration (logarithmic) against start time; red ones failed. Each dot opens its trace." }
+        }
+    }
 }
 
 /// `GET /ui/traces/{id}`: one trace as a waterfall.
