@@ -2,8 +2,10 @@
 //! redirects to the sign-in form, the live stream and writes are refused), and — in a real
 //! Chromium driven by Playwright (`tests/ui/dashboard.py`) — signing in, the overview listing
 //! every shop service, the map after an order, a service's page, the order's trace from it as
-//! a waterfall, payments stopped and back
-//! seen without a reload, a phone's width in the dark scheme, signing out; no console error.
+//! a waterfall and its logs, a config key made, refused by the catalog, diffed, in conflict and
+//! rolled back, a dead letter replayed, payments stopped (the overview, the map and the waiting
+//! order sagas change without a reload) and back, a read-only session refused on writes, a
+//! phone's width in the dark scheme, signing out; no console error.
 //! Each page's load time is reported (timing is for benchmarks, not for this test).
 //! Screenshots go to a temp dir, or to `docs/img` with `FLOTILLA_UPDATE_SCREENSHOTS=1`.
 //!
@@ -49,6 +51,16 @@ fn the_dashboard_is_closed_without_a_session_and_works_in_a_real_browser() {
     let bearer = format!("Bearer {}", token.trim());
     let (status, _) = http_request(control, "GET", "/ui", &[("Authorization", &bearer)], "").unwrap();
     assert_eq!(status, 303, "the dashboard takes sessions, not bearer credentials");
+    // Writes without a session go to the form too, and change nothing.
+    let (status, _) = http_request(
+        control,
+        "POST",
+        "/ui/config",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "scope=catalog&profile=default&key=page_size&value=7",
+    )
+    .unwrap();
+    assert_eq!(status, 303);
     let (status, body) = http_get(control, "/ui/sign-in").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("name=\"credential\""), "{body}");
@@ -106,6 +118,13 @@ fn the_dashboard_is_closed_without_a_session_and_works_in_a_real_browser() {
         "overview",
         "map",
         "service",
+        "traces",
+        "trace",
+        "logs",
+        "config",
+        "config-diff",
+        "events",
+        "sagas",
         "overview-payments-down",
         "overview-phone-dark",
     ] {

@@ -123,6 +123,19 @@ pub fn http_request_from(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_exchange(source, addr, method, path, headers, body).map(|(status, _, body)| (status, body))
+}
+
+/// [`http_request_from`], answering the response's head too (status line and headers, as
+/// text), for what a test reads there (`Set-Cookie`, `Location`).
+pub fn http_exchange(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
     use std::io::{Read, Write};
     let mut stream = match source {
         None => std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?,
@@ -153,7 +166,11 @@ pub fn http_request_from(
         .ok_or_else(|| std::io::Error::other(format!("no status line in {response:?}")))?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
+    Ok((
+        status,
+        head.to_owned(),
+        if chunked { dechunk(body) } else { body.to_owned() },
+    ))
 }
 
 fn dechunk(mut body: &str) -> String {
