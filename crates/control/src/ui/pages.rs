@@ -231,6 +231,7 @@ pub(super) async fn map(viewer: Viewer, State(state): State<Arc<ControlState>>) 
         })
         .collect();
     let health = |name: &str| health_of(&by_service.get(name).cloned().unwrap_or_default());
+    let lanes = lanes(&graph.edges, &at);
     let content = html! {
         figure class="map" {
             svg viewBox={"0 0 " (width) " " (height)} role="img" aria-labelledby="map-title" {
@@ -240,16 +241,20 @@ pub(super) async fn map(viewer: Viewer, State(state): State<Arc<ControlState>>) 
                         path d="M 0 0 L 10 5 L 0 10 z" class="arrowhead" {}
                     }
                 }
-                @for edge in &graph.edges {
+                @for (edge, (nx, ny, shift)) in graph.edges.iter().zip(&lanes) {
                     @if let (Some(&(x1, y1)), Some(&(x2, y2))) = (at.get(edge.caller.as_str()), at.get(edge.callee.as_str())) {
                         @let (dx, dy) = (x2 - x1, y2 - y1);
                         @let length = (dx * dx + dy * dy).sqrt().max(1.0);
                         @let (ux, uy) = (dx / length, dy / length);
-                        @let (sx, sy, ex, ey) = (x1 + ux * 34.0, y1 + uy * 34.0, x2 - ux * 38.0, y2 - uy * 38.0);
+                        // Edges between one pair of services run side by side, each in its lane.
+                        @let (ox, oy) = (nx * shift, ny * shift);
+                        @let (sx, sy, ex, ey) = (x1 + ux * 34.0 + ox, y1 + uy * 34.0 + oy, x2 - ux * 38.0 + ox, y2 - uy * 38.0 + oy);
+                        @let side = if *shift == 0.0 { 0.0 } else { shift.signum() * 9.0 };
+                        @let (lx, ly) = ((sx + ex) / 2.0 + nx * side, (sy + ey) / 2.0 + ny * side - if *shift == 0.0 { 4.0 } else { 0.0 });
                         @let class = if edge.errors > 0 { "edge bad" } else if is_request(edge) { "edge" } else { "edge event" };
                         g class=(class) data-edge={(edge.caller) "→" (edge.callee)} {
                             line x1=(format!("{sx:.1}")) y1=(format!("{sy:.1}")) x2=(format!("{ex:.1}")) y2=(format!("{ey:.1}")) marker-end="url(#arrow)" {}
-                            text x=(format!("{:.1}", (sx + ex) / 2.0)) y=(format!("{:.1}", (sy + ey) / 2.0 - 4.0)) class="edge-label" {
+                            text x=(format!("{lx:.1}")) y=(format!("{ly:.1}")) class="edge-label" {
                                 (format!("{:.2}/s", edge.calls as f64 / WINDOW.as_secs_f64()))
                                 @if edge.errors > 0 { " · " (format!("{:.0}% err", edge.error_rate * 100.0)) }
                                 " · p99 " (ms(edge.p99_ms))
@@ -271,6 +276,37 @@ pub(super) async fn map(viewer: Viewer, State(state): State<Arc<ControlState>>) 
         }
     };
     page(&viewer, "/ui/map", "Service map", content)
+}
+
+/// Each edge's lane: the unit normal of its pair's line (drawn from the lesser name to the
+/// greater, so both directions agree on it) and how far along it the edge runs — 0 for an
+/// edge alone between its services, spread 18 apart when a pair has several (both directions,
+/// requests and events).
+fn lanes(edges: &[Dependency], at: &BTreeMap<&str, (f64, f64)>) -> Vec<(f64, f64, f64)> {
+    let pair = |e: &Dependency| {
+        if e.caller <= e.callee {
+            (e.caller.clone(), e.callee.clone())
+        } else {
+            (e.callee.clone(), e.caller.clone())
+        }
+    };
+    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, edge) in edges.iter().enumerate() {
+        groups.entry(pair(edge)).or_default().push(i);
+    }
+    let mut lanes = vec![(0.0, 0.0, 0.0); edges.len()];
+    for ((a, b), members) in &groups {
+        let (Some(&(x1, y1)), Some(&(x2, y2))) = (at.get(a.as_str()), at.get(b.as_str())) else {
+            continue;
+        };
+        let length = ((x2 - x1).powi(2) + (y2 - y1).powi(2)).sqrt().max(1.0);
+        let (nx, ny) = (-(y2 - y1) / length, (x2 - x1) / length);
+        let middle = (members.len() as f64 - 1.0) / 2.0;
+        for (k, &i) in members.iter().enumerate() {
+            lanes[i] = (nx, ny, (k as f64 - middle) * 18.0);
+        }
+    }
+    lanes
 }
 
 /// `GET /ui/services/{name}`: its instances — address, version, pid, uptime, last heartbeat,
@@ -513,5 +549,41 @@ fn red_over_time(state: &ControlState, service: &str) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::telemetry::DependencyKind;
+
+    fn edge(caller: &str, callee: &str, kind: DependencyKind) -> Dependency {
+        Dependency {
+            caller: caller.into(),
+            callee: callee.into(),
+            kind,
+            calls: 1,
+            errors: 0,
+            error_rate: 0.0,
+            p50_ms: 1.0,
+            p99_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn edges_between_one_pair_run_in_separate_lanes_and_a_lone_edge_in_the_middle() {
+        let at = BTreeMap::from([("a", (0.0, 0.0)), ("b", (100.0, 0.0)), ("c", (0.0, 100.0))]);
+        let edges = vec![
+            edge("a", "b", DependencyKind::Http),
+            edge("b", "a", DependencyKind::Http),
+            edge("a", "b", DependencyKind::Event),
+            edge("a", "c", DependencyKind::Http),
+        ];
+        let lanes = lanes(&edges, &at);
+        let shifts: Vec<f64> = lanes.iter().map(|l| l.2).collect();
+        assert_eq!(shifts, vec![-18.0, 0.0, 18.0, 0.0]);
+        // Both directions of a pair share one normal, so their lanes never coincide.
+        assert_eq!((lanes[0].0, lanes[0].1), (lanes[1].0, lanes[1].1));
+        assert_eq!((lanes[0].0, lanes[0].1), (-0.0, 1.0));
     }
 }
