@@ -6,6 +6,7 @@
 //! is the service it meant. Every passing instance is asked at once, each for at most
 //! [`TIMEOUT`]; one that does not answer is reported, never a failed page.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -100,22 +101,20 @@ async fn ask<T: serde::de::DeserializeOwned>(
     instances: Vec<Instance>,
     path: &str,
 ) -> Vec<Answer<T>> {
-    let own = own_workload(&state.authority);
     let calls = instances.into_iter().map(|instance| {
-        let own = own.as_ref().map_err(|e| ReadError::Identity(e.clone()));
+        // The peer must be the service registered: an address is not an identity.
+        let client = match instance.serves_mtls() {
+            true => client_for(&state.authority, &instance.service).map_err(ReadError::Identity),
+            false => Err(ReadError::Plain),
+        };
         let url = format!("https://{}{path}", instance.address);
         async move {
-            let result = match own {
-                _ if !instance.serves_mtls() => Err(ReadError::Plain),
+            let result = match client {
                 Err(err) => Err(err),
-                Ok(own) => {
-                    // The peer must be the service registered: an address is not an identity.
-                    let client = HttpClient::with_tls(own.client_config(Some(&instance.service)), TIMEOUT);
-                    match tokio::time::timeout(TIMEOUT, client.get_json::<T>(&url, None)).await {
-                        Ok(answer) => answer.map_err(ReadError::from),
-                        Err(_) => Err(ReadError::Timeout(TIMEOUT)),
-                    }
-                }
+                Ok(client) => match tokio::time::timeout(TIMEOUT, client.get_json::<T>(&url, None)).await {
+                    Ok(answer) => answer.map_err(ReadError::from),
+                    Err(_) => Err(ReadError::Timeout(TIMEOUT)),
+                },
             };
             Answer {
                 service: instance.service,
@@ -127,26 +126,45 @@ async fn ask<T: serde::de::DeserializeOwned>(
     futures_util::future::join_all(calls).await
 }
 
-/// The control plane's certificate as a client of the services, and the CA it came from.
-static OWN: Mutex<Option<(String, Workload)>> = Mutex::new(None);
+/// The control plane as a client of the services: its certificate, the CA it came from, and
+/// a client per service, kept so that the dashboard's refreshes reuse their connections
+/// rather than shaking hands with every instance every few seconds.
+struct Own {
+    ca: String,
+    workload: Workload,
+    clients: BTreeMap<String, HttpClient>,
+}
 
-/// The control plane's client certificate: issued by its own CA on first use and again at two
-/// thirds of its life (or when the CA is another: tests run several control planes).
-fn own_workload(authority: &Authority) -> Result<Workload, String> {
+static OWN: Mutex<Option<Own>> = Mutex::new(None);
+
+/// The client that calls `service`'s instances as the control plane: a certificate its own CA
+/// issues it on first use and again at two thirds of its life (or when the CA is another:
+/// tests run several control planes), the peer checked to be `service`.
+fn client_for(authority: &Authority, service: &str) -> Result<HttpClient, String> {
     let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((ca, workload)) = own.as_ref() {
-        if ca == authority.ca_pem() && SystemTime::now() < workload.renew_at() {
-            return Ok(workload.clone());
-        }
+    let fresh = own
+        .as_ref()
+        .is_some_and(|own| own.ca == authority.ca_pem() && SystemTime::now() < own.workload.renew_at());
+    if !fresh {
+        let (key, csr) = flotilla::mtls::key_and_csr().map_err(|e| e.to_string())?;
+        let issued = authority
+            .issue(flotilla_api::identity::CONTROL_SERVICE, &csr, LEAF_LIFETIME)
+            .map_err(|e| e.to_string())?;
+        let workload =
+            Workload::new(&issued.certificate, key, &issued.ca, issued.not_after()).map_err(|e| e.to_string())?;
+        *own = Some(Own {
+            ca: authority.ca_pem().to_owned(),
+            workload,
+            clients: BTreeMap::new(),
+        });
     }
-    let (key, csr) = flotilla::mtls::key_and_csr().map_err(|e| e.to_string())?;
-    let issued = authority
-        .issue(flotilla_api::identity::CONTROL_SERVICE, &csr, LEAF_LIFETIME)
-        .map_err(|e| e.to_string())?;
-    let workload =
-        Workload::new(&issued.certificate, key, &issued.ca, issued.not_after()).map_err(|e| e.to_string())?;
-    *own = Some((authority.ca_pem().to_owned(), workload.clone()));
-    Ok(workload)
+    let own = own.as_mut().ok_or("no certificate")?;
+    let workload = &own.workload;
+    Ok(own
+        .clients
+        .entry(service.to_owned())
+        .or_insert_with(|| HttpClient::with_tls(workload.client_config(Some(service)), TIMEOUT))
+        .clone())
 }
 
 #[cfg(test)]

@@ -396,25 +396,67 @@ fn saga(service: &str, detail: &SagaDetail) -> Markup {
             @if detail.history.is_empty() {
                 p class="empty" { "No transition recorded." }
             } @else {
+                @let runs = runs(&detail.history);
                 ol class="saga-history" {
-                    @for (i, t) in detail.history.iter().enumerate() {
-                        (transition(t, i.checked_sub(1).map(|p| &detail.history[p]), first))
+                    @for (i, run) in runs.iter().enumerate() {
+                        (transition(run, i.checked_sub(1).map(|p| &runs[p]), first))
                     }
                 }
-                p class="hint" { "Times are when each transition was recorded; the figure beside each is the time since the one before (a step's line: how long it took)." }
+                p class="hint" { "Times are since the saga started; beside each, the time since the line before (a step's line: how long it took). Repeated waits and retries of a step with the same error are one line." }
             }
         }
     }
 }
 
-fn transition(t: &Transition, before: Option<&Transition>, first: i64) -> Markup {
+/// Transitions in a row that say the same (a step waiting every 2 s while payments is away,
+/// for as long as it is away), as one line.
+#[derive(Debug, PartialEq, Eq)]
+struct Run<'a> {
+    /// The first of them.
+    first: &'a Transition,
+    /// When the last was recorded.
+    last_ms: i64,
+    /// How many.
+    times: usize,
+}
+
+fn runs(history: &[Transition]) -> Vec<Run<'_>> {
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    for t in history {
+        match runs.last_mut() {
+            Some(run)
+                if matches!(t.event.as_str(), "waiting" | "retry")
+                    && (
+                        run.first.step.as_str(),
+                        run.first.event.as_str(),
+                        run.first.detail.as_str(),
+                    ) == (t.step.as_str(), t.event.as_str(), t.detail.as_str()) =>
+            {
+                run.last_ms = t.at_ms;
+                run.times += 1;
+            }
+            _ => runs.push(Run {
+                first: t,
+                last_ms: t.at_ms,
+                times: 1,
+            }),
+        }
+    }
+    runs
+}
+
+fn transition(run: &Run<'_>, before: Option<&Run<'_>>, first: i64) -> Markup {
+    let t = run.first;
     html! {
         li data-event=(t.event) {
             span class="at" title=(clock(t.at_ms)) { "+" (took(t.at_ms - first)) }
             " "
             span class={"badge saga " (event_class(&t.event))} { (t.event) }
             @if !t.step.is_empty() { " " strong { (t.step) } }
-            @if let Some(before) = before { " " span class="took" { "after " (took(t.at_ms - before.at_ms)) } }
+            @if let Some(before) = before { " " span class="took" { "after " (took(t.at_ms - before.last_ms)) } }
+            @if run.times > 1 {
+                " " span class="took" title=(clock(run.last_ms)) { "· " (run.times) " times over " (took(run.last_ms - t.at_ms)) }
+            }
             @if !t.detail.is_empty() && t.event != "completed" {
                 p class={ @if event_class(&t.event) == "failed" || t.event == "waiting" { "error" } @else { "detail" } } { (t.detail) }
             }
@@ -488,6 +530,21 @@ mod tests {
             [("reserve", "done"), ("authorize", "waiting"), ("ship", "pending")]
         );
         assert_eq!(took(1500), "1.5 s");
+        let mut history = detail.history.clone();
+        history.extend([
+            at("authorize", "waiting", 2010),
+            at("authorize", "waiting", 4010),
+            at("authorize", "done", 4500),
+        ]);
+        let runs = runs(&history);
+        assert_eq!(
+            runs.iter()
+                .map(|r| (r.first.event.as_str(), r.times))
+                .collect::<Vec<_>>(),
+            [("started", 1), ("done", 1), ("waiting", 3), ("done", 1)],
+            "a step's waits with the same error are one line"
+        );
+        assert_eq!((runs[2].first.at_ms, runs[2].last_ms), (10, 4010));
         assert_eq!(took(42), "42 ms");
     }
 }
