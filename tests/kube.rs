@@ -198,7 +198,8 @@ fn every_flotilla_variable_the_manifests_set_is_one_the_binary_reads() {
 }
 
 /// The services' network policies let in the gateway and exactly the services each allows to
-/// call it (its `CALLERS`), on its mTLS port.
+/// call it (its `CALLERS`), on its mTLS port; and the control plane, whose dashboard reads
+/// each instance's metrics and SDK endpoints.
 #[test]
 fn network_policies_let_in_exactly_the_callers_each_service_allows() {
     let callers: BTreeMap<&str, &[&str]> = [
@@ -244,7 +245,36 @@ fn network_policies_let_in_exactly_the_callers_each_service_allows() {
             .collect();
         let wanted: BTreeSet<String> = allowed.iter().map(|c| (*c).to_owned()).collect();
         assert_eq!(from, wanted, "{service}: the policy's callers and its CALLERS");
+        assert_eq!(
+            ports_from_control(policy),
+            BTreeSet::from(["admin".to_owned(), "mtls".to_owned()]),
+            "{service}: the dashboard reads its metrics and its SDK endpoints (sagas)"
+        );
     }
+    let gateway = rendered.get("NetworkPolicy", "gateway").unwrap();
+    assert_eq!(
+        ports_from_control(gateway),
+        BTreeSet::from(["admin".to_owned()]),
+        "the dashboard reads the gateway's metrics and routes"
+    );
+}
+
+/// The ports a policy opens to the control plane's pods.
+fn ports_from_control(policy: &Value) -> BTreeSet<String> {
+    policy["spec"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|rule| {
+            rule["from"].as_array().is_some_and(|peers| {
+                peers
+                    .iter()
+                    .any(|p| p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "control")
+            })
+        })
+        .flat_map(|rule| rule["ports"].as_array().into_iter().flatten())
+        .filter_map(|port| port["port"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Each service's `autoscale` line of flotilla.toml, in force or commented out (the shipped

@@ -10,8 +10,13 @@
 //! `/health/live` — a handler that does nothing, on the same server, through the same
 //! middleware — is the floor the pages are compared with.
 //!
-//! Prints a Markdown table: per view p50, p99 and the largest, the page's size, and p50 over
-//! the floor's p50; then whether every view's p99 is within the goal.
+//! Then, when the machine has Chromium and Python's Playwright, the same views in the browser
+//! (`bench/ui/page_loads.py`): each loaded R/4 times after a first, timed by the browser's own
+//! navigation timing to DOMContentLoaded and to the load event (the stylesheet and script
+//! fetched, the page drawn) — what a user waits for.
+//!
+//! Prints Markdown tables: per view p50, p99 and the largest, the page's size, and p50 over
+//! the floor's p50; the browser's figures; then whether every view is within the goal.
 //!
 //! Usage: dashboard [--rounds 40] [--orders 30] [--load 20] (run through `bench/dashboard`,
 //! which builds it)
@@ -37,7 +42,10 @@ fn arg(name: &str, default: u32) -> u32 {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| fail(&format!("{name} takes a number, not {v}"))))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| fail(&format!("{name} takes a number, not {v}")))
+        })
         .unwrap_or(default)
 }
 
@@ -119,7 +127,10 @@ fn measure(system: &System, cookie: &str, path: &str, rounds: u32) -> (Vec<Durat
             .unwrap_or_else(|e| fail(&format!("GET {path}: {e}")));
         let took = started.elapsed();
         if status != 200 {
-            fail(&format!("GET {path} answered {status}: {}", &body[..body.len().min(300)]));
+            fail(&format!(
+                "GET {path} answered {status}: {}",
+                &body[..body.len().min(300)]
+            ));
         }
         if round >= 3 {
             times.push(took);
@@ -128,6 +139,52 @@ fn measure(system: &System, cookie: &str, path: &str, rounds: u32) -> (Vec<Durat
     }
     times.sort();
     (times, size)
+}
+
+/// The browser's floor: the sign-in form, a page with the same stylesheet and nothing to
+/// compute — what loading any page costs this browser on this machine.
+const BROWSER_FLOOR: &str = "/ui/sign-in";
+
+/// Per path, the browser's times to DOMContentLoaded and to the load event (ms).
+type BrowserTimes = std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>)>;
+
+/// The views loaded in Chromium by `bench/ui/page_loads.py`, or why not.
+fn in_browser(system: &System, views: &[(&str, String)], rounds: u32) -> Result<BrowserTimes, String> {
+    if !Path::new("/usr/bin/chromium").exists() {
+        return Err("no /usr/bin/chromium".into());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/page_loads.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--control")
+        .arg(format!("http://{}", system.control))
+        .arg("--token-file")
+        .arg(system.data_dir().join("token"))
+        .arg("--rounds")
+        .arg(rounds.to_string())
+        .arg(BROWSER_FLOOR)
+        .args(views.iter().skip(1).map(|(_, path)| path))
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("the browser run failed").to_owned());
+    }
+    let found: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("the browser run's answer: {e}"))?;
+    let list = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_f64)
+            .collect()
+    };
+    Ok(found
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(path, times)| (path.clone(), (list(&times["dom_content_loaded"]), list(&times["load"]))))
+        .collect())
 }
 
 fn main() {
@@ -171,6 +228,7 @@ fn main() {
         let (times, size) = measure(&system, &cookie, path, rounds);
         rows.push((*name, path.clone(), times, size));
     }
+    let browser = in_browser(&system, &views, (rounds / 4).max(3));
     let report = browsing.stop();
     let floor = rows.first().map_or(Duration::from_micros(1), |r| quantile(&r.2, 0.5));
     println!("## Dashboard pages on the control plane of a running shop\n");
@@ -198,6 +256,37 @@ fn main() {
         }
     }
     println!();
+    match &browser {
+        Err(why) => println!("In a browser: not measured ({why}).\n"),
+        Ok(found) => {
+            println!("In Chromium (headless, 1280×800, signed in; the browser's navigation timing):\n");
+            println!("| view | DOMContentLoaded p50 | max | load event p50 | max |");
+            println!("|---|---:|---:|---:|---:|");
+            let floor = ("floor: the sign-in form", BROWSER_FLOOR.to_owned());
+            for (name, path) in std::iter::once(&floor).chain(views.iter().skip(1)) {
+                let Some(times) = found.get(path) else { continue };
+                let (mut ready, mut loaded) = (times.0.clone(), times.1.clone());
+                ready.sort_by(f64::total_cmp);
+                loaded.sort_by(f64::total_cmp);
+                let at = |v: &[f64], q: f64| {
+                    v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
+                        .copied()
+                        .unwrap_or(0.0)
+                };
+                println!(
+                    "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                    at(&ready, 0.5),
+                    at(&ready, 1.0),
+                    at(&loaded, 0.5),
+                    at(&loaded, 1.0)
+                );
+                if at(&loaded, 1.0) > GOAL.as_secs_f64() * 1000.0 {
+                    over.push(format!("{name} in the browser (load {:.1} ms)", at(&loaded, 1.0)));
+                }
+            }
+            println!();
+        }
+    }
     if over.is_empty() {
         println!("Every view's p99 is within the goal of {}.", ms(GOAL));
     } else {

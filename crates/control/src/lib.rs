@@ -446,6 +446,10 @@ pub async fn serve_with_logs(
         let (state, stopped) = (state.clone(), tasks.stopped());
         ui::watch_membership(state, stopped)
     });
+    tasks.spawn("breaker turns", {
+        let (state, stopped) = (state.clone(), tasks.stopped());
+        ui::watch_breakers(state, stopped)
+    });
     tasks.spawn("instance metrics", {
         let (state, stopped) = (state.clone(), tasks.stopped());
         ui::sample_metrics(state, stopped)

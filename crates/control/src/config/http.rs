@@ -531,15 +531,7 @@ async fn applied(
             () = state.closing() => {}
         }
     }
-    // Only instances the registry still holds: a report outlives no instance.
-    let live: std::collections::BTreeSet<String> = state
-        .registry
-        .list(None)
-        .instances
-        .into_iter()
-        .map(|i| i.instance_id)
-        .collect();
-    let (index, mut list) = state.config.reports(|id| live.contains(id));
+    let (index, mut list) = live_reports(&state);
     if let Some(service) = &q.service {
         list.retain(|i| &i.report.service == service);
     }
@@ -548,4 +540,17 @@ async fn applied(
         Json(list),
     )
         .into_response())
+}
+
+/// Each instance's latest report, for the instances the registry still holds (a report
+/// outlives no instance), and the reports' index.
+pub(crate) fn live_reports(state: &ControlState) -> (u64, Vec<InstanceConfig>) {
+    let live: std::collections::BTreeSet<String> = state
+        .registry
+        .list(None)
+        .instances
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect();
+    state.config.reports(|id| live.contains(id))
 }

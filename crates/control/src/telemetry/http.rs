@@ -336,6 +336,22 @@ async fn service_discovery(
     Ok(Json(scrape_targets(&state)))
 }
 
+/// Where an instance serves its metrics: its address and `/metrics`, unless it says otherwise
+/// (the gateway: `/-/metrics` on its admin listener).
+pub(crate) fn metrics_target(instance: &flotilla_api::Instance) -> (&str, &str) {
+    let path = instance
+        .metadata
+        .get(flotilla_api::registry::meta::METRICS_PATH)
+        .filter(|p| p.starts_with('/'))
+        .map_or("/metrics", String::as_str);
+    let address = instance
+        .metadata
+        .get(flotilla_api::registry::meta::METRICS_ADDRESS)
+        .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
+        .unwrap_or(&instance.address);
+    (address, path)
+}
+
 /// The target groups `GET /v1/sd/prometheus` answers.
 pub fn scrape_targets(state: &ControlState) -> Vec<ScrapeTargetGroup> {
     let group = |address: String, service: &str, instance: &str, path: &str| ScrapeTargetGroup {
@@ -352,19 +368,8 @@ pub fn scrape_targets(state: &ControlState) -> Vec<ScrapeTargetGroup> {
         .instances
         .into_iter()
         .map(|i| {
-            // An instance that serves its metrics elsewhere says so (the gateway: `/-/metrics` on
-            // its admin listener).
-            let path = i
-                .metadata
-                .get(flotilla_api::registry::meta::METRICS_PATH)
-                .filter(|p| p.starts_with('/'))
-                .map_or("/metrics", String::as_str);
-            let address = i
-                .metadata
-                .get(flotilla_api::registry::meta::METRICS_ADDRESS)
-                .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
-                .unwrap_or(&i.address);
-            group(address.clone(), &i.service, &i.instance_id, path)
+            let (address, path) = metrics_target(&i);
+            group(address.to_owned(), &i.service, &i.instance_id, path)
         })
         .collect();
     if let Some(addr) = state.scrape_address() {

@@ -1,6 +1,8 @@
 //! What changed recently, for the overview: instances that joined, left or changed health
-//! (the registry keeps only who is there now, so a watcher remembers the moves), config
-//! revisions (from the config store) and dead letters (from the event log), newest first.
+//! (the registry keeps only who is there now, so a watcher remembers the moves), breakers
+//! that opened or closed at a gateway (the gateway keeps only a breaker's state, so a watcher
+//! reads it every few seconds and remembers the turns), config revisions (from the config
+//! store) and dead letters (from the event log), newest first.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -25,6 +27,10 @@ pub(crate) enum Move {
     Failing,
     /// An instance's health check passes again.
     Passing,
+    /// A gateway's breaker for a route opened (the route named).
+    BreakerOpened(String),
+    /// It closed again.
+    BreakerClosed(String),
 }
 
 /// One remembered move.
@@ -99,6 +105,73 @@ fn moves(before: &Seen, after: &Seen, at_ms: u64) -> Vec<Membership> {
     out
 }
 
+/// How often the gateways' breakers are read.
+const BREAKERS_EVERY: Duration = Duration::from_secs(3);
+
+/// Breaker state by (gateway instance, route): (backend service, state).
+type Breakers = BTreeMap<(String, String), (String, String)>;
+
+/// The turns of breakers from one reading to the next: opened (from any state to `open`) and
+/// closed (from `open` or `half_open` to `closed`). A route or gateway first seen is no turn.
+fn turns(before: &Breakers, after: &Breakers, at_ms: u64) -> Vec<Membership> {
+    after
+        .iter()
+        .filter_map(|((gateway, route), (service, state))| {
+            let (_, was) = before.get(&(gateway.clone(), route.clone()))?;
+            let what = match (was.as_str(), state.as_str()) {
+                (w, "open") if w != "open" => Move::BreakerOpened(route.clone()),
+                ("open" | "half_open", "closed") => Move::BreakerClosed(route.clone()),
+                _ => return None,
+            };
+            Some(Membership {
+                at_ms,
+                service: service.clone(),
+                instance: gateway.clone(),
+                what,
+            })
+        })
+        .collect()
+}
+
+/// Reads every gateway's breakers every [`BREAKERS_EVERY`] and remembers each turn, until
+/// `stopped`.
+pub async fn watch_breakers(state: Arc<ControlState>, stopped: impl Future<Output = ()>) {
+    let follow = async {
+        let mut seen: Breakers = BTreeMap::new();
+        let mut every = tokio::time::interval(BREAKERS_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let mut now = Breakers::new();
+            for (gateway, table) in super::gateway::tables(&state).await {
+                // A gateway that did not answer keeps what was seen of it.
+                let Ok(table) = table else {
+                    now.extend(
+                        seen.iter()
+                            .filter(|((g, _), _)| *g == gateway)
+                            .map(|(k, v)| (k.clone(), v.clone())),
+                    );
+                    continue;
+                };
+                for route in table.routes {
+                    let service = route
+                        .backend
+                        .strip_prefix("service:")
+                        .unwrap_or(&route.backend)
+                        .to_owned();
+                    now.insert((gateway.clone(), route.name), (service, route.breaker));
+                }
+            }
+            state.changes.record(turns(&seen, &now, now_ms()));
+            seen = now;
+        }
+    };
+    tokio::select! {
+        () = follow => {}
+        () = stopped => {}
+    }
+}
+
 /// Follows the registry (a blocking query) and remembers each move, until `stopped`.
 pub async fn watch_membership(state: Arc<ControlState>, stopped: impl Future<Output = ()>) {
     let follow = async {
@@ -155,6 +228,28 @@ mod tests {
             ]
         );
         assert!(moves(&after, &after, 2).is_empty());
+    }
+
+    #[test]
+    fn a_breaker_opening_and_closing_are_turns_and_a_new_route_is_not() {
+        let state = |s: &str| ("catalog".to_owned(), s.to_owned());
+        let key = |r: &str| ("gw-1".to_owned(), r.to_owned());
+        let before: Breakers = [(key("catalog"), state("closed")), (key("stock"), state("open"))].into();
+        let after: Breakers = [
+            (key("catalog"), state("open")),
+            (key("stock"), state("closed")),
+            (key("new"), state("open")),
+        ]
+        .into();
+        let found: Vec<Move> = turns(&before, &after, 1).into_iter().map(|m| m.what).collect();
+        assert_eq!(
+            found,
+            vec![
+                Move::BreakerOpened("catalog".into()),
+                Move::BreakerClosed("stock".into())
+            ]
+        );
+        assert!(turns(&after, &after, 2).is_empty());
     }
 
     #[test]

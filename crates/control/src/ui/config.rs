@@ -18,7 +18,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::diff::{side_by_side, Row};
-use super::{page, page_with, refuse_write, Viewer};
+use super::{page, page_with, refuse_write, with_status, Viewer};
 use crate::config::{ConfigError, Reveal, WriteOptions};
 use crate::ControlState;
 
@@ -75,16 +75,9 @@ fn when(time_ms: u64) -> String {
     super::traces::clock(time_ms.saturating_mul(1_000_000))
 }
 
-/// Instances the registry holds now, with their latest report (a report outlives no instance).
+/// Instances the registry holds now, with their latest report.
 fn live_reports(state: &ControlState) -> Vec<InstanceConfig> {
-    let live: BTreeSet<String> = state
-        .registry
-        .list(None)
-        .instances
-        .into_iter()
-        .map(|i| i.instance_id)
-        .collect();
-    state.config.reports(|id| live.contains(id)).1
+    crate::config::http::live_reports(state).1
 }
 
 /// `GET /ui/config`: every key, grouped by scope, filtered by scope and profile; the form
@@ -265,9 +258,10 @@ pub(super) async fn key(
     let compare = match (revision(&query.from), revision(&query.to)) {
         (Ok(from), Ok(to)) => from.map(|from| (from, to)),
         (Err(err), _) | (_, Err(err)) => {
-            let mut response = key_page(&viewer, &state, &key, Notice::Error(err), None).await;
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            return response;
+            return with_status(
+                key_page(&viewer, &state, &key, Notice::Error(err), None).await,
+                StatusCode::BAD_REQUEST,
+            );
         }
     };
     let notice = match revision(&query.saved) {
@@ -530,6 +524,24 @@ pub(super) async fn create(
     save(&viewer, &state, key, form, Some(0)).await
 }
 
+/// What every write to a key checks first: that the session may write, the key, the form.
+fn checked<T: serde::de::DeserializeOwned>(
+    viewer: &Viewer,
+    headers: &HeaderMap,
+    body: &[u8],
+    (scope, profile, key): (String, String, String),
+    what: &str,
+) -> Result<(ConfigKey, T), Response> {
+    if let Some(refused) = refuse_write(viewer, headers, body, what) {
+        return Err(refused);
+    }
+    let key = ConfigKey::new(scope, profile, key);
+    key.validate().map_err(bad_key)?;
+    let form = serde_urlencoded::from_bytes::<T>(body)
+        .map_err(|err| (StatusCode::BAD_REQUEST, format!("the form cannot be read: {err}")).into_response())?;
+    Ok((key, form))
+}
+
 /// `POST /ui/config/{scope}/{profile}/{key}`: a new revision, compare-and-set on the revision
 /// the editor was showing.
 pub(super) async fn write(
@@ -539,15 +551,9 @@ pub(super) async fn write(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = refuse_write(&viewer, &headers, &body, "change config") {
-        return refused;
-    }
-    let key = ConfigKey::new(scope, profile, key);
-    if let Err(err) = key.validate() {
-        return bad_key(err);
-    }
-    let Ok(form) = serde_urlencoded::from_bytes::<Edit>(&body) else {
-        return (StatusCode::BAD_REQUEST, "a form with `value` and `expect` is expected").into_response();
+    let (key, form) = match checked::<Edit>(&viewer, &headers, &body, (scope, profile, key), "change config") {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
     };
     let expect = match revision(&form.expect) {
         Ok(expect) => expect,
@@ -561,9 +567,10 @@ async fn save(viewer: &Viewer, state: &ControlState, key: ConfigKey, form: Edit,
         Ok(value) => value,
         Err(err) => {
             let why = format!("The value is not JSON: {err} (a text needs quotes: \"like this\").");
-            let mut response = key_page(viewer, state, &key, Notice::Invalid(why, form.value), None).await;
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            return response;
+            return with_status(
+                key_page(viewer, state, &key, Notice::Invalid(why, form.value), None).await,
+                StatusCode::BAD_REQUEST,
+            );
         }
     };
     let options = WriteOptions {
@@ -582,15 +589,15 @@ async fn save(viewer: &Viewer, state: &ControlState, key: ConfigKey, form: Edit,
         }
         Err(ConfigError::Invalid { field, reason }) => {
             let why = format!("{field}: {reason}");
-            let mut response = key_page(viewer, state, &key, Notice::Invalid(why, form.value), None).await;
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            response
+            with_status(
+                key_page(viewer, state, &key, Notice::Invalid(why, form.value), None).await,
+                StatusCode::BAD_REQUEST,
+            )
         }
-        Err(err) => {
-            let mut response = key_page(viewer, state, &key, Notice::Error(err.to_string()), None).await;
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            response
-        }
+        Err(err) => with_status(
+            key_page(viewer, state, &key, Notice::Error(err.to_string()), None).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
     }
 }
 
@@ -629,9 +636,10 @@ async fn conflict(
             a href=(key_path(key)) { "Keep theirs" }
         }
     };
-    let mut response = page_with(viewer, "/ui/config", &title, content, false);
-    *response.status_mut() = StatusCode::CONFLICT;
-    response
+    with_status(
+        page_with(viewer, "/ui/config", &title, content, false),
+        StatusCode::CONFLICT,
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -649,15 +657,10 @@ pub(super) async fn rollback(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = refuse_write(&viewer, &headers, &body, "roll config back") {
-        return refused;
-    }
-    let key = ConfigKey::new(scope, profile, key);
-    if let Err(err) = key.validate() {
-        return bad_key(err);
-    }
-    let Ok(form) = serde_urlencoded::from_bytes::<RollbackForm>(&body) else {
-        return (StatusCode::BAD_REQUEST, "a form with `revision` is expected").into_response();
+    let (key, form) = match checked::<RollbackForm>(&viewer, &headers, &body, (scope, profile, key), "roll config back")
+    {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
     };
     let (Ok(Some(target)), Ok(expect)) = (revision(&Some(form.revision)), revision(&form.expect)) else {
         return (StatusCode::BAD_REQUEST, "`revision` and `expect` are revision numbers").into_response();
@@ -671,18 +674,20 @@ pub(super) async fn rollback(
         Ok(entry) => Redirect::to(&format!("{}?saved={}", key_path(&key), entry.revision)).into_response(),
         Err(err @ ConfigError::Conflict { .. }) => {
             let why = format!("Not rolled back: {err}. Look at the newest revision first.");
-            let mut response = key_page(&viewer, &state, &key, Notice::Error(why), None).await;
-            *response.status_mut() = StatusCode::CONFLICT;
-            response
+            with_status(
+                key_page(&viewer, &state, &key, Notice::Error(why), None).await,
+                StatusCode::CONFLICT,
+            )
         }
         Err(err) => {
             let status = match err {
                 ConfigError::NotFound(_) | ConfigError::NoSuchRevision { .. } => StatusCode::NOT_FOUND,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             };
-            let mut response = key_page(&viewer, &state, &key, Notice::Error(err.to_string()), None).await;
-            *response.status_mut() = status;
-            response
+            with_status(
+                key_page(&viewer, &state, &key, Notice::Error(err.to_string()), None).await,
+                status,
+            )
         }
     }
 }

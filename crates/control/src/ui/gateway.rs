@@ -17,16 +17,19 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `/-/routes` as the gateway answers it (what the dashboard reads of it).
 #[derive(Debug, Deserialize)]
-struct Table {
-    routes: Vec<Route>,
+pub(super) struct Table {
+    pub(super) routes: Vec<Route>,
 }
 
+/// One route as the gateway holds it.
 #[derive(Debug, Deserialize)]
-struct Route {
-    name: String,
+pub(super) struct Route {
+    pub(super) name: String,
     path: String,
-    backend: String,
-    breaker: String,
+    /// `service:<name>` for a route to a service.
+    pub(super) backend: String,
+    /// `closed`, `open` or `half_open`.
+    pub(super) breaker: String,
     #[serde(default)]
     endpoints: Vec<Endpoint>,
 }
@@ -62,8 +65,8 @@ fn breaker_class(state: &str) -> &'static str {
     }
 }
 
-/// The routes to `service` on every gateway instance, as a section of its page.
-pub(super) async fn routes_to(state: &ControlState, service: &str) -> Markup {
+/// Every gateway instance's route table, or why it could not be read, by instance id.
+pub(super) async fn tables(state: &ControlState) -> Vec<(String, Result<Table, String>)> {
     let gateways = state.registry.list(Some("gateway")).instances;
     let client = HttpClient::new(TIMEOUT);
     let reads = gateways.iter().map(|gateway| {
@@ -84,7 +87,12 @@ pub(super) async fn routes_to(state: &ControlState, service: &str) -> Markup {
             (gateway.instance_id.clone(), result)
         }
     });
-    let tables = futures_util::future::join_all(reads).await;
+    futures_util::future::join_all(reads).await
+}
+
+/// The routes to `service` on every gateway instance, as a section of its page.
+pub(super) async fn routes_to(state: &ControlState, service: &str) -> Markup {
+    let tables = tables(state).await;
     let backend = format!("service:{service}");
     html! {
         section aria-labelledby="routes-h" {

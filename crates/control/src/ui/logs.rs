@@ -27,7 +27,7 @@ const CURRENT: &str = "/ui/logs";
 /// How much of the end of each file is read: a few thousand lines, whatever the file's size.
 const TAIL_BYTES: u64 = 256 * 1024;
 /// How many lines the page shows.
-const SHOWN: usize = 300;
+const SHOWN: usize = 100;
 /// The fewest hex digits a trace filter takes (what log lines show of a trace id).
 const MIN_TRACE_PREFIX: usize = 8;
 /// A whole trace id's length (W3C trace context).

@@ -268,16 +268,7 @@ impl Samples {
 
 /// Where an instance serves its metrics, as service discovery tells Prometheus.
 fn metrics_url(instance: &flotilla_api::Instance) -> String {
-    let path = instance
-        .metadata
-        .get(flotilla_api::registry::meta::METRICS_PATH)
-        .filter(|p| p.starts_with('/'))
-        .map_or("/metrics", String::as_str);
-    let address = instance
-        .metadata
-        .get(flotilla_api::registry::meta::METRICS_ADDRESS)
-        .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
-        .unwrap_or(&instance.address);
+    let (address, path) = crate::telemetry::http::metrics_target(instance);
     format!("http://{address}{path}")
 }
 

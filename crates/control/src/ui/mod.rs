@@ -34,7 +34,7 @@ use maud::{html, Markup, DOCTYPE};
 use crate::acl::Principal;
 use crate::ControlState;
 
-pub use changes::{watch_membership, Changes};
+pub use changes::{watch_breakers, watch_membership, Changes};
 pub use metrics::{sample_metrics, Samples};
 
 /// Where the dashboard lives.
@@ -114,6 +114,12 @@ fn to_sign_in(parts: &Parts) -> Response {
     response
 }
 
+/// A page answered with another status than 200 (a refused form, a conflict).
+pub(crate) fn with_status(mut response: Response, status: StatusCode) -> Response {
+    *response.status_mut() = status;
+    response
+}
+
 /// Refuses a write the session may not make: a read-only session (403, saying why), or a
 /// form without the session's CSRF token (403). `None` lets it through.
 pub(crate) fn refuse_write(viewer: &Viewer, headers: &HeaderMap, body: &[u8], what: &str) -> Option<Response> {
@@ -123,9 +129,10 @@ pub(crate) fn refuse_write(viewer: &Viewer, headers: &HeaderMap, body: &[u8], wh
                 "This session is read-only: it may not " (what) ". Sign in with the operator's token to do that."
             }
         };
-        let mut response = page(viewer, "", "Read-only", content);
-        *response.status_mut() = StatusCode::FORBIDDEN;
-        return Some(response);
+        return Some(with_status(
+            page(viewer, "", "Read-only", content),
+            StatusCode::FORBIDDEN,
+        ));
     }
     if !session::csrf_ok(viewer, headers, body) {
         return Some(

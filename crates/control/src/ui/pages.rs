@@ -428,16 +428,32 @@ async fn recent_changes(state: &ControlState) -> Markup {
         .newest(20)
         .into_iter()
         .map(|m| {
-            let (kind, verb) = match m.what {
+            let (kind, text) = match &m.what {
                 Move::Joined => ("joined", "joined"),
                 Move::Left => ("left", "left"),
                 Move::Failing => ("failing", "began failing its health check"),
                 Move::Passing => ("passing", "passes its health check again"),
+                Move::BreakerOpened(route) | Move::BreakerClosed(route) => {
+                    let (kind, verb) = if matches!(m.what, Move::BreakerOpened(_)) {
+                        ("breaker", "opened")
+                    } else {
+                        ("closed", "closed again")
+                    };
+                    return Recent {
+                        at_ms: m.at_ms,
+                        kind,
+                        text: html! {
+                            "breaker of route " code { (route) } " to "
+                            a href={"/ui/services/" (m.service) "#routes-h"} { (m.service) }
+                            " " (verb) " at gateway " code { (m.instance) }
+                        },
+                    };
+                }
             };
             Recent {
                 at_ms: m.at_ms,
                 kind,
-                text: html! { a href={"/ui/services/" (m.service)} { (m.service) } " instance " code { (m.instance) } " " (verb) },
+                text: html! { a href={"/ui/services/" (m.service)} { (m.service) } " instance " code { (m.instance) } " " (text) },
             }
         })
         .collect();
