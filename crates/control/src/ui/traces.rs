@@ -202,7 +202,14 @@ fn scatter(traces: &[flotilla_api::telemetry::TraceSummary]) -> Markup {
     } else {
         (low, high)
     };
-    let x = |t: u64| pad + (t - first) as f64 / span * (width - 2.0 * pad);
+    // One start time (a single trace): in the middle.
+    let x = |t: u64| {
+        if last == first {
+            width / 2.0
+        } else {
+            pad + (t - first) as f64 / span * (width - 2.0 * pad)
+        }
+    };
     let y = |d: u64| height - pad - (log(d) - low) / (high - low) * (height - 2.0 * pad);
     html! {
         figure class="scatter" {
