@@ -380,18 +380,7 @@ fn prepare(system: &System, options: &Options) -> (String, String) {
             ],
         );
     }
-    let (status, body) = json(http_request(
-        system.gateway,
-        "POST",
-        "/api/v1/accounts",
-        &[("Content-Type", "application/json")],
-        r#"{"email":"chaos@example.com","password":"correct horse battery","name":"Chaos"}"#,
-    ));
-    if status != 202 {
-        fail(&format!("sign-up: {status} {body}"));
-    }
-    let customer = password_token(system, "chaos@example.com", "correct horse battery")
-        .unwrap_or_else(|| fail("the customer could not sign in"));
+    let customer = crate::shop::customer(system, "chaos@example.com", "Chaos").unwrap_or_else(|e| fail(&e));
     (admin, customer)
 }
 

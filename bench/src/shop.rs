@@ -70,15 +70,22 @@ pub fn stocked_customer(system: &System) -> Result<String, String> {
             return Err(format!("stocking product {product}: {status} {body}"));
         }
     }
+    customer(system, "bench@example.com", "Bench")
+}
+
+/// A new customer `email` signed up (password `correct horse battery`): their token, or
+/// what went wrong.
+pub fn customer(system: &System, email: &str, name: &str) -> Result<String, String> {
+    let account = serde_json::json!({ "email": email, "password": "correct horse battery", "name": name });
     let (status, body) = json(http_request(
         system.gateway,
         "POST",
         "/api/v1/accounts",
         &[("Content-Type", "application/json")],
-        r#"{"email":"bench@example.com","password":"correct horse battery","name":"Bench"}"#,
+        &account.to_string(),
     ));
     if status != 202 {
         return Err(format!("sign-up: {status} {body}"));
     }
-    password_token(system, "bench@example.com", "correct horse battery").ok_or_else(|| "customer token".to_owned())
+    password_token(system, email, "correct horse battery").ok_or_else(|| "customer token".to_owned())
 }

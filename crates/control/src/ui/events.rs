@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::{page, page_with, refuse_write, Viewer};
+use super::{page, page_with, refuse_write, with_status, Viewer};
 use crate::events::{dead_letter_topic, LogError};
 use crate::ControlState;
 
@@ -107,9 +107,7 @@ fn failure(viewer: &Viewer, status: StatusCode, title: &str, message: &str) -> R
         p class="error" role="alert" { (message) }
         p { a href=(CURRENT) { "All topics" } }
     };
-    let mut response = page_with(viewer, CURRENT, title, content, false);
-    *response.status_mut() = status;
-    response
+    with_status(page_with(viewer, CURRENT, title, content, false), status)
 }
 
 /// The event log's failure as a page: the caller's mistake (4xx) or the log's (5xx), the

@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::{page_with, Viewer};
+use super::{page_with, with_status, Viewer};
 use crate::ControlState;
 
 /// The view's path, for the navigation bar and its links.
@@ -452,9 +452,10 @@ pub(super) async fn list(
                 (filter_form(&query, &Filter::default(), &BTreeSet::new(), paused))
                 p class="error" role="alert" { (problem) }
             };
-            let mut response = page_with(&viewer, CURRENT, title, content, false);
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            return response;
+            return with_status(
+                page_with(&viewer, CURRENT, title, content, false),
+                StatusCode::BAD_REQUEST,
+            );
         }
     };
     let read = {
