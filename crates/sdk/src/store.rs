@@ -3,6 +3,8 @@
 //! queries (with `$1` placeholders) serves both engines.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -69,8 +71,11 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
-    /// SQLite only: the same file with `synchronous=NORMAL`, for [`Store::relaxed`].
+    /// SQLite only: the same file with `synchronous=NORMAL`, for [`Store::relaxed`] and for
+    /// [`Store::begin_grouped`]'s transactions.
     relaxed: Option<AnyPool>,
+    /// SQLite only: syncs the write-ahead log for grouped commits.
+    wal: Option<Arc<WalSync>>,
     engine: Engine,
 }
 
@@ -134,16 +139,49 @@ impl Store {
             url: redact(url),
             source,
         })?;
-        let relaxed = match engine {
-            Engine::Sqlite if !url.contains(":memory:") && !url.contains("mode=memory") => Some(
-                sqlite_pool(1, "PRAGMA synchronous = NORMAL")
+        let (relaxed, wal) = match engine {
+            Engine::Sqlite if !url.contains(":memory:") && !url.contains("mode=memory") => {
+                let file: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(connect_err)?;
+                let mut wal = file.get_filename().as_os_str().to_owned();
+                wal.push("-wal");
+                let relaxed = sqlite_pool(2, "PRAGMA synchronous = NORMAL")
                     .connect_with(options)
                     .await
-                    .map_err(connect_err)?,
-            ),
-            _ => None,
+                    .map_err(connect_err)?;
+                (Some(relaxed), Some(Arc::new(WalSync::new(wal.into()))))
+            }
+            _ => (None, None),
         };
-        Ok(Self { pool, relaxed, engine })
+        Ok(Self {
+            pool,
+            relaxed,
+            wal,
+            engine,
+        })
+    }
+
+    /// A write transaction whose commit shares one fsync with the others committing at about
+    /// the same time (group commit), still acknowledged only once durable: commit it with
+    /// [`GroupedTx::commit`]. On SQLite it commits without a sync of its own
+    /// (`synchronous=NORMAL`), and its commit then waits for one sync of the write-ahead log
+    /// that started after it: while one sync runs, every commit that arrives meanwhile
+    /// shares the next, and no writer holds SQLite's write lock through an fsync. It takes
+    /// the write lock at once, as [`Store::begin_write`] does. On PostgreSQL, whose commits
+    /// share WAL flushes by themselves, it is a plain transaction.
+    pub async fn begin_grouped(&self) -> Result<GroupedTx, sqlx::Error> {
+        let tx = match (&self.relaxed, self.engine) {
+            (Some(relaxed), Engine::Sqlite) => relaxed.begin_with("BEGIN IMMEDIATE").await?,
+            _ => self.begin_write().await?,
+        };
+        Ok(GroupedTx {
+            tx,
+            wal: self.wal.clone(),
+        })
+    }
+
+    /// How many times grouped commits synced the write-ahead log (SQLite; 0 elsewhere).
+    pub fn wal_syncs(&self) -> u64 {
+        self.wal.as_ref().map_or(0, |wal| wal.syncs.load(Ordering::SeqCst))
     }
 
     /// The same database for writes whose loss in a power failure only means doing them
@@ -157,6 +195,7 @@ impl Store {
         Store {
             pool: self.relaxed.clone().unwrap_or_else(|| self.pool.clone()),
             relaxed: self.relaxed.clone(),
+            wal: self.wal.clone(),
             engine: self.engine,
         }
     }
@@ -190,6 +229,107 @@ impl Store {
             Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Engine::Postgres => self.pool.begin().await,
         }
+    }
+}
+
+/// A write transaction of [`Store::begin_grouped`]: use it as the transaction it holds;
+/// [`GroupedTx::commit`] returns once the commit is durable. Dropped uncommitted, it rolls
+/// back.
+#[derive(Debug)]
+pub struct GroupedTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    wal: Option<Arc<WalSync>>,
+}
+
+impl GroupedTx {
+    /// Commits, then waits for a sync of the write-ahead log that started after the commit
+    /// (one it leads, or one another commit leads): what returns `Ok` survives a power
+    /// failure. An error means the work may or may not be durable: answer it as a failure.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await?;
+        match self.wal {
+            Some(wal) => wal.synced().await.map_err(sqlx::Error::Io),
+            None => Ok(()),
+        }
+    }
+}
+
+impl GroupedTx {
+    /// Rolls back what it wrote.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for GroupedTx {
+    type Target = sqlx::Transaction<'static, sqlx::Any>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for GroupedTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+/// Group commit's syncs of an SQLite database's write-ahead log. Commits without a sync
+/// append their frames to the log in order; an fsync of the log afterwards makes every
+/// commit before it durable, as `synchronous=FULL` would have at each commit. One sync
+/// runs at a time; a commit needs one that *started* after it, so the commits that arrive
+/// while a sync runs all share the next one.
+#[derive(Debug)]
+struct WalSync {
+    wal: std::path::PathBuf,
+    /// Syncs started (numbered from 1).
+    started: AtomicU64,
+    /// The number of the last sync that completed.
+    completed: AtomicU64,
+    /// Whose turn it is to sync.
+    turn: tokio::sync::Mutex<()>,
+    /// Syncs done, for the tests and the curious.
+    syncs: AtomicU64,
+}
+
+impl WalSync {
+    fn new(wal: std::path::PathBuf) -> Self {
+        Self {
+            wal,
+            started: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            turn: tokio::sync::Mutex::new(()),
+            syncs: AtomicU64::new(0),
+        }
+    }
+
+    /// Returns once a sync that started after this call began has completed.
+    async fn synced(&self) -> std::io::Result<()> {
+        // Any sync numbered after the ones started so far starts after our commit.
+        let needed = self.started.load(Ordering::SeqCst) + 1;
+        let _turn = self.turn.lock().await;
+        if self.completed.load(Ordering::SeqCst) >= needed {
+            return Ok(());
+        }
+        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || sync_file(&wal))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        self.completed.store(number, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// fdatasync of a file by its path (opened afresh: the log may have been made anew since);
+/// a log not there yet holds nothing to sync.
+fn sync_file(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(file) => file.sync_data(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
     }
 }
 
@@ -350,6 +490,87 @@ mod tests {
             missing.contains("reading the migrations in") && missing.contains("nowhere"),
             "{missing}"
         );
+    }
+
+    /// Commits that arrive while a sync of the log runs share the next one: N units, one
+    /// fsync, and none is acknowledged before it.
+    #[tokio::test]
+    async fn grouped_commits_arriving_together_share_one_sync_and_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let migrations = dir.path().join("migrations");
+        std::fs::create_dir(&migrations).unwrap();
+        std::fs::write(
+            migrations.join("0001_units.sql"),
+            "CREATE TABLE units (id BIGINT PRIMARY KEY);",
+        )
+        .unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("units.db").display());
+        let store = Store::open_dir(&url, &migrations).await.unwrap();
+        let wal = store.wal.clone().expect("a file database syncs its log");
+        // A sync in progress: the units commit meanwhile and wait for the next.
+        let running = wal.turn.lock().await;
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let units: Vec<_> = (0..16)
+            .map(|id| {
+                let (store, acknowledged) = (store.clone(), acknowledged.clone());
+                tokio::spawn(async move {
+                    let mut tx = store.begin_grouped().await.unwrap();
+                    sqlx::query("INSERT INTO units (id) VALUES ($1)")
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Every unit committed (a reader sees all 16) and waits for a sync of its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM units")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            if committed == 16 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "only {committed} units committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            acknowledged.load(Ordering::SeqCst),
+            0,
+            "no unit is acknowledged before its sync"
+        );
+        assert_eq!(store.wal_syncs(), 0);
+        drop(running);
+        for unit in units {
+            unit.await.unwrap();
+        }
+        assert_eq!(acknowledged.load(Ordering::SeqCst), 16);
+        assert_eq!(store.wal_syncs(), 1, "sixteen units, one fsync");
+        // One alone gets a sync of its own: the earlier one started before it committed.
+        let mut tx = store.begin_grouped().await.unwrap();
+        sqlx::query("INSERT INTO units (id) VALUES (99)")
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.wal_syncs(), 2);
+        // Dropped uncommitted: rolled back, nothing synced.
+        let mut tx = store.begin_grouped().await.unwrap();
+        sqlx::query("INSERT INTO units (id) VALUES (100)")
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+        drop(tx);
+        let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM units")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!((kept, store.wal_syncs()), (17, 2));
     }
 
     /// Replicas of a service start together on one PostgreSQL database: its migrations run

@@ -264,13 +264,13 @@ pub async fn reserve(store: &Store, order_id: &str, lines: &[Line]) -> Result<Re
     check_order_id(order_id)?;
     let lines = check_lines(lines)?;
     let now = now_ms();
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_grouped().await?;
     let created = sqlx::query(
         "INSERT INTO reservations (order_id, state, created_ms, updated_ms) VALUES ($1, 'reserved', $2, $2) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
     .bind(now)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?
     .rows_affected()
         == 1;
@@ -294,7 +294,7 @@ pub async fn reserve(store: &Store, order_id: &str, lines: &[Line]) -> Result<Re
         .bind(line.quantity)
         .bind(now)
         .bind(line.product_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
         if taken == 0 {
@@ -305,7 +305,7 @@ pub async fn reserve(store: &Store, order_id: &str, lines: &[Line]) -> Result<Re
             .bind(order_id)
             .bind(line.product_id)
             .bind(line.quantity)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     if !short.is_empty() {
@@ -333,13 +333,13 @@ pub async fn reserve(store: &Store, order_id: &str, lines: &[Line]) -> Result<Re
 /// (`$1` the quantity, `$2` the time, `$3` the product).
 async fn settle(store: &Store, order_id: &str, from: State, to: State, stock_sql: &str) -> Result<bool, StockError> {
     let now = now_ms();
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_grouped().await?;
     let moved = sqlx::query("UPDATE reservations SET state = $1, updated_ms = $2 WHERE order_id = $3 AND state = $4")
         .bind(to.as_str())
         .bind(now)
         .bind(order_id)
         .bind(from.as_str())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected()
         == 1;
@@ -350,7 +350,7 @@ async fn settle(store: &Store, order_id: &str, from: State, to: State, stock_sql
     let lines =
         sqlx::query("SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id")
             .bind(order_id)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
     for line in &lines {
         let quantity: i64 = line.try_get("quantity")?;
@@ -359,7 +359,7 @@ async fn settle(store: &Store, order_id: &str, from: State, to: State, stock_sql
             .bind(quantity)
             .bind(now)
             .bind(product)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     tx.commit().await?;

@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use flotilla::store::{now_ms, Store};
+use flotilla::store::{now_ms, GroupedTx, Store};
 use flotilla::utoipa::{self, ToSchema};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, AnyConnection, Row, Transaction};
+use sqlx::{AnyConnection, Row};
 
 use crate::config::PaymentsConfig;
 
@@ -111,8 +111,8 @@ pub enum PaymentError {
 pub struct Outcome {
     /// The payment after the operation.
     pub payment: Payment,
-    /// The operation's writes, not yet committed.
-    pub tx: Option<Transaction<'static, Any>>,
+    /// The operation's writes, not yet committed (a grouped commit: durable once it returns).
+    pub tx: Option<GroupedTx>,
 }
 
 impl Outcome {
@@ -268,7 +268,7 @@ pub async fn authorize(
         created_ms: now,
         customer: Some(customer.to_owned()),
     };
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_grouped().await?;
     let inserted = sqlx::query(
         "INSERT INTO payments (id, order_id, amount_minor, currency, state, refunded_minor, provider_ref, created_ms, updated_ms, nth, customer) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7, 0, $8) \
          ON CONFLICT (order_id, nth) DO NOTHING",
@@ -281,7 +281,7 @@ pub async fn authorize(
     .bind(&created.provider_ref)
     .bind(now)
     .bind(customer)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 0 {
         // Another authorization of this order got there first (a retry that took over a hold
@@ -327,13 +327,13 @@ async fn transition(
         });
     }
     provider(config).await?;
-    let mut tx = store.begin_write().await?;
+    let mut tx = store.begin_grouped().await?;
     let moved = sqlx::query("UPDATE payments SET state = $1, updated_ms = $2 WHERE id = $3 AND state = $4")
         .bind(to)
         .bind(now_ms())
         .bind(id)
         .bind(from)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
     let after = get_in(&mut tx, id).await?;
@@ -387,7 +387,7 @@ pub async fn refund(
         });
     }
     provider(config).await?;
-    let mut tx = store.begin_write().await?;
+    let mut tx = store.begin_grouped().await?;
     let done = sqlx::query(
         "UPDATE payments SET refunded_minor = refunded_minor + $1, state = CASE WHEN refunded_minor + $1 = amount_minor THEN 'refunded' ELSE state END, updated_ms = $2 \
          WHERE id = $3 AND state = 'captured' AND refunded_minor + $1 <= amount_minor",
@@ -395,7 +395,7 @@ pub async fn refund(
     .bind(amount)
     .bind(now_ms())
     .bind(id)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     let after = get_in(&mut tx, id).await?;
     if done.rows_affected() == 1 {

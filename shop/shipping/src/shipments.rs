@@ -197,7 +197,7 @@ pub async fn create(
     let now = now_ms();
     let id = uuid::Uuid::new_v4().to_string();
     let address_json = serde_json::to_string(&address).unwrap_or_default();
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_grouped().await?;
     let created = sqlx::query(
         "INSERT INTO shipments (id, order_id, recipient, address, status, created_ms, updated_ms, held, customer) VALUES ($1, $2, $3, $4, 'created', $5, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
     )
@@ -208,7 +208,7 @@ pub async fn create(
     .bind(now)
     .bind(i64::from(hold))
     .bind(customer)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?
     .rows_affected()
         == 1;
@@ -216,7 +216,7 @@ pub async fn create(
         sqlx::query("INSERT INTO shipment_events (shipment_id, status, at_ms) VALUES ($1, 'created', $2)")
             .bind(&id)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
     tx.commit().await?;
@@ -334,7 +334,7 @@ pub async fn advance(store: &Store, config: &ShippingConfig, now: i64) -> Result
 /// Cancels a shipment that has not left (created or packed) and answers it; one cancelled
 /// before is answered as it is, one shipped or delivered is [`ShippingError::State`].
 pub async fn cancel(store: &Store, id: &str) -> Result<Shipment, ShippingError> {
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_grouped().await?;
     let status = cancel_in(&mut tx, id, now_ms()).await?;
     tx.commit().await?;
     match status {

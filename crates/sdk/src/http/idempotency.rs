@@ -17,12 +17,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, GroupedTx, Store};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flotilla_api::Problem;
 use sha2::{Digest, Sha256};
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 /// How long a run holds its key unless it renews it (it does, every third of this, while its
 /// work runs): a holder that is gone lets a retry in within this.
@@ -88,7 +88,7 @@ pub fn fingerprint(operation: &str, body: &serde_json::Value) -> String {
 pub struct Answer {
     status: StatusCode,
     body: serde_json::Value,
-    tx: Option<Transaction<'static, Any>>,
+    tx: Option<GroupedTx>,
 }
 
 impl Answer {
@@ -100,7 +100,7 @@ impl Answer {
 
     /// The answer of a work whose writes are in `tx`, uncommitted: [`once`] keeps the answer
     /// in it and commits, or rolls it back if the run lost its key meanwhile.
-    pub fn with(status: StatusCode, body: serde_json::Value, tx: Transaction<'static, Any>) -> Self {
+    pub fn with(status: StatusCode, body: serde_json::Value, tx: GroupedTx) -> Self {
         Self {
             status,
             body,
@@ -271,13 +271,15 @@ impl Hold {
         };
         let wrote = tx.is_some();
         let kept = match tx {
-            Some(mut tx) => match keep().execute(&mut *tx).await {
+            Some(mut tx) => match keep().execute(&mut **tx).await {
                 Ok(done) if done.rows_affected() == 1 => tx.commit().await.map(|()| true),
                 Ok(_) => tx.rollback().await.map(|()| false),
                 Err(err) => Err(err),
             },
+            // The work wrote nothing: an answer lost to a power failure only lets a retry do
+            // that nothing again, so it needs no sync of its own.
             None => keep()
-                .execute(self.store.pool())
+                .execute(self.store.relaxed().pool())
                 .await
                 .map(|done| done.rows_affected() == 1),
         };
@@ -398,7 +400,7 @@ async fn earlier(store: &Store, key: &str, fingerprint: &str) -> Result<Earlier,
 
 /// `409` while another run holds the key, with `Retry-After`: the whole seconds its hold has
 /// left (at least one), after which a retry gets the answer or takes the key over.
-fn in_progress(left: Duration) -> Response {
+pub fn in_progress(left: Duration) -> Response {
     let seconds = left.as_millis().div_ceil(1000).max(1);
     let mut response = Problem::new(409, IN_PROGRESS, "Request in progress")
         .with_detail(format!(

@@ -32,11 +32,11 @@ async fn effects(store: &Store) -> Vec<String> {
 
 /// A work that writes one effect named `run` and answers 201 with it, uncommitted.
 async fn write(store: &Store, run: &str) -> Answer {
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut tx = store.begin_grouped().await.unwrap();
     sqlx::query("INSERT INTO effects (id, run) VALUES ($1, $2)")
         .bind(uuid::Uuid::new_v4().to_string())
         .bind(run)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .unwrap();
     Answer::with(StatusCode::CREATED, json!({ "run": run }), tx)
