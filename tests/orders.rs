@@ -480,3 +480,86 @@ fn an_order_inventory_cannot_fill_is_refused_at_once_over_grpc_and_inventory_awa
     let (status, accepted) = place(&system, &token, "while-away", 1, 2).unwrap();
     assert_eq!(status, 202, "{accepted}");
 }
+
+/// Three times the orders the saga confirms, offered for 15 s without waiting for answers
+/// (an open loop): what cannot be confirmed in time is refused at once (503 with
+/// `Retry-After`), the gateway never times out (504), and every order accepted is confirmed
+/// within the 2 s bound.
+#[test]
+fn three_times_the_confirm_rate_is_refused_at_once_and_every_accepted_order_confirms_within_2_s() {
+    use flotilla_bench::orders::{self as load, quantile, Settled, Tally};
+    let system = support::start(&[]);
+    system.wait_for_line("Flotilla is up", Duration::from_secs(120));
+    let token = flotilla_bench::shop::stocked_customer(&system).unwrap();
+    let control_token = std::fs::read_to_string(system.data_dir().join("token"))
+        .map(|t| t.trim().to_owned())
+        .ok();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let settled: Settled = Default::default();
+        tokio::spawn(load::watch(
+            flotilla::events::EventsClient::new(&system.control.to_string(), control_token),
+            settled.clone(),
+        ));
+        let client = load::client();
+        let uri: http::Uri = format!("http://{}/api/v1/orders", system.gateway).parse().unwrap();
+        // The confirm rate: as many orders as confirm in 8 s, clients waiting for answers.
+        let began = Instant::now();
+        let mut calibration = Vec::new();
+        let clients: Vec<_> = (0..32)
+            .map(|c| {
+                let (client, uri, token) = (client.clone(), uri.clone(), token.clone());
+                tokio::spawn(async move {
+                    let mut placed = Vec::new();
+                    let mut n = 0;
+                    while began.elapsed() < Duration::from_secs(8) {
+                        n += 1;
+                        placed.push(load::place(&client, &uri, &token, &format!("calibrate-{c}-{n}"), 1 + n % 20).await);
+                    }
+                    placed
+                })
+            })
+            .collect();
+        for c in clients {
+            calibration.extend(c.await.unwrap());
+        }
+        let calibrated = began.elapsed();
+        load::settle(&calibration, &settled, Duration::from_secs(60)).await;
+        let rate = Tally::of(&calibration, &settled).to_confirmed_ms.len() as f64 / calibrated.as_secs_f64();
+        assert!(rate > 1.0, "the shop confirmed {rate:.1} orders/s");
+
+        let placed = load::offer(&client, &uri, &token, rate * 3.0, Duration::from_secs(15)).await;
+        load::settle(&placed, &settled, Duration::from_secs(60)).await;
+        let tally = Tally::of(&placed, &settled);
+        let report = format!(
+            "confirm rate {rate:.0}/s, offered {} at {:.0}/s: {} accepted, {} refused, {} refused without Retry-After, {} × 504, others {}; \
+             confirmed {} (p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms), cancelled {}, unsettled {}",
+            placed.len(),
+            rate * 3.0,
+            tally.accepted,
+            tally.refused,
+            tally.refused_without_retry_after,
+            tally.timed_out,
+            tally.others_text(),
+            tally.to_confirmed_ms.len(),
+            quantile(&tally.to_confirmed_ms, 0.5),
+            quantile(&tally.to_confirmed_ms, 0.99),
+            tally.to_confirmed_ms.last().copied().unwrap_or(0.0),
+            tally.cancelled,
+            tally.unsettled,
+        );
+        eprintln!("{report}");
+        assert!(tally.refused > 0, "nothing refused at 3 × the confirm rate: {report}");
+        assert_eq!(tally.refused_without_retry_after, 0, "{report}");
+        assert_eq!(tally.timed_out, 0, "{report}");
+        assert!(tally.others.is_empty(), "{report}");
+        assert!(tally.accepted > 0, "{report}");
+        assert_eq!(tally.to_confirmed_ms.len(), tally.accepted, "every accepted order confirms: {report}");
+        let late = tally.to_confirmed_ms.iter().filter(|ms| **ms > 2_000.0).count();
+        assert_eq!(late, 0, "every accepted order confirmed within 2 s: {report}");
+    });
+}

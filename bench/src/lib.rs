@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod load;
 pub mod login_flood;
 pub mod mtls;
+pub mod orders;
 pub mod procs;
 pub mod shop;
 pub mod system;

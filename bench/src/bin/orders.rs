@@ -8,68 +8,69 @@
 //! Prints the POST's p50/p99, order-to-confirmed p50/p99, accepted and confirmed orders per
 //! second, and how many orders were cancelled or never settled.
 //!
-//! Usage: orders [--clients C] [--seconds D] [--no-mtls]   (run through `bench/orders`, which
-//! builds it; `--no-mtls` runs the shop without mTLS between its processes, for `bench/mtls`)
+//! With `--overload F`: the confirm rate is measured first (C clients, 10 s), then F × that
+//! rate is offered in an open loop for D seconds; prints what was accepted, refused (503 with
+//! Retry-After) and timed out (504), and how soon every accepted order was confirmed
+//! (`bench/overload`).
+//!
+//! Usage: orders [--clients C] [--seconds D] [--overload F] [--no-mtls]   (run through
+//! `bench/orders`, which builds it; `--no-mtls` runs the shop without mTLS between its
+//! processes, for `bench/mtls`)
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use flotilla::events::EventsClient;
+use flotilla_bench::orders::{self as load, quantile, Answer, Placed, Settled, Tally};
 use flotilla_bench::procs::cpu_seconds;
 use flotilla_bench::system::System;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((sorted.len() as f64) * q).ceil() as usize;
-    sorted.get(rank.saturating_sub(1)).copied().unwrap_or(0.0)
-}
 
 fn fail(what: &str) -> ! {
     eprintln!("orders bench: {what}");
     std::process::exit(1)
 }
 
-/// The customer's token once the shop is stocked.
-fn prepare(system: &System) -> String {
-    flotilla_bench::shop::stocked_customer(system).unwrap_or_else(|e| fail(&e))
-}
-
-/// When each order was seen confirmed or cancelled, by id.
-type Settled = Arc<Mutex<HashMap<String, (Instant, bool)>>>;
-
-async fn watch(events: EventsClient, settled: Settled) {
-    let group = format!("bench-{}", std::process::id());
-    loop {
-        let Ok(deliveries) = events.fetch("orders", &group, 500, Duration::from_secs(5)).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let now = Instant::now();
-        let offsets: Vec<u64> = deliveries.iter().map(|d| d.offset).collect();
-        if let Ok(mut settled) = settled.lock() {
-            for delivery in &deliveries {
-                let confirmed = delivery.event.kind == flotilla_shop_contracts::orders::CONFIRMED;
-                if confirmed || delivery.event.kind == flotilla_shop_contracts::orders::CANCELLED {
-                    if let Some(order) = &delivery.event.subject {
-                        settled.entry(order.clone()).or_insert((now, confirmed));
-                    }
+/// `clients` closed-loop clients placing orders for `for_`, each with its own keys.
+async fn closed_loop(
+    client: &load::Gateway,
+    uri: &http::Uri,
+    token: &str,
+    clients: usize,
+    for_: Duration,
+) -> Vec<Placed> {
+    let until = Instant::now() + for_;
+    let mut workers = tokio::task::JoinSet::new();
+    let run = format!("{:x}", rand::random::<u32>());
+    for worker in 0..clients {
+        let (client, uri, token, run) = (client.clone(), uri.clone(), token.to_owned(), run.clone());
+        workers.spawn(async move {
+            let mut placed = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let product = 1 + (worker as u64 * 7 + n) % 20;
+                let one = load::place(&client, &uri, &token, &format!("bench-{run}-{worker}-{n}"), product).await;
+                if let Answer::Refused(Some(after)) = one.answer {
+                    // As a client should: come back when told.
+                    tokio::time::sleep(Duration::from_secs(after).min(until.saturating_duration_since(Instant::now())))
+                        .await;
                 }
+                placed.push(one);
             }
-        }
-        if !offsets.is_empty() {
-            let _ = events.ack("orders", &group, &offsets).await;
-        }
+            placed
+        });
     }
+    let mut placed = Vec::new();
+    while let Some(Ok(some)) = workers.join_next().await {
+        placed.extend(some);
+    }
+    placed
 }
 
 fn main() {
     let mut clients = 64usize;
     let mut seconds = 20u64;
+    let mut overload: Option<f64> = None;
     let mut extra: Vec<&str> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -77,11 +78,12 @@ fn main() {
             extra.push("--no-mtls");
             continue;
         }
-        let value = args.next().and_then(|v| v.parse::<u64>().ok());
+        let value = args.next().and_then(|v| v.parse::<f64>().ok()).filter(|v| *v > 0.0);
         match (arg.as_str(), value) {
             ("--clients", Some(v)) => clients = v as usize,
-            ("--seconds", Some(v)) => seconds = v,
-            _ => fail("usage: orders [--clients C] [--seconds D] [--no-mtls]"),
+            ("--seconds", Some(v)) => seconds = v as u64,
+            ("--overload", Some(v)) => overload = Some(v),
+            _ => fail("usage: orders [--clients C] [--seconds D] [--overload FACTOR] [--no-mtls]"),
         }
     }
     let binary = flotilla_bench::procs::flotilla_beside_me("bench/orders");
@@ -89,7 +91,7 @@ fn main() {
     eprintln!("… starting the shop");
     let mut system = System::start(&binary, &repo, &extra);
     system.wait_for_line("Flotilla is up", Duration::from_secs(120));
-    let token = prepare(&system);
+    let token = flotilla_bench::shop::stocked_customer(&system).unwrap_or_else(|e| fail(&e));
     let control_token = std::fs::read_to_string(system.data_dir().join("token"))
         .map(|t| t.trim().to_owned())
         .ok();
@@ -98,99 +100,37 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    let settled: Settled = Default::default();
+    let client = load::client();
+    let uri: http::Uri = format!("http://{}/api/v1/orders", system.gateway)
+        .parse()
+        .unwrap_or_else(|e| fail(&format!("uri: {e}")));
+    runtime.spawn(load::watch(
+        EventsClient::new(&system.control.to_string(), control_token),
+        settled.clone(),
+    ));
+    if let Some(factor) = overload {
+        runtime.block_on(overloaded(
+            &system, &client, &uri, &token, &settled, clients, factor, seconds,
+        ));
+        system.interrupt(Duration::from_secs(30));
+        return;
+    }
 
-    let settled: Settled = Arc::default();
     let cpu_before = (system.cpu_by_process(), cpu_seconds(std::process::id()));
-    let (posts, placed, others, began, load_ended) = runtime.block_on(async {
-        let events = EventsClient::new(&system.control.to_string(), control_token);
-        tokio::spawn(watch(events, settled.clone()));
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let uri: http::Uri = format!("http://{}/api/v1/orders", system.gateway)
-            .parse()
-            .unwrap_or_else(|e| fail(&format!("uri: {e}")));
+    let (placed, began, load_ended) = runtime.block_on(async {
         eprintln!("… {clients} clients placing orders for {seconds} s");
         let began = Instant::now();
-        let until = began + Duration::from_secs(seconds);
-        let mut workers = tokio::task::JoinSet::new();
-        for worker in 0..clients {
-            let (client, uri, token) = (client.clone(), uri.clone(), token.clone());
-            workers.spawn(async move {
-                let mut posts = Vec::new();
-                let mut placed = Vec::new();
-                let mut others: Vec<String> = Vec::new();
-                let mut n = 0u64;
-                while Instant::now() < until {
-                    n += 1;
-                    let product = 1 + (worker as u64 * 7 + n) % 20;
-                    let body = format!(
-                        r#"{{"lines":[{{"product_id":{product},"quantity":1}}],"shipping_address":{{"name":"Bench","line1":"Kai 1","city":"Hamburg","postal_code":"20457","country":"DE"}}}}"#
-                    );
-                    let request = http::Request::post(uri.clone())
-                        .header("authorization", format!("Bearer {token}"))
-                        .header("content-type", "application/json")
-                        .header("idempotency-key", format!("bench-{worker}-{n}"))
-                        .body(Full::new(Bytes::from(body)));
-                    let Ok(request) = request else { continue };
-                    let sent = Instant::now();
-                    let response = match client.request(request).await {
-                        Ok(response) => response,
-                        Err(err) => {
-                            others.push(format!("no answer ({err})"));
-                            continue;
-                        }
-                    };
-                    let status = response.status();
-                    let Ok(bytes) = response.into_body().collect().await.map(|b| b.to_bytes()) else {
-                        continue;
-                    };
-                    posts.push(sent.elapsed());
-                    let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                    match answer["id"].as_str() {
-                        Some(id) if status == http::StatusCode::ACCEPTED => placed.push((id.to_owned(), sent)),
-                        _ => others.push(format!("{} {}", status.as_u16(), answer["type"].as_str().unwrap_or(""))),
-                    }
-                }
-                (posts, placed, others)
-            });
-        }
-        let (mut posts, mut placed, mut others) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some(Ok((p, o, x))) = workers.join_next().await {
-            posts.extend(p);
-            placed.extend(o);
-            others.extend(x);
-        }
+        let placed = closed_loop(&client, &uri, &token, clients, Duration::from_secs(seconds)).await;
         let load_ended = Instant::now();
         // Let the sagas finish what was accepted.
-        eprintln!("… {} orders accepted; waiting for them to settle", placed.len());
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let done = settled.lock().map_or(0, |s| placed.iter().filter(|(id, _)| s.contains_key(id)).count());
-            if done == placed.len() || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        (posts, placed, others, began, load_ended)
+        eprintln!("… waiting for the accepted orders to settle");
+        load::settle(&placed, &settled, Duration::from_secs(120)).await;
+        (placed, began, load_ended)
     });
-
     let cpu_after = (system.cpu_by_process(), cpu_seconds(std::process::id()));
-    let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
-    let mut to_confirmed: Vec<f64> = Vec::new();
-    let (mut cancelled, mut unsettled) = (0usize, 0usize);
-    let mut last_confirmed = began;
-    for (id, sent) in &placed {
-        match settled.get(id) {
-            Some((at, true)) => {
-                to_confirmed.push(at.duration_since(*sent).as_secs_f64() * 1000.0);
-                last_confirmed = last_confirmed.max(*at);
-            }
-            Some((_, false)) => cancelled += 1,
-            None => unsettled += 1,
-        }
-    }
-    let mut post_ms: Vec<f64> = posts.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    post_ms.sort_by(f64::total_cmp);
-    to_confirmed.sort_by(f64::total_cmp);
+    let tally = Tally::of(&placed, &settled);
+    let last_confirmed = confirmed_until(&placed, &settled).unwrap_or(began);
     let load_s = load_ended.duration_since(began).as_secs_f64();
     let confirm_s = last_confirmed.duration_since(began).as_secs_f64().max(load_s);
     println!("| figure | value |");
@@ -198,40 +138,126 @@ fn main() {
     println!("| clients (closed loop) × seconds | {clients} × {seconds} |");
     println!(
         "| orders accepted (202) | {} ({:.0}/s) |",
-        placed.len(),
-        placed.len() as f64 / load_s
+        tally.accepted,
+        tally.accepted as f64 / load_s
     );
-    let mut kinds: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for other in others {
-        *kinds.entry(other).or_default() += 1;
-    }
-    let kinds: Vec<String> = kinds.into_iter().map(|(kind, n)| format!("{n} × {kind}")).collect();
     println!(
-        "| other answers | {} |",
-        if kinds.is_empty() {
-            "none".to_owned()
-        } else {
-            kinds.join(", ")
-        }
+        "| refused as overloaded (503, Retry-After) | {} |",
+        tally.refused + tally.refused_without_retry_after
+    );
+    println!(
+        "| gateway timeouts (504) / other answers | {} / {} |",
+        tally.timed_out,
+        tally.others_text()
     );
     println!(
         "| orders confirmed | {} ({:.0}/s, first POST to last confirmation) |",
-        to_confirmed.len(),
-        to_confirmed.len() as f64 / confirm_s
+        tally.to_confirmed_ms.len(),
+        tally.to_confirmed_ms.len() as f64 / confirm_s
     );
-    println!("| cancelled / never settled | {cancelled} / {unsettled} |");
+    println!(
+        "| cancelled / never settled | {} / {} |",
+        tally.cancelled, tally.unsettled
+    );
     println!(
         "| POST /api/v1/orders p50 / p99 | {:.1} / {:.1} ms |",
-        quantile(&post_ms, 0.5),
-        quantile(&post_ms, 0.99)
+        quantile(&tally.post_ms, 0.5),
+        quantile(&tally.post_ms, 0.99)
     );
     println!(
         "| order to confirmed (event seen) p50 / p99 | {:.0} / {:.0} ms |",
-        quantile(&to_confirmed, 0.5),
-        quantile(&to_confirmed, 0.99)
+        quantile(&tally.to_confirmed_ms, 0.5),
+        quantile(&tally.to_confirmed_ms, 0.99)
     );
-    print_cpu(&cpu_before, &cpu_after, to_confirmed.len() + cancelled);
+    print_cpu(&cpu_before, &cpu_after, tally.to_confirmed_ms.len() + tally.cancelled);
     system.interrupt(Duration::from_secs(30));
+}
+
+/// When the last of `placed`'s confirmations was seen.
+fn confirmed_until(placed: &[Placed], settled: &Settled) -> Option<Instant> {
+    let settled = settled.lock().ok()?;
+    placed
+        .iter()
+        .filter_map(|p| match &p.answer {
+            Answer::Accepted(id) => settled.get(id).filter(|(_, confirmed)| *confirmed).map(|(at, _)| *at),
+            _ => None,
+        })
+        .max()
+}
+
+/// The overload run: the confirm rate measured with `clients` closed-loop clients for 10 s,
+/// then `factor` × that rate offered in an open loop for `seconds`; prints what was
+/// accepted, refused and timed out, and how soon the accepted orders were confirmed.
+#[allow(clippy::too_many_arguments)]
+async fn overloaded(
+    system: &System,
+    client: &load::Gateway,
+    uri: &http::Uri,
+    token: &str,
+    settled: &Settled,
+    clients: usize,
+    factor: f64,
+    seconds: u64,
+) {
+    eprintln!("… measuring the confirm rate: {clients} clients for 10 s");
+    let began = Instant::now();
+    let calibration = closed_loop(client, uri, token, clients, Duration::from_secs(10)).await;
+    let ended = Instant::now();
+    load::settle(&calibration, settled, Duration::from_secs(60)).await;
+    let confirmed_in_time = {
+        let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
+        settled
+            .values()
+            .filter(|(at, confirmed)| *confirmed && *at >= began && *at <= ended)
+            .count()
+    };
+    let rate = confirmed_in_time as f64 / ended.duration_since(began).as_secs_f64();
+    let offered = rate * factor;
+    eprintln!("… confirmed {rate:.0}/s; offering {offered:.0}/s for {seconds} s");
+    let cpu_before = (system.cpu_by_process(), cpu_seconds(std::process::id()));
+    let placed = load::offer(client, uri, token, offered, Duration::from_secs(seconds)).await;
+    load::settle(&placed, settled, Duration::from_secs(120)).await;
+    let cpu_after = (system.cpu_by_process(), cpu_seconds(std::process::id()));
+    let tally = Tally::of(&placed, settled);
+    let within = tally.to_confirmed_ms.iter().filter(|ms| **ms <= 2_000.0).count();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| confirm rate (closed loop, {clients} clients, 10 s) | {rate:.0}/s |");
+    println!(
+        "| offered (open loop) | {offered:.0}/s × {seconds} s = {} orders |",
+        placed.len()
+    );
+    println!(
+        "| accepted (202) | {} ({:.0}/s) |",
+        tally.accepted,
+        tally.accepted as f64 / seconds as f64
+    );
+    println!(
+        "| refused as overloaded (503 with / without Retry-After) | {} / {} |",
+        tally.refused, tally.refused_without_retry_after
+    );
+    println!("| gateway timeouts (504) | {} |", tally.timed_out);
+    println!("| other answers | {} |", tally.others_text());
+    println!(
+        "| accepted and confirmed / cancelled / never settled | {} / {} / {} |",
+        tally.to_confirmed_ms.len(),
+        tally.cancelled,
+        tally.unsettled
+    );
+    println!(
+        "| order to confirmed p50 / p99 / max | {:.0} / {:.0} / {:.0} ms ({within} of {} within 2 s) |",
+        quantile(&tally.to_confirmed_ms, 0.5),
+        quantile(&tally.to_confirmed_ms, 0.99),
+        tally.to_confirmed_ms.last().copied().unwrap_or(0.0),
+        tally.to_confirmed_ms.len()
+    );
+    println!(
+        "| POST p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+        quantile(&tally.post_ms, 0.5),
+        quantile(&tally.post_ms, 0.99),
+        tally.post_ms.last().copied().unwrap_or(0.0)
+    );
+    print_cpu(&cpu_before, &cpu_after, tally.to_confirmed_ms.len() + tally.cancelled);
 }
 
 type CpuSnapshot = (std::collections::BTreeMap<String, f64>, f64);

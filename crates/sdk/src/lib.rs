@@ -4,6 +4,7 @@
 //! heartbeats, serves health checks and drains gracefully. The gateway uses the same
 //! [`discovery`] and [`balance`] modules, so there is one implementation of each in the tree.
 
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod balance;

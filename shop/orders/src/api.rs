@@ -86,7 +86,7 @@ fn internal(err: sqlx::Error) -> Problem {
             body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The Idempotency-Key was used for another request",
             body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The order could not be priced; retry with the same Idempotency-Key",
+        (status = 503, description = "The order could not be priced (`catalog-unavailable`), or more orders are being confirmed than finish in time (`overloaded`): retry after `Retry-After` with the same Idempotency-Key",
             body = Problem, content_type = "application/problem+json"),
     ))]
 async fn place(
@@ -98,17 +98,6 @@ async fn place(
     let config = orders.config.current();
     body.validate(config.max_lines, config.max_quantity)
         .map_err(|e| Problem::invalid_field(e.field, e.reason))?;
-    // Refused at once what inventory says it cannot fill (over gRPC); the saga still reserves.
-    let lines: Vec<(i64, i64)> = body.lines.iter().map(|l| (l.product_id, l.quantity)).collect();
-    if let Some(short) = orders.downstream.short(&lines).await.first() {
-        let reason = format!(
-            "product {} has {} units available, {} asked for",
-            short.product_id, short.available, short.wanted
-        );
-        return Err(Problem::new(409, "out-of-stock", "Out of stock")
-            .with_detail(reason.clone())
-            .with_param("lines", reason));
-    }
     let keyed = match headers.contains_key("idempotency-key") {
         true => Some(Keyed {
             key: idempotency::key(&headers, who.subject())?,
@@ -120,6 +109,21 @@ async fn place(
         if let Some(earlier) = idempotency::recall(orders.journal.store(), &keyed.key, &keyed.fingerprint).await {
             return Ok(earlier);
         }
+    }
+    // More than the saga confirms in time is refused now, before anything is written.
+    if let Err(overloaded) = orders.runner.admit(Duration::from_millis(config.confirm_within_ms)) {
+        return Ok(overloaded.into_response());
+    }
+    // Refused at once what inventory says it cannot fill (over gRPC); the saga still reserves.
+    let lines: Vec<(i64, i64)> = body.lines.iter().map(|l| (l.product_id, l.quantity)).collect();
+    if let Some(short) = orders.downstream.short(&lines).await.first() {
+        let reason = format!(
+            "product {} has {} units available, {} asked for",
+            short.product_id, short.available, short.wanted
+        );
+        return Err(Problem::new(409, "out-of-stock", "Out of stock")
+            .with_detail(reason.clone())
+            .with_param("lines", reason));
     }
     Ok(accept(&orders, who.subject(), body, keyed.as_ref()).await)
 }
@@ -158,7 +162,7 @@ async fn refuse(orders: &Orders, keyed: Option<&Keyed>, problem: Problem) -> Res
     let (status, body) = idempotency::problem_answer(problem);
     if let Some(keyed) = keyed {
         let kept = async {
-            let mut tx = orders.journal.store().pool().begin().await?;
+            let mut tx = orders.journal.store().begin_grouped().await?;
             let kept = idempotency::keep_in(&mut tx, &keyed.key, &keyed.fingerprint, status, &body).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(kept)
@@ -263,36 +267,45 @@ async fn accept(orders: &Orders, user_id: &str, body: PlaceOrder, keyed: Option<
         total,
         shipping_address: body.shipping_address,
     };
-    let written = async {
-        let mut tx = orders.journal.store().begin_write().await?;
-        if let Some(keyed) = keyed {
-            if !idempotency::keep_in(&mut tx, &keyed.key, &keyed.fingerprint, StatusCode::ACCEPTED, &answer).await? {
-                // Another request with this key answered while this one priced: give its answer.
-                return Ok(None);
+    // A run under `once` may hold the key, or a racing request may answer first: its answer
+    // is given instead. When it let go between our write and our read (it failed, or its
+    // hold ran out), the key is free again: write once more.
+    for _ in 0..3 {
+        let written = async {
+            let mut tx = orders.journal.store().begin_grouped().await?;
+            if let Some(keyed) = keyed {
+                if !idempotency::keep_in(&mut tx, &keyed.key, &keyed.fingerprint, StatusCode::ACCEPTED, &answer).await?
+                {
+                    // Another request with this key answered while this one priced.
+                    return Ok(None);
+                }
             }
+            orders.journal.record_in(&mut tx, &id, placed.clone(), None).await?;
+            orders.runner.start_in(&mut tx, &id, &saga).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(Some(saga.lines.len()))
         }
-        orders.journal.record_in(&mut tx, &id, placed, None).await?;
-        orders.runner.start_in(&mut tx, &id, &saga).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(Some(saga.lines.len()))
-    }
-    .instrument(orders.journal.store().span("place order"))
-    .await;
-    match written {
-        Ok(Some(lines)) => {
-            orders.journal.committed();
-            orders.runner.wake();
-            tracing::info!(order_id = %id, lines, "order placed");
-            idempotency::respond(StatusCode::ACCEPTED, answer)
+        .instrument(orders.journal.store().span("place order"))
+        .await;
+        match (written, keyed) {
+            (Ok(Some(lines)), _) => {
+                orders.journal.committed();
+                orders.runner.wake();
+                tracing::info!(order_id = %id, lines, "order placed");
+                return idempotency::respond(StatusCode::ACCEPTED, answer);
+            }
+            (Ok(None), Some(keyed)) => {
+                if let Some(earlier) = idempotency::recall(orders.journal.store(), &keyed.key, &keyed.fingerprint).await
+                {
+                    return earlier;
+                }
+            }
+            (Ok(None), None) => return internal(sqlx::Error::RowNotFound).into_response(),
+            (Err(err), _) => return internal(err).into_response(),
         }
-        Ok(None) => match keyed {
-            Some(keyed) => idempotency::recall(orders.journal.store(), &keyed.key, &keyed.fingerprint)
-                .await
-                .unwrap_or_else(|| internal(sqlx::Error::RowNotFound).into_response()),
-            None => internal(sqlx::Error::RowNotFound).into_response(),
-        },
-        Err(err) => internal(err).into_response(),
     }
+    // The key changed hands three times while this request wrote: let the caller retry.
+    idempotency::in_progress(Duration::from_secs(1))
 }
 
 /// The order if the caller may see it.

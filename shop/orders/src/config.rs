@@ -19,6 +19,9 @@ pub struct OrdersConfig {
     pub max_quantity: i64,
     /// How long a product's price and name are reused before the catalog is asked again.
     pub price_cache_seconds: u64,
+    /// How soon an accepted order should be confirmed: a new order is refused at once (`503`
+    /// with `Retry-After`) while the orders already being confirmed would take longer.
+    pub confirm_within_ms: u64,
 }
 
 /// A confidential OAuth client.
@@ -56,6 +59,7 @@ impl Default for OrdersConfig {
             max_lines: 50,
             max_quantity: 100,
             price_cache_seconds: 30,
+            confirm_within_ms: 1_000,
         }
     }
 }
@@ -71,6 +75,9 @@ impl flotilla::app::Settings for OrdersConfig {
         }
         if !(1..=10_000).contains(&self.max_quantity) {
             return Err("max_quantity must be 1 to 10000".into());
+        }
+        if !(100..=60_000).contains(&self.confirm_within_ms) {
+            return Err("confirm_within_ms must be 100 to 60000".into());
         }
         if self.price_cache_seconds > 3600 {
             return Err("price_cache_seconds must be at most 3600".into());

@@ -10,6 +10,16 @@ use sqlx::{Any, Row, Transaction};
 
 use crate::order::{Money, Order, OrderEvent, OrderLine, Recorded, Status};
 
+/// Moves an order's row in the read model (`$1`) to the status an event gives it (`$2`, or
+/// none) at `$3`, only while the order is open ([`Status::OPEN`], as the fold has it).
+static MOVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE orders_view SET status = CASE WHEN status IN ({}) THEN COALESCE($2, status) ELSE status END, \
+         version = version + 1, updated_ms = $3 WHERE id = $1 RETURNING status",
+        Status::open_sql()
+    )
+});
+
 /// The orders' events, with the outbox the integration events go through.
 #[derive(Clone, Debug)]
 pub struct Journal {
@@ -198,15 +208,12 @@ impl Journal {
             project(tx, &order).await?;
             order.status
         } else {
-            let moved: Option<String> = sqlx::query_scalar(
-                "UPDATE orders_view SET status = CASE WHEN status IN ('PENDING', 'PAYMENT_PENDING') THEN COALESCE($2, status) ELSE status END, \
-                 version = version + 1, updated_ms = $3 WHERE id = $1 RETURNING status",
-            )
-            .bind(order_id)
-            .bind(event.moves_open_order_to().map(Status::as_str))
-            .bind(now)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let moved: Option<String> = sqlx::query_scalar(&MOVE)
+                .bind(order_id)
+                .bind(event.moves_open_order_to().map(Status::as_str))
+                .bind(now)
+                .fetch_optional(&mut **tx)
+                .await?;
             match moved.as_deref().and_then(Status::parse) {
                 Some(status) => status,
                 // No row (lost, or an unknown status in it): fold the order and write it again.

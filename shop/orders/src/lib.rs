@@ -121,7 +121,9 @@ impl flotilla::app::App for OrdersApp {
         let orders = start(setup.tasks(), store, downstream, setup.events().await?, config, tokens).await?;
         // The dashboard's view of the order sagas, read by the control plane over mTLS.
         setup.serve_sagas(&orders.runner);
-        Ok(router(orders))
+        // Requests beyond what keeps latency level wait a little, then are refused (503).
+        let limit = flotilla::admission::ConcurrencyLimit::new(Default::default());
+        Ok(flotilla::admission::limited(router(orders), limit))
     }
 }
 

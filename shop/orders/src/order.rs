@@ -26,9 +26,18 @@ pub enum Status {
 }
 
 impl Status {
-    /// Whether the order can still change (not confirmed or cancelled).
+    /// The statuses of an order that can still change (not confirmed or cancelled).
+    pub const OPEN: [Status; 2] = [Status::Pending, Status::PaymentPending];
+
+    /// Whether the order can still change: one of [`Status::OPEN`].
     pub fn is_open(self) -> bool {
-        matches!(self, Status::Pending | Status::PaymentPending)
+        Self::OPEN.contains(&self)
+    }
+
+    /// [`Status::OPEN`] as an SQL list (`'PENDING', 'PAYMENT_PENDING'`), so the read model's
+    /// update goes by the same rule as the fold.
+    pub fn open_sql() -> String {
+        Self::OPEN.map(|s| format!("'{}'", s.as_str())).join(", ")
     }
 
     /// The name the API and the read model use.

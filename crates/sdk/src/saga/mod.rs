@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::admission::{Backlog, Overloaded};
 use crate::telemetry::{metrics, span};
 
 pub use endpoint::SagaEndpoint;
@@ -211,6 +212,8 @@ pub struct SagaRunner<S> {
     wake: Arc<tokio::sync::Notify>,
     /// This runner's name on the leases it takes and in its check-ins.
     id: Arc<str>,
+    /// The instances open and the rate they finish at, for [`SagaRunner::admit`].
+    backlog: Backlog,
 }
 
 impl<S> Clone for SagaRunner<S> {
@@ -220,12 +223,16 @@ impl<S> Clone for SagaRunner<S> {
             store: self.store.clone(),
             wake: Arc::clone(&self.wake),
             id: Arc::clone(&self.id),
+            backlog: self.backlog.clone(),
         }
     }
 }
 
 /// How many instances one tick advances at once (their steps mostly wait on other services).
 const CONCURRENCY: usize = 64;
+
+/// How often a runner reads the open instances and every runner's rate, for admission.
+const LOAD_EVERY: Duration = Duration::from_millis(200);
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50 * (1u64 << attempt.min(7))).min(Duration::from_secs(5))
@@ -249,7 +256,23 @@ where
             store,
             wake: Arc::new(tokio::sync::Notify::new()),
             id: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+            backlog: Backlog::new(CONCURRENCY as u64),
         }
+    }
+
+    /// Whether one more instance would finish within `within`, by the instances open (every
+    /// runner's, waiting ones aside) and the rate the runners finish them at: call it before
+    /// anything is written for a new instance, and refuse the work with what it answers
+    /// (`503` with `Retry-After`) when it says no. A service whose dependency is away keeps
+    /// taking instances: they wait apart and do not count.
+    pub fn admit(&self, within: Duration) -> Result<(), Overloaded> {
+        let kind = &self.saga.kind;
+        self.backlog.admit(within, |open| {
+            format!(
+                "{open} {kind} sagas are still running, more than finish within {} ms",
+                within.as_millis()
+            )
+        })
     }
 
     /// Starts an instance (idempotent by id: a second start of the same id changes nothing).
@@ -292,6 +315,7 @@ where
         let mut ran = 0;
         let mut failed = None;
         while let Some(joined) = running.join_next().await {
+            self.backlog.left(1);
             match joined {
                 Ok(Ok(())) => ran += 1,
                 Ok(Err(err)) => failed = Some(err),
@@ -598,14 +622,28 @@ where
         self.store.change(id, (record.status, record.step), change).await
     }
 
-    /// Checks in every second for as long as it is polled, so other runners know this one
-    /// is alive and leave its instances alone.
+    /// Checks in every second for as long as it is polled, with the rate it finishes
+    /// instances at, so other runners know this one is alive and leave its instances alone;
+    /// and reads every runner's open instances and rates five times a second for
+    /// [`SagaRunner::admit`].
     async fn check_ins(&self) {
+        let mut next_check_in = tokio::time::Instant::now();
         loop {
-            if let Err(err) = self.store.check_in(&self.id, &self.saga.kind).await {
-                tracing::warn!(error = %err, kind = %self.saga.kind, "a saga runner's check-in failed");
+            if tokio::time::Instant::now() >= next_check_in {
+                next_check_in += Duration::from_millis(store::CHECK_IN_MS as u64);
+                if let Err(err) = self
+                    .store
+                    .check_in(&self.id, &self.saga.kind, self.backlog.rate())
+                    .await
+                {
+                    tracing::warn!(error = %err, kind = %self.saga.kind, "a saga runner's check-in failed");
+                }
             }
-            tokio::time::sleep(Duration::from_millis(store::CHECK_IN_MS as u64)).await;
+            match self.store.load(&self.saga.kind).await {
+                Ok((open, rate)) => self.backlog.observe(open, Some(rate)),
+                Err(err) => tracing::warn!(error = %err, kind = %self.saga.kind, "reading the open sagas failed"),
+            }
+            tokio::time::sleep(LOAD_EVERY).await;
         }
     }
 
@@ -651,10 +689,13 @@ where
             tokio::select! {
                 Some(joined) = running.join_next(), if !running.is_empty() => {
                     finished(joined);
+                    let mut left = 1;
                     // Every other one done by now too: one refill for all of them.
                     while let Some(joined) = running.try_join_next() {
                         finished(joined);
+                        left += 1;
                     }
+                    self.backlog.left(left);
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(every) => {}

@@ -5,6 +5,7 @@
 //! checking in (its process crashed) are taken up again within seconds, without waiting out
 //! their lease, which stays long enough for a slow step.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -304,11 +305,45 @@ pub(super) const GONE_AFTER_MS: i64 = 5_000;
 const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS flotilla_sagas (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, step BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, last_error TEXT NOT NULL, next_run_ms BIGINT NOT NULL, leased_until BIGINT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, traceparent TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '', refused BIGINT NOT NULL DEFAULT 0, leased_by TEXT NOT NULL DEFAULT '', waits BIGINT NOT NULL DEFAULT 0)",
     // Each running runner's last check-in.
-    "CREATE TABLE IF NOT EXISTS flotilla_saga_runners (id TEXT PRIMARY KEY, kind TEXT NOT NULL, checked_in_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS flotilla_saga_runners (id TEXT PRIMARY KEY, kind TEXT NOT NULL, checked_in_ms BIGINT NOT NULL, rate_milli BIGINT NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS flotilla_saga_log (saga_id TEXT NOT NULL, seq BIGINT NOT NULL, step TEXT NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (saga_id, seq))",
     // What the runner asks for again and again: the due instances of a kind, oldest first.
     "CREATE INDEX IF NOT EXISTS flotilla_sagas_due ON flotilla_sagas (kind, next_run_ms) WHERE status IN ('running', 'compensating')",
 ];
+
+/// Whether an instance of a kind is due for a runner: it is running or compensating, its time
+/// has come, and nobody holds it — its lease ran out, or it is held by another runner that
+/// stopped checking in. A runner never takes its own leased instances back for a late
+/// check-in of its own. `{now}`, `{runner}` and `{gone}` name the placeholders (the time,
+/// the runner, the last check-in a live runner has made since).
+fn due(now: &str, runner: &str, gone: &str) -> String {
+    format!(
+        "status IN ('running', 'compensating') AND next_run_ms <= {now} \
+         AND (leased_until <= {now} OR (leased_by <> {runner} AND leased_by IN \
+         (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < {gone})))"
+    )
+}
+
+/// Is anything of kind `$1` due (at `$2`, for runner `$3`, live since `$4`)?
+static DUE_CHECK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT 1 FROM flotilla_sagas WHERE kind = $1 AND {} LIMIT 1",
+        due("$2", "$3", "$4")
+    )
+});
+
+/// Leases (until `$1`) up to `$4` due instances of kind `$2`, oldest first, for runner `$5`
+/// (at `$3`, live since `$6`). The condition is checked again on the row the update
+/// changes, so two runners on PostgreSQL never share one.
+static LEASE: LazyLock<String> = LazyLock::new(|| {
+    let due = due("$3", "$5", "$6");
+    format!(
+        "UPDATE flotilla_sagas SET leased_until = $1, leased_by = $5 \
+         WHERE id IN (SELECT id FROM flotilla_sagas WHERE kind = $2 AND {due} ORDER BY next_run_ms LIMIT $4) \
+         AND {due} \
+         RETURNING id, kind, status, step, attempts, waits, state, last_error, traceparent, reason, refused"
+    )
+});
 
 /// The saga tables of a service's database.
 #[derive(Clone, Debug)]
@@ -340,6 +375,16 @@ impl SagaStore {
                     .execute(store.pool())
                     .await?;
             }
+        }
+        // Runners made before they told their rate.
+        if sqlx::query("SELECT rate_milli FROM flotilla_saga_runners LIMIT 0")
+            .execute(store.pool())
+            .await
+            .is_err()
+        {
+            sqlx::query("ALTER TABLE flotilla_saga_runners ADD COLUMN rate_milli BIGINT NOT NULL DEFAULT 0")
+                .execute(store.pool())
+                .await?;
         }
         Ok(Self { store })
     }
@@ -463,17 +508,19 @@ impl SagaStore {
         tx.commit().await
     }
 
-    /// Says runner `runner` (of `kind`) is alive now; forgets runners gone for an hour.
-    pub(super) async fn check_in(&self, runner: &str, kind: &str) -> Result<(), sqlx::Error> {
+    /// Says runner `runner` (of `kind`) is alive now and finishes `rate` instances a second;
+    /// forgets runners gone for an hour.
+    pub(super) async fn check_in(&self, runner: &str, kind: &str, rate: f64) -> Result<(), sqlx::Error> {
         let now = now_ms();
         let pool = self.store.relaxed();
         sqlx::query(
-            "INSERT INTO flotilla_saga_runners (id, kind, checked_in_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET checked_in_ms = excluded.checked_in_ms",
+            "INSERT INTO flotilla_saga_runners (id, kind, checked_in_ms, rate_milli) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET checked_in_ms = excluded.checked_in_ms, rate_milli = excluded.rate_milli",
         )
         .bind(runner)
         .bind(kind)
         .bind(now)
+        .bind((rate * 1000.0) as i64)
         .execute(pool.pool())
         .await?;
         sqlx::query("DELETE FROM flotilla_saga_runners WHERE checked_in_ms < $1")
@@ -481,6 +528,23 @@ impl SagaStore {
             .execute(pool.pool())
             .await
             .map(|_| ())
+    }
+
+    /// The open instances of `kind` that are not waiting for a dependency (running or
+    /// compensating, every runner's), and the instances a second the live runners of the
+    /// kind finish, as they said at their last check-in.
+    pub(super) async fn load(&self, kind: &str) -> Result<(u64, f64), sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM flotilla_sagas WHERE kind = $1 AND status IN ('running', 'compensating') AND waits = 0) AS open, \
+             (SELECT CAST(COALESCE(SUM(rate_milli), 0) AS BIGINT) FROM flotilla_saga_runners WHERE kind = $1 AND checked_in_ms >= $2) AS rate",
+        )
+        .bind(kind)
+        .bind(now_ms() - GONE_AFTER_MS)
+        .fetch_one(self.store.pool())
+        .await?;
+        let open: i64 = row.try_get("open")?;
+        let rate: i64 = row.try_get("rate")?;
+        Ok((open.max(0) as u64, rate.max(0) as f64 / 1000.0))
     }
 
     /// A new running instance; `false` if the id exists.
@@ -519,12 +583,9 @@ impl SagaStore {
         Ok(inserted)
     }
 
-    /// Takes up to `limit` due instances of a kind for `runner`, for `lease`, oldest first,
-    /// in one statement: nobody else can take them until the lease runs out or `runner` stops
-    /// checking in (the outer conditions are checked again on the row it updates, so two
-    /// runners on PostgreSQL never share one). A runner never takes its own leased instances
-    /// for a missed check-in of its own: a late check-in (a busy database) must not make it
-    /// run the instances it runs a second time.
+    /// Takes up to `limit` due instances of a kind for `runner`, for `lease`, oldest first:
+    /// nobody else can take them until the lease runs out or `runner` stops checking in
+    /// ([`due`] says which are due, [`LEASE`] takes them). When nothing is due it only reads.
     pub async fn lease_due(
         &self,
         kind: &str,
@@ -533,22 +594,28 @@ impl SagaStore {
         runner: &str,
     ) -> Result<Vec<SagaRecord>, sqlx::Error> {
         let now = now_ms();
-        let rows = sqlx::query(
-            "UPDATE flotilla_sagas SET leased_until = $1, leased_by = $5 \
-             WHERE id IN (SELECT id FROM flotilla_sagas WHERE kind = $2 AND status IN ('running', 'compensating') AND next_run_ms <= $3 \
-               AND (leased_until <= $3 OR (leased_by <> $5 AND leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6))) ORDER BY next_run_ms LIMIT $4) \
-             AND status IN ('running', 'compensating') \
-             AND (leased_until <= $3 OR (leased_by <> $5 AND leased_by IN (SELECT id FROM flotilla_saga_runners WHERE checked_in_ms < $6))) \
-             RETURNING id, kind, status, step, attempts, waits, state, last_error, traceparent, reason, refused",
-        )
-        .bind(now + lease.as_millis() as i64)
-        .bind(kind)
-        .bind(now)
-        .bind(limit)
-        .bind(runner)
-        .bind(now - GONE_AFTER_MS)
-        .fetch_all(self.store.pool())
-        .await?;
+        let gone = now - GONE_AFTER_MS;
+        // A read first: on SQLite even an update that changes no row takes the write lock,
+        // and a runner polls whether or not anything is due; a reader never waits for it.
+        let any_due: Option<i64> = sqlx::query_scalar(&DUE_CHECK)
+            .bind(kind)
+            .bind(now)
+            .bind(runner)
+            .bind(gone)
+            .fetch_optional(self.store.pool())
+            .await?;
+        if any_due.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&LEASE)
+            .bind(now + lease.as_millis() as i64)
+            .bind(kind)
+            .bind(now)
+            .bind(limit)
+            .bind(runner)
+            .bind(gone)
+            .fetch_all(self.store.pool())
+            .await?;
         rows.iter().map(record).collect()
     }
 

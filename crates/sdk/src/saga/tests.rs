@@ -428,7 +428,7 @@ async fn a_runner_that_stops_checking_in_loses_its_instances_to_another_within_s
     let lease = Duration::from_millis(store::LEASE_MS as u64);
     store.insert("s-1", "slow", &serde_json::json!({})).await.unwrap();
     // Runner A takes the instance and checks in.
-    store.check_in("a", "slow").await.unwrap();
+    store.check_in("a", "slow", 0.0).await.unwrap();
     let taken = store.lease_due("slow", 10, lease, "a").await.unwrap();
     assert_eq!(taken.len(), 1);
     // While A checks in, its lease holds.
@@ -447,5 +447,64 @@ async fn a_runner_that_stops_checking_in_loses_its_instances_to_another_within_s
         ["s-1"],
         "B takes it up without waiting out A's 30 s lease"
     );
+    db.remove().await;
+}
+
+/// What admission reads: the open instances that are not waiting, every live runner's rate.
+#[tokio::test]
+async fn the_load_counts_open_instances_not_waiting_and_adds_up_live_runners_rates() {
+    let (store, db) = sagas().await;
+    for id in ["o-1", "o-2", "o-3", "o-4"] {
+        store.insert(id, "order", &serde_json::json!({})).await.unwrap();
+    }
+    store
+        .insert("other-kind", "refund", &serde_json::json!({}))
+        .await
+        .unwrap();
+    // One waits for a dependency that is away; one is done.
+    sqlx::query("UPDATE flotilla_sagas SET waits = 2 WHERE id = 'o-3'")
+        .execute(store.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE flotilla_sagas SET status = 'completed' WHERE id = 'o-4'")
+        .execute(store.store.pool())
+        .await
+        .unwrap();
+    store.check_in("a", "order", 12.5).await.unwrap();
+    store.check_in("b", "order", 7.5).await.unwrap();
+    store.check_in("gone", "order", 100.0).await.unwrap();
+    store.check_in("c", "refund", 3.0).await.unwrap();
+    sqlx::query("UPDATE flotilla_saga_runners SET checked_in_ms = checked_in_ms - $1 WHERE id = 'gone'")
+        .bind(store::GONE_AFTER_MS + 1)
+        .execute(store.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(store.load("order").await.unwrap(), (2, 20.0));
+    db.remove().await;
+}
+
+/// A runner takes instances while those open finish in time, and refuses the rest with when
+/// to come back; nothing it refuses is written.
+#[tokio::test]
+async fn a_runner_admits_while_the_open_instances_finish_in_time() {
+    let (store, db) = sagas().await;
+    let journal = Journal::default();
+    let runner = SagaRunner::new(order_saga(&journal, None), store);
+    let second = Duration::from_secs(1);
+    // Nothing finished yet: the floor (enough to keep the runner busy) is taken.
+    runner.backlog.observe(CONCURRENCY as u64 - 1, None);
+    runner.admit(second).unwrap();
+    let refused = runner.admit(second).unwrap_err();
+    assert!(
+        refused.what.starts_with("64 order sagas are still running"),
+        "{}",
+        refused.what
+    );
+    // The runners finish 200 a second: 200 open finish within a second.
+    runner.backlog.observe(199, Some(200.0));
+    runner.admit(second).unwrap();
+    let refused = runner.admit(second).unwrap_err();
+    assert_eq!(refused.retry_after, Duration::from_millis(5));
+    assert!(runner.store().list("order", 10).await.unwrap().is_empty());
     db.remove().await;
 }
