@@ -204,9 +204,17 @@ pub fn grpc_server_failure(code: i32) -> bool {
 }
 
 /// Whether an answer failed on the server's side, so the breaker and outlier ejection count it:
-/// a 5xx, or a gRPC status [`grpc_server_failure`] blames on the server.
+/// a 5xx, or a gRPC status [`grpc_server_failure`] blames on the server. Not a [`shed`]
+/// answer: a server that refuses what it cannot do in time is working as it should, and a
+/// breaker that opened on its refusals would refuse everything it can still do.
 pub fn server_failure(status: StatusCode, headers: &http::HeaderMap) -> bool {
-    status.is_server_error() || grpc_status(headers).is_some_and(grpc_server_failure)
+    (status.is_server_error() && !shed(status, headers)) || grpc_status(headers).is_some_and(grpc_server_failure)
+}
+
+/// Whether an answer is load shed: `503` with `Retry-After` (RFC 9110 §15.6.4: the server is
+/// overloaded for now and says when to come back), as the SDK's admission control answers.
+pub fn shed(status: StatusCode, headers: &http::HeaderMap) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(http::header::RETRY_AFTER)
 }
 
 /// Whether an answer may be asked of another instance, when the request may be repeated:
@@ -227,6 +235,24 @@ pub fn idempotent(method: &http::Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_503_with_retry_after_is_shed_load_not_a_failure() {
+        let mut headers = http::HeaderMap::new();
+        assert!(server_failure(StatusCode::SERVICE_UNAVAILABLE, &headers));
+        assert!(server_failure(StatusCode::INTERNAL_SERVER_ERROR, &headers));
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        assert!(shed(StatusCode::SERVICE_UNAVAILABLE, &headers));
+        assert!(!server_failure(StatusCode::SERVICE_UNAVAILABLE, &headers));
+        assert!(
+            server_failure(StatusCode::INTERNAL_SERVER_ERROR, &headers),
+            "only a 503 says overloaded"
+        );
+        assert!(
+            retryable_answer(StatusCode::SERVICE_UNAVAILABLE, &headers),
+            "another instance may take it"
+        );
+    }
 
     #[test]
     fn connect_failures_are_always_retryable_others_only_when_idempotent() {

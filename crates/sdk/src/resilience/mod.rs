@@ -29,7 +29,7 @@ pub use budget::{BudgetConfig, RetryBudget};
 pub use bulkhead::{Bulkhead, BulkheadLayer, BulkheadService};
 pub use deadline::{Deadline, DeadlineLayer, DeadlineService, DEADLINE_HEADER};
 pub use error::{
-    grpc_server_failure, grpc_status, idempotent, retryable_answer, retryable_status, server_failure, BoxError,
+    grpc_server_failure, grpc_status, idempotent, retryable_answer, retryable_status, server_failure, shed, BoxError,
     CallError, Origin,
 };
 pub use retry::{Attempts, RetryLayer, RetryNonIdempotent, RetryPolicy, RetryService};
