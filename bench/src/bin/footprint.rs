@@ -131,6 +131,46 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// One process's memory by kind, KiB: resident in all, of it file pages (the binary and
+/// libraries, shared by every process that maps them) and anonymous pages (its own heap and
+/// stacks), and its proportional share (PSS: each shared page divided among the processes
+/// mapping it).
+#[derive(Clone, Copy, Default)]
+struct Memory {
+    rss: u64,
+    file: u64,
+    anon: u64,
+    pss: u64,
+}
+
+/// [`Memory`] of `up` and every process it runs, by name.
+fn memory(up: u32) -> Vec<(String, Memory)> {
+    processes(up)
+        .into_iter()
+        .map(|(name, pid)| {
+            let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                .ok()
+                .and_then(|rollup| {
+                    rollup
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Pss:"))?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            let memory = Memory {
+                rss: status_kib(pid, "VmRSS").unwrap_or(0),
+                file: status_kib(pid, "RssFile").unwrap_or(0) + status_kib(pid, "RssShmem").unwrap_or(0),
+                anon: status_kib(pid, "RssAnon").unwrap_or(0),
+                pss,
+            };
+            (name, memory)
+        })
+        .collect()
+}
+
 /// What a process runs: `flotilla service orders --…` → `orders`, `flotilla gateway …` →
 /// `gateway`, anything else by its program's name.
 fn name_of(pid: u32) -> Option<String> {
@@ -703,6 +743,7 @@ fn main() {
     let sampler = Sampler::start(up);
     std::thread::sleep(Duration::from_secs(o.rest));
     let rest_ticks = sampler.stop();
+    let shared_at_rest = memory(up);
 
     let control_token = std::fs::read_to_string(system.data_dir().join("token"))
         .map(|t| t.trim().to_owned())
@@ -897,6 +938,35 @@ fn main() {
     println!(
         "| **all** | {:.1} MiB | {:.0} | {:.1} MiB | {:.0} | | {:.1} MiB |",
         totals[0], totals[1], totals[2], totals[3], totals[4]
+    );
+
+    println!("\n## Memory at rest: what is shared\n");
+    println!("| process | RSS | of which file pages (the binary, libraries: shared) | anonymous (its own) | PSS (shared pages divided among the processes) |");
+    println!("|---|---:|---:|---:|---:|");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut sum = Memory::default();
+    for (name, m) in &shared_at_rest {
+        println!(
+            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            mib(m.rss),
+            mib(m.file),
+            mib(m.anon),
+            mib(m.pss)
+        );
+        sum.rss += m.rss;
+        sum.file += m.file;
+        sum.anon += m.anon;
+        sum.pss += m.pss;
+    }
+    println!(
+        "| **all** | {:.1} MiB | {:.1} MiB | {:.1} MiB | **{:.1} MiB** |",
+        mib(sum.rss),
+        mib(sum.file),
+        mib(sum.anon),
+        mib(sum.pss)
+    );
+    println!(
+        "\nThe sum of RSS counts the one binary's pages once per process; PSS counts each page once in all: the shop's memory is the PSS sum."
     );
 
     println!("\n## Suggested requests and limits\n");

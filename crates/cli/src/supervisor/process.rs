@@ -110,8 +110,20 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// glibc's allocator as every process `up` runs uses it, unless the environment says
+/// otherwise: two arenas, not eight per core (each thread's arena keeps what it freed), and
+/// allocations from 256 KiB up mapped on their own and given back when freed (glibc otherwise
+/// raises that threshold after the first large free and keeps every later large block, as
+/// identity's 19 MiB password hashes). Measured by `bench/footprint`. The Kubernetes
+/// manifests set the same.
+const MALLOC_TUNABLES: &str =
+    "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=262144:glibc.malloc.trim_threshold=262144";
+
 fn spawn(spec: &ProcessSpec) -> std::io::Result<Child> {
     let mut command = Command::new(&spec.command);
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        command.env("GLIBC_TUNABLES", MALLOC_TUNABLES);
+    }
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -266,5 +278,19 @@ async fn terminate(child: &mut Child, spec: &ProcessSpec, output: &Output) {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// One allocator setting for both ways of running: `up` and the Kubernetes manifests.
+    #[test]
+    fn kubernetes_sets_the_allocator_as_up_does() {
+        let kustomization = include_str!("../../../../deploy/kubernetes/base/kustomization.yaml");
+        let line = format!("GLIBC_TUNABLES={}", super::MALLOC_TUNABLES);
+        assert!(
+            kustomization.contains(&line),
+            "the base kustomization should set {line}"
+        );
     }
 }
