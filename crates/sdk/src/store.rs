@@ -144,7 +144,9 @@ impl Store {
                 let file: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(connect_err)?;
                 let mut wal = file.get_filename().as_os_str().to_owned();
                 wal.push("-wal");
-                let relaxed = sqlite_pool(2, "PRAGMA synchronous = NORMAL")
+                // One connection: grouped commits and bookkeeping queue for it in order,
+                // rather than meet at SQLite's write lock, whose busy handler sleeps.
+                let relaxed = sqlite_pool(1, "PRAGMA synchronous = NORMAL")
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
