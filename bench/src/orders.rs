@@ -70,6 +70,8 @@ pub struct Placed {
     pub answer: Answer,
     /// When it was sent.
     pub sent: Instant,
+    /// When it was sent, ms since the Unix epoch (to compare with the shop's own times).
+    pub sent_ms: i64,
     /// How long until its whole answer was read.
     pub took: Duration,
 }
@@ -80,6 +82,7 @@ pub async fn place(client: &Gateway, uri: &http::Uri, token: &str, key: &str, pr
         r#"{{"lines":[{{"product_id":{product},"quantity":1}}],"shipping_address":{{"name":"Bench","line1":"Kai 1","city":"Hamburg","postal_code":"20457","country":"DE"}}}}"#
     );
     let sent = Instant::now();
+    let sent_ms = flotilla::store::now_ms();
     let request = http::Request::post(uri.clone())
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
@@ -117,8 +120,24 @@ pub async fn place(client: &Gateway, uri: &http::Uri, token: &str, key: &str, pr
     Placed {
         answer,
         sent,
+        sent_ms,
         took: sent.elapsed(),
     }
+}
+
+/// When the order `id` was confirmed, ms since the Unix epoch, as the order itself says (its
+/// last event's time, read from `GET /api/v1/orders/{id}`): `None` while it is not confirmed.
+pub async fn confirmed_at(client: &Gateway, gateway: std::net::SocketAddr, token: &str, id: &str) -> Option<i64> {
+    let request = http::Request::get(format!("http://{gateway}/api/v1/orders/{id}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let response = client.request(request).await.ok()?;
+    let bytes = response.into_body().collect().await.ok()?.to_bytes();
+    let order: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    (order["status"] == "CONFIRMED")
+        .then(|| order["updated_ms"].as_i64())
+        .flatten()
 }
 
 /// Orders offered at a steady `rate` per second for `for_`, each sent on time whatever the
@@ -147,6 +166,45 @@ pub async fn offer(client: &Gateway, uri: &http::Uri, token: &str, rate: f64, fo
         if let Ok(one) = done {
             placed.push(one);
         }
+    }
+    placed
+}
+
+/// `clients` closed-loop clients placing orders for `for_`, each with its own keys. A client
+/// refused as overloaded waits as `Retry-After` says, but at most `patience`.
+pub async fn closed_loop(
+    client: &Gateway,
+    uri: &http::Uri,
+    token: &str,
+    clients: usize,
+    for_: Duration,
+    patience: Duration,
+) -> Vec<Placed> {
+    let until = Instant::now() + for_;
+    let mut workers = tokio::task::JoinSet::new();
+    let run = format!("{:x}", rand::random::<u32>());
+    for worker in 0..clients {
+        let (client, uri, token, run) = (client.clone(), uri.clone(), token.to_owned(), run.clone());
+        workers.spawn(async move {
+            let mut placed = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let product = 1 + (worker as u64 * 7 + n) % 20;
+                let one = place(&client, &uri, &token, &format!("bench-{run}-{worker}-{n}"), product).await;
+                if let Answer::Refused(Some(after)) = one.answer {
+                    // As a client should: come back when told (or sooner, to keep the shop busy).
+                    let wait = Duration::from_secs(after).min(patience);
+                    tokio::time::sleep(wait.min(until.saturating_duration_since(Instant::now()))).await;
+                }
+                placed.push(one);
+            }
+            placed
+        });
+    }
+    let mut placed = Vec::new();
+    while let Some(Ok(some)) = workers.join_next().await {
+        placed.extend(some);
     }
     placed
 }

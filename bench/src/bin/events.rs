@@ -1,9 +1,12 @@
 //! `bench/events`: the control plane's event log on its own. Starts `flotilla control` on a
 //! free port with a fresh data dir, then one producer appends batches over HTTP while one
 //! consumer group fetches (long poll) and acks; prints events/s through the log and the p50 /
-//! p99 time from the append being acknowledged to the event being delivered.
+//! p99 time from the append being acknowledged to the event being delivered. Runs R times,
+//! each on a fresh control plane and data dir, and prints each run and the median of the runs
+//! (this machine's speed moves from one minute to the next: one run proves little).
 //!
-//! Usage: events [--events N] [--batch B]   (run through `bench/events`, which builds it)
+//! Usage: events [--events N] [--batch B] [--runs R]   (run through `bench/events`, which
+//! builds it)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,18 +18,44 @@ use flotilla_bench::procs::{flotilla_beside_me, free_addr, http_get};
 fn main() {
     let mut total = 20_000u64;
     let mut batch = 100usize;
+    let mut runs = 5usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().and_then(|v| v.parse::<u64>().ok());
         match (arg.as_str(), value) {
             ("--events", Some(v)) => total = v,
             ("--batch", Some(v)) => batch = v.clamp(1, 1000) as usize,
+            ("--runs", Some(v)) => runs = v.clamp(1, 100) as usize,
             _ => {
-                eprintln!("usage: events [--events N] [--batch B]");
+                eprintln!("usage: events [--events N] [--batch B] [--runs R]");
                 std::process::exit(2);
             }
         }
     }
+    println!("\nevents: {total} events in batches of {batch}, one producer, one consumer group, {runs} runs\n");
+    println!("| run | events/s through the log | append acked → delivered p50 | p99 |");
+    println!("|---|---:|---:|---:|");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut figures = Vec::with_capacity(runs);
+    for run in 1..=runs {
+        let (rate, p50, p99) = run_once(total, batch);
+        println!("| {run} | {rate:.0} | {:.1} ms | {:.1} ms |", ms(p50), ms(p99));
+        figures.push((rate, p50, p99));
+    }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    println!(
+        "| **median** | **{:.0}** | {:.1} ms | **{:.1} ms** |",
+        median(figures.iter().map(|f| f.0).collect()),
+        median(figures.iter().map(|f| ms(f.1)).collect()),
+        median(figures.iter().map(|f| ms(f.2)).collect())
+    );
+}
+
+/// One run on a fresh control plane: events/s, and the p50 and p99 from append to delivery.
+fn run_once(total: u64, batch: usize) -> (f64, Duration, Duration) {
     let binary = flotilla_beside_me("bench/events");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     let addr = free_addr();
@@ -119,12 +148,5 @@ fn main() {
     });
     let _ = control.kill();
     let _ = control.wait();
-    println!("\nevents: {total} events in batches of {batch}, one producer, one consumer group\n");
-    println!("| events/s through the log | append acked → delivered p50 | p99 |");
-    println!("|---:|---:|---:|");
-    println!(
-        "| {rate:.0} | {:.1} ms | {:.1} ms |",
-        p50.as_secs_f64() * 1000.0,
-        p99.as_secs_f64() * 1000.0
-    );
+    (rate, p50, p99)
 }

@@ -30,45 +30,6 @@ fn fail(what: &str) -> ! {
     std::process::exit(1)
 }
 
-/// `clients` closed-loop clients placing orders for `for_`, each with its own keys. A client
-/// refused as overloaded waits as `Retry-After` says, but at most `patience`.
-async fn closed_loop(
-    client: &load::Gateway,
-    uri: &http::Uri,
-    token: &str,
-    clients: usize,
-    for_: Duration,
-    patience: Duration,
-) -> Vec<Placed> {
-    let until = Instant::now() + for_;
-    let mut workers = tokio::task::JoinSet::new();
-    let run = format!("{:x}", rand::random::<u32>());
-    for worker in 0..clients {
-        let (client, uri, token, run) = (client.clone(), uri.clone(), token.to_owned(), run.clone());
-        workers.spawn(async move {
-            let mut placed = Vec::new();
-            let mut n = 0u64;
-            while Instant::now() < until {
-                n += 1;
-                let product = 1 + (worker as u64 * 7 + n) % 20;
-                let one = load::place(&client, &uri, &token, &format!("bench-{run}-{worker}-{n}"), product).await;
-                if let Answer::Refused(Some(after)) = one.answer {
-                    // As a client should: come back when told (or sooner, to keep the shop busy).
-                    let wait = Duration::from_secs(after).min(patience);
-                    tokio::time::sleep(wait.min(until.saturating_duration_since(Instant::now()))).await;
-                }
-                placed.push(one);
-            }
-            placed
-        });
-    }
-    let mut placed = Vec::new();
-    while let Some(Ok(some)) = workers.join_next().await {
-        placed.extend(some);
-    }
-    placed
-}
-
 fn main() {
     let mut clients = 64usize;
     let mut seconds = 20u64;
@@ -123,7 +84,7 @@ fn main() {
     let (placed, began, load_ended) = runtime.block_on(async {
         eprintln!("… {clients} clients placing orders for {seconds} s");
         let began = Instant::now();
-        let placed = closed_loop(
+        let placed = load::closed_loop(
             &client,
             &uri,
             &token,
@@ -213,7 +174,7 @@ async fn overloaded(
     // kept saturated, so what it confirms is what it can.
     eprintln!("… measuring the confirm rate: {clients} clients for 10 s");
     let began = Instant::now();
-    let calibration = closed_loop(
+    let calibration = load::closed_loop(
         client,
         uri,
         token,

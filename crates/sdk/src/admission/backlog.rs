@@ -37,9 +37,15 @@ struct State {
     started: Instant,
     /// What every worker of this kind finishes per second, as the shared store said last.
     fleet_rate: Option<f64>,
+    /// The highest rate seen lately, and when: after a quiet spell the rate reads low, but
+    /// the workers can still do what they did a minute ago.
+    peak: (f64, Instant),
     /// Units always taken, whatever the rate (before any has finished, say).
     floor: u64,
 }
+
+/// How fast a remembered peak rate fades: by half every this long.
+const PEAK_HALF_LIFE: Duration = Duration::from_secs(30);
 
 impl Backlog {
     /// A backlog that takes at least `floor` open units (enough to keep its workers busy
@@ -54,6 +60,7 @@ impl Backlog {
                 bucket: 0,
                 started: Instant::now(),
                 fleet_rate: None,
+                peak: (0.0, Instant::now()),
                 floor: floor.max(1),
             })),
         }
@@ -149,9 +156,17 @@ impl State {
     }
 
     /// The rate units finish at: every worker's, or this one's when that is more (or all
-    /// there is).
+    /// there is), or the peak of the last minutes, fading, when that is more still.
     fn capacity(&mut self, now: Instant) -> f64 {
         let local = self.local_rate(now);
-        self.fleet_rate.map_or(local, |fleet| fleet.max(local))
+        let rate = self.fleet_rate.map_or(local, |fleet| fleet.max(local));
+        let (peak, at) = self.peak;
+        let faded = peak * 0.5f64.powf(now.duration_since(at).as_secs_f64() / PEAK_HALF_LIFE.as_secs_f64());
+        if rate >= faded {
+            self.peak = (rate, now);
+            rate
+        } else {
+            faded
+        }
     }
 }

@@ -78,6 +78,20 @@ fn a_backlog_counts_its_own_finished_units_as_a_rate() {
     assert!(backlog.admit(Duration::from_millis(500), |n| format!("{n}")).is_err());
 }
 
+#[test]
+fn a_backlog_remembers_the_rate_it_managed_after_a_quiet_spell() {
+    let backlog = Backlog::new(1);
+    backlog.observe(0, Some(100.0));
+    backlog.admit(Duration::from_secs(1), |n| format!("{n}")).unwrap();
+    // Quiet: nobody finishes anything; the fleet's rate reads 0.
+    backlog.observe(50, Some(0.0));
+    for _ in 0..40 {
+        backlog.admit(Duration::from_secs(1), |n| format!("{n}")).unwrap();
+    }
+    // The peak of 100/s fades slowly: 90 open still finish within a second.
+    assert_eq!(backlog.open(), 90);
+}
+
 #[tokio::test]
 async fn a_limit_refuses_what_waited_its_queue_age() {
     let limit = ConcurrencyLimit::new(LimitConfig {

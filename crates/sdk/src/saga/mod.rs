@@ -231,6 +231,10 @@ impl<S> Clone for SagaRunner<S> {
 /// How many instances one tick advances at once (their steps mostly wait on other services).
 const CONCURRENCY: usize = 64;
 
+/// Instances admitted before any has finished (and a rate is known): few, since a slow
+/// deployment may take a second for each.
+const ADMIT_BEFORE_ANY_FINISHED: u64 = 16;
+
 /// How often a runner reads the open instances and every runner's rate, for admission.
 const LOAD_EVERY: Duration = Duration::from_millis(200);
 
@@ -256,7 +260,7 @@ where
             store,
             wake: Arc::new(tokio::sync::Notify::new()),
             id: Arc::from(uuid::Uuid::new_v4().simple().to_string()),
-            backlog: Backlog::new(CONCURRENCY as u64),
+            backlog: Backlog::new(ADMIT_BEFORE_ANY_FINISHED),
         }
     }
 

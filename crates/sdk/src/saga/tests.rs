@@ -491,12 +491,12 @@ async fn a_runner_admits_while_the_open_instances_finish_in_time() {
     let journal = Journal::default();
     let runner = SagaRunner::new(order_saga(&journal, None), store);
     let second = Duration::from_secs(1);
-    // Nothing finished yet: the floor (enough to keep the runner busy) is taken.
-    runner.backlog.observe(CONCURRENCY as u64 - 1, None);
+    // Nothing finished yet: a few are taken.
+    runner.backlog.observe(ADMIT_BEFORE_ANY_FINISHED - 1, None);
     runner.admit(second).unwrap();
     let refused = runner.admit(second).unwrap_err();
     assert!(
-        refused.what.starts_with("64 order sagas are still running"),
+        refused.what.starts_with("16 order sagas are still running"),
         "{}",
         refused.what
     );
