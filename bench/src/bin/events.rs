@@ -58,6 +58,9 @@ fn main() {
 fn run_once(total: u64, batch: usize) -> (f64, Duration, Duration) {
     let binary = flotilla_beside_me("bench/events");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    // A data dir must be its owner's only (the control plane refuses one open to others).
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .unwrap_or_else(|e| panic!("temp dir: {e}"));
     let addr = free_addr();
     let mut control = std::process::Command::new(binary)
         .args(["control", "--listen", &addr.to_string(), "--data-dir"])
