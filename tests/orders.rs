@@ -495,9 +495,7 @@ fn three_times_the_confirm_rate_is_refused_at_once_and_every_accepted_order_conf
     // build's: a tighter target leaves them their share of the same 2 s bound.
     let set = system.cli(&["config", "set", "confirm_within_ms", "300", "--scope", "orders"]);
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
-    let control_token = std::fs::read_to_string(system.data_dir().join("token"))
-        .map(|t| t.trim().to_owned())
-        .ok();
+    let control_token = system.operator_token();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

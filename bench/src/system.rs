@@ -149,6 +149,13 @@ impl System {
         self.dir.path().join(".flotilla")
     }
 
+    /// The operator token `up` wrote in its data dir, if it has.
+    pub fn operator_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir().join("token"))
+            .map(|t| t.trim().to_owned())
+            .ok()
+    }
+
     /// Runs `flotilla <args> --control-addr .. --data-dir ..` against this system.
     ///
     /// # Panics

@@ -29,11 +29,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla::events::EventsClient;
+use flotilla_bench::orders::{watch, Settled};
 use flotilla_bench::procs::{cpu_seconds, descendants, http_request};
 use flotilla_bench::shop::token_form;
 use flotilla_bench::system::System;
@@ -620,34 +621,6 @@ async fn sign_ins(client: HttpClient, gateway: String, until: Instant) -> Tally 
     tally
 }
 
-/// When each order was seen confirmed or cancelled, by id.
-type Settled = Arc<Mutex<HashMap<String, (Instant, bool)>>>;
-
-async fn watch(events: EventsClient, settled: Settled) {
-    let group = format!("footprint-{}", std::process::id());
-    loop {
-        let Ok(deliveries) = events.fetch("orders", &group, 500, Duration::from_secs(5)).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let now = Instant::now();
-        let offsets: Vec<u64> = deliveries.iter().map(|d| d.offset).collect();
-        if let Ok(mut settled) = settled.lock() {
-            for delivery in &deliveries {
-                let confirmed = delivery.event.kind == flotilla_shop_contracts::orders::CONFIRMED;
-                if confirmed || delivery.event.kind == flotilla_shop_contracts::orders::CANCELLED {
-                    if let Some(order) = &delivery.event.subject {
-                        settled.entry(order.clone()).or_insert((now, confirmed));
-                    }
-                }
-            }
-        }
-        if !offsets.is_empty() {
-            let _ = events.ack("orders", &group, &offsets).await;
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 4. Requests and limits.
 
@@ -745,9 +718,7 @@ fn main() {
     let rest_ticks = sampler.stop();
     let shared_at_rest = memory(up);
 
-    let control_token = std::fs::read_to_string(system.data_dir().join("token"))
-        .map(|t| t.trim().to_owned())
-        .ok();
+    let control_token = system.operator_token();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

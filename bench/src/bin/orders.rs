@@ -55,9 +55,7 @@ fn main() {
     let mut system = System::start(&binary, &repo, &extra);
     system.wait_for_line("Flotilla is up", Duration::from_secs(120));
     let token = flotilla_bench::shop::stocked_customer(&system).unwrap_or_else(|e| fail(&e));
-    let control_token = std::fs::read_to_string(system.data_dir().join("token"))
-        .map(|t| t.trim().to_owned())
-        .ok();
+    let control_token = system.operator_token();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

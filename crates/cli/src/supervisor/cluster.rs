@@ -91,9 +91,10 @@ impl Plan {
     }
 }
 
-/// A loopback address with a port free now.
+/// A loopback address with a port free now, never one handed out before in this run (the
+/// NATS nodes' ports included).
 fn free_loopback_port() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+    Ok(SocketAddr::from(([127, 0, 0, 1], server::free_port()?)))
 }
 
 /// The replicas' addresses: the first on `first` (the address the operator gave), the others

@@ -123,8 +123,30 @@ pub fn find_or_install() -> Result<PathBuf, ServerError> {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A loopback port free now that this process has not handed out before. A port is only
+/// bound later, by the process it is given to, and the kernel may give a port it just
+/// freed again: without the memory, a NATS node and a control plane replica planned in one
+/// run could both be told the same port, and the second to bind it fails.
+pub fn free_port() -> std::io::Result<u16> {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Held until a new port is found, so the kernel cannot give the same one twice meanwhile.
+    let mut probes = Vec::new();
+    loop {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = probe.local_addr()?.port();
+        probes.push(probe);
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+        if probes.len() > 64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "no loopback port this process has not handed out already",
+            ));
+        }
+    }
 }
 
 /// One node of a [`LocalCluster`].
@@ -343,5 +365,16 @@ impl Drop for LocalCluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
         }
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    /// Planned in one run, no two processes are told the same port.
+    #[test]
+    fn a_port_is_handed_out_once() {
+        let ports: Vec<u16> = (0..200).map(|_| super::free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 }
