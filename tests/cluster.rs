@@ -427,14 +427,40 @@ fn two_nats_nodes_stopped_for_20s_leave_reads_served_writes_refused_and_no_mass_
     for held in output.lines().filter(|l| l.contains("self-preservation")) {
         eprintln!("{held}");
     }
-    // Writes are taken again.
+    // Writes are taken again, within seconds: the streams may still be electing their
+    // leaders when the fleet is whole (one CI run saw a 500 here, its cause not captured: the
+    // control planes' failures are printed if it comes back).
     let runtime = runtime();
-    runtime
-        .block_on(ConfigClient::new(&replicas.join(","), Some(token)).set(
-            &counter_key(),
-            serde_json::json!(1),
-            false,
-            Write::default(),
-        ))
-        .unwrap();
+    let client = ConfigClient::new(&replicas.join(","), Some(token));
+    let since = Instant::now();
+    let mut errors = Vec::new();
+    loop {
+        let written = runtime.block_on(client.set(&counter_key(), serde_json::json!(1), false, Write::default()));
+        match written {
+            Ok(_) => break,
+            Err(err) if since.elapsed() < Duration::from_secs(10) => {
+                errors.push(err.to_string());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(err) => {
+                let output = cluster.system().output();
+                let failures: Vec<&str> = output
+                    .lines()
+                    .filter(|l| l.contains("ERROR") || l.contains("failed"))
+                    .collect();
+                panic!(
+                    "no write taken within 10 s of the store coming back: {err} (before: {errors:?})\n{}",
+                    failures.join("\n")
+                );
+            }
+        }
+    }
+    if !errors.is_empty() {
+        let output = cluster.system().output();
+        let failures: Vec<&str> = output.lines().filter(|l| l.contains("ERROR")).collect();
+        eprintln!(
+            "writes refused at first, then taken: {errors:?}\n{}",
+            failures.join("\n")
+        );
+    }
 }
