@@ -384,6 +384,12 @@ fn restart_replaces_every_instance_without_a_failed_request() {
     assert!(said.contains("catalog-1 → catalog-2"), "{said}");
     std::thread::sleep(Duration::from_secs(1));
     let report = load.stop();
+    if !report.failures().is_empty() {
+        eprintln!(
+            "the gateway's last warnings:\n{}",
+            system.warnings("gateway", 20).join("\n")
+        );
+    }
     support::assert_no_failures(&report);
     let after = catalog_instances(&system.status());
     assert_eq!(after.len(), 1, "{after:?}");

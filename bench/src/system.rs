@@ -149,6 +149,19 @@ impl System {
         self.dir.path().join(".flotilla")
     }
 
+    /// The last `n` lines at WARN or worse that `process` (`gateway`, `catalog-1`) logged: what
+    /// a failing test prints to say why.
+    pub fn warnings(&self, process: &str, n: usize) -> Vec<String> {
+        let log =
+            std::fs::read_to_string(self.data_dir().join("logs").join(format!("{process}.log"))).unwrap_or_default();
+        let warned: Vec<String> = log
+            .lines()
+            .filter(|line| line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\""))
+            .map(str::to_owned)
+            .collect();
+        warned[warned.len().saturating_sub(n)..].to_vec()
+    }
+
     /// The operator token `up` wrote in its data dir, if it has.
     pub fn operator_token(&self) -> Option<String> {
         std::fs::read_to_string(self.data_dir().join("token"))

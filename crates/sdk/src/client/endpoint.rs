@@ -12,18 +12,21 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::body::RequestBody;
+use super::connecting::{Limited, MAX_CONNECTING_PER_ENDPOINT};
 use super::target::Target;
 use crate::balance::{Balancer, Failure, HashKey, Pick};
 use crate::resilience::{Attempts, CallError, CallFuture};
 
 /// The pooled client every stack sends through: plain HTTP, or mTLS to instances that serve
-/// it ([`crate::mtls`]).
-pub type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
+/// it ([`crate::mtls`]), with a few connections per endpoint made at once ([`Limited`]).
+pub type Pool = Client<Limited<hyper_rustls::HttpsConnector<HttpConnector>>, RequestBody>;
 
 /// A connection pool with the settings the stack relies on: TCP_NODELAY, a short connect
 /// timeout (a refused or unroutable endpoint is found out fast and the call moves on), and
 /// idle connections kept for a minute. Over mTLS it presents this process's identity and
-/// accepts any workload of the trust domain; [`pool_for`] checks the service too.
+/// accepts any workload of the trust domain; [`pool_for`] checks the service too. At most
+/// [`MAX_CONNECTING_PER_ENDPOINT`] handshakes to one endpoint are in flight: a cold pool under
+/// load waits for the first connections instead of opening one per request.
 pub fn pool() -> Pool {
     pool_for(None, false)
 }
@@ -44,7 +47,7 @@ pub fn pool_for(callee: Option<&str>, http2: bool) -> Pool {
     if http2 {
         builder.http2_only(true);
     }
-    builder.build(connector)
+    builder.build(Limited::new(connector, MAX_CONNECTING_PER_ENDPOINT))
 }
 
 /// Sends each request to one endpoint the balancer picks.

@@ -12,6 +12,7 @@
 
 mod body;
 mod config;
+mod connecting;
 mod endpoint;
 pub mod grpc;
 mod propagate;
@@ -30,6 +31,7 @@ use tracing::Instrument;
 
 pub use body::RequestBody;
 pub use config::ClientConfig;
+pub use connecting::{Limited, MAX_CONNECTING_PER_ENDPOINT};
 pub use endpoint::{pool, pool_for, pool_h2, EndpointService, Pool};
 pub use grpc::GrpcChannel;
 pub use propagate::{Propagated, PROPAGATED_HEADERS};
