@@ -183,7 +183,7 @@ impl Store {
 
     /// How many times grouped commits synced the write-ahead log (SQLite; 0 elsewhere).
     pub fn wal_syncs(&self) -> u64 {
-        self.wal.as_ref().map_or(0, |wal| wal.syncs.load(Ordering::SeqCst))
+        self.wal.as_ref().map_or(0, |wal| wal.syncs())
     }
 
     /// The same database for writes whose loss in a power failure only means doing them
@@ -281,9 +281,10 @@ impl std::ops::DerefMut for GroupedTx {
 /// append their frames to the log in order; an fsync of the log afterwards makes every
 /// commit before it durable, as `synchronous=FULL` would have at each commit. One sync
 /// runs at a time; a commit needs one that *started* after it, so the commits that arrive
-/// while a sync runs all share the next one.
+/// while a sync runs all share the next one. [`Store::begin_grouped`] uses one; a component
+/// that keeps its own SQLite database (the control plane's event log) can too.
 #[derive(Debug)]
-struct WalSync {
+pub struct WalSync {
     wal: std::path::PathBuf,
     /// Syncs started (numbered from 1).
     started: AtomicU64,
@@ -296,7 +297,8 @@ struct WalSync {
 }
 
 impl WalSync {
-    fn new(wal: std::path::PathBuf) -> Self {
+    /// Syncs of `wal`, a database's `-wal` file (`events.db-wal`).
+    pub fn new(wal: std::path::PathBuf) -> Self {
         Self {
             wal,
             started: AtomicU64::new(0),
@@ -306,8 +308,9 @@ impl WalSync {
         }
     }
 
-    /// Returns once a sync that started after this call began has completed.
-    async fn synced(&self) -> std::io::Result<()> {
+    /// Returns once a sync that started after this call began has completed: call it after
+    /// a commit made with `synchronous=NORMAL`, and the commit is durable when it returns.
+    pub async fn synced(&self) -> std::io::Result<()> {
         // Any sync numbered after the ones started so far starts after our commit.
         let needed = self.started.load(Ordering::SeqCst) + 1;
         let _turn = self.turn.lock().await;
@@ -322,6 +325,11 @@ impl WalSync {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         self.completed.store(number, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// How many syncs were made.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
     }
 }
 

@@ -646,12 +646,45 @@ async fn the_event_api_appends_fetches_and_acks_with_the_token_only() {
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // A batch is an array of events.
+    let batch = |second: serde_json::Value| {
+        let mut first = event.clone();
+        first["id"] = "e2".into();
+        config_request(
+            "POST",
+            "/v1/events/orders",
+            Some(TOKEN),
+            &[],
+            Some(serde_json::json!([first, second])),
+        )
+    };
+    let mut third = event.clone();
+    third["id"] = "e3".into();
+    let appended = app.clone().oneshot(batch(third)).await.unwrap();
+    assert_eq!(appended.status(), StatusCode::OK);
+    let appended = json(appended).await;
+    assert_eq!(
+        (appended[0]["offset"].clone(), appended[1]["offset"].clone()),
+        (1.into(), 2.into())
+    );
+    let refused = app
+        .clone()
+        .oneshot(batch(serde_json::json!({"id": "e4", "source": 7})))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::BAD_REQUEST,
+        "a bad event in a batch refuses the batch"
+    );
+    let refused = app.clone().oneshot(batch(serde_json::json!("e4"))).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     let topics = app
         .oneshot(config_request("GET", "/v1/events", Some(TOKEN), &[], None))
         .await
         .unwrap();
     let topics = json(topics).await;
-    assert_eq!(topics[0]["groups"][0]["lag"], 0);
+    assert_eq!(topics[0]["groups"][0]["lag"], 2, "the batch's two are not fetched yet");
 }
 
 /// An instance gets a certificate naming its own service only; it cannot have one for another

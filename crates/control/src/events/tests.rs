@@ -38,10 +38,20 @@ async fn appends_get_offsets_in_order_and_a_repeated_id_is_not_added_again() {
         .unwrap();
     assert_eq!((again[0].offset, again[0].duplicate), (1, true));
     assert_eq!((again[1].offset, again[1].duplicate), (2, false));
+    let twice = log
+        .append("orders", &[event("e4", "o-3"), event("e4", "o-3")])
+        .await
+        .unwrap();
+    assert_eq!((twice[0].offset, twice[0].duplicate), (3, false));
+    assert_eq!(
+        (twice[1].offset, twice[1].duplicate),
+        (3, true),
+        "a repeat within one append"
+    );
     let all = log.read("orders", 0, 10).await.unwrap();
     assert_eq!(
         all.iter().map(|d| d.event.id.as_str()).collect::<Vec<_>>(),
-        vec!["e1", "e2", "e3"]
+        vec!["e1", "e2", "e3", "e4"]
     );
     assert!(matches!(
         log.append("Orders", &[event("x", "y")]).await,
@@ -159,6 +169,34 @@ async fn the_log_survives_a_restart_with_offsets_groups_and_in_flight_events() {
         after.iter().map(|d| (d.offset, d.attempt)).collect::<Vec<_>>(),
         vec![(0, 2), (1, 1), (2, 1)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_on_disk_are_synced_before_they_are_answered_and_concurrent_ones_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::sync::Arc::new(SqliteLog::open(dir.path(), quick()).await.unwrap());
+    let wal = log.wal.clone().expect("a log on disk syncs its write-ahead log");
+    let appends: Vec<_> = (0..32)
+        .map(|n| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append("orders", &[event(&format!("e{n}"), "a")]).await })
+        })
+        .collect();
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    let syncs = wal.syncs();
+    assert!(syncs >= 1, "every answered append was synced");
+    assert!(syncs <= 32, "{syncs} syncs for 32 appends");
+    // Nothing more to make durable: a fetch and an ack (progress) sync nothing.
+    let handed = log.fetch("orders", "g", 100, Duration::ZERO).await.unwrap();
+    assert_eq!(handed.len(), 32);
+    log.ack("orders", "g", &handed.iter().map(|d| d.offset).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(wal.syncs(), syncs);
+    let offsets: std::collections::BTreeSet<u64> = handed.iter().map(|d| d.offset).collect();
+    assert_eq!(offsets, (0..32).collect(), "one offset each, none skipped");
 }
 
 #[tokio::test]
