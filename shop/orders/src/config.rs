@@ -59,7 +59,7 @@ impl Default for OrdersConfig {
             max_lines: 50,
             max_quantity: 100,
             price_cache_seconds: 30,
-            confirm_within_ms: 1_000,
+            confirm_within_ms: 750,
         }
     }
 }

@@ -32,6 +32,9 @@ struct State {
     left: u64,
     /// Units that left here, per [`BUCKET`], a ring.
     finished: [u32; BUCKETS],
+    /// Whether units were open during each bucket of the ring: the rate is what finished per
+    /// second of work, not per second of the clock.
+    busy: [bool; BUCKETS],
     /// Where the ring is: the bucket counted last, from `started`.
     bucket: u64,
     started: Instant,
@@ -57,6 +60,7 @@ impl Backlog {
                 taken: 0,
                 left: 0,
                 finished: [0; BUCKETS],
+                busy: [false; BUCKETS],
                 bucket: 0,
                 started: Instant::now(),
                 fleet_rate: None,
@@ -82,6 +86,7 @@ impl Backlog {
         let open = state.open();
         if open < limit {
             state.taken += 1;
+            state.mark_busy();
             return Ok(());
         }
         let excess = (open + 1 - limit) as f64;
@@ -102,6 +107,7 @@ impl Backlog {
         let mut state = self.state();
         state.roll(Instant::now());
         state.left += n;
+        state.mark_busy();
         let slot = (state.bucket % BUCKETS as u64) as usize;
         state.finished[slot] = state.finished[slot].saturating_add(n as u32);
     }
@@ -111,6 +117,7 @@ impl Backlog {
     /// stands in).
     pub fn observe(&self, open: u64, fleet_rate: Option<f64>) {
         let mut state = self.state();
+        state.roll(Instant::now());
         state.open_seen = open;
         state.taken = 0;
         state.left = 0;
@@ -134,24 +141,38 @@ impl State {
         (self.open_seen + self.taken).saturating_sub(self.left)
     }
 
-    /// Moves the ring to `now`, emptying the buckets it passes.
+    /// Moves the ring to `now`, emptying the buckets it passes; they were busy if units were
+    /// open (nothing has changed since the last call), and so is the current one then.
     fn roll(&mut self, now: Instant) {
         let current = (now.duration_since(self.started).as_millis() / BUCKET.as_millis()) as u64;
         let passed = current.saturating_sub(self.bucket).min(BUCKETS as u64);
+        let open = self.open() > 0;
         for i in 1..=passed {
-            self.finished[((self.bucket + i) % BUCKETS as u64) as usize] = 0;
+            let slot = ((self.bucket + i) % BUCKETS as u64) as usize;
+            self.finished[slot] = 0;
+            self.busy[slot] = open;
         }
         self.bucket = current.max(self.bucket);
+        if open {
+            self.mark_busy();
+        }
+    }
+
+    /// Units were open in the current bucket.
+    fn mark_busy(&mut self) {
+        self.busy[(self.bucket % BUCKETS as u64) as usize] = true;
     }
 
     fn local_rate(&mut self, now: Instant) -> f64 {
         self.roll(now);
         let counted: u64 = self.finished.iter().map(|&n| u64::from(n)).sum();
-        // A young backlog has counted for less than the whole ring: divide by what it has
-        // (but by a second at least, so the first few units do not read as a flood).
-        let window = now
-            .duration_since(self.started)
-            .clamp(Duration::from_secs(1), BUCKET * BUCKETS as u32);
+        // Per second of work: clients that come back in waves (told `Retry-After: 1`, all at
+        // once) leave the workers idle between them, and a rate per second of the clock would
+        // read their pace as the workers' and admit no more than that pace — a closed loop
+        // held at 16–18 orders/s by its own refusals. Divided by a second at least, so the
+        // first few units do not read as a flood.
+        let busy = self.busy.iter().filter(|busy| **busy).count() as u32;
+        let window = (BUCKET * busy).max(Duration::from_secs(1));
         counted as f64 / window.as_secs_f64()
     }
 

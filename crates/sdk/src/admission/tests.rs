@@ -79,6 +79,24 @@ fn a_backlog_counts_its_own_finished_units_as_a_rate() {
 }
 
 #[test]
+fn a_backlog_counts_its_rate_per_second_of_work_not_of_the_clock() {
+    let backlog = Backlog::new(1000);
+    backlog.observe(0, None);
+    // Four waves of 30, each done in 0.1 s, with 0.6 s of nothing between them: the workers
+    // finish 300 a second while they work, 43 a second by the clock.
+    for _ in 0..4 {
+        for _ in 0..30 {
+            backlog.admit(Duration::from_secs(60), |n| format!("{n}")).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        backlog.left(30);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let rate = backlog.rate();
+    assert!(rate >= 55.0, "{rate} a second: counted over the busy time");
+}
+
+#[test]
 fn a_backlog_remembers_the_rate_it_managed_after_a_quiet_spell() {
     let backlog = Backlog::new(1);
     backlog.observe(0, Some(100.0));
