@@ -432,6 +432,14 @@ fn two_nats_nodes_stopped_for_20s_leave_reads_served_writes_refused_and_no_mass_
     // control planes' failures are printed if it comes back).
     let runtime = runtime();
     let client = ConfigClient::new(&replicas.join(","), Some(token));
+    let failures = || {
+        let output = cluster.system().output();
+        let failed: Vec<&str> = output
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("failed"))
+            .collect();
+        failed.join("\n")
+    };
     let since = Instant::now();
     let mut errors = Vec::new();
     loop {
@@ -442,25 +450,13 @@ fn two_nats_nodes_stopped_for_20s_leave_reads_served_writes_refused_and_no_mass_
                 errors.push(err.to_string());
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(err) => {
-                let output = cluster.system().output();
-                let failures: Vec<&str> = output
-                    .lines()
-                    .filter(|l| l.contains("ERROR") || l.contains("failed"))
-                    .collect();
-                panic!(
-                    "no write taken within 10 s of the store coming back: {err} (before: {errors:?})\n{}",
-                    failures.join("\n")
-                );
-            }
+            Err(err) => panic!(
+                "no write taken within 10 s of the store coming back: {err} (before: {errors:?})\n{}",
+                failures()
+            ),
         }
     }
     if !errors.is_empty() {
-        let output = cluster.system().output();
-        let failures: Vec<&str> = output.lines().filter(|l| l.contains("ERROR")).collect();
-        eprintln!(
-            "writes refused at first, then taken: {errors:?}\n{}",
-            failures.join("\n")
-        );
+        eprintln!("writes refused at first, then taken: {errors:?}\n{}", failures());
     }
 }

@@ -142,15 +142,13 @@ impl Store {
         let (relaxed, wal) = match engine {
             Engine::Sqlite if !url.contains(":memory:") && !url.contains("mode=memory") => {
                 let file: sqlx::sqlite::SqliteConnectOptions = url.parse().map_err(connect_err)?;
-                let mut wal = file.get_filename().as_os_str().to_owned();
-                wal.push("-wal");
                 // One connection: grouped commits and bookkeeping queue for it in order,
                 // rather than meet at SQLite's write lock, whose busy handler sleeps.
                 let relaxed = sqlite_pool(1, "PRAGMA synchronous = NORMAL")
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
-                (Some(relaxed), Some(Arc::new(WalSync::new(wal.into()))))
+                (Some(relaxed), Some(Arc::new(WalSync::of_database(file.get_filename()))))
             }
             _ => (None, None),
         };
@@ -297,10 +295,13 @@ pub struct WalSync {
 }
 
 impl WalSync {
-    /// Syncs of `wal`, a database's `-wal` file (`events.db-wal`).
-    pub fn new(wal: std::path::PathBuf) -> Self {
+    /// Syncs of the write-ahead log of the SQLite database at `database` (SQLite keeps it
+    /// beside the database, its name with `-wal` added).
+    pub fn of_database(database: &Path) -> Self {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
         Self {
-            wal,
+            wal: wal.into(),
             started: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             turn: tokio::sync::Mutex::new(()),

@@ -3,13 +3,9 @@
 //! them, and get them again when an ack does not come in time; after `max_deliveries` failed
 //! deliveries an event moves to the topic's dead-letter topic (`<topic>.dead-letter`), from
 //! which it can be replayed; retention by age and by count. SQLite in the data dir
-//! (`events.db`, WAL, `synchronous = NORMAL`, [`SqliteLog`]): an append is synced to disk before it is
-//! answered — it commits, gives the connection back, then waits for an fsync of the
-//! write-ahead log that started after its commit (the SDK's group commit, `WalSync`), so
-//! fetches and acks are not held up by the fsync and appends arriving together share one. A
-//! group's progress (what is in flight, what was acked) is not synced of its own, since losing
-//! the last of it in a crash only redelivers events, which consumers' inboxes absorb. Appends
-//! wake every waiting fetch once durable.
+//! (`events.db`, [`SqliteLog`]: one thread of its own, appends synced before they are
+//! answered, a group's progress not, since losing the last of it in a crash only redelivers
+//! events, which consumers' inboxes absorb). Appends wake every waiting fetch once durable.
 //!
 //! In cluster mode the log is NATS JetStream instead, through the SDK's backend (the one
 //! services publish and consume through): the same API, the same semantics, every replica

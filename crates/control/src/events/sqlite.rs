@@ -172,9 +172,9 @@ impl std::fmt::Debug for SqliteLog {
 impl SqliteLog {
     /// The log in `data_dir/events.db`.
     pub async fn open(data_dir: &Path, config: LogConfig) -> Result<Self, LogError> {
-        let db = Db::open(Some(data_dir.join("events.db"))).await?;
-        let wal = WalSync::new(data_dir.join("events.db-wal"));
-        Ok(Self::with(db, Some(Arc::new(wal)), config))
+        let file = data_dir.join("events.db");
+        let wal = WalSync::of_database(&file);
+        Ok(Self::with(Db::open(Some(file)).await?, Some(Arc::new(wal)), config))
     }
 
     /// A log in memory, for tests.
