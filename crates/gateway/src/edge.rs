@@ -1,15 +1,14 @@
-//! Checks at the edge, before a request is routed or a response goes back: what hyper's
-//! parser accepts but a careful proxy must not pass on.
+//! Checks at the edge, before a request is routed or a response goes back: what a parser
+//! could accept but a careful proxy must not pass on.
 //!
-//! hyper already refuses, on the wire: invalid or differing `Content-Length`s (`+5`, `1, 2`),
-//! a `Transfer-Encoding` whose last coding is not `chunked`, obs-fold, NUL/CR/LF in values
-//! (all 400), and more than 400 headers or a head over 512 KiB (431), answered by hyper
-//! without a body and made problem+json on the wire ([`crate::wire_errors`]). Tighter limits are checked here — at most [`MAX_HEADERS`] headers of at most
-//! [`MAX_HEADERS_TOTAL`] bytes — so that a request over them is told why in problem+json; hyper's
-//! looser ones only stop a head too big to hold. When a request
-//! carries both `Content-Length` and `Transfer-Encoding`, hyper frames it by the latter, drops
-//! the former and closes the connection after it (RFC 9112 §6.3); the body is re-framed on the
-//! way upstream, so the two can never disagree there.
+//! [`framing`] is the one rule for how a message's body is delimited — at most one
+//! `Content-Length` of plain digits, at most one `Transfer-Encoding` that is exactly
+//! `chunked`, never both — used by the gateway's HTTP/1 reader before it reads a body
+//! ([`crate::h1::head`]), for HTTP/2 requests, and for upstreams' answers (response
+//! splitting). The reader refuses a head over 64 KiB or with more than [`MAX_HEADERS`]
+//! headers (431), and what does not parse (400: a request line, obs-fold, NUL/CR/LF in a
+//! value), in problem+json. [`check_request`] adds what a parsed head may not carry: `_` in
+//! a name, a value over [`MAX_HEADER_VALUE`], headers over [`MAX_HEADERS_TOTAL`] together.
 
 use http::header::{self, HeaderMap};
 
@@ -51,27 +50,53 @@ impl EdgeError {
     }
 }
 
-fn framing(headers: &HeaderMap) -> Result<(), EdgeError> {
-    let te: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    let cl: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    if !te.is_empty() && !cl.is_empty() {
-        return Err(EdgeError::BothFramings);
+/// How a message's body is delimited (RFC 9112 §6), once its headers passed [`framing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Neither header: a request has no body.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// How `headers` delimit their body, or why they do so ambiguously: at most one
+/// `Content-Length` of plain digits, at most one `Transfer-Encoding` that is exactly
+/// `chunked`, never both.
+pub fn framing(headers: &HeaderMap) -> Result<Framing, EdgeError> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (te.next(), cl.next()) {
+        (Some(_), Some(_)) => Err(EdgeError::BothFramings),
+        (Some(coding), None) => {
+            if te.next().is_some() || !coding.as_bytes().eq_ignore_ascii_case(b"chunked") {
+                return Err(EdgeError::TransferEncoding);
+            }
+            Ok(Framing::Chunked)
+        }
+        (None, Some(length)) => {
+            if cl.next().is_some() {
+                return Err(EdgeError::ContentLength);
+            }
+            parse_length(length.as_bytes())
+                .map(Framing::Length)
+                .ok_or(EdgeError::ContentLength)
+        }
+        (None, None) => Ok(Framing::None),
     }
-    if te.len() > 1
-        || te
-            .first()
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked"))
-    {
-        return Err(EdgeError::TransferEncoding);
+}
+
+/// A `Content-Length` value: digits only, no sign, no overflow.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
     }
-    if cl.len() > 1
-        || cl
-            .first()
-            .is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
-    {
-        return Err(EdgeError::ContentLength);
-    }
-    Ok(())
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .flatten()
+    })
 }
 
 /// Checks a client's request headers.
@@ -92,13 +117,13 @@ pub fn check_request(headers: &HeaderMap) -> Result<(), EdgeError> {
     if total > MAX_HEADERS_TOTAL {
         return Err(EdgeError::TooLarge);
     }
-    framing(headers)
+    framing(headers).map(|_| ())
 }
 
 /// Checks an upstream's response headers: ambiguous framing from upstream is as dangerous
 /// as from a client (response splitting), so it ends in a 502, never in the client's socket.
 pub fn check_response(headers: &HeaderMap) -> Result<(), EdgeError> {
-    framing(headers)
+    framing(headers).map(|_| ())
 }
 
 #[cfg(test)]
@@ -153,5 +178,18 @@ mod tests {
         );
         assert!(check_request(&headers(&[("content-length", "12"), ("x-user", "a")])).is_ok());
         assert!(check_request(&headers(&[("transfer-encoding", "Chunked")])).is_ok());
+        assert_eq!(
+            framing(&headers(&[("content-length", "99999999999999999999999")])),
+            Err(EdgeError::ContentLength)
+        );
+        assert_eq!(
+            framing(&headers(&[("content-length", "")])),
+            Err(EdgeError::ContentLength)
+        );
+        assert_eq!(
+            framing(&headers(&[("content-length", "0042")])),
+            Ok(Framing::Length(42))
+        );
+        assert_eq!(framing(&headers(&[])), Ok(Framing::None));
     }
 }

@@ -1,7 +1,8 @@
 //! The Flotilla gateway: the edge proxy that routes by path prefix to registry services or
 //! static upstreams, streams bodies both ways and pools upstream connections.
 //!
-//! A request's path through the code: [`serve`] accepts it, [`Gateway::handle`] assigns a
+//! A request's path through the code: [`serve`] accepts the connection and hands it to the
+//! gateway's own HTTP/1 reader ([`h1`]) or to hyper's HTTP/2 ([`h2`]), [`Gateway::handle`] assigns a
 //! request id and finds the [`routes::Route`], [`proxy::forward`] rewrites it and sends it
 //! through the route's resilient stack (the SDK's bulkhead → breaker → deadline → retry →
 //! balancer → endpoint, shared with the service client), and [`rescue`] turns any failure
@@ -9,6 +10,8 @@
 
 pub mod edge;
 pub mod forwarded;
+pub mod h1;
+pub mod h2;
 pub mod metrics;
 pub mod normalize;
 pub mod openapi;
@@ -19,7 +22,6 @@ pub mod reload;
 pub mod rescue;
 pub mod routes;
 pub mod tls;
-pub mod wire_errors;
 
 use flotilla::telemetry::edge::{EdgeSpan, Outcome};
 use std::convert::Infallible;
@@ -29,7 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use flotilla::client::RequestBody;
 use flotilla::discovery::Discovery;
 use flotilla::resilience::Attempts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -38,7 +41,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::proxy::REQUEST_ID;
 use crate::rescue::{json_response, problem_response, GatewayError};
@@ -112,7 +117,7 @@ impl Gateway {
     /// of these spans are kept.
     pub async fn handle(
         self: Arc<Self>,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let edge = EdgeSpan::start(request.headers());
@@ -406,19 +411,16 @@ pub fn secure_headers(headers: &mut http::HeaderMap, authenticated: bool, tls: b
     }
 }
 
-/// Accepts connections on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then
-/// lets in-flight requests finish within the drain timeout.
+/// Accepts connections on `listener` (HTTP/1.1 and h2c in plain text; HTTP/1.1 and HTTP/2 by
+/// ALPN over TLS) until `shutdown` resolves, then lets in-flight requests finish within the
+/// drain timeout.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own limits sit above the edge's (100 headers, 32 KiB), so that a head over
-    // those reaches `edge::check_request` and is refused with its reason; beyond these hyper
-    // answers 431 itself, made problem+json on the wire (`wire_errors`).
-    builder.http1().max_headers(400).max_buf_size(512 * 1024);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection holds a receiver: the drain is over when none is left.
+    let (closing, open) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -434,16 +436,11 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
+                let open = open.clone();
                 let acceptor = gateway.config.tls.as_ref().map(tls::Tls::acceptor);
                 tokio::spawn(async move {
-                    let result = match acceptor {
-                        None => {
-                            let service = hyper::service::service_fn(move |req| gateway.clone().handle(req, peer));
-                            let stream = wire_errors::ProblemAnswers::new(stream);
-                            watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
-                        }
+                    match acceptor {
+                        None => serve_plain(stream, gateway, peer, open).await,
                         Some(acceptor) => {
                             let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                                 Ok(Ok(stream)) => stream,
@@ -456,16 +453,13 @@ pub async fn serve(
                                     return;
                                 }
                             };
-                            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                                req.extensions_mut().insert(Secure);
-                                gateway.clone().handle(req, peer)
-                            });
-                            let stream = wire_errors::ProblemAnswers::new(stream);
-                            watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
+                            let peer = h1::Peer { addr: peer, secure: true };
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                h2::serve_connection(stream, BytesMut::new(), gateway, peer, open).await;
+                            } else {
+                                h1::serve_connection(stream, BytesMut::new(), gateway, peer, open).await;
+                            }
                         }
-                    };
-                    if let Err(err) = result {
-                        tracing::debug!(error = %err, %peer, "connection ended with an error");
                     }
                 });
             }
@@ -473,12 +467,40 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drop(open);
     tracing::info!("gateway draining");
-    if tokio::time::timeout(gateway.config.drain_timeout, graceful.shutdown())
+    let _ = closing.send(true);
+    if tokio::time::timeout(gateway.config.drain_timeout, closing.closed())
         .await
         .is_err()
     {
         tracing::warn!("drain timed out; closing remaining connections");
     }
     Ok(())
+}
+
+/// A plain-text connection: HTTP/2 when it opens with the preface (prior knowledge),
+/// HTTP/1 otherwise.
+async fn serve_plain(mut stream: TcpStream, gateway: Arc<Gateway>, peer: SocketAddr, mut open: watch::Receiver<bool>) {
+    let peer = h1::Peer {
+        addr: peer,
+        secure: false,
+    };
+    let mut early = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let seen = early.len().min(h2::PREFACE.len());
+        if early[..seen] != h2::PREFACE[..seen] {
+            return h1::serve_connection(stream, early, gateway, peer, open).await;
+        }
+        if seen == h2::PREFACE.len() {
+            return h2::serve_connection(stream, early, gateway, peer, open).await;
+        }
+        tokio::select! {
+            read = tokio::time::timeout(h1::IDLE_TIMEOUT, stream.read_buf(&mut early)) => match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            },
+            _ = open.changed() => return,
+        }
+    }
 }

@@ -13,7 +13,6 @@ use crate::policy::Verdict;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::rescue::GatewayError;
 use crate::routes::Route;
@@ -66,28 +65,14 @@ fn upgrade_wanted(headers: &HeaderMap) -> Option<HeaderValue> {
     (asks && !protocol.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| protocol.clone())
 }
 
-/// Joins the client's and the upstream's upgraded connections and copies bytes both ways
-/// until either side closes.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(both) => both,
-            Err(err) => {
-                tracing::debug!(error = %err, "upgrade did not complete");
-                return;
-            }
-        };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %err, "upgraded connection ended");
-        }
-    });
-}
+/// The upstream's side of a protocol switch, carried by a `101` answer to the connection
+/// that serves the client, which joins it to its own ([`crate::h1`]).
+#[derive(Debug, Clone)]
+pub struct Switching(pub hyper::upgrade::OnUpgrade);
 
 /// The body to send: empty, read whole (small enough to replay, or under a route's limit),
 /// or streamed. A body over the route's `max_body` is refused before it is forwarded.
-async fn body_for(headers: &HeaderMap, body: Incoming, max: Option<u64>) -> Result<RequestBody, GatewayError> {
+async fn body_for(headers: &HeaderMap, body: RequestBody, max: Option<u64>) -> Result<RequestBody, GatewayError> {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -101,11 +86,15 @@ async fn body_for(headers: &HeaderMap, body: Incoming, max: Option<u64>) -> Resu
     if length == Some(0) || http_body::Body::is_end_stream(&body) {
         return Ok(RequestBody::empty());
     }
+    // Read whole already (small enough to replay).
+    if matches!(body, RequestBody::Full(_)) {
+        return Ok(body);
+    }
     let limit = match (length, max) {
         (Some(n), _) if n <= REPLAY_LIMIT as u64 => REPLAY_LIMIT,
         // A body of unknown length under a limit is read (up to the limit) to enforce it.
         (None, Some(max)) => usize::try_from(max).unwrap_or(usize::MAX),
-        _ => return Ok(RequestBody::Stream(body)),
+        _ => return Ok(body),
     };
     Limited::new(body, limit)
         .collect()
@@ -136,7 +125,7 @@ enum Admission {
     Answer(Response<ProxyBody>),
 }
 
-async fn admit(route: &Route, request: &Request<Incoming>, client: IpAddr) -> Result<Admission, GatewayError> {
+async fn admit(route: &Route, request: &Request<RequestBody>, client: IpAddr) -> Result<Admission, GatewayError> {
     let policies = &route.policies;
     if let Some(cors) = &policies.cors {
         if let Some(headers) = cors.preflight(request.method(), request.headers()) {
@@ -182,7 +171,7 @@ async fn admit(route: &Route, request: &Request<Incoming>, client: IpAddr) -> Re
 /// through the route's stack; on return, `attempts` holds every endpoint tried.
 pub async fn forward(
     route: &Route,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     path: &str,
     client: IpAddr,
     request_id: &HeaderValue,
@@ -224,9 +213,7 @@ pub async fn forward(
         .and_then(|h| request.headers().get(h))
         .map(|v| HashKey::of(v.as_bytes()));
 
-    let mut request = request;
     let upgrade = upgrade_wanted(request.headers());
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (mut parts, incoming) = request.into_parts();
     let body = body_for(&parts.headers, incoming, route.policies.max_body).await?;
     parts.uri = uri;
@@ -276,24 +263,22 @@ pub async fn forward(
 
     let stack = route.stack_for(&parts.headers, rand::random::<f64>());
     let mut response = stack.call(Request::from_parts(parts, body)).await?;
-    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let protocol = response.headers().get(header::UPGRADE).cloned();
-            let mut switching = Response::new(crate::rescue::empty_body());
-            *switching.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-            let mut headers = response.headers().clone();
-            strip_hop_by_hop(&mut headers);
-            *switching.headers_mut() = headers;
-            switching
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(protocol) = protocol {
-                switching.headers_mut().insert(header::UPGRADE, protocol);
-            }
-            tunnel(client_upgrade, upstream_upgrade);
-            return Ok(switching);
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let protocol = response.headers().get(header::UPGRADE).cloned();
+        let mut switching = Response::new(crate::rescue::empty_body());
+        *switching.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let mut headers = response.headers().clone();
+        strip_hop_by_hop(&mut headers);
+        *switching.headers_mut() = headers;
+        switching
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = protocol {
+            switching.headers_mut().insert(header::UPGRADE, protocol);
         }
+        switching.extensions_mut().insert(Switching(upstream_upgrade));
+        return Ok(switching);
     }
     let (mut parts, body) = response.into_parts();
     crate::edge::check_response(&parts.headers).map_err(GatewayError::UpstreamFraming)?;

@@ -29,6 +29,9 @@ pub enum GatewayError {
     /// The request's headers were refused at the edge.
     #[error("request refused: {0}")]
     Edge(crate::edge::EdgeError),
+    /// The request's head could not be read (the connection ends after the answer).
+    #[error("request head refused: {0}")]
+    Head(crate::h1::head::HeadError),
     /// The upstream's response had ambiguous framing.
     #[error("upstream response refused: {0}")]
     UpstreamFraming(crate::edge::EdgeError),
@@ -69,6 +72,13 @@ impl GatewayError {
                 Problem::new(431, "headers-too-large", "Request header fields too large").with_detail(err.to_string())
             }
             GatewayError::Edge(err) => Problem::new(400, "bad-headers", "Bad request").with_detail(err.to_string()),
+            GatewayError::Head(crate::h1::head::HeadError::Framing(err)) => {
+                GatewayError::Edge(err.clone()).to_problem()
+            }
+            GatewayError::Head(err) if err.status() == 431 => {
+                Problem::new(431, "headers-too-large", "Request header fields too large").with_detail(err.to_string())
+            }
+            GatewayError::Head(err) => Problem::new(400, "bad-request", "Bad request").with_detail(err.to_string()),
             GatewayError::UpstreamFraming(_) => Problem::new(502, "upstream-unavailable", "Bad gateway")
                 .with_detail("the upstream's response was malformed"),
             GatewayError::RateLimited { retry_after, .. } => Problem::new(429, "rate-limited", "Too many requests")

@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 
 use crate::resilience::Replay;
 
@@ -16,13 +17,26 @@ pub enum RequestBody {
     /// The whole body in memory.
     Full(Full<Bytes>),
     /// A body streamed from a client, forwarded as it arrives.
-    Stream(hyper::body::Incoming),
+    Stream(BoxBody<Bytes, BodyError>),
 }
+
+/// Why a streamed body stopped: whatever its source says (a peer gone, bad framing).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl RequestBody {
     /// An empty body.
     pub fn empty() -> Self {
         RequestBody::Full(Full::new(Bytes::new()))
+    }
+
+    /// A body forwarded as it arrives from any source (hyper's `Incoming`, the gateway's own
+    /// HTTP/1 reader): sent once, never replayed.
+    pub fn stream<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BodyError>,
+    {
+        RequestBody::Stream(body.map_err(Into::into).boxed())
     }
 }
 
@@ -43,9 +57,9 @@ impl Replay for RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             RequestBody::Full(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
             RequestBody::Stream(stream) => Pin::new(stream).poll_frame(cx),

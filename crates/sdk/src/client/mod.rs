@@ -29,7 +29,7 @@ use serde::Serialize;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
-pub use body::RequestBody;
+pub use body::{BodyError, RequestBody};
 pub use config::ClientConfig;
 pub use connecting::{Limited, MAX_CONNECTING_PER_ENDPOINT};
 pub use endpoint::{pool, pool_for, pool_h2, EndpointService, Pool};
