@@ -192,8 +192,19 @@ async fn a_redelivered_event_has_no_second_effect_and_a_failed_one_is_handled_la
         drop(tx);
         Err::<sqlx::Transaction<'static, sqlx::Any>, String>("payments unreachable".into())
     };
-    let second = client.fetch(&orders, "shipping", 10, Duration::ZERO).await.unwrap();
-    let e2 = second.iter().find(|d| d.event.id == "e2").unwrap();
+    // A broker may take a moment to offer what was just appended (JetStream under load).
+    let mut e2 = None;
+    for _ in 0..50 {
+        let fetched = client
+            .fetch(&orders, "shipping", 10, Duration::from_millis(100))
+            .await
+            .unwrap();
+        e2 = fetched.into_iter().find(|d| d.event.id == "e2");
+        if e2.is_some() {
+            break;
+        }
+    }
+    let e2 = &e2.expect("e2 offered within 5 s");
     assert!(consumer.handle_one(e2, &fail).await.is_err());
     assert!(
         consumer.handle_one(e2, &ship).await.unwrap(),
