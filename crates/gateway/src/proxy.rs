@@ -9,7 +9,7 @@ use flotilla::balance::HashKey;
 use flotilla::client::RequestBody;
 use flotilla::resilience::Attempts;
 
-use crate::policy::Verdict;
+use crate::policy::{Admission, BodyLimit, PolicyError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -71,17 +71,10 @@ fn upgrade_wanted(headers: &HeaderMap) -> Option<HeaderValue> {
 pub struct Switching(pub hyper::upgrade::OnUpgrade);
 
 /// The body to send: empty, read whole (small enough to replay, or under a route's limit),
-/// or streamed. A body over the route's `max_body` is refused before it is forwarded.
-async fn body_for(headers: &HeaderMap, body: RequestBody, max: Option<u64>) -> Result<RequestBody, GatewayError> {
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let (Some(n), Some(max)) = (length, max) {
-        if n > max {
-            return Err(GatewayError::BodyTooLarge(max));
-        }
-    }
+/// or streamed. A body of unknown length is read up to the route's [`BodyLimit`] to enforce
+/// it (one declaring its length was checked by the policies).
+async fn body_for(length: Option<u64>, body: RequestBody, max: Option<BodyLimit>) -> Result<RequestBody, GatewayError> {
+    let max = max.map(|limit| limit.0);
     // HTTP/2 bodies have neither framing header; hyper knows when there is no body at all.
     if length == Some(0) || http_body::Body::is_end_stream(&body) {
         return Ok(RequestBody::empty());
@@ -102,69 +95,13 @@ async fn body_for(headers: &HeaderMap, body: RequestBody, max: Option<u64>) -> R
         .map(|c| RequestBody::from(c.to_bytes()))
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                GatewayError::BodyTooLarge(limit as u64)
+                GatewayError::Policy(PolicyError::BodyTooLarge(crate::policy::body_limit::TooLarge(
+                    limit as u64,
+                )))
             } else {
                 GatewayError::BadRequest(format!("reading the request body: {e}"))
             }
         })
-}
-
-/// Headers that carry the verified identity upstream. Whatever a client sends in them is
-/// removed first, on every route, so no one can claim an identity by writing a header.
-pub static IDENTITY_HEADERS: [HeaderName; 3] = [
-    HeaderName::from_static("x-auth-subject"),
-    HeaderName::from_static("x-auth-scopes"),
-    HeaderName::from_static("x-auth-roles"),
-];
-
-/// What a route's policies decided before the request went anywhere.
-enum Admission {
-    /// Go on; the rate limit left this many; the token said who this is.
-    Go(Option<u64>, Option<flotilla::auth::Identity>),
-    /// Answer this (a CORS preflight).
-    Answer(Response<ProxyBody>),
-}
-
-async fn admit(route: &Route, request: &Request<RequestBody>, client: IpAddr) -> Result<Admission, GatewayError> {
-    let policies = &route.policies;
-    if let Some(cors) = &policies.cors {
-        if let Some(headers) = cors.preflight(request.method(), request.headers()) {
-            if headers.is_empty() {
-                return Err(GatewayError::CorsRefused);
-            }
-            let mut response = Response::new(crate::rescue::empty_body());
-            *response.status_mut() = http::StatusCode::NO_CONTENT;
-            *response.headers_mut() = headers;
-            return Ok(Admission::Answer(response));
-        }
-    }
-    // A bearer token when the route takes them and one is offered; else an API key when the
-    // route takes those; a route with either needs one of them.
-    let bearer = request.headers().get(header::AUTHORIZATION);
-    let identity = match (&policies.auth, &policies.api_keys) {
-        (None, None) => None,
-        (Some(verifier), None) => Some(verifier.verify(flotilla::auth::Verifier::bearer(bearer)?).await?),
-        (Some(verifier), Some(_)) if bearer.is_some() => {
-            Some(verifier.verify(flotilla::auth::Verifier::bearer(bearer)?).await?)
-        }
-        (_, Some(keys)) => Some(keys.verify(request.headers())?),
-    };
-    let mut remaining = None;
-    if let Some(limit) = &policies.rate_limit {
-        let key = limit.key_of(client, request.headers(), identity.as_ref().map(|i| i.subject.as_str()));
-        match limit.check(&key) {
-            Verdict::Allowed { remaining: left } => remaining = Some(left),
-            Verdict::Limited { retry_after } => {
-                route.metrics.rate_limited();
-                return Err(GatewayError::RateLimited {
-                    retry_after,
-                    limit: limit.burst,
-                    policy: limit.policy_header(),
-                });
-            }
-        }
-    }
-    Ok(Admission::Go(remaining, identity))
 }
 
 /// Sends `request` (its forwarding headers already settled, `client` the address they name)
@@ -178,18 +115,30 @@ pub async fn forward(
     attempts: &Attempts,
     edge: &EdgeSpan,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let (remaining, identity) = match admit(route, &request, client).await? {
-        Admission::Answer(response) => return Ok(response),
-        Admission::Go(remaining, identity) => (remaining, identity),
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let policies = &route.policies;
+    let admitted = match policies
+        .admit(request.method(), request.headers(), client, length)
+        .await
+    {
+        Ok(Admission::Go(admitted)) => admitted,
+        Ok(Admission::Preflight(headers)) => {
+            let mut response = Response::new(crate::rescue::empty_body());
+            *response.status_mut() = http::StatusCode::NO_CONTENT;
+            *response.headers_mut() = headers;
+            return Ok(response);
+        }
+        Err(err) => {
+            if let PolicyError::RateLimited(_) = err {
+                route.metrics.rate_limited();
+            }
+            return Err(GatewayError::Policy(err));
+        }
     };
-    if let Some(fault) = &route.policies.fault {
-        if let Some(status) = fault.abort_for(rand::random::<f64>()) {
-            return Err(GatewayError::Fault(status));
-        }
-        if let Some(delay) = fault.delay_for(rand::random::<f64>()) {
-            tokio::time::sleep(delay).await;
-        }
-    }
     let origin = request.headers().get(header::ORIGIN).cloned();
     let path = route.upstream_path(path);
     let path_and_query = match request.uri().query() {
@@ -215,7 +164,7 @@ pub async fn forward(
 
     let upgrade = upgrade_wanted(request.headers());
     let (mut parts, incoming) = request.into_parts();
-    let body = body_for(&parts.headers, incoming, route.policies.max_body).await?;
+    let body = body_for(length, incoming, policies.max_body).await?;
     parts.uri = uri;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -236,26 +185,11 @@ pub async fn forward(
     headers.insert(REQUEST_ID.clone(), request_id.clone());
     // Upstream, this request's parent is the gateway's span (not the client's).
     edge.inject(headers);
-    for name in &IDENTITY_HEADERS {
-        headers.remove(name);
-    }
-    if let Some(identity) = &identity {
-        let [subject, scopes, roles] = &IDENTITY_HEADERS;
-        for (name, value) in [
-            (subject, identity.subject.clone()),
-            (scopes, identity.scopes.join(" ")),
-            (roles, identity.roles.join(",")),
-        ] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name.clone(), value);
-            }
-        }
-    }
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
-    route.policies.request_headers.apply(headers);
+    policies.on_request(&admitted, headers);
     parts.extensions.insert(attempts.clone());
     if let Some(key) = key {
         parts.extensions.insert(key);
@@ -283,17 +217,6 @@ pub async fn forward(
     let (mut parts, body) = response.into_parts();
     crate::edge::check_response(&parts.headers).map_err(GatewayError::UpstreamFraming)?;
     strip_hop_by_hop(&mut parts.headers);
-    route.policies.on_response(origin.as_ref(), &mut parts.headers);
-    if let (Some(left), Some(limit)) = (remaining, &route.policies.rate_limit) {
-        parts.headers.insert(
-            HeaderName::from_static("ratelimit-policy"),
-            HeaderValue::from_str(&limit.policy_header()).unwrap_or(HeaderValue::from_static("")),
-        );
-        parts.headers.insert(
-            HeaderName::from_static("ratelimit"),
-            HeaderValue::from_str(&format!("limit={}, remaining={left}", limit.burst))
-                .unwrap_or(HeaderValue::from_static("")),
-        );
-    }
+    policies.on_response(&admitted, origin.as_ref(), &mut parts.headers);
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }

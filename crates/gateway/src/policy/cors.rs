@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use flotilla_api::Problem;
 use http::{header, HeaderMap, HeaderValue, Method};
 
 /// A route's CORS policy.
@@ -19,7 +20,29 @@ pub struct Cors {
     pub credentials: bool,
 }
 
+/// A preflight from an origin, or for a method, the route does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("CORS preflight refused")]
+pub struct Refused;
+
+impl Refused {
+    /// What the client is told: 403.
+    pub fn to_problem(&self) -> Problem {
+        Problem::new(403, "cors-refused", "Forbidden")
+            .with_detail("this origin or method is not allowed to call this route")
+    }
+}
+
 impl Cors {
+    /// A preflight's answer (the 204's headers) when `method` and `request` are one;
+    /// `Ok(None)` for any other request, which goes on.
+    pub fn admit(&self, method: &Method, request: &HeaderMap) -> Result<Option<HeaderMap>, Refused> {
+        match self.preflight(method, request) {
+            Some(headers) if headers.is_empty() => Err(Refused),
+            answer => Ok(answer),
+        }
+    }
+
     fn allows(&self, origin: &HeaderValue) -> bool {
         let Ok(origin) = origin.to_str() else { return false };
         self.origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))

@@ -1,82 +1,44 @@
-//! Per-route policies, applied in order on the way in — CORS preflight, rate limit, body
-//! limit, fault injection, request headers — and on the way out — response headers, CORS,
-//! deprecation notices.
+//! A route's policies, the inbound path's counterpart of the SDK's resilient stack: each in
+//! a module of its own holding its configuration, what it does to a request (and to the
+//! answer) and its error. [`Policies::admit`] applies them in request order —
+//!
+//! 1. [`cors`]: a preflight is answered here (or refused);
+//! 2. [`auth`]: a bearer token or an API key, as the route asks;
+//! 3. [`ratelimit`]: by client address, header or the identity just found;
+//! 4. [`body_limit`]: a body declaring more than the route takes;
+//! 5. [`fault`]: an injected error or delay —
+//!
+//! and on the way upstream [`Policies::on_request`] writes the identity and the route's
+//! request [`headers`] rules; on the way back [`Policies::on_response`] applies the response
+//! rules, the rate limit's headers, CORS and [`deprecation`] notices. A refusal is a
+//! [`PolicyError`], told to the client by the policy that refused.
 
 mod apikeys;
-mod cors;
-mod ratelimit;
+pub mod auth;
+pub mod body_limit;
+pub mod cors;
+pub mod deprecation;
+pub mod fault;
+pub mod headers;
+pub mod ratelimit;
 
-use std::time::Duration;
-
-use http::{HeaderMap, HeaderName, HeaderValue};
+use flotilla::auth::{AuthError, Identity};
+use flotilla_api::Problem;
+use http::{HeaderMap, HeaderValue, Method};
 
 pub use apikeys::{digest_text, parse_digest, ApiKeys};
+pub use body_limit::BodyLimit;
 pub use cors::Cors;
+pub use deprecation::Deprecation;
+pub use fault::Fault;
+pub use headers::HeaderRules;
 pub use ratelimit::{RateLimit, RateLimitKey, Verdict};
-
-/// Headers to add (replacing) and remove.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HeaderRules {
-    /// Set these, replacing any value already there.
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    /// Remove these.
-    pub remove: Vec<HeaderName>,
-}
-
-impl HeaderRules {
-    /// Applies the rules: removals first, then additions.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for (name, value) in &self.set {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-}
-
-/// Errors or delays injected into a share of a route's requests, for chaos tests (as
-/// Envoy's fault filter).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Fault {
-    /// Delay this share of requests (0.0 to 1.0) ...
-    pub delay_share: f64,
-    /// ... by this long.
-    pub delay: Duration,
-    /// Answer this share of requests (0.0 to 1.0) ...
-    pub abort_share: f64,
-    /// ... with this status, without calling the upstream.
-    pub abort_status: u16,
-}
-
-impl Fault {
-    /// The delay for one request, given a draw in `[0, 1)`.
-    pub fn delay_for(&self, draw: f64) -> Option<Duration> {
-        (draw < self.delay_share).then_some(self.delay)
-    }
-
-    /// The status to abort one request with, given a draw in `[0, 1)`.
-    pub fn abort_for(&self, draw: f64) -> Option<u16> {
-        (draw < self.abort_share).then_some(self.abort_status)
-    }
-}
-
-/// A route marked deprecated (RFC 9745 `Deprecation`, RFC 8594 `Sunset`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deprecation {
-    /// The `Deprecation` value: `@<unix seconds>` of when it was deprecated.
-    pub deprecation: HeaderValue,
-    /// The `Sunset` value (an HTTP date), if the route has an end date.
-    pub sunset: Option<HeaderValue>,
-    /// A `Link` to the migration guide, if any.
-    pub link: Option<HeaderValue>,
-}
 
 /// All policies of one route.
 #[derive(Debug, Default)]
 pub struct Policies {
     /// Largest request body accepted (413 beyond).
-    pub max_body: Option<u64>,
+    pub max_body: Option<BodyLimit>,
     /// Headers changed on the request, before it goes upstream.
     pub request_headers: HeaderRules,
     /// Headers changed on the response, before it goes back.
@@ -95,21 +57,212 @@ pub struct Policies {
     pub api_keys: Option<ApiKeys>,
 }
 
+/// Why a policy refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A CORS preflight the route does not allow.
+    #[error(transparent)]
+    Cors(#[from] cors::Refused),
+    /// No credential, or one not accepted.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// Over the rate limit.
+    #[error(transparent)]
+    RateLimited(#[from] ratelimit::Limited),
+    /// A body over the limit.
+    #[error(transparent)]
+    BodyTooLarge(#[from] body_limit::TooLarge),
+    /// An injected fault.
+    #[error(transparent)]
+    Fault(#[from] fault::Injected),
+}
+
+impl PolicyError {
+    /// The problem document the client sees.
+    pub fn to_problem(&self) -> Problem {
+        match self {
+            PolicyError::Cors(err) => err.to_problem(),
+            PolicyError::Auth(err) => auth::problem(err),
+            PolicyError::RateLimited(err) => err.to_problem(),
+            PolicyError::BodyTooLarge(err) => err.to_problem(),
+            PolicyError::Fault(err) => err.to_problem(),
+        }
+    }
+
+    /// The headers the refusal carries (a challenge, `Retry-After`).
+    pub fn on_response(&self, headers: &mut HeaderMap) {
+        match self {
+            PolicyError::Auth(err) => {
+                headers.insert(http::header::WWW_AUTHENTICATE, auth::challenge(err));
+            }
+            PolicyError::RateLimited(err) => err.on_response(headers),
+            _ => {}
+        }
+    }
+}
+
+/// What the policies decided about a request that may go on.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// Who is calling, when the route asked.
+    pub identity: Option<Identity>,
+    /// What the rate limit leaves, when the route has one.
+    pub remaining: Option<u64>,
+}
+
+/// The outcome of [`Policies::admit`].
+#[derive(Debug)]
+pub enum Admission {
+    /// Go on upstream.
+    Go(Admitted),
+    /// Answer a preflight with `204` and these headers.
+    Preflight(HeaderMap),
+}
+
 impl Policies {
-    /// Adds the headers a response of this route carries.
-    pub fn on_response(&self, request_origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    /// Applies the inbound policies in request order to a request from `client` whose body
+    /// declares `length`.
+    pub async fn admit(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        client: std::net::IpAddr,
+        length: Option<u64>,
+    ) -> Result<Admission, PolicyError> {
+        if let Some(cors) = &self.cors {
+            if let Some(answer) = cors.admit(method, headers)? {
+                return Ok(Admission::Preflight(answer));
+            }
+        }
+        let identity = auth::identify(self.auth.as_ref(), self.api_keys.as_ref(), headers).await?;
+        let remaining = match &self.rate_limit {
+            Some(limit) => Some(limit.admit(client, headers, identity.as_ref().map(|i| i.subject.as_str()))?),
+            None => None,
+        };
+        if let Some(limit) = &self.max_body {
+            limit.check(length)?;
+        }
+        if let Some(fault) = &self.fault {
+            fault.apply().await?;
+        }
+        Ok(Admission::Go(Admitted { identity, remaining }))
+    }
+
+    /// Writes what the policies add to a request going upstream: the identity, then the
+    /// route's request header rules.
+    pub fn on_request(&self, admitted: &Admitted, headers: &mut HeaderMap) {
+        auth::on_request(admitted.identity.as_ref(), headers);
+        self.request_headers.apply(headers);
+    }
+
+    /// Adds what the policies add to an answer going back.
+    pub fn on_response(&self, admitted: &Admitted, request_origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
         self.response_headers.apply(headers);
+        if let (Some(limit), Some(remaining)) = (&self.rate_limit, admitted.remaining) {
+            limit.on_response(remaining, headers);
+        }
         if let (Some(cors), Some(origin)) = (&self.cors, request_origin) {
             cors.on_response(origin, headers);
         }
-        if let Some(d) = &self.deprecation {
-            headers.insert(HeaderName::from_static("deprecation"), d.deprecation.clone());
-            if let Some(sunset) = &d.sunset {
-                headers.insert(HeaderName::from_static("sunset"), sunset.clone());
-            }
-            if let Some(link) = &d.link {
-                headers.append(http::header::LINK, link.clone());
-            }
+        if let Some(deprecation) = &self.deprecation {
+            deprecation.on_response(headers);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::header;
+
+    use super::*;
+
+    fn policies() -> Policies {
+        Policies {
+            cors: Some(Cors {
+                origins: vec!["https://shop.example".into()],
+                methods: vec![Method::POST],
+                headers: Vec::new(),
+                max_age: Duration::from_secs(60),
+                credentials: false,
+            }),
+            api_keys: Some(ApiKeys {
+                header: http::HeaderName::from_static("x-api-key"),
+                keys: vec![(parse_digest(&digest_text("k")).unwrap(), "partner".into())],
+            }),
+            rate_limit: Some(RateLimit::new(RateLimitKey::Subject, 1, Duration::from_secs(60), 2)),
+            max_body: Some(BodyLimit(10)),
+            ..Default::default()
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn policies_apply_in_request_order() {
+        let policies = policies();
+        let client = std::net::IpAddr::from([127, 0, 0, 1]);
+        // A preflight is answered before any credential is asked for.
+        let preflight = headers(&[
+            ("origin", "https://shop.example"),
+            ("access-control-request-method", "POST"),
+        ]);
+        let answer = policies.admit(&Method::OPTIONS, &preflight, client, None).await;
+        assert!(matches!(answer, Ok(Admission::Preflight(_))), "{answer:?}");
+        // No key: refused before the rate limit counts anything.
+        let none = policies.admit(&Method::POST, &HeaderMap::new(), client, Some(1)).await;
+        assert!(matches!(none, Err(PolicyError::Auth(_))), "{none:?}");
+        // The key's holder: admitted, counted; a body over the limit is refused after the
+        // rate limit counted it.
+        let keyed = headers(&[("x-api-key", "k")]);
+        let Ok(Admission::Go(admitted)) = policies.admit(&Method::POST, &keyed, client, Some(10)).await else {
+            panic!("the key's holder goes on");
+        };
+        assert_eq!(admitted.identity.as_ref().map(|i| i.subject.as_str()), Some("partner"));
+        assert_eq!(admitted.remaining, Some(1));
+        let big = policies.admit(&Method::POST, &keyed, client, Some(11)).await;
+        assert!(matches!(big, Err(PolicyError::BodyTooLarge(_))), "{big:?}");
+        let limited = policies.admit(&Method::POST, &keyed, client, None).await;
+        let Err(PolicyError::RateLimited(refusal)) = limited else {
+            panic!("the burst is spent: {limited:?}");
+        };
+        let mut refused = HeaderMap::new();
+        PolicyError::RateLimited(refusal).on_response(&mut refused);
+        assert!(refused.contains_key(header::RETRY_AFTER));
+        // On the way up the identity replaces what the client wrote; on the way back the
+        // answer says what is left.
+        let mut upstream = headers(&[("x-auth-subject", "admin")]);
+        policies.on_request(&admitted, &mut upstream);
+        assert_eq!(upstream["x-auth-subject"], "partner");
+        let mut answer = HeaderMap::new();
+        let origin = HeaderValue::from_static("https://shop.example");
+        policies.on_response(&admitted, Some(&origin), &mut answer);
+        assert_eq!(answer["ratelimit"], "limit=2, remaining=1");
+        assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://shop.example");
+    }
+
+    #[tokio::test]
+    async fn an_injected_fault_is_the_last_word() {
+        let policies = Policies {
+            fault: Some(Fault {
+                delay_share: 0.0,
+                delay: Duration::ZERO,
+                abort_share: 1.0,
+                abort_status: 503,
+            }),
+            ..Default::default()
+        };
+        let client = std::net::IpAddr::from([127, 0, 0, 1]);
+        let err = policies
+            .admit(&Method::GET, &HeaderMap::new(), client, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_problem().status, 503);
     }
 }

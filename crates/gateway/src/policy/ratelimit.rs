@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use flotilla_api::Problem;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 /// What requests are counted by.
@@ -34,6 +36,38 @@ pub enum Verdict {
         /// Wait this long.
         retry_after: Duration,
     },
+}
+
+/// A request over the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate limited; retry in {retry_after:?}")]
+pub struct Limited {
+    /// When a request would be let through.
+    pub retry_after: Duration,
+    /// The burst size.
+    pub limit: u64,
+    /// The `RateLimit-Policy` value.
+    pub policy: String,
+}
+
+impl Limited {
+    /// What the client is told: 429, and when to come back.
+    pub fn to_problem(&self) -> Problem {
+        Problem::new(429, "rate-limited", "Too many requests")
+            .with_detail(format!("retry in {} ms", self.retry_after.as_millis().max(1)))
+    }
+
+    /// `Retry-After` (whole seconds, rounded up) and the `RateLimit-*` headers of the refusal.
+    pub fn on_response(&self, headers: &mut HeaderMap) {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        if let Ok(v) = HeaderValue::from_str(&self.policy) {
+            headers.insert(HeaderName::from_static("ratelimit-policy"), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("limit={}, remaining=0, reset={}", self.limit, secs.max(1))) {
+            headers.insert(HeaderName::from_static("ratelimit"), v);
+        }
+    }
 }
 
 /// A limit of `requests` per `period`, with bursts of up to `burst`, per key.
@@ -74,7 +108,7 @@ impl RateLimit {
     }
 
     /// The key of a request.
-    pub fn key_of(&self, client: IpAddr, headers: &http::HeaderMap, subject: Option<&str>) -> String {
+    pub fn key_of(&self, client: IpAddr, headers: &HeaderMap, subject: Option<&str>) -> String {
         match &self.key {
             RateLimitKey::ClientIp => client.to_string(),
             RateLimitKey::Subject => subject.unwrap_or_default().to_owned(),
@@ -114,6 +148,29 @@ impl RateLimit {
     /// The `RateLimit-Policy` value: `<requests>;w=<seconds>`.
     pub fn policy_header(&self) -> String {
         format!("{};w={}", self.requests, self.period.as_secs().max(1))
+    }
+
+    /// Counts one request (from `client`, by `subject` when known): how many more the burst
+    /// allows now, or the refusal.
+    pub fn admit(&self, client: IpAddr, headers: &HeaderMap, subject: Option<&str>) -> Result<u64, Limited> {
+        match self.check(&self.key_of(client, headers, subject)) {
+            Verdict::Allowed { remaining } => Ok(remaining),
+            Verdict::Limited { retry_after } => Err(Limited {
+                retry_after,
+                limit: self.burst,
+                policy: self.policy_header(),
+            }),
+        }
+    }
+
+    /// The `RateLimit-Policy` and `RateLimit` headers of an allowed request's answer.
+    pub fn on_response(&self, remaining: u64, headers: &mut HeaderMap) {
+        if let Ok(v) = HeaderValue::from_str(&self.policy_header()) {
+            headers.insert(HeaderName::from_static("ratelimit-policy"), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("limit={}, remaining={remaining}", self.burst)) {
+            headers.insert(HeaderName::from_static("ratelimit"), v);
+        }
     }
 }
 

@@ -19,7 +19,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Conditions, Destination, HostMatch, PathMatch, RouteSpec, SplitSpec};
-use crate::policy::{parse_digest, ApiKeys, Cors, Deprecation, Fault, HeaderRules, Policies, RateLimit, RateLimitKey};
+use crate::policy::{
+    parse_digest, ApiKeys, BodyLimit, Cors, Deprecation, Fault, HeaderRules, Policies, RateLimit, RateLimitKey,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -302,7 +304,8 @@ fn parse_route(file: &TomlFile, config: RouteConfig) -> Result<RouteSpec, FileEr
     let policies = Policies {
         max_body: match &config.max_body {
             Some(size) => {
-                Some(bytes(size.get_ref()).map_err(|e| file.error_at(size.span(), format!("max_body: {e}")))?)
+                let limit = bytes(size.get_ref()).map_err(|e| file.error_at(size.span(), format!("max_body: {e}")))?;
+                Some(BodyLimit(limit))
             }
             None => None,
         },
