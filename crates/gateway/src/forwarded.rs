@@ -102,7 +102,12 @@ impl TrustedProxies {
             for name in &CLAIMS {
                 headers.remove(name);
             }
-            (peer, peer.to_string())
+            // The peer is the whole chain and the client: one value for both headers.
+            if let Ok(value) = HeaderValue::from_str(&peer.to_string()) {
+                headers.insert(X_FORWARDED_FOR.clone(), value.clone());
+                headers.insert(CLIENT_ADDRESS.clone(), value);
+            }
+            return peer;
         };
         if let Ok(value) = HeaderValue::from_str(&chain) {
             headers.insert(X_FORWARDED_FOR.clone(), value);

@@ -103,7 +103,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     let bytes: Bytes = buf.split_to(len).freeze();
     let uri =
         Uri::from_maybe_shared(bytes.slice(target.0..target.1)).map_err(|_| HeadError::Malformed("request target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the gateway adds on the way upstream (forwarding, request id, trace
+    // context, identity), so the map is not grown and rehashed on the way.
+    let mut headers = HeaderMap::with_capacity(count + 12);
     for at in &indices[..count] {
         let name =
             HeaderName::from_bytes(&bytes[at.name.0..at.name.1]).map_err(|_| HeadError::Malformed("header name"))?;
