@@ -39,12 +39,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = crate::edge::tokens(headers, &header::CONNECTION)
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -55,12 +51,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The protocol a client asks to switch to (`Upgrade: websocket` with `Connection: upgrade`),
 /// if any. `h2c` is not passed on: it is a hop-by-hop negotiation of this connection.
 fn upgrade_wanted(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = crate::edge::tokens(headers, &header::CONNECTION).any(|token| token.eq_ignore_ascii_case(b"upgrade"));
     let protocol = headers.get(header::UPGRADE)?;
     (asks && !protocol.as_bytes().eq_ignore_ascii_case(b"h2c")).then(|| protocol.clone())
 }

@@ -4,6 +4,7 @@
 //! one write; anything else streams as it comes.
 
 use std::cell::RefCell;
+use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -83,7 +84,8 @@ pub async fn write<IO: AsyncWrite + Unpin>(
             Ok(data) if data.is_empty() => {}
             Ok(data) if chunked => {
                 out.clear();
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                // Writing to a Vec cannot fail.
+                let _ = write!(out, "{:x}\r\n", data.len());
                 out.extend_from_slice(&data);
                 out.extend_from_slice(b"\r\n");
                 io.write_all(out).await?;
@@ -177,11 +179,7 @@ fn fields(out: &mut Vec<u8>, headers: &HeaderMap) {
 
 /// Whether a request asked for trailers (`TE: trailers`).
 pub fn takes_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    crate::edge::tokens(headers, &header::TE).any(|t| t.eq_ignore_ascii_case(b"trailers"))
 }
 
 thread_local! {

@@ -139,12 +139,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     let mut close = false;
     let mut keep = false;
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-    {
-        let token = token.trim_ascii();
+    for token in edge::tokens(headers, &header::CONNECTION) {
         close |= token.eq_ignore_ascii_case(b"close");
         keep |= token.eq_ignore_ascii_case(b"keep-alive");
     }

@@ -70,7 +70,7 @@ pub async fn serve_connection<IO>(
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(err) => {
-                    let response = refusal(GatewayError::Head(err), peer.secure);
+                    let response = refusal(&GatewayError::Head(err).to_problem(), peer.secure);
                     let _ = answer::write_whole(&mut io, response).await;
                     linger(&mut io).await;
                     return;
@@ -90,7 +90,7 @@ pub async fn serve_connection<IO>(
                     if !buf.is_empty() {
                         let timeout = flotilla_api::Problem::new(408, "request-timeout", "Request timeout")
                             .with_detail("the request head did not arrive in time");
-                        let _ = answer::write_whole(&mut io, crate::rescue::problem_response(&timeout)).await;
+                        let _ = answer::write_whole(&mut io, refusal(&timeout, peer.secure)).await;
                     }
                     return;
                 }
@@ -171,7 +171,6 @@ pub async fn serve_connection<IO>(
         drop(reader);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(switching) = response.extensions_mut().remove::<Switching>() {
-                out.clear();
                 if answer::write(&mut io, &mut out, response, asked).await.is_ok() {
                     // A tunnel is not a request in flight: the drain does not wait for it.
                     drop(shutdown);
@@ -206,9 +205,10 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// The answer to a head this reader refused, with the headers every answer carries.
-fn refusal(err: GatewayError, secure: bool) -> Response<ProxyBody> {
-    let mut response = crate::rescue::problem_response(&err.to_problem());
+/// The answer to a head this reader refused or never got whole, with the headers every
+/// answer carries.
+fn refusal(problem: &flotilla_api::Problem, secure: bool) -> Response<ProxyBody> {
+    let mut response = crate::rescue::problem_response(problem);
     crate::secure_headers(response.headers_mut(), false, secure);
     response
         .headers_mut()
