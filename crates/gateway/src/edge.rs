@@ -50,16 +50,7 @@ impl EdgeError {
     }
 }
 
-/// The tokens of a comma-separated header (`Connection`, `TE`) in all its lines, trimmed,
-/// empty ones left out.
-pub fn tokens<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
+pub use flotilla::http::header_tokens as tokens;
 
 /// How a message's body is delimited (RFC 9112 §6), once its headers passed [`framing`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

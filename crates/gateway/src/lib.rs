@@ -50,7 +50,7 @@ use crate::rescue::{json_response, problem_response, GatewayError};
 use crate::routes::RouteTable;
 
 /// The body of every response the gateway sends.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, flotilla::client::BodyError>;
 
 /// Gateway settings.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by every Flotilla server and client: extractors whose rejections are
 //! RFC 9457 problems, fallbacks, and a pooled JSON client.
 
+pub mod chunked;
 mod client;
 mod extract;
 pub mod idempotency;
@@ -94,6 +95,20 @@ pub async fn safe_answers(request: axum::extract::Request, next: axum::middlewar
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// The tokens of a comma-separated header (`Connection`, `TE`, `Transfer-Encoding`) in all
+/// its lines, trimmed, empty ones left out.
+pub fn header_tokens<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::header::HeaderName,
+) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

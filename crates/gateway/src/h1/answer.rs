@@ -40,7 +40,7 @@ pub enum WriteError {
     Io(#[from] std::io::Error),
     /// The body's source (the upstream) failed part-way.
     #[error("the response body failed part-way: {0}")]
-    Body(hyper::Error),
+    Body(flotilla::client::BodyError),
 }
 
 /// Writes `response`; `Ok(true)` when the connection may serve another request.
@@ -265,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_length_is_chunked_for_http_11_and_closes_for_http_10() {
         let stream = || {
-            let frames: Vec<Result<http_body::Frame<Bytes>, hyper::Error>> = vec![
+            let frames: Vec<Result<http_body::Frame<Bytes>, flotilla::client::BodyError>> = vec![
                 Ok(http_body::Frame::data(Bytes::from_static(b"abc"))),
                 Ok(http_body::Frame::data(Bytes::from_static(b"defgh"))),
             ];

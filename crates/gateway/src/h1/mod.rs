@@ -14,7 +14,7 @@
 
 pub mod answer;
 pub mod body;
-pub mod chunked;
+pub use flotilla::http::chunked;
 pub mod head;
 
 use std::convert::Infallible;

@@ -80,3 +80,52 @@ impl Body for RequestBody {
         }
     }
 }
+
+/// An answer's body, from whichever connection carried it: the SDK's own HTTP/1.1 pool for
+/// plain upstreams, hyper's for TLS, HTTP/2 and upgrades. One type, so callers need not care.
+#[derive(Debug)]
+pub struct ResponseBody(Answer);
+
+#[derive(Debug)]
+enum Answer {
+    Own(super::h1::Body),
+    Hyper(hyper::body::Incoming),
+}
+
+impl From<super::h1::Body> for ResponseBody {
+    fn from(body: super::h1::Body) -> Self {
+        ResponseBody(Answer::Own(body))
+    }
+}
+
+impl From<hyper::body::Incoming> for ResponseBody {
+    fn from(body: hyper::body::Incoming) -> Self {
+        ResponseBody(Answer::Hyper(body))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().0 {
+            Answer::Own(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Answer::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Answer::Own(body) => body.is_end_stream(),
+            Answer::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Answer::Own(body) => body.size_hint(),
+            Answer::Hyper(body) => body.size_hint(),
+        }
+    }
+}

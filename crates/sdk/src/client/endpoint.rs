@@ -4,22 +4,93 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, Version};
-use hyper::body::Incoming;
+use futures_util::future::Either;
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{header, Method, Request, Response, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::body::RequestBody;
+use super::body::{RequestBody, ResponseBody};
 use super::connecting::{Limited, MAX_CONNECTING_PER_ENDPOINT};
+use super::h1::{Connections, H1Error};
 use super::target::Target;
 use crate::balance::{Balancer, Failure, HashKey, Pick};
 use crate::resilience::{Attempts, CallError, CallFuture};
 
-/// The pooled client every stack sends through: plain HTTP, or mTLS to instances that serve
-/// it ([`crate::mtls`]), with a few connections per endpoint made at once ([`Limited`]).
-pub type Pool = Client<Limited<hyper_rustls::HttpsConnector<HttpConnector>>, RequestBody>;
+/// hyper's pooled client, for what the own HTTP/1.1 pool does not speak.
+type HyperPool = Client<Limited<hyper_rustls::HttpsConnector<HttpConnector>>, RequestBody>;
+
+/// The connections every stack sends through: plain `http://` HTTP/1.1 over the SDK's own
+/// pool ([`super::h1`]: no connection task, no channel per request); mTLS, HTTP/2 and
+/// upgrades over hyper's, with this process's identity ([`crate::mtls`]). Either way at most
+/// [`MAX_CONNECTING_PER_ENDPOINT`] connections to one endpoint are in the making at once.
+#[derive(Clone, Debug)]
+pub struct Pool(Arc<Pools>);
+
+/// A [`Pool`]'s two sides, behind one `Arc`: every call clones its stack's pool.
+#[derive(Debug)]
+struct Pools {
+    hyper: HyperPool,
+    /// `None` for an HTTP/2 pool: everything goes through hyper's.
+    own: Option<Arc<Connections>>,
+}
+
+/// Why a request found no answer, from either pool.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// From the own HTTP/1.1 pool.
+    #[error(transparent)]
+    Own(#[from] H1Error),
+    /// From hyper's pool.
+    #[error(transparent)]
+    Hyper(#[from] hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// No connection was made: the request surely did not arrive.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Own(err) => err.is_connect(),
+            SendError::Hyper(err) => err.is_connect(),
+        }
+    }
+
+    /// The caller's own request body failed, not the upstream.
+    pub fn is_request_body(&self) -> bool {
+        match self {
+            SendError::Own(err) => matches!(err, H1Error::RequestBody(_)),
+            SendError::Hyper(err) => std::error::Error::source(err)
+                .and_then(|source| source.downcast_ref::<hyper::Error>())
+                .is_some_and(hyper::Error::is_user),
+        }
+    }
+}
+
+impl Pool {
+    /// Sends `request` (its URI absolute) over the pool that speaks what it needs.
+    pub fn request(
+        &self,
+        request: Request<RequestBody>,
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, SendError>> + Send + 'static {
+        let own = self.0.own.clone().filter(|_| {
+            request.uri().scheme() == Some(&Scheme::HTTP)
+                && request.version() == Version::HTTP_11
+                && request.method() != Method::CONNECT
+                && !request.headers().contains_key(header::UPGRADE)
+        });
+        match own {
+            Some(own) => {
+                let call = own.send(request);
+                Either::Left(async move { Ok(call.await?.map(ResponseBody::from)) })
+            }
+            None => {
+                let call = self.0.hyper.request(request);
+                Either::Right(async move { Ok(call.await?.map(ResponseBody::from)) })
+            }
+        }
+    }
+}
 
 /// A connection pool with the settings the stack relies on: TCP_NODELAY, a short connect
 /// timeout (a refused or unroutable endpoint is found out fast and the call moves on), and
@@ -41,13 +112,17 @@ pub fn pool_h2() -> Pool {
 /// service is refused in the handshake (an address reused by someone else, a registry gone
 /// wrong). HTTP/2 only when `http2`.
 pub fn pool_for(callee: Option<&str>, http2: bool) -> Pool {
-    let connector = crate::mtls::connector(crate::mtls::installed(), callee, Duration::from_secs(1), http2);
+    let connect_timeout = Duration::from_secs(1);
+    let connector = crate::mtls::connector(crate::mtls::installed(), callee, connect_timeout, http2);
     let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_idle_timeout(Duration::from_secs(60));
+    builder.pool_idle_timeout(super::h1::IDLE_TIMEOUT);
     if http2 {
         builder.http2_only(true);
     }
-    builder.build(Limited::new(connector, MAX_CONNECTING_PER_ENDPOINT))
+    Pool(Arc::new(Pools {
+        hyper: builder.build(Limited::new(connector, MAX_CONNECTING_PER_ENDPOINT)),
+        own: (!http2).then(|| Connections::new(connect_timeout, MAX_CONNECTING_PER_ENDPOINT)),
+    }))
 }
 
 /// Sends each request to one endpoint the balancer picks.
@@ -131,9 +206,9 @@ impl EndpointService {
 }
 
 impl tower::Service<Request<RequestBody>> for EndpointService {
-    type Response = Response<Incoming>;
+    type Response = Response<ResponseBody>;
     type Error = CallError;
-    type Future = CallFuture<Response<Incoming>>;
+    type Future = CallFuture<Response<ResponseBody>>;
 
     fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), CallError>> {
         std::task::Poll::Ready(Ok(()))
@@ -186,7 +261,7 @@ impl EndpointService {
         pick: Pick,
         mut request: Request<RequestBody>,
         attempts: Option<&Attempts>,
-    ) -> CallFuture<Response<Incoming>> {
+    ) -> CallFuture<Response<ResponseBody>> {
         if let Some(attempts) = attempts {
             attempts.push(pick.endpoint.id.clone());
         }
@@ -218,6 +293,12 @@ impl EndpointService {
                         pick.success();
                     }
                     Ok(response)
+                }
+                Ok(Err(err)) if err.is_request_body() => {
+                    // The caller's body failed: the endpoint is not to blame (the pick is
+                    // reported as cancelled when dropped).
+                    drop(pick);
+                    Err(CallError::RequestBody { cause: Box::new(err) })
                 }
                 Ok(Err(err)) if err.is_connect() => {
                     pick.failure(Failure::Connect);

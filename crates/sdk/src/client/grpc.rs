@@ -17,7 +17,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::{Propagated, RequestBody, Stack};
@@ -54,7 +53,7 @@ impl GrpcChannel {
         &self.stack
     }
 
-    async fn send(self, request: Request<tonic::body::Body>) -> Result<Response<Incoming>, tonic::Status> {
+    async fn send(self, request: Request<tonic::body::Body>) -> Result<Response<super::ResponseBody>, tonic::Status> {
         use crate::telemetry::span;
         let (mut parts, body) = request.into_parts();
         let message: Bytes = Limited::new(body, MAX_REQUEST)
@@ -114,9 +113,9 @@ pub fn status_of(err: CallError) -> tonic::Status {
 }
 
 impl tower::Service<Request<tonic::body::Body>> for GrpcChannel {
-    type Response = Response<Incoming>;
+    type Response = Response<super::ResponseBody>;
     type Error = tonic::Status;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, tonic::Status>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<super::ResponseBody>, tonic::Status>> + Send>>;
 
     /// Always ready: the bulkhead refuses in the call, as for every other call.
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), tonic::Status>> {

@@ -15,6 +15,7 @@ mod config;
 mod connecting;
 mod endpoint;
 pub mod grpc;
+pub mod h1;
 mod propagate;
 mod target;
 
@@ -23,16 +24,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
-pub use body::{BodyError, RequestBody};
+pub use body::{BodyError, RequestBody, ResponseBody};
 pub use config::ClientConfig;
 pub use connecting::{Limited, MAX_CONNECTING_PER_ENDPOINT};
-pub use endpoint::{pool, pool_for, pool_h2, EndpointService, Pool};
+pub use endpoint::{pool, pool_for, pool_h2, EndpointService, Pool, SendError};
 pub use grpc::GrpcChannel;
 pub use propagate::{Propagated, PROPAGATED_HEADERS};
 pub use target::Target;
@@ -95,7 +95,7 @@ impl Stack {
     }
 
     /// Sends a request (its URI needs only a path; the endpoint supplies the authority).
-    pub async fn call(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, CallError> {
+    pub async fn call(&self, request: Request<RequestBody>) -> Result<Response<ResponseBody>, CallError> {
         self.service.clone().oneshot(request).await
     }
 
@@ -116,9 +116,9 @@ impl Stack {
 }
 
 impl Service<Request<RequestBody>> for Stack {
-    type Response = Response<Incoming>;
+    type Response = Response<ResponseBody>;
     type Error = CallError;
-    type Future = crate::resilience::CallFuture<Response<Incoming>>;
+    type Future = crate::resilience::CallFuture<Response<ResponseBody>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), CallError>> {
         self.service.poll_ready(cx)
@@ -190,7 +190,7 @@ impl ServiceClient {
             .await
             .map_err(|err| CallError::Body {
                 service: self.stack.target.name().to_owned(),
-                cause: Box::new(err),
+                cause: err,
             })?
             .to_bytes();
         Ok(Response::from_parts(parts, bytes))

@@ -630,7 +630,11 @@ where
             let result = call.await;
             let failed = match &result {
                 Ok(response) => super::server_failure(response.status(), response.headers()),
-                Err(err) => !matches!(err.origin(), super::Origin::Internal),
+                // The upstream's failures, and its slowness; a caller's bad request says
+                // nothing of the upstream's health.
+                Err(err) => {
+                    err.origin() == super::Origin::Upstream || matches!(err, super::CallError::DeadlineExceeded { .. })
+                }
             };
             if let Some(permit) = pending.permit.take() {
                 pending.breaker.record(permit, failed);

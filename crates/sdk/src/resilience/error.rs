@@ -92,6 +92,13 @@ pub enum CallError {
     /// The request could not be built or sent as given.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The caller's own streamed request body failed while it was being sent (a client that
+    /// went away, a chunk that does not parse): the caller's fault, never the upstream's.
+    #[error("the request body failed: {}", chain(cause.as_ref()))]
+    RequestBody {
+        /// Why.
+        cause: BoxError,
+    },
     /// The response body could not be read or decoded.
     #[error("reading the answer of `{service}`: {}", chain(cause.as_ref()))]
     Body {
@@ -115,6 +122,7 @@ impl CallError {
             CallError::Transport { .. } => "transport",
             CallError::Status { .. } => "status",
             CallError::InvalidRequest(_) => "invalid_request",
+            CallError::RequestBody { .. } => "request_body",
             CallError::Body { .. } => "body",
         }
     }
@@ -127,7 +135,9 @@ impl CallError {
             | CallError::Transport { .. }
             | CallError::Status { .. }
             | CallError::Body { .. } => Origin::Upstream,
-            CallError::DeadlineExceeded { .. } | CallError::InvalidRequest(_) => Origin::Downstream,
+            CallError::DeadlineExceeded { .. } | CallError::InvalidRequest(_) | CallError::RequestBody { .. } => {
+                Origin::Downstream
+            }
             CallError::NoInstance { .. } | CallError::CircuitOpen { .. } | CallError::BulkheadFull { .. } => {
                 Origin::Internal
             }
@@ -178,6 +188,8 @@ impl CallError {
             CallError::InvalidRequest(reason) => {
                 Problem::new(400, "bad-request", "Bad request").with_detail(reason.clone())
             }
+            CallError::RequestBody { .. } => Problem::new(400, "bad-request-body", "Bad request")
+                .with_detail("the request body could not be read whole"),
         }
     }
 }
