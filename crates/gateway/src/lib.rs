@@ -486,7 +486,7 @@ async fn serve_plain(mut stream: TcpStream, gateway: Arc<Gateway>, peer: SocketA
         addr: peer,
         secure: false,
     };
-    let mut early = BytesMut::with_capacity(8 * 1024);
+    let mut early = BytesMut::with_capacity(h1::HEAD_BUFFER);
     loop {
         let seen = early.len().min(h2::PREFACE.len());
         if early[..seen] != h2::PREFACE[..seen] {

@@ -154,9 +154,7 @@ impl Reader {
                     return;
                 }
             }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(16 * 1024);
-            }
+            super::reserve_body(buf);
             let failed = match io.read_buf(buf).await {
                 Ok(0) => InboundError::Closed,
                 Ok(_) => continue,

@@ -34,6 +34,13 @@ use crate::proxy::{Switching, REPLAY_LIMIT};
 use crate::rescue::GatewayError;
 use crate::{Gateway, ProxyBody, Secure};
 
+/// The room a connection's read buffer starts with, and grows by while it reads a head: a
+/// request head is usually well under it, and an idle connection should hold little (a
+/// thousand open connections are a thousand of these, as nginx's `client_header_buffer_size`).
+pub const HEAD_BUFFER: usize = 2 * 1024;
+/// The room asked for at a time while a body is read.
+const BODY_BUFFER: usize = 16 * 1024;
+
 /// How long a connection may sit between requests, or take to send a head or a small body.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a closing connection reads (and drops) what the client still sends, so that the
@@ -61,7 +68,7 @@ pub async fn serve_connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut out = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(1024);
     let deadline = tokio::time::sleep(IDLE_TIMEOUT);
     tokio::pin!(deadline);
     loop {
@@ -121,7 +128,7 @@ pub async fn serve_connection<IO>(
                     deadline.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
                 }
                 while buf.len() < n {
-                    reserve(&mut buf);
+                    reserve_body(&mut buf);
                     tokio::select! {
                         read = io.read_buf(&mut buf) => match read {
                             Ok(0) | Err(_) => return,
@@ -153,8 +160,9 @@ pub async fn serve_connection<IO>(
         if peer.secure {
             request.extensions_mut().insert(Secure);
         }
-        let handling = gateway.clone().handle(request, peer.addr);
-        tokio::pin!(handling);
+        // Boxed: the request's future is most of the connection's, and an idle connection
+        // should not carry its room between requests.
+        let mut handling = Box::pin(gateway.clone().handle(request, peer.addr));
         let answered: Result<Response<ProxyBody>, Infallible> = match &mut reader {
             None => handling.await,
             Some(reader) => loop {
@@ -198,13 +206,19 @@ pub async fn serve_connection<IO>(
     }
 }
 
-/// Room for the next read.
+/// Room for the next read of a head.
 fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 2048 {
-        buf.reserve(8 * 1024);
+    if buf.capacity() - buf.len() < HEAD_BUFFER / 4 {
+        buf.reserve(HEAD_BUFFER);
     }
 }
 
+/// Room for a body's next read.
+pub(crate) fn reserve_body(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < BODY_BUFFER / 4 {
+        buf.reserve(BODY_BUFFER);
+    }
+}
 /// The answer to a head this reader refused or never got whole, with the headers every
 /// answer carries.
 fn refusal(problem: &flotilla_api::Problem, secure: bool) -> Response<ProxyBody> {
@@ -222,7 +236,8 @@ async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     if io.shutdown().await.is_err() {
         return;
     }
-    let mut sink = [0u8; 4096];
+    // On the heap: a buffer in the future would be room every connection's task carries.
+    let mut sink = vec![0u8; 4096];
     let _ = tokio::time::timeout(LINGER, async {
         while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
     })
