@@ -13,7 +13,7 @@
 use http::header::{self, HeaderMap};
 
 /// The most headers a request may have.
-pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = flotilla::http::fields::MAX_HEADERS;
 /// The most bytes one header value may have.
 pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 /// The most bytes all header names and values together may have.

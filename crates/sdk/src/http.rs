@@ -4,6 +4,7 @@
 pub mod chunked;
 mod client;
 mod extract;
+pub mod fields;
 pub mod idempotency;
 mod serve;
 #[cfg(feature = "test-util")]

@@ -3,7 +3,8 @@
 //! rules of [`crate::edge`] decide how its body is delimited before a byte of it is read.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use flotilla::http::fields;
+use http::header;
 use http::{Method, Request, Uri, Version};
 
 use crate::edge::{self, EdgeError, Framing};
@@ -55,17 +56,10 @@ impl HeadError {
     }
 }
 
-/// Where one header's name and value lie in the head's bytes.
-#[derive(Clone, Copy, Default)]
-struct Indices {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 /// Takes the head at the start of `buf` off it. `Ok(None)` while the head is incomplete
 /// (read more and call again); the body's bytes, if any, stay in `buf`.
 pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
-    let mut indices = [Indices::default(); edge::MAX_HEADERS];
+    let mut spans = [fields::Span::default(); edge::MAX_HEADERS];
     let (len, method, target, version, count) = {
         let mut slots = [httparse::EMPTY_HEADER; edge::MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut slots);
@@ -79,46 +73,30 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         if len > MAX_HEAD {
             return Err(HeadError::TooLarge);
         }
-        let base = buf.as_ptr() as usize;
-        let span = |part: &[u8]| {
-            let start = part.as_ptr() as usize - base;
-            (start, start + part.len())
-        };
-        let headers = &parsed.headers;
-        for (slot, header) in indices.iter_mut().zip(headers.iter()) {
-            *slot = Indices {
-                name: span(header.name.as_bytes()),
-                value: span(header.value),
-            };
-        }
+        fields::spans(buf, parsed.headers, &mut spans);
         let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
             .map_err(|_| HeadError::Malformed("method"))?;
-        let target = span(parsed.path.unwrap_or_default().as_bytes());
+        let path = parsed.path.unwrap_or_default().as_bytes();
+        let start = path.as_ptr() as usize - buf.as_ptr() as usize;
+        let target = (start, start + path.len());
         let version = match parsed.version {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        (len, method, target, version, headers.len())
+        (len, method, target, version, parsed.headers.len())
     };
     let bytes: Bytes = buf.split_to(len).freeze();
     let uri =
         Uri::from_maybe_shared(bytes.slice(target.0..target.1)).map_err(|_| HeadError::Malformed("request target"))?;
     // Room for what the gateway adds on the way upstream (forwarding, request id, trace
     // context, identity), so the map is not grown and rehashed on the way.
-    let mut headers = HeaderMap::with_capacity(count + 12);
-    for at in &indices[..count] {
-        let name =
-            HeaderName::from_bytes(&bytes[at.name.0..at.name.1]).map_err(|_| HeadError::Malformed("header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(at.value.0..at.value.1))
-            .map_err(|_| HeadError::Malformed("header value"))?;
-        headers.append(name, value);
-    }
+    let headers = fields::header_map(&bytes, &spans[..count], 12).map_err(HeadError::Malformed)?;
     let framing = edge::framing(&headers)?;
     if version == Version::HTTP_10 && framing == Framing::Chunked {
         // HTTP/1.0 has no chunked coding: a message claiming one is not framed as it says.
         return Err(HeadError::Framing(EdgeError::TransferEncoding));
     }
-    let keep_alive = keeps_alive(version, &headers);
+    let keep_alive = fields::keeps_alive(version, &headers);
     let expect_continue = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -133,17 +111,6 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
         keep_alive,
         expect_continue,
     }))
-}
-
-/// HTTP/1.1 keeps a connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for token in edge::tokens(headers, &header::CONNECTION) {
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep |= token.eq_ignore_ascii_case(b"keep-alive");
-    }
-    !close && (version == Version::HTTP_11 || keep)
 }
 
 fn reason(err: httparse::Error) -> &'static str {

@@ -5,16 +5,17 @@
 use std::io::Write as _;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version};
 
 use super::H1Error;
+use crate::http::fields;
 
 /// A response head longer than this is refused, as the gateway refuses a request's.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields a response head may carry.
-pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = fields::MAX_HEADERS;
 
 /// How a request's body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,16 +116,10 @@ pub struct Head {
     pub reusable: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Indices {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 /// Takes the response head at the start of `buf` off it; `Ok(None)` while it is incomplete.
 /// `head_request`: the request was `HEAD`, so the answer has no body whatever it says.
 pub fn response_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, H1Error> {
-    let mut indices = [Indices::default(); MAX_HEADERS];
+    let mut spans = [fields::Span::default(); MAX_HEADERS];
     let (len, code, version, count) = {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut slots);
@@ -138,17 +133,7 @@ pub fn response_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<He
         if len > MAX_HEAD {
             return Err(H1Error::HeadTooLarge);
         }
-        let base = buf.as_ptr() as usize;
-        let span = |part: &[u8]| {
-            let start = part.as_ptr() as usize - base;
-            (start, start + part.len())
-        };
-        for (slot, header) in indices.iter_mut().zip(parsed.headers.iter()) {
-            *slot = Indices {
-                name: span(header.name.as_bytes()),
-                value: span(header.value),
-            };
-        }
+        fields::spans(buf, parsed.headers, &mut spans);
         let version = match parsed.version {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
@@ -157,15 +142,10 @@ pub fn response_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<He
     };
     let bytes: Bytes = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Head("status code"))?;
-    let mut headers = HeaderMap::with_capacity(count + 4);
-    for at in &indices[..count] {
-        let name = HeaderName::from_bytes(&bytes[at.name.0..at.name.1]).map_err(|_| H1Error::Head("header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(at.value.0..at.value.1))
-            .map_err(|_| H1Error::Head("header value"))?;
-        headers.append(name, value);
-    }
+    let headers = fields::header_map(&bytes, &spans[..count], 4).map_err(H1Error::Head)?;
     let (body, framing_reusable) = incoming(head_request, status, &headers)?;
-    let reusable = framing_reusable && keeps_alive(version, &headers) && status != StatusCode::SWITCHING_PROTOCOLS;
+    let reusable =
+        framing_reusable && fields::keeps_alive(version, &headers) && status != StatusCode::SWITCHING_PROTOCOLS;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -215,17 +195,6 @@ fn incoming(head_request: bool, status: StatusCode, headers: &HeaderMap) -> Resu
         Some(length) => (Incoming::Length(length), true),
         None => (Incoming::Close, false),
     })
-}
-
-/// HTTP/1.1 keeps a connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for token in crate::http::header_tokens(headers, &header::CONNECTION) {
-        close |= token.eq_ignore_ascii_case(b"close");
-        keep |= token.eq_ignore_ascii_case(b"keep-alive");
-    }
-    !close && (version == Version::HTTP_11 || keep)
 }
 
 /// What httparse's error is about, for the error's text.
