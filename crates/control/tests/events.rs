@@ -349,6 +349,15 @@ async fn an_event_failing_every_delivery_is_dead_lettered_with_why_and_can_be_re
     assert_eq!((ids(&again), again[0].attempt), (vec![id], 1));
     assert_eq!(again[0].offset, replayed["offset"].as_u64().unwrap());
     assert!(again[0].event.deadletterreason.is_none());
+    // Replayed twice at once (an operator's double click, two control planes): two new events,
+    // neither swallowed by the append's idempotence as the same id in the same millisecond was.
+    let (one, two) = tokio::join!(
+        client.replay(&dead_letters, dead[0].offset),
+        client.replay(&dead_letters, dead[0].offset)
+    );
+    let (one, two) = (one.unwrap(), two.unwrap());
+    assert_ne!(one["id"], two["id"]);
+    assert_ne!(one["offset"], two["offset"]);
     assert!(client.replay(&orders, 0).await.is_err(), "only dead letters replay");
 }
 

@@ -481,7 +481,7 @@ impl SqliteLog {
             .ok_or_else(|| LogError::NotFound(format!("no event at offset {offset} of `{dead_letter_topic_name}`")))?
             .event;
         event.deadletterreason = None;
-        event.id = format!("{}~replay-{}", event.id, now_ms());
+        event.id = flotilla::events::replay_id(&event.id);
         let appended = self.append(original, &[event]).await?;
         Ok((
             original.to_owned(),

@@ -17,6 +17,17 @@ pub use inbox::Consumer;
 pub use nats::NatsConfig;
 pub use outbox::{Outbox, Relay};
 
+/// The id a replayed dead letter is appended under: new, so consumers' inboxes take it and the
+/// log's idempotent append does not, and unique even for two replays of one dead letter in the
+/// same millisecond (from one control plane or two), which a timestamp alone was not.
+pub fn replay_id(original: &str) -> String {
+    format!(
+        "{original}~replay-{}-{:08x}",
+        crate::store::now_ms(),
+        rand::random::<u32>()
+    )
+}
+
 use crate::store::Store;
 
 /// The outbox and inbox tables, in the service's own database (SQLite or PostgreSQL).

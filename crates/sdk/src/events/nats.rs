@@ -664,7 +664,7 @@ impl NatsBackend {
             .ok_or_else(|| EventsError::NotFound(format!("no event at offset {offset} of `{dead_letter_topic}`")))?
             .event;
         event.deadletterreason = None;
-        event.id = format!("{}~replay-{}", event.id, crate::store::now_ms());
+        event.id = super::replay_id(&event.id);
         let appended = self
             .append(original, &[event])
             .await?
