@@ -4,10 +4,10 @@
 //! one write; anything else streams as it comes.
 
 use std::cell::RefCell;
-use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use flotilla::http::chunked;
 use http::header;
 use http::{HeaderMap, Response, StatusCode, Version};
 use http_body::Body;
@@ -84,10 +84,7 @@ pub async fn write<IO: AsyncWrite + Unpin>(
             Ok(data) if data.is_empty() => {}
             Ok(data) if chunked => {
                 out.clear();
-                // Writing to a Vec cannot fail.
-                let _ = write!(out, "{:x}\r\n", data.len());
-                out.extend_from_slice(&data);
-                out.extend_from_slice(b"\r\n");
+                chunked::encode(out, &data);
                 io.write_all(out).await?;
             }
             Ok(data) => io.write_all(&data).await?,
@@ -104,7 +101,7 @@ pub async fn write<IO: AsyncWrite + Unpin>(
         }
     }
     if chunked {
-        io.write_all(b"0\r\n\r\n").await?;
+        io.write_all(chunked::LAST).await?;
     }
     Ok(keep_alive)
 }

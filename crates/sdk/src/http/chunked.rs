@@ -24,6 +24,18 @@ pub enum ChunkError {
     TooLong,
 }
 
+/// The last chunk and the end of a chunked body without trailers.
+pub const LAST: &[u8] = b"0\r\n\r\n";
+
+/// Appends `data` to `out` as one chunk (size line, data, CRLF), so it goes out in one write.
+pub fn encode(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// What decoding found in the buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Piece {

@@ -31,10 +31,11 @@ use body::{Connection, Home};
 use wire::Outgoing;
 
 use super::body::{BodyError, RequestBody};
-
-type Streamed = http_body_util::combinators::BoxBody<Bytes, BodyError>;
 use super::connecting::Limited;
-use crate::http::chunked::ChunkError;
+use crate::http::chunked::{self, ChunkError};
+
+/// A streamed request body, as `RequestBody::Stream` holds it.
+type Streamed = http_body_util::combinators::BoxBody<Bytes, BodyError>;
 
 /// How long a connection may wait in the pool for its next request (as hyper's pool was set).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -269,10 +270,9 @@ async fn write_streamed(
     body: &mut Streamed,
     framing: Outgoing,
 ) -> Result<(), H1Error> {
-    use std::io::Write as _;
     io.write_all(head).await.map_err(H1Error::Write)?;
     let mut sent: u64 = 0;
-    let mut line = Vec::with_capacity(16);
+    let mut framed = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(H1Error::RequestBody)?;
         let Ok(data) = frame.into_data() else {
@@ -284,19 +284,16 @@ async fn write_streamed(
         sent += data.len() as u64;
         match framing {
             Outgoing::Chunked => {
-                line.clear();
-                // Writing to a Vec cannot fail.
-                let _ = write!(line, "{:x}\r\n", data.len());
-                io.write_all(&line).await.map_err(H1Error::Write)?;
-                io.write_all(&data).await.map_err(H1Error::Write)?;
-                io.write_all(b"\r\n").await.map_err(H1Error::Write)?;
+                framed.clear();
+                chunked::encode(&mut framed, &data);
+                io.write_all(&framed).await.map_err(H1Error::Write)?;
             }
             Outgoing::Length(length) if sent > length => return Err(H1Error::RequestLength),
             Outgoing::Length(_) | Outgoing::None => io.write_all(&data).await.map_err(H1Error::Write)?,
         }
     }
     match framing {
-        Outgoing::Chunked => io.write_all(b"0\r\n\r\n").await.map_err(H1Error::Write),
+        Outgoing::Chunked => io.write_all(chunked::LAST).await.map_err(H1Error::Write),
         Outgoing::Length(length) if sent != length => Err(H1Error::RequestLength),
         Outgoing::Length(_) | Outgoing::None => Ok(()),
     }
