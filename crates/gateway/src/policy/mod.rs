@@ -3,8 +3,11 @@
 //! answer) and its error. [`Policies::admit`] applies them in request order —
 //!
 //! 1. [`cors`]: a preflight is answered here (or refused);
-//! 2. [`auth`]: a bearer token or an API key, as the route asks;
-//! 3. [`ratelimit`]: by client address, header or the identity just found;
+//! 2. [`ratelimit`] by client address or header: before the credential is checked, so a flood
+//!    of bad tokens is refused by the limit, not verified one signature at a time (Envoy's
+//!    local rate limit before its JWT filter);
+//! 3. [`auth`]: a bearer token or an API key, as the route asks — then [`ratelimit`] when it
+//!    counts by the identity just found;
 //! 4. [`body_limit`]: a body declaring more than the route takes;
 //! 5. [`fault`]: an injected error or delay —
 //!
@@ -134,11 +137,15 @@ impl Policies {
                 return Ok(Admission::Preflight(answer));
             }
         }
-        let identity = auth::identify(self.auth.as_ref(), self.api_keys.as_ref(), headers).await?;
-        let remaining = match &self.rate_limit {
-            Some(limit) => Some(limit.admit(client, headers, identity.as_ref().map(|i| i.subject.as_str()))?),
+        let before_auth = self.rate_limit.as_ref().filter(|limit| !limit.keys_on_identity());
+        let mut remaining = match before_auth {
+            Some(limit) => Some(limit.admit(client, headers, None)?),
             None => None,
         };
+        let identity = auth::identify(self.auth.as_ref(), self.api_keys.as_ref(), headers).await?;
+        if let Some(limit) = self.rate_limit.as_ref().filter(|limit| limit.keys_on_identity()) {
+            remaining = Some(limit.admit(client, headers, identity.as_ref().map(|i| i.subject.as_str()))?);
+        }
         if let Some(limit) = &self.max_body {
             limit.check(length)?;
         }
@@ -245,6 +252,32 @@ mod tests {
         policies.on_response(&admitted, Some(&origin), &mut answer);
         assert_eq!(answer["ratelimit"], "limit=2, remaining=1");
         assert_eq!(answer[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://shop.example");
+    }
+
+    /// A limit by address counts a request before its credential is looked at: past the
+    /// burst, bad keys are refused by the limit (429), not checked one by one (401).
+    #[tokio::test]
+    async fn a_limit_by_address_refuses_a_flood_of_bad_credentials_before_auth() {
+        let policies = Policies {
+            rate_limit: Some(RateLimit::new(RateLimitKey::ClientIp, 1, Duration::from_secs(60), 3)),
+            ..policies()
+        };
+        let client = std::net::IpAddr::from([192, 0, 2, 7]);
+        let bad = headers(&[("x-api-key", "guess")]);
+        for _ in 0..3 {
+            let refused = policies.admit(&Method::POST, &bad, client, None).await;
+            assert!(matches!(refused, Err(PolicyError::Auth(_))), "{refused:?}");
+        }
+        let limited = policies.admit(&Method::POST, &bad, client, None).await;
+        assert!(matches!(limited, Err(PolicyError::RateLimited(_))), "{limited:?}");
+        // The good key from the same address waits its turn too; another address does not.
+        let good = headers(&[("x-api-key", "k")]);
+        let same = policies.admit(&Method::POST, &good, client, None).await;
+        assert!(matches!(same, Err(PolicyError::RateLimited(_))), "{same:?}");
+        let other = policies
+            .admit(&Method::POST, &good, std::net::IpAddr::from([192, 0, 2, 8]), None)
+            .await;
+        assert!(matches!(other, Ok(Admission::Go(_))), "{other:?}");
     }
 
     #[tokio::test]

@@ -107,6 +107,13 @@ impl RateLimit {
         }
     }
 
+    /// Whether the key is the verified identity, so the limit can only count a request after
+    /// `auth`; a limit by address or header counts it before, so a flood of bad credentials is
+    /// refused at the limit instead of costing a signature check each.
+    pub fn keys_on_identity(&self) -> bool {
+        self.key == RateLimitKey::Subject
+    }
+
     /// The key of a request.
     pub fn key_of(&self, client: IpAddr, headers: &HeaderMap, subject: Option<&str>) -> String {
         match &self.key {
