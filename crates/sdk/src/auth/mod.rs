@@ -151,16 +151,19 @@ pub struct TrustedIssuer {
 
 /// The URL clients reach the system at — the gateway's public URL (`FLOTILLA_PUBLIC_URL`,
 /// which `up` sets from the manifest's `[gateway] public_url` or the gateway's address) — and
-/// so the issuer of the tokens identity issues behind it. `http://localhost:8080` when unset.
+/// so the issuer of the tokens identity issues behind it. [`DEFAULT_PUBLIC_URL`] when unset.
 pub fn public_url() -> String {
     public_url_from(std::env::var(flotilla_api::env::PUBLIC_URL).ok().as_deref())
 }
+
+/// The public URL when none is set: where `flotilla up` puts the gateway on a laptop.
+pub const DEFAULT_PUBLIC_URL: &str = "http://localhost:8080";
 
 /// [`public_url`] from a given value of the variable.
 pub fn public_url_from(value: Option<&str>) -> String {
     match value.map(|v| v.trim().trim_end_matches('/')) {
         Some(url) if url.starts_with("http://") || url.starts_with("https://") => url.to_owned(),
-        _ => "http://localhost:8080".to_owned(),
+        _ => DEFAULT_PUBLIC_URL.to_owned(),
     }
 }
 

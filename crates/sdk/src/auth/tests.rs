@@ -269,12 +269,12 @@ fn a_refused_token_is_told_generically_and_the_reason_stays_in_the_log() {
 
 #[test]
 fn the_public_url_names_the_issuer_and_falls_back_to_localhost() {
-    use super::public_url_from;
+    use super::{public_url_from, DEFAULT_PUBLIC_URL};
     assert_eq!(
         public_url_from(Some("https://shop.example.com/")),
         "https://shop.example.com"
     );
     assert_eq!(public_url_from(Some("http://shop.internal")), "http://shop.internal");
-    assert_eq!(public_url_from(None), "http://localhost:8080");
-    assert_eq!(public_url_from(Some("shop.example.com")), "http://localhost:8080");
+    assert_eq!(public_url_from(None), DEFAULT_PUBLIC_URL);
+    assert_eq!(public_url_from(Some("shop.example.com")), DEFAULT_PUBLIC_URL);
 }

@@ -17,6 +17,8 @@ pub use inbox::Consumer;
 pub use nats::NatsConfig;
 pub use outbox::{Outbox, Relay};
 
+use crate::store::Store;
+
 /// The id a replayed dead letter is appended under: new, so consumers' inboxes take it and the
 /// log's idempotent append does not, and unique even for two replays of one dead letter in the
 /// same millisecond (from one control plane or two), which a timestamp alone was not.
@@ -27,8 +29,6 @@ pub fn replay_id(original: &str) -> String {
         rand::random::<u32>()
     )
 }
-
-use crate::store::Store;
 
 /// The outbox and inbox tables, in the service's own database (SQLite or PostgreSQL).
 const SCHEMA: [&str; 3] = [
